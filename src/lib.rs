@@ -1,0 +1,2 @@
+//! opsrun: load → plan → execute → journal → report → sign.
+pub mod transport;

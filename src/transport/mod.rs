@@ -1,0 +1,1 @@
+//! How commands reach a host: SSH (one native-mux master per host) or a local subprocess.
