@@ -1,0 +1,341 @@
+//! The binary's edge: parse arguments, dispatch commands, turn errors into exit codes.
+
+use crate::cli::{Cli, Color, Command, Format, RunArgs};
+use crate::error::{exit, Error};
+use crate::inventory::Inventory;
+use crate::load::{self, Origin};
+use crate::plan::{Options, Planner};
+use crate::{lint, preview};
+use anyhow::Result;
+use clap::{CommandFactory, Parser};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+/// Runs opsrun with the process arguments; returns the exit code.
+pub fn main() -> i32 {
+    let args = crate::cli::normalize_args(std::env::args().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    exit::OK
+                }
+                _ => exit::INVALID_INPUT,
+            };
+        }
+    };
+    set_colors(cli.color);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<Error>()
+                .map_or(exit::STEP_FAILED, Error::exit_code);
+            eprintln!("{e:#}");
+            code
+        }
+    }
+}
+
+fn set_colors(c: Color) {
+    let on = match c {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::env::var_os("NO_COLOR").is_none() && console::Term::stderr().is_term(),
+    };
+    console::set_colors_enabled(on);
+    console::set_colors_enabled_stderr(on);
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let root = Path::new("");
+    match cli.command {
+        Command::Run(args) => run(&args, root),
+        Command::List => list(root),
+        Command::Show { runbook } => show(&runbook, root),
+        Command::Check { runbooks } => check(&runbooks, root),
+        Command::Inventory { env, inventory } => {
+            let inv = load::load_inventory(env.as_deref(), inventory.as_deref(), root)?;
+            print!("{}", inventory_tree(&inv));
+            Ok(exit::OK)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "opsrun", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Who runs opsrun: recorded in the run and shown in the log.
+pub fn operator() -> String {
+    std::env::var("OPSRUN_OPERATOR")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(local_user)
+}
+
+/// The login name on the control machine.
+pub fn local_user() -> String {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(u) = std::env::var(var) {
+            if !u.is_empty() {
+                return u;
+            }
+        }
+    }
+    // SAFETY: getpwuid returns a pointer into static storage or null; we copy the name out at once.
+    unsafe {
+        let pw = libc::getpwuid(libc::getuid());
+        if !pw.is_null() {
+            if let Ok(name) = std::ffi::CStr::from_ptr((*pw).pw_name).to_str() {
+                return name.to_string();
+            }
+        }
+    }
+    "unknown".to_string()
+}
+
+fn parse_extra(extra: &[String]) -> Result<Vec<(String, String)>, Error> {
+    extra
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => Err(Error::Usage(format!("-e {kv}: expected KEY=VALUE"))),
+        })
+        .collect()
+}
+
+/// Builds the planner for a run: load (runbook + inventory) then bind options.
+pub fn planner(args: &RunArgs, root: &Path) -> Result<Planner, Error> {
+    let runbook = load::load_runbook(&args.runbook, root)?;
+    let inventory = load::load_inventory(args.env.as_deref(), args.inventory.as_deref(), root)?;
+    let secrets: HashMap<String, String> = runbook
+        .params
+        .iter()
+        .filter(|p| p.secret)
+        .filter_map(|p| {
+            let var = format!("OPSRUN_SECRET_{}", p.name.to_uppercase());
+            std::env::var(var).ok().map(|v| (p.name.clone(), v))
+        })
+        .collect();
+    let opts = Options {
+        params: parse_extra(&args.extra)?,
+        secrets,
+        limit: args.limit.clone(),
+        start_at: args.start_at.clone(),
+        ticket: args.ticket.clone(),
+        operator: operator(),
+        local_user: local_user(),
+        now: chrono::Local::now().naive_local(),
+    };
+    Planner::new(runbook, inventory, opts)
+}
+
+fn run(args: &RunArgs, root: &Path) -> Result<i32> {
+    let planner = planner(args, root)?;
+    let plan = planner.plan()?;
+    if args.dry_run {
+        let out = match args.format {
+            Format::Text => preview::text(&plan),
+            Format::Json => preview::json(&plan),
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{}", out.trim_end());
+        return Ok(exit::OK);
+    }
+    Err(Error::Usage(
+        "executing runbooks is not available in this version of opsrun yet: only `--dry-run` works"
+            .into(),
+    )
+    .into())
+}
+
+fn list(root: &Path) -> Result<i32> {
+    let books = load::list_runbooks(root);
+    let width = books.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    for (name, origin) in books {
+        let where_ = match &origin {
+            Origin::File(p) => p.display().to_string(),
+            Origin::Library(_) => "built-in".to_string(),
+        };
+        let desc = load::find_runbook(&name, root)
+            .ok()
+            .and_then(|(src, _)| load::runbook_from_source(src).ok())
+            .and_then(|rb| rb.description)
+            .map(|d| d.trim().lines().next().unwrap_or_default().to_string())
+            .unwrap_or_else(|| "(invalid: run `opsrun check`)".to_string());
+        println!("{name:<width$}  {desc}  [{where_}]");
+    }
+    Ok(exit::OK)
+}
+
+fn show(name: &str, root: &Path) -> Result<i32> {
+    let rb = load::load_runbook(name, root)?;
+    println!("{}  ({})", rb.name, rb.source.display_path());
+    if let Some(v) = &rb.version {
+        println!("version: {v}");
+    }
+    if let Some(d) = &rb.description {
+        println!("\n{}", d.trim());
+    }
+    if let Some(h) = &rb.hosts {
+        println!("\nhosts: {}", h.src);
+    }
+    println!("\nparams:");
+    if rb.params.is_empty() {
+        println!("  (none)");
+    }
+    for p in &rb.params {
+        let mut attrs = vec![format!("{:?}", p.kind).to_lowercase()];
+        if p.required {
+            attrs.push("required".into());
+        }
+        if p.secret {
+            attrs.push(format!(
+                "secret, from OPSRUN_SECRET_{} or a prompt",
+                p.name.to_uppercase()
+            ));
+        }
+        if let Some(d) = &p.default {
+            attrs.push(format!("default {d}"));
+        }
+        if !p.choices.is_empty() {
+            attrs.push(format!("one of {}", p.choices.join("|")));
+        }
+        println!(
+            "  {:<14} {}  ({})",
+            p.name,
+            p.description.as_deref().unwrap_or(""),
+            attrs.join(", ")
+        );
+    }
+    let describe = |prefix: &str, steps: &[crate::runbook::Step]| {
+        for (i, s) in steps.iter().enumerate() {
+            let mut marks = Vec::new();
+            if s.confirm.is_some() {
+                marks.push("gate");
+            }
+            if !s.rollback.is_empty() {
+                marks.push("has rollback");
+            }
+            if s.local {
+                marks.push("local");
+            }
+            let on =
+                s.on.as_ref()
+                    .map(|o| format!(" on {}", o.src))
+                    .unwrap_or_default();
+            let marks = if marks.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", marks.join(", "))
+            };
+            println!(
+                "  {prefix}{:<3} {}  ({}{on}){marks}",
+                i + 1,
+                s.name,
+                s.action.kind()
+            );
+        }
+    };
+    println!("\nsteps:");
+    describe("", &rb.steps);
+    println!("\nrollback guide:");
+    if rb.rollback.is_empty() {
+        println!("  (none: `opsrun rollback` undoes completed steps with their own `rollback`)");
+    }
+    describe("R", &rb.rollback);
+    Ok(exit::OK)
+}
+
+fn check(names: &[String], root: &Path) -> Result<i32> {
+    let mut problems = 0usize;
+    let mut checked = 0usize;
+    let mut report = |label: String, result: Result<Vec<crate::diagnostic::Diagnostic>, Error>| {
+        checked += 1;
+        match result {
+            Ok(warnings) if warnings.is_empty() => println!("ok       {label}"),
+            Ok(warnings) => {
+                problems += warnings.len();
+                println!("warning  {label}: {} lint warning(s)", warnings.len());
+                for w in warnings {
+                    eprintln!("{w}\n");
+                }
+            }
+            Err(e) => {
+                problems += 1;
+                println!("error    {label}");
+                eprintln!("{e}\n");
+            }
+        }
+    };
+    let books: Vec<String> = if names.is_empty() {
+        load::list_runbooks(root)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    } else {
+        names.to_vec()
+    };
+    for name in &books {
+        let result = load::load_runbook(name, root).map(|rb| lint::lint(&rb));
+        report(format!("runbook {name}"), result);
+    }
+    if names.is_empty() {
+        for env in load::list_envs(root) {
+            let result = load::load_inventory(Some(&env), None, root).map(|_| Vec::new());
+            report(format!("inventory {env}"), result);
+        }
+    }
+    if problems > 0 {
+        eprintln!("{problems} problem(s) in {checked} file(s)");
+        Ok(exit::INVALID_INPUT)
+    } else {
+        println!("{checked} file(s) checked, no problems");
+        Ok(exit::OK)
+    }
+}
+
+fn inventory_tree(inv: &Inventory) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{}  ({}, {} hosts)",
+        inv.name,
+        inv.source.display_path(),
+        inv.hosts.len()
+    );
+    for (gi, g) in inv.groups.iter().enumerate() {
+        let last_g = gi + 1 == inv.groups.len();
+        let _ = writeln!(o, "{} {}", if last_g { "└──" } else { "├──" }, g.name);
+        for (hi, hname) in g.hosts.iter().enumerate() {
+            let last_h = hi + 1 == g.hosts.len();
+            let Some(h) = inv.host(hname) else { continue };
+            let conn = match h.connection {
+                crate::transport::ConnectionKind::Local => "local".to_string(),
+                crate::transport::ConnectionKind::Ssh => {
+                    let user = h
+                        .ssh
+                        .user
+                        .as_deref()
+                        .map(|u| format!("{u}@"))
+                        .unwrap_or_default();
+                    let port = h.ssh.port.map(|p| format!(":{p}")).unwrap_or_default();
+                    format!("ssh {user}{}{port}", h.address)
+                }
+            };
+            let _ = writeln!(
+                o,
+                "{}   {} {}  ({conn})",
+                if last_g { " " } else { "│" },
+                if last_h { "└──" } else { "├──" },
+                h.name
+            );
+        }
+    }
+    o
+}

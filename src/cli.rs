@@ -1,0 +1,168 @@
+//! The command line, as DESIGN §4 specifies it.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "opsrun",
+    version,
+    about = "Run YAML runbooks over SSH with gates, exact dry-runs, rollback and a signed execution log",
+    override_usage = "opsrun <RUNBOOK> --env ENV [OPTIONS]\n       opsrun <COMMAND> [ARGS]",
+    after_help = "Run a runbook by name (runbooks/NAME.yaml, else the built-in library) or with `opsrun run FILE`.\nExit codes: 0 success, 1 a step failed, 2 invalid input, 3 not confirmed, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// When to use colours: auto (a terminal, and NO_COLOR unset), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+
+    /// Where runs are recorded and read from.
+    #[arg(long, global = true, env = "OPSRUN_LOG_DIR", default_value = "runs")]
+    pub log_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a runbook given by file path (or name).
+    Run(RunArgs),
+    /// List the runbooks found here and in the built-in library.
+    List,
+    /// Show a runbook's params, steps and rollback guide.
+    Show { runbook: String },
+    /// Validate and lint runbooks and inventories; non-zero on any problem.
+    Check {
+        /// Runbooks to check (default: every runbook and inventory found).
+        runbooks: Vec<String>,
+    },
+    /// Show an environment's groups and hosts as a tree.
+    Inventory {
+        #[arg(long, short = 'E')]
+        env: Option<String>,
+        #[arg(long, short = 'i')]
+        inventory: Option<PathBuf>,
+    },
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Runbook name or file.
+    pub runbook: String,
+
+    /// Environment: reads inventories/ENV.yaml.
+    #[arg(long, short = 'E')]
+    pub env: Option<String>,
+
+    /// Inventory file (instead of inventories/ENV.yaml).
+    #[arg(long, short = 'i')]
+    pub inventory: Option<PathBuf>,
+
+    /// Set a param: -e KEY=VALUE (repeatable). Secret params come from OPSRUN_SECRET_<NAME> or a prompt.
+    #[arg(short = 'e', long = "extra", value_name = "KEY=VALUE")]
+    pub extra: Vec<String>,
+
+    /// Show exactly what would run, where, in what order; execute nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Output format of --dry-run.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Answer yes to every gate (a typed gate also needs --env given explicitly).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Change ticket id, recorded in the log.
+    #[arg(long)]
+    pub ticket: Option<String>,
+
+    /// Only run on hosts matching this pattern.
+    #[arg(long)]
+    pub limit: Option<String>,
+
+    /// Hosts run in parallel within a step.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub forks: u32,
+
+    /// Begin at this step (after a fix).
+    #[arg(long, value_name = "STEP")]
+    pub start_at: Option<String>,
+
+    /// Stream remote output.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// Commands that are not runbook names: everything else in first position is a runbook.
+pub const SUBCOMMANDS: &[&str] = &[
+    "run",
+    "list",
+    "show",
+    "check",
+    "inventory",
+    "completions",
+    "help",
+];
+
+/// `opsrun upgrade --env prod` is `opsrun run upgrade --env prod`.
+pub fn normalize_args(mut args: Vec<String>) -> Vec<String> {
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if matches!(a, "--color" | "--log-dir") {
+            // Global options given before the runbook name take a separate value.
+            i += 2;
+            continue;
+        }
+        if a.starts_with('-') && a != "-" {
+            i += 1;
+            continue;
+        }
+        if !SUBCOMMANDS.contains(&a) {
+            args.insert(i, "run".to_string());
+        }
+        break;
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn runbook_name_becomes_run() {
+        assert_eq!(
+            normalize_args(v("opsrun upgrade --env prod")),
+            v("opsrun run upgrade --env prod")
+        );
+        assert_eq!(normalize_args(v("opsrun list")), v("opsrun list"));
+        assert_eq!(normalize_args(v("opsrun --version")), v("opsrun --version"));
+        assert_eq!(
+            normalize_args(v("opsrun --color never upgrade --env x")),
+            v("opsrun --color never run upgrade --env x")
+        );
+    }
+}

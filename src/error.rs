@@ -1,0 +1,64 @@
+//! The typed errors opsrun reports, and the exit code each one maps to.
+
+use crate::diagnostic::Diagnostic;
+use std::path::PathBuf;
+
+/// Exit codes, as documented in the README.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const STEP_FAILED: i32 = 1;
+    pub const INVALID_INPUT: i32 = 2;
+    pub const NOT_CONFIRMED: i32 = 3;
+    pub const INTERRUPTED: i32 = 130;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A runbook or inventory problem with its position in the file.
+    #[error("{0}")]
+    Invalid(Box<Diagnostic>),
+    #[error("error: cannot read `{}`: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("error: no runbook `{name}`{hint}\n  looked in: {searched}")]
+    RunbookNotFound {
+        name: String,
+        hint: String,
+        searched: String,
+    },
+    #[error("error: no inventory for environment `{env}`: `{}` does not exist{hint}", path.display())]
+    InventoryNotFound {
+        env: String,
+        path: PathBuf,
+        hint: String,
+    },
+    /// Bad command-line input (arguments, `-e` values) that has no file position.
+    #[error("error: {0}")]
+    Usage(String),
+    #[error("not confirmed: {0}")]
+    NotConfirmed(String),
+    #[error("error: {0}")]
+    Io(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Invalid(_)
+            | Error::Read { .. }
+            | Error::RunbookNotFound { .. }
+            | Error::InventoryNotFound { .. }
+            | Error::Usage(_) => exit::INVALID_INPUT,
+            Error::NotConfirmed(_) => exit::NOT_CONFIRMED,
+            Error::Io(_) => exit::STEP_FAILED,
+        }
+    }
+}
+
+impl From<Diagnostic> for Error {
+    fn from(d: Diagnostic) -> Self {
+        Error::Invalid(Box::new(d))
+    }
+}

@@ -1,0 +1,161 @@
+//! Host patterns, Ansible-style: `app`, `app:db` (union), `db:&primary`
+//! (intersection), `app:!oa3` (exclusion), host names and `*` globs.
+//!
+//! As in Ansible, the result does not depend on term order: unions first, then
+//! intersections, then exclusions. Hosts come back in inventory order.
+
+use crate::diagnostic::suggest;
+use crate::inventory::Inventory;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternError {
+    pub message: String,
+}
+
+/// The hosts a pattern selects, in inventory order.
+pub fn resolve(pattern: &str, inv: &Inventory) -> Result<Vec<String>, PatternError> {
+    let mut union: Vec<bool> = vec![false; inv.hosts.len()];
+    let mut inter: Vec<Vec<bool>> = Vec::new();
+    let mut excl: Vec<bool> = vec![false; inv.hosts.len()];
+    let terms: Vec<&str> = pattern
+        .split([':', ','])
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    if terms.is_empty() {
+        return Err(PatternError {
+            message: format!("empty host pattern `{pattern}`: expected group or host names"),
+        });
+    }
+    let mut any_union = false;
+    for term in terms {
+        let (kind, name) = match term.as_bytes()[0] {
+            b'&' => ('&', term[1..].trim()),
+            b'!' => ('!', term[1..].trim()),
+            _ => ('+', term),
+        };
+        let set = select(name, inv)?;
+        match kind {
+            '&' => inter.push(set),
+            '!' => excl.iter_mut().zip(&set).for_each(|(e, s)| *e |= s),
+            _ => {
+                any_union = true;
+                union.iter_mut().zip(&set).for_each(|(u, s)| *u |= s);
+            }
+        }
+    }
+    if !any_union {
+        // `!oa3` alone means "everything but oa3", as in Ansible's `all:!oa3`.
+        union.iter_mut().for_each(|u| *u = true);
+    }
+    Ok(inv
+        .hosts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| union[*i] && !excl[*i] && inter.iter().all(|s| s[*i]))
+        .map(|(_, h)| h.name.clone())
+        .collect())
+}
+
+fn select(name: &str, inv: &Inventory) -> Result<Vec<bool>, PatternError> {
+    if name == "all" || name == "*" {
+        return Ok(vec![true; inv.hosts.len()]);
+    }
+    if name.contains('*') {
+        let set: Vec<bool> = inv
+            .hosts
+            .iter()
+            .map(|h| glob(name, &h.name) || h.groups.iter().any(|g| glob(name, g)))
+            .collect();
+        if !set.iter().any(|b| *b) {
+            return Err(PatternError {
+                message: format!("host pattern `{name}` matches no group or host"),
+            });
+        }
+        return Ok(set);
+    }
+    if let Some(g) = inv.group(name) {
+        return Ok(inv
+            .hosts
+            .iter()
+            .map(|h| g.hosts.contains(&h.name))
+            .collect());
+    }
+    if inv.host(name).is_some() {
+        return Ok(inv.hosts.iter().map(|h| h.name == name).collect());
+    }
+    let names = inv
+        .groups
+        .iter()
+        .map(|g| g.name.as_str())
+        .chain(inv.hosts.iter().map(|h| h.name.as_str()));
+    let hint = match suggest(name, names) {
+        Some(s) => format!(", did you mean `{s}`?"),
+        None => String::new(),
+    };
+    Err(PatternError {
+        message: format!(
+            "unknown group or host `{name}` in inventory `{}`{hint}",
+            inv.name
+        ),
+    })
+}
+
+/// `*` matches any run of characters; nothing else is special.
+fn glob(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let mut rest = s;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(p) => rest = &rest[p + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    rest.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostic::SourceFile;
+
+    fn inv() -> Inventory {
+        let text = "groups:\n  app:\n    hosts: {oa1: {}, oa2: {}, oa3: {}}\n  db:\n    hosts: {dm1: {}, dm2: {}}\n  primary:\n    hosts: {dm1: , oa1: }\n";
+        let src = SourceFile::new("inv.yaml", text);
+        crate::inventory::decode(&crate::yaml::parse(text).unwrap(), src).unwrap()
+    }
+
+    #[test]
+    fn set_operations() {
+        let i = inv();
+        assert_eq!(resolve("app", &i).unwrap(), ["oa1", "oa2", "oa3"]);
+        assert_eq!(
+            resolve("db:app", &i).unwrap(),
+            ["oa1", "oa2", "oa3", "dm1", "dm2"]
+        );
+        assert_eq!(resolve("db:&primary", &i).unwrap(), ["dm1"]);
+        assert_eq!(resolve("app:!oa3", &i).unwrap(), ["oa1", "oa2"]);
+        assert_eq!(resolve("!app", &i).unwrap(), ["dm1", "dm2"]);
+        assert_eq!(resolve("oa*:&primary", &i).unwrap(), ["oa1"]);
+        assert_eq!(resolve("dm2,oa2", &i).unwrap(), ["oa2", "dm2"]);
+        assert_eq!(resolve("all", &i).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn unknown_names_suggest() {
+        let e = resolve("app:dbb", &inv()).unwrap_err();
+        assert_eq!(
+            e.message,
+            "unknown group or host `dbb` in inventory `inv`, did you mean `db`?"
+        );
+    }
+}

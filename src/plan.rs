@@ -1,0 +1,907 @@
+//! The plan: which hosts each step runs on and the exact commands it sends.
+//!
+//! Planning is pure (no connection, no prompt, no clock: the caller freezes the
+//! time). `--dry-run` prints the plan, and execution renders every command
+//! through the same `Planner::render`, so a dry-run cannot drift from a run.
+//! Values only known once a step has captured them show as `<captured: NAME>`.
+
+use crate::diagnostic::{did_you_mean, Diagnostic, Span};
+use crate::error::Error;
+use crate::inventory::{ConfirmMode, Host, Inventory};
+use crate::pattern;
+use crate::runbook::{Action, OnFailure, Runbook, Serial, Service, Step};
+use crate::shell::{self, Wrap};
+use crate::template::{self, Context, Kind, RenderError, TemplateId, Templates};
+use crate::transport::{ConnectionKind, Endpoint};
+use crate::yaml;
+use minijinja::value::Value;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+pub const MASK: &str = "******";
+
+/// What the operator asked for, with the clock already read.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `-e KEY=VALUE`, in the order given.
+    pub params: Vec<(String, String)>,
+    /// Secret values found by the caller (`OPSRUN_SECRET_<NAME>` or a prompt), by param name.
+    pub secrets: HashMap<String, String>,
+    pub limit: Option<String>,
+    pub start_at: Option<String>,
+    pub ticket: Option<String>,
+    pub operator: String,
+    /// The operator's login on the control machine: the ssh user when none is configured.
+    pub local_user: String,
+    pub now: chrono::NaiveDateTime,
+}
+
+/// Whether secrets are rendered as themselves (to send) or masked (to show).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reveal {
+    Masked,
+    Real,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    pub id: String,
+    pub stamp: String,
+    pub date: String,
+    pub operator: String,
+    pub ticket: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamValue {
+    pub name: String,
+    /// Masked for secrets; `None` when not given (a secret to be asked for at run time).
+    pub value: Option<String>,
+    pub secret: bool,
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanHost {
+    pub name: String,
+    pub login: String,
+    pub endpoint: Endpoint,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UploadTarget {
+    pub src: String,
+    pub dest: String,
+}
+
+/// One step on one host, rendered.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Target {
+    pub host: String,
+    /// `user@host`, as shown in `[user@host]# command`.
+    pub login: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// A `when:` that can only be decided at run time (it reads a capture).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when_at_run_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadTarget>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rollback: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanStep {
+    pub number: usize,
+    pub name: String,
+    pub action: &'static str,
+    pub on: String,
+    pub local: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manual: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    pub retries: u32,
+    pub delay: String,
+    pub on_failure: OnFailure,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
+    pub expect_exit: Vec<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<Service>,
+    /// Set when `--start-at` skips this step.
+    pub skipped_by_start_at: bool,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub runbook: RunbookInfo,
+    pub inventory: InventoryInfo,
+    pub run: RunInfo,
+    pub params: Vec<ParamValue>,
+    pub hosts: Vec<PlanHost>,
+    pub batches: Vec<Vec<String>>,
+    /// The gate before anything runs (inventory `confirm:`).
+    pub start_gate: ConfirmMode,
+    pub steps: Vec<PlanStep>,
+    pub rollback_guide: Vec<PlanStep>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunbookInfo {
+    pub name: String,
+    pub description: Option<String>,
+    pub version: Option<String>,
+    pub path: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InventoryInfo {
+    pub name: String,
+    pub path: String,
+    pub sha256: String,
+}
+
+/// Which list a step belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepRef {
+    Forward(usize),
+    Guide(usize),
+}
+
+/// Captured values so far: per host, and from `local: true` steps (seen by every host).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Captures {
+    pub global: BTreeMap<String, String>,
+    pub hosts: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+struct StepTemplates {
+    action: Option<TemplateId>,
+    upload: Option<(TemplateId, TemplateId, Option<TemplateId>)>,
+    as_user: Option<TemplateId>,
+    cwd: Option<TemplateId>,
+    env: Vec<(String, TemplateId)>,
+    stdin: Option<TemplateId>,
+    when: Option<TemplateId>,
+    check: Option<TemplateId>,
+    rollback: Vec<TemplateId>,
+    confirm: Option<TemplateId>,
+}
+
+/// Holds everything needed to render any step on any host.
+pub struct Planner {
+    pub runbook: Arc<Runbook>,
+    pub inventory: Arc<Inventory>,
+    opts: Options,
+    run: RunInfo,
+    params: Vec<ParamValue>,
+    templates: Templates,
+    vars: Vec<(String, TemplateId)>,
+    forward: Vec<StepTemplates>,
+    guide: Vec<StepTemplates>,
+    /// Hosts each step runs on (after `--limit`).
+    targets: HashMap<(bool, usize), Vec<String>>,
+    limit: Option<HashSet<String>>,
+    start_at: usize,
+}
+
+fn diag(rb: &Runbook, span: Span, message: String) -> Error {
+    Error::from(Diagnostic {
+        level: crate::diagnostic::Level::Error,
+        source: rb.source.clone(),
+        span,
+        message,
+        help: None,
+    })
+}
+
+fn yaml_err(rb: &Runbook, e: yaml::Error) -> Error {
+    Error::from(Diagnostic {
+        level: crate::diagnostic::Level::Error,
+        source: rb.source.clone(),
+        span: e.span,
+        message: e.message,
+        help: e.help,
+    })
+}
+
+impl Planner {
+    pub fn new(runbook: Runbook, inventory: Inventory, opts: Options) -> Result<Planner, Error> {
+        let rb = Arc::new(runbook);
+        let stamp = opts.now.format("%Y%m%d-%H%M%S").to_string();
+        let run = RunInfo {
+            id: format!("{stamp}-{}-{}", rb.name, inventory.name)
+                .chars()
+                .map(|c| {
+                    if c.is_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect(),
+            date: opts.now.format("%Y%m%d").to_string(),
+            stamp,
+            operator: opts.operator.clone(),
+            ticket: opts.ticket.clone(),
+        };
+        let params = bind_params(&rb, &opts)?;
+
+        let mut templates = Templates::new();
+        let vars = rb
+            .vars
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), templates.add(t, Kind::Text)?)))
+            .collect::<yaml::Result<Vec<_>>>()
+            .map_err(|e| yaml_err(&rb, e))?;
+        let compile = |steps: &[Step], t: &mut Templates| -> yaml::Result<Vec<StepTemplates>> {
+            steps.iter().map(|s| compile_step(s, t)).collect()
+        };
+        let forward = compile(&rb.steps, &mut templates).map_err(|e| yaml_err(&rb, e))?;
+        let guide = compile(&rb.rollback, &mut templates).map_err(|e| yaml_err(&rb, e))?;
+
+        let limit = match &opts.limit {
+            Some(l) => Some(
+                pattern::resolve(l, &inventory)
+                    .map_err(|e| Error::Usage(format!("--limit: {}", e.message)))?
+                    .into_iter()
+                    .collect::<HashSet<_>>(),
+            ),
+            None => None,
+        };
+        let mut targets = HashMap::new();
+        for (guide_list, steps) in [(false, &rb.steps), (true, &rb.rollback)] {
+            for (i, s) in steps.iter().enumerate() {
+                let pat = s.on.as_ref().or(rb.hosts.as_ref());
+                let hosts = match pat {
+                    Some(p) => pattern::resolve(&p.src, &inventory)
+                        .map_err(|e| diag(&rb, p.span, e.message))?,
+                    None if s.local => Vec::new(),
+                    None => {
+                        return Err(diag(
+                            &rb,
+                            s.span,
+                            format!(
+                                "step `{}` has no hosts: set `hosts:` at the top of the runbook or `on:` in the step",
+                                s.name
+                            ),
+                        ))
+                    }
+                };
+                let hosts = match &limit {
+                    Some(l) => hosts.into_iter().filter(|h| l.contains(h)).collect(),
+                    None => hosts,
+                };
+                targets.insert((guide_list, i), hosts);
+            }
+        }
+        let start_at = match &opts.start_at {
+            None => 0,
+            Some(name) => rb
+                .steps
+                .iter()
+                .position(|s| &s.name == name)
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--start-at: runbook `{}` has no step `{name}`{}",
+                        rb.name,
+                        did_you_mean(name, rb.steps.iter().map(|s| s.name.as_str()))
+                    ))
+                })?,
+        };
+        let planner = Planner {
+            runbook: rb,
+            inventory: Arc::new(inventory),
+            opts,
+            run,
+            params,
+            templates,
+            vars,
+            forward,
+            guide,
+            targets,
+            limit,
+            start_at,
+        };
+        Ok(planner)
+    }
+
+    pub fn run_info(&self) -> &RunInfo {
+        &self.run
+    }
+
+    fn step(&self, r: StepRef) -> (&Step, &StepTemplates) {
+        match r {
+            StepRef::Forward(i) => (&self.runbook.steps[i], &self.forward[i]),
+            StepRef::Guide(i) => (&self.runbook.rollback[i], &self.guide[i]),
+        }
+    }
+
+    /// The hosts a step runs on, after `--limit`, in inventory order.
+    pub fn step_hosts(&self, r: StepRef) -> &[String] {
+        let key = match r {
+            StepRef::Forward(i) => (false, i),
+            StepRef::Guide(i) => (true, i),
+        };
+        self.targets.get(&key).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every host the run touches, in inventory order.
+    pub fn run_hosts(&self) -> Vec<&Host> {
+        let used: HashSet<&String> = self.targets.values().flatten().collect();
+        self.inventory
+            .hosts
+            .iter()
+            .filter(|h| used.contains(&h.name))
+            .collect()
+    }
+
+    pub fn endpoint(&self, h: &Host) -> Endpoint {
+        Endpoint {
+            host: h.name.clone(),
+            kind: h.connection,
+            address: h.address.clone(),
+            user: h.ssh.user.clone(),
+            port: h.ssh.port,
+            jump: h.ssh.jump.clone(),
+            identity_file: h.ssh.identity_file.clone(),
+            known_hosts_file: h.ssh.known_hosts_file.clone(),
+            config_file: h.ssh.config_file.clone(),
+            connect_timeout: h.ssh.connect_timeout,
+        }
+    }
+
+    fn login(&self, host: Option<&Host>) -> String {
+        match host {
+            Some(h) if h.connection == ConnectionKind::Ssh => format!(
+                "{}@{}",
+                h.ssh.user.as_deref().unwrap_or(&self.opts.local_user),
+                h.name
+            ),
+            Some(h) => format!("{}@{}", self.opts.local_user, h.name),
+            None => format!("{}@localhost", self.opts.local_user),
+        }
+    }
+
+    /// Variables of one host (or of the control machine), before captures and runbook vars.
+    fn base_map(
+        &self,
+        host: Option<&Host>,
+        reveal: Reveal,
+        step_hosts: &[String],
+    ) -> BTreeMap<String, Value> {
+        let mut m: BTreeMap<String, Value> = BTreeMap::new();
+        let inv = &self.inventory;
+        let put = |m: &mut BTreeMap<String, Value>, vars: &crate::inventory::Vars| {
+            for (k, v) in vars {
+                m.insert(k.clone(), Value::from_serialize(v.to_json()));
+            }
+        };
+        put(&mut m, &inv.vars);
+        if let Some(h) = host {
+            for g in inv.groups.iter().filter(|g| h.groups.contains(&g.name)) {
+                put(&mut m, &g.vars);
+            }
+            put(&mut m, &h.vars);
+        }
+        for p in &self.params {
+            let v = match (reveal, p.secret) {
+                (Reveal::Real, true) => self.opts.secrets.get(&p.name).cloned().or_else(|| {
+                    let decl = self.runbook.params.iter().find(|d| d.name == p.name);
+                    decl.and_then(|d| d.default.clone())
+                }),
+                (Reveal::Masked, true) => Some(MASK.to_string()),
+                _ => p.value.clone(),
+            };
+            if let Some(v) = v {
+                m.insert(p.name.clone(), Value::from(v));
+            }
+        }
+        let (name, address, groups) = match host {
+            Some(h) => (h.name.clone(), h.address.clone(), h.groups.clone()),
+            None => ("localhost".into(), "localhost".into(), Vec::new()),
+        };
+        m.insert(
+            "host".into(),
+            Value::from_serialize(
+                serde_json::json!({"name": name, "address": address, "groups": groups}),
+            ),
+        );
+        m.insert("env".into(), Value::from(inv.name.clone()));
+        m.insert(
+            "run".into(),
+            Value::from_serialize(serde_json::json!({
+                "id": self.run.id, "stamp": self.run.stamp, "date": self.run.date,
+                "operator": self.run.operator, "ticket": self.run.ticket.clone().unwrap_or_default(),
+            })),
+        );
+        let groups: BTreeMap<&str, &Vec<String>> = inv
+            .groups
+            .iter()
+            .map(|g| (g.name.as_str(), &g.hosts))
+            .collect();
+        m.insert("groups".into(), Value::from_serialize(groups));
+        m.insert("hosts".into(), Value::from_serialize(step_hosts));
+        m
+    }
+
+    /// Names captured by the steps before `upto` (exclusive), in order.
+    fn capture_names(&self, upto: usize) -> Vec<&str> {
+        self.runbook.steps[..upto.min(self.runbook.steps.len())]
+            .iter()
+            .filter_map(|s| s.capture.as_ref().map(|c| c.name.as_str()))
+            .collect()
+    }
+
+    /// The full context: base, captures (real or placeholders), runbook vars rendered.
+    fn context(
+        &self,
+        host: Option<&Host>,
+        reveal: Reveal,
+        step_hosts: &[String],
+        in_scope: &[&str],
+        captures: Option<&Captures>,
+    ) -> Result<(Context, HashSet<String>), RenderError> {
+        let mut m = self.base_map(host, reveal, step_hosts);
+        let mut deferred: HashSet<String> = HashSet::new();
+        for name in in_scope {
+            let v = match captures {
+                Some(c) => host
+                    .and_then(|h| c.hosts.get(&h.name))
+                    .and_then(|hc| hc.get(*name))
+                    .or_else(|| c.global.get(*name))
+                    .cloned(),
+                None => {
+                    deferred.insert(name.to_string());
+                    Some(template::capture_placeholder(name))
+                }
+            };
+            if let Some(v) = v {
+                m.insert(name.to_string(), Value::from(v));
+            }
+        }
+        let mut ctx = Context::new(m);
+        for (name, id) in &self.vars {
+            if in_scope.contains(&name.as_str()) {
+                continue;
+            }
+            let v = self.templates.render(*id, &ctx).map_err(|e| match e {
+                RenderError::Undefined {
+                    name: missing,
+                    hint,
+                } => RenderError::Other(format!(
+                    "variable `{name}` reads undefined variable `{missing}`{hint}"
+                )),
+                other => other,
+            })?;
+            if self
+                .templates
+                .variables(*id)
+                .iter()
+                .any(|x| deferred.contains(x))
+            {
+                deferred.insert(name.clone());
+            }
+            ctx = ctx.with([(name.clone(), Value::from(v))]);
+        }
+        Ok((ctx, deferred))
+    }
+
+    /// Renders one step for one host (`None`: the control machine) — the single
+    /// code path shared by the dry-run and the run.
+    pub fn render(
+        &self,
+        r: StepRef,
+        host_name: Option<&str>,
+        captures: Option<&Captures>,
+        reveal: Reveal,
+    ) -> Result<Target, Error> {
+        let (step, t) = self.step(r);
+        let host = host_name.and_then(|n| self.inventory.host(n));
+        let step_hosts = self.step_hosts(r);
+        let scope_before = match r {
+            StepRef::Forward(i) => self.capture_names(i),
+            StepRef::Guide(_) => self.capture_names(usize::MAX),
+        };
+        let scope_after = match r {
+            StepRef::Forward(i) => self.capture_names(i + 1),
+            StepRef::Guide(_) => scope_before.clone(),
+        };
+        let fail = |e: RenderError| -> Error {
+            let on = host_name
+                .map(|h| format!(" on host `{h}`"))
+                .unwrap_or_default();
+            diag(
+                &self.runbook,
+                step.span,
+                format!("in step `{}`{on}: {e}", step.name),
+            )
+        };
+        let (ctx, deferred) = self
+            .context(host, reveal, step_hosts, &scope_before, captures)
+            .map_err(fail)?;
+        let mut target = Target {
+            host: host_name.unwrap_or("localhost").to_string(),
+            login: self.login(host),
+            ..Target::default()
+        };
+        let render = |id: TemplateId, ctx: &Context| -> Result<String, Error> {
+            self.templates
+                .render(id, ctx)
+                .map(|s| template::show_placeholders(&s))
+                .map_err(fail)
+        };
+
+        if let Some(w) = t.when {
+            let reads_capture = self
+                .templates
+                .variables(w)
+                .iter()
+                .any(|v| deferred.contains(v));
+            if reads_capture {
+                target.when_at_run_time = step.when.as_ref().map(|w| w.src.trim().to_string());
+            } else if !self.templates.condition(w, &ctx).map_err(fail)? {
+                target.skipped = Some(format!(
+                    "when: {} is false",
+                    step.when.as_ref().map(|w| w.src.trim()).unwrap_or_default()
+                ));
+                return Ok(target);
+            }
+        }
+
+        let env: Vec<(String, String)> = t
+            .env
+            .iter()
+            .map(|(k, id)| Ok((k.clone(), render(*id, &ctx)?)))
+            .collect::<Result<_, Error>>()?;
+        let as_user = t.as_user.map(|id| render(id, &ctx)).transpose()?;
+        let cwd = t.cwd.map(|id| render(id, &ctx)).transpose()?;
+        let wrap = Wrap {
+            as_user: as_user.as_deref(),
+            become_with: host.and_then(|h| h.ssh.become_with).unwrap_or_default(),
+            cwd: cwd.as_deref(),
+            env: &env,
+            timeout: step.timeout,
+        };
+        match &step.action {
+            Action::Run(_) => {
+                target.command = Some(shell::wrap(
+                    &render(t.action.expect("run template"), &ctx)?,
+                    &wrap,
+                ));
+            }
+            Action::Script(_) => {
+                target.command = Some(shell::wrap("sh -e", &wrap));
+                target.stdin = Some(render(t.action.expect("script template"), &ctx)?);
+            }
+            Action::Upload(u) => {
+                let (src_id, dest_id, owner_id) = t.upload.expect("upload templates");
+                let src = render(src_id, &ctx)?;
+                let mut dest = render(dest_id, &ctx)?;
+                if dest.ends_with('/') {
+                    dest.push_str(src.trim_end_matches('/').rsplit('/').next().unwrap_or(&src));
+                }
+                let owner = owner_id.map(|id| render(id, &ctx)).transpose()?;
+                let line = shell::upload_command(
+                    &dest,
+                    u.mode.as_deref(),
+                    owner.as_deref(),
+                    &self.run.stamp,
+                );
+                target.command = Some(shell::wrap(&line, &wrap));
+                target.stdin = Some(format!("<contents of {src}>"));
+                target.upload = Some(UploadTarget { src, dest });
+            }
+            Action::Manual(_) | Action::CheckOnly => {}
+        }
+        if t.stdin.is_some() && target.stdin.is_none() {
+            target.stdin = t.stdin.map(|id| render(id, &ctx)).transpose()?;
+        }
+        // The check and the rollback run after the action, so they may read its capture.
+        let (after_ctx, _) = if scope_after.len() != scope_before.len() {
+            self.context(host, reveal, step_hosts, &scope_after, captures)
+                .map_err(fail)?
+        } else {
+            (ctx, deferred)
+        };
+        if let Some(id) = t.check {
+            target.check = Some(shell::wrap(&render(id, &after_ctx)?, &wrap));
+        }
+        for id in &t.rollback {
+            target
+                .rollback
+                .push(shell::wrap(&render(*id, &after_ctx)?, &wrap));
+        }
+        Ok(target)
+    }
+
+    /// The confirmation question of a step, if it has a gate.
+    pub fn confirm_prompt(&self, r: StepRef) -> Result<Option<String>, Error> {
+        let (step, t) = self.step(r);
+        match (&step.confirm, t.confirm) {
+            (None, _) => Ok(None),
+            (Some(_), None) => Ok(Some(format!("Run step `{}`?", step.name))),
+            (Some(_), Some(id)) => Ok(Some(self.render_control(r, id)?)),
+        }
+    }
+
+    /// The instructions of a manual step.
+    pub fn manual_text(&self, r: StepRef) -> Result<Option<String>, Error> {
+        let (step, t) = self.step(r);
+        match (&step.action, t.action) {
+            (Action::Manual(_), Some(id)) => Ok(Some(self.render_control(r, id)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Texts shown once per step are rendered for the control machine.
+    fn render_control(&self, r: StepRef, id: TemplateId) -> Result<String, Error> {
+        let (step, _) = self.step(r);
+        let scope = match r {
+            StepRef::Forward(i) => self.capture_names(i),
+            StepRef::Guide(_) => self.capture_names(usize::MAX),
+        };
+        let fail = |e: RenderError| {
+            diag(
+                &self.runbook,
+                step.span,
+                format!("in step `{}`: {e}", step.name),
+            )
+        };
+        let (ctx, _) = self
+            .context(None, Reveal::Masked, self.step_hosts(r), &scope, None)
+            .map_err(fail)?;
+        self.templates
+            .render(id, &ctx)
+            .map(|s| template::show_placeholders(&s).trim_end().to_string())
+            .map_err(fail)
+    }
+
+    fn plan_step(&self, r: StepRef, number: usize) -> Result<PlanStep, Error> {
+        let (step, _) = self.step(r);
+        let targets = if step.local {
+            vec![self.render(r, None, None, Reveal::Masked)?]
+        } else if matches!(step.action, Action::Manual(_)) {
+            Vec::new()
+        } else {
+            self.step_hosts(r)
+                .iter()
+                .map(|h| self.render(r, Some(h), None, Reveal::Masked))
+                .collect::<Result<_, _>>()?
+        };
+        let on = step
+            .on
+            .as_ref()
+            .or(self.runbook.hosts.as_ref())
+            .map(|t| t.src.clone())
+            .unwrap_or_else(|| "localhost".into());
+        Ok(PlanStep {
+            number,
+            name: step.name.clone(),
+            action: step.action.kind(),
+            on: if step.local {
+                "localhost (local)".into()
+            } else {
+                on
+            },
+            local: step.local,
+            confirm: self.confirm_prompt(r)?,
+            manual: self.manual_text(r)?,
+            timeout: step.timeout.map(crate::duration::format),
+            retries: step.retries,
+            delay: crate::duration::format(step.delay),
+            on_failure: step.on_failure,
+            capture: step.capture.as_ref().map(|c| c.name.clone()),
+            expect_exit: step.expect.exit.clone(),
+            service: step.service.clone(),
+            skipped_by_start_at: matches!(r, StepRef::Forward(i) if i < self.start_at),
+            targets,
+        })
+    }
+
+    /// The whole plan, secrets masked: what `--dry-run` prints.
+    pub fn plan(&self) -> Result<Plan, Error> {
+        let steps = (0..self.runbook.steps.len())
+            .map(|i| self.plan_step(StepRef::Forward(i), i + 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rollback_guide = (0..self.runbook.rollback.len())
+            .map(|i| self.plan_step(StepRef::Guide(i), i + 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let hosts: Vec<PlanHost> = self
+            .run_hosts()
+            .into_iter()
+            .map(|h| PlanHost {
+                name: h.name.clone(),
+                login: self.login(Some(h)),
+                endpoint: self.endpoint(h),
+                groups: h.groups.clone(),
+            })
+            .collect();
+        Ok(Plan {
+            runbook: RunbookInfo {
+                name: self.runbook.name.clone(),
+                description: self.runbook.description.clone(),
+                version: self.runbook.version.clone(),
+                path: self.runbook.source.display_path(),
+                sha256: self.runbook.source.sha256(),
+            },
+            inventory: InventoryInfo {
+                name: self.inventory.name.clone(),
+                path: self.inventory.source.display_path(),
+                sha256: self.inventory.source.sha256(),
+            },
+            run: self.run.clone(),
+            params: self.params.clone(),
+            batches: self.batches(&hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>()),
+            hosts,
+            start_gate: self.inventory.confirm,
+            steps,
+            rollback_guide,
+        })
+    }
+
+    /// Rolling batches per the runbook's `serial` (one batch of everything without it).
+    pub fn batches(&self, hosts: &[String]) -> Vec<Vec<String>> {
+        let size = match self.runbook.serial {
+            None => hosts.len(),
+            Some(Serial::Count(n)) => n,
+            Some(Serial::Percent(p)) => (hosts.len() * usize::from(p)).div_ceil(100),
+        }
+        .max(1);
+        hosts.chunks(size).map(<[String]>::to_vec).collect()
+    }
+
+    pub fn start_at(&self) -> usize {
+        self.start_at
+    }
+
+    pub fn is_limited(&self) -> bool {
+        self.limit.is_some()
+    }
+}
+
+fn compile_step(s: &Step, t: &mut Templates) -> yaml::Result<StepTemplates> {
+    let add = |t: &mut Templates, x: &Option<crate::runbook::Text>| {
+        x.as_ref().map(|x| t.add(x, Kind::Text)).transpose()
+    };
+    let action = match &s.action {
+        Action::Run(x) | Action::Script(x) | Action::Manual(x) => Some(t.add(x, Kind::Text)?),
+        _ => None,
+    };
+    let upload = match &s.action {
+        Action::Upload(u) => Some((
+            t.add(&u.src, Kind::Text)?,
+            t.add(&u.dest, Kind::Text)?,
+            add(t, &u.owner)?,
+        )),
+        _ => None,
+    };
+    Ok(StepTemplates {
+        action,
+        upload,
+        as_user: add(t, &s.as_user)?,
+        cwd: add(t, &s.cwd)?,
+        env: s
+            .env
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), t.add(v, Kind::Text)?)))
+            .collect::<yaml::Result<_>>()?,
+        stdin: add(t, &s.stdin)?,
+        when: s
+            .when
+            .as_ref()
+            .map(|w| t.add(w, Kind::Condition))
+            .transpose()?,
+        check: add(t, &s.check)?,
+        rollback: s
+            .rollback
+            .iter()
+            .map(|r| t.add(r, Kind::Text))
+            .collect::<yaml::Result<_>>()?,
+        confirm: match &s.confirm {
+            Some(Some(p)) => Some(t.add(p, Kind::Text)?),
+            _ => None,
+        },
+    })
+}
+
+/// Binds `-e` values, defaults and secrets to the runbook's params.
+fn bind_params(rb: &Runbook, opts: &Options) -> Result<Vec<ParamValue>, Error> {
+    for (k, _) in &opts.params {
+        if !rb.params.iter().any(|p| &p.name == k) {
+            let declared: Vec<&str> = rb.params.iter().map(|p| p.name.as_str()).collect();
+            return Err(Error::Usage(format!(
+                "-e {k}: runbook `{}` has no param `{k}`{}{}",
+                rb.name,
+                did_you_mean(k, declared.iter().copied()),
+                if declared.is_empty() {
+                    " (it declares no params)".to_string()
+                } else {
+                    format!(" (params: {})", declared.join(", "))
+                }
+            )));
+        }
+    }
+    let mut out = Vec::new();
+    for p in &rb.params {
+        let given = opts
+            .params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == &p.name)
+            .map(|(_, v)| v.clone());
+        if p.secret {
+            if given.is_some() {
+                return Err(Error::Usage(format!(
+                    "-e {}: `{}` is a secret param and cannot be given on the command line (it would show in `ps` and the shell history); set OPSRUN_SECRET_{} or answer the prompt",
+                    p.name,
+                    p.name,
+                    p.name.to_uppercase()
+                )));
+            }
+            let have = opts.secrets.contains_key(&p.name);
+            if let Some(v) = opts.secrets.get(&p.name) {
+                p.check_value(v)
+                    .map_err(|m| Error::Usage(format!("secret param `{}`: {m}", p.name)))?;
+            }
+            out.push(ParamValue {
+                name: p.name.clone(),
+                value: (have || p.default.is_some()).then(|| MASK.to_string()),
+                secret: true,
+                source: if have {
+                    "secret"
+                } else if p.default.is_some() {
+                    "default"
+                } else {
+                    "not given"
+                },
+            });
+            continue;
+        }
+        let (value, source) = match (given, &p.default) {
+            (Some(v), _) => (Some(v), "-e"),
+            (None, Some(d)) => (Some(d.clone()), "default"),
+            (None, None) if p.required => {
+                return Err(diag(
+                    rb,
+                    p.span,
+                    format!(
+                        "missing required param `{}`{}: pass it with -e {}=VALUE",
+                        p.name,
+                        p.description
+                            .as_ref()
+                            .map(|d| format!(" ({d})"))
+                            .unwrap_or_default(),
+                        p.name
+                    ),
+                ))
+            }
+            (None, None) => (None, "not given"),
+        };
+        if let (Some(v), "-e") = (&value, source) {
+            p.check_value(v)
+                .map_err(|m| Error::Usage(format!("-e {}: {m}", p.name)))?;
+        }
+        out.push(ParamValue {
+            name: p.name.clone(),
+            value,
+            secret: false,
+            source,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,246 @@
+//! Printing a plan: the text a `--dry-run` shows and the JSON it emits for tooling.
+
+use crate::inventory::ConfirmMode;
+use crate::plan::{Plan, PlanStep, Target};
+use console::style;
+use std::fmt::Write as _;
+
+/// `[user@host]# command`, continuation lines indented under the command.
+pub fn prompt_line(login: &str, command: &str, indent: &str) -> String {
+    let head = format!("[{login}]# ");
+    let pad = " ".repeat(head.chars().count());
+    let mut out = String::new();
+    for (i, line) in command.lines().enumerate() {
+        if i == 0 {
+            let _ = write!(out, "{indent}{head}{line}");
+        } else {
+            let _ = write!(out, "\n{indent}{pad}{line}");
+        }
+    }
+    if command.is_empty() {
+        let _ = write!(out, "{indent}{head}");
+    }
+    out
+}
+
+fn indented(text: &str, indent: &str) -> String {
+    text.trim_end()
+        .lines()
+        .map(|l| format!("{indent}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn text(plan: &Plan) -> String {
+    let mut o = String::new();
+    let rb = &plan.runbook;
+    let _ = writeln!(
+        o,
+        "{}",
+        style("DRY RUN: nothing is executed and no connection is opened.").bold()
+    );
+    let _ = writeln!(o);
+    let version = rb
+        .version
+        .as_ref()
+        .map(|v| format!(" version {v}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "runbook    {}{version}  {}  sha256:{}",
+        style(&rb.name).bold(),
+        rb.path,
+        rb.sha256
+    );
+    if let Some(d) = &rb.description {
+        let _ = writeln!(
+            o,
+            "           {}",
+            d.trim().lines().next().unwrap_or_default()
+        );
+    }
+    let inv = &plan.inventory;
+    let _ = writeln!(
+        o,
+        "inventory  {}  {}  sha256:{}",
+        style(&inv.name).bold(),
+        inv.path,
+        inv.sha256
+    );
+    let r = &plan.run;
+    let _ = writeln!(
+        o,
+        "run        {}  (stamp {}, operator {}, ticket {})",
+        r.id,
+        r.stamp,
+        r.operator,
+        r.ticket.as_deref().unwrap_or("none")
+    );
+    for (i, p) in plan.params.iter().enumerate() {
+        let label = if i == 0 { "params" } else { "" };
+        let value = match &p.value {
+            Some(v) => v.clone(),
+            None if p.secret => "(asked for at run time)".into(),
+            None => "(not set)".into(),
+        };
+        let _ = writeln!(o, "{label:<10} {}={value}  ({})", p.name, p.source);
+    }
+    let hosts: Vec<String> = plan
+        .hosts
+        .iter()
+        .map(|h| {
+            let port = h.endpoint.port.map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{} ({}{port})", h.name, h.endpoint.address)
+        })
+        .collect();
+    let _ = writeln!(
+        o,
+        "hosts      {}",
+        if hosts.is_empty() {
+            "none".into()
+        } else {
+            hosts.join(", ")
+        }
+    );
+    if plan.batches.len() > 1 {
+        let b: Vec<String> = plan
+            .batches
+            .iter()
+            .map(|b| format!("[{}]", b.join(", ")))
+            .collect();
+        let _ = writeln!(
+            o,
+            "batches    {} (the step list runs batch by batch)",
+            b.join(" ")
+        );
+    }
+    match plan.start_gate {
+        ConfirmMode::Typed => {
+            let _ = writeln!(
+                o,
+                "\n{} the operator types `{}` before anything runs",
+                style("gate:").yellow().bold(),
+                inv.name
+            );
+        }
+        ConfirmMode::Yes => {
+            let _ = writeln!(
+                o,
+                "\n{} the operator confirms before anything runs",
+                style("gate:").yellow().bold()
+            );
+        }
+        ConfirmMode::None => {}
+    }
+    let total = plan.steps.len();
+    for s in &plan.steps {
+        step(&mut o, s, &format!("{}/{total}", s.number));
+    }
+    if plan.rollback_guide.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nrollback guide: none (`opsrun rollback RUN` undoes the completed steps with their own `rollback`)"
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "\n{}",
+            style("rollback guide (run later with `opsrun rollback RUN`):").bold()
+        );
+        for s in &plan.rollback_guide {
+            step(&mut o, s, &format!("R{}", s.number));
+        }
+    }
+    o
+}
+
+fn step(o: &mut String, s: &PlanStep, number: &str) {
+    let _ = writeln!(o);
+    let mut head = format!(
+        "{} {}  on: {}",
+        style(format!("[{number}]")).cyan().bold(),
+        style(&s.name).bold(),
+        s.on
+    );
+    if s.skipped_by_start_at {
+        head.push_str("  (skipped: before --start-at)");
+    }
+    let _ = writeln!(o, "{head}");
+    let mut notes = Vec::new();
+    if let Some(t) = &s.timeout {
+        notes.push(format!("timeout {t}"));
+    }
+    if let Some(c) = &s.capture {
+        notes.push(format!("captures `{c}`"));
+    }
+    if s.expect_exit != [0] {
+        notes.push(format!("exit codes {:?} count as success", s.expect_exit));
+    }
+    if s.on_failure != crate::runbook::OnFailure::Rollback {
+        notes.push(format!("on failure: {:?}", s.on_failure).to_lowercase());
+    }
+    if let Some(svc) = &s.service {
+        notes.push(format!("service `{}` {:?}", svc.name, svc.state).to_lowercase());
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(o, "    ({})", notes.join("; "));
+    }
+    if let Some(q) = &s.confirm {
+        let _ = writeln!(o, "    {} {q} [y/N]", style("gate:").yellow().bold());
+    }
+    if let Some(m) = &s.manual {
+        let _ = writeln!(
+            o,
+            "    {} the operator does this by hand, confirms and may note a ticket id:",
+            style("manual:").yellow().bold()
+        );
+        let _ = writeln!(o, "{}", indented(m, "      | "));
+    }
+    if s.targets.is_empty() && s.manual.is_none() {
+        let _ = writeln!(o, "    no hosts");
+    }
+    for t in &s.targets {
+        target(o, t, s.retries, &s.delay);
+    }
+}
+
+fn target(o: &mut String, t: &Target, retries: u32, delay: &str) {
+    if let Some(why) = &t.skipped {
+        let _ = writeln!(o, "    {}: skipped ({why})", t.host);
+        return;
+    }
+    if let Some(w) = &t.when_at_run_time {
+        let _ = writeln!(
+            o,
+            "    {}: runs only if `{w}` (decided at run time, it reads a capture)",
+            t.host
+        );
+    }
+    if let Some(u) = &t.upload {
+        let _ = writeln!(o, "    upload {} -> {}:{}", u.src, t.host, u.dest);
+    }
+    if let Some(c) = &t.command {
+        let _ = writeln!(o, "{}", prompt_line(&t.login, c, "    "));
+    }
+    if let (Some(stdin), None) = (&t.stdin, &t.upload) {
+        let _ = writeln!(o, "      stdin:");
+        let _ = writeln!(o, "{}", indented(stdin, "      | "));
+    }
+    if let Some(c) = &t.check {
+        let label = if retries > 0 {
+            format!("check (up to {} tries, {delay} apart):", retries + 1)
+        } else {
+            "check:".to_string()
+        };
+        let _ = writeln!(o, "      {label}");
+        let _ = writeln!(o, "{}", prompt_line(&t.login, c, "        "));
+    }
+    for r in &t.rollback {
+        let _ = writeln!(o, "      rollback:");
+        let _ = writeln!(o, "{}", prompt_line(&t.login, r, "        "));
+    }
+}
+
+pub fn json(plan: &Plan) -> String {
+    serde_json::to_string_pretty(plan).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}

@@ -1,0 +1,194 @@
+//! POSIX shell quoting and the wrapping that turns a step into the exact line sent to a host.
+//!
+//! Everything a host receives is built here, so the dry-run shows byte for byte
+//! what a run sends: `cd`, `env`, `as:` (su/sudo) and `timeout` wrapping included.
+
+use std::time::Duration;
+
+/// Quotes `s` as one literal POSIX shell word. Safe words are left bare for readability.
+pub fn quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'_' | b'@' | b'%' | b'+' | b'=' | b':' | b',' | b'.' | b'/' | b'-'
+                )
+        });
+    if safe {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// How `as:` switches user on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Become {
+    #[default]
+    Su,
+    Sudo,
+}
+
+/// The wrapping of one command: user switch, directory, environment, time limit.
+#[derive(Debug, Default)]
+pub struct Wrap<'a> {
+    pub as_user: Option<&'a str>,
+    pub become_with: Become,
+    pub cwd: Option<&'a str>,
+    pub env: &'a [(String, String)],
+    pub timeout: Option<Duration>,
+}
+
+/// The exact command line for a host.
+///
+/// A multi-line command runs under `set -e`: a runbook line that fails must not
+/// be followed by the next one (a failed `mv` followed by `tar x` over the live
+/// tree is how SOP rollbacks go wrong).
+pub fn wrap(cmd: &str, w: &Wrap) -> String {
+    let cmd = cmd.trim_end();
+    let mut inner = String::new();
+    if let Some(cwd) = w.cwd {
+        // `|| exit` rather than `&&`: it also guards every later line of a multi-line command.
+        inner.push_str(&format!("cd {} || exit; ", quote(cwd)));
+    }
+    for (k, v) in w.env {
+        inner.push_str(&format!("export {k}={}; ", quote(v)));
+    }
+    if cmd.contains('\n') {
+        inner.push_str("set -e\n");
+    }
+    inner.push_str(cmd);
+    let mut line = match w.as_user {
+        Some(user) => match w.become_with {
+            Become::Su => format!("su - {} -c {}", quote(user), quote(&inner)),
+            Become::Sudo => format!("sudo -n -H -u {} -- sh -c {}", quote(user), quote(&inner)),
+        },
+        None => inner,
+    };
+    if let Some(t) = w.timeout {
+        // coreutils `timeout` signals its whole process group, so children of the
+        // command die with it on the host; -k follows up with KILL if TERM is ignored.
+        let secs = t.as_secs().max(1) + u64::from(t.subsec_nanos() > 0);
+        line = format!("timeout -k 10 {secs} sh -c {}", quote(&line));
+    }
+    line
+}
+
+/// The host-side half of an upload: the file arrives on stdin, is checked and moved into place.
+///
+/// Writing to a temporary name first means a broken transfer never leaves a
+/// half-written package under the real name.
+pub fn upload_command(dest: &str, mode: Option<&str>, owner: Option<&str>, tag: &str) -> String {
+    let part = format!("{dest}.opsrun-{tag}.part");
+    let mut s = format!("umask 077 && cat > {p} && sha256sum {p}", p = quote(&part));
+    if let Some(m) = mode {
+        s.push_str(&format!(" && chmod {m} {}", quote(&part)));
+    }
+    if let Some(o) = owner {
+        s.push_str(&format!(" && chown {} {}", quote(o), quote(&part)));
+    }
+    s.push_str(&format!(" && mv -f {} {}", quote(&part), quote(dest)));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Runs `printf %s WORD` through a real sh: the word must come back unchanged.
+    fn roundtrip(s: &str) -> String {
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", quote(s)))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn hostile_values_are_one_literal_word() {
+        for v in [
+            "$(rm -rf /)",
+            "`reboot`",
+            "a; rm -rf /",
+            "it's",
+            "\"double\"",
+            "line1\nline2",
+            "select expired_date from v$license;",
+            "数据库 备份",
+            "",
+            " leading space",
+            "*",
+            "~root",
+            "a'b'c''",
+            "\\",
+            "--exclude=x",
+            "ＡＢＣ　全角",
+        ] {
+            assert_eq!(roundtrip(v), v, "value {v:?} quoted as {}", quote(v));
+            // One word: `set -- WORD; echo $#` must say 1.
+            let out = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("set -- {}; printf %s $#", quote(v)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "1", "{v:?}");
+        }
+    }
+
+    #[test]
+    fn safe_words_stay_bare() {
+        assert_eq!(quote("/data/WEAVER/ecology"), "/data/WEAVER/ecology");
+        assert_eq!(quote("v$license"), "'v$license'");
+    }
+
+    #[test]
+    fn wraps_in_the_documented_order() {
+        let env = vec![("LANG".to_string(), "C".to_string())];
+        let w = Wrap {
+            as_user: Some("dmdba"),
+            become_with: Become::Su,
+            cwd: Some("/data/dm bin"),
+            env: &env,
+            timeout: Some(Duration::from_secs(30)),
+        };
+        assert_eq!(
+            wrap("./DmServiceDMSERVER stop", &w),
+            r#"timeout -k 10 30 sh -c 'su - dmdba -c '\''cd '\''\'\'''\''/data/dm bin'\''\'\'''\'' || exit; export LANG=C; ./DmServiceDMSERVER stop'\'''"#
+        );
+        assert_eq!(wrap("true\n", &Wrap::default()), "true");
+        assert_eq!(wrap("a\nb", &Wrap::default()), "set -e\na\nb");
+    }
+
+    #[test]
+    fn wrapped_commands_really_run() {
+        let env = vec![("GREETING".to_string(), "hi there".to_string())];
+        let dir = std::env::temp_dir();
+        let w = Wrap {
+            cwd: dir.to_str(),
+            env: &env,
+            timeout: Some(Duration::from_secs(5)),
+            ..Wrap::default()
+        };
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(wrap("printf '%s|' \"$GREETING\" \"$(pwd)\"", &w))
+            .output()
+            .unwrap();
+        let expect = format!("hi there|{}|", dir.canonicalize().unwrap().display());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expect);
+    }
+}
