@@ -320,6 +320,22 @@ impl Planner {
         Ok(planner)
     }
 
+    /// The secret values in use, so output can be scrubbed of them.
+    pub fn secret_values(&self) -> Vec<String> {
+        self.runbook
+            .params
+            .iter()
+            .filter(|p| p.secret)
+            .filter_map(|p| {
+                self.opts
+                    .secrets
+                    .get(&p.name)
+                    .cloned()
+                    .or_else(|| p.default.clone())
+            })
+            .collect()
+    }
+
     pub fn run_info(&self) -> &RunInfo {
         &self.run
     }

@@ -1,0 +1,186 @@
+//! What happens during a run, as a stream of events.
+//!
+//! The engine emits events; the journal stores them (the run's single source
+//! of truth), the terminal view shows them, and the Markdown log is rendered
+//! from them. Everything in an event is already masked: no secret reaches it.
+
+use serde::{Deserialize, Serialize};
+
+/// A point in time as written in the journal (RFC 3339, local offset).
+pub type Time = chrono::DateTime<chrono::FixedOffset>;
+
+pub fn now() -> Time {
+    chrono::Local::now().fixed_offset()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Failed,
+    Skipped,
+    TimedOut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    /// The operator said no at a gate, or stdin could not answer one.
+    NotConfirmed,
+    Interrupted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Forward,
+    Rollback,
+}
+
+/// One saved output stream: where the full text is and its digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    /// Relative to the run directory.
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckAttempt {
+    pub attempt: u32,
+    pub exit_code: Option<i32>,
+    pub ok: bool,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub name: String,
+    pub address: String,
+    pub login: String,
+    pub connection: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        time: Time,
+        run_id: String,
+        /// `run` for a runbook run; `rollback` for `opsrun rollback` of an earlier run.
+        kind: String,
+        rollback_of: Option<String>,
+        runbook: String,
+        runbook_version: Option<String>,
+        runbook_path: String,
+        runbook_sha256: String,
+        inventory: String,
+        inventory_path: String,
+        inventory_sha256: String,
+        operator: String,
+        control_host: String,
+        ticket: Option<String>,
+        opsrun_version: String,
+        stamp: String,
+        params: Vec<(String, String)>,
+        hosts: Vec<HostInfo>,
+        start_at: Option<String>,
+    },
+    Gate {
+        time: Time,
+        step: Option<String>,
+        prompt: String,
+        answer: String,
+        confirmed: bool,
+        by: String,
+    },
+    Connected {
+        time: Time,
+        host: String,
+        millis: u64,
+    },
+    ConnectFailed {
+        time: Time,
+        host: String,
+        error: String,
+    },
+    StepStarted {
+        time: Time,
+        phase: Phase,
+        number: usize,
+        step: String,
+        hosts: Vec<String>,
+        /// The service this step stops or starts, for the downtime report.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<crate::runbook::Service>,
+    },
+    TargetStarted {
+        time: Time,
+        phase: Phase,
+        number: usize,
+        step: String,
+        host: String,
+        command: Option<String>,
+    },
+    TargetFinished {
+        time: Time,
+        phase: Phase,
+        number: usize,
+        step: String,
+        host: String,
+        login: String,
+        status: Status,
+        started: Time,
+        millis: u64,
+        exit_code: Option<i32>,
+        command: Option<String>,
+        stdin: Option<String>,
+        stdout: Option<Saved>,
+        stderr: Option<Saved>,
+        checks: Vec<CheckAttempt>,
+        capture: Option<(String, String)>,
+        upload_sha256: Option<String>,
+        reason: Option<String>,
+    },
+    Manual {
+        time: Time,
+        step: String,
+        instructions: String,
+        confirmed: bool,
+        note: Option<String>,
+        by: String,
+    },
+    StepFinished {
+        time: Time,
+        phase: Phase,
+        number: usize,
+        step: String,
+        status: Status,
+        failed_hosts: Vec<String>,
+    },
+    RunFinished {
+        time: Time,
+        outcome: Outcome,
+        message: String,
+    },
+}
+
+impl Event {
+    pub fn time(&self) -> Time {
+        match self {
+            Event::RunStarted { time, .. }
+            | Event::Gate { time, .. }
+            | Event::Connected { time, .. }
+            | Event::ConnectFailed { time, .. }
+            | Event::StepStarted { time, .. }
+            | Event::TargetStarted { time, .. }
+            | Event::TargetFinished { time, .. }
+            | Event::Manual { time, .. }
+            | Event::StepFinished { time, .. }
+            | Event::RunFinished { time, .. } => *time,
+        }
+    }
+}

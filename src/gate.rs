@@ -1,0 +1,122 @@
+//! Gates: the points where the operator must say yes before opsrun goes on.
+//!
+//! A gate is answered by `--yes` or by a person at a terminal. It never reads
+//! an answer from a pipe: with stdin not a terminal and no `--yes`, it fails
+//! at once (exit 3) instead of taking a stray "y" or hanging.
+
+use crate::ui::Ui;
+use std::io::{BufRead, IsTerminal};
+
+#[derive(Debug, Clone)]
+pub struct Gates {
+    pub yes: bool,
+    /// `--env` was given on the command line (a typed gate needs it even with `--yes`).
+    pub env_explicit: bool,
+    pub interactive: bool,
+}
+
+/// The answer to a gate, as recorded in the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub confirmed: bool,
+    pub text: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("gate \"{prompt}\" needs an answer, but stdin is not a terminal and --yes was not given (opsrun never reads an answer from a pipe)")]
+    NoTerminal { prompt: String },
+    #[error("cannot read the answer to \"{prompt}\": {source}")]
+    Read {
+        prompt: String,
+        source: std::io::Error,
+    },
+}
+
+impl Gates {
+    pub fn from_env(yes: bool, env_explicit: bool) -> Gates {
+        Gates {
+            yes,
+            env_explicit,
+            interactive: std::io::stdin().is_terminal(),
+        }
+    }
+
+    fn ask(&self, ui: &Ui, prompt: &str) -> Result<String, GateError> {
+        if !self.interactive {
+            return Err(GateError::NoTerminal {
+                prompt: prompt.to_string(),
+            });
+        }
+        let mut line = String::new();
+        ui.suspend(|| {
+            eprint!("{prompt} ");
+            tokio::task::block_in_place(|| std::io::stdin().lock().read_line(&mut line))
+        })
+        .map_err(|source| GateError::Read {
+            prompt: prompt.to_string(),
+            source,
+        })?;
+        Ok(line.trim().to_string())
+    }
+
+    /// A yes/no question; only `y` or `yes` proceeds.
+    pub fn confirm(&self, ui: &Ui, question: &str) -> Result<Answer, GateError> {
+        if self.yes {
+            return Ok(Answer {
+                confirmed: true,
+                text: "--yes".into(),
+            });
+        }
+        let text = self.ask(ui, &format!("{question} [y/N]"))?;
+        let confirmed = matches!(text.to_lowercase().as_str(), "y" | "yes");
+        Ok(Answer { confirmed, text })
+    }
+
+    /// The operator types the environment's name.
+    pub fn typed(&self, ui: &Ui, env: &str) -> Result<Answer, GateError> {
+        if self.yes && self.env_explicit {
+            return Ok(Answer {
+                confirmed: true,
+                text: format!("--yes --env {env}"),
+            });
+        }
+        let text = self.ask(
+            ui,
+            &format!("This runs against `{env}`. Type the environment name to continue:"),
+        )?;
+        Ok(Answer {
+            confirmed: text == env,
+            text,
+        })
+    }
+
+    /// A manual step: the operator does it by hand, confirms, and may leave a note.
+    pub fn manual(
+        &self,
+        ui: &Ui,
+        instructions: &str,
+    ) -> Result<(Answer, Option<String>), GateError> {
+        ui.suspend(|| {
+            eprintln!("  manual step, do this by hand:");
+            for line in instructions.lines() {
+                eprintln!("  | {line}");
+            }
+        });
+        if self.yes {
+            return Ok((
+                Answer {
+                    confirmed: true,
+                    text: "--yes".into(),
+                },
+                None,
+            ));
+        }
+        let answer = self.confirm(ui, "Done?")?;
+        if !answer.confirmed {
+            return Ok((answer, None));
+        }
+        let note = self.ask(ui, "Note or ticket id for the log (Enter for none):")?;
+        Ok((answer, (!note.is_empty()).then_some(note)))
+    }
+}

@@ -1,0 +1,121 @@
+//! The run directory: `<log-dir>/<run-id>/` with the journal, full outputs,
+//! copies of the runbook and inventory, and (at the end) the Markdown log.
+
+use crate::events::{Event, Saved};
+use crate::journal::{Journal, JournalError};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub struct Recorder {
+    dir: PathBuf,
+    journal: Mutex<Journal>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot create the run directory `{}`: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot save output `{}`: {source}", path.display())]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// File names from step names and hosts: ASCII, no separators.
+pub fn slug(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while out.contains("--") {
+        out = out.replace("--", "-");
+    }
+    let t = out.trim_matches('-');
+    t.chars().take(40).collect()
+}
+
+impl Recorder {
+    /// Creates a fresh run directory; a clash (two runs in the same second) gets a suffix.
+    pub fn create(log_dir: &Path, run_id: &str) -> Result<(Recorder, String), RecordError> {
+        std::fs::create_dir_all(log_dir).map_err(|source| RecordError::Create {
+            path: log_dir.to_path_buf(),
+            source,
+        })?;
+        let mut id = run_id.to_string();
+        let mut n = 1;
+        let dir = loop {
+            let dir = log_dir.join(&id);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    n += 1;
+                    id = format!("{run_id}-{n}");
+                }
+                Err(source) => return Err(RecordError::Create { path: dir, source }),
+            }
+        };
+        std::fs::create_dir(dir.join("outputs")).map_err(|source| RecordError::Create {
+            path: dir.join("outputs"),
+            source,
+        })?;
+        let journal = Journal::create(&dir)?;
+        Ok((
+            Recorder {
+                dir,
+                journal: Mutex::new(journal),
+            },
+            id,
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn emit(&self, event: &Event) -> Result<(), RecordError> {
+        let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        j.append(event)?;
+        Ok(())
+    }
+
+    /// Keeps a copy of an input file so a later `opsrun rollback` uses exactly what ran.
+    pub fn keep(&self, name: &str, text: &str) -> Result<(), RecordError> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).map_err(|source| RecordError::Output { path, source })
+    }
+
+    /// Writes one output stream (already redacted) and returns where it is and its digest.
+    pub fn save(&self, stem: &str, ext: &str, bytes: &[u8]) -> Result<Option<Saved>, RecordError> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let rel = format!("outputs/{stem}.{ext}");
+        let path = self.dir.join(&rel);
+        std::fs::write(&path, bytes).map_err(|source| RecordError::Output { path, source })?;
+        Ok(Some(Saved {
+            file: rel,
+            sha256: sha256_hex(bytes),
+            bytes: bytes.len() as u64,
+        }))
+    }
+}

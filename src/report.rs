@@ -1,0 +1,613 @@
+//! The Markdown execution log, rendered from the journal alone.
+//!
+//! It is written to be attached to a change ticket: readable as plain text,
+//! rendered well by GitHub/GitLab, and robust against whatever a host prints
+//! (backticks, `|`, ANSI escapes, NUL bytes, CJK): fences are made longer than
+//! any backtick run inside them, table cells are escaped, controls are shown.
+
+use crate::events::{Event, Outcome, Phase, Status, Time};
+use crate::runbook::ServiceState;
+use crate::sanitize::escape_controls;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Output longer than this (lines or bytes) is cut in the log; the full text stays in `outputs/`.
+const MAX_LINES: usize = 40;
+const MAX_BYTES: usize = 4000;
+
+/// A table cell: one line, pipes escaped, controls visible.
+pub fn cell(s: &str) -> String {
+    escape_controls(s.as_bytes())
+        .replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace('\n', " ")
+        .replace('\t', " ")
+        .replace('`', "\\`")
+}
+
+/// Inline code that cannot be broken out of.
+fn code(s: &str) -> String {
+    let s = escape_controls(s.as_bytes()).replace('\n', " ");
+    let ticks = longest_run(&s, '`') + 1;
+    let fence = "`".repeat(ticks);
+    let pad = if s.starts_with('`') || s.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{s}{pad}{fence}")
+}
+
+fn longest_run(s: &str, c: char) -> usize {
+    let (mut best, mut cur) = (0, 0);
+    for ch in s.chars() {
+        if ch == c {
+            cur += 1;
+            best = best.max(cur);
+        } else {
+            cur = 0;
+        }
+    }
+    best
+}
+
+/// A fenced block whose fence is longer than any backtick run in the text.
+pub fn fenced(lang: &str, text: &str) -> String {
+    let body = escape_controls(text.as_bytes());
+    let fence = "`".repeat(longest_run(&body, '`').max(2) + 1);
+    format!("{fence}{lang}\n{}\n{fence}\n", body.trim_end_matches('\n'))
+}
+
+fn truncate(text: &str) -> (String, bool) {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= MAX_LINES && text.len() <= MAX_BYTES {
+        return (text.to_string(), false);
+    }
+    let head: Vec<&str> = lines.iter().take(MAX_LINES / 2).copied().collect();
+    let tail: Vec<&str> = lines
+        .iter()
+        .rev()
+        .take(MAX_LINES / 2)
+        .rev()
+        .copied()
+        .collect();
+    let mut out = head.join("\n");
+    if out.len() > MAX_BYTES / 2 {
+        out = out.chars().take(MAX_BYTES / 2).collect();
+    }
+    let omitted = lines.len().saturating_sub(head.len() + tail.len());
+    let mut t = tail.join("\n");
+    if t.len() > MAX_BYTES / 2 {
+        t = t
+            .chars()
+            .rev()
+            .take(MAX_BYTES / 2)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+    }
+    (
+        format!("{out}\n[... {omitted} line(s) omitted: see the full output file ...]\n{t}"),
+        true,
+    )
+}
+
+fn fmt_time(t: &Time) -> String {
+    t.format("%Y-%m-%d %H:%M:%S %:z").to_string()
+}
+
+fn fmt_ms(ms: u64) -> String {
+    crate::duration::format(std::time::Duration::from_millis(ms))
+}
+
+fn status_word(s: Status) -> &'static str {
+    match s {
+        Status::Ok => "ok",
+        Status::Failed => "FAILED",
+        Status::Skipped => "skipped",
+        Status::TimedOut => "TIMED OUT",
+    }
+}
+
+/// Reads a saved output file back (it is the full, redacted text).
+fn read_output(run_dir: &Path, file: &str) -> String {
+    std::fs::read(run_dir.join(file))
+        .map(|b| escape_controls(&b))
+        .unwrap_or_else(|e| format!("(cannot read {file}: {e})"))
+}
+
+/// Renders the log. `signed_note` goes at the top (e.g. the UNSIGNED banner).
+pub fn render(events: &[Event], run_dir: &Path, banner: Option<&str>) -> String {
+    let mut o = String::new();
+    let started = events.iter().find_map(|e| match e {
+        Event::RunStarted { .. } => Some(e.clone()),
+        _ => None,
+    });
+    let finished = events.iter().rev().find_map(|e| match e {
+        Event::RunFinished {
+            time,
+            outcome,
+            message,
+        } => Some((*time, *outcome, message.clone())),
+        _ => None,
+    });
+    let Some(Event::RunStarted {
+        time: start,
+        run_id,
+        kind,
+        rollback_of,
+        runbook,
+        runbook_version,
+        runbook_path,
+        runbook_sha256,
+        inventory,
+        inventory_path,
+        inventory_sha256,
+        operator,
+        control_host,
+        ticket,
+        opsrun_version,
+        params,
+        hosts,
+        start_at,
+        ..
+    }) = started
+    else {
+        return "# opsrun execution log\n\n**INCOMPLETE**: the journal has no start event.\n"
+            .to_string();
+    };
+    let title = if kind == "rollback" {
+        "rollback"
+    } else {
+        "execution log"
+    };
+    let _ = writeln!(
+        o,
+        "# opsrun {title}: {} on {}\n",
+        cell(&runbook),
+        cell(&inventory)
+    );
+    if let Some(b) = banner {
+        let _ = writeln!(o, "> {b}\n");
+    }
+    if finished.is_none() {
+        let _ = writeln!(
+            o,
+            "> **INCOMPLETE**: the run ended without a final event (killed or crashed). Everything up to the last recorded event is below.\n"
+        );
+    }
+    let last_time = events.last().map(Event::time).unwrap_or(start);
+    let end = finished.as_ref().map_or(last_time, |f| f.0);
+    let result = match &finished {
+        Some((_, Outcome::Succeeded, _)) => "SUCCEEDED".to_string(),
+        Some((_, Outcome::Failed, m)) => format!("FAILED: {m}"),
+        Some((_, Outcome::NotConfirmed, m)) => format!("NOT CONFIRMED: {m}"),
+        Some((_, Outcome::Interrupted, m)) => format!("INTERRUPTED: {m}"),
+        None => "INCOMPLETE (interrupted)".to_string(),
+    };
+    let dur = (end - start).to_std().unwrap_or_default();
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "Runbook",
+            format!(
+                "{}{}",
+                cell(&runbook),
+                runbook_version
+                    .map(|v| format!(" (version {})", cell(&v)))
+                    .unwrap_or_default()
+            ),
+        ),
+        ("Runbook file", code(&runbook_path)),
+        ("Runbook sha256", code(&runbook_sha256)),
+        (
+            "Inventory",
+            format!("{} ({})", cell(&inventory), code(&inventory_path)),
+        ),
+        ("Inventory sha256", code(&inventory_sha256)),
+        ("Environment", cell(&inventory)),
+        ("Operator", cell(&operator)),
+        ("Control host", cell(&control_host)),
+        (
+            "Ticket",
+            ticket.as_deref().map(cell).unwrap_or_else(|| "none".into()),
+        ),
+        ("opsrun version", cell(&opsrun_version)),
+        ("Run id", code(&run_id)),
+        ("Start", fmt_time(&start)),
+        ("End", fmt_time(&end)),
+        ("Duration", crate::duration::format(dur)),
+        ("Result", format!("**{}**", cell(&result))),
+        ("Dry run", "no".into()),
+    ];
+    let _ = writeln!(o, "| | |\n|---|---|");
+    for (k, v) in rows {
+        let _ = writeln!(o, "| {k} | {v} |");
+    }
+    if let Some(of) = rollback_of {
+        let _ = writeln!(o, "| Rolls back run | {} |", code(&of));
+    }
+    if let Some(s) = start_at {
+        let _ = writeln!(o, "| Started at step | {} |", cell(&s));
+    }
+    if !params.is_empty() {
+        let _ = writeln!(o, "\n## Parameters\n\n| name | value |\n|---|---|");
+        for (k, v) in &params {
+            let _ = writeln!(o, "| {} | {} |", cell(k), code(v));
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n## Hosts\n\n| host | address | login | connection |\n|---|---|---|---|"
+    );
+    for h in &hosts {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} |",
+            cell(&h.name),
+            cell(&h.address),
+            cell(&h.login),
+            cell(&h.connection)
+        );
+    }
+
+    let gates: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Gate { .. } | Event::Manual { .. }))
+        .collect();
+    if !gates.is_empty() {
+        let _ = writeln!(o, "\n## Gates and manual steps\n\n| time | step | question | answer | by |\n|---|---|---|---|---|");
+        for g in gates {
+            match g {
+                Event::Gate {
+                    time,
+                    step,
+                    prompt,
+                    answer,
+                    confirmed,
+                    by,
+                } => {
+                    let verdict = if *confirmed { "yes" } else { "**no**" };
+                    let _ = writeln!(
+                        o,
+                        "| {} | {} | {} | {verdict} ({}) | {} |",
+                        fmt_time(time),
+                        step.as_deref()
+                            .map(cell)
+                            .unwrap_or_else(|| "(start)".into()),
+                        cell(prompt),
+                        cell(answer),
+                        cell(by)
+                    );
+                }
+                Event::Manual {
+                    time,
+                    step,
+                    instructions,
+                    confirmed,
+                    note,
+                    by,
+                } => {
+                    let verdict = if *confirmed { "done" } else { "**not done**" };
+                    let note = note
+                        .as_deref()
+                        .map(|n| format!(", note: {}", cell(n)))
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        o,
+                        "| {} | {} | manual: {} | {verdict}{note} | {} |",
+                        fmt_time(time),
+                        cell(step),
+                        cell(instructions),
+                        cell(by)
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    let conn_failures: Vec<(&String, &String)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ConnectFailed { host, error, .. } => Some((host, error)),
+            _ => None,
+        })
+        .collect();
+    if !conn_failures.is_empty() {
+        let _ = writeln!(o, "\n## Connection failures\n\n| host | error |\n|---|---|");
+        for (h, e) in conn_failures {
+            let _ = writeln!(o, "| {} | {} |", cell(h), cell(e));
+        }
+    }
+
+    for phase in [Phase::Forward, Phase::Rollback] {
+        let finished: Vec<&Event> = events
+            .iter()
+            .filter(|e| matches!(e, Event::TargetFinished { phase: p, .. } if *p == phase))
+            .collect();
+        let running: Vec<&Event> = events
+            .iter()
+            .filter(|e| match e {
+                Event::TargetStarted { phase: p, number, host, .. } if *p == phase => !finished.iter().any(|f| {
+                    matches!(f, Event::TargetFinished { number: n, host: h, .. } if n == number && h == host)
+                }),
+                _ => false,
+            })
+            .collect();
+        if finished.is_empty() && running.is_empty() {
+            if phase == Phase::Rollback {
+                continue;
+            }
+            let _ = writeln!(o, "\n## Steps\n\nNo step ran.");
+            continue;
+        }
+        let heading = match phase {
+            Phase::Forward => "Steps",
+            Phase::Rollback => "Rollback",
+        };
+        let _ = writeln!(o, "\n## {heading}\n\n| # | step | host | status | start | duration | exit |\n|---|---|---|---|---|---|---|");
+        for e in &finished {
+            if let Event::TargetFinished {
+                number,
+                step,
+                host,
+                status,
+                started,
+                millis,
+                exit_code,
+                ..
+            } = e
+            {
+                let _ = writeln!(
+                    o,
+                    "| {number} | {} | {} | {} | {} | {} | {} |",
+                    cell(step),
+                    cell(host),
+                    status_word(*status),
+                    started.format("%H:%M:%S"),
+                    fmt_ms(*millis),
+                    exit_code.map_or("-".into(), |c| c.to_string())
+                );
+            }
+        }
+        for e in &running {
+            if let Event::TargetStarted {
+                number,
+                step,
+                host,
+                time,
+                ..
+            } = e
+            {
+                let _ = writeln!(
+                    o,
+                    "| {number} | {} | {} | **INTERRUPTED** | {} | - | - |",
+                    cell(step),
+                    cell(host),
+                    time.format("%H:%M:%S")
+                );
+            }
+        }
+        let _ = writeln!(o);
+        let mut last_step = None;
+        for e in finished.iter().chain(running.iter()) {
+            details(&mut o, e, run_dir, &mut last_step);
+        }
+    }
+
+    downtime(&mut o, events);
+    exceptions(&mut o, events);
+    o
+}
+
+fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, String)>) {
+    let (number, step) = match e {
+        Event::TargetFinished { number, step, .. } | Event::TargetStarted { number, step, .. } => {
+            (*number, step.clone())
+        }
+        _ => return,
+    };
+    if last.as_ref() != Some(&(number, step.clone())) {
+        let _ = writeln!(o, "### {number}. {}\n", cell(&step));
+        *last = Some((number, step));
+    }
+    match e {
+        Event::TargetStarted { host, command, .. } => {
+            let _ = writeln!(o, "#### {}: INTERRUPTED (no result recorded)\n", cell(host));
+            if let Some(c) = command {
+                let _ = write!(o, "{}", fenced("console", &format!("[?@{host}]# {c}")));
+            }
+        }
+        Event::TargetFinished {
+            host,
+            login,
+            status,
+            millis,
+            exit_code,
+            command,
+            stdin,
+            stdout,
+            stderr,
+            checks,
+            capture,
+            upload_sha256,
+            reason,
+            ..
+        } => {
+            let exit = exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "#### {}: {}{exit}, {}\n",
+                cell(host),
+                status_word(*status),
+                fmt_ms(*millis)
+            );
+            if let Some(r) = reason {
+                let _ = writeln!(o, "Reason: {}\n", cell(r));
+            }
+            if let Some(c) = command {
+                let _ = write!(
+                    o,
+                    "{}",
+                    fenced("console", &crate::preview::prompt_line(login, c, ""))
+                );
+                let _ = writeln!(o);
+            }
+            if let Some(s) = stdin {
+                let _ = writeln!(o, "Standard input:\n");
+                let _ = write!(o, "{}", fenced("text", s));
+                let _ = writeln!(o);
+            }
+            if let Some(sum) = upload_sha256 {
+                let _ = writeln!(o, "Uploaded file sha256: {}\n", code(sum));
+            }
+            for (label, saved) in [("stdout", stdout), ("stderr", stderr)] {
+                if let Some(s) = saved {
+                    let text = read_output(run_dir, &s.file);
+                    let (shown, cut) = truncate(&text);
+                    let cut_note = if cut { ", truncated here" } else { "" };
+                    let _ = writeln!(
+                        o,
+                        "{label} ({} bytes{cut_note}; full output {} sha256 {}):\n",
+                        s.bytes,
+                        code(&s.file),
+                        code(&s.sha256)
+                    );
+                    let _ = write!(o, "{}", fenced("text", &shown));
+                    let _ = writeln!(o);
+                }
+            }
+            for c in checks {
+                let verdict = if c.ok { "passed" } else { "failed" };
+                let _ = writeln!(
+                    o,
+                    "Check attempt {}: {verdict} (exit {}){}\n",
+                    c.attempt,
+                    c.exit_code.map_or("-".into(), |x| x.to_string()),
+                    if c.output.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", code(c.output.trim()))
+                    }
+                );
+            }
+            if let Some((name, value)) = capture {
+                let _ = writeln!(o, "Captured {} = {}\n", code(name), code(value));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Business-impact downtime per service and host: from a stop to the next start.
+fn downtime(o: &mut String, events: &[Event]) {
+    let mut service_of: BTreeMap<(Phase, usize), crate::runbook::Service> = BTreeMap::new();
+    for e in events {
+        if let Event::StepStarted {
+            phase,
+            number,
+            service: Some(s),
+            ..
+        } = e
+        {
+            service_of.insert((*phase, *number), s.clone());
+        }
+    }
+    if service_of.is_empty() {
+        return;
+    }
+    let mut open: BTreeMap<(String, String), Time> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for e in events {
+        if let Event::TargetFinished {
+            phase,
+            number,
+            host,
+            status: Status::Ok,
+            time,
+            ..
+        } = e
+        {
+            let Some(svc) = service_of.get(&(*phase, *number)) else {
+                continue;
+            };
+            let key = (svc.name.clone(), host.clone());
+            match svc.state {
+                ServiceState::Stopped => {
+                    open.entry(key).or_insert(*time);
+                }
+                ServiceState::Started => {
+                    if let Some(stopped) = open.remove(&key) {
+                        rows.push((key.0, key.1, stopped, Some(*time)));
+                    }
+                }
+            }
+        }
+    }
+    for ((svc, host), stopped) in open {
+        rows.push((svc, host, stopped, None));
+    }
+    let _ = writeln!(o, "\n## Business-impact downtime\n\n| service | host | stopped | started | downtime |\n|---|---|---|---|---|");
+    for (svc, host, stopped, started) in rows {
+        let (s, d) = match started {
+            Some(t) => (
+                fmt_time(&t),
+                crate::duration::format((t - stopped).to_std().unwrap_or_default()),
+            ),
+            None => ("**still down**".into(), "open".into()),
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {s} | {d} |",
+            cell(&svc),
+            cell(&host),
+            fmt_time(&stopped)
+        );
+    }
+}
+
+/// The exception table SOP 003 asks for: every failure in one place.
+fn exceptions(o: &mut String, events: &[Event]) {
+    let rows: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TargetFinished {
+                phase,
+                number,
+                step,
+                host,
+                status: s @ (Status::Failed | Status::TimedOut),
+                reason,
+                ..
+            } => Some(format!(
+                "| {} | {} | {number}. {} | {} |",
+                match (phase, s) {
+                    (Phase::Rollback, _) => "rollback failed",
+                    (_, Status::TimedOut) => "timeout",
+                    _ => "step failed",
+                },
+                cell(host),
+                cell(step),
+                cell(reason.as_deref().unwrap_or(""))
+            )),
+            Event::ConnectFailed { host, error, .. } => Some(format!(
+                "| connection | {} | - | {} |",
+                cell(host),
+                cell(error)
+            )),
+            _ => None,
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\n## Exceptions\n\n| type | host | step | message |\n|---|---|---|---|"
+    );
+    for r in rows {
+        let _ = writeln!(o, "{r}");
+    }
+}

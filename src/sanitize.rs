@@ -1,0 +1,116 @@
+//! What is safe to show: secrets masked, control characters made visible.
+
+use crate::plan::MASK;
+
+/// Replaces every secret value (and its shell-quoted form) with `******`.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    needles: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Redactor {
+        let mut needles: Vec<String> = Vec::new();
+        for s in secrets {
+            // Very short secrets would mask half the output; they are still kept off argv by lint.
+            if s.chars().count() < 3 {
+                continue;
+            }
+            needles.push(s.to_string());
+            let quoted = crate::shell::quote(s);
+            if quoted != s {
+                needles.push(quoted);
+            }
+        }
+        // Longest first, so a quoted form is masked whole before its inner value.
+        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        needles.dedup();
+        Redactor { needles }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.needles.is_empty()
+    }
+
+    pub fn redact(&self, s: &str) -> String {
+        let mut out = s.to_string();
+        for n in &self.needles {
+            if out.contains(n.as_str()) {
+                out = out.replace(n.as_str(), MASK);
+            }
+        }
+        out
+    }
+
+    pub fn redact_bytes(&self, b: &[u8]) -> Vec<u8> {
+        if self.needles.is_empty() {
+            return b.to_vec();
+        }
+        let mut out = b.to_vec();
+        for n in &self.needles {
+            out = replace_bytes(&out, n.as_bytes(), MASK.as_bytes());
+        }
+        out
+    }
+}
+
+fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return hay.to_vec();
+    }
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Remote output made safe for a terminal or a log: control characters (ANSI
+/// escapes, NUL, backspace, CR) are shown as `\x1b`-style escapes; newlines and
+/// tabs stay; invalid UTF-8 is replaced.
+pub fn escape_controls(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            // Bidi overrides can make a log line read differently from what ran.
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {
+                out.push_str(&format!("\\u{{{:04x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_plain_and_quoted_forms() {
+        let r = Redactor::new(["s3cr3t pw"]);
+        assert_eq!(
+            r.redact("login s3cr3t pw and 's3cr3t pw'"),
+            "login ****** and ******"
+        );
+        assert_eq!(r.redact_bytes(b"x s3cr3t pw y"), b"x ****** y");
+    }
+
+    #[test]
+    fn escapes_terminal_controls() {
+        assert_eq!(
+            escape_controls(b"a\x1b[31mred\x00\r\nok\t"),
+            "a\\x1b[31mred\\x00\\x0d\nok\t"
+        );
+    }
+}

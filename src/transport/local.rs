@@ -1,0 +1,66 @@
+//! Local transport: each command is a `/bin/sh -c LINE` subprocess of opsrun.
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use super::{pump, Command, Endpoint, Outcome, Stdin, Stream, TransportError};
+
+#[derive(Debug, Clone)]
+pub struct LocalConnection {
+    host: String,
+}
+
+impl LocalConnection {
+    pub fn new(ep: &Endpoint) -> LocalConnection {
+        LocalConnection {
+            host: ep.host.clone(),
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub async fn exec(
+        &self,
+        cmd: &Command,
+        sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
+    ) -> Result<Outcome, TransportError> {
+        let start = Instant::now();
+        let mut child = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&cmd.line)
+            .stdin(match cmd.stdin {
+                Stdin::None => Stdio::null(),
+                _ => Stdio::piped(),
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // If the engine gives up on a command (timeout, Ctrl-C), dropping the
+            // future must not leave the shell running.
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| TransportError::Spawn {
+                host: self.host.clone(),
+                source,
+            })?;
+        let stdin = child.stdin.take();
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            unreachable!("stdout and stderr were requested as pipes")
+        };
+
+        let (out, err) = pump(&self.host, stdin, &cmd.stdin, stdout, stderr, sink).await?;
+
+        let status = child.wait().await.map_err(|source| TransportError::Io {
+            host: self.host.clone(),
+            what: "waiting for the command",
+            source,
+        })?;
+        Ok(Outcome {
+            exit_code: status.code(),
+            stdout: out,
+            stderr: err,
+            duration: start.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,139 @@
+//! The terminal view of a run: a live line per host with a spinner, or plain
+//! lines when stderr is not a terminal (CI, `| tee`). Everything goes to stderr;
+//! stdout carries only the final log path.
+
+use crate::events::Status;
+use crate::sanitize::escape_controls;
+use console::style;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub struct Ui {
+    live: Option<MultiProgress>,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+    verbose: bool,
+}
+
+fn mark(status: Status) -> String {
+    match status {
+        Status::Ok => style("✓").green().to_string(),
+        Status::Failed => style("✗").red().bold().to_string(),
+        Status::TimedOut => style("⏱").red().bold().to_string(),
+        Status::Skipped => style("-").dim().to_string(),
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+impl Ui {
+    pub fn new(verbose: bool) -> Ui {
+        let live = std::io::stderr()
+            .is_terminal()
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)));
+        Ui {
+            live,
+            bars: Mutex::new(HashMap::new()),
+            verbose,
+        }
+    }
+
+    /// A view that prints plain lines whatever stderr is (for tests and `--yes` in scripts).
+    pub fn plain(verbose: bool) -> Ui {
+        Ui {
+            live: None,
+            bars: Mutex::new(HashMap::new()),
+            verbose,
+        }
+    }
+
+    pub fn line(&self, text: &str) {
+        match &self.live {
+            Some(m) => {
+                let _ = m.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// Runs `f` with the live view hidden, so a prompt is not drawn over.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.live {
+            Some(m) => m.suspend(f),
+            None => f(),
+        }
+    }
+
+    pub fn step(&self, label: &str, name: &str, hosts: usize) {
+        let n = if hosts == 1 {
+            "1 host".to_string()
+        } else {
+            format!("{hosts} hosts")
+        };
+        self.line(&format!(
+            "{} {}  {}",
+            style(label).cyan().bold(),
+            style(name).bold(),
+            style(n).dim()
+        ));
+    }
+
+    pub fn host_started(&self, host: &str) {
+        let Some(m) = &self.live else { return };
+        let bar = m.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("  {spinner} {msg} {elapsed:.dim}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_message(host.to_string());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        if let Ok(mut bars) = self.bars.lock() {
+            bars.insert(host.to_string(), bar);
+        }
+    }
+
+    pub fn host_finished(&self, host: &str, status: Status, took: Duration, detail: &str) {
+        let bar = self.bars.lock().ok().and_then(|mut b| b.remove(host));
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!("  {}", escape_controls(detail.as_bytes()))
+        };
+        let text = format!(
+            "  {} {host}  {}{detail}",
+            mark(status),
+            style(secs(took)).dim()
+        );
+        match (bar, &self.live) {
+            (Some(bar), Some(m)) => {
+                bar.finish_and_clear();
+                m.remove(&bar);
+                let _ = m.println(text);
+            }
+            _ => eprintln!("{text}"),
+        }
+    }
+
+    /// Remote output, shown with `-v`; control characters escaped so a host cannot drive the terminal.
+    pub fn output(&self, host: &str, chunk: &[u8]) {
+        if !self.verbose {
+            return;
+        }
+        let text = escape_controls(chunk);
+        for line in text.lines() {
+            self.line(&format!("    {} {line}", style(format!("{host} |")).dim()));
+        }
+    }
+
+    pub fn warn(&self, text: &str) {
+        self.line(&format!("{} {text}", style("warning:").yellow().bold()));
+    }
+
+    pub fn error(&self, text: &str) {
+        self.line(&format!("{} {text}", style("error:").red().bold()));
+    }
+}
