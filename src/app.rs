@@ -2,10 +2,11 @@
 
 use crate::cli::{Cli, Color, Command, Format, RunArgs};
 use crate::error::{exit, Error};
+use crate::gate::Gates;
 use crate::inventory::Inventory;
 use crate::load::{self, Origin};
 use crate::plan::{Options, Planner};
-use crate::{lint, preview};
+use crate::{lint, preview, runner};
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use std::collections::HashMap;
@@ -53,7 +54,7 @@ fn set_colors(c: Color) {
 fn dispatch(cli: Cli) -> Result<i32> {
     let root = Path::new("");
     match cli.command {
-        Command::Run(args) => run(&args, root),
+        Command::Run(args) => run(&args, root, &cli.log_dir),
         Command::List => list(root),
         Command::Show { runbook } => show(&runbook, root),
         Command::Check { runbooks } => check(&runbooks, root),
@@ -108,22 +109,49 @@ fn parse_extra(extra: &[String]) -> Result<Vec<(String, String)>, Error> {
         .collect()
 }
 
+/// Secret values from `OPSRUN_SECRET_<NAME>`, or asked for without echo when `ask` is set.
+fn secrets(runbook: &crate::runbook::Runbook, ask: bool) -> Result<HashMap<String, String>, Error> {
+    let mut out = HashMap::new();
+    for p in runbook.params.iter().filter(|p| p.secret) {
+        let var = format!("OPSRUN_SECRET_{}", p.name.to_uppercase());
+        if let Ok(v) = std::env::var(&var) {
+            out.insert(p.name.clone(), v);
+            continue;
+        }
+        if !ask || p.default.is_some() {
+            continue;
+        }
+        let term = console::Term::stderr();
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) || !term.is_term() {
+            if p.required {
+                return Err(Error::Usage(format!(
+                    "secret param `{}` is not set: export {var}=... or run from a terminal to be asked for it",
+                    p.name
+                )));
+            }
+            continue;
+        }
+        let desc = p
+            .description
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        let _ = term.write_str(&format!("{}{desc}: ", p.name));
+        let v = term
+            .read_secure_line()
+            .map_err(|e| Error::Usage(format!("cannot read secret `{}`: {e}", p.name)))?;
+        out.insert(p.name.clone(), v);
+    }
+    Ok(out)
+}
+
 /// Builds the planner for a run: load (runbook + inventory) then bind options.
 pub fn planner(args: &RunArgs, root: &Path) -> Result<Planner, Error> {
     let runbook = load::load_runbook(&args.runbook, root)?;
     let inventory = load::load_inventory(args.env.as_deref(), args.inventory.as_deref(), root)?;
-    let secrets: HashMap<String, String> = runbook
-        .params
-        .iter()
-        .filter(|p| p.secret)
-        .filter_map(|p| {
-            let var = format!("OPSRUN_SECRET_{}", p.name.to_uppercase());
-            std::env::var(var).ok().map(|v| (p.name.clone(), v))
-        })
-        .collect();
     let opts = Options {
         params: parse_extra(&args.extra)?,
-        secrets,
+        secrets: secrets(&runbook, !args.dry_run)?,
         limit: args.limit.clone(),
         start_at: args.start_at.clone(),
         ticket: args.ticket.clone(),
@@ -134,7 +162,7 @@ pub fn planner(args: &RunArgs, root: &Path) -> Result<Planner, Error> {
     Planner::new(runbook, inventory, opts)
 }
 
-fn run(args: &RunArgs, root: &Path) -> Result<i32> {
+fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
     let planner = planner(args, root)?;
     let plan = planner.plan()?;
     if args.dry_run {
@@ -146,11 +174,19 @@ fn run(args: &RunArgs, root: &Path) -> Result<i32> {
         let _ = writeln!(stdout, "{}", out.trim_end());
         return Ok(exit::OK);
     }
-    Err(Error::Usage(
-        "executing runbooks is not available in this version of opsrun yet: only `--dry-run` works"
-            .into(),
-    )
-    .into())
+    let settings = runner::Settings {
+        gates: Gates::from_env(args.yes, args.env.is_some()),
+        forks: args.forks as usize,
+        verbose: args.verbose,
+        log_dir: log_dir.to_path_buf(),
+        operator: operator(),
+    };
+    let result = runner::run(&planner, &plan, settings)?;
+    // The last line is the log's path, so scripts can pick it up.
+    if let Some(log) = &result.log {
+        println!("{}", log.display());
+    }
+    Ok(result.exit_code)
 }
 
 fn list(root: &Path) -> Result<i32> {

@@ -90,7 +90,10 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
             .iter()
             .map(|h| HostInfo {
                 name: h.name.clone(),
-                address: h.endpoint.address.clone(),
+                address: match h.endpoint.kind {
+                    ConnectionKind::Local => "(this machine)".into(),
+                    ConnectionKind::Ssh => h.endpoint.address.clone(),
+                },
                 login: h.login.clone(),
                 connection: format!("{:?}", h.endpoint.kind).to_lowercase(),
             })
