@@ -1,11 +1,12 @@
 //! The binary's edge: parse arguments, dispatch commands, turn errors into exit codes.
 
-use crate::cli::{Cli, Color, Command, Format, RunArgs};
+use crate::cli::{Cli, Color, Command, Format, RollbackArgs, RunArgs};
 use crate::error::{exit, Error};
 use crate::gate::Gates;
 use crate::inventory::Inventory;
 use crate::load::{self, Origin};
-use crate::plan::{Options, Planner};
+use crate::plan::{Options, Planner, StepRef};
+use crate::runs::Recorded;
 use crate::{lint, preview, runner};
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
@@ -63,6 +64,20 @@ fn dispatch(cli: Cli) -> Result<i32> {
             print!("{}", inventory_tree(&inv));
             Ok(exit::OK)
         }
+        Command::Runs => runs(&cli.log_dir),
+        Command::Log { run } => {
+            let dir = crate::runs::resolve(&cli.log_dir, &run)?;
+            for w in crate::journal::read(&dir.join(crate::journal::FILE))
+                .map_err(|e| Error::Io(e.to_string()))?
+                .warnings
+            {
+                eprintln!("warning: {w}");
+            }
+            let log = runner::write_log(&dir).map_err(|e| Error::Io(e.to_string()))?;
+            println!("{}", log.display());
+            Ok(exit::OK)
+        }
+        Command::Rollback(args) => rollback(&args, &cli.log_dir),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "opsrun", &mut std::io::stdout());
             Ok(exit::OK)
@@ -146,24 +161,67 @@ fn secrets(runbook: &crate::runbook::Runbook, ask: bool) -> Result<HashMap<Strin
 }
 
 /// Builds the planner for a run: load (runbook + inventory) then bind options.
-pub fn planner(args: &RunArgs, root: &Path) -> Result<Planner, Error> {
+pub fn planner(args: &RunArgs, root: &Path, resume: Option<&Recorded>) -> Result<Planner, Error> {
     let runbook = load::load_runbook(&args.runbook, root)?;
     let inventory = load::load_inventory(args.env.as_deref(), args.inventory.as_deref(), root)?;
-    let opts = Options {
-        params: parse_extra(&args.extra)?,
+    let mut params = parse_extra(&args.extra)?;
+    if let Some(r) = resume {
+        // The original run's params, unless given again: a resume continues the same change.
+        for (k, v) in &r.params {
+            if !params.iter().any(|(p, _)| p == k) && runbook.params.iter().any(|p| &p.name == k) {
+                params.push((k.clone(), v.clone()));
+            }
+        }
+    }
+    let mut opts = Options {
+        params,
         secrets: secrets(&runbook, !args.dry_run)?,
         limit: args.limit.clone(),
         start_at: args.start_at.clone(),
-        ticket: args.ticket.clone(),
+        ticket: args
+            .ticket
+            .clone()
+            .or_else(|| resume.and_then(|r| r.run.ticket.clone())),
         operator: operator(),
         local_user: local_user(),
         now: chrono::Local::now().naive_local(),
+        original_run: resume.map(|r| r.run.clone()),
     };
+    if let (Some(r), None) = (resume, &args.start_at) {
+        let probe = Planner::new(runbook.clone(), inventory.clone(), opts.clone())?;
+        let first = (0..runbook.steps.len()).find(|i| {
+            let hosts = probe.step_hosts(StepRef::Forward(*i));
+            let hosts: Vec<&str> = if runbook.steps[*i].local {
+                vec!["localhost"]
+            } else {
+                hosts.iter().map(String::as_str).collect()
+            };
+            hosts.iter().any(|h| !r.done.contains(&(*i, h.to_string())))
+        });
+        match first {
+            Some(i) => opts.start_at = Some(runbook.steps[i].name.clone()),
+            None => {
+                return Err(Error::Usage(format!(
+                    "run {} already completed every step on every host: nothing to resume",
+                    r.id
+                )))
+            }
+        }
+    }
     Planner::new(runbook, inventory, opts)
 }
 
 fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
-    let planner = planner(args, root)?;
+    let recorded = match &args.resume {
+        Some(spec) => Some(crate::runs::load(&crate::runs::resolve(log_dir, spec)?)?),
+        None => None,
+    };
+    if let Some(r) = &recorded {
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    let planner = planner(args, root, recorded.as_ref())?;
     let plan = planner.plan()?;
     if args.dry_run {
         let out = match args.format {
@@ -180,13 +238,131 @@ fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
         verbose: args.verbose,
         log_dir: log_dir.to_path_buf(),
         operator: operator(),
+        break_lock: args.break_lock,
+        mode: match recorded {
+            Some(r) => runner::Mode::Resume(Box::new(r)),
+            None => runner::Mode::Run,
+        },
     };
-    let result = runner::run(&planner, &plan, settings)?;
+    finish_run(runner::run(&planner, &plan, settings)?)
+}
+
+fn finish_run(result: runner::RunResult) -> Result<i32> {
     // The last line is the log's path, so scripts can pick it up.
     if let Some(log) = &result.log {
         println!("{}", log.display());
     }
     Ok(result.exit_code)
+}
+
+/// `opsrun rollback RUN`: re-plans the recorded runbook and inventory with the
+/// run's params, stamp and captures, then undoes it as a run of its own.
+fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
+    let dir = crate::runs::resolve(log_dir, &args.run)?;
+    let recorded = crate::runs::load(&dir)?;
+    for w in &recorded.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(env) = &args.env {
+        if env != &recorded.env {
+            return Err(Error::Usage(format!(
+                "--env {env}: run {} ran on `{}`",
+                recorded.id, recorded.env
+            ))
+            .into());
+        }
+    }
+    let (runbook_path, inventory_path) = recorded
+        .events
+        .iter()
+        .find_map(|e| match e {
+            crate::events::Event::RunStarted {
+                runbook_path,
+                inventory_path,
+                ..
+            } => Some((runbook_path.clone(), inventory_path.clone())),
+            _ => None,
+        })
+        .unwrap_or_default();
+    // The copies kept in the run directory are what ran; their original paths keep
+    // relative `ssh:` paths (known_hosts_file, ...) resolving as they did.
+    let copy = |name: &str,
+                original: &str|
+     -> Result<std::sync::Arc<crate::diagnostic::SourceFile>, Error> {
+        let text = std::fs::read_to_string(dir.join(name)).map_err(|source| Error::Read {
+            path: dir.join(name),
+            source,
+        })?;
+        Ok(crate::diagnostic::SourceFile::new(original, text))
+    };
+    let runbook = load::runbook_from_source(copy("runbook.yaml", &runbook_path)?)?;
+    let inventory = load::inventory_from_source(copy("inventory.yaml", &inventory_path)?)?;
+    let opts = Options {
+        params: recorded
+            .params
+            .iter()
+            .filter(|(k, _)| runbook.params.iter().any(|p| &p.name == k && !p.secret))
+            .cloned()
+            .collect(),
+        secrets: secrets(&runbook, true)?,
+        limit: None,
+        start_at: None,
+        ticket: args.ticket.clone().or_else(|| recorded.run.ticket.clone()),
+        operator: operator(),
+        local_user: local_user(),
+        now: chrono::Local::now().naive_local(),
+        original_run: Some(recorded.run.clone()),
+    };
+    let planner = Planner::new(runbook, inventory, opts)?;
+    let plan = planner.plan()?;
+    let settings = runner::Settings {
+        gates: Gates::from_env(args.yes, args.env.is_some()),
+        forks: args.forks as usize,
+        verbose: args.verbose,
+        log_dir: log_dir.to_path_buf(),
+        operator: operator(),
+        break_lock: args.break_lock,
+        mode: runner::Mode::Rollback(Box::new(recorded)),
+    };
+    finish_run(runner::run(&planner, &plan, settings)?)
+}
+
+fn runs(log_dir: &Path) -> Result<i32> {
+    let all = crate::runs::list(log_dir);
+    if all.is_empty() {
+        println!("no runs recorded in {}", log_dir.display());
+        return Ok(exit::OK);
+    }
+    let w = all.iter().map(|r| r.id.len()).max().unwrap_or(2);
+    println!(
+        "{:<w$}  {:<16} {:<8} {:<10} {:<13} {:<19} duration",
+        "id", "runbook", "env", "operator", "result", "start"
+    );
+    for r in all {
+        let start = r
+            .start
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let dur = match (r.start, r.end) {
+            (Some(a), Some(b)) => crate::duration::format((b - a).to_std().unwrap_or_default()),
+            _ => "-".into(),
+        };
+        let runbook = if r.kind == "run" || r.kind.is_empty() {
+            r.runbook.clone()
+        } else {
+            format!("{} ({})", r.runbook, r.kind)
+        };
+        println!(
+            "{:<w$}  {:<16} {:<8} {:<10} {:<13} {:<19} {dur}",
+            r.id,
+            runbook,
+            r.env,
+            r.operator,
+            r.result(),
+            start
+        );
+    }
+    Ok(exit::OK)
 }
 
 fn list(root: &Path) -> Result<i32> {

@@ -57,6 +57,15 @@ pub enum Command {
         #[arg(long, short = 'i')]
         inventory: Option<PathBuf>,
     },
+    /// List past runs: id, runbook, env, operator, result, start, duration.
+    Runs,
+    /// (Re)render a run's Markdown log from its journal.
+    Log {
+        /// Run id, run directory, or the path of its log.
+        run: String,
+    },
+    /// Undo a recorded run: the runbook's rollback guide, or the completed steps' rollbacks.
+    Rollback(RollbackArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -109,6 +118,45 @@ pub struct RunArgs {
     /// Stream remote output.
     #[arg(short, long)]
     pub verbose: bool,
+
+    /// Continue a failed or interrupted run from the first step not completed on every host,
+    /// with its stamp and captures.
+    #[arg(long, value_name = "RUN")]
+    pub resume: Option<String>,
+
+    /// Break a stale host lock (its owner is gone); recorded in the journal.
+    #[arg(long)]
+    pub break_lock: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Run id, run directory, or the path of its log.
+    pub run: String,
+
+    /// Must match the run's environment when given (a typed gate needs it with --yes).
+    #[arg(long, short = 'E')]
+    pub env: Option<String>,
+
+    /// Answer yes to every gate.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Change ticket id for the rollback run (default: the original run's).
+    #[arg(long)]
+    pub ticket: Option<String>,
+
+    /// Hosts run in parallel within a step.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub forks: u32,
+
+    /// Stream remote output.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Break a stale host lock (its owner is gone); recorded in the journal.
+    #[arg(long)]
+    pub break_lock: bool,
 }
 
 /// Commands that are not runbook names: everything else in first position is a runbook.
@@ -118,6 +166,10 @@ pub const SUBCOMMANDS: &[&str] = &[
     "show",
     "check",
     "inventory",
+    "runs",
+    "log",
+    "rollback",
+    "verify",
     "completions",
     "help",
 ];

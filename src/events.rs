@@ -73,6 +73,8 @@ pub enum Event {
         /// `run` for a runbook run; `rollback` for `opsrun rollback` of an earlier run.
         kind: String,
         rollback_of: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_of: Option<String>,
         runbook: String,
         runbook_version: Option<String>,
         runbook_path: String,
@@ -161,6 +163,16 @@ pub enum Event {
         status: Status,
         failed_hosts: Vec<String>,
     },
+    /// A host lock taken, found held, broken (`--break-lock`) or released.
+    Lock {
+        time: Time,
+        host: String,
+        path: String,
+        action: String,
+        detail: String,
+    },
+    /// The operator pressed Ctrl-C, and what they chose.
+    Interrupt { time: Time, choice: String },
     RunFinished {
         time: Time,
         outcome: Outcome,
@@ -180,6 +192,8 @@ impl Event {
             | Event::TargetFinished { time, .. }
             | Event::Manual { time, .. }
             | Event::StepFinished { time, .. }
+            | Event::Lock { time, .. }
+            | Event::Interrupt { time, .. }
             | Event::RunFinished { time, .. } => *time,
         }
     }

@@ -15,7 +15,7 @@ use crate::sanitize::{escape_controls, Redactor};
 use crate::transport::{Command, Connection, Stdin};
 use crate::ui::Ui;
 use futures::future::join_all;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -60,7 +60,42 @@ pub struct Engine<'a> {
     pub operator: String,
     pub redactor: Redactor,
     pub captures: Mutex<Captures>,
-    pub completed: Vec<Completed>,
+    /// Forward steps (0-based) and the hosts where each finished ok so far:
+    /// updated as each host finishes, so an interrupted step is counted too.
+    pub completed: Mutex<BTreeMap<usize, Vec<String>>>,
+    pub interrupt: &'a Interrupt,
+}
+
+/// What the operator asked for with Ctrl-C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Let the running step finish, then stop.
+    AfterStep,
+    /// Stop now, leaving the running step unfinished.
+    Now,
+    /// Stop now and undo the completed steps.
+    NowAndRollback,
+}
+
+/// Ctrl-C state shared between the signal handler and the engine.
+#[derive(Debug, Default)]
+pub struct Interrupt {
+    choice: Mutex<Option<Stop>>,
+    pub now: tokio::sync::Notify,
+}
+
+impl Interrupt {
+    pub fn set(&self, stop: Stop) {
+        *self.choice.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop);
+        if stop != Stop::AfterStep {
+            self.now.notify_waiters();
+            self.now.notify_one();
+        }
+    }
+
+    pub fn get(&self) -> Option<Stop> {
+        *self.choice.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// What one host did in one step.
@@ -145,15 +180,25 @@ impl Engine<'_> {
         }
     }
 
-    /// Runs the forward steps on a batch of hosts. `Err` only for record/gate failures.
+    /// Runs steps in order on a batch of hosts; `Ok(Some(_))` when the run stops early.
+    /// `Err` only when the record cannot be written or a gate cannot be asked.
     pub async fn run_steps(
-        &mut self,
+        &self,
+        refs: &[StepRef],
         batch: &[String],
-        label_of: &dyn Fn(usize) -> String,
+        label_of: &dyn Fn(StepRef) -> String,
     ) -> Result<Option<Finish>, ExecError> {
-        let start = self.planner.start_at();
-        for i in start..self.planner.runbook.steps.len() {
-            let r = StepRef::Forward(i);
+        for &r in refs {
+            if self.interrupt.get().is_some() {
+                return Ok(Some(Finish {
+                    outcome: RunOutcome::Interrupted,
+                    message: "stopped by the operator (Ctrl-C) after the running step".into(),
+                    exit_code: exit::INTERRUPTED,
+                }));
+            }
+            let i = match r {
+                StepRef::Forward(i) | StepRef::Guide(i) => i,
+            };
             let step = self.step_def(r).clone();
             let hosts: Vec<String> = if step.local {
                 vec!["localhost".to_string()]
@@ -168,7 +213,7 @@ impl Engine<'_> {
             if hosts.is_empty() && !matches!(step.action, Action::Manual(_)) {
                 continue;
             }
-            self.ui.step(&label_of(i), &step.name, hosts.len());
+            self.ui.step(&label_of(r), &step.name, hosts.len());
             if let Some(q) = self
                 .planner
                 .confirm_prompt(r)
@@ -209,18 +254,10 @@ impl Engine<'_> {
             let results = self
                 .run_step(Phase::Forward, r, i + 1, &step, &hosts)
                 .await?;
-            let ok: Vec<String> = results
-                .iter()
-                .filter(|d| d.status == Status::Ok)
-                .map(|d| d.host.clone())
-                .collect();
             let failed: Vec<&Done> = results
                 .iter()
                 .filter(|d| matches!(d.status, Status::Failed | Status::TimedOut))
                 .collect();
-            if !ok.is_empty() {
-                self.completed.push(Completed { step: i, hosts: ok });
-            }
             if failed.is_empty() || step.on_failure == OnFailure::Continue {
                 if !failed.is_empty() {
                     self.ui.warn(&format!(
@@ -793,12 +830,12 @@ impl Engine<'_> {
             upload_sha256,
             reason: reason.clone(),
         })?;
-        let detail = reason.clone().unwrap_or_default();
-        if status == Status::Skipped {
-            self.ui.host_finished(host, status, took, &detail);
-        } else {
-            self.ui.host_finished(host, status, took, &detail);
+        if let (Phase::Forward, Status::Ok) = (phase, status) {
+            let mut done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
+            done.entry(number - 1).or_default().push(host.to_string());
         }
+        let detail = reason.clone().unwrap_or_default();
+        self.ui.host_finished(host, status, took, &detail);
         Ok(Done {
             host: host.to_string(),
             status,
@@ -806,12 +843,30 @@ impl Engine<'_> {
         })
     }
 
+    /// Completed steps that have a rollback, last first.
+    pub fn undoable(&self) -> Vec<Completed> {
+        let done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
+        done.iter()
+            .rev()
+            .filter(|(i, _)| {
+                self.planner
+                    .runbook
+                    .steps
+                    .get(**i)
+                    .is_some_and(|s| !s.rollback.is_empty())
+            })
+            .map(|(i, hosts)| Completed {
+                step: *i,
+                hosts: hosts.clone(),
+            })
+            .collect()
+    }
+
     /// Undoes completed steps in reverse order, on the hosts where each completed.
     /// Returns the hosts/steps whose rollback failed.
     pub async fn rollback(&mut self) -> Result<Vec<(String, String)>, ExecError> {
         let mut failures = Vec::new();
-        let completed: Vec<Completed> = self.completed.iter().rev().cloned().collect();
-        for c in completed {
+        for c in self.undoable() {
             let r = StepRef::Forward(c.step);
             let step = self.step_def(r).clone();
             if step.rollback.is_empty() {

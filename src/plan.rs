@@ -35,6 +35,9 @@ pub struct Options {
     /// The operator's login on the control machine: the ssh user when none is configured.
     pub local_user: String,
     pub now: chrono::NaiveDateTime,
+    /// For `opsrun rollback` and `--resume`: templates see the original run's
+    /// id, stamp and date, so names built from `run.stamp` match what it created.
+    pub original_run: Option<RunInfo>,
 }
 
 /// Whether secrets are rendered as themselves (to send) or masked (to show).
@@ -44,7 +47,7 @@ pub enum Reveal {
     Real,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct RunInfo {
     pub id: String,
     pub stamp: String,
@@ -188,6 +191,8 @@ pub struct Planner {
     pub inventory: Arc<Inventory>,
     opts: Options,
     run: RunInfo,
+    /// What templates see as `run`: this run, or the original one (rollback, resume).
+    template_run: RunInfo,
     params: Vec<ParamValue>,
     templates: Templates,
     vars: Vec<(String, TemplateId)>,
@@ -303,10 +308,12 @@ impl Planner {
                     ))
                 })?,
         };
+        let template_run = opts.original_run.clone().unwrap_or_else(|| run.clone());
         let planner = Planner {
             runbook: rb,
             inventory: Arc::new(inventory),
             opts,
+            template_run,
             run,
             params,
             templates,
@@ -334,6 +341,11 @@ impl Planner {
                     .or_else(|| p.default.clone())
             })
             .collect()
+    }
+
+    /// The run as templates see it (the original run's, for rollback and resume).
+    pub fn template_run(&self) -> &RunInfo {
+        &self.template_run
     }
 
     pub fn run_info(&self) -> &RunInfo {
@@ -441,7 +453,7 @@ impl Planner {
         m.insert(
             "run".into(),
             Value::from_serialize(serde_json::json!({
-                "id": self.run.id, "stamp": self.run.stamp, "date": self.run.date,
+                "id": self.template_run.id, "stamp": self.template_run.stamp, "date": self.template_run.date,
                 "operator": self.run.operator, "ticket": self.run.ticket.clone().unwrap_or_default(),
             })),
         );
@@ -616,7 +628,7 @@ impl Planner {
                     &dest,
                     u.mode.as_deref(),
                     owner.as_deref(),
-                    &self.run.stamp,
+                    &self.template_run.stamp,
                 );
                 target.command = Some(shell::wrap(&line, &wrap));
                 target.stdin = Some(format!("<contents of {src}>"));

@@ -1,20 +1,33 @@
-//! One real run from start to finish: record → gate → connect → execute →
-//! roll back if needed → report. The record is written before anything
-//! happens on a host, and the log is written however the run ends.
+//! One real run from start to finish: record → gate → connect → lock →
+//! execute → roll back if needed → unlock → report. The record is written
+//! before anything happens on a host, and the log is written however the run
+//! ends; a run killed outright still leaves its journal.
 
 use crate::error::{exit, Error};
 use crate::events::{self, Event, HostInfo, Outcome};
-use crate::execute::{Engine, ExecError, Finish};
+use crate::execute::{Engine, ExecError, Finish, Interrupt, Stop};
 use crate::gate::Gates;
 use crate::inventory::ConfirmMode;
-use crate::plan::{Captures, Plan, Planner, StepRef};
+use crate::lock;
+use crate::plan::{Captures, Plan, Planner, Reveal, StepRef};
 use crate::record::Recorder;
+use crate::runs::Recorded;
 use crate::sanitize::Redactor;
-use crate::transport::{self, Connection, ConnectionKind, Endpoint};
+use crate::transport::{self, Command, Connection, ConnectionKind, Endpoint};
 use crate::ui::Ui;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// What kind of run this is.
+pub enum Mode {
+    Run,
+    /// `--resume RUN`: carry on from the first step not completed everywhere.
+    Resume(Box<Recorded>),
+    /// `opsrun rollback RUN`: undo a recorded run.
+    Rollback(Box<Recorded>),
+}
 
 pub struct Settings {
     pub gates: Gates,
@@ -22,6 +35,8 @@ pub struct Settings {
     pub verbose: bool,
     pub log_dir: PathBuf,
     pub operator: String,
+    pub break_lock: bool,
+    pub mode: Mode,
 }
 
 /// The result of a run: exit code and where its log is.
@@ -31,7 +46,7 @@ pub struct RunResult {
     pub run_dir: PathBuf,
 }
 
-fn control_host() -> String {
+pub fn control_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()
@@ -49,20 +64,22 @@ pub fn run(planner: &Planner, plan: &Plan, settings: Settings) -> Result<RunResu
     runtime.block_on(run_async(planner, plan, settings))
 }
 
-async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunResult, Error> {
-    let (rec, run_id) =
-        Recorder::create(&s.log_dir, &plan.run.id).map_err(|e| Error::Io(e.to_string()))?;
-    let ui = Ui::new(s.verbose);
-    let io = |e: crate::record::RecordError| Error::Io(e.to_string());
-    rec.keep("runbook.yaml", &planner.runbook.source.text)
-        .map_err(io)?;
-    rec.keep("inventory.yaml", &planner.inventory.source.text)
-        .map_err(io)?;
-    rec.emit(&Event::RunStarted {
+fn record_err(e: crate::record::RecordError) -> Error {
+    Error::Io(e.to_string())
+}
+
+fn run_started(planner: &Planner, plan: &Plan, s: &Settings, run_id: &str) -> Event {
+    let (kind, rollback_of, resume_of) = match &s.mode {
+        Mode::Run => ("run", None, None),
+        Mode::Resume(r) => ("resume", None, Some(r.id.clone())),
+        Mode::Rollback(r) => ("rollback", Some(r.id.clone()), None),
+    };
+    Event::RunStarted {
         time: events::now(),
-        run_id: run_id.clone(),
-        kind: "run".into(),
-        rollback_of: None,
+        run_id: run_id.to_string(),
+        kind: kind.into(),
+        rollback_of,
+        resume_of,
         runbook: plan.runbook.name.clone(),
         runbook_version: plan.runbook.version.clone(),
         runbook_path: plan.runbook.path.clone(),
@@ -74,7 +91,7 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
         control_host: control_host(),
         ticket: plan.run.ticket.clone(),
         opsrun_version: env!("CARGO_PKG_VERSION").into(),
-        stamp: plan.run.stamp.clone(),
+        stamp: planner.template_run().stamp.clone(),
         params: plan
             .params
             .iter()
@@ -98,13 +115,25 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
                 connection: format!("{:?}", h.endpoint.kind).to_lowercase(),
             })
             .collect(),
-        start_at: planner
-            .start_at()
-            .checked_sub(0)
-            .filter(|i| *i > 0)
-            .map(|i| planner.runbook.steps[i].name.clone()),
-    })
-    .map_err(io)?;
+        start_at: (planner.start_at() > 0)
+            .then(|| planner.runbook.steps[planner.start_at()].name.clone()),
+    }
+}
+
+async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunResult, Error> {
+    let base_id = match &s.mode {
+        Mode::Run => plan.run.id.clone(),
+        Mode::Resume(_) => format!("{}-resume", plan.run.id),
+        Mode::Rollback(_) => format!("{}-rollback", plan.run.id),
+    };
+    let (rec, run_id) = Recorder::create(&s.log_dir, &base_id).map_err(record_err)?;
+    let ui = Ui::new(s.verbose);
+    rec.keep("runbook.yaml", &planner.runbook.source.text)
+        .map_err(record_err)?;
+    rec.keep("inventory.yaml", &planner.inventory.source.text)
+        .map_err(record_err)?;
+    rec.emit(&run_started(planner, plan, &s, &run_id))
+        .map_err(record_err)?;
     ui.line(&format!(
         "run {run_id}: {} on {} ({} hosts)",
         plan.runbook.name,
@@ -112,8 +141,13 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
         plan.hosts.len()
     ));
 
-    let secrets: Vec<String> = planner.secret_values();
-    let redactor = Redactor::new(secrets.iter().map(String::as_str));
+    let redactor = Redactor::new(planner.secret_values().iter().map(String::as_str));
+    let interrupt = Interrupt::default();
+    let (captures, completed) = match &s.mode {
+        Mode::Run => (Captures::default(), BTreeMap::new()),
+        Mode::Resume(r) => (r.captures.clone(), r.completed.clone()),
+        Mode::Rollback(r) => (r.captures.clone(), r.completed.clone()),
+    };
     let mut engine = Engine {
         planner,
         conns: HashMap::new(),
@@ -126,18 +160,15 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
         forks: s.forks,
         operator: s.operator.clone(),
         redactor,
-        captures: Mutex::new(Captures::default()),
-        completed: Vec::new(),
+        captures: Mutex::new(captures),
+        completed: Mutex::new(completed),
+        interrupt: &interrupt,
     };
 
-    let finish = tokio::select! {
-        f = drive(&mut engine, plan) => f,
-        _ = tokio::signal::ctrl_c() => Ok(Finish {
-            outcome: Outcome::Interrupted,
-            message: "interrupted by the operator (Ctrl-C)".into(),
-            exit_code: exit::INTERRUPTED,
-        }),
-    };
+    let signals = tokio::spawn(watch_signals(Arc::new(s.gates.interactive)));
+    let mut held: Vec<(Endpoint, String)> = Vec::new();
+    let finish = drive(&mut engine, plan, &s, &run_id, &mut held).await;
+    signals.abort();
     let finish = match finish {
         Ok(f) => f,
         Err(ExecError::Gate(e)) => Finish {
@@ -151,18 +182,18 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
             exit_code: exit::STEP_FAILED,
         },
     };
+    release_locks(&engine, &held, &run_id).await;
     for (_, c) in engine.conns.drain() {
         let _ = c.close().await;
     }
-    let recorded = rec.emit(&Event::RunFinished {
+    if let Err(e) = rec.emit(&Event::RunFinished {
         time: events::now(),
         outcome: finish.outcome,
         message: finish.message.clone(),
-    });
-    if let Err(e) = recorded {
+    }) {
         ui.error(&format!("could not record the end of the run: {e}"));
     }
-    let log = write_log(rec.dir()).map_err(io)?;
+    let log = write_log(rec.dir()).map_err(record_err)?;
     match finish.outcome {
         Outcome::Succeeded => ui.line(&format!(
             "{} {}",
@@ -176,6 +207,81 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
         log: Some(log),
         run_dir: rec.dir().to_path_buf(),
     })
+}
+
+/// The Ctrl-C handler's state lives in a global so the signal task can reach the
+/// engine's `Interrupt` without borrowing across the spawn.
+static INTERRUPT_TX: Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>> = Mutex::new(None);
+
+async fn watch_signals(_interactive: Arc<bool>) {
+    loop {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        let tx = INTERRUPT_TX
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(tx) = tx {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Asks what to do after a Ctrl-C (on a terminal); a pipe gets "stop now".
+fn ask_stop(interactive: bool) -> Stop {
+    if !interactive {
+        return Stop::Now;
+    }
+    eprintln!();
+    eprintln!("Interrupted. What now?");
+    eprintln!("  [w] wait for the running step to finish, then stop");
+    eprintln!("  [s] stop now (the running step is left unfinished)");
+    eprintln!("  [r] stop now and roll back the completed steps");
+    eprint!("Choice [w/s/r] (Ctrl-C again: stop now): ");
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    match line.trim().to_lowercase().as_str() {
+        "w" | "wait" => Stop::AfterStep,
+        "r" | "rollback" => Stop::NowAndRollback,
+        _ => Stop::Now,
+    }
+}
+
+/// Runs `fut` while listening for Ctrl-C; returns `None` if told to stop now.
+async fn interruptible<F: std::future::Future<Output = Result<Option<Finish>, ExecError>>>(
+    engine: &Engine<'_>,
+    fut: F,
+) -> Option<Result<Option<Finish>, ExecError>> {
+    // The channel is installed per call: the signal task reaches whichever step list is running.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    *INTERRUPT_TX.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    tokio::pin!(fut);
+    let interactive = engine.gates.interactive && std::io::stderr().is_terminal();
+    let mut presses = 0;
+    let result = loop {
+        tokio::select! {
+            r = &mut fut => break Some(r),
+            Some(()) = rx.recv() => {
+                presses += 1;
+                if presses > 1 || !interactive {
+                    engine.interrupt.set(Stop::Now);
+                } else {
+                    let choice = engine.ui.suspend(|| tokio::task::block_in_place(|| ask_stop(true)));
+                    // A second Ctrl-C while the question was open counts as "stop now".
+                    let choice = if rx.try_recv().is_ok() { Stop::Now } else { choice };
+                    engine.interrupt.set(choice);
+                }
+                let choice = engine.interrupt.get().unwrap_or(Stop::Now);
+                let _ = engine.rec.emit(&Event::Interrupt { time: events::now(), choice: format!("{choice:?}") });
+                if choice != Stop::AfterStep {
+                    break None;
+                }
+            }
+        }
+    };
+    *INTERRUPT_TX.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    result
 }
 
 /// Renders `log.md` from the journal in `dir`.
@@ -195,32 +301,9 @@ pub fn write_log(dir: &Path) -> Result<PathBuf, crate::record::RecordError> {
     Ok(log)
 }
 
-/// Gate, connect, run batches, roll back on failure.
-async fn drive(engine: &mut Engine<'_>, plan: &Plan) -> Result<Finish, ExecError> {
-    let inv = &engine.planner.inventory;
-    let started_ok = match plan.start_gate {
-        ConfirmMode::Typed => engine.typed_gate(&inv.name)?,
-        ConfirmMode::Yes => engine.confirm(
-            None,
-            &format!(
-                "Run `{}` on `{}` ({} hosts)?",
-                plan.runbook.name,
-                inv.name,
-                plan.hosts.len()
-            ),
-        )?,
-        ConfirmMode::None => true,
-    };
-    if !started_ok {
-        return Ok(Finish {
-            outcome: Outcome::NotConfirmed,
-            message: "not confirmed at the start gate".into(),
-            exit_code: exit::NOT_CONFIRMED,
-        });
-    }
-
-    // One master connection per host, all opened before the first step: a host
-    // that cannot be reached fails the run before anything changes.
+/// Opens one master connection per host, all before the first step: a host
+/// that cannot be reached fails the run before anything changes.
+async fn connect(engine: &mut Engine<'_>, plan: &Plan) -> Result<Vec<String>, ExecError> {
     let endpoints: Vec<Endpoint> = plan.hosts.iter().map(|h| h.endpoint.clone()).collect();
     let clock = std::time::Instant::now();
     let results = transport::connect_all(&endpoints, 8).await;
@@ -248,6 +331,170 @@ async fn drive(engine: &mut Engine<'_>, plan: &Plan) -> Result<Finish, ExecError
             }
         }
     }
+    Ok(failures)
+}
+
+fn lock_event(
+    engine: &Engine<'_>,
+    host: &str,
+    path: &str,
+    action: &str,
+    detail: String,
+) -> Result<(), ExecError> {
+    engine.rec.emit(&Event::Lock {
+        time: events::now(),
+        host: host.into(),
+        path: path.into(),
+        action: action.into(),
+        detail,
+    })?;
+    Ok(())
+}
+
+/// Takes every host's lock, or none: refuses (naming the holder) if one is held.
+async fn take_locks(
+    engine: &Engine<'_>,
+    plan: &Plan,
+    s: &Settings,
+    run_id: &str,
+    held: &mut Vec<(Endpoint, String)>,
+) -> Result<Option<String>, ExecError> {
+    let me = lock::Owner {
+        run_id: run_id.to_string(),
+        operator: s.operator.clone(),
+        control_host: control_host(),
+        pid: std::process::id(),
+        started: events::now().to_rfc3339(),
+    };
+    let mut refused = Vec::new();
+    for h in &plan.hosts {
+        let Some(conn) = engine.conns.get(&h.name) else {
+            continue;
+        };
+        let path = lock::path(&h.endpoint);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let out = conn
+                .exec(
+                    &Command::new(lock::acquire_command(&path, &me)),
+                    &mut |_, _| {},
+                )
+                .await;
+            let stdout = match out {
+                Ok(o) => String::from_utf8_lossy(&o.stdout).to_string(),
+                Err(e) => {
+                    refused.push(format!("{}: cannot take the lock: {e}", h.name));
+                    break;
+                }
+            };
+            match lock::parse_acquire(&stdout) {
+                lock::Acquired::Taken => {
+                    lock_event(engine, &h.name, &path, "taken", String::new())?;
+                    held.push((h.endpoint.clone(), path.clone()));
+                    break;
+                }
+                lock::Acquired::Held(owner) => {
+                    let who = lock::describe(&owner);
+                    let stale = owner
+                        .as_ref()
+                        .is_some_and(|o| lock::is_stale(o, &control_host()));
+                    if s.break_lock
+                        && attempt == 1
+                        && (stale
+                            || owner.is_none()
+                            || owner
+                                .as_ref()
+                                .is_some_and(|o| o.control_host != control_host()))
+                    {
+                        let _ = conn
+                            .exec(&Command::new(lock::break_command(&path)), &mut |_, _| {})
+                            .await;
+                        lock_event(
+                            engine,
+                            &h.name,
+                            &path,
+                            "broken",
+                            format!("--break-lock by {}: was held by {who}", s.operator),
+                        )?;
+                        engine
+                            .ui
+                            .warn(&format!("{}: broke the lock held by {who}", h.name));
+                        continue;
+                    }
+                    lock_event(engine, &h.name, &path, "held", who.clone())?;
+                    let advice = if stale {
+                        "that process is gone: the lock is stale; rerun with --break-lock to break it"
+                    } else if s.break_lock {
+                        "its owner is still running: --break-lock only breaks a stale lock"
+                    } else {
+                        "wait for it to finish, or if that run is dead, rerun with --break-lock"
+                    };
+                    refused.push(format!("{} is locked ({path}) by {who}: {advice}", h.name));
+                    break;
+                }
+            }
+        }
+    }
+    Ok((!refused.is_empty()).then(|| refused.join("\n")))
+}
+
+async fn release_locks(engine: &Engine<'_>, held: &[(Endpoint, String)], run_id: &str) {
+    for (ep, path) in held {
+        if let Some(conn) = engine.conns.get(&ep.host) {
+            let ok = conn
+                .exec(
+                    &Command::new(lock::release_command(path, run_id)),
+                    &mut |_, _| {},
+                )
+                .await
+                .is_ok_and(|o| o.success());
+            let _ = lock_event(
+                engine,
+                &ep.host,
+                path,
+                if ok { "released" } else { "release failed" },
+                String::new(),
+            );
+        }
+    }
+}
+
+/// Gate, connect, lock, run batches, roll back on failure.
+async fn drive(
+    engine: &mut Engine<'_>,
+    plan: &Plan,
+    s: &Settings,
+    run_id: &str,
+    held: &mut Vec<(Endpoint, String)>,
+) -> Result<Finish, ExecError> {
+    let inv = &engine.planner.inventory;
+    let what = match &s.mode {
+        Mode::Rollback(r) => format!(
+            "Roll back run `{}` ({} on `{}`)?",
+            r.id, plan.runbook.name, inv.name
+        ),
+        _ => format!(
+            "Run `{}` on `{}` ({} hosts)?",
+            plan.runbook.name,
+            inv.name,
+            plan.hosts.len()
+        ),
+    };
+    let started_ok = match plan.start_gate {
+        ConfirmMode::Typed => engine.typed_gate(&inv.name)?,
+        ConfirmMode::Yes => engine.confirm(None, &what)?,
+        ConfirmMode::None if matches!(s.mode, Mode::Rollback(_)) => engine.confirm(None, &what)?,
+        ConfirmMode::None => true,
+    };
+    if !started_ok {
+        return Ok(Finish {
+            outcome: Outcome::NotConfirmed,
+            message: "not confirmed at the start gate".into(),
+            exit_code: exit::NOT_CONFIRMED,
+        });
+    }
+    let failures = connect(engine, plan).await?;
     if !failures.is_empty() {
         return Ok(Finish {
             outcome: Outcome::Failed,
@@ -258,24 +505,47 @@ async fn drive(engine: &mut Engine<'_>, plan: &Plan) -> Result<Finish, ExecError
             exit_code: exit::STEP_FAILED,
         });
     }
+    if let Some(refused) = take_locks(engine, plan, s, run_id, held).await? {
+        return Ok(Finish {
+            outcome: Outcome::Failed,
+            message: format!("{refused}\nnothing was changed"),
+            exit_code: exit::STEP_FAILED,
+        });
+    }
+
+    if let Mode::Rollback(recorded) = &s.mode {
+        return rollback_recorded(engine, recorded).await;
+    }
 
     let total = engine.planner.runbook.steps.len();
-    let batches = plan.batches.clone();
-    for (bi, batch) in batches.iter().enumerate() {
-        if batches.len() > 1 {
+    let label = |r: StepRef| match r {
+        StepRef::Forward(i) => format!("[{}/{total}]", i + 1),
+        StepRef::Guide(i) => format!("[R{}]", i + 1),
+    };
+    let refs: Vec<StepRef> = (engine.planner.start_at()..total)
+        .map(StepRef::Forward)
+        .collect();
+    for (bi, batch) in plan.batches.iter().enumerate() {
+        if plan.batches.len() > 1 {
             engine.ui.line(&format!(
                 "batch {}/{}: {}",
                 bi + 1,
-                batches.len(),
+                plan.batches.len(),
                 batch.join(", ")
             ));
         }
-        let label = |i: usize| format!("[{}/{total}]", i + 1);
-        if let Some(f) = engine.run_steps(batch, &label).await? {
-            if f.outcome != Outcome::Failed {
-                return Ok(f);
+        let result = interruptible(engine, engine.run_steps(&refs, batch, &label)).await;
+        match result {
+            None => return stopped(engine).await,
+            Some(r) => {
+                if let Some(f) = r? {
+                    return match f.outcome {
+                        Outcome::Failed => rollback_after_failure(engine, f).await,
+                        Outcome::Interrupted => stopped(engine).await,
+                        _ => Ok(f),
+                    };
+                }
             }
-            return rollback_after_failure(engine, f).await;
         }
     }
     Ok(Finish {
@@ -285,12 +555,149 @@ async fn drive(engine: &mut Engine<'_>, plan: &Plan) -> Result<Finish, ExecError
     })
 }
 
+/// After Ctrl-C: stop, and roll back if the operator asked for it.
+async fn stopped(engine: &mut Engine<'_>) -> Result<Finish, ExecError> {
+    let choice = engine.interrupt.get().unwrap_or(Stop::Now);
+    let base = Finish {
+        outcome: Outcome::Interrupted,
+        message: match choice {
+            Stop::AfterStep => "stopped by the operator (Ctrl-C) after the running step".into(),
+            _ => {
+                "interrupted by the operator (Ctrl-C); the running step was left unfinished".into()
+            }
+        },
+        exit_code: exit::INTERRUPTED,
+    };
+    if choice != Stop::NowAndRollback {
+        return Ok(base);
+    }
+    let gates = engine.gates.clone();
+    engine.gates.yes = true; // the operator just chose "roll back": that is the answer to the gate
+    let f = rollback_after_failure(
+        engine,
+        Finish {
+            outcome: Outcome::Failed,
+            ..base
+        },
+    )
+    .await;
+    engine.gates = gates;
+    f.map(|f| Finish {
+        outcome: Outcome::Interrupted,
+        exit_code: exit::INTERRUPTED,
+        ..f
+    })
+}
+
+/// `opsrun rollback RUN`: the runbook's rollback guide, or the completed steps' own rollbacks.
+async fn rollback_recorded(
+    engine: &mut Engine<'_>,
+    recorded: &Recorded,
+) -> Result<Finish, ExecError> {
+    let guide = engine.planner.runbook.rollback.len();
+    if guide > 0 {
+        engine.ui.line(&format!(
+            "running the rollback guide of `{}` for run {}",
+            engine.planner.runbook.name, recorded.id
+        ));
+        let refs: Vec<StepRef> = (0..guide).map(StepRef::Guide).collect();
+        let hosts: Vec<String> = engine
+            .planner
+            .run_hosts()
+            .iter()
+            .map(|h| h.name.clone())
+            .collect();
+        let label = |r: StepRef| match r {
+            StepRef::Forward(i) | StepRef::Guide(i) => format!("[R{}/{guide}]", i + 1),
+        };
+        let fut = engine.run_steps(&refs, &hosts, &label);
+        return Ok(match fut.await? {
+            None => Finish {
+                outcome: Outcome::Succeeded,
+                message: format!(
+                    "rolled back run {} with the rollback guide ({guide} steps)",
+                    recorded.id
+                ),
+                exit_code: exit::OK,
+            },
+            Some(f) => Finish {
+                message: format!(
+                    "rollback guide stopped: {}; run {} is NOT fully restored",
+                    f.message, recorded.id
+                ),
+                ..f
+            },
+        });
+    }
+    let undo = engine.undoable();
+    if undo.is_empty() {
+        return Ok(Finish {
+            outcome: Outcome::Succeeded,
+            message: format!("run {} has no completed step left to undo", recorded.id),
+            exit_code: exit::OK,
+        });
+    }
+    show_undo(engine);
+    let failures = engine.rollback().await?;
+    Ok(if failures.is_empty() {
+        Finish {
+            outcome: Outcome::Succeeded,
+            message: format!("rolled back {} step(s) of run {}", undo.len(), recorded.id),
+            exit_code: exit::OK,
+        }
+    } else {
+        let list: Vec<String> = failures
+            .iter()
+            .map(|(s, h)| format!("`{s}` on {h}"))
+            .collect();
+        Finish {
+            outcome: Outcome::Failed,
+            message: format!("ROLLBACK INCOMPLETE: not restored: {}", list.join(", ")),
+            exit_code: exit::STEP_FAILED,
+        }
+    })
+}
+
+fn show_undo(engine: &Engine<'_>) {
+    engine.ui.line(&format!(
+        "{} these completed steps will be undone, in this order:",
+        console::style("rollback:").yellow().bold()
+    ));
+    let caps = engine
+        .captures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for c in engine.undoable() {
+        let step = &engine.planner.runbook.steps[c.step];
+        engine.ui.line(&format!(
+            "  [{}] {} on {}",
+            c.step + 1,
+            step.name,
+            c.hosts.join(", ")
+        ));
+        for h in &c.hosts {
+            let host = (!step.local).then_some(h.as_str());
+            if let Ok(t) =
+                engine
+                    .planner
+                    .render(StepRef::Forward(c.step), host, Some(&caps), Reveal::Masked)
+            {
+                for r in &t.rollback {
+                    engine
+                        .ui
+                        .line(&crate::preview::prompt_line(&t.login, r, "      "));
+                }
+            }
+        }
+    }
+}
+
 /// After a failed step: show what will be undone, gate it, run it, say what is restored.
 async fn rollback_after_failure(
     engine: &mut Engine<'_>,
     failed: Finish,
 ) -> Result<Finish, ExecError> {
-    let last = engine.completed.last().map(|c| c.step);
     let failed_step = engine
         .planner
         .runbook
@@ -300,13 +707,7 @@ async fn rollback_after_failure(
     let policy = failed_step
         .map(|i| engine.planner.runbook.steps[i].on_failure)
         .unwrap_or_default();
-    let undoable: Vec<_> = engine
-        .completed
-        .iter()
-        .rev()
-        .filter(|c| !engine.planner.runbook.steps[c.step].rollback.is_empty())
-        .cloned()
-        .collect();
+    let undoable = engine.undoable();
     if policy != crate::runbook::OnFailure::Rollback || undoable.is_empty() {
         let why = if policy == crate::runbook::OnFailure::Abort {
             "on_failure: abort"
@@ -318,43 +719,10 @@ async fn rollback_after_failure(
             ..failed
         });
     }
-    let _ = last;
     engine.ui.line("");
-    engine.ui.line(&format!(
-        "{} these completed steps will be undone, in this order:",
-        console::style("rollback:").yellow().bold()
-    ));
-    for c in &undoable {
-        let step = &engine.planner.runbook.steps[c.step];
-        engine.ui.line(&format!(
-            "  [{}] {} on {}",
-            c.step + 1,
-            step.name,
-            c.hosts.join(", ")
-        ));
-        for h in &c.hosts {
-            let host = (!step.local).then_some(h.as_str());
-            let caps = engine
-                .captures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            if let Ok(t) = engine.planner.render(
-                StepRef::Forward(c.step),
-                host,
-                Some(&caps),
-                crate::plan::Reveal::Masked,
-            ) {
-                for r in &t.rollback {
-                    engine
-                        .ui
-                        .line(&crate::preview::prompt_line(&t.login, r, "      "));
-                }
-            }
-        }
-    }
+    show_undo(engine);
     if !engine.confirm(
-        None,
+        Some("(rollback)"),
         &format!("Roll back {} completed step(s)?", undoable.len()),
     )? {
         return Ok(Finish {

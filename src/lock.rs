@@ -1,0 +1,172 @@
+//! Host locks: one run at a time per host.
+//!
+//! A lock is a directory created atomically with `mkdir` on the host, holding
+//! an `owner` file (operator, control host, run id, pid, start). A second run
+//! touching the host is refused and told who holds it. A lock whose owner
+//! process is gone (on this control machine) is stale and can be broken with
+//! `--break-lock`, which the journal records.
+
+use crate::shell::quote;
+use crate::transport::{ConnectionKind, Endpoint};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub run_id: String,
+    pub operator: String,
+    pub control_host: String,
+    pub pid: u32,
+    pub started: String,
+}
+
+/// Where a host's lock lives. Keyed by the SSH port on real hosts (one sshd,
+/// one lock, whatever name the inventory gives the host) and by host name for
+/// `connection: local` sandboxes, which all share the control machine.
+pub fn path(ep: &Endpoint) -> String {
+    match ep.kind {
+        ConnectionKind::Ssh => format!("/tmp/opsrun-lock-{}", ep.port.unwrap_or(22)),
+        ConnectionKind::Local => {
+            let name: String = ep
+                .host
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("/tmp/opsrun-lock-local-{name}")
+        }
+    }
+}
+
+const TAKEN: &str = "OPSRUN-LOCK-TAKEN";
+const HELD: &str = "OPSRUN-LOCK-HELD";
+
+pub fn acquire_command(path: &str, owner: &Owner) -> String {
+    let json = serde_json::to_string(owner).unwrap_or_default();
+    let p = quote(path);
+    format!(
+        "if mkdir {p} 2>/dev/null; then printf '%s\\n' {j} > {p}/owner && echo {TAKEN}; else echo {HELD}; cat {p}/owner 2>/dev/null; fi",
+        j = quote(&json)
+    )
+}
+
+/// Removes the lock only if this run still holds it.
+pub fn release_command(path: &str, run_id: &str) -> String {
+    let p = quote(path);
+    format!(
+        "grep -qF {} {p}/owner 2>/dev/null && rm -rf {p}",
+        quote(&format!("\"run_id\":\"{run_id}\""))
+    )
+}
+
+pub fn break_command(path: &str) -> String {
+    format!("rm -rf {}", quote(path))
+}
+
+/// What the host said to an acquire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    Taken,
+    /// Held by someone else; `None` when the owner file is unreadable.
+    Held(Option<Owner>),
+}
+
+pub fn parse_acquire(stdout: &str) -> Acquired {
+    let mut lines = stdout.lines();
+    match lines.next().map(str::trim) {
+        Some(TAKEN) => Acquired::Taken,
+        _ => Acquired::Held(lines.next().and_then(|l| serde_json::from_str(l).ok())),
+    }
+}
+
+/// Whether the owner is certainly dead: its pid is gone on this very control machine.
+pub fn is_stale(owner: &Owner, this_host: &str) -> bool {
+    if owner.control_host != this_host {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(owner.pid as libc::pid_t, 0) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+pub fn describe(owner: &Option<Owner>) -> String {
+    match owner {
+        Some(o) => format!(
+            "run {} by {} from {} (pid {}, started {})",
+            o.run_id, o.operator, o.control_host, o.pid, o.started
+        ),
+        None => "an unknown owner (no readable owner file)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn sh(line: &str) -> String {
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(line)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    #[test]
+    fn acquire_is_exclusive_and_release_checks_the_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lk").display().to_string();
+        let me = Owner {
+            run_id: "r1".into(),
+            operator: "op".into(),
+            control_host: "c".into(),
+            pid: std::process::id(),
+            started: "now".into(),
+        };
+        assert_eq!(
+            parse_acquire(&sh(&acquire_command(&p, &me))),
+            Acquired::Taken
+        );
+        let other = Owner {
+            run_id: "r2".into(),
+            ..me.clone()
+        };
+        assert_eq!(
+            parse_acquire(&sh(&acquire_command(&p, &other))),
+            Acquired::Held(Some(me.clone()))
+        );
+        sh(&release_command(&p, "r2"));
+        assert!(
+            std::path::Path::new(&p).exists(),
+            "another run's release must not remove the lock"
+        );
+        sh(&release_command(&p, "r1"));
+        assert!(!std::path::Path::new(&p).exists());
+    }
+
+    #[test]
+    fn dead_pid_on_this_host_is_stale() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let o = Owner {
+            run_id: "r".into(),
+            operator: "o".into(),
+            control_host: "me".into(),
+            pid,
+            started: String::new(),
+        };
+        assert!(is_stale(&o, "me"));
+        assert!(!is_stale(&o, "elsewhere"));
+        let alive = Owner {
+            pid: std::process::id(),
+            ..o
+        };
+        assert!(!is_stale(&alive, "me"));
+    }
+}

@@ -1,0 +1,230 @@
+//! Past runs, read back from their journals: `opsrun runs`, `log`, `rollback`, `--resume`.
+
+use crate::error::Error;
+use crate::events::{Event, Outcome, Phase, Status, Time};
+use crate::journal;
+use crate::plan::{Captures, RunInfo};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Finds a run directory from a run id, a run directory, or a path to its log or journal.
+pub fn resolve(log_dir: &Path, spec: &str) -> Result<PathBuf, Error> {
+    let p = PathBuf::from(spec);
+    let candidates = [
+        p.clone(),
+        p.parent().map(Path::to_path_buf).unwrap_or_default(),
+        log_dir.join(spec),
+    ];
+    for c in candidates {
+        if c.join(journal::FILE).is_file() {
+            return Ok(c);
+        }
+    }
+    let known: Vec<String> = list(log_dir).into_iter().map(|s| s.id).collect();
+    let hint = crate::diagnostic::did_you_mean(spec, known.iter().map(String::as_str));
+    Err(Error::Usage(format!(
+        "no recorded run `{spec}` in {}{hint} (`opsrun runs` lists them; --log-dir or OPSRUN_LOG_DIR select another place)",
+        log_dir.display()
+    )))
+}
+
+/// One line of `opsrun runs`.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub id: String,
+    pub dir: PathBuf,
+    pub kind: String,
+    pub runbook: String,
+    pub env: String,
+    pub operator: String,
+    /// `None`: the run never recorded its end (killed, crashed): interrupted.
+    pub outcome: Option<Outcome>,
+    pub start: Option<Time>,
+    pub end: Option<Time>,
+}
+
+impl Summary {
+    pub fn result(&self) -> &'static str {
+        match self.outcome {
+            Some(Outcome::Succeeded) => "succeeded",
+            Some(Outcome::Failed) => "failed",
+            Some(Outcome::NotConfirmed) => "not confirmed",
+            Some(Outcome::Interrupted) | None => "interrupted",
+        }
+    }
+}
+
+pub fn summarize(dir: &Path) -> Option<Summary> {
+    let replay = journal::read(&dir.join(journal::FILE)).ok()?;
+    let mut s = Summary {
+        id: dir.file_name()?.to_string_lossy().into_owned(),
+        dir: dir.to_path_buf(),
+        kind: String::new(),
+        runbook: String::new(),
+        env: String::new(),
+        operator: String::new(),
+        outcome: None,
+        start: None,
+        end: replay.events.last().map(Event::time),
+    };
+    for e in &replay.events {
+        match e {
+            Event::RunStarted {
+                time,
+                kind,
+                runbook,
+                inventory,
+                operator,
+                ..
+            } => {
+                s.start = Some(*time);
+                s.kind = kind.clone();
+                s.runbook = runbook.clone();
+                s.env = inventory.clone();
+                s.operator = operator.clone();
+            }
+            Event::RunFinished { outcome, .. } => s.outcome = Some(*outcome),
+            _ => {}
+        }
+    }
+    Some(s)
+}
+
+/// Every run in the log directory, oldest first (run ids sort by time).
+pub fn list(log_dir: &Path) -> Vec<Summary> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(log_dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join(journal::FILE).is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.iter().filter_map(|d| summarize(d)).collect()
+}
+
+/// What a recorded run left behind, as needed to undo or resume it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub dir: PathBuf,
+    pub id: String,
+    pub events: Vec<Event>,
+    pub warnings: Vec<String>,
+    pub run: RunInfo,
+    pub env: String,
+    /// Non-secret params as given; secrets are asked for again.
+    pub params: Vec<(String, String)>,
+    pub captures: Captures,
+    /// Forward steps (0-based) and the hosts where each completed and was not already undone.
+    pub completed: BTreeMap<usize, Vec<String>>,
+    /// Every (step, host) that finished ok, to find where a resume starts.
+    pub done: BTreeSet<(usize, String)>,
+    pub finished: bool,
+}
+
+pub fn load(dir: &Path) -> Result<Recorded, Error> {
+    let replay = journal::read(&dir.join(journal::FILE)).map_err(|e| Error::Io(e.to_string()))?;
+    let mut r = Recorded {
+        dir: dir.to_path_buf(),
+        id: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        events: Vec::new(),
+        warnings: replay.warnings,
+        run: RunInfo {
+            id: String::new(),
+            stamp: String::new(),
+            date: String::new(),
+            operator: String::new(),
+            ticket: None,
+        },
+        env: String::new(),
+        params: Vec::new(),
+        captures: Captures::default(),
+        completed: BTreeMap::new(),
+        done: BTreeSet::new(),
+        finished: false,
+    };
+    let mut started = false;
+    for e in &replay.events {
+        match e {
+            Event::RunStarted {
+                run_id,
+                stamp,
+                operator,
+                ticket,
+                params,
+                inventory,
+                ..
+            } => {
+                started = true;
+                r.run = RunInfo {
+                    id: run_id.clone(),
+                    date: stamp.get(..8).unwrap_or_default().to_string(),
+                    stamp: stamp.clone(),
+                    operator: operator.clone(),
+                    ticket: ticket.clone(),
+                };
+                r.env = inventory.clone();
+                r.params = params
+                    .iter()
+                    .filter(|(_, v)| v != crate::plan::MASK && v != "(not set)")
+                    .cloned()
+                    .collect();
+            }
+            Event::TargetFinished {
+                phase,
+                number,
+                host,
+                status: Status::Ok,
+                capture,
+                ..
+            } => {
+                let step = number.saturating_sub(1);
+                match phase {
+                    Phase::Forward => {
+                        r.completed.entry(step).or_default().push(host.clone());
+                        r.done.insert((step, host.clone()));
+                        if let Some((name, value)) = capture {
+                            if host == "localhost" {
+                                r.captures.global.insert(name.clone(), value.clone());
+                            } else {
+                                r.captures
+                                    .hosts
+                                    .entry(host.clone())
+                                    .or_default()
+                                    .insert(name.clone(), value.clone());
+                            }
+                        }
+                    }
+                    Phase::Rollback => {
+                        if let Some(hosts) = r.completed.get_mut(&step) {
+                            hosts.retain(|h| h != host);
+                        }
+                    }
+                }
+            }
+            Event::TargetFinished {
+                phase: Phase::Forward,
+                number,
+                host,
+                status: Status::Skipped,
+                ..
+            } => {
+                r.done.insert((number.saturating_sub(1), host.clone()));
+            }
+            Event::RunFinished { .. } => r.finished = true,
+            _ => {}
+        }
+    }
+    r.completed.retain(|_, hosts| !hosts.is_empty());
+    if !started {
+        return Err(Error::Io(format!(
+            "{}: the journal has no start event",
+            dir.display()
+        )));
+    }
+    r.events = replay.events;
+    Ok(r)
+}
