@@ -88,6 +88,17 @@ pub fn is_stale(owner: &Owner, this_host: &str) -> bool {
     if owner.control_host != this_host {
         return false;
     }
+    // A killed process whose parent is gone may linger as a zombie nobody reaps.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", owner.pid));
+    if let Ok(stat) = &stat {
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next());
+        if state == Some("Z") {
+            return true;
+        }
+    }
     // SAFETY: kill with signal 0 only checks for existence and permission.
     let r = unsafe { libc::kill(owner.pid as libc::pid_t, 0) };
     r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
