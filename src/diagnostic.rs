@@ -146,12 +146,23 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         3..=5 => 2,
         _ => 3,
     };
+    let word = word.to_lowercase();
     candidates
         .into_iter()
-        .map(|c| (edit_distance(&word.to_lowercase(), &c.to_lowercase()), c))
+        .map(|c| (edit_distance(&word, &c.to_lowercase()), c))
         .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
+        // On a tie, the candidate sharing the longer prefix: `ofline` means `offline`, not `online`.
+        .min_by_key(|(d, c)| {
+            (
+                *d,
+                std::cmp::Reverse(common_prefix(&word, &c.to_lowercase())),
+            )
+        })
         .map(|(_, c)| c)
+}
+
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count()
 }
 
 /// Levenshtein distance with adjacent transpositions (optimal string alignment).
@@ -193,6 +204,7 @@ mod tests {
         assert_eq!(suggest("timout", fields), Some("timeout"));
         assert_eq!(suggest("tiemout", fields), Some("timeout"));
         assert_eq!(suggest("xyz", fields), None);
+        assert_eq!(suggest("ofline", ["online", "offline"]), Some("offline"));
     }
 
     #[test]

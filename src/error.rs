@@ -17,10 +17,11 @@ pub enum Error {
     /// A runbook or inventory problem with its position in the file.
     #[error("{0}")]
     Invalid(Box<Diagnostic>),
-    #[error("error: cannot read `{}`: {source}", path.display())]
+    // Not named `source`: thiserror would chain it, and `{:#}` would print the reason twice.
+    #[error("error: cannot read `{}`: {reason}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("error: no runbook `{name}`{hint}\n  looked in: {searched}")]
     RunbookNotFound {

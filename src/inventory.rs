@@ -242,14 +242,19 @@ pub fn decode(root: &Node, source: Arc<SourceFile>) -> yaml::Result<Inventory> {
         });
     }
     for g in &groups {
-        if hosts.iter().any(|h| h.name == g.name) {
+        if let Some(h) = hosts.iter().find(|h| h.name == g.name) {
+            let host_group = h.groups.first().cloned().unwrap_or_default();
             return Err(Error::new(
                 g.span,
                 format!(
                     "`{}` is both a group and a host name: host patterns would be ambiguous",
                     g.name
                 ),
-            ));
+            )
+            .help(format!(
+                "rename the group or the host `{}` listed in group `{host_group}`",
+                h.name
+            )));
         }
     }
     Ok(Inventory {
@@ -323,14 +328,20 @@ fn decode_host_def(n: &Node, name: &str, base: &std::path::Path) -> yaml::Result
 }
 
 fn port(n: &Node) -> yaml::Result<u16> {
-    match n.value {
-        Value::Int(i) if (1..=65535).contains(&i) => Ok(i as u16),
+    match &n.value {
+        Value::Int(i) if (1..=65535).contains(i) => Ok(*i as u16),
+        Value::Int(i) => Err(Error::new(
+            n.span,
+            format!("invalid port {i}: expected a number from 1 to 65535"),
+        )),
+        Value::Str(s) if s.trim().parse::<u16>().is_ok_and(|p| p > 0) => Err(Error::new(
+            n.span,
+            "expected a port number from 1 to 65535, found a string",
+        )
+        .help(format!("write it without quotes: `port: {}`", s.trim()))),
         _ => Err(Error::new(
             n.span,
-            format!(
-                "invalid port {}: expected a number from 1 to 65535",
-                n.raw.clone().unwrap_or_else(|| n.kind().to_string())
-            ),
+            format!("expected a port number from 1 to 65535, found {}", n.kind()),
         )),
     }
 }

@@ -1,6 +1,6 @@
 //! `opsrun check`: the traps of the source SOPs (PROCEDURES.md) caught before a run.
 
-use crate::diagnostic::{Diagnostic, Level, Pos, Span};
+use crate::diagnostic::{Diagnostic, Level, Span};
 use crate::runbook::{Action, Runbook, ServiceState, Step, Text};
 use regex::Regex;
 use std::sync::OnceLock;
@@ -38,7 +38,7 @@ pub fn lint(rb: &Runbook) -> Vec<Diagnostic> {
             for (what, text) in commands(step) {
                 for f in command_findings(&text.src) {
                     warn(
-                        locate(rb, text, f.offset),
+                        text.locate(&rb.source, f.offset, 1),
                         format!("step `{}` {what}: {}", step.name, f.message),
                         f.help,
                     );
@@ -48,7 +48,7 @@ pub fn lint(rb: &Runbook) -> Vec<Diagnostic> {
                         && !is_quoted_interpolation(&text.src, offset)
                     {
                         warn(
-                            locate(rb, text, offset),
+                            text.locate(&rb.source, offset, 1),
                             format!("step `{}` {what}: param `{name}` is interpolated without `| quote`", step.name),
                             "a value with a space, `;` or `$(...)` would change the command: write {{ NAME | quote }}",
                         );
@@ -63,7 +63,7 @@ pub fn lint(rb: &Runbook) -> Vec<Diagnostic> {
                 for (offset, name) in interpolations(&text.src) {
                     if secrets.contains(&name.as_str()) {
                         warn(
-                            locate(rb, text, offset),
+                            text.locate(&rb.source, offset, 1),
                             format!("step `{}` {what}: secret param `{name}` is put on the command line", step.name),
                             "pass secrets with `stdin:` so they never appear in a process list",
                         );
@@ -353,67 +353,6 @@ fn interpolations(src: &str) -> Vec<(usize, String)> {
 fn is_quoted_interpolation(src: &str, offset: usize) -> bool {
     let end = src[offset..].find("}}").map_or(src.len(), |e| offset + e);
     src[offset..end].contains("quote")
-}
-
-/// Where byte `offset` of a template text sits in the file.
-fn locate(rb: &Runbook, text: &Text, offset: usize) -> Span {
-    let before = &text.src[..offset.min(text.src.len())];
-    let line_idx = before.matches('\n').count();
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col_in_line = text.src[line_start..offset.min(text.src.len())]
-        .chars()
-        .count();
-    let content_line = text.src[line_start..].lines().next().unwrap_or_default();
-    let src_lines: Vec<&str> = rb.source.text.lines().collect();
-    let start = text.span.start;
-    let pos = if text.src.contains('\n') || text.span.end.line > start.line {
-        // A block scalar: find the content line below the key.
-        let guess = start.line
-            + line_idx
-            + usize::from(!first_line_on_key_line(&src_lines, start, &text.src));
-        match src_lines.get(guess.wrapping_sub(1)).and_then(|l| {
-            l.find(content_line.trim_start())
-                .filter(|_| !content_line.trim().is_empty())
-        }) {
-            Some(byte) => {
-                let l = src_lines[guess - 1];
-                Pos {
-                    line: guess,
-                    col: l[..byte].chars().count() + 1 + col_in_line
-                        - (content_line.len() - content_line.trim_start().len()),
-                }
-            }
-            None => start,
-        }
-    } else {
-        let line = src_lines
-            .get(start.line.wrapping_sub(1))
-            .copied()
-            .unwrap_or_default();
-        let quoted = line
-            .chars()
-            .nth(start.col - 1)
-            .is_some_and(|c| c == '"' || c == '\'');
-        Pos {
-            line: start.line,
-            col: start.col + col_in_line + usize::from(quoted),
-        }
-    };
-    Span {
-        start: pos,
-        end: Pos {
-            line: pos.line,
-            col: pos.col + 1,
-        },
-    }
-}
-
-fn first_line_on_key_line(src_lines: &[&str], start: Pos, text: &str) -> bool {
-    let first = text.lines().next().unwrap_or_default().trim();
-    !first.is_empty()
-        && src_lines
-            .get(start.line.wrapping_sub(1))
-            .is_some_and(|l| l.contains(first))
 }
 
 #[cfg(test)]

@@ -42,13 +42,13 @@ fn attach(source: &Arc<SourceFile>, e: yaml::Error) -> Error {
 }
 
 fn read(path: &Path) -> Result<Arc<SourceFile>, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+    let bytes = std::fs::read(path).map_err(|reason| Error::Read {
         path: path.to_path_buf(),
-        source,
+        reason,
     })?;
     let text = String::from_utf8(bytes).map_err(|e| Error::Read {
         path: path.to_path_buf(),
-        source: std::io::Error::new(
+        reason: std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!(
                 "not UTF-8 text (invalid byte at offset {})",
@@ -99,7 +99,7 @@ pub fn find_runbook(spec: &str, root: &Path) -> Result<(Arc<SourceFile>, Origin)
         name: spec.to_string(),
         hint,
         searched: format!(
-            "{}, the built-in library (`opsrun list` shows all)",
+            "{}/, the built-in library (`opsrun list` shows all)",
             root.join("runbooks").display()
         ),
     })

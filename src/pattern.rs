@@ -10,6 +10,8 @@ use crate::inventory::Inventory;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternError {
     pub message: String,
+    /// The term at fault as written (`&primry`), so a caller can point at it.
+    pub term: Option<String>,
 }
 
 /// The hosts a pattern selects, in inventory order.
@@ -25,6 +27,7 @@ pub fn resolve(pattern: &str, inv: &Inventory) -> Result<Vec<String>, PatternErr
     if terms.is_empty() {
         return Err(PatternError {
             message: format!("empty host pattern `{pattern}`: expected group or host names"),
+            term: None,
         });
     }
     let mut any_union = false;
@@ -34,7 +37,19 @@ pub fn resolve(pattern: &str, inv: &Inventory) -> Result<Vec<String>, PatternErr
             b'!' => ('!', term[1..].trim()),
             _ => ('+', term),
         };
-        let set = select(name, inv)?;
+        if name.is_empty() {
+            let op = if kind == '&' { "&" } else { "!" };
+            return Err(PatternError {
+                message: format!(
+                    "`{op}` with no name after it in host pattern `{pattern}`: expected a group or host name, like `{op}db`"
+                ),
+                term: Some(term.to_string()),
+            });
+        }
+        let set = select(name, inv).map_err(|e| PatternError {
+            term: Some(term.to_string()),
+            ..e
+        })?;
         match kind {
             '&' => inter.push(set),
             '!' => excl.iter_mut().zip(&set).for_each(|(e, s)| *e |= s),
@@ -70,6 +85,7 @@ fn select(name: &str, inv: &Inventory) -> Result<Vec<bool>, PatternError> {
         if !set.iter().any(|b| *b) {
             return Err(PatternError {
                 message: format!("host pattern `{name}` matches no group or host"),
+                term: None,
             });
         }
         return Ok(set);
@@ -98,6 +114,7 @@ fn select(name: &str, inv: &Inventory) -> Result<Vec<bool>, PatternError> {
             "unknown group or host `{name}` in inventory `{}`{hint}",
             inv.name
         ),
+        term: None,
     })
 }
 
@@ -156,6 +173,13 @@ mod tests {
         assert_eq!(
             e.message,
             "unknown group or host `dbb` in inventory `inv`, did you mean `db`?"
+        );
+        assert_eq!(e.term.as_deref(), Some("dbb"));
+        let e = resolve("app:&", &inv()).unwrap_err();
+        assert!(
+            e.message.starts_with("`&` with no name after it"),
+            "{}",
+            e.message
         );
     }
 }

@@ -185,6 +185,12 @@ struct StepTemplates {
     confirm: Option<TemplateId>,
 }
 
+/// A template that could not be rendered, and where it is in the runbook.
+struct Failure {
+    error: RenderError,
+    span: Span,
+}
+
 /// Holds everything needed to render any step on any host.
 pub struct Planner {
     pub runbook: Arc<Runbook>,
@@ -246,7 +252,7 @@ impl Planner {
         };
         let params = bind_params(&rb, &opts)?;
 
-        let mut templates = Templates::new();
+        let mut templates = Templates::for_source(rb.source.clone());
         let vars = rb
             .vars
             .iter()
@@ -273,8 +279,15 @@ impl Planner {
             for (i, s) in steps.iter().enumerate() {
                 let pat = s.on.as_ref().or(rb.hosts.as_ref());
                 let hosts = match pat {
-                    Some(p) => pattern::resolve(&p.src, &inventory)
-                        .map_err(|e| diag(&rb, p.span, e.message))?,
+                    Some(p) => pattern::resolve(&p.src, &inventory).map_err(|e| {
+                        // Point at the term at fault, not the whole pattern.
+                        let span = e
+                            .term
+                            .as_deref()
+                            .and_then(|t| Some((p.src.find(t)?, t.chars().count())))
+                            .map_or(p.span, |(at, width)| p.locate(&rb.source, at, width));
+                        diag(&rb, span, e.message)
+                    })?,
                     None if s.local => Vec::new(),
                     None => {
                         return Err(diag(
@@ -467,6 +480,22 @@ impl Planner {
         m
     }
 
+    /// Where in the file a template failed: at the name at fault when it can be found.
+    fn error_span(&self, id: TemplateId, e: &RenderError) -> Span {
+        let text = self.templates.text(id);
+        match self.templates.locate_error(id, e) {
+            Some((offset, width)) => text.locate(&self.runbook.source, offset, width),
+            None => text.span,
+        }
+    }
+
+    fn failure(&self, id: TemplateId, error: RenderError) -> Failure {
+        Failure {
+            span: self.error_span(id, &error),
+            error,
+        }
+    }
+
     /// Names captured by the steps before `upto` (exclusive), in order.
     fn capture_names(&self, upto: usize) -> Vec<&str> {
         self.runbook.steps[..upto.min(self.runbook.steps.len())]
@@ -483,7 +512,7 @@ impl Planner {
         step_hosts: &[String],
         in_scope: &[&str],
         captures: Option<&Captures>,
-    ) -> Result<(Context, HashSet<String>), RenderError> {
+    ) -> Result<(Context, HashSet<String>), Failure> {
         let mut m = self.base_map(host, reveal, step_hosts);
         let mut deferred: HashSet<String> = HashSet::new();
         for name in in_scope {
@@ -507,14 +536,18 @@ impl Planner {
             if in_scope.contains(&name.as_str()) {
                 continue;
             }
-            let v = self.templates.render(*id, &ctx).map_err(|e| match e {
-                RenderError::Undefined {
-                    name: missing,
-                    hint,
-                } => RenderError::Other(format!(
-                    "variable `{name}` reads undefined variable `{missing}`{hint}"
-                )),
-                other => other,
+            let v = self.templates.render(*id, &ctx).map_err(|e| {
+                let span = self.error_span(*id, &e);
+                let error = match e {
+                    RenderError::Undefined {
+                        name: missing,
+                        hint,
+                    } => RenderError::Other(format!(
+                        "variable `{name}` reads undefined variable `{missing}`{hint}"
+                    )),
+                    other => RenderError::Other(format!("variable `{name}`: {other}")),
+                };
+                Failure { error, span }
             })?;
             if self
                 .templates
@@ -549,14 +582,14 @@ impl Planner {
             StepRef::Forward(i) => self.capture_names(i + 1),
             StepRef::Guide(_) => scope_before.clone(),
         };
-        let fail = |e: RenderError| -> Error {
+        let fail = |f: Failure| -> Error {
             let on = host_name
                 .map(|h| format!(" on host `{h}`"))
                 .unwrap_or_default();
             diag(
                 &self.runbook,
-                step.span,
-                format!("in step `{}`{on}: {e}", step.name),
+                f.span,
+                format!("in step `{}`{on}: {}", step.name, f.error),
             )
         };
         let (ctx, deferred) = self
@@ -571,7 +604,7 @@ impl Planner {
             self.templates
                 .render(id, ctx)
                 .map(|s| template::show_placeholders(&s))
-                .map_err(fail)
+                .map_err(|e| fail(self.failure(id, e)))
         };
 
         if let Some(w) = t.when {
@@ -582,7 +615,11 @@ impl Planner {
                 .any(|v| deferred.contains(v));
             if reads_capture {
                 target.when_at_run_time = step.when.as_ref().map(|w| w.src.trim().to_string());
-            } else if !self.templates.condition(w, &ctx).map_err(fail)? {
+            } else if !self
+                .templates
+                .condition(w, &ctx)
+                .map_err(|e| fail(self.failure(w, e)))?
+            {
                 target.skipped = Some(format!(
                     "when: {} is false",
                     step.when.as_ref().map(|w| w.src.trim()).unwrap_or_default()
@@ -683,11 +720,11 @@ impl Planner {
             StepRef::Forward(i) => self.capture_names(i),
             StepRef::Guide(_) => self.capture_names(usize::MAX),
         };
-        let fail = |e: RenderError| {
+        let fail = |f: Failure| {
             diag(
                 &self.runbook,
-                step.span,
-                format!("in step `{}`: {e}", step.name),
+                f.span,
+                format!("in step `{}`: {}", step.name, f.error),
             )
         };
         let (ctx, _) = self
@@ -696,7 +733,7 @@ impl Planner {
         self.templates
             .render(id, &ctx)
             .map(|s| template::show_placeholders(&s).trim_end().to_string())
-            .map_err(fail)
+            .map_err(|e| fail(self.failure(id, e)))
     }
 
     fn plan_step(&self, r: StepRef, number: usize) -> Result<PlanStep, Error> {

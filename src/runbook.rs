@@ -1,6 +1,6 @@
 //! The runbook: what a YAML runbook file means, decoded with positions.
 
-use crate::diagnostic::{did_you_mean, SourceFile, Span};
+use crate::diagnostic::{did_you_mean, Pos, SourceFile, Span};
 use crate::duration;
 use crate::yaml::{self, Error, Fields, Node, Value};
 use std::sync::Arc;
@@ -20,6 +20,70 @@ impl Text {
             span: node.span,
         })
     }
+
+    /// Where byte `offset` of the text sits in the file, `width` characters wide.
+    ///
+    /// Exact for plain and block scalars; in a quoted scalar an escape before
+    /// the offset shifts it. When the text cannot be found, the whole value.
+    pub fn locate(&self, source: &SourceFile, offset: usize, width: usize) -> Span {
+        let offset = offset.min(self.src.len());
+        if !self.src.is_char_boundary(offset) {
+            return self.span;
+        }
+        let before = &self.src[..offset];
+        let line_idx = before.matches('\n').count();
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let col_in_line = self.src[line_start..offset].chars().count();
+        let content_line = self.src[line_start..].lines().next().unwrap_or_default();
+        let src_lines: Vec<&str> = source.text.lines().collect();
+        let start = self.span.start;
+        let pos = if self.src.contains('\n') || self.span.end.line > start.line {
+            // A block scalar: find the content line below the key.
+            let guess = start.line
+                + line_idx
+                + usize::from(!first_line_on_key_line(&src_lines, start, &self.src));
+            let indent = content_line.len() - content_line.trim_start().len();
+            match src_lines.get(guess.wrapping_sub(1)).and_then(|l| {
+                l.find(content_line.trim_start())
+                    .filter(|_| !content_line.trim().is_empty())
+                    .map(|byte| (l, byte))
+            }) {
+                Some((l, byte)) => Pos {
+                    line: guess,
+                    col: (l[..byte].chars().count() + 1 + col_in_line).saturating_sub(indent),
+                },
+                None => return self.span,
+            }
+        } else {
+            let line = src_lines
+                .get(start.line.wrapping_sub(1))
+                .copied()
+                .unwrap_or_default();
+            let quoted = line
+                .chars()
+                .nth(start.col.saturating_sub(1))
+                .is_some_and(|c| c == '"' || c == '\'');
+            Pos {
+                line: start.line,
+                col: start.col + col_in_line + usize::from(quoted),
+            }
+        };
+        Span {
+            start: pos,
+            end: Pos {
+                line: pos.line,
+                col: pos.col + width.max(1),
+            },
+        }
+    }
+}
+
+fn first_line_on_key_line(src_lines: &[&str], start: Pos, text: &str) -> bool {
+    let first = text.lines().next().unwrap_or_default().trim();
+    !first.is_empty()
+        && src_lines
+            .get(start.line.wrapping_sub(1))
+            .is_some_and(|l| l.contains(first))
 }
 
 #[derive(Debug, Clone)]
@@ -254,10 +318,19 @@ pub fn decode(root: &Node, source: Arc<SourceFile>) -> yaml::Result<Runbook> {
     };
     for var in &vars {
         if let Some(p) = params.iter().find(|p| p.name == var.0) {
+            let key = f
+                .get("vars")
+                .and_then(|v| v.entries("").ok())
+                .and_then(|e| e.into_iter().find(|((k, _), _)| *k == var.0))
+                .map_or(var.1.span, |((_, k), _)| k.span);
             return Err(Error::new(
-                var.1.span,
+                key,
                 format!("`{}` is both a param and a var: rename one", p.name),
-            ));
+            )
+            .help(format!(
+                "the param `{}` is declared at line {}",
+                p.name, p.span.start.line
+            )));
         }
     }
     Ok(Runbook {
@@ -279,11 +352,14 @@ pub fn decode(root: &Node, source: Arc<SourceFile>) -> yaml::Result<Runbook> {
 
 fn decode_serial(n: &Node) -> yaml::Result<Serial> {
     let bad = || {
+        let shown = match &n.raw {
+            Some(raw) => format!("`{raw}`"),
+            None => n.kind().to_string(),
+        };
         Error::new(
             n.span,
             format!(
-                "invalid `serial` {}: expected a number of hosts per batch (like 1) or a percentage (like \"30%\")",
-                n.raw.clone().unwrap_or_else(|| n.kind().to_string())
+                "invalid `serial` value {shown}: expected a number of hosts per batch (1 or more) or a percentage from 1% to 100% (like \"30%\")"
             ),
         )
     };
@@ -423,7 +499,15 @@ fn decode_vars(node: &Node) -> yaml::Result<Vec<(String, Text)>> {
 }
 
 fn decode_steps(node: &Node, what: &str) -> yaml::Result<Vec<Step>> {
-    let items = node.seq(&format!("a list of steps for `{what}`"))?;
+    let items = node
+        .seq(&format!("a list of steps for `{what}`"))
+        .map_err(|e| {
+            if matches!(node.value, Value::Map(_)) {
+                e.help("start each step with `- `, like `  - name: Stop the service`")
+            } else {
+                e
+            }
+        })?;
     let mut steps: Vec<Step> = Vec::new();
     for item in items {
         let step = decode_step(item)?;
@@ -476,8 +560,10 @@ fn regex(n: &Node, what: &str) -> yaml::Result<regex::Regex> {
     })
 }
 
+/// The regex crate's message is a multi-line picture; its last line says what is wrong.
 fn first_line(s: &str) -> String {
-    s.lines().last().unwrap_or(s).trim().to_string()
+    let last = s.lines().last().unwrap_or(s).trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_string()
 }
 
 fn decode_step(node: &Node) -> yaml::Result<Step> {
@@ -718,7 +804,7 @@ fn check_combinations(f: &Fields, s: &Step) -> yaml::Result<()> {
         match f.key(field) {
             Some(k) => Err(Error::new(
                 k.span,
-                format!("`{field}` {why} (step `{}`)", s.name),
+                format!("step `{}`: `{field}` {why}", s.name),
             )),
             None => Ok(()),
         }

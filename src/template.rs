@@ -5,13 +5,14 @@
 //! known up front, so an undefined variable is reported by name with a
 //! suggestion rather than as minijinja's generic "undefined value".
 
-use crate::diagnostic::{did_you_mean, Pos, Span};
+use crate::diagnostic::{did_you_mean, Pos, SourceFile, Span};
 use crate::runbook::Text;
 use crate::shell;
 use crate::yaml;
 use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 /// Stands in for a value that is only known once a step has captured it.
 /// It passes through `quote` untouched so the plan can show `<captured: NAME>`.
@@ -56,8 +57,10 @@ pub enum Kind {
 
 pub struct Templates {
     env: Environment<'static>,
-    /// Per template: the top-level variables it reads, and its span for errors.
-    meta: Vec<(HashSet<String>, Span, Kind)>,
+    /// The file the templates come from, to point syntax errors at the exact column.
+    source: Option<Arc<SourceFile>>,
+    /// Per template: the top-level variables it reads, and its text for errors.
+    meta: Vec<(HashSet<String>, Text, Kind)>,
 }
 
 impl Default for Templates {
@@ -69,7 +72,16 @@ impl Default for Templates {
 /// Why a template could not be rendered for a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RenderError {
-    Undefined { name: String, hint: String },
+    Undefined {
+        name: String,
+        hint: String,
+    },
+    /// `{{ host.nmae }}`: the object exists, the attribute does not.
+    NoAttribute {
+        object: String,
+        attr: String,
+        hint: String,
+    },
     Other(String),
 }
 
@@ -77,6 +89,9 @@ impl std::fmt::Display for RenderError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RenderError::Undefined { name, hint } => write!(f, "undefined variable `{name}`{hint}"),
+            RenderError::NoAttribute { object, attr, hint } => {
+                write!(f, "`{object}` has no attribute `{attr}`{hint}")
+            }
             RenderError::Other(m) => f.write_str(m),
         }
     }
@@ -122,7 +137,16 @@ impl Templates {
         env.add_filter("dirname", dirname_filter);
         Templates {
             env,
+            source: None,
             meta: Vec::new(),
+        }
+    }
+
+    /// Templates from one file: syntax errors inside block scalars get an exact column.
+    pub fn for_source(source: Arc<SourceFile>) -> Templates {
+        Templates {
+            source: Some(source),
+            ..Templates::new()
         }
     }
 
@@ -139,39 +163,69 @@ impl Templates {
         let name = format!("t{id}");
         if let Err(e) = self.env.add_template_owned(name.clone(), source) {
             let mut span = text.span;
-            // minijinja counts lines within the template; block scalars start one line below their key.
+            // minijinja counts lines within the template; point at that line of the value.
             if let Some(line) = e.line() {
-                if line > 1 {
-                    span = Span::point(Pos {
-                        line: text.span.start.line + line - 1
-                            + usize::from(text.src.contains('\n')),
-                        col: 1,
-                    });
+                let lines = text.src.lines().count().max(1);
+                // "Unexpected end of input" is reported on the line after the last one.
+                let line = line.clamp(1, lines);
+                if text.src.contains('\n') {
+                    let offset: usize = text
+                        .src
+                        .split_inclusive('\n')
+                        .take(line - 1)
+                        .map(str::len)
+                        .sum();
+                    let first = text.src[offset..].lines().next().unwrap_or_default();
+                    let indent = first.len() - first.trim_start().len();
+                    let width = first.trim().chars().count();
+                    span = match &self.source {
+                        Some(source) => text.locate(source, offset + indent, width),
+                        // Without the file, only the line is known: a block's content starts below its key.
+                        None => Span::point(Pos {
+                            line: text.span.start.line + line,
+                            col: 1,
+                        }),
+                    };
                 }
             }
             let what = match kind {
                 Kind::Text => "template",
                 Kind::Condition => "`when` expression",
             };
-            return Err(yaml::Error::new(
-                span,
-                format!(
-                    "{what} syntax error: {}",
-                    e.detail().unwrap_or("invalid syntax")
+            let detail = e.detail().unwrap_or("invalid syntax");
+            let err = match kind {
+                Kind::Text => yaml::Error::new(span, format!("{what} syntax error: {detail}")),
+                // The expression sits inside `{% if ... %}`: "block" would mean nothing to the author.
+                Kind::Condition => yaml::Error::new(
+                    span,
+                    format!(
+                        "{what} syntax error: {}",
+                        detail.replace("end of block", "end of expression")
+                    ),
                 ),
-            ));
+            };
+            return Err(if kind == Kind::Condition && text.src.contains("{{") {
+                err.help("`when` is an expression, not a template: write `http_port == 6888`, without `{{ }}`")
+            } else {
+                err
+            });
         }
         let tmpl = self
             .env
             .get_template(&name)
             .map_err(|e| yaml::Error::new(text.span, e.to_string()))?;
         let vars = tmpl.undeclared_variables(false);
-        self.meta.push((vars, text.span, kind));
+        self.meta.push((vars, text.clone(), kind));
         Ok(TemplateId(id))
     }
 
     pub fn span(&self, id: TemplateId) -> Span {
-        self.meta[id.0].1
+        self.meta[id.0].1.span
+    }
+
+    /// The template as written in the file.
+    pub fn text(&self, id: TemplateId) -> &Text {
+        &self.meta[id.0].1
     }
 
     /// The top-level variables a template reads.
@@ -199,17 +253,128 @@ impl Templates {
                 .map(str::to_string)
                 .unwrap_or_else(|| e.kind().to_string());
             match e.kind() {
-                ErrorKind::UndefinedError => {
-                    RenderError::Other(format!("undefined value: {detail}"))
-                }
+                ErrorKind::UndefinedError => self
+                    .missing_attribute(id, ctx)
+                    .unwrap_or_else(|| RenderError::Other(format!("undefined value: {detail}"))),
                 _ => RenderError::Other(detail),
             }
         })
     }
 
+    /// minijinja says only "undefined value"; find the `object.attr` that has no such attribute.
+    fn missing_attribute(&self, id: TemplateId, ctx: &Context) -> Option<RenderError> {
+        let src = &self.meta[id.0].1.src;
+        let kind = self.meta[id.0].2;
+        for (offset, _) in src.match_indices('.') {
+            if kind == Kind::Text && !inside_expression(src, offset) {
+                continue;
+            }
+            let Some(object) = ident_before(src, offset) else {
+                continue;
+            };
+            // Only top-level names: in `host.groups.x` the object of `.x` is not the variable `groups`.
+            let object_start = src[..offset].trim_end().len() - object.len();
+            if src[..object_start].trim_end().ends_with('.') {
+                continue;
+            }
+            let Some(attr) = ident_after(src, offset + 1) else {
+                continue;
+            };
+            let Some(value) = ctx.map.get(object) else {
+                continue;
+            };
+            if value.kind() != minijinja::value::ValueKind::Map {
+                continue;
+            }
+            if value.get_attr(attr).map_or(true, |v| v.is_undefined()) {
+                let keys: Vec<String> = value
+                    .try_iter()
+                    .map(|it| it.map(|k| k.to_string()).collect())
+                    .unwrap_or_default();
+                return Some(RenderError::NoAttribute {
+                    object: object.to_string(),
+                    attr: attr.to_string(),
+                    hint: did_you_mean(attr, keys.iter().map(String::as_str)),
+                });
+            }
+        }
+        None
+    }
+
+    /// Byte offset and width (in characters) of the name a render error is about.
+    pub fn locate_error(&self, id: TemplateId, e: &RenderError) -> Option<(usize, usize)> {
+        let (_, text, kind) = &self.meta[id.0];
+        let src = text.src.as_str();
+        let in_expr = |at: usize| *kind == Kind::Condition || inside_expression(src, at);
+        let is_word_at = |at: usize, word: &str| {
+            !src[..at].ends_with(is_ident) && !src[at + word.len()..].starts_with(is_ident)
+        };
+        match e {
+            RenderError::Undefined { name, .. } => src
+                .match_indices(name.as_str())
+                .map(|(at, _)| at)
+                .find(|&at| in_expr(at) && is_word_at(at, name))
+                .map(|at| (at, name.chars().count())),
+            RenderError::NoAttribute { object, attr, .. } => src
+                .match_indices(object.as_str())
+                .map(|(at, _)| at)
+                .filter(|&at| {
+                    in_expr(at) && is_word_at(at, object) && !src[..at].trim_end().ends_with('.')
+                })
+                .find_map(|at| {
+                    let rest = src[at + object.len()..].trim_start().strip_prefix('.')?;
+                    let rest_trimmed = rest.trim_start();
+                    let word = ident_after(rest_trimmed, 0)?;
+                    (word == attr).then(|| {
+                        let end = src.len() - rest_trimmed.len() + word.len();
+                        (at, src[at..end].chars().count())
+                    })
+                }),
+            RenderError::Other(_) => None,
+        }
+    }
+
     pub fn condition(&self, id: TemplateId, ctx: &Context) -> Result<bool, RenderError> {
         Ok(self.render(id, ctx)? == "true")
     }
+}
+
+/// Whether byte `offset` is inside `{{ }}` or `{% %}` rather than literal text.
+fn inside_expression(src: &str, offset: usize) -> bool {
+    let head = &src[..offset];
+    let open = head.rfind("{{").max(head.rfind("{%"));
+    let close = head.rfind("}}").max(head.rfind("%}"));
+    match (open, close) {
+        (Some(o), Some(c)) => o > c,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The identifier ending at byte `end` (spaces before `end` allowed, as in `host .name`).
+fn ident_before(src: &str, end: usize) -> Option<&str> {
+    let head = src[..end].trim_end();
+    let start = head
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| is_ident(*c))
+        .last()
+        .map(|(i, _)| i)?;
+    let word = &head[start..];
+    word.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        .then_some(word)
+}
+
+fn ident_after(src: &str, start: usize) -> Option<&str> {
+    let tail = src[start..].trim_start();
+    let len = tail.find(|c: char| !is_ident(c)).unwrap_or(tail.len());
+    let word = &tail[..len];
+    word.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        .then_some(word)
 }
 
 /// The variables visible to templates on one host, highest precedence last in.

@@ -76,8 +76,10 @@ fn span(s: saphyr_parser::Span) -> Span {
 pub fn parse(text: &str) -> Result<Node> {
     let mut b = Builder {
         parser: Parser::new_from_str(text),
+        text,
         anchors: HashMap::new(),
         nodes: 0,
+        open: Vec::new(),
     };
     let mut doc: Option<Node> = None;
     loop {
@@ -113,23 +115,93 @@ pub fn parse(text: &str) -> Result<Node> {
 
 struct Builder<'a> {
     parser: Parser<'a, saphyr_parser::StrInput<'a>>,
+    text: &'a str,
     anchors: HashMap<usize, Node>,
     nodes: usize,
+    /// Where each collection being built starts: an unclosed `[` or `{` is reported there.
+    open: Vec<Pos>,
 }
 
 impl<'a> Builder<'a> {
     fn next(&mut self) -> Result<(Event<'a>, saphyr_parser::Span)> {
         match self.parser.next_event() {
             Some(Ok(x)) => Ok(x),
-            Some(Err(e)) => {
-                let m = *e.marker();
-                Err(Error::new(
-                    Span::point(pos(m)),
-                    format!("invalid YAML: {}", e.info()),
-                ))
-            }
+            Some(Err(e)) => Err(self.syntax_error(pos(*e.marker()), e.info())),
             None => Err(Error::new(Span::default(), "unexpected end of YAML input")),
         }
+    }
+
+    /// The parser's message, moved to where the mistake is and explained where it is terse.
+    fn syntax_error(&self, at: Pos, info: &str) -> Error {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let mut at = at;
+        // Errors found at the end of input point past the last line, where no source can be shown.
+        if at.line > lines.len() || at.line == 0 {
+            match lines.iter().rposition(|l| !l.trim().is_empty()) {
+                Some(i) => {
+                    at = Pos {
+                        line: i + 1,
+                        col: lines[i].chars().count() + 1,
+                    }
+                }
+                None => at = Pos { line: 1, col: 1 },
+            }
+        }
+        let line = lines.get(at.line - 1).copied().unwrap_or_default();
+        let mut err = Error::new(Span::point(at), format!("invalid YAML: {info}"));
+        if info.contains("tab") {
+            if let Some(col) = line.chars().position(|c| c == '\t') {
+                err.span = Span::point(Pos {
+                    line: at.line,
+                    col: col + 1,
+                });
+                err.message = "invalid YAML: a tab character where YAML expects spaces".into();
+                return err.help("YAML indentation must use spaces: replace the tab with spaces");
+            }
+        }
+        if info.contains("unknown anchor") {
+            let name: String = line
+                .chars()
+                .skip(at.col - 1)
+                .skip_while(|c| *c == '*')
+                .take_while(|c| !c.is_whitespace() && !matches!(c, ',' | ']' | '}'))
+                .collect();
+            if !name.is_empty() {
+                let mut end = at;
+                end.col += name.chars().count() + 1;
+                err.span.end = end;
+                err.message = format!(
+                    "invalid YAML: alias `*{name}` refers to no anchor `&{name}` defined before it"
+                );
+                return err;
+            }
+        }
+        if info.contains("flow sequence") || info.contains("flow mapping") {
+            let opener = self.open.iter().rev().find_map(|p| {
+                let c = lines
+                    .get(p.line.checked_sub(1)?)?
+                    .chars()
+                    .nth(p.col.checked_sub(1)?)?;
+                matches!(c, '[' | '{').then_some((c, *p))
+            });
+            if let Some((c, p)) = opener {
+                let close = if c == '[' { ']' } else { '}' };
+                return err.help(format!(
+                    "the `{c}` at line {}, column {} needs a closing `{close}`, and items inside it are separated by `,`",
+                    p.line, p.col
+                ));
+            }
+        }
+        if info.contains("quoted scalar") {
+            return err.help("a quoted string runs until its closing quote: is one missing?");
+        }
+        if info.contains("block collection")
+            || info.contains("block mapping")
+            || info.contains("indentation")
+        {
+            return err.help("check the indentation: keys of one mapping, and items of one list, must start in the same column");
+        }
+        err
     }
 
     fn count(&mut self, sp: Span, n: usize) -> Result<()> {
@@ -171,6 +243,7 @@ impl<'a> Builder<'a> {
             Event::SequenceStart(anchor, _) => {
                 let mut items = Vec::new();
                 let end;
+                self.open.push(sp_.start);
                 loop {
                     let (ev, sp) = self.next()?;
                     if let Event::SequenceEnd = ev {
@@ -179,6 +252,7 @@ impl<'a> Builder<'a> {
                     }
                     items.push(self.node(ev, sp, depth + 1)?);
                 }
+                self.open.pop();
                 let node = Node {
                     value: Value::Seq(items),
                     span: Span {
@@ -193,6 +267,7 @@ impl<'a> Builder<'a> {
                 let mut entries: Vec<(Node, Node)> = Vec::new();
                 let mut merged: Vec<(Node, Node)> = Vec::new();
                 let end;
+                self.open.push(sp_.start);
                 loop {
                     let (ev, sp) = self.next()?;
                     if let Event::MappingEnd = ev {
@@ -218,6 +293,7 @@ impl<'a> Builder<'a> {
                     }
                     entries.push((key, value));
                 }
+                self.open.pop();
                 // Explicit keys win over merged ones, as YAML's merge-key spec says.
                 for (k, v) in merged {
                     if !entries.iter().any(|(e, _)| e.value == k.value) {
@@ -395,8 +471,20 @@ impl Node {
     }
 
     pub fn bool(&self, expected: &str) -> Result<bool> {
-        match self.value {
-            Value::Bool(b) => Ok(b),
+        match &self.value {
+            Value::Bool(b) => Ok(*b),
+            // YAML 1.1 habits: opsrun reads YAML 1.2, where these are plain strings.
+            Value::Str(s)
+                if matches!(
+                    s.to_lowercase().as_str(),
+                    "yes" | "no" | "on" | "off" | "y" | "n"
+                ) =>
+            {
+                let b = matches!(s.to_lowercase().as_str(), "yes" | "on" | "y");
+                Err(self
+                    .mismatch(expected)
+                    .help(format!("`{s}` is a string in YAML 1.2: write `{b}`")))
+            }
             _ => Err(self.mismatch(expected)),
         }
     }
