@@ -289,9 +289,9 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     let copy = |name: &str,
                 original: &str|
      -> Result<std::sync::Arc<crate::diagnostic::SourceFile>, Error> {
-        let text = std::fs::read_to_string(dir.join(name)).map_err(|source| Error::Read {
+        let text = std::fs::read_to_string(dir.join(name)).map_err(|reason| Error::Read {
             path: dir.join(name),
-            source,
+            reason,
         })?;
         Ok(crate::diagnostic::SourceFile::new(original, text))
     };
