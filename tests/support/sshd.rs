@@ -287,7 +287,7 @@ impl FleetHost {
                 &config,
                 set_env
                     + &format!(
-                    "ListenAddress {addr}:{port}\n\
+                        "ListenAddress {addr}:{port}\n\
                      HostKey {key}\n\
                      PidFile {dir}/sshd.pid\n\
                      AuthorizedKeysFile {root}/authorized_keys\n\
