@@ -794,11 +794,7 @@ impl Engine<'_> {
             reason: reason.clone(),
         })?;
         let detail = reason.clone().unwrap_or_default();
-        if status == Status::Skipped {
-            self.ui.host_finished(host, status, took, &detail);
-        } else {
-            self.ui.host_finished(host, status, took, &detail);
-        }
+        self.ui.host_finished(host, status, took, &detail);
         Ok(Done {
             host: host.to_string(),
             status,
