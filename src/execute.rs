@@ -975,11 +975,18 @@ impl Engine<'_> {
                     .await;
             }
         };
+        // A `run` step's rollback gets the step's stdin too: undoing a step that needed a
+        // secret (reloading the previous license) needs it again, and argv is no place for it.
+        let rb_stdin = |t: &Target| match &step.action {
+            Action::Run(_) => t.stdin.clone(),
+            _ => None,
+        };
         let shown_rb = Target {
             command: Some(shown.rollback.join("\n")),
-            stdin: None,
+            stdin: rb_stdin(&shown),
             ..shown.clone()
         };
+        let real_stdin = rb_stdin(&real);
         self.ui.host_started(host);
         let Some(conn) = self.conn(step, host) else {
             return self
@@ -1005,7 +1012,11 @@ impl Engine<'_> {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let mut code = Some(0);
         for line in &real.rollback {
-            match self.exec(conn, line, Stdin::None, host, step.timeout).await {
+            let stdin = match &real_stdin {
+                Some(s) => Stdin::Bytes(s.clone().into_bytes()),
+                None => Stdin::None,
+            };
+            match self.exec(conn, line, stdin, host, step.timeout).await {
                 Ok(o) => {
                     out.extend_from_slice(&o.stdout);
                     err.extend_from_slice(&o.stderr);

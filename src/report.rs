@@ -21,8 +21,7 @@ pub fn cell(s: &str) -> String {
     escape_controls(s.as_bytes())
         .replace('\\', "\\\\")
         .replace('|', "\\|")
-        .replace('\n', " ")
-        .replace('\t', " ")
+        .replace(['\n', '\t'], " ")
         .replace('`', "\\`")
 }
 

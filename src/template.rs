@@ -111,12 +111,25 @@ fn quote_filter(v: Value) -> Result<String, minijinja::Error> {
     Ok(shell::quote(&s))
 }
 
+/// A path filter applied to a value only known at run time stays visible as such in
+/// the plan (`<captured: dm_bin | dirname>`) instead of being computed from the marker.
+fn placeholder_with(v: &str, filter: &str) -> Option<String> {
+    let inner = v.strip_prefix(CAPTURE_MARK)?.strip_suffix(CAPTURE_MARK)?;
+    Some(format!("{CAPTURE_MARK}{inner} | {filter}{CAPTURE_MARK}"))
+}
+
 fn basename_filter(v: String) -> String {
+    if let Some(p) = placeholder_with(&v, "basename") {
+        return p;
+    }
     let t = v.trim_end_matches('/');
     t.rsplit('/').next().unwrap_or(t).to_string()
 }
 
 fn dirname_filter(v: String) -> String {
+    if let Some(p) = placeholder_with(&v, "dirname") {
+        return p;
+    }
     let t = v.trim_end_matches('/');
     match t.rfind('/') {
         Some(0) => "/".to_string(),
@@ -449,6 +462,13 @@ mod tests {
         assert_eq!(
             show_placeholders(&t.render(id, &ctx).unwrap()),
             "tar xzf <captured: f> -C /x"
+        );
+        let id = t
+            .add(&text("{{ (f | dirname ~ '/x') | quote }}"), Kind::Text)
+            .unwrap();
+        assert_eq!(
+            show_placeholders(&t.render(id, &ctx).unwrap()),
+            "'<captured: f | dirname>/x'"
         );
     }
 

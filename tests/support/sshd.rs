@@ -31,6 +31,19 @@ use opsrun::transport::Endpoint;
 pub const TEST_USER: &str = "opsrun-test";
 const SSHD: &str = "/usr/sbin/sshd";
 
+/// How the fleet's hosts are started; `Default` is what `SshFleet::start` uses.
+#[derive(Debug, Clone, Default)]
+pub struct FleetOptions {
+    /// Runs each sshd in its own PID namespace with its own `/proc`, so `pgrep` on one
+    /// host sees only that host's processes (as on separate machines), and whatever a
+    /// test started there dies with its sshd.
+    pub pid_namespace: bool,
+    /// Directories, relative to each host's work dir, put before the system PATH of
+    /// every session (sshd `SetEnv`): how tests put simulated tools first in PATH for
+    /// the login user without the runbook knowing.
+    pub path_prepend: Vec<String>,
+}
+
 pub struct SshFleet {
     root: tempfile::TempDir,
     hosts: Vec<FleetHost>,
@@ -48,12 +61,18 @@ struct FleetHost {
     host_key: PathBuf,
     log: PathBuf,
     sshd: Option<Child>,
+    opts: FleetOptions,
 }
 
 impl SshFleet {
     /// Starts `n` sshd instances (hosts `h1`..`hN`) and waits until each accepts
     /// connections. Panics with an explanation if the machine cannot run them.
     pub fn start(n: usize) -> SshFleet {
+        SshFleet::start_with(n, FleetOptions::default())
+    }
+
+    /// Like `start`, with per-host isolation and environment options.
+    pub fn start_with(n: usize, opts: FleetOptions) -> SshFleet {
         assert!((1..=200).contains(&n), "fleet size must be 1..=200");
         preflight();
         let user = ensure_test_user();
@@ -101,6 +120,7 @@ impl SshFleet {
                 host_key,
                 log,
                 sshd: None,
+                opts: opts.clone(),
             };
             host.launch(&rootp, None);
             hosts.push(host);
@@ -249,10 +269,25 @@ impl FleetHost {
         for _ in 0..attempts {
             let port = fixed_port.unwrap_or_else(|| free_port(&self.address));
             let config = self.dir.join("sshd_config");
+            let set_env = if self.opts.path_prepend.is_empty() {
+                String::new()
+            } else {
+                let dirs: Vec<String> = self
+                    .opts
+                    .path_prepend
+                    .iter()
+                    .map(|d| self.work_dir.join(d).display().to_string())
+                    .collect();
+                format!(
+                    "SetEnv PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
+                    dirs.join(":")
+                )
+            };
             fs::write(
                 &config,
-                format!(
-                    "ListenAddress {addr}:{port}\n\
+                set_env
+                    + &format!(
+                        "ListenAddress {addr}:{port}\n\
                      HostKey {key}\n\
                      PidFile {dir}/sshd.pid\n\
                      AuthorizedKeysFile {root}/authorized_keys\n\
@@ -266,11 +301,11 @@ impl FleetHost {
                      PrintMotd no\n\
                      MaxSessions 64\n\
                      MaxStartups 64\n",
-                    addr = self.address,
-                    key = self.host_key.display(),
-                    dir = self.dir.display(),
-                    root = root.display(),
-                ),
+                        addr = self.address,
+                        key = self.host_key.display(),
+                        dir = self.dir.display(),
+                        root = root.display(),
+                    ),
             )
             .unwrap();
             let log = fs::OpenOptions::new()
@@ -278,7 +313,17 @@ impl FleetHost {
                 .append(true)
                 .open(&self.log)
                 .unwrap();
-            let mut child = Command::new(SSHD)
+            let mut cmd = if self.opts.pid_namespace {
+                // --kill-child: killing `unshare` takes down sshd (PID 1 of the
+                // namespace) and with it every process started on this host.
+                let mut c = Command::new("unshare");
+                c.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+                    .arg(SSHD);
+                c
+            } else {
+                Command::new(SSHD)
+            };
+            let mut child = cmd
                 .arg("-D")
                 .arg("-e")
                 .arg("-f")
