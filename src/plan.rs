@@ -17,7 +17,7 @@ use crate::yaml;
 use minijinja::value::Value;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub const MASK: &str = "******";
 
@@ -41,7 +41,7 @@ pub struct Options {
 }
 
 /// Whether secrets are rendered as themselves (to send) or masked (to show).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reveal {
     Masked,
     Real,
@@ -208,6 +208,22 @@ pub struct Planner {
     targets: HashMap<(bool, usize), Vec<String>>,
     limit: Option<HashSet<String>>,
     start_at: usize,
+    /// Host contexts for planning, by (host, captures in scope, reveal).
+    #[allow(clippy::type_complexity)]
+    contexts: Mutex<HashMap<(Option<usize>, usize, Reveal), (Context, Arc<HashSet<String>>)>>,
+    /// Host name → position in the inventory: renders look hosts up 100 000 times.
+    host_index: HashMap<String, usize>,
+    /// `hosts` as a template value, for the steps whose templates read it.
+    host_lists: HashMap<(bool, usize), Value>,
+    /// Captures in scope before each step: `capture_scopes[i]` for step i.
+    capture_scopes: Vec<Vec<String>>,
+}
+
+fn step_key(r: StepRef) -> (bool, usize) {
+    match r {
+        StepRef::Forward(i) => (false, i),
+        StepRef::Guide(i) => (true, i),
+    }
 }
 
 fn diag(rb: &Runbook, span: Span, message: String) -> Error {
@@ -321,6 +337,27 @@ impl Planner {
                     ))
                 })?,
         };
+        let mut host_lists = HashMap::new();
+        for (key, hosts) in &targets {
+            let st = if key.0 { &guide[key.1] } else { &forward[key.1] };
+            if st.ids().iter().any(|id| templates.variables(*id).contains("hosts")) {
+                host_lists.insert(*key, Value::from_serialize(hosts));
+            }
+        }
+        let mut capture_scopes = vec![Vec::new()];
+        for s in &rb.steps {
+            let mut next = capture_scopes.last().cloned().unwrap_or_default();
+            if let Some(c) = &s.capture {
+                next.push(c.name.clone());
+            }
+            capture_scopes.push(next);
+        }
+        let inventory_index: HashMap<String, usize> = inventory
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.name.clone(), i))
+            .collect();
         let template_run = opts.original_run.clone().unwrap_or_else(|| run.clone());
         let planner = Planner {
             runbook: rb,
@@ -336,6 +373,10 @@ impl Planner {
             targets,
             limit,
             start_at,
+            contexts: Mutex::new(HashMap::new()),
+            host_index: inventory_index,
+            host_lists,
+            capture_scopes,
         };
         Ok(planner)
     }
@@ -419,12 +460,7 @@ impl Planner {
     }
 
     /// Variables of one host (or of the control machine), before captures and runbook vars.
-    fn base_map(
-        &self,
-        host: Option<&Host>,
-        reveal: Reveal,
-        step_hosts: &[String],
-    ) -> BTreeMap<String, Value> {
+    fn base_map(&self, host: Option<&Host>, reveal: Reveal) -> BTreeMap<String, Value> {
         let mut m: BTreeMap<String, Value> = BTreeMap::new();
         let inv = &self.inventory;
         let put = |m: &mut BTreeMap<String, Value>, vars: &crate::inventory::Vars| {
@@ -476,7 +512,6 @@ impl Planner {
             .map(|g| (g.name.as_str(), &g.hosts))
             .collect();
         m.insert("groups".into(), Value::from_serialize(groups));
-        m.insert("hosts".into(), Value::from_serialize(step_hosts));
         m
     }
 
@@ -497,30 +532,65 @@ impl Planner {
     }
 
     /// Names captured by the steps before `upto` (exclusive), in order.
-    fn capture_names(&self, upto: usize) -> Vec<&str> {
-        self.runbook.steps[..upto.min(self.runbook.steps.len())]
-            .iter()
-            .filter_map(|s| s.capture.as_ref().map(|c| c.name.as_str()))
-            .collect()
+    fn capture_names(&self, upto: usize) -> &[String] {
+        &self.capture_scopes[upto.min(self.runbook.steps.len())]
     }
 
-    /// The full context: base, captures (real or placeholders), runbook vars rendered.
+    /// The context a step's templates see on a host, plus the names whose values
+    /// are only known at run time. Without real captures (planning) the host's
+    /// context is the same for every step with the same captures in scope, so
+    /// it is built once and shared.
     fn context(
         &self,
         host: Option<&Host>,
         reveal: Reveal,
-        step_hosts: &[String],
-        in_scope: &[&str],
+        r: StepRef,
+        in_scope: &[String],
+        captures: Option<&Captures>,
+    ) -> Result<(Context, Arc<HashSet<String>>), Failure> {
+        // `hosts` differs per step; only the steps that read it pay for adding it.
+        let with_hosts = |ctx: Context| match self.host_lists.get(&step_key(r)) {
+            Some(v) => ctx.with([("hosts".to_string(), v.clone())]),
+            None => ctx,
+        };
+        if captures.is_some() {
+            let (ctx, deferred) = self.build_context(host, reveal, in_scope, captures)?;
+            return Ok((with_hosts(ctx), Arc::new(deferred)));
+        }
+        let index = host.and_then(|h| self.host_index.get(&h.name).copied());
+        let key = (index, in_scope.len(), reveal);
+        let cached = self.contexts.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let (ctx, deferred) = match cached {
+            Some(c) => c,
+            None => {
+                let (ctx, deferred) = self.build_context(host, reveal, in_scope, None)?;
+                let entry = (ctx, Arc::new(deferred));
+                self.contexts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, entry.clone());
+                entry
+            }
+        };
+        Ok((with_hosts(ctx), deferred))
+    }
+
+    /// The full context: base, captures (real or placeholders), runbook vars rendered.
+    fn build_context(
+        &self,
+        host: Option<&Host>,
+        reveal: Reveal,
+        in_scope: &[String],
         captures: Option<&Captures>,
     ) -> Result<(Context, HashSet<String>), Failure> {
-        let mut m = self.base_map(host, reveal, step_hosts);
+        let mut m = self.base_map(host, reveal);
         let mut deferred: HashSet<String> = HashSet::new();
         for name in in_scope {
             let v = match captures {
                 Some(c) => host
                     .and_then(|h| c.hosts.get(&h.name))
-                    .and_then(|hc| hc.get(*name))
-                    .or_else(|| c.global.get(*name))
+                    .and_then(|hc| hc.get(name))
+                    .or_else(|| c.global.get(name))
                     .cloned(),
                 None => {
                     deferred.insert(name.to_string());
@@ -533,7 +603,7 @@ impl Planner {
         }
         let mut ctx = Context::new(m);
         for (name, id) in &self.vars {
-            if in_scope.contains(&name.as_str()) {
+            if in_scope.contains(name) {
                 continue;
             }
             let v = self.templates.render(*id, &ctx).map_err(|e| {
@@ -572,15 +642,14 @@ impl Planner {
         reveal: Reveal,
     ) -> Result<Target, Error> {
         let (step, t) = self.step(r);
-        let host = host_name.and_then(|n| self.inventory.host(n));
-        let step_hosts = self.step_hosts(r);
+        let host = host_name.and_then(|n| self.host_index.get(n).map(|i| &self.inventory.hosts[*i]));
         let scope_before = match r {
             StepRef::Forward(i) => self.capture_names(i),
             StepRef::Guide(_) => self.capture_names(usize::MAX),
         };
         let scope_after = match r {
             StepRef::Forward(i) => self.capture_names(i + 1),
-            StepRef::Guide(_) => scope_before.clone(),
+            StepRef::Guide(_) => scope_before,
         };
         let fail = |f: Failure| -> Error {
             let on = host_name
@@ -593,7 +662,7 @@ impl Planner {
             )
         };
         let (ctx, deferred) = self
-            .context(host, reveal, step_hosts, &scope_before, captures)
+            .context(host, reveal, r, scope_before, captures)
             .map_err(fail)?;
         let mut target = Target {
             host: host_name.unwrap_or("localhost").to_string(),
@@ -677,8 +746,8 @@ impl Planner {
             target.stdin = t.stdin.map(|id| render(id, &ctx)).transpose()?;
         }
         // The check and the rollback run after the action, so they may read its capture.
-        let (after_ctx, _) = if scope_after.len() != scope_before.len() {
-            self.context(host, reveal, step_hosts, &scope_after, captures)
+        let (after_ctx, _): (Context, Arc<HashSet<String>>) = if scope_after.len() != scope_before.len() {
+            self.context(host, reveal, r, scope_after, captures)
                 .map_err(fail)?
         } else {
             (ctx, deferred)
@@ -728,7 +797,7 @@ impl Planner {
             )
         };
         let (ctx, _) = self
-            .context(None, Reveal::Masked, self.step_hosts(r), &scope, None)
+            .context(None, Reveal::Masked, r, scope, None)
             .map_err(fail)?;
         self.templates
             .render(id, &ctx)
@@ -836,6 +905,22 @@ impl Planner {
 
     pub fn is_limited(&self) -> bool {
         self.limit.is_some()
+    }
+}
+
+impl StepTemplates {
+    fn ids(&self) -> Vec<TemplateId> {
+        let mut v: Vec<TemplateId> = [self.action, self.as_user, self.cwd, self.stdin, self.when, self.check, self.confirm]
+            .into_iter()
+            .flatten()
+            .collect();
+        if let Some((a, b, c)) = self.upload {
+            v.extend([a, b]);
+            v.extend(c);
+        }
+        v.extend(self.env.iter().map(|(_, id)| *id));
+        v.extend(self.rollback.iter().copied());
+        v
     }
 }
 
