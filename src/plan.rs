@@ -495,15 +495,25 @@ impl Planner {
             if in_scope.contains(&name.as_str()) {
                 continue;
             }
-            let v = self.templates.render(*id, &ctx).map_err(|e| match e {
-                RenderError::Undefined {
-                    name: missing,
-                    hint,
-                } => RenderError::Other(format!(
-                    "variable `{name}` reads undefined variable `{missing}`{hint}"
-                )),
-                other => other,
-            })?;
+            // Runbook vars are rendered for every step, including `local: true` steps
+            // that have no host vars: a var that cannot be rendered here is only an
+            // error if this step's templates read it.
+            let v = match self.templates.render(*id, &ctx) {
+                Ok(v) => v,
+                Err(e) => {
+                    let e = match e {
+                        RenderError::Undefined {
+                            name: missing,
+                            hint,
+                        } => RenderError::Other(format!(
+                            "variable `{name}` reads undefined variable `{missing}`{hint}"
+                        )),
+                        other => other,
+                    };
+                    ctx = ctx.with_broken(name, e);
+                    continue;
+                }
+            };
             if self
                 .templates
                 .variables(*id)

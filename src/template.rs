@@ -181,14 +181,17 @@ impl Templates {
 
     pub fn render(&self, id: TemplateId, ctx: &Context) -> Result<String, RenderError> {
         let (vars, _, _) = &self.meta[id.0];
-        for v in vars {
-            if !ctx.map.contains_key(v.as_str()) && self.env.globals().all(|(g, _)| g != v) {
-                return Err(RenderError::Undefined {
-                    name: v.clone(),
-                    hint: did_you_mean(v, ctx.map.keys().map(String::as_str)),
-                });
-            }
-        }
+        // Missing names are only an error if the template really uses them:
+        // `{{ x | default('') }}` and `x is defined` are how a runbook reads an
+        // optional inventory var. minijinja's error does not name the variable,
+        // so the missing names are worked out here for the message.
+        let mut missing: Vec<&String> = vars
+            .iter()
+            .filter(|v| {
+                !ctx.map.contains_key(v.as_str()) && self.env.globals().all(|(g, _)| g != *v)
+            })
+            .collect();
+        missing.sort();
         let tmpl = self
             .env
             .get_template(&format!("t{}", id.0))
@@ -198,8 +201,15 @@ impl Templates {
                 .detail()
                 .map(str::to_string)
                 .unwrap_or_else(|| e.kind().to_string());
-            match e.kind() {
-                ErrorKind::UndefinedError => {
+            if let Some(broken) = missing.iter().find_map(|v| ctx.broken.get(v.as_str())) {
+                return broken.clone();
+            }
+            match (e.kind(), missing.first()) {
+                (ErrorKind::UndefinedError, Some(v)) => RenderError::Undefined {
+                    name: v.to_string(),
+                    hint: did_you_mean(v, ctx.map.keys().map(String::as_str)),
+                },
+                (ErrorKind::UndefinedError, None) => {
                     RenderError::Other(format!("undefined value: {detail}"))
                 }
                 _ => RenderError::Other(detail),
@@ -217,18 +227,35 @@ impl Templates {
 pub struct Context {
     map: BTreeMap<String, Value>,
     value: Value,
+    /// Variables that could not be rendered here, with why: reported only if read.
+    broken: BTreeMap<String, RenderError>,
 }
 
 impl Context {
     pub fn new(map: BTreeMap<String, Value>) -> Context {
         let value = Value::from(map.clone());
-        Context { map, value }
+        Context {
+            map,
+            value,
+            broken: BTreeMap::new(),
+        }
     }
 
     pub fn with(&self, extra: impl IntoIterator<Item = (String, Value)>) -> Context {
         let mut map = self.map.clone();
         map.extend(extra);
-        Context::new(map)
+        Context {
+            broken: self.broken.clone(),
+            ..Context::new(map)
+        }
+    }
+
+    /// Marks `name` as unavailable: a template reading it fails with `why`.
+    pub fn with_broken(mut self, name: &str, why: RenderError) -> Context {
+        self.map.remove(name);
+        self.value = Value::from(self.map.clone());
+        self.broken.insert(name.to_string(), why);
+        self
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -269,6 +296,28 @@ mod tests {
             t.render(id2, &ctx).unwrap_err().to_string(),
             "undefined variable `bakup`, did you mean `backup`?"
         );
+    }
+
+    #[test]
+    fn optional_variables_with_default_or_is_defined() {
+        let mut t = Templates::new();
+        let id = t
+            .add(
+                &text("{{ home | default('/opt/app') }}{% if extra is defined %} {{ extra }}{% endif %}"),
+                Kind::Text,
+            )
+            .unwrap();
+        let empty = Context::new(BTreeMap::new());
+        assert_eq!(t.render(id, &empty).unwrap(), "/opt/app");
+        let ctx = Context::new(BTreeMap::from([
+            ("home".to_string(), Value::from("/data")),
+            ("extra".to_string(), Value::from("x")),
+        ]));
+        assert_eq!(t.render(id, &ctx).unwrap(), "/data x");
+        let cond = t
+            .add(&text("sharedata is defined"), Kind::Condition)
+            .unwrap();
+        assert!(!t.condition(cond, &empty).unwrap());
     }
 
     #[test]
