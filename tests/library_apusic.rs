@@ -71,19 +71,33 @@ fn stop_then_start_both_nodes() {
     let n = nodes();
     let stop = n.run("apusic-stop", &["--yes"]);
     assert_eq!(stop.code, 0, "{stop:?}");
-    assert_eq!((n.state(0), n.state(1)), ("stopped".into(), "stopped".into()));
-    assert!(stop.log.contains("Command stop-domain executed successfully."), "{stop:?}");
+    assert_eq!(
+        (n.state(0), n.state(1)),
+        ("stopped".into(), "stopped".into())
+    );
+    assert!(
+        stop.log
+            .contains("Command stop-domain executed successfully."),
+        "{stop:?}"
+    );
 
     let start = n.run("apusic-start", &["--yes"]);
     assert_eq!(start.code, 0, "{start:?}");
-    assert_eq!((n.state(0), n.state(1)), ("running".into(), "running".into()));
+    assert_eq!(
+        (n.state(0), n.state(1)),
+        ("running".into(), "running".into())
+    );
     assert!(start.log.contains("healthy after 1 tries"), "{start:?}");
 
     // Starting a running domain is skipped, not an error (asadmin itself would fail).
     let before = n.changes().len();
     let again = n.run("apusic-start", &["--yes"]);
     assert_eq!(again.code, 0, "{again:?}");
-    assert_eq!(n.changes().len(), before, "no start-domain on a running domain");
+    assert_eq!(
+        n.changes().len(),
+        before,
+        "no start-domain on a running domain"
+    );
     assert!(again.log.contains("skipped"), "{again:?}");
 }
 
@@ -94,8 +108,14 @@ fn an_unhealthy_start_is_stopped_again() {
     fs::write(n.weaver[0].join("ApusicAS/state/fault"), "http500\n").unwrap();
     let r = n.run("apusic-start", &["--yes"]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("step `Health check` failed on h1"), "{r:?}");
-    assert!(r.stderr.contains("rolled back 1 step(s): restored"), "{r:?}");
+    assert!(
+        r.stderr.contains("step `Health check` failed on h1"),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains("rolled back 1 step(s): restored"),
+        "{r:?}"
+    );
     // The rollback undoes the start wherever it completed: a half-working node takes no traffic.
     assert_eq!(n.state(0), "stopped");
     let h1: Vec<String> = n
@@ -127,7 +147,11 @@ fn dry_runs_show_the_asadmin_commands() {
         "grep -q '^domain1 not running'".to_string(),
         "http-get /login.jsp".to_string(),
     ] {
-        assert!(stop.stdout.contains(&needle), "lacks {needle:?}:\n{}", stop.stdout);
+        assert!(
+            stop.stdout.contains(&needle),
+            "lacks {needle:?}:\n{}",
+            stop.stdout
+        );
     }
     let start = n.run("apusic-start", &["--dry-run"]);
     assert_eq!(start.code, 0, "{start:?}");
@@ -138,7 +162,11 @@ fn dry_runs_show_the_asadmin_commands() {
         "rollback:",
         "http-get /login.jsp",
     ] {
-        assert!(start.stdout.contains(needle), "lacks {needle:?}:\n{}", start.stdout);
+        assert!(
+            start.stdout.contains(needle),
+            "lacks {needle:?}:\n{}",
+            start.stdout
+        );
     }
     assert!(events(&n.events).is_empty(), "a dry-run touches nothing");
 }

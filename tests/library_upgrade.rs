@@ -15,7 +15,7 @@ use library_support::{
 use support::sshd::SshFleet;
 
 struct Estate {
-    fleet: SshFleet,
+    _fleet: SshFleet,
     dir: tempfile::TempDir,
     inventory: PathBuf,
     events: PathBuf,
@@ -44,7 +44,7 @@ fn estate() -> Estate {
     let inventory = dir.path().join("inventory.yaml");
     fs::write(&inventory, inv).unwrap();
     Estate {
-        fleet,
+        _fleet: fleet,
         dir,
         inventory,
         events,
