@@ -9,11 +9,22 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 fn inventory(hosts: usize) -> String {
-    let mut s = String::from("ssh: { user: root, port: 22 }\nvars: { weaver_home: /data/WEAVER }\ngroups:\n");
+    let mut s = String::from(
+        "ssh: { user: root, port: 22 }\nvars: { weaver_home: /data/WEAVER }\ngroups:\n",
+    );
     for g in 0..5 {
-        let _ = writeln!(s, "  g{g}:\n    vars: {{ http_port: {} }}\n    hosts:", 6000 + g);
+        let _ = writeln!(
+            s,
+            "  g{g}:\n    vars: {{ http_port: {} }}\n    hosts:",
+            6000 + g
+        );
         for h in 0..hosts / 5 {
-            let _ = writeln!(s, "      h{g}x{h}: {{ address: 10.{g}.{}.{}, vars: {{ idx: {h} }} }}", h / 250, h % 250);
+            let _ = writeln!(
+                s,
+                "      h{g}x{h}: {{ address: 10.{g}.{}.{}, vars: {{ idx: {h} }} }}",
+                h / 250,
+                h % 250
+            );
         }
     }
     s
@@ -34,11 +45,14 @@ fn runbook(steps: usize) -> String {
     s
 }
 
-/// CPU time of this thread: on a shared 2-core machine wall time mostly measures the neighbours.
+/// CPU time of this process (all threads): on a shared 2-core machine wall time mostly measures the neighbours.
 fn cpu_time() -> std::time::Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
@@ -47,26 +61,38 @@ fn main() {
     let rb_text = runbook(200);
     let mut times = Vec::new();
     let mut cpu = Vec::new();
+    let mut load_times = Vec::new();
     let mut targets = 0;
     for _ in 0..7 {
         let start = Instant::now();
         let cpu_start = cpu_time();
-        let rb = runbook_from_source(SourceFile::new("bench.yaml", rb_text.clone())).expect("runbook");
-        let inv = inventory_from_source(SourceFile::new("inv.yaml", inv_text.clone())).expect("inventory");
+        let rb =
+            runbook_from_source(SourceFile::new("bench.yaml", rb_text.clone())).expect("runbook");
+        let inv = inventory_from_source(SourceFile::new("inv.yaml", inv_text.clone()))
+            .expect("inventory");
         let opts = Options {
             operator: "bench".into(),
             local_user: "bench".into(),
-            now: chrono::NaiveDate::from_ymd_opt(2026, 11, 22).and_then(|d| d.and_hms_opt(1, 30, 5)).expect("date"),
+            now: chrono::NaiveDate::from_ymd_opt(2026, 11, 22)
+                .and_then(|d| d.and_hms_opt(1, 30, 5))
+                .expect("date"),
             ..Options::default()
         };
+        let loaded = start.elapsed();
         let planner = Planner::new(rb, inv, opts).expect("planner");
         let plan = planner.plan().expect("plan");
         times.push(start.elapsed());
+        load_times.push(loaded);
         cpu.push(cpu_time() - cpu_start);
         targets = plan.steps.iter().map(|s| s.targets.len()).sum::<usize>();
     }
     times.sort();
     cpu.sort();
+    load_times.sort();
+    println!(
+        "load (parse + decode) part: median {:.1} ms",
+        load_times[load_times.len() / 2].as_secs_f64() * 1e3
+    );
     println!(
         "plan: cpu time: min {:.1} ms, median {:.1} ms",
         cpu[0].as_secs_f64() * 1e3,

@@ -268,7 +268,8 @@ fn command_findings(src: &str) -> Vec<Finding> {
 
 /// `-p` is a password flag for mysql-like clients, but a harmless flag for mkdir, cp, ...
 fn looks_like_password_flag(code: &str, m: &str) -> bool {
-    if !m.starts_with("-p") {
+    // The pattern is case-insensitive for `password=`; `-P` (df -Pk, cp -P) is as harmless as `-p`.
+    if !(m.starts_with("-p") || m.starts_with("-P")) {
         return true;
     }
     ["mysql", "mysqldump", "mysqladmin"]
@@ -383,6 +384,7 @@ mod tests {
         assert!(msgs("./dexp userid=SYSDBA/SYSDBA file=x.dmp")[0].contains("password"));
         assert!(msgs("mysql -pSecret123 -e 'select 1'")[0].contains("password"));
         assert!(msgs("mkdir -p /data/x").is_empty());
+        assert!(msgs("df -Pk /data | awk 'NR == 2'").is_empty());
     }
 
     #[test]

@@ -339,8 +339,16 @@ impl Planner {
         };
         let mut host_lists = HashMap::new();
         for (key, hosts) in &targets {
-            let st = if key.0 { &guide[key.1] } else { &forward[key.1] };
-            if st.ids().iter().any(|id| templates.variables(*id).contains("hosts")) {
+            let st = if key.0 {
+                &guide[key.1]
+            } else {
+                &forward[key.1]
+            };
+            if st
+                .ids()
+                .iter()
+                .any(|id| templates.variables(*id).contains("hosts"))
+            {
                 host_lists.insert(*key, Value::from_serialize(hosts));
             }
         }
@@ -559,7 +567,12 @@ impl Planner {
         }
         let index = host.and_then(|h| self.host_index.get(&h.name).copied());
         let key = (index, in_scope.len(), reveal);
-        let cached = self.contexts.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let cached = self
+            .contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
         let (ctx, deferred) = match cached {
             Some(c) => c,
             None => {
@@ -606,19 +619,25 @@ impl Planner {
             if in_scope.contains(name) {
                 continue;
             }
-            let v = self.templates.render(*id, &ctx).map_err(|e| {
-                let span = self.error_span(*id, &e);
-                let error = match e {
-                    RenderError::Undefined {
-                        name: missing,
-                        hint,
-                    } => RenderError::Other(format!(
-                        "variable `{name}` reads undefined variable `{missing}`{hint}"
-                    )),
-                    other => RenderError::Other(format!("variable `{name}`: {other}")),
-                };
-                Failure { error, span }
-            })?;
+            // Runbook vars are rendered for every step, including `local: true` steps
+            // that have no host vars: a var that cannot be rendered here is only an
+            // error if this step's templates read it.
+            let v = match self.templates.render(*id, &ctx) {
+                Ok(v) => v,
+                Err(e) => {
+                    let e = match e {
+                        RenderError::Undefined {
+                            name: missing,
+                            hint,
+                        } => RenderError::Other(format!(
+                            "variable `{name}` reads undefined variable `{missing}`{hint}"
+                        )),
+                        other => other,
+                    };
+                    ctx = ctx.with_broken(name, e);
+                    continue;
+                }
+            };
             if self
                 .templates
                 .variables(*id)
@@ -642,7 +661,8 @@ impl Planner {
         reveal: Reveal,
     ) -> Result<Target, Error> {
         let (step, t) = self.step(r);
-        let host = host_name.and_then(|n| self.host_index.get(n).map(|i| &self.inventory.hosts[*i]));
+        let host =
+            host_name.and_then(|n| self.host_index.get(n).map(|i| &self.inventory.hosts[*i]));
         let scope_before = match r {
             StepRef::Forward(i) => self.capture_names(i),
             StepRef::Guide(_) => self.capture_names(usize::MAX),
@@ -672,7 +692,7 @@ impl Planner {
         let render = |id: TemplateId, ctx: &Context| -> Result<String, Error> {
             self.templates
                 .render(id, ctx)
-                .map(|s| template::show_placeholders(&s))
+                .map(template::show_placeholders)
                 .map_err(|e| fail(self.failure(id, e)))
         };
 
@@ -746,12 +766,13 @@ impl Planner {
             target.stdin = t.stdin.map(|id| render(id, &ctx)).transpose()?;
         }
         // The check and the rollback run after the action, so they may read its capture.
-        let (after_ctx, _): (Context, Arc<HashSet<String>>) = if scope_after.len() != scope_before.len() {
-            self.context(host, reveal, r, scope_after, captures)
-                .map_err(fail)?
-        } else {
-            (ctx, deferred)
-        };
+        let (after_ctx, _): (Context, Arc<HashSet<String>>) =
+            if scope_after.len() != scope_before.len() {
+                self.context(host, reveal, r, scope_after, captures)
+                    .map_err(fail)?
+            } else {
+                (ctx, deferred)
+            };
         if let Some(id) = t.check {
             target.check = Some(shell::wrap(&render(id, &after_ctx)?, &wrap));
         }
@@ -801,7 +822,7 @@ impl Planner {
             .map_err(fail)?;
         self.templates
             .render(id, &ctx)
-            .map(|s| template::show_placeholders(&s).trim_end().to_string())
+            .map(|s| template::show_placeholders(s).trim_end().to_string())
             .map_err(|e| fail(self.failure(id, e)))
     }
 
@@ -849,9 +870,7 @@ impl Planner {
 
     /// The whole plan, secrets masked: what `--dry-run` prints.
     pub fn plan(&self) -> Result<Plan, Error> {
-        let steps = (0..self.runbook.steps.len())
-            .map(|i| self.plan_step(StepRef::Forward(i), i + 1))
-            .collect::<Result<Vec<_>, _>>()?;
+        let steps = self.plan_steps_parallel()?;
         let rollback_guide = (0..self.runbook.rollback.len())
             .map(|i| self.plan_step(StepRef::Guide(i), i + 1))
             .collect::<Result<Vec<_>, _>>()?;
@@ -888,6 +907,45 @@ impl Planner {
         })
     }
 
+    /// Plans the forward steps on every core: each step renders independently,
+    /// and a large estate (500 hosts) makes this the bulk of planning.
+    fn plan_steps_parallel(&self) -> Result<Vec<PlanStep>, Error> {
+        let n = self.runbook.steps.len();
+        let work: usize = (0..n)
+            .map(|i| self.step_hosts(StepRef::Forward(i)).len())
+            .sum();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |t| t.get())
+            .min(8);
+        if threads < 2 || work < 2000 {
+            return (0..n)
+                .map(|i| self.plan_step(StepRef::Forward(i), i + 1))
+                .collect();
+        }
+        let chunk = n.div_ceil(threads);
+        let parts: Vec<Result<Vec<PlanStep>, Error>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n)
+                .step_by(chunk)
+                .map(|start| {
+                    scope.spawn(move || {
+                        (start..(start + chunk).min(n))
+                            .map(|i| self.plan_step(StepRef::Forward(i), i + 1))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut steps = Vec::with_capacity(n);
+        for part in parts {
+            steps.extend(part?);
+        }
+        Ok(steps)
+    }
+
     /// Rolling batches per the runbook's `serial` (one batch of everything without it).
     pub fn batches(&self, hosts: &[String]) -> Vec<Vec<String>> {
         let size = match self.runbook.serial {
@@ -910,10 +968,18 @@ impl Planner {
 
 impl StepTemplates {
     fn ids(&self) -> Vec<TemplateId> {
-        let mut v: Vec<TemplateId> = [self.action, self.as_user, self.cwd, self.stdin, self.when, self.check, self.confirm]
-            .into_iter()
-            .flatten()
-            .collect();
+        let mut v: Vec<TemplateId> = [
+            self.action,
+            self.as_user,
+            self.cwd,
+            self.stdin,
+            self.when,
+            self.check,
+            self.confirm,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if let Some((a, b, c)) = self.upload {
             v.extend([a, b]);
             v.extend(c);

@@ -23,9 +23,9 @@ pub fn capture_placeholder(name: &str) -> String {
 }
 
 /// Replaces capture placeholders with the readable `<captured: NAME>`.
-pub fn show_placeholders(s: &str) -> String {
+pub fn show_placeholders(s: String) -> String {
     if !s.contains(CAPTURE_MARK) {
-        return s.to_string();
+        return s;
     }
     let mut out = String::with_capacity(s.len());
     let mut parts = s.split(CAPTURE_MARK);
@@ -61,6 +61,15 @@ pub struct Templates {
     source: Option<Arc<SourceFile>>,
     /// Per template: the top-level variables it reads, and its text for errors.
     meta: Vec<(HashSet<String>, Text, Kind)>,
+    /// Template names by id, so rendering does not format one each time.
+    names: Vec<String>,
+    /// Rendered text by template and the values of the variables it reads:
+    /// most commands read only group- or inventory-wide values, so on 500 hosts
+    /// they render to the same text and need rendering once.
+    /// Each template's variables in a fixed order: the memo key.
+    sorted_vars: Vec<Vec<String>>,
+    #[allow(clippy::type_complexity)]
+    memo: std::sync::Mutex<std::collections::HashMap<(usize, Vec<Value>), String>>,
 }
 
 impl Default for Templates {
@@ -152,6 +161,9 @@ impl Templates {
             env,
             source: None,
             meta: Vec::new(),
+            names: Vec::new(),
+            memo: Default::default(),
+            sorted_vars: Vec::new(),
         }
     }
 
@@ -228,7 +240,11 @@ impl Templates {
             .get_template(&name)
             .map_err(|e| yaml::Error::new(text.span, e.to_string()))?;
         let vars = tmpl.undeclared_variables(false);
+        let mut sorted: Vec<String> = vars.iter().cloned().collect();
+        sorted.sort();
+        self.sorted_vars.push(sorted);
         self.meta.push((vars, text.clone(), kind));
+        self.names.push(name);
         Ok(TemplateId(id))
     }
 
@@ -248,25 +264,57 @@ impl Templates {
 
     pub fn render(&self, id: TemplateId, ctx: &Context) -> Result<String, RenderError> {
         let (vars, _, _) = &self.meta[id.0];
-        for v in vars {
-            if !ctx.contains(v.as_str()) && self.env.globals().all(|(g, _)| g != v) {
-                return Err(RenderError::Undefined {
-                    name: v.clone(),
-                    hint: did_you_mean(v, ctx.keys()),
-                });
+        let key: Option<Vec<Value>> = self.sorted_vars[id.0]
+            .iter()
+            .map(|v| ctx.get(v).cloned())
+            .collect();
+        if let Some(key) = &key {
+            let memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(hit) = memo.get(&(id.0, key.clone())) {
+                return Ok(hit.clone());
             }
         }
+        let out = self.render_uncached(id, ctx, vars)?;
+        if let Some(key) = key {
+            let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+            memo.insert((id.0, key), out.clone());
+        }
+        Ok(out)
+    }
+
+    fn render_uncached(
+        &self,
+        id: TemplateId,
+        ctx: &Context,
+        vars: &HashSet<String>,
+    ) -> Result<String, RenderError> {
         let tmpl = self
             .env
-            .get_template(&format!("t{}", id.0))
+            .get_template(&self.names[id.0])
             .map_err(|e| RenderError::Other(e.to_string()))?;
         tmpl.render(&ctx.value).map_err(|e| {
+            // Missing names are only an error if the template really uses them:
+            // `{{ x | default('') }}` and `x is defined` are how a runbook reads an
+            // optional inventory var. minijinja's error does not name the variable,
+            // so the missing names are worked out here, on failure only.
+            let mut missing: Vec<&String> = vars
+                .iter()
+                .filter(|v| !ctx.contains(v.as_str()) && self.env.globals().all(|(g, _)| g != *v))
+                .collect();
+            missing.sort();
             let detail = e
                 .detail()
                 .map(str::to_string)
                 .unwrap_or_else(|| e.kind().to_string());
-            match e.kind() {
-                ErrorKind::UndefinedError => self
+            if let Some(broken) = missing.iter().find_map(|v| ctx.broken.get(v.as_str())) {
+                return broken.clone();
+            }
+            match (e.kind(), missing.first()) {
+                (ErrorKind::UndefinedError, Some(v)) => RenderError::Undefined {
+                    name: v.to_string(),
+                    hint: did_you_mean(v, ctx.keys()),
+                },
+                (ErrorKind::UndefinedError, None) => self
                     .missing_attribute(id, ctx)
                     .unwrap_or_else(|| RenderError::Other(format!("undefined value: {detail}"))),
                 _ => RenderError::Other(detail),
@@ -399,6 +447,8 @@ fn ident_after(src: &str, start: usize) -> Option<&str> {
 pub struct Context {
     layers: Vec<Arc<BTreeMap<String, Value>>>,
     value: Value,
+    /// Variables that could not be rendered here, with why: reported only if read.
+    broken: Arc<BTreeMap<String, RenderError>>,
 }
 
 impl Context {
@@ -407,6 +457,7 @@ impl Context {
         Context {
             layers: vec![Arc::new(map)],
             value,
+            broken: Arc::new(BTreeMap::new()),
         }
     }
 
@@ -416,7 +467,18 @@ impl Context {
         let value = minijinja::value::merge_maps([self.value.clone(), Value::from(map.clone())]);
         let mut layers = self.layers.clone();
         layers.push(Arc::new(map));
-        Context { layers, value }
+        Context {
+            layers,
+            value,
+            broken: self.broken.clone(),
+        }
+    }
+
+    /// Marks `name` as unavailable: a template reading it fails with `why`.
+    /// (Runbook vars are only ever added after they render, so there is nothing to remove.)
+    pub fn with_broken(mut self, name: &str, why: RenderError) -> Context {
+        Arc::make_mut(&mut self.broken).insert(name.to_string(), why);
+        self
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -428,7 +490,9 @@ impl Context {
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.layers.iter().flat_map(|l| l.keys().map(String::as_str))
+        self.layers
+            .iter()
+            .flat_map(|l| l.keys().map(String::as_str))
     }
 }
 
@@ -468,6 +532,28 @@ mod tests {
     }
 
     #[test]
+    fn optional_variables_with_default_or_is_defined() {
+        let mut t = Templates::new();
+        let id = t
+            .add(
+                &text("{{ home | default('/opt/app') }}{% if extra is defined %} {{ extra }}{% endif %}"),
+                Kind::Text,
+            )
+            .unwrap();
+        let empty = Context::new(BTreeMap::new());
+        assert_eq!(t.render(id, &empty).unwrap(), "/opt/app");
+        let ctx = Context::new(BTreeMap::from([
+            ("home".to_string(), Value::from("/data")),
+            ("extra".to_string(), Value::from("x")),
+        ]));
+        assert_eq!(t.render(id, &ctx).unwrap(), "/data x");
+        let cond = t
+            .add(&text("sharedata is defined"), Kind::Condition)
+            .unwrap();
+        assert!(!t.condition(cond, &empty).unwrap());
+    }
+
+    #[test]
     fn placeholders_survive_quote() {
         let mut t = Templates::new();
         let id = t
@@ -478,14 +564,14 @@ mod tests {
             ("d".to_string(), Value::from("/x")),
         ]));
         assert_eq!(
-            show_placeholders(&t.render(id, &ctx).unwrap()),
+            show_placeholders(t.render(id, &ctx).unwrap()),
             "tar xzf <captured: f> -C /x"
         );
         let id = t
             .add(&text("{{ (f | dirname ~ '/x') | quote }}"), Kind::Text)
             .unwrap();
         assert_eq!(
-            show_placeholders(&t.render(id, &ctx).unwrap()),
+            show_placeholders(t.render(id, &ctx).unwrap()),
             "'<captured: f | dirname>/x'"
         );
     }

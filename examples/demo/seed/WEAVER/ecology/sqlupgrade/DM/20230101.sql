@@ -1,0 +1,1 @@
+-- SQL shipped by earlier releases, already applied
