@@ -606,19 +606,27 @@ impl Planner {
             if in_scope.contains(name) {
                 continue;
             }
-            let v = self.templates.render(*id, &ctx).map_err(|e| {
-                let span = self.error_span(*id, &e);
-                let error = match e {
-                    RenderError::Undefined {
-                        name: missing,
-                        hint,
-                    } => RenderError::Other(format!(
-                        "variable `{name}` reads undefined variable `{missing}`{hint}"
-                    )),
-                    other => RenderError::Other(format!("variable `{name}`: {other}")),
-                };
-                Failure { error, span }
-            })?;
+            let v = match self.templates.render(*id, &ctx) {
+                Ok(v) => v,
+                // Without a host (gate prompts, manual instructions, `local: true`
+                // steps) a var built from host or group vars cannot be known. It only
+                // matters if the text uses it, and then strict undefined names it;
+                // failing here would break every gate in a runbook with such a var.
+                Err(RenderError::Undefined { .. }) if host.is_none() => continue,
+                Err(e) => {
+                    let span = self.error_span(*id, &e);
+                    let error = match e {
+                        RenderError::Undefined {
+                            name: missing,
+                            hint,
+                        } => RenderError::Other(format!(
+                            "variable `{name}` reads undefined variable `{missing}`{hint}"
+                        )),
+                        other => RenderError::Other(format!("variable `{name}`: {other}")),
+                    };
+                    return Err(Failure { error, span });
+                }
+            };
             if self
                 .templates
                 .variables(*id)
