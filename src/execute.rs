@@ -354,20 +354,47 @@ impl Engine<'_> {
         };
         let redactor = &self.redactor;
         let ui = self.ui;
-        let mut sink = |_s: crate::transport::Stream, chunk: &[u8]| {
-            ui.output(host, &redactor.redact_bytes(chunk));
+        // The live view (-v) shows whole lines only: a command that writes a secret
+        // in two pieces arrives in two chunks, and masking each chunk alone would
+        // show both halves. A very long line without a newline is let through in
+        // pieces so that output stays live.
+        const MAX_PENDING: usize = 64 * 1024;
+        let mut pending = (Vec::new(), Vec::new());
+        let result = {
+            let mut sink = |s: crate::transport::Stream, chunk: &[u8]| {
+                let buf = match s {
+                    crate::transport::Stream::Stdout => &mut pending.0,
+                    crate::transport::Stream::Stderr => &mut pending.1,
+                };
+                buf.extend_from_slice(chunk);
+                let upto = if buf.len() > MAX_PENDING {
+                    Some(buf.len())
+                } else {
+                    buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1)
+                };
+                if let Some(end) = upto {
+                    let lines: Vec<u8> = buf.drain(..end).collect();
+                    ui.output(host, &redactor.redact_bytes(&lines));
+                }
+            };
+            let fut = conn.exec(&cmd, &mut sink);
+            match timeout {
+                Some(t) => match tokio::time::timeout(t + TIMEOUT_GRACE, fut).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!(
+                        "no answer within {} (timeout + grace)",
+                        crate::duration::format(t + TIMEOUT_GRACE)
+                    )),
+                },
+                None => fut.await.map_err(|e| e.to_string()),
+            }
         };
-        let fut = conn.exec(&cmd, &mut sink);
-        match timeout {
-            Some(t) => match tokio::time::timeout(t + TIMEOUT_GRACE, fut).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!(
-                    "no answer within {} (timeout + grace)",
-                    crate::duration::format(t + TIMEOUT_GRACE)
-                )),
-            },
-            None => fut.await.map_err(|e| e.to_string()),
+        for rest in [pending.0, pending.1] {
+            if !rest.is_empty() {
+                ui.output(host, &redactor.redact_bytes(&rest));
+            }
         }
+        result
     }
 
     /// One step on one host: action, expectations, capture, check.

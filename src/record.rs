@@ -92,9 +92,20 @@ impl Recorder {
         &self.dir
     }
 
+    /// Records an event. Decisions and the run's start and end are waited for until
+    /// they are on disk; other events are fsynced in the background (journal.rs).
     pub fn emit(&self, event: &Event) -> Result<(), RecordError> {
         let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         j.append(event)?;
+        if matches!(
+            event,
+            Event::RunStarted { .. }
+                | Event::Gate { .. }
+                | Event::Manual { .. }
+                | Event::RunFinished { .. }
+        ) {
+            j.sync()?;
+        }
         Ok(())
     }
 
