@@ -525,6 +525,9 @@ impl Planner {
 
     /// Where in the file a template failed: at the name at fault when it can be found.
     fn error_span(&self, id: TemplateId, e: &RenderError) -> Span {
+        if let RenderError::Located { span, .. } = e {
+            return *span;
+        }
         let text = self.templates.text(id);
         match self.templates.locate_error(id, e) {
             Some((offset, width)) => text.locate(&self.runbook.source, offset, width),
@@ -625,16 +628,18 @@ impl Planner {
             let v = match self.templates.render(*id, &ctx) {
                 Ok(v) => v,
                 Err(e) => {
-                    let e = match e {
+                    // Located now, at the var's own text: that is what needs fixing.
+                    let span = self.error_span(*id, &e);
+                    let message = match e {
                         RenderError::Undefined {
                             name: missing,
                             hint,
-                        } => RenderError::Other(format!(
-                            "variable `{name}` reads undefined variable `{missing}`{hint}"
-                        )),
-                        other => other,
+                        } => {
+                            format!("variable `{name}` reads undefined variable `{missing}`{hint}")
+                        }
+                        other => format!("variable `{name}`: {other}"),
                     };
-                    ctx = ctx.with_broken(name, e);
+                    ctx = ctx.with_broken(name, RenderError::Located { message, span });
                     continue;
                 }
             };

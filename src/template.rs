@@ -92,6 +92,11 @@ pub enum RenderError {
         hint: String,
     },
     Other(String),
+    /// An error already placed in the file (a runbook var that failed to render).
+    Located {
+        message: String,
+        span: Span,
+    },
 }
 
 impl std::fmt::Display for RenderError {
@@ -101,12 +106,20 @@ impl std::fmt::Display for RenderError {
             RenderError::NoAttribute { object, attr, hint } => {
                 write!(f, "`{object}` has no attribute `{attr}`{hint}")
             }
-            RenderError::Other(m) => f.write_str(m),
+            RenderError::Other(m) | RenderError::Located { message: m, .. } => f.write_str(m),
         }
     }
 }
 
 fn quote_filter(v: Value) -> Result<String, minijinja::Error> {
+    // Strict undefined must hold through the filter: `{{ typo | quote }}` would
+    // otherwise become `''` and run.
+    if v.is_undefined() {
+        return Err(minijinja::Error::new(
+            ErrorKind::UndefinedError,
+            "undefined value passed to `quote`",
+        ));
+    }
     let s = v.to_string();
     if s.starts_with(CAPTURE_MARK) && s.ends_with(CAPTURE_MARK) && s.len() > 1 {
         return Ok(s);
@@ -391,7 +404,7 @@ impl Templates {
                         (at, src[at..end].chars().count())
                     })
                 }),
-            RenderError::Other(_) => None,
+            RenderError::Other(_) | RenderError::Located { .. } => None,
         }
     }
 
