@@ -6,6 +6,7 @@
 
 use crate::ui::Ui;
 use std::io::{BufRead, IsTerminal};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug, Clone)]
 pub struct Gates {
@@ -22,8 +23,13 @@ pub struct Answer {
     pub text: String,
 }
 
+/// Set by the Ctrl-C handler; a prompt waiting for an answer gives up on it.
+pub static CTRL_C: AtomicBool = AtomicBool::new(false);
+
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
+    #[error("interrupted (Ctrl-C) at \"{prompt}\"")]
+    Interrupted { prompt: String },
     #[error("gate \"{prompt}\" needs an answer, but stdin is not a terminal and --yes was not given (opsrun never reads an answer from a pipe)")]
     NoTerminal { prompt: String },
     #[error("cannot read the answer to \"{prompt}\": {source}")]
@@ -48,16 +54,40 @@ impl Gates {
                 prompt: prompt.to_string(),
             });
         }
-        let mut line = String::new();
-        ui.suspend(|| {
+        // The line is read on its own thread so that Ctrl-C at a prompt is
+        // noticed at once (a blocked read_line would not return until Enter).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let read = ui.suspend(|| {
             eprint!("{prompt} ");
-            tokio::task::block_in_place(|| std::io::stdin().lock().read_line(&mut line))
-        })
-        .map_err(|source| GateError::Read {
-            prompt: prompt.to_string(),
-            source,
-        })?;
-        Ok(line.trim().to_string())
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let r = std::io::stdin().lock().read_line(&mut line).map(|_| line);
+                let _ = tx.send(r);
+            });
+            tokio::task::block_in_place(|| loop {
+                if CTRL_C.load(Ordering::SeqCst) {
+                    return None;
+                }
+                match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                    Ok(r) => return Some(r),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        return Some(Err(std::io::Error::other("the reader stopped")))
+                    }
+                }
+            })
+        });
+        match read {
+            None => Err(GateError::Interrupted {
+                prompt: prompt.to_string(),
+            }),
+            Some(r) => r
+                .map(|l| l.trim().to_string())
+                .map_err(|source| GateError::Read {
+                    prompt: prompt.to_string(),
+                    source,
+                }),
+        }
     }
 
     /// A yes/no question; only `y` or `yes` proceeds.

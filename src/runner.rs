@@ -135,7 +135,7 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
     rec.emit(&run_started(planner, plan, &s, &run_id))
         .map_err(record_err)?;
     ui.line(&format!(
-        "run {run_id}: {} on {} ({} hosts)",
+        "run {run_id}: {} on {} ({} host(s))",
         plan.runbook.name,
         plan.inventory.name,
         plan.hosts.len()
@@ -167,10 +167,22 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
 
     let signals = tokio::spawn(watch_signals(Arc::new(s.gates.interactive)));
     let mut held: Vec<(Endpoint, String)> = Vec::new();
-    let finish = drive(&mut engine, plan, &s, &run_id, &mut held).await;
+    let finish = tokio::select! {
+        f = drive(&mut engine, plan, &s, &run_id, &mut held) => f,
+        _ = HARD_STOP.notified() => Ok(Finish {
+            outcome: Outcome::Interrupted,
+            message: "interrupted by the operator (Ctrl-C) before or between steps".into(),
+            exit_code: exit::INTERRUPTED,
+        }),
+    };
     signals.abort();
     let finish = match finish {
         Ok(f) => f,
+        Err(ExecError::Gate(e @ crate::gate::GateError::Interrupted { .. })) => Finish {
+            outcome: Outcome::Interrupted,
+            message: e.to_string(),
+            exit_code: exit::INTERRUPTED,
+        },
         Err(ExecError::Gate(e)) => Finish {
             outcome: Outcome::NotConfirmed,
             message: e.to_string(),
@@ -212,6 +224,7 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
 /// The Ctrl-C handler's state lives in a global so the signal task can reach the
 /// engine's `Interrupt` without borrowing across the spawn.
 static INTERRUPT_TX: Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>> = Mutex::new(None);
+static HARD_STOP: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 async fn watch_signals(_interactive: Arc<bool>) {
     loop {
@@ -475,7 +488,7 @@ async fn drive(
             r.id, plan.runbook.name, inv.name
         ),
         _ => format!(
-            "Run `{}` on `{}` ({} hosts)?",
+            "Run `{}` on `{}` ({} host(s))?",
             plan.runbook.name,
             inv.name,
             plan.hosts.len()
