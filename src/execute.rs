@@ -283,27 +283,33 @@ impl Engine<'_> {
         Ok(None)
     }
 
-    /// One step on its hosts, in parallel up to `forks`; returns per-host results.
-    async fn run_step(
+    /// One step on its hosts, in parallel up to `forks`, between its start and
+    /// finish events; `each` does one host. Shared by forward steps and undo.
+    async fn on_hosts<'h, F, Fut>(
         &self,
         phase: Phase,
-        r: StepRef,
         number: usize,
         step: &Step,
-        hosts: &[String],
-    ) -> Result<Vec<Done>, ExecError> {
+        hosts: &'h [String],
+        service: Option<crate::runbook::Service>,
+        each: F,
+    ) -> Result<Vec<Done>, ExecError>
+    where
+        F: Fn(&'h str) -> Fut,
+        Fut: std::future::Future<Output = Result<Done, ExecError>>,
+    {
         self.rec.emit(&Event::StepStarted {
             time: events::now(),
             phase,
             number,
             step: step.name.clone(),
             hosts: hosts.to_vec(),
-            service: step.service.clone(),
+            service,
         })?;
         let permits = Semaphore::new(self.forks.max(1));
         let futures = hosts.iter().map(|h| async {
             let _permit = permits.acquire().await;
-            self.run_target(phase, r, number, step, h).await
+            each(h).await
         });
         let results: Vec<Done> = join_all(futures)
             .await
@@ -329,6 +335,20 @@ impl Engine<'_> {
         Ok(results)
     }
 
+    async fn run_step(
+        &self,
+        phase: Phase,
+        r: StepRef,
+        number: usize,
+        step: &Step,
+        hosts: &[String],
+    ) -> Result<Vec<Done>, ExecError> {
+        self.on_hosts(phase, number, step, hosts, step.service.clone(), |h| {
+            self.run_target(phase, r, number, step, h)
+        })
+        .await
+    }
+
     fn render(&self, r: StepRef, host: Option<&str>, reveal: Reveal) -> Result<Target, String> {
         let caps = self
             .captures
@@ -338,6 +358,14 @@ impl Engine<'_> {
         self.planner
             .render(r, host, Some(&caps), reveal)
             .map_err(|e| e.to_string())
+    }
+
+    /// The command to send (secrets in) and the command to record (secrets masked).
+    fn render_pair(&self, r: StepRef, host: Option<&str>) -> Result<(Target, Target), String> {
+        Ok((
+            self.render(r, host, Reveal::Real)?,
+            self.render(r, host, Reveal::Masked)?,
+        ))
     }
 
     async fn exec(
@@ -397,7 +425,7 @@ impl Engine<'_> {
         result
     }
 
-    /// One step on one host: action, expectations, capture, check.
+    /// One step on one host: action, expectations, capture, check; recorded once.
     async fn run_target(
         &self,
         phase: Phase,
@@ -406,250 +434,74 @@ impl Engine<'_> {
         step: &Step,
         host: &str,
     ) -> Result<Done, ExecError> {
-        let started = events::now();
-        let clock = Instant::now();
+        let mut rec = Record::new(phase, number, step, host);
+        let verdict = self.attempt(r, &mut rec).await?;
+        self.finish(rec, verdict).await
+    }
+
+    async fn attempt(&self, r: StepRef, rec: &mut Record<'_>) -> Result<Verdict, ExecError> {
+        let (step, host) = (rec.step, rec.host);
         let host_opt = (!step.local).then_some(host);
-        let (real, shown) = match (
-            self.render(r, host_opt, Reveal::Real),
-            self.render(r, host_opt, Reveal::Masked),
-        ) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => {
-                return self
-                    .finish(
-                        phase,
-                        number,
-                        step,
-                        host,
-                        &Target::default(),
-                        started,
-                        clock,
-                        Status::Failed,
-                        None,
-                        None,
-                        None,
-                        vec![],
-                        None,
-                        None,
-                        Some(e),
-                    )
-                    .await;
-            }
+        let (real, shown) = match self.render_pair(r, host_opt) {
+            Ok(pair) => pair,
+            Err(e) => return Ok(Verdict::Failed(e)),
         };
+        rec.shown = shown;
         if let Some(why) = &real.skipped {
-            return self
-                .finish(
-                    phase,
-                    number,
-                    step,
-                    host,
-                    &shown,
-                    started,
-                    clock,
-                    Status::Skipped,
-                    None,
-                    None,
-                    None,
-                    vec![],
-                    None,
-                    None,
-                    Some(why.clone()),
-                )
-                .await;
+            return Ok(Verdict::Skipped(why.clone()));
         }
         self.ui.host_started(host);
         self.rec.emit(&Event::TargetStarted {
-            time: started,
-            phase,
-            number,
+            time: rec.started,
+            phase: rec.phase,
+            number: rec.number,
             step: step.name.clone(),
             host: host.to_string(),
-            command: shown.command.clone(),
+            command: rec.shown.command.clone(),
         })?;
         let Some(conn) = self.conn(step, host) else {
-            return self
-                .finish(
-                    phase,
-                    number,
-                    step,
-                    host,
-                    &shown,
-                    started,
-                    clock,
-                    Status::Failed,
-                    None,
-                    None,
-                    None,
-                    vec![],
-                    None,
-                    None,
-                    Some("no connection to this host".into()),
-                )
-                .await;
+            return Ok(Verdict::Failed("no connection to this host".into()));
         };
 
-        let mut exit_code = None;
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let mut upload_sha = None;
         if let Some(line) = &real.command {
-            let stdin = match (&step.action, &real.upload, &real.stdin) {
-                (_, Some(u), _) => Stdin::File(u.src.clone().into()),
-                (_, None, Some(s)) => Stdin::Bytes(s.clone().into_bytes()),
+            let stdin = match (&real.upload, &real.stdin) {
+                (Some(u), _) => Stdin::File(u.src.clone().into()),
+                (None, Some(s)) => Stdin::Bytes(s.clone().into_bytes()),
                 _ => Stdin::None,
             };
             if let Some(u) = &real.upload {
                 match std::fs::read(&u.src) {
-                    Ok(bytes) => upload_sha = Some(crate::record::sha256_hex(&bytes)),
+                    Ok(bytes) => rec.upload_sha256 = Some(crate::record::sha256_hex(&bytes)),
                     Err(e) => {
-                        let why = format!("cannot read upload source `{}`: {e}", u.src);
-                        return self
-                            .finish(
-                                phase,
-                                number,
-                                step,
-                                host,
-                                &shown,
-                                started,
-                                clock,
-                                Status::Failed,
-                                None,
-                                None,
-                                None,
-                                vec![],
-                                None,
-                                None,
-                                Some(why),
-                            )
-                            .await;
+                        return Ok(Verdict::Failed(format!(
+                            "cannot read upload source `{}`: {e}",
+                            u.src
+                        )))
                     }
                 }
             }
             match self.exec(conn, line, stdin, host, step.timeout).await {
                 Ok(o) => {
-                    exit_code = o.exit_code;
-                    out = o.stdout;
-                    err = o.stderr;
+                    rec.exit_code = o.exit_code;
+                    rec.out = o.stdout;
+                    rec.err = o.stderr;
                 }
-                Err(e) => {
-                    let status = if e.contains("grace") {
-                        Status::TimedOut
-                    } else {
-                        Status::Failed
-                    };
-                    return self
-                        .finish(
-                            phase,
-                            number,
-                            step,
-                            host,
-                            &shown,
-                            started,
-                            clock,
-                            status,
-                            None,
-                            Some(&out),
-                            Some(&err),
-                            vec![],
-                            None,
-                            upload_sha,
-                            Some(e),
-                        )
-                        .await;
-                }
+                Err(e) if e.contains("grace") => return Ok(Verdict::TimedOut(e)),
+                Err(e) => return Ok(Verdict::Failed(e)),
             }
-            let timed_out = step.timeout.is_some() && matches!(exit_code, Some(124) | Some(137));
-            if timed_out {
-                let why = format!(
+            if step.timeout.is_some() && matches!(rec.exit_code, Some(124) | Some(137)) {
+                return Ok(Verdict::TimedOut(format!(
                     "timed out after {}: the command was killed on the host",
                     crate::duration::format(step.timeout.unwrap_or_default())
-                );
-                return self
-                    .finish(
-                        phase,
-                        number,
-                        step,
-                        host,
-                        &shown,
-                        started,
-                        clock,
-                        Status::TimedOut,
-                        exit_code,
-                        Some(&out),
-                        Some(&err),
-                        vec![],
-                        None,
-                        upload_sha,
-                        Some(why),
-                    )
-                    .await;
+                )));
             }
-            let mut problem = None;
-            let code_ok = exit_code.is_some_and(|c| step.expect.exit.contains(&c));
-            let stdout_text = String::from_utf8_lossy(&out).to_string();
-            if !code_ok {
-                let tail = first_line(if err.is_empty() { &out } else { &err });
-                problem = Some(match exit_code {
-                    Some(c) => format!(
-                        "exit {c}{}",
-                        if tail.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {tail}")
-                        }
-                    ),
-                    None => "killed by a signal".to_string(),
-                });
-            } else if let Some(re) = &step.expect.stdout {
-                if !re.is_match(&stdout_text) {
-                    problem = Some(format!("stdout does not match /{}/", re.as_str()));
-                }
-            }
-            if problem.is_none() {
-                if let Some(re) = &step.expect.stdout_not {
-                    if re.is_match(&stdout_text) {
-                        problem = Some(format!("stdout matches /{}/", re.as_str()));
-                    }
-                }
-            }
-            if problem.is_none() {
-                if let (Some(sum), Some(_)) = (&upload_sha, &real.upload) {
-                    if !stdout_text
-                        .split_whitespace()
-                        .next()
-                        .is_some_and(|h| h == sum)
-                    {
-                        problem = Some(format!(
-                            "sha256 on the host does not match the local file ({sum})"
-                        ));
-                    }
-                }
-            }
-            if let Some(p) = problem {
-                return self
-                    .finish(
-                        phase,
-                        number,
-                        step,
-                        host,
-                        &shown,
-                        started,
-                        clock,
-                        Status::Failed,
-                        exit_code,
-                        Some(&out),
-                        Some(&err),
-                        vec![],
-                        None,
-                        upload_sha,
-                        Some(p),
-                    )
-                    .await;
+            if let Some(problem) = unexpected(step, rec, real.upload.is_some()) {
+                return Ok(Verdict::Failed(problem));
             }
         }
 
-        let mut capture = None;
-        if let (Some(c), Phase::Forward) = (&step.capture, phase) {
-            let text = String::from_utf8_lossy(&out).trim().to_string();
+        if let (Some(c), Phase::Forward) = (&step.capture, rec.phase) {
+            let text = String::from_utf8_lossy(&rec.out).trim().to_string();
             let value = match &c.regex {
                 Some(re) => re.captures(&text).map(|m| {
                     m.get(1)
@@ -659,30 +511,11 @@ impl Engine<'_> {
                 None => Some(text),
             };
             let Some(value) = value else {
-                let why = format!(
+                return Ok(Verdict::Failed(format!(
                     "capture `{}`: /{}/ does not match the output",
                     c.name,
                     c.regex.as_ref().map_or("", |r| r.as_str())
-                );
-                return self
-                    .finish(
-                        phase,
-                        number,
-                        step,
-                        host,
-                        &shown,
-                        started,
-                        clock,
-                        Status::Failed,
-                        exit_code,
-                        Some(&out),
-                        Some(&err),
-                        vec![],
-                        None,
-                        upload_sha,
-                        Some(why),
-                    )
-                    .await;
+                )));
             };
             let mut caps = self.captures.lock().unwrap_or_else(|p| p.into_inner());
             if step.local {
@@ -693,45 +526,23 @@ impl Engine<'_> {
                     .or_default()
                     .insert(c.name.clone(), value.clone());
             }
-            capture = Some((c.name.clone(), self.redactor.redact(&value)));
+            rec.capture = Some((c.name.clone(), self.redactor.redact(&value)));
         }
 
-        let mut checks = Vec::new();
         if step.check.is_some() {
-            // The check reads captures of this very step: render it now.
-            let check_line = match self.render(r, host_opt, Reveal::Real) {
+            // The check may read this very step's capture: render it now.
+            let line = match self.render(r, host_opt, Reveal::Real) {
                 Ok(t) => t.check,
-                Err(e) => {
-                    return self
-                        .finish(
-                            phase,
-                            number,
-                            step,
-                            host,
-                            &shown,
-                            started,
-                            clock,
-                            Status::Failed,
-                            exit_code,
-                            Some(&out),
-                            Some(&err),
-                            checks,
-                            capture,
-                            upload_sha,
-                            Some(e),
-                        )
-                        .await;
-                }
+                Err(e) => return Ok(Verdict::Failed(e)),
             };
-            if let Some(line) = check_line {
-                let mut passed = false;
+            if let Some(line) = line {
                 for attempt in 1..=step.retries + 1 {
-                    let res = self
+                    let (code, output) = match self
                         .exec(conn, &line, Stdin::None, host, step.timeout)
-                        .await;
-                    let (code, output) = match res {
+                        .await
+                    {
                         Ok(o) => {
-                            let mut text = o.stdout.clone();
+                            let mut text = o.stdout;
                             text.extend_from_slice(&o.stderr);
                             (
                                 o.exit_code,
@@ -741,130 +552,79 @@ impl Engine<'_> {
                         Err(e) => (None, e),
                     };
                     let ok = code == Some(0);
-                    checks.push(CheckAttempt {
+                    rec.checks.push(CheckAttempt {
                         attempt,
                         exit_code: code,
                         ok,
                         output: output.chars().take(2000).collect(),
                     });
                     if ok {
-                        passed = true;
-                        break;
+                        return Ok(Verdict::Ok);
                     }
                     if attempt <= step.retries {
                         tokio::time::sleep(step.delay).await;
                     }
                 }
-                if !passed {
-                    let why = format!("check failed after {} attempt(s)", checks.len());
-                    return self
-                        .finish(
-                            phase,
-                            number,
-                            step,
-                            host,
-                            &shown,
-                            started,
-                            clock,
-                            Status::Failed,
-                            exit_code,
-                            Some(&out),
-                            Some(&err),
-                            checks,
-                            capture,
-                            upload_sha,
-                            Some(why),
-                        )
-                        .await;
-                }
+                return Ok(Verdict::Failed(format!(
+                    "check failed after {} attempt(s)",
+                    rec.checks.len()
+                )));
             }
         }
-        self.finish(
-            phase,
-            number,
-            step,
-            host,
-            &shown,
-            started,
-            clock,
-            Status::Ok,
-            exit_code,
-            Some(&out),
-            Some(&err),
-            checks,
-            capture,
-            upload_sha,
-            None,
-        )
-        .await
+        Ok(Verdict::Ok)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn finish(
-        &self,
-        phase: Phase,
-        number: usize,
-        step: &Step,
-        host: &str,
-        shown: &Target,
-        started: events::Time,
-        clock: Instant,
-        status: Status,
-        exit_code: Option<i32>,
-        out: Option<&[u8]>,
-        err: Option<&[u8]>,
-        checks: Vec<CheckAttempt>,
-        capture: Option<(String, String)>,
-        upload_sha256: Option<String>,
-        reason: Option<String>,
-    ) -> Result<Done, ExecError> {
-        let took = clock.elapsed();
-        let prefix = match phase {
-            Phase::Forward => format!("{number:02}"),
-            Phase::Rollback => format!("rb{number:02}"),
+    /// Saves the outputs, records the result, updates the view and what a rollback would undo.
+    async fn finish(&self, rec: Record<'_>, verdict: Verdict) -> Result<Done, ExecError> {
+        let took = rec.clock.elapsed();
+        let (status, reason) = match verdict {
+            Verdict::Ok => (Status::Ok, None),
+            Verdict::Skipped(why) => (Status::Skipped, Some(why)),
+            Verdict::Failed(why) => (Status::Failed, Some(why)),
+            Verdict::TimedOut(why) => (Status::TimedOut, Some(why)),
         };
-        let stem = format!("{prefix}-{}-{}", slug(&step.name), slug(host));
-        let stdout = match out {
-            Some(o) => self
-                .rec
-                .save(&stem, "stdout", &self.redactor.redact_bytes(o))?,
-            None => None,
+        let prefix = match rec.phase {
+            Phase::Forward => format!("{:02}", rec.number),
+            Phase::Rollback => format!("rb{:02}", rec.number),
         };
-        let stderr = match err {
-            Some(e) => self
-                .rec
-                .save(&stem, "stderr", &self.redactor.redact_bytes(e))?,
-            None => None,
-        };
+        let stem = format!("{prefix}-{}-{}", slug(&rec.step.name), slug(rec.host));
+        let stdout = self
+            .rec
+            .save(&stem, "stdout", &self.redactor.redact_bytes(&rec.out))?;
+        let stderr = self
+            .rec
+            .save(&stem, "stderr", &self.redactor.redact_bytes(&rec.err))?;
         let reason = reason.map(|r| self.redactor.redact(&r));
         self.rec.emit(&Event::TargetFinished {
             time: events::now(),
-            phase,
-            number,
-            step: step.name.clone(),
-            host: host.to_string(),
-            login: shown.login.clone(),
+            phase: rec.phase,
+            number: rec.number,
+            step: rec.step.name.clone(),
+            host: rec.host.to_string(),
+            login: rec.shown.login.clone(),
             status,
-            started,
+            started: rec.started,
             millis: took.as_millis() as u64,
-            exit_code,
-            command: shown.command.clone(),
-            stdin: shown.stdin.clone(),
+            exit_code: rec.exit_code,
+            command: rec.shown.command.clone(),
+            stdin: rec.shown.stdin.clone(),
             stdout,
             stderr,
-            checks,
-            capture,
-            upload_sha256,
+            checks: rec.checks,
+            capture: rec.capture,
+            upload_sha256: rec.upload_sha256,
             reason: reason.clone(),
         })?;
-        if let (Phase::Forward, Status::Ok) = (phase, status) {
+        if let (Phase::Forward, Status::Ok) = (rec.phase, status) {
             let mut done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
-            done.entry(number - 1).or_default().push(host.to_string());
+            done.entry(rec.number - 1)
+                .or_default()
+                .push(rec.host.to_string());
         }
-        let detail = reason.clone().unwrap_or_default();
-        self.ui.host_finished(host, status, took, &detail);
+        let detail = reason.unwrap_or_default();
+        self.ui.host_finished(rec.host, status, took, &detail);
         Ok(Done {
-            host: host.to_string(),
+            host: rec.host.to_string(),
             status,
             detail,
         })
@@ -890,79 +650,39 @@ impl Engine<'_> {
     }
 
     /// Undoes completed steps in reverse order, on the hosts where each completed.
-    /// Returns the hosts/steps whose rollback failed.
+    /// Returns the (step, host) pairs whose rollback failed; the others still run.
     pub async fn rollback(&mut self) -> Result<Vec<(String, String)>, ExecError> {
         let mut failures = Vec::new();
         for c in self.undoable() {
             let r = StepRef::Forward(c.step);
             let step = self.step_def(r).clone();
-            if step.rollback.is_empty() {
-                continue;
-            }
             self.ui
                 .step(&format!("[undo {}]", c.step + 1), &step.name, c.hosts.len());
-            let results = self
-                .run_rollback_step(r, c.step + 1, &step, &c.hosts)
-                .await?;
-            for d in results
-                .into_iter()
-                .filter(|d| d.status != Status::Ok && d.status != Status::Skipped)
-            {
-                failures.push((step.name.clone(), d.host));
-            }
-        }
-        Ok(failures)
-    }
-
-    async fn run_rollback_step(
-        &self,
-        r: StepRef,
-        number: usize,
-        step: &Step,
-        hosts: &[String],
-    ) -> Result<Vec<Done>, ExecError> {
-        self.rec.emit(&Event::StepStarted {
-            time: events::now(),
-            phase: Phase::Rollback,
-            number,
-            step: step.name.clone(),
-            hosts: hosts.to_vec(),
             // Undoing a stop is a start (and vice versa): the downtime report follows it.
-            service: step.service.clone().map(|mut s| {
+            let service = step.service.clone().map(|mut s| {
                 s.state = match s.state {
                     crate::runbook::ServiceState::Stopped => crate::runbook::ServiceState::Started,
                     crate::runbook::ServiceState::Started => crate::runbook::ServiceState::Stopped,
                 };
                 s
-            }),
-        })?;
-        let permits = Semaphore::new(self.forks.max(1));
-        let futures = hosts.iter().map(|h| async {
-            let _permit = permits.acquire().await;
-            self.undo_target(r, number, step, h).await
-        });
-        let results: Vec<Done> = join_all(futures)
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
-        let failed: Vec<String> = results
-            .iter()
-            .filter(|d| d.status != Status::Ok)
-            .map(|d| d.host.clone())
-            .collect();
-        self.rec.emit(&Event::StepFinished {
-            time: events::now(),
-            phase: Phase::Rollback,
-            number,
-            step: step.name.clone(),
-            status: if failed.is_empty() {
-                Status::Ok
-            } else {
-                Status::Failed
-            },
-            failed_hosts: failed,
-        })?;
-        Ok(results)
+            });
+            let results = self
+                .on_hosts(Phase::Rollback, c.step + 1, &step, &c.hosts, service, |h| {
+                    self.undo_target(r, c.step + 1, &step, h)
+                })
+                .await?;
+            for d in results
+                .into_iter()
+                .filter(|d| d.status != Status::Ok && d.status != Status::Skipped)
+            {
+                self.ui.error(&format!(
+                    "ROLLBACK FAILED: `{}` on {}: {}",
+                    step.name, d.host, d.detail
+                ));
+                failures.push((step.name.clone(), d.host));
+            }
+        }
+        Ok(failures)
     }
 
     async fn undo_target(
@@ -972,138 +692,135 @@ impl Engine<'_> {
         step: &Step,
         host: &str,
     ) -> Result<Done, ExecError> {
-        let started = events::now();
-        let clock = Instant::now();
-        let host_opt = (!step.local).then_some(host);
-        let (real, shown) = match (
-            self.render(r, host_opt, Reveal::Real),
-            self.render(r, host_opt, Reveal::Masked),
-        ) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => {
-                return self
-                    .finish(
-                        Phase::Rollback,
-                        number,
-                        step,
-                        host,
-                        &Target::default(),
-                        started,
-                        clock,
-                        Status::Failed,
-                        None,
-                        None,
-                        None,
-                        vec![],
-                        None,
-                        None,
-                        Some(e),
-                    )
-                    .await;
-            }
+        let mut rec = Record::new(Phase::Rollback, number, step, host);
+        let verdict = self.undo(r, &mut rec).await?;
+        self.finish(rec, verdict).await
+    }
+
+    async fn undo(&self, r: StepRef, rec: &mut Record<'_>) -> Result<Verdict, ExecError> {
+        let (step, host) = (rec.step, rec.host);
+        let (real, shown) = match self.render_pair(r, (!step.local).then_some(host)) {
+            Ok(pair) => pair,
+            Err(e) => return Ok(Verdict::Failed(e)),
         };
         // A `run` step's rollback gets the step's stdin too: undoing a step that needed a
         // secret (reloading the previous license) needs it again, and argv is no place for it.
-        let rb_stdin = |t: &Target| match &step.action {
+        let stdin_of = |t: &Target| match &step.action {
             Action::Run(_) => t.stdin.clone(),
             _ => None,
         };
-        let shown_rb = Target {
+        rec.shown = Target {
             command: Some(shown.rollback.join("\n")),
-            stdin: rb_stdin(&shown),
+            stdin: stdin_of(&shown),
             ..shown.clone()
         };
-        let real_stdin = rb_stdin(&real);
+        let stdin = stdin_of(&real);
         self.ui.host_started(host);
         let Some(conn) = self.conn(step, host) else {
-            return self
-                .finish(
-                    Phase::Rollback,
-                    number,
-                    step,
-                    host,
-                    &shown_rb,
-                    started,
-                    clock,
-                    Status::Failed,
-                    None,
-                    None,
-                    None,
-                    vec![],
-                    None,
-                    None,
-                    Some("no connection to this host".into()),
-                )
-                .await;
+            return Ok(Verdict::Failed("no connection to this host".into()));
         };
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let mut code = Some(0);
+        rec.exit_code = Some(0);
         for line in &real.rollback {
-            let stdin = match &real_stdin {
-                Some(s) => Stdin::Bytes(s.clone().into_bytes()),
-                None => Stdin::None,
-            };
-            match self.exec(conn, line, stdin, host, step.timeout).await {
+            let input = stdin
+                .as_ref()
+                .map_or(Stdin::None, |s| Stdin::Bytes(s.clone().into_bytes()));
+            match self.exec(conn, line, input, host, step.timeout).await {
                 Ok(o) => {
-                    out.extend_from_slice(&o.stdout);
-                    err.extend_from_slice(&o.stderr);
-                    code = o.exit_code;
-                    if code != Some(0) {
-                        break;
+                    rec.out.extend_from_slice(&o.stdout);
+                    rec.err.extend_from_slice(&o.stderr);
+                    rec.exit_code = o.exit_code;
+                    if o.exit_code != Some(0) {
+                        return Ok(Verdict::Failed(format!(
+                            "rollback exit {}: {}",
+                            o.exit_code.map_or("signal".into(), |c| c.to_string()),
+                            first_line(&rec.err)
+                        )));
                     }
                 }
-                Err(e) => {
-                    return self
-                        .finish(
-                            Phase::Rollback,
-                            number,
-                            step,
-                            host,
-                            &shown_rb,
-                            started,
-                            clock,
-                            Status::Failed,
-                            None,
-                            Some(&out),
-                            Some(&err),
-                            vec![],
-                            None,
-                            None,
-                            Some(e),
-                        )
-                        .await;
-                }
+                Err(e) => return Ok(Verdict::Failed(e)),
             }
         }
-        let (status, reason) = if code == Some(0) {
-            (Status::Ok, None)
-        } else {
-            (
-                Status::Failed,
-                Some(format!(
-                    "rollback exit {}: {}",
-                    code.map_or("signal".into(), |c| c.to_string()),
-                    first_line(&err)
-                )),
-            )
-        };
-        self.finish(
-            Phase::Rollback,
+        Ok(Verdict::Ok)
+    }
+}
+
+/// How one host's part of a step ended.
+enum Verdict {
+    Ok,
+    Skipped(String),
+    Failed(String),
+    TimedOut(String),
+}
+
+/// What one host did in one step, gathered as it happens and recorded once.
+struct Record<'s> {
+    phase: Phase,
+    number: usize,
+    step: &'s Step,
+    host: &'s str,
+    shown: Target,
+    started: events::Time,
+    clock: Instant,
+    exit_code: Option<i32>,
+    out: Vec<u8>,
+    err: Vec<u8>,
+    checks: Vec<CheckAttempt>,
+    capture: Option<(String, String)>,
+    upload_sha256: Option<String>,
+}
+
+impl<'s> Record<'s> {
+    fn new(phase: Phase, number: usize, step: &'s Step, host: &'s str) -> Record<'s> {
+        Record {
+            phase,
             number,
             step,
             host,
-            &shown_rb,
-            started,
-            clock,
-            status,
-            code,
-            Some(&out),
-            Some(&err),
-            vec![],
-            None,
-            None,
-            reason,
-        )
-        .await
+            shown: Target::default(),
+            started: events::now(),
+            clock: Instant::now(),
+            exit_code: None,
+            out: Vec::new(),
+            err: Vec::new(),
+            checks: Vec::new(),
+            capture: None,
+            upload_sha256: None,
+        }
     }
+}
+
+/// Why a finished command does not count as success: exit code, expected
+/// output, or an upload whose checksum on the host differs.
+fn unexpected(step: &Step, rec: &Record<'_>, upload: bool) -> Option<String> {
+    if !rec.exit_code.is_some_and(|c| step.expect.exit.contains(&c)) {
+        let tail = first_line(if rec.err.is_empty() {
+            &rec.out
+        } else {
+            &rec.err
+        });
+        return Some(match rec.exit_code {
+            Some(c) if tail.is_empty() => format!("exit {c}"),
+            Some(c) => format!("exit {c}: {tail}"),
+            None => "killed by a signal".to_string(),
+        });
+    }
+    let stdout = String::from_utf8_lossy(&rec.out);
+    if let Some(re) = &step.expect.stdout {
+        if !re.is_match(&stdout) {
+            return Some(format!("stdout does not match /{}/", re.as_str()));
+        }
+    }
+    if let Some(re) = &step.expect.stdout_not {
+        if re.is_match(&stdout) {
+            return Some(format!("stdout matches /{}/", re.as_str()));
+        }
+    }
+    if let (true, Some(sum)) = (upload, &rec.upload_sha256) {
+        if stdout.split_whitespace().next() != Some(sum.as_str()) {
+            return Some(format!(
+                "sha256 on the host does not match the local file ({sum})"
+            ));
+        }
+    }
+    None
 }

@@ -19,6 +19,7 @@ use support::sshd::{FleetOptions, SshFleet};
 const ID: &str = "305581B9F987A2EE301A8777B23A3ACB";
 
 struct Estate {
+    stage: PathBuf,
     _fleet: SshFleet,
     dir: tempfile::TempDir,
     events: PathBuf,
@@ -83,10 +84,16 @@ fn estate() -> Estate {
 
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir(dir.path().join("inventories")).unwrap();
+    // Every simulated host is this machine: a private staging dir keeps tests
+    // running at the same second from sharing /tmp/opsrun-dm.key-STAMP-h2.
+    let stage = fleet.root().join("stage");
+    fs::create_dir_all(&stage).unwrap();
+    fs::set_permissions(&stage, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     let inv = format!(
-        "name: lic\nconfirm: none\n{ssh}vars: {{ weaver_home: {w} }}\ngroups:\n  app:\n    hosts:\n{h1}  db:\n    hosts:\n{h2}",
+        "name: lic\nconfirm: none\n{ssh}vars: {{ weaver_home: {w}, dm_stage_dir: {st} }}\ngroups:\n  app:\n    hosts:\n{h1}  db:\n    hosts:\n{h2}",
         ssh = ssh_section(&fleet, true),
         w = weaver.display(),
+        st = stage.display(),
         h1 = host_entry(&fleet, 0, ""),
         h2 = host_entry(&fleet, 1, ""),
     );
@@ -95,6 +102,7 @@ fn estate() -> Estate {
     fs::write(&new_license, "LICENSE NEW users=100000 end=2026-05-26\n").unwrap();
     Estate {
         _fleet: fleet,
+        stage,
         dir,
         events,
         weaver,
@@ -224,7 +232,7 @@ fn swaps_the_application_license_and_the_dm_key() {
     let journal = read(&last_run(e.dir.path()).join("journal.jsonl"));
     assert!(journal.contains("\"new_expiry\""), "{journal}");
     assert!(
-        !Path::new(&format!("/tmp/opsrun-dm.key-{stamp}")).exists(),
+        !e.stage.join(format!("opsrun-dm.key-{stamp}-h2")).exists(),
         "staged key removed"
     );
     assert_no_leaks(&e);
@@ -353,7 +361,7 @@ fn dry_run_shows_both_parts_in_order_without_the_password() {
         "Read the current license expiry",
         "Refuse a key that expires sooner",
         "if [ -e dm.key ]; then mv dm.key dm.key.bak-",
-        "cp /tmp/opsrun-dm.key-",
+        "cp /tmp/opsrun-dm.key-20",
         "chown dmdba:dinstall dm.key",
         "call sp_load_lic_info();",
         "select expired_date from v$license;",
