@@ -64,6 +64,8 @@ pub struct Engine<'a> {
     /// updated as each host finishes, so an interrupted step is counted too.
     pub completed: Mutex<BTreeMap<usize, Vec<String>>>,
     pub interrupt: &'a Interrupt,
+    /// The forward step that stopped the run, whose `on_failure` decides what follows.
+    pub failed_step: Mutex<Option<usize>>,
 }
 
 /// What the operator asked for with Ctrl-C.
@@ -274,6 +276,7 @@ impl Engine<'_> {
                 .collect();
             let message = format!("step `{}` failed on {}", step.name, names.join(", "));
             self.ui.error(&message);
+            *self.failed_step.lock().unwrap_or_else(|p| p.into_inner()) = Some(i);
             return Ok(Some(Finish {
                 outcome: RunOutcome::Failed,
                 message,

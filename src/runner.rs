@@ -163,6 +163,7 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
         captures: Mutex::new(captures),
         completed: Mutex::new(completed),
         interrupt: &interrupt,
+        failed_step: Mutex::new(None),
     };
 
     let signals = tokio::spawn(watch_signals(Arc::new(s.gates.interactive)));
@@ -711,12 +712,7 @@ async fn rollback_after_failure(
     engine: &mut Engine<'_>,
     failed: Finish,
 ) -> Result<Finish, ExecError> {
-    let failed_step = engine
-        .planner
-        .runbook
-        .steps
-        .iter()
-        .position(|s| failed.message.contains(&format!("`{}`", s.name)));
+    let failed_step = *engine.failed_step.lock().unwrap_or_else(|p| p.into_inner());
     let policy = failed_step
         .map(|i| engine.planner.runbook.steps[i].on_failure)
         .unwrap_or_default();
