@@ -771,9 +771,29 @@ impl Planner {
             target.stdin = t.stdin.map(|id| render(id, &ctx)).transpose()?;
         }
         // The check and the rollback run after the action, so they may read its capture.
+        // Before the action has run that value does not exist yet; the engine renders
+        // them again when it runs them, so until then the capture is only pending.
+        let pending = captures.and_then(|c| {
+            let name = &step.capture.as_ref()?.name;
+            let known = match host_name {
+                Some(h) => c.hosts.get(h).is_some_and(|m| m.contains_key(name)),
+                None => false,
+            } || c.global.contains_key(name);
+            (!known).then(|| {
+                let mut c = c.clone();
+                let value = template::capture_placeholder(name);
+                match host_name {
+                    Some(h) => c.hosts.entry(h.to_string()).or_default(),
+                    None => &mut c.global,
+                }
+                .insert(name.clone(), value);
+                c
+            })
+        });
+        let after_captures = pending.as_ref().or(captures);
         let (after_ctx, _): (Context, Arc<HashSet<String>>) =
             if scope_after.len() != scope_before.len() {
-                self.context(host, reveal, r, scope_after, captures)
+                self.context(host, reveal, r, scope_after, after_captures)
                     .map_err(fail)?
             } else {
                 (ctx, deferred)

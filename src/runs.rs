@@ -218,6 +218,9 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
             _ => {}
         }
     }
+    if let Some(log_dir) = dir.parent() {
+        undone_by_later_rollbacks(log_dir, &r.id, &mut r.completed);
+    }
     r.completed.retain(|_, hosts| !hosts.is_empty());
     if !started {
         return Err(Error::Io(format!(
@@ -227,4 +230,42 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
     }
     r.events = replay.events;
     Ok(r)
+}
+
+/// Removes what `opsrun rollback` runs of run `id` already undid: undoing a step
+/// twice would repeat it over a restored host (its backup may be gone by then).
+fn undone_by_later_rollbacks(
+    log_dir: &Path,
+    id: &str,
+    completed: &mut BTreeMap<usize, Vec<String>>,
+) {
+    let Ok(entries) = std::fs::read_dir(log_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(replay) = journal::read(&entry.path().join(journal::FILE)) else {
+            continue;
+        };
+        let of_this_run = replay
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::RunStarted { rollback_of: Some(of), .. } if of == id));
+        if !of_this_run {
+            continue;
+        }
+        for e in &replay.events {
+            if let Event::TargetFinished {
+                phase: Phase::Rollback,
+                number,
+                host,
+                status: Status::Ok,
+                ..
+            } = e
+            {
+                if let Some(hosts) = completed.get_mut(&number.saturating_sub(1)) {
+                    hosts.retain(|h| h != host);
+                }
+            }
+        }
+    }
 }
