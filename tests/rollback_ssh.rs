@@ -269,49 +269,6 @@ fn wait_for_target_started(lab: &Lab, child: &mut Child, step: &str, hosts: usiz
     }
 }
 
-/// `opsrun runs` as rows of named cells, cut at the header's column positions (so
-/// the columns must line up).
-fn runs_table(lab: &Lab) -> Vec<std::collections::BTreeMap<String, String>> {
-    let out = lab.command(&["runs"]).output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut lines = text.lines();
-    let header = lines.next().unwrap();
-    let names = [
-        "id", "runbook", "env", "operator", "result", "start", "duration",
-    ];
-    let cols: Vec<usize> = names
-        .iter()
-        .map(|n| {
-            header
-                .find(&format!("{n} "))
-                .or_else(|| header.rfind(n))
-                .unwrap_or_else(|| panic!("no `{n}` column in {header:?}"))
-        })
-        .collect();
-    assert!(cols.windows(2).all(|w| w[0] < w[1]), "{header:?}");
-    lines
-        .map(|l| {
-            names
-                .iter()
-                .enumerate()
-                .map(|(k, n)| {
-                    let end = cols.get(k + 1).copied().unwrap_or(l.len()).min(l.len());
-                    let cell = l.get(cols[k]..end).unwrap_or("");
-                    // A cell must end before the next column starts.
-                    if k + 1 < cols.len() {
-                        assert!(
-                            cell.ends_with(' '),
-                            "column `{n}` overflows in {l:?} under {header:?}"
-                        );
-                    }
-                    (n.to_string(), cell.trim().to_string())
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// Kills what a SIGKILLed opsrun left running: its remote commands (`needle`) and
 /// its ssh masters (they name the fleet's ssh_config).
 fn kill_leftovers(fleet: &SshFleet, needle: &str) {
@@ -546,7 +503,7 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
     assert_eq!(site.event_groups(), groups(&[]));
 
     // `opsrun runs`: every run, oldest first, in aligned columns.
-    let table = runs_table(&lab);
+    let table = lab.runs_table();
     let summary: Vec<(String, String)> = table
         .iter()
         .map(|r| (r["runbook"].clone(), r["result"].clone()))
@@ -630,7 +587,7 @@ fn sigkill_mid_step_leaves_a_record_to_list_render_and_roll_back_and_a_stale_loc
     assert!(!dir.join("log.md").exists());
 
     // `opsrun runs` says interrupted.
-    let table = runs_table(&lab);
+    let table = lab.runs_table();
     assert_eq!(table.len(), 1);
     assert_eq!(table[0]["id"], id);
     assert_eq!(table[0]["result"], "interrupted");
@@ -1048,4 +1005,45 @@ steps:
     assert!(resumed
         .log_md()
         .contains("| Started at step | Needs ready |"));
+}
+
+#[test]
+fn sigint_without_a_terminal_stops_at_once_without_rolling_back() {
+    let site = Site::start(2);
+    let sleep = format!("sleep {}", 6_000_000 + std::process::id() % 1_000_000);
+    let lab = site.lab(&[("breakable", &interruptible(&sleep))]);
+    let mut child = lab
+        .command(&["breakable", "--env", "lab", "--yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_target_started(&lab, &mut child, "Slow", 2);
+    // SAFETY: kill(2) on our own child's pid; it is not reaped before wait below.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    kill_leftovers(&site.fleet, &sleep);
+    let run = Run::new(out, lab.path());
+    run.expect_code(130);
+    assert_eq!(run.events("interrupt")[0]["choice"], "Now");
+    assert!(!run.stderr.contains("Choice [w/s/r]"), "{}", run.stderr);
+    assert_eq!(
+        site.event_groups(),
+        groups(&[("one", &["web1", "web2"]), ("two", &["web1", "web2"])])
+    );
+    assert!(run
+        .events("step_started")
+        .iter()
+        .all(|e| e["phase"] == "forward"));
+    let (outcome, message) = run.outcome();
+    assert_eq!(outcome, "interrupted");
+    assert!(message.contains("left unfinished"), "{message}");
+    let rows = log_rows(&run.log_md(), "Steps");
+    for h in ["web1", "web2"] {
+        assert!(
+            rows.contains(&(3, "Slow".into(), h.into(), "**INTERRUPTED**".into())),
+            "{rows:?}"
+        );
+    }
 }

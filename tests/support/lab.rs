@@ -1,6 +1,7 @@
 //! An operator's directory for whole runs of the `opsrun` binary against the sshd
 //! fleet, and what a finished run left: exit code, stdout, journal, log.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -76,6 +77,49 @@ impl Lab {
             }
         };
         Run::new(out, self.path())
+    }
+
+    /// `opsrun runs` as rows of named cells, cut at the header's column positions (so
+    /// the columns must line up).
+    pub fn runs_table(&self) -> Vec<BTreeMap<String, String>> {
+        let out = self.command(&["runs"]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        let header = lines.next().unwrap();
+        let names = [
+            "id", "runbook", "env", "operator", "result", "start", "duration",
+        ];
+        let cols: Vec<usize> = names
+            .iter()
+            .map(|n| {
+                header
+                    .find(&format!("{n} "))
+                    .or_else(|| header.rfind(n))
+                    .unwrap_or_else(|| panic!("no `{n}` column in {header:?}"))
+            })
+            .collect();
+        assert!(cols.windows(2).all(|w| w[0] < w[1]), "{header:?}");
+        lines
+            .map(|l| {
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(k, n)| {
+                        let end = cols.get(k + 1).copied().unwrap_or(l.len()).min(l.len());
+                        let cell = l.get(cols[k]..end).unwrap_or("");
+                        // A cell must end before the next column starts.
+                        if k + 1 < cols.len() {
+                            assert!(
+                                cell.ends_with(' '),
+                                "column `{n}` overflows in {l:?} under {header:?}"
+                            );
+                        }
+                        (n.to_string(), cell.trim().to_string())
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }
 

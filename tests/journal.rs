@@ -1,0 +1,208 @@
+//! A journal damaged by a crash, read back by `opsrun runs`, `opsrun log` and
+//! `opsrun rollback`. The journal is a real one, from a run on `connection: local`
+//! hosts; the damage is done by hand to a copy of it: a last line cut off in the
+//! middle (the crash came during a write), or an unreadable line in the middle.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::lab::{Lab, Run};
+
+const THREE: &str = r#"name: three
+hosts: app
+steps:
+  - name: One
+    run: echo one >> {{ root }}/events
+    rollback: echo undo-one >> {{ root }}/events
+  - name: Two
+    run: echo two >> {{ root }}/events
+    rollback: echo undo-two >> {{ root }}/events
+  - name: Three
+    run: echo three >> {{ root }}/events
+"#;
+
+/// A lab with two local hosts whose names are unique to this process and `test`:
+/// host locks of local hosts live in /tmp under the host's name, shared with other
+/// tests and test binaries.
+fn local_lab(test: &str) -> (Lab, Vec<String>) {
+    let lab = Lab::new();
+    let pid = std::process::id();
+    let hosts: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|s| format!("jt{pid}-{test}-{s}"))
+        .collect();
+    let mut inv = String::from("name: local\ngroups:\n  app:\n    hosts:\n");
+    for h in &hosts {
+        let root = lab.path().join("hosts").join(h);
+        fs::create_dir_all(&root).unwrap();
+        inv.push_str(&format!(
+            "      {h}: {{ connection: local, vars: {{ root: {} }} }}\n",
+            serde_json::to_string(&root.to_string_lossy()).unwrap()
+        ));
+    }
+    lab.write("inventories/local.yaml", &inv);
+    lab.write("runbooks/three.yaml", THREE);
+    (lab, hosts)
+}
+
+fn host_events(lab: &Lab, host: &str) -> Vec<String> {
+    fs::read_to_string(lab.path().join("hosts").join(host).join("events"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Copies the run directory `from` to `runs/<id>`, with `journal` as its journal.
+fn damaged_copy(lab: &Lab, from: &Path, id: &str, journal: &[u8]) -> PathBuf {
+    let to = lab.path().join("runs").join(id);
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(&to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::remove_file(to.join("log.md")).unwrap();
+    fs::write(to.join("journal.jsonl"), journal).unwrap();
+    to
+}
+
+fn steps_rows(log: &str) -> Vec<(String, String, String)> {
+    let start = log.find("\n## Steps\n").expect("a Steps section");
+    log[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with("| # |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let c: Vec<&str> = l.split('|').map(str::trim).collect();
+            (c[2].to_string(), c[3].to_string(), c[4].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_journal_cut_mid_line_is_read_up_to_the_last_whole_event_with_a_warning() {
+    let (lab, hosts) = local_lab("cut");
+    let run = lab.run(&["three", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let original = run
+        .dir()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+
+    // The crash came while the first result of step Two was being written.
+    let text = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut_line = lines
+        .iter()
+        .position(|l| l.contains(r#""event":"target_finished""#) && l.contains(r#""step":"Two""#))
+        .unwrap();
+    let kept: usize = lines[..cut_line].iter().map(|l| l.len() + 1).sum();
+    let cut_at = kept + lines[cut_line].len() / 2;
+    let id = format!("{original}-cut");
+    damaged_copy(&lab, run.dir(), &id, &text.as_bytes()[..cut_at]);
+    let warning = format!(
+        "warning: runs/{id}/journal.jsonl:{}: the last line is incomplete (the run was cut off while writing it); read up to the last whole event",
+        cut_line + 1
+    );
+
+    // `opsrun log`: warns, renders everything before the cut, marks the rest.
+    let log = lab.run(&["log", &id], &[], None);
+    log.expect_code(0);
+    assert!(log.stderr.contains(&warning), "{}", log.stderr);
+    let md = log.log_md();
+    assert!(md.contains("**INCOMPLETE**"), "{md}");
+    assert!(
+        md.contains("| Result | **INCOMPLETE (interrupted)** |"),
+        "{md}"
+    );
+    let mut rows = steps_rows(&md);
+    rows.sort();
+    let mut want: Vec<(String, String, String)> = Vec::new();
+    for h in &hosts {
+        want.push(("One".into(), h.clone(), "ok".into()));
+        // Local hosts are quick: one may have finished Two before the other started it.
+        let started_two = lines[..cut_line].iter().any(|l| {
+            l.contains(r#""event":"target_started""#)
+                && l.contains(r#""step":"Two""#)
+                && l.contains(&format!(r#""host":"{h}""#))
+        });
+        if started_two {
+            want.push(("Two".into(), h.clone(), "**INTERRUPTED**".into()));
+        }
+    }
+    assert!(want.len() > hosts.len(), "the cut is inside step Two");
+    want.sort();
+    assert_eq!(rows, want, "{md}");
+
+    // `opsrun runs`: the copy never recorded its end.
+    let table = lab.runs_table();
+    let results: Vec<(&str, &str)> = table
+        .iter()
+        .map(|r| (r["id"].as_str(), r["result"].as_str()))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            (original.as_str(), "succeeded"),
+            (id.as_str(), "interrupted")
+        ]
+    );
+
+    // `opsrun rollback`: warns too, and undoes only the step recorded as completed.
+    let undo = lab.run(&["rollback", &id, "--yes"], &[], None);
+    undo.expect_code(0);
+    assert!(undo.stderr.contains(&warning), "{}", undo.stderr);
+    for h in &hosts {
+        assert_eq!(
+            host_events(&lab, h),
+            ["one", "two", "three", "undo-one"],
+            "{h}"
+        );
+    }
+    let undone: Vec<String> = undo
+        .events("step_started")
+        .iter()
+        .map(|e| e["step"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(undone, ["One"]);
+}
+
+#[test]
+fn an_unreadable_line_inside_the_journal_is_skipped_with_a_warning() {
+    let (lab, _) = local_lab("garbled");
+    let run: Run = lab.run(&["three", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let original = run
+        .dir()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let text = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(3, r#"{"event":"target_fini"#);
+    let id = format!("{original}-garbled");
+    damaged_copy(&lab, run.dir(), &id, (lines.join("\n") + "\n").as_bytes());
+
+    let log = lab.run(&["log", &id], &[], None);
+    log.expect_code(0);
+    assert!(
+        log.stderr.contains(&format!(
+            "warning: runs/{id}/journal.jsonl:4: unreadable event skipped"
+        )),
+        "{}",
+        log.stderr
+    );
+    let md = log.log_md();
+    assert!(md.contains("| Result | **SUCCEEDED** |"), "{md}");
+    assert_eq!(steps_rows(&md).len(), 6, "{md}");
+    assert_eq!(lab.runs_table()[1]["result"], "succeeded");
+}
