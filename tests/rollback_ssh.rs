@@ -272,8 +272,9 @@ fn wait_for_target_started(lab: &Lab, child: &mut Child, step: &str, hosts: usiz
 /// Kills what a SIGKILLed opsrun left running: its remote commands (`needle`) and
 /// its ssh masters (they name the fleet's ssh_config).
 fn kill_leftovers(fleet: &SshFleet, needle: &str) {
+    // The masters first: one could still be starting a remote command.
     let config = fleet.ssh_config().display().to_string();
-    for pid in pids_with(needle).into_iter().chain(pids_with(&config)) {
+    for pid in pids_with(&config).into_iter().chain(pids_with(needle)) {
         // SAFETY: kill(2) on pids of processes this test's opsrun started.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
@@ -565,7 +566,16 @@ fn sigkill_mid_step_leaves_a_record_to_list_render_and_roll_back_and_a_stale_loc
     let pid = child.id();
     let dir = wait_for_target_started(&lab, &mut child, "Long", 2);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while pids_with(&sleep).len() < 2 {
+    // Both hosts' `sleep` itself, not only the shell about to start it.
+    let sleeping = || {
+        pids_with(&sleep)
+            .into_iter()
+            .filter(|p| {
+                fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0"))
+            })
+            .count()
+    };
+    while sleeping() < 2 {
         assert!(Instant::now() < deadline, "the long step never ran");
         std::thread::sleep(Duration::from_millis(20));
     }
