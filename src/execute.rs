@@ -942,3 +942,30 @@ fn unexpected(step: &Step, rec: &Record<'_>, upload: bool) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(host: &str, batch: Option<usize>) -> Completion {
+        Completion {
+            host: host.into(),
+            batch,
+        }
+    }
+
+    #[test]
+    fn a_host_in_every_batch_is_undone_once_per_batch_latest_first() {
+        let done = [c("lb1", Some(1)), c("lb2", Some(1)), c("lb1", Some(2))];
+        assert_eq!(
+            undo_rounds(&done),
+            [
+                vec![c("lb2", Some(1)), c("lb1", Some(2))],
+                vec![c("lb1", Some(1))]
+            ]
+        );
+        // Hosts that completed once are all undone together, as before batches mattered.
+        let done = [c("oa1", None), c("oa2", None)];
+        assert_eq!(undo_rounds(&done), [done.to_vec()]);
+    }
+}

@@ -447,8 +447,15 @@ impl Planner {
                 .collect();
             Value::from_serialize(list)
         };
-        let batch_values = batches.iter().map(|b| batch_value(b)).collect();
-        let all_batches_value = batch_value(&serial_list);
+        // Only runbooks that read `batch` pay for it (a large estate has many host vars).
+        let (batch_values, all_batches_value) = if reads_batch.is_empty() {
+            (Vec::new(), Value::UNDEFINED)
+        } else {
+            (
+                batches.iter().map(|b| batch_value(b)).collect(),
+                batch_value(&serial_list),
+            )
+        };
         let serial_hosts = serial_list.into_iter().collect();
         let mut capture_scopes = vec![Vec::new()];
         for s in &rb.steps {
@@ -1331,4 +1338,172 @@ fn bind_params(rb: &Runbook, opts: &Options) -> Result<Vec<ParamValue>, Error> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostic::SourceFile;
+    use crate::load::{inventory_from_source, runbook_from_source};
+
+    const INVENTORY: &str = "\
+name: t
+groups:
+  app:
+    vars: { http_port: 6888 }
+    hosts:
+      oa1: { address: 10.0.0.1 }
+      oa2: { address: 10.0.0.2, vars: { http_port: 7001 } }
+      oa3: { address: 10.0.0.3 }
+  lb:
+    hosts:
+      nginx1: { address: 10.0.0.9 }
+";
+
+    fn planner(runbook: &str, inventory: &str, limit: Option<&str>) -> Planner {
+        let rb = runbook_from_source(SourceFile::new("rb.yaml", runbook)).unwrap();
+        let inv = inventory_from_source(SourceFile::new("inv.yaml", inventory)).unwrap();
+        let opts = Options {
+            operator: "tester".into(),
+            local_user: "tester".into(),
+            limit: limit.map(str::to_string),
+            ..Options::default()
+        };
+        Planner::new(rb, inv, opts).unwrap()
+    }
+
+    const ROLLING: &str = r#"
+name: rolling
+hosts: app
+serial: 2
+vars:
+  servers: "{% for h in batch %}{{ h.address }}:{{ h.vars.http_port }} {% endfor %}"
+steps:
+  - name: drain
+    on: "lb*"
+    run: "drain {{ servers }}"
+    rollback: "undrain {{ batch | map(attribute='name') | join(',') }}"
+  - name: stop
+    run: "stop {{ host.name }}"
+  - name: everyone
+    on: app
+    run: "echo {{ hosts | length }}"
+"#;
+
+    #[test]
+    fn batches_are_cut_from_the_runbook_hosts_and_other_hosts_join_every_batch() {
+        let p = planner(ROLLING, INVENTORY, None);
+        assert_eq!(p.batches(), [vec!["oa1", "oa2"], vec!["oa3"]]);
+        let drain = StepRef::Forward(0);
+        assert_eq!(p.batch_hosts(drain, Some(1)), ["nginx1"]);
+        assert_eq!(p.batch_hosts(drain, Some(2)), ["nginx1"]);
+        let stop = StepRef::Forward(1);
+        assert_eq!(p.batch_hosts(stop, Some(1)), ["oa1", "oa2"]);
+        assert_eq!(p.batch_hosts(stop, Some(2)), ["oa3"]);
+        assert_eq!(p.batch_hosts(stop, None), ["oa1", "oa2", "oa3"]);
+    }
+
+    #[test]
+    fn batch_lists_the_current_batch_with_each_node_s_own_vars() {
+        let p = planner(ROLLING, INVENTORY, None);
+        let drain = StepRef::Forward(0);
+        assert!(p.reads_batch(drain));
+        assert!(!p.reads_batch(StepRef::Forward(1)));
+        let t = p
+            .render(drain, Some("nginx1"), None, Reveal::Masked, Some(1))
+            .unwrap();
+        assert_eq!(
+            t.command.as_deref(),
+            Some("drain 10.0.0.1:6888 10.0.0.2:7001")
+        );
+        assert_eq!(t.rollback, ["undrain oa1,oa2"]);
+        assert_eq!(t.batch, Some(1));
+        // The run path (real captures) renders the same.
+        let t = p
+            .render(
+                drain,
+                Some("nginx1"),
+                Some(&Captures::default()),
+                Reveal::Real,
+                Some(2),
+            )
+            .unwrap();
+        assert_eq!(t.command.as_deref(), Some("drain 10.0.0.3:6888"));
+        // Outside batches (the rollback guide), `batch` is every serial host.
+        let t = p
+            .render(drain, Some("nginx1"), None, Reveal::Masked, None)
+            .unwrap();
+        assert_eq!(t.rollback, ["undrain oa1,oa2,oa3"]);
+        assert_eq!(t.batch, None);
+        let e = p
+            .render(drain, Some("nginx1"), None, Reveal::Masked, Some(3))
+            .unwrap_err();
+        assert!(e.to_string().contains("batch 3 does not exist"), "{e}");
+        // A step that does not read `batch` is not tied to one.
+        let t = p
+            .render(
+                StepRef::Forward(2),
+                Some("oa1"),
+                None,
+                Reveal::Masked,
+                Some(1),
+            )
+            .unwrap();
+        assert_eq!(t.command.as_deref(), Some("echo 3"));
+        assert_eq!(t.batch, None);
+    }
+
+    #[test]
+    fn the_plan_shows_a_batch_reading_step_once_per_batch() {
+        let plan = planner(ROLLING, INVENTORY, None).plan().unwrap();
+        let drain: Vec<(Option<usize>, &str)> = plan.steps[0]
+            .targets
+            .iter()
+            .map(|t| (t.batch, t.command.as_deref().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            drain,
+            [
+                (Some(1), "drain 10.0.0.1:6888 10.0.0.2:7001"),
+                (Some(2), "drain 10.0.0.3:6888"),
+            ]
+        );
+        assert_eq!(plan.steps[1].targets.len(), 3);
+        assert!(plan.steps[1].targets.iter().all(|t| t.batch.is_none()));
+        let json = crate::preview::json(&plan);
+        assert!(json.contains("\"batch\": 2"), "{json}");
+        let text = crate::preview::text(&plan);
+        assert!(
+            text.contains("batches    [oa1, oa2] [oa3] (the step list runs batch by batch; nginx1 in every batch)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    batch 2 (oa3):\n      [tester@nginx1]# drain 10.0.0.3:6888"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_optional_group_the_inventory_lacks_gives_a_step_no_hosts() {
+        let inventory = INVENTORY.replace(
+            "  lb:\n    hosts:\n      nginx1: { address: 10.0.0.9 }\n",
+            "",
+        );
+        let p = planner(ROLLING, &inventory, None);
+        assert!(p.step_hosts(StepRef::Forward(0)).is_empty());
+        assert!(p.batch_hosts(StepRef::Forward(0), Some(1)).is_empty());
+        let plan = p.plan().unwrap();
+        assert!(plan.steps[0].targets.is_empty());
+        assert!(crate::preview::text(&plan).contains("on: lb*\n    no hosts\n"));
+    }
+
+    #[test]
+    fn limit_narrows_the_batches_to_the_serial_hosts_left() {
+        let p = planner(ROLLING, INVENTORY, Some("oa3:nginx1"));
+        assert_eq!(p.batches(), [vec!["oa3"]]);
+        assert_eq!(p.batch_hosts(StepRef::Forward(0), Some(1)), ["nginx1"]);
+        // Nothing of the serial set left: one empty batch, so the other steps still run.
+        let p = planner(ROLLING, INVENTORY, Some("nginx1"));
+        assert_eq!(p.batches(), [Vec::<String>::new()]);
+    }
 }
