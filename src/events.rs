@@ -146,6 +146,10 @@ pub enum Event {
         capture: Option<(String, String)>,
         upload_sha256: Option<String>,
         reason: Option<String>,
+        /// The batch this was for, when the step reads `batch` (a load balancer
+        /// drains a different node in each): undoing it needs the same batch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch: Option<usize>,
     },
     Manual {
         time: Time,

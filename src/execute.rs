@@ -8,7 +8,7 @@
 use crate::error::exit;
 use crate::events::{self, CheckAttempt, Event, Outcome as RunOutcome, Phase, Status};
 use crate::gate::{Answer, GateError, Gates};
-use crate::plan::{Captures, Planner, Reveal, StepRef, Target};
+use crate::plan::{Captures, Completion, Planner, Reveal, StepRef, Target};
 use crate::record::{slug, RecordError, Recorder};
 use crate::runbook::{Action, OnFailure, Step};
 use crate::sanitize::{escape_controls, Redactor};
@@ -38,7 +38,7 @@ pub enum ExecError {
 #[derive(Debug, Clone)]
 pub struct Completed {
     pub step: usize,
-    pub hosts: Vec<String>,
+    pub hosts: Vec<Completion>,
 }
 
 /// How a run ended, for the exit code and the last lines printed.
@@ -62,7 +62,8 @@ pub struct Engine<'a> {
     pub captures: Mutex<Captures>,
     /// Forward steps (0-based) and the hosts where each finished ok so far:
     /// updated as each host finishes, so an interrupted step is counted too.
-    pub completed: Mutex<BTreeMap<usize, Vec<String>>>,
+    /// A host outside the serial set (a load balancer) may appear once per batch.
+    pub completed: Mutex<BTreeMap<usize, Vec<Completion>>>,
     pub interrupt: &'a Interrupt,
     /// The forward step that stopped the run, whose `on_failure` decides what follows.
     pub failed_step: Mutex<Option<usize>>,
@@ -182,12 +183,13 @@ impl Engine<'_> {
         }
     }
 
-    /// Runs steps in order on a batch of hosts; `Ok(Some(_))` when the run stops early.
+    /// Runs steps in order for one batch (`None`: every host at once, as the
+    /// rollback guide does); `Ok(Some(_))` when the run stops early.
     /// `Err` only when the record cannot be written or a gate cannot be asked.
     pub async fn run_steps(
         &self,
         refs: &[StepRef],
-        batch: &[String],
+        batch: Option<usize>,
         label_of: &dyn Fn(StepRef) -> String,
     ) -> Result<Option<Finish>, ExecError> {
         for &r in refs {
@@ -205,14 +207,15 @@ impl Engine<'_> {
             let hosts: Vec<String> = if step.local {
                 vec!["localhost".to_string()]
             } else {
-                self.planner
-                    .step_hosts(r)
-                    .iter()
-                    .filter(|h| batch.contains(h))
-                    .cloned()
-                    .collect()
+                self.planner.batch_hosts(r, batch)
             };
             if hosts.is_empty() && !matches!(step.action, Action::Manual(_)) {
+                // A step with no host at all (an optional group the inventory lacks)
+                // is said so in the record; one whose hosts are all in other batches
+                // simply has nothing to do in this one.
+                if self.planner.step_hosts(r).is_empty() {
+                    self.no_hosts(r, i + 1, &step, &label_of(r))?;
+                }
                 continue;
             }
             self.ui.step(&label_of(r), &step.name, hosts.len());
@@ -254,7 +257,7 @@ impl Engine<'_> {
                 continue;
             }
             let results = self
-                .run_step(Phase::Forward, r, i + 1, &step, &hosts)
+                .run_step(Phase::Forward, r, i + 1, &step, &hosts, batch)
                 .await?;
             let failed: Vec<&Done> = results
                 .iter()
@@ -338,6 +341,51 @@ impl Engine<'_> {
         Ok(results)
     }
 
+    /// Records a step that has no host to run on, so the log shows it was not forgotten.
+    fn no_hosts(
+        &self,
+        r: StepRef,
+        number: usize,
+        step: &Step,
+        label: &str,
+    ) -> Result<(), ExecError> {
+        let on = step
+            .on
+            .as_ref()
+            .or(self.planner.runbook.hosts.as_ref())
+            .map_or(String::new(), |p| p.src.clone());
+        let phase = match r {
+            StepRef::Forward(_) => Phase::Forward,
+            StepRef::Guide(_) => Phase::Rollback,
+        };
+        self.ui.line(&format!(
+            "{label} {}: no hosts (`{on}` matches none{})",
+            step.name,
+            if self.planner.is_limited() {
+                " within --limit"
+            } else {
+                ""
+            }
+        ));
+        self.rec.emit(&Event::StepStarted {
+            time: events::now(),
+            phase,
+            number,
+            step: step.name.clone(),
+            hosts: Vec::new(),
+            service: None,
+        })?;
+        self.rec.emit(&Event::StepFinished {
+            time: events::now(),
+            phase,
+            number,
+            step: step.name.clone(),
+            status: Status::Skipped,
+            failed_hosts: Vec::new(),
+        })?;
+        Ok(())
+    }
+
     async fn run_step(
         &self,
         phase: Phase,
@@ -345,29 +393,41 @@ impl Engine<'_> {
         number: usize,
         step: &Step,
         hosts: &[String],
+        batch: Option<usize>,
     ) -> Result<Vec<Done>, ExecError> {
         self.on_hosts(phase, number, step, hosts, step.service.clone(), |h| {
-            self.run_target(phase, r, number, step, h)
+            self.run_target(phase, r, number, step, h, batch)
         })
         .await
     }
 
-    fn render(&self, r: StepRef, host: Option<&str>, reveal: Reveal) -> Result<Target, String> {
+    fn render(
+        &self,
+        r: StepRef,
+        host: Option<&str>,
+        reveal: Reveal,
+        batch: Option<usize>,
+    ) -> Result<Target, String> {
         let caps = self
             .captures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         self.planner
-            .render(r, host, Some(&caps), reveal)
+            .render(r, host, Some(&caps), reveal, batch)
             .map_err(|e| e.to_string())
     }
 
     /// The command to send (secrets in) and the command to record (secrets masked).
-    fn render_pair(&self, r: StepRef, host: Option<&str>) -> Result<(Target, Target), String> {
+    fn render_pair(
+        &self,
+        r: StepRef,
+        host: Option<&str>,
+        batch: Option<usize>,
+    ) -> Result<(Target, Target), String> {
         Ok((
-            self.render(r, host, Reveal::Real)?,
-            self.render(r, host, Reveal::Masked)?,
+            self.render(r, host, Reveal::Real, batch)?,
+            self.render(r, host, Reveal::Masked, batch)?,
         ))
     }
 
@@ -436,8 +496,9 @@ impl Engine<'_> {
         number: usize,
         step: &Step,
         host: &str,
+        batch: Option<usize>,
     ) -> Result<Done, ExecError> {
-        let mut rec = Record::new(phase, number, step, host);
+        let mut rec = Record::new(phase, number, step, host, batch);
         let verdict = self.attempt(r, &mut rec).await?;
         self.finish(rec, verdict).await
     }
@@ -445,7 +506,7 @@ impl Engine<'_> {
     async fn attempt(&self, r: StepRef, rec: &mut Record<'_>) -> Result<Verdict, ExecError> {
         let (step, host) = (rec.step, rec.host);
         let host_opt = (!step.local).then_some(host);
-        let (real, shown) = match self.render_pair(r, host_opt) {
+        let (real, shown) = match self.render_pair(r, host_opt, rec.batch) {
             Ok(pair) => pair,
             Err(e) => return Ok(Verdict::Failed(e)),
         };
@@ -534,7 +595,7 @@ impl Engine<'_> {
 
         if step.check.is_some() {
             // The check may read this very step's capture: render it now.
-            let line = match self.render(r, host_opt, Reveal::Real) {
+            let line = match self.render(r, host_opt, Reveal::Real, rec.batch) {
                 Ok(t) => t.check,
                 Err(e) => return Ok(Verdict::Failed(e)),
             };
@@ -590,7 +651,10 @@ impl Engine<'_> {
             Phase::Forward => format!("{:02}", rec.number),
             Phase::Rollback => format!("rb{:02}", rec.number),
         };
-        let stem = format!("{prefix}-{}-{}", slug(&rec.step.name), slug(rec.host));
+        let stem = match rec.shown.batch {
+            Some(b) => format!("{prefix}-{}-{}-b{b}", slug(&rec.step.name), slug(rec.host)),
+            None => format!("{prefix}-{}-{}", slug(&rec.step.name), slug(rec.host)),
+        };
         let stdout = self
             .rec
             .save(&stem, "stdout", &self.redactor.redact_bytes(&rec.out))?;
@@ -617,12 +681,14 @@ impl Engine<'_> {
             capture: rec.capture,
             upload_sha256: rec.upload_sha256,
             reason: reason.clone(),
+            batch: rec.shown.batch,
         })?;
         if let (Phase::Forward, Status::Ok) = (rec.phase, status) {
             let mut done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
-            done.entry(rec.number - 1)
-                .or_default()
-                .push(rec.host.to_string());
+            done.entry(rec.number - 1).or_default().push(Completion {
+                host: rec.host.to_string(),
+                batch: rec.shown.batch,
+            });
         }
         let detail = reason.unwrap_or_default();
         self.ui.host_finished(rec.host, status, took, &detail);
@@ -659,31 +725,51 @@ impl Engine<'_> {
         for c in self.undoable() {
             let r = StepRef::Forward(c.step);
             let step = self.step_def(r).clone();
-            self.ui
-                .step(&format!("[undo {}]", c.step + 1), &step.name, c.hosts.len());
-            // Undoing a stop is a start (and vice versa): the downtime report follows it.
-            let service = step.service.clone().map(|mut s| {
-                s.state = match s.state {
-                    crate::runbook::ServiceState::Stopped => crate::runbook::ServiceState::Started,
-                    crate::runbook::ServiceState::Started => crate::runbook::ServiceState::Stopped,
-                };
-                s
-            });
-            let results = self
-                .on_hosts(Phase::Rollback, c.step + 1, &step, &c.hosts, service, |h| {
-                    self.undo_target(r, c.step + 1, &step, h)
-                })
-                .await?;
-            for d in results
-                .into_iter()
-                .filter(|d| d.status != Status::Ok && d.status != Status::Skipped)
-            {
-                self.ui.error(&format!(
-                    "ROLLBACK FAILED: `{}` on {}: {}",
-                    step.name, d.host, d.detail
-                ));
-                failures.push((step.name.clone(), d.host));
+            for round in undo_rounds(&c.hosts) {
+                failures.extend(self.undo_round(r, c.step, &step, &round).await?);
             }
+        }
+        Ok(failures)
+    }
+
+    /// Undoes one step on hosts that each completed it once (in one batch).
+    async fn undo_round(
+        &self,
+        r: StepRef,
+        index: usize,
+        step: &Step,
+        round: &[Completion],
+    ) -> Result<Vec<(String, String)>, ExecError> {
+        let mut failures = Vec::new();
+        let hosts: Vec<String> = round.iter().map(|c| c.host.clone()).collect();
+        let batch_of = |h: &str| round.iter().find(|c| c.host == h).and_then(|c| c.batch);
+        let label = match round.iter().find_map(|c| c.batch) {
+            Some(b) => format!("[undo {} batch {b}]", index + 1),
+            None => format!("[undo {}]", index + 1),
+        };
+        self.ui.step(&label, &step.name, hosts.len());
+        // Undoing a stop is a start (and vice versa): the downtime report follows it.
+        let service = step.service.clone().map(|mut s| {
+            s.state = match s.state {
+                crate::runbook::ServiceState::Stopped => crate::runbook::ServiceState::Started,
+                crate::runbook::ServiceState::Started => crate::runbook::ServiceState::Stopped,
+            };
+            s
+        });
+        let results = self
+            .on_hosts(Phase::Rollback, index + 1, step, &hosts, service, |h| {
+                self.undo_target(r, index + 1, step, h, batch_of(h))
+            })
+            .await?;
+        for d in results
+            .into_iter()
+            .filter(|d| d.status != Status::Ok && d.status != Status::Skipped)
+        {
+            self.ui.error(&format!(
+                "ROLLBACK FAILED: `{}` on {}: {}",
+                step.name, d.host, d.detail
+            ));
+            failures.push((step.name.clone(), d.host));
         }
         Ok(failures)
     }
@@ -694,15 +780,16 @@ impl Engine<'_> {
         number: usize,
         step: &Step,
         host: &str,
+        batch: Option<usize>,
     ) -> Result<Done, ExecError> {
-        let mut rec = Record::new(Phase::Rollback, number, step, host);
+        let mut rec = Record::new(Phase::Rollback, number, step, host, batch);
         let verdict = self.undo(r, &mut rec).await?;
         self.finish(rec, verdict).await
     }
 
     async fn undo(&self, r: StepRef, rec: &mut Record<'_>) -> Result<Verdict, ExecError> {
         let (step, host) = (rec.step, rec.host);
-        let (real, shown) = match self.render_pair(r, (!step.local).then_some(host)) {
+        let (real, shown) = match self.render_pair(r, (!step.local).then_some(host), rec.batch) {
             Ok(pair) => pair,
             Err(e) => return Ok(Verdict::Failed(e)),
         };
@@ -747,6 +834,28 @@ impl Engine<'_> {
     }
 }
 
+/// Splits a step's completions into rounds to undo one after the other: a host
+/// that completed the step in several batches (a load balancer, drained once
+/// per batch) is undone once per round, latest batch first; every other host
+/// is undone in the first round, all in parallel as before.
+pub fn undo_rounds(done: &[Completion]) -> Vec<Vec<Completion>> {
+    let mut rounds: Vec<Vec<Completion>> = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for c in done.iter().rev() {
+        let k = seen.entry(c.host.as_str()).or_insert(0);
+        if rounds.len() <= *k {
+            rounds.push(Vec::new());
+        }
+        rounds[*k].push(c.clone());
+        *k += 1;
+    }
+    // Within a round, hosts in the order they completed.
+    for r in &mut rounds {
+        r.reverse();
+    }
+    rounds
+}
+
 /// How one host's part of a step ended.
 enum Verdict {
     Ok,
@@ -761,6 +870,8 @@ struct Record<'s> {
     number: usize,
     step: &'s Step,
     host: &'s str,
+    /// The batch the step runs (or is undone) for.
+    batch: Option<usize>,
     shown: Target,
     started: events::Time,
     clock: Instant,
@@ -773,12 +884,19 @@ struct Record<'s> {
 }
 
 impl<'s> Record<'s> {
-    fn new(phase: Phase, number: usize, step: &'s Step, host: &'s str) -> Record<'s> {
+    fn new(
+        phase: Phase,
+        number: usize,
+        step: &'s Step,
+        host: &'s str,
+        batch: Option<usize>,
+    ) -> Record<'s> {
         Record {
             phase,
             number,
             step,
             host,
+            batch,
             shown: Target::default(),
             started: events::now(),
             clock: Instant::now(),
@@ -826,4 +944,31 @@ fn unexpected(step: &Step, rec: &Record<'_>, upload: bool) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(host: &str, batch: Option<usize>) -> Completion {
+        Completion {
+            host: host.into(),
+            batch,
+        }
+    }
+
+    #[test]
+    fn a_host_in_every_batch_is_undone_once_per_batch_latest_first() {
+        let done = [c("lb1", Some(1)), c("lb2", Some(1)), c("lb1", Some(2))];
+        assert_eq!(
+            undo_rounds(&done),
+            [
+                vec![c("lb2", Some(1)), c("lb1", Some(2))],
+                vec![c("lb1", Some(1))]
+            ]
+        );
+        // Hosts that completed once are all undone together, as before batches mattered.
+        let done = [c("oa1", None), c("oa2", None)];
+        assert_eq!(undo_rounds(&done), [done.to_vec()]);
+    }
 }

@@ -3,6 +3,11 @@
 //!
 //! As in Ansible, the result does not depend on term order: unions first, then
 //! intersections, then exclusions. Hosts come back in inventory order.
+//!
+//! A name that is neither a group nor a host is an error (a typo must not turn
+//! a step into a no-op), but a glob may match nothing: `lb*` is the idiom for
+//! an optional group, so a runbook can drain a load balancer where the
+//! inventory has one and skip that step where it has none.
 
 use crate::diagnostic::suggest;
 use crate::inventory::Inventory;
@@ -77,18 +82,11 @@ fn select(name: &str, inv: &Inventory) -> Result<Vec<bool>, PatternError> {
         return Ok(vec![true; inv.hosts.len()]);
     }
     if name.contains('*') {
-        let set: Vec<bool> = inv
+        return Ok(inv
             .hosts
             .iter()
             .map(|h| glob(name, &h.name) || h.groups.iter().any(|g| glob(name, g)))
-            .collect();
-        if !set.iter().any(|b| *b) {
-            return Err(PatternError {
-                message: format!("host pattern `{name}` matches no group or host"),
-                term: None,
-            });
-        }
-        return Ok(set);
+            .collect());
     }
     if let Some(g) = inv.group(name) {
         return Ok(inv
@@ -165,6 +163,15 @@ mod tests {
         assert_eq!(resolve("oa*:&primary", &i).unwrap(), ["oa1"]);
         assert_eq!(resolve("dm2,oa2", &i).unwrap(), ["oa2", "dm2"]);
         assert_eq!(resolve("all", &i).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn a_glob_may_match_nothing_but_a_name_may_not() {
+        let i = inv();
+        assert_eq!(resolve("lb*", &i).unwrap(), Vec::<String>::new());
+        assert_eq!(resolve("app:lb*", &i).unwrap(), ["oa1", "oa2", "oa3"]);
+        assert_eq!(resolve("lb*:&app", &i).unwrap(), Vec::<String>::new());
+        assert!(resolve("lb", &i).is_err());
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub struct Target {
     pub host: String,
     /// `user@host`, as shown in `[user@host]# command`.
     pub login: String,
+    /// The batch (1-based) this rendering is for, when the step reads `batch`:
+    /// such a step is rendered once per batch, since its commands differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
     /// A `when:` that can only be decided at run time (it reads a capture).
@@ -135,6 +139,7 @@ pub struct Plan {
     pub run: RunInfo,
     pub params: Vec<ParamValue>,
     pub hosts: Vec<PlanHost>,
+    /// The serial hosts of each batch; the other hosts take part in every batch.
     pub batches: Vec<Vec<String>>,
     /// The gate before anything runs (inventory `confirm:`).
     pub start_gate: ConfirmMode,
@@ -163,6 +168,23 @@ pub struct InventoryInfo {
 pub enum StepRef {
     Forward(usize),
     Guide(usize),
+}
+
+/// One host's completion of a forward step: what a rollback undoes, and in which
+/// batch, since a step that reads `batch` is undone with the batch it ran for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub host: String,
+    pub batch: Option<usize>,
+}
+
+impl std::fmt::Display for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.batch {
+            Some(b) => write!(f, "{} (batch {b})", self.host),
+            None => f.write_str(&self.host),
+        }
+    }
 }
 
 /// Captured values so far: per host, and from `local: true` steps (seen by every host).
@@ -215,6 +237,18 @@ pub struct Planner {
     host_index: HashMap<String, usize>,
     /// `hosts` as a template value, for the steps whose templates read it.
     host_lists: HashMap<(bool, usize), Value>,
+    /// The steps whose templates read `batch`, directly or through runbook vars.
+    reads_batch: HashSet<(bool, usize)>,
+    /// The steps that read `hosts` or `batch` through a runbook var: their vars
+    /// are rendered with those values, so their context cannot be shared.
+    per_step_vars: HashSet<(bool, usize)>,
+    /// Rolling batches of the serial hosts (those of the runbook's `hosts:`).
+    batches: Vec<Vec<String>>,
+    serial_hosts: HashSet<String>,
+    /// `batch` as a template value: per batch, and all serial hosts (for a
+    /// rendering outside any batch: the rollback guide).
+    batch_values: Vec<Value>,
+    all_batches_value: Value,
     /// Captures in scope before each step: `capture_scopes[i]` for step i.
     capture_scopes: Vec<Vec<String>>,
 }
@@ -290,20 +324,27 @@ impl Planner {
             ),
             None => None,
         };
+        let resolve = |p: &crate::runbook::Text| {
+            let hosts = pattern::resolve(&p.src, &inventory).map_err(|e| {
+                // Point at the term at fault, not the whole pattern.
+                let span = e
+                    .term
+                    .as_deref()
+                    .and_then(|t| Some((p.src.find(t)?, t.chars().count())))
+                    .map_or(p.span, |(at, width)| p.locate(&rb.source, at, width));
+                diag(&rb, span, e.message)
+            })?;
+            Ok::<Vec<String>, Error>(match &limit {
+                Some(l) => hosts.into_iter().filter(|h| l.contains(h)).collect(),
+                None => hosts,
+            })
+        };
         let mut targets = HashMap::new();
         for (guide_list, steps) in [(false, &rb.steps), (true, &rb.rollback)] {
             for (i, s) in steps.iter().enumerate() {
                 let pat = s.on.as_ref().or(rb.hosts.as_ref());
                 let hosts = match pat {
-                    Some(p) => pattern::resolve(&p.src, &inventory).map_err(|e| {
-                        // Point at the term at fault, not the whole pattern.
-                        let span = e
-                            .term
-                            .as_deref()
-                            .and_then(|t| Some((p.src.find(t)?, t.chars().count())))
-                            .map_or(p.span, |(at, width)| p.locate(&rb.source, at, width));
-                        diag(&rb, span, e.message)
-                    })?,
+                    Some(p) => resolve(p)?,
                     None if s.local => Vec::new(),
                     None => {
                         return Err(diag(
@@ -316,13 +357,24 @@ impl Planner {
                         ))
                     }
                 };
-                let hosts = match &limit {
-                    Some(l) => hosts.into_iter().filter(|h| l.contains(h)).collect(),
-                    None => hosts,
-                };
                 targets.insert((guide_list, i), hosts);
             }
         }
+        // Batches are cut from the runbook's own hosts: a step on other hosts (a load
+        // balancer) takes part in every batch instead of getting a batch of its own.
+        let serial_list: Vec<String> = match &rb.hosts {
+            Some(p) => resolve(p)?,
+            None => {
+                let used: HashSet<&String> = targets.values().flatten().collect();
+                inventory
+                    .hosts
+                    .iter()
+                    .filter(|h| used.contains(&h.name))
+                    .map(|h| h.name.clone())
+                    .collect()
+            }
+        };
+        let batches = cut_batches(rb.serial, &serial_list);
         let start_at = match &opts.start_at {
             None => 0,
             Some(name) => rb
@@ -337,21 +389,74 @@ impl Planner {
                     ))
                 })?,
         };
+        let var_reads = var_reads(&templates, &vars);
         let mut host_lists = HashMap::new();
+        let mut reads_batch = HashSet::new();
+        let mut per_step_vars = HashSet::new();
         for (key, hosts) in &targets {
             let st = if key.0 {
                 &guide[key.1]
             } else {
                 &forward[key.1]
             };
-            if st
+            let direct: HashSet<&String> = st
                 .ids()
                 .iter()
-                .any(|id| templates.variables(*id).contains("hosts"))
-            {
+                .flat_map(|id| templates.variables(*id))
+                .collect();
+            let through_vars: HashSet<&String> = direct
+                .iter()
+                .filter_map(|v| var_reads.get(*v))
+                .flatten()
+                .collect();
+            let reads = |name: &str| {
+                direct.iter().any(|v| *v == name) || through_vars.iter().any(|v| *v == name)
+            };
+            if reads("hosts") {
                 host_lists.insert(*key, Value::from_serialize(hosts));
             }
+            if reads("batch") {
+                reads_batch.insert(*key);
+            }
+            if through_vars.iter().any(|v| *v == "hosts" || *v == "batch") {
+                per_step_vars.insert(*key);
+            }
         }
+        let batch_value = |names: &[String]| {
+            let list: Vec<serde_json::Value> = names
+                .iter()
+                .filter_map(|n| inventory.host(n))
+                .map(|h| {
+                    let mut vars = serde_json::Map::new();
+                    let groups = inventory
+                        .groups
+                        .iter()
+                        .filter(|g| h.groups.contains(&g.name));
+                    for vs in std::iter::once(&inventory.vars)
+                        .chain(groups.map(|g| &g.vars))
+                        .chain(std::iter::once(&h.vars))
+                    {
+                        for (k, v) in vs {
+                            vars.insert(k.clone(), v.to_json());
+                        }
+                    }
+                    serde_json::json!({
+                        "name": h.name, "address": h.address, "groups": h.groups, "vars": vars,
+                    })
+                })
+                .collect();
+            Value::from_serialize(list)
+        };
+        // Only runbooks that read `batch` pay for it (a large estate has many host vars).
+        let (batch_values, all_batches_value) = if reads_batch.is_empty() {
+            (Vec::new(), Value::UNDEFINED)
+        } else {
+            (
+                batches.iter().map(|b| batch_value(b)).collect(),
+                batch_value(&serial_list),
+            )
+        };
+        let serial_hosts = serial_list.into_iter().collect();
         let mut capture_scopes = vec![Vec::new()];
         for s in &rb.steps {
             let mut next = capture_scopes.last().cloned().unwrap_or_default();
@@ -384,6 +489,12 @@ impl Planner {
             contexts: Mutex::new(HashMap::new()),
             host_index: inventory_index,
             host_lists,
+            reads_batch,
+            per_step_vars,
+            batches,
+            serial_hosts,
+            batch_values,
+            all_batches_value,
             capture_scopes,
         };
         Ok(planner)
@@ -558,15 +669,36 @@ impl Planner {
         r: StepRef,
         in_scope: &[String],
         captures: Option<&Captures>,
+        batch: Option<usize>,
     ) -> Result<(Context, Arc<HashSet<String>>), Failure> {
-        // `hosts` differs per step; only the steps that read it pay for adding it.
-        let with_hosts = |ctx: Context| match self.host_lists.get(&step_key(r)) {
-            Some(v) => ctx.with([("hosts".to_string(), v.clone())]),
-            None => ctx,
-        };
-        if captures.is_some() {
-            let (ctx, deferred) = self.build_context(host, reveal, in_scope, captures)?;
-            return Ok((with_hosts(ctx), Arc::new(deferred)));
+        // `hosts` differs per step and `batch` per batch; only the steps that read
+        // them pay for adding them.
+        let key = step_key(r);
+        let mut extra = Vec::new();
+        if let Some(v) = self.host_lists.get(&key) {
+            extra.push(("hosts".to_string(), v.clone()));
+        }
+        if self.reads_batch.contains(&key) {
+            let v = match batch {
+                None => self.all_batches_value.clone(),
+                Some(b) => match b.checked_sub(1).and_then(|i| self.batch_values.get(i)) {
+                    Some(v) => v.clone(),
+                    None => {
+                        return Err(Failure {
+                            error: RenderError::Other(format!(
+                                "batch {b} does not exist: this run has {} batch(es)",
+                                self.batches.len()
+                            )),
+                            span: self.step(r).0.span,
+                        })
+                    }
+                },
+            };
+            extra.push(("batch".to_string(), v));
+        }
+        if captures.is_some() || self.per_step_vars.contains(&key) {
+            let (ctx, deferred) = self.build_context(host, reveal, in_scope, captures, extra)?;
+            return Ok((ctx, Arc::new(deferred)));
         }
         let index = host.and_then(|h| self.host_index.get(&h.name).copied());
         let key = (index, in_scope.len(), reveal);
@@ -579,7 +711,8 @@ impl Planner {
         let (ctx, deferred) = match cached {
             Some(c) => c,
             None => {
-                let (ctx, deferred) = self.build_context(host, reveal, in_scope, None)?;
+                let (ctx, deferred) =
+                    self.build_context(host, reveal, in_scope, None, Vec::new())?;
                 let entry = (ctx, Arc::new(deferred));
                 self.contexts
                     .lock()
@@ -588,7 +721,12 @@ impl Planner {
                 entry
             }
         };
-        Ok((with_hosts(ctx), deferred))
+        let ctx = if extra.is_empty() {
+            ctx
+        } else {
+            ctx.with(extra)
+        };
+        Ok((ctx, deferred))
     }
 
     /// The full context: base, captures (real or placeholders), runbook vars rendered.
@@ -598,8 +736,10 @@ impl Planner {
         reveal: Reveal,
         in_scope: &[String],
         captures: Option<&Captures>,
+        extra: Vec<(String, Value)>,
     ) -> Result<(Context, HashSet<String>), Failure> {
         let mut m = self.base_map(host, reveal);
+        m.extend(extra);
         let mut deferred: HashSet<String> = HashSet::new();
         for name in in_scope {
             let v = match captures {
@@ -657,13 +797,15 @@ impl Planner {
     }
 
     /// Renders one step for one host (`None`: the control machine) — the single
-    /// code path shared by the dry-run and the run.
+    /// code path shared by the dry-run and the run. `batch` is the batch number
+    /// the step runs for (`None`: outside batches, `batch` is every serial host).
     pub fn render(
         &self,
         r: StepRef,
         host_name: Option<&str>,
         captures: Option<&Captures>,
         reveal: Reveal,
+        batch: Option<usize>,
     ) -> Result<Target, Error> {
         let (step, t) = self.step(r);
         let host =
@@ -687,11 +829,12 @@ impl Planner {
             )
         };
         let (ctx, deferred) = self
-            .context(host, reveal, r, scope_before, captures)
+            .context(host, reveal, r, scope_before, captures, batch)
             .map_err(fail)?;
         let mut target = Target {
             host: host_name.unwrap_or("localhost").to_string(),
             login: self.login(host),
+            batch: batch.filter(|_| self.reads_batch(r)),
             ..Target::default()
         };
         let render = |id: TemplateId, ctx: &Context| -> Result<String, Error> {
@@ -793,7 +936,7 @@ impl Planner {
         let after_captures = pending.as_ref().or(captures);
         let (after_ctx, _): (Context, Arc<HashSet<String>>) =
             if scope_after.len() != scope_before.len() {
-                self.context(host, reveal, r, scope_after, after_captures)
+                self.context(host, reveal, r, scope_after, after_captures, batch)
                     .map_err(fail)?
             } else {
                 (ctx, deferred)
@@ -843,7 +986,7 @@ impl Planner {
             )
         };
         let (ctx, _) = self
-            .context(None, Reveal::Masked, r, scope, None)
+            .context(None, Reveal::Masked, r, scope, None, None)
             .map_err(fail)?;
         self.templates
             .render(id, &ctx)
@@ -853,16 +996,24 @@ impl Planner {
 
     fn plan_step(&self, r: StepRef, number: usize) -> Result<PlanStep, Error> {
         let (step, _) = self.step(r);
-        let targets = if step.local {
-            vec![self.render(r, None, None, Reveal::Masked)?]
-        } else if matches!(step.action, Action::Manual(_)) {
-            Vec::new()
-        } else {
-            self.step_hosts(r)
-                .iter()
-                .map(|h| self.render(r, Some(h), None, Reveal::Masked))
-                .collect::<Result<_, _>>()?
+        // A step that reads `batch` says something different in each batch: show
+        // each. The rollback guide runs outside batches.
+        let batches: Vec<Option<usize>> = match r {
+            StepRef::Forward(_) if self.reads_batch(r) => {
+                (1..=self.batches.len()).map(Some).collect()
+            }
+            _ => vec![None],
         };
+        let mut targets = Vec::new();
+        for batch in batches {
+            if step.local {
+                targets.push(self.render(r, None, None, Reveal::Masked, batch)?);
+            } else if !matches!(step.action, Action::Manual(_)) {
+                for h in self.batch_hosts(r, batch) {
+                    targets.push(self.render(r, Some(&h), None, Reveal::Masked, batch)?);
+                }
+            }
+        }
         let on = step
             .on
             .as_ref()
@@ -924,7 +1075,7 @@ impl Planner {
             },
             run: self.run.clone(),
             params: self.params.clone(),
-            batches: self.batches(&hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>()),
+            batches: self.batches.clone(),
             hosts,
             start_gate: self.inventory.confirm,
             steps,
@@ -971,15 +1122,28 @@ impl Planner {
         Ok(steps)
     }
 
-    /// Rolling batches per the runbook's `serial` (one batch of everything without it).
-    pub fn batches(&self, hosts: &[String]) -> Vec<Vec<String>> {
-        let size = match self.runbook.serial {
-            None => hosts.len(),
-            Some(Serial::Count(n)) => n,
-            Some(Serial::Percent(p)) => (hosts.len() * usize::from(p)).div_ceil(100),
-        }
-        .max(1);
-        hosts.chunks(size).map(<[String]>::to_vec).collect()
+    /// The rolling batches of serial hosts, in order (batch numbers count from 1).
+    pub fn batches(&self) -> &[Vec<String>] {
+        &self.batches
+    }
+
+    /// The hosts a step runs on in a batch: its serial hosts in that batch and
+    /// all its other hosts. `None`: outside any batch, every host of the step.
+    pub fn batch_hosts(&self, r: StepRef, batch: Option<usize>) -> Vec<String> {
+        let hosts = self.step_hosts(r);
+        let Some(members) = batch.and_then(|b| self.batches.get(b.checked_sub(1)?)) else {
+            return hosts.to_vec();
+        };
+        hosts
+            .iter()
+            .filter(|h| !self.serial_hosts.contains(*h) || members.contains(h))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether a step's templates read `batch`: it is then rendered per batch.
+    pub fn reads_batch(&self, r: StepRef) -> bool {
+        self.reads_batch.contains(&step_key(r))
     }
 
     pub fn start_at(&self) -> usize {
@@ -988,6 +1152,55 @@ impl Planner {
 
     pub fn is_limited(&self) -> bool {
         self.limit.is_some()
+    }
+}
+
+/// Rolling batches per the runbook's `serial` (one batch of everything without
+/// it). There is always a batch, even an empty one: steps on hosts outside the
+/// serial set, and `local: true` steps, still run once.
+fn cut_batches(serial: Option<Serial>, hosts: &[String]) -> Vec<Vec<String>> {
+    let size = match serial {
+        None => hosts.len(),
+        Some(Serial::Count(n)) => n,
+        Some(Serial::Percent(p)) => (hosts.len() * usize::from(p)).div_ceil(100),
+    }
+    .max(1);
+    let batches: Vec<Vec<String>> = hosts.chunks(size).map(<[String]>::to_vec).collect();
+    if batches.is_empty() {
+        vec![Vec::new()]
+    } else {
+        batches
+    }
+}
+
+/// Per runbook var, every name it reads, through the vars it reads in turn.
+fn var_reads(
+    templates: &Templates,
+    vars: &[(String, TemplateId)],
+) -> HashMap<String, HashSet<String>> {
+    let mut reads: HashMap<String, HashSet<String>> = vars
+        .iter()
+        .map(|(n, id)| (n.clone(), templates.variables(*id).clone()))
+        .collect();
+    // A handful of vars: iterate to the fixed point rather than order them.
+    loop {
+        let mut grew = false;
+        for (name, _) in vars {
+            let inner: HashSet<String> = reads[name]
+                .iter()
+                .filter(|v| *v != name)
+                .filter_map(|v| reads.get(v))
+                .flatten()
+                .cloned()
+                .collect();
+            let mine = reads.get_mut(name).expect("every var has an entry");
+            for v in inner {
+                grew |= mine.insert(v);
+            }
+        }
+        if !grew {
+            return reads;
+        }
     }
 }
 
@@ -1145,4 +1358,172 @@ fn bind_params(rb: &Runbook, opts: &Options) -> Result<Vec<ParamValue>, Error> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostic::SourceFile;
+    use crate::load::{inventory_from_source, runbook_from_source};
+
+    const INVENTORY: &str = "\
+name: t
+groups:
+  app:
+    vars: { http_port: 6888 }
+    hosts:
+      oa1: { address: 10.0.0.1 }
+      oa2: { address: 10.0.0.2, vars: { http_port: 7001 } }
+      oa3: { address: 10.0.0.3 }
+  lb:
+    hosts:
+      nginx1: { address: 10.0.0.9 }
+";
+
+    fn planner(runbook: &str, inventory: &str, limit: Option<&str>) -> Planner {
+        let rb = runbook_from_source(SourceFile::new("rb.yaml", runbook)).unwrap();
+        let inv = inventory_from_source(SourceFile::new("inv.yaml", inventory)).unwrap();
+        let opts = Options {
+            operator: "tester".into(),
+            local_user: "tester".into(),
+            limit: limit.map(str::to_string),
+            ..Options::default()
+        };
+        Planner::new(rb, inv, opts).unwrap()
+    }
+
+    const ROLLING: &str = r#"
+name: rolling
+hosts: app
+serial: 2
+vars:
+  servers: "{% for h in batch %}{{ h.address }}:{{ h.vars.http_port }} {% endfor %}"
+steps:
+  - name: drain
+    on: "lb*"
+    run: "drain {{ servers }}"
+    rollback: "undrain {{ batch | map(attribute='name') | join(',') }}"
+  - name: stop
+    run: "stop {{ host.name }}"
+  - name: everyone
+    on: app
+    run: "echo {{ hosts | length }}"
+"#;
+
+    #[test]
+    fn batches_are_cut_from_the_runbook_hosts_and_other_hosts_join_every_batch() {
+        let p = planner(ROLLING, INVENTORY, None);
+        assert_eq!(p.batches(), [vec!["oa1", "oa2"], vec!["oa3"]]);
+        let drain = StepRef::Forward(0);
+        assert_eq!(p.batch_hosts(drain, Some(1)), ["nginx1"]);
+        assert_eq!(p.batch_hosts(drain, Some(2)), ["nginx1"]);
+        let stop = StepRef::Forward(1);
+        assert_eq!(p.batch_hosts(stop, Some(1)), ["oa1", "oa2"]);
+        assert_eq!(p.batch_hosts(stop, Some(2)), ["oa3"]);
+        assert_eq!(p.batch_hosts(stop, None), ["oa1", "oa2", "oa3"]);
+    }
+
+    #[test]
+    fn batch_lists_the_current_batch_with_each_node_s_own_vars() {
+        let p = planner(ROLLING, INVENTORY, None);
+        let drain = StepRef::Forward(0);
+        assert!(p.reads_batch(drain));
+        assert!(!p.reads_batch(StepRef::Forward(1)));
+        let t = p
+            .render(drain, Some("nginx1"), None, Reveal::Masked, Some(1))
+            .unwrap();
+        assert_eq!(
+            t.command.as_deref(),
+            Some("drain 10.0.0.1:6888 10.0.0.2:7001")
+        );
+        assert_eq!(t.rollback, ["undrain oa1,oa2"]);
+        assert_eq!(t.batch, Some(1));
+        // The run path (real captures) renders the same.
+        let t = p
+            .render(
+                drain,
+                Some("nginx1"),
+                Some(&Captures::default()),
+                Reveal::Real,
+                Some(2),
+            )
+            .unwrap();
+        assert_eq!(t.command.as_deref(), Some("drain 10.0.0.3:6888"));
+        // Outside batches (the rollback guide), `batch` is every serial host.
+        let t = p
+            .render(drain, Some("nginx1"), None, Reveal::Masked, None)
+            .unwrap();
+        assert_eq!(t.rollback, ["undrain oa1,oa2,oa3"]);
+        assert_eq!(t.batch, None);
+        let e = p
+            .render(drain, Some("nginx1"), None, Reveal::Masked, Some(3))
+            .unwrap_err();
+        assert!(e.to_string().contains("batch 3 does not exist"), "{e}");
+        // A step that does not read `batch` is not tied to one.
+        let t = p
+            .render(
+                StepRef::Forward(2),
+                Some("oa1"),
+                None,
+                Reveal::Masked,
+                Some(1),
+            )
+            .unwrap();
+        assert_eq!(t.command.as_deref(), Some("echo 3"));
+        assert_eq!(t.batch, None);
+    }
+
+    #[test]
+    fn the_plan_shows_a_batch_reading_step_once_per_batch() {
+        let plan = planner(ROLLING, INVENTORY, None).plan().unwrap();
+        let drain: Vec<(Option<usize>, &str)> = plan.steps[0]
+            .targets
+            .iter()
+            .map(|t| (t.batch, t.command.as_deref().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            drain,
+            [
+                (Some(1), "drain 10.0.0.1:6888 10.0.0.2:7001"),
+                (Some(2), "drain 10.0.0.3:6888"),
+            ]
+        );
+        assert_eq!(plan.steps[1].targets.len(), 3);
+        assert!(plan.steps[1].targets.iter().all(|t| t.batch.is_none()));
+        let json = crate::preview::json(&plan);
+        assert!(json.contains("\"batch\": 2"), "{json}");
+        let text = crate::preview::text(&plan);
+        assert!(
+            text.contains("batches    [oa1, oa2] [oa3] (the step list runs batch by batch; nginx1 in every batch)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    batch 2 (oa3):\n      [tester@nginx1]# drain 10.0.0.3:6888"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_optional_group_the_inventory_lacks_gives_a_step_no_hosts() {
+        let inventory = INVENTORY.replace(
+            "  lb:\n    hosts:\n      nginx1: { address: 10.0.0.9 }\n",
+            "",
+        );
+        let p = planner(ROLLING, &inventory, None);
+        assert!(p.step_hosts(StepRef::Forward(0)).is_empty());
+        assert!(p.batch_hosts(StepRef::Forward(0), Some(1)).is_empty());
+        let plan = p.plan().unwrap();
+        assert!(plan.steps[0].targets.is_empty());
+        assert!(crate::preview::text(&plan).contains("on: lb*\n    no hosts\n"));
+    }
+
+    #[test]
+    fn limit_narrows_the_batches_to_the_serial_hosts_left() {
+        let p = planner(ROLLING, INVENTORY, Some("oa3:nginx1"));
+        assert_eq!(p.batches(), [vec!["oa3"]]);
+        assert_eq!(p.batch_hosts(StepRef::Forward(0), Some(1)), ["nginx1"]);
+        // Nothing of the serial set left: one empty batch, so the other steps still run.
+        let p = planner(ROLLING, INVENTORY, Some("nginx1"));
+        assert_eq!(p.batches(), [Vec::<String>::new()]);
+    }
 }

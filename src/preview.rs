@@ -108,9 +108,21 @@ pub fn text(plan: &Plan) -> String {
             .iter()
             .map(|b| format!("[{}]", b.join(", ")))
             .collect();
+        let serial: Vec<&String> = plan.batches.iter().flatten().collect();
+        let every: Vec<&str> = plan
+            .hosts
+            .iter()
+            .filter(|h| !serial.contains(&&h.name))
+            .map(|h| h.name.as_str())
+            .collect();
+        let also = if every.is_empty() {
+            String::new()
+        } else {
+            format!("; {} in every batch", every.join(", "))
+        };
         let _ = writeln!(
             o,
-            "batches    {} (the step list runs batch by batch)",
+            "batches    {} (the step list runs batch by batch{also})",
             b.join(" ")
         );
     }
@@ -134,7 +146,7 @@ pub fn text(plan: &Plan) -> String {
     }
     let total = plan.steps.len();
     for s in &plan.steps {
-        step(&mut o, s, &format!("{}/{total}", s.number));
+        step(&mut o, s, &format!("{}/{total}", s.number), &plan.batches);
     }
     if plan.rollback_guide.is_empty() {
         let _ = writeln!(
@@ -148,13 +160,13 @@ pub fn text(plan: &Plan) -> String {
             style("rollback guide (run later with `opsrun rollback RUN`):").bold()
         );
         for s in &plan.rollback_guide {
-            step(&mut o, s, &format!("R{}", s.number));
+            step(&mut o, s, &format!("R{}", s.number), &plan.batches);
         }
     }
     o
 }
 
-fn step(o: &mut String, s: &PlanStep, number: &str) {
+fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
     let _ = writeln!(o);
     let mut head = format!(
         "{} {}  on: {}",
@@ -200,7 +212,20 @@ fn step(o: &mut String, s: &PlanStep, number: &str) {
         let _ = writeln!(o, "    no hosts");
     }
     for t in &s.targets {
-        target(o, t, s.retries, &s.delay);
+        // A step that reads `batch` is shown once per batch, each under its batch.
+        if let Some(b) = t.batch {
+            let members = b
+                .checked_sub(1)
+                .and_then(|i| batches.get(i))
+                .map_or(String::new(), |m| m.join(", "));
+            let _ = writeln!(o, "    batch {b} ({members}):");
+            let mut one = String::new();
+            target(&mut one, t, s.retries, &s.delay);
+            let _ = write!(o, "{}", indented(&one, "  "));
+            let _ = writeln!(o);
+        } else {
+            target(o, t, s.retries, &s.delay);
+        }
     }
 }
 

@@ -120,8 +120,20 @@ impl Recorder {
         if bytes.is_empty() {
             return Ok(None);
         }
-        let rel = format!("outputs/{stem}.{ext}");
-        let path = self.dir.join(&rel);
+        // A step that runs on a host once per batch (a `local: true` step, a load
+        // balancer) must not overwrite what an earlier batch saved and recorded.
+        let mut n = 1;
+        let (rel, path) = loop {
+            let rel = match n {
+                1 => format!("outputs/{stem}.{ext}"),
+                _ => format!("outputs/{stem}.{n}.{ext}"),
+            };
+            let path = self.dir.join(&rel);
+            if !path.exists() {
+                break (rel, path);
+            }
+            n += 1;
+        };
         std::fs::write(&path, bytes).map_err(|source| RecordError::Output { path, source })?;
         Ok(Some(Saved {
             file: rel,

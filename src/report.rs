@@ -322,19 +322,37 @@ pub fn render(events: &[Event], run_dir: &Path, banner: Option<&str>) -> String 
     }
 
     for phase in [Phase::Forward, Phase::Rollback] {
+        // Finished targets, and steps that had no host at all, in the order they happened.
         let finished: Vec<&Event> = events
             .iter()
-            .filter(|e| matches!(e, Event::TargetFinished { phase: p, .. } if *p == phase))
-            .collect();
-        let running: Vec<&Event> = events
-            .iter()
             .filter(|e| match e {
-                Event::TargetStarted { phase: p, number, host, .. } if *p == phase => !finished.iter().any(|f| {
-                    matches!(f, Event::TargetFinished { number: n, host: h, .. } if n == number && h == host)
-                }),
+                Event::TargetFinished { phase: p, .. } => *p == phase,
+                Event::StepStarted {
+                    phase: p, hosts, ..
+                } => *p == phase && hosts.is_empty(),
                 _ => false,
             })
             .collect();
+        // A start without its finish; a host in every batch starts a step once per batch.
+        let mut running: Vec<&Event> = Vec::new();
+        for e in events {
+            match e {
+                Event::TargetStarted { phase: p, .. } if *p == phase => running.push(e),
+                Event::TargetFinished {
+                    phase: p,
+                    number,
+                    host,
+                    ..
+                } if *p == phase => {
+                    if let Some(at) = running.iter().position(|s| {
+                        matches!(s, Event::TargetStarted { number: n, host: h, .. } if n == number && h == host)
+                    }) {
+                        running.remove(at);
+                    }
+                }
+                _ => {}
+            }
+        }
         if finished.is_empty() && running.is_empty() {
             if phase == Phase::Rollback {
                 continue;
@@ -348,27 +366,40 @@ pub fn render(events: &[Event], run_dir: &Path, banner: Option<&str>) -> String 
         };
         let _ = writeln!(o, "\n## {heading}\n\n| # | step | host | status | start | duration | exit |\n|---|---|---|---|---|---|---|");
         for e in &finished {
-            if let Event::TargetFinished {
-                number,
-                step,
-                host,
-                status,
-                started,
-                millis,
-                exit_code,
-                ..
-            } = e
-            {
-                let _ = writeln!(
-                    o,
-                    "| {number} | {} | {} | {} | {} | {} | {} |",
-                    cell(step),
-                    cell(host),
-                    status_word(*status),
-                    started.format("%H:%M:%S"),
-                    fmt_ms(*millis),
-                    exit_code.map_or("-".into(), |c| c.to_string())
-                );
+            match e {
+                Event::TargetFinished {
+                    number,
+                    step,
+                    host,
+                    status,
+                    started,
+                    millis,
+                    exit_code,
+                    batch,
+                    ..
+                } => {
+                    let _ = writeln!(
+                        o,
+                        "| {number} | {} | {} | {} | {} | {} | {} |",
+                        cell(step),
+                        cell(&with_batch(host, *batch)),
+                        status_word(*status),
+                        started.format("%H:%M:%S"),
+                        fmt_ms(*millis),
+                        exit_code.map_or("-".into(), |c| c.to_string())
+                    );
+                }
+                Event::StepStarted {
+                    number, step, time, ..
+                } => {
+                    let _ = writeln!(
+                        o,
+                        "| {number} | {} | (no hosts) | skipped | {} | - | - |",
+                        cell(step),
+                        time.format("%H:%M:%S"),
+                    );
+                }
+                _ => {}
             }
         }
         for e in &running {
@@ -401,11 +432,19 @@ pub fn render(events: &[Event], run_dir: &Path, banner: Option<&str>) -> String 
     o
 }
 
+/// A host, and the batch when the step was rendered for one (`lb1 (batch 2)`).
+fn with_batch(host: &str, batch: Option<usize>) -> String {
+    match batch {
+        Some(b) => format!("{host} (batch {b})"),
+        None => host.to_string(),
+    }
+}
+
 fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, String)>) {
     let (number, step) = match e {
-        Event::TargetFinished { number, step, .. } | Event::TargetStarted { number, step, .. } => {
-            (*number, step.clone())
-        }
+        Event::TargetFinished { number, step, .. }
+        | Event::TargetStarted { number, step, .. }
+        | Event::StepStarted { number, step, .. } => (*number, step.clone()),
         _ => return,
     };
     if last.as_ref() != Some(&(number, step.clone())) {
@@ -413,6 +452,12 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
         *last = Some((number, step));
     }
     match e {
+        Event::StepStarted { .. } => {
+            let _ = writeln!(
+                o,
+                "No hosts: the step's host pattern matches none in this inventory; skipped.\n"
+            );
+        }
         Event::TargetStarted { host, command, .. } => {
             let _ = writeln!(o, "#### {}: INTERRUPTED (no result recorded)\n", cell(host));
             if let Some(c) = command {
@@ -433,13 +478,14 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
             capture,
             upload_sha256,
             reason,
+            batch,
             ..
         } => {
             let exit = exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
             let _ = writeln!(
                 o,
                 "#### {}: {}{exit}, {}\n",
-                cell(host),
+                cell(&with_batch(host, *batch)),
                 status_word(*status),
                 fmt_ms(*millis)
             );

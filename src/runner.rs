@@ -539,16 +539,28 @@ async fn drive(
     let refs: Vec<StepRef> = (engine.planner.start_at()..total)
         .map(StepRef::Forward)
         .collect();
+    let serial: std::collections::HashSet<&String> = plan.batches.iter().flatten().collect();
+    let every_batch: Vec<&str> = plan
+        .hosts
+        .iter()
+        .filter(|h| !serial.contains(&h.name))
+        .map(|h| h.name.as_str())
+        .collect();
     for (bi, batch) in plan.batches.iter().enumerate() {
         if plan.batches.len() > 1 {
+            let also = if every_batch.is_empty() {
+                String::new()
+            } else {
+                format!(" (with {} in every batch)", every_batch.join(", "))
+            };
             engine.ui.line(&format!(
-                "batch {}/{}: {}",
+                "batch {}/{}: {}{also}",
                 bi + 1,
                 plan.batches.len(),
                 batch.join(", ")
             ));
         }
-        let result = interruptible(engine, engine.run_steps(&refs, batch, &label)).await;
+        let result = interruptible(engine, engine.run_steps(&refs, Some(bi + 1), &label)).await;
         match result {
             None => return stopped(engine).await,
             Some(r) => {
@@ -615,16 +627,10 @@ async fn rollback_recorded(
             engine.planner.runbook.name, recorded.id
         ));
         let refs: Vec<StepRef> = (0..guide).map(StepRef::Guide).collect();
-        let hosts: Vec<String> = engine
-            .planner
-            .run_hosts()
-            .iter()
-            .map(|h| h.name.clone())
-            .collect();
         let label = |r: StepRef| match r {
             StepRef::Forward(i) | StepRef::Guide(i) => format!("[R{}/{guide}]", i + 1),
         };
-        let fut = engine.run_steps(&refs, &hosts, &label);
+        let fut = engine.run_steps(&refs, None, &label);
         return Ok(match fut.await? {
             None => Finish {
                 outcome: Outcome::Succeeded,
@@ -683,25 +689,39 @@ fn show_undo(engine: &Engine<'_>) {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     for c in engine.undoable() {
-        let step = &engine.planner.runbook.steps[c.step];
-        engine.ui.line(&format!(
-            "  [{}] {} on {}",
-            c.step + 1,
-            step.name,
-            c.hosts.join(", ")
-        ));
-        for h in &c.hosts {
-            let host = (!step.local).then_some(h.as_str());
-            if let Ok(t) =
+        for round in crate::execute::undo_rounds(&c.hosts) {
+            show_undo_round(engine, &caps, c.step, &round);
+        }
+    }
+}
+
+fn show_undo_round(
+    engine: &Engine<'_>,
+    caps: &Captures,
+    index: usize,
+    round: &[crate::plan::Completion],
+) {
+    let step = &engine.planner.runbook.steps[index];
+    let hosts: Vec<String> = round.iter().map(ToString::to_string).collect();
+    engine.ui.line(&format!(
+        "  [{}] {} on {}",
+        index + 1,
+        step.name,
+        hosts.join(", ")
+    ));
+    for h in round {
+        let host = (!step.local).then_some(h.host.as_str());
+        if let Ok(t) = engine.planner.render(
+            StepRef::Forward(index),
+            host,
+            Some(caps),
+            Reveal::Masked,
+            h.batch,
+        ) {
+            for r in &t.rollback {
                 engine
-                    .planner
-                    .render(StepRef::Forward(c.step), host, Some(&caps), Reveal::Masked)
-            {
-                for r in &t.rollback {
-                    engine
-                        .ui
-                        .line(&crate::preview::prompt_line(&t.login, r, "      "));
-                }
+                    .ui
+                    .line(&crate::preview::prompt_line(&t.login, r, "      "));
             }
         }
     }

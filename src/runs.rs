@@ -3,7 +3,7 @@
 use crate::error::Error;
 use crate::events::{Event, Outcome, Phase, Status, Time};
 use crate::journal;
-use crate::plan::{Captures, RunInfo};
+use crate::plan::{Captures, Completion, RunInfo};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -116,7 +116,7 @@ pub struct Recorded {
     pub params: Vec<(String, String)>,
     pub captures: Captures,
     /// Forward steps (0-based) and the hosts where each completed and was not already undone.
-    pub completed: BTreeMap<usize, Vec<String>>,
+    pub completed: BTreeMap<usize, Vec<Completion>>,
     /// Every (step, host) that finished ok, to find where a resume starts.
     pub done: BTreeSet<(usize, String)>,
     pub finished: bool,
@@ -179,12 +179,16 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
                 host,
                 status: Status::Ok,
                 capture,
+                batch,
                 ..
             } => {
                 let step = number.saturating_sub(1);
                 match phase {
                     Phase::Forward => {
-                        r.completed.entry(step).or_default().push(host.clone());
+                        r.completed.entry(step).or_default().push(Completion {
+                            host: host.clone(),
+                            batch: *batch,
+                        });
                         r.done.insert((step, host.clone()));
                         if let Some((name, value)) = capture {
                             if host == "localhost" {
@@ -200,7 +204,14 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
                     }
                     Phase::Rollback => {
                         if let Some(hosts) = r.completed.get_mut(&step) {
-                            hosts.retain(|h| h != host);
+                            // Only the completion undone: a load balancer drained in
+                            // two batches and undone in one still has the other.
+                            if let Some(at) = hosts
+                                .iter()
+                                .rposition(|c| &c.host == host && c.batch == *batch)
+                            {
+                                hosts.remove(at);
+                            }
                         }
                     }
                 }
@@ -237,7 +248,7 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
 fn undone_by_later_rollbacks(
     log_dir: &Path,
     id: &str,
-    completed: &mut BTreeMap<usize, Vec<String>>,
+    completed: &mut BTreeMap<usize, Vec<Completion>>,
 ) {
     let Ok(entries) = std::fs::read_dir(log_dir) else {
         return;
@@ -259,11 +270,12 @@ fn undone_by_later_rollbacks(
                 number,
                 host,
                 status: Status::Ok,
+                batch,
                 ..
             } = e
             {
                 if let Some(hosts) = completed.get_mut(&number.saturating_sub(1)) {
-                    hosts.retain(|h| h != host);
+                    hosts.retain(|c| !(&c.host == host && c.batch == *batch));
                 }
             }
         }

@@ -601,29 +601,6 @@ error: empty host pattern `:`: expected group or host names
 "#,
     },
     Case {
-        name: "on_pattern_glob_matches_nothing",
-        files: &[
-            ("runbooks/x.yaml", r#"
-name: x
-hosts: app
-steps:
-  - name: a
-    run: echo hi
-  - name: b
-    on: web*
-    run: echo b
-"#),
-        ],
-        args: &["x", "--env", "test", "--dry-run"],
-        stderr: r#"
-error: host pattern `web*` matches no group or host
-  --> runbooks/x.yaml:7:9
-  |
-7 |     on: web*
-  |         ^^^^
-"#,
-    },
-    Case {
         name: "no_hosts_anywhere",
         files: &[
             ("runbooks/x.yaml", r#"

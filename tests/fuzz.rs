@@ -614,6 +614,7 @@ fn exercise(rng: &mut Rng, runbook: &str, inventory: &str, reached: &mut Reached
                     host.as_deref(),
                     Some(&captures),
                     Reveal::Real,
+                    Some(1),
                 ) {
                     let _ = e.to_string();
                 }

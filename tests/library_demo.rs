@@ -50,6 +50,30 @@ fn the_demo_upgrade_runs_and_its_failing_variant_rolls_back() {
                 .unwrap();
         assert_eq!(v, "release=20260301-002\n", "{host}");
     }
+    // lb1's nginx.conf was seeded, each node drained in turn and put back.
+    let conf = dir
+        .path()
+        .join("examples/demo/hosts/lb1/nginx/conf/nginx.conf");
+    let seed =
+        std::fs::read_to_string(repo().join("examples/demo/seed/nginx/conf/nginx.conf")).unwrap();
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), seed);
+    let events =
+        std::fs::read_to_string(dir.path().join("examples/demo/hosts/events.log")).unwrap();
+    let reloads: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains(" lb1 nginx-reload "))
+        .map(|l| l.split_once(" ecologycluster: ").unwrap().1)
+        .collect();
+    assert_eq!(
+        reloads,
+        [
+            "127.0.0.12:6888",
+            "127.0.0.11:6888 127.0.0.12:6888",
+            "127.0.0.11:6888",
+            "127.0.0.11:6888 127.0.0.12:6888"
+        ],
+        "{events}"
+    );
 
     let before = tree_digest(&ecology(dir.path(), "oa1"));
     let bad = opsrun(
@@ -70,6 +94,11 @@ fn the_demo_upgrade_runs_and_its_failing_variant_rolls_back() {
     );
     assert!(bad.stderr.contains("restored"), "{bad:?}");
     assert_eq!(tree_digest(&ecology(dir.path(), "oa1")), before);
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        seed,
+        "oa1 back in the upstream"
+    );
 }
 
 #[test]

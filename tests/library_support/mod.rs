@@ -110,6 +110,15 @@ pub fn install_sim(fleet: &SshFleet) -> (PathBuf, PathBuf) {
     (sim, events)
 }
 
+/// The nginx simulator, next to the ApusicAS one (it logs to the same event log).
+pub fn install_nginx_sim(fleet: &SshFleet) -> PathBuf {
+    let sim = fleet.root().join("sim").join("nginx");
+    fs::create_dir_all(sim.parent().unwrap()).unwrap();
+    fs::copy(repo().join("examples/demo/sim/nginx"), &sim).unwrap();
+    fs::set_permissions(&sim, fs::Permissions::from_mode(0o755)).unwrap();
+    sim
+}
+
 /// A simulated e-cology node in fleet host `i`'s work dir: WEAVER (ecology + a
 /// running ApusicAS domain) and sharedata, from examples/demo/seed. Returns WEAVER.
 pub fn seed_node(fleet: &SshFleet, i: usize) -> PathBuf {
