@@ -42,6 +42,8 @@ pub enum Error {
     NotConfirmed(String),
     #[error("error: {0}")]
     Io(String),
+    #[error("error: {0}")]
+    Sign(#[from] crate::sign::SignError),
 }
 
 impl Error {
@@ -54,6 +56,7 @@ impl Error {
             | Error::Usage(_) => exit::INVALID_INPUT,
             Error::NotConfirmed(_) => exit::NOT_CONFIRMED,
             Error::Io(_) => exit::STEP_FAILED,
+            Error::Sign(e) => e.exit_code(),
         }
     }
 }
