@@ -43,7 +43,14 @@ pub enum Error {
     #[error("error: {0}")]
     Io(String),
     #[error("error: {0}")]
-    Sign(#[from] crate::sign::SignError),
+    Sign(crate::sign::SignError),
+}
+
+// By hand rather than `#[from]`: as a source the message would be printed twice.
+impl From<crate::sign::SignError> for Error {
+    fn from(e: crate::sign::SignError) -> Self {
+        Error::Sign(e)
+    }
 }
 
 impl Error {

@@ -269,10 +269,14 @@ impl Signer {
     /// An armored SSHSIG over `msg`, as `ssh-keygen -Y sign` writes it.
     pub fn sign(&self, msg: &[u8]) -> Result<String, SignError> {
         match &self.how {
-            How::Key(key) => key
-                .sign(NAMESPACE, HashAlg::Sha512, msg)
-                .and_then(|s| s.to_pem(LineEnding::LF))
-                .map_err(|e| SignError::Sign(e.to_string())),
+            How::Key(key) => {
+                let sig = match key.key_data() {
+                    ssh_key::private::KeypairData::Rsa(k) => rsa_sshsig(k, msg),
+                    _ => key.sign(NAMESPACE, HashAlg::Sha512, msg),
+                };
+                sig.and_then(|s| s.to_pem(LineEnding::LF))
+                    .map_err(|e| SignError::Sign(e.to_string()))
+            }
             How::Keygen(path) => {
                 let path = path.display().to_string();
                 let out = keygen(&["-Y", "sign", "-f", &path, "-n", NAMESPACE], msg)?;
@@ -294,6 +298,43 @@ impl Signer {
         write(&sig, self.sign(&bytes)?.as_bytes())?;
         Ok(sig)
     }
+}
+
+/// SSHSIG with an RSA key (`rsa-sha2-512`, as ssh-keygen signs). Done here
+/// rather than by `PrivateKey::sign`, because ssh-key 0.6 rebuilds the RSA key
+/// from the prime `p` twice, which current `rsa` releases reject.
+fn rsa_sshsig(k: &ssh_key::private::RsaKeypair, msg: &[u8]) -> ssh_key::Result<SshSig> {
+    use rsa::signature::{SignatureEncoding, Signer as _};
+    let int = |m: &ssh_key::Mpint| {
+        m.as_positive_bytes()
+            .map(rsa::BigUint::from_bytes_be)
+            .ok_or(ssh_key::Error::Crypto)
+    };
+    let key = rsa::RsaPrivateKey::from_components(
+        int(&k.public.n)?,
+        int(&k.public.e)?,
+        int(&k.private.d)?,
+        vec![int(&k.private.p)?, int(&k.private.q)?],
+    )
+    .map_err(|_| ssh_key::Error::Crypto)?;
+    let data = SshSig::signed_data(NAMESPACE, HashAlg::Sha512, msg)?;
+    let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(key);
+    let raw = signer
+        .try_sign(&data)
+        .map_err(|_| ssh_key::Error::Crypto)?
+        .to_vec();
+    let signature = ssh_key::Signature::new(
+        Algorithm::Rsa {
+            hash: Some(HashAlg::Sha512),
+        },
+        raw,
+    )?;
+    SshSig::new(
+        ssh_key::public::KeyData::Rsa(k.public.clone()),
+        NAMESPACE,
+        HashAlg::Sha512,
+        signature,
+    )
 }
 
 fn decrypt(key: &PrivateKey, path: &Path) -> Result<PrivateKey, SignError> {
