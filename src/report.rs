@@ -487,10 +487,12 @@ pub fn verify_section(
         }
     }
     if !outputs.is_empty() {
-        let _ = writeln!(
-            o,
-            "\nThe full outputs, from the run directory (the signature covers these digests):\n"
-        );
+        let covered = if signer.is_some() {
+            " (the signature covers these digests)"
+        } else {
+            ""
+        };
+        let _ = writeln!(o, "\nThe full outputs, from the run directory{covered}:\n");
         let list: String = outputs
             .iter()
             .map(|s| format!("{}  {}\n", s.sha256, s.file))
