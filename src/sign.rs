@@ -1051,6 +1051,23 @@ stdout (3 bytes; full output `outputs/evil` sha256 `11`):
     }
 
     #[test]
+    fn allowed_signers_options_are_honoured() {
+        const KEY: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFL3MmrAMJu1xDhGwgbQTndO2tBrk89q6zMWic3rOvA4";
+        let key = PublicKey::from_openssh(KEY).unwrap();
+        let ok = |file: &str, id: &str| allowed_signer(file, id, &key);
+        assert_eq!(ok(&format!("# comment\n\nalice {KEY} c"), "alice"), Ok(3));
+        assert!(ok(&format!("bob,carol {KEY}"), "alice").is_err());
+        assert!(ok(&format!("*@ops.example {KEY}"), "alice@ops.example").is_ok());
+        assert!(ok(&format!("alice namespaces=\"git,opsrun-*\" {KEY}"), "alice").is_ok());
+        assert!(ok(&format!("alice namespaces=\"git\" {KEY}"), "alice").is_err());
+        assert!(ok(&format!("alice valid-before=\"20000101\" {KEY}"), "alice").is_err());
+        assert!(ok(&format!("alice valid-after=\"20000101Z\" {KEY}"), "alice").is_ok());
+        assert!(ok(&format!("alice cert-authority {KEY}"), "alice").is_err());
+        assert!(ok(&format!("\"alice smith\" {KEY}"), "alice smith").is_ok());
+    }
+
+    #[test]
     fn signer_times() {
         assert!(signer_time("20260102Z").is_some());
         assert!(signer_time("202601020304Z").is_some());

@@ -453,3 +453,48 @@ steps:
     assert!(log.contains("the password is ******"), "{log}");
     let _ = key;
 }
+
+#[test]
+fn a_pub_path_signs_with_the_key_held_by_ssh_agent() {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let key = sb.keygen("agent_key", "ed25519", "", false);
+    let sock = sb.root().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let added = std::process::Command::new("ssh-add")
+        .arg("-q")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .status()
+        .expect("ssh-add");
+    assert!(added.success());
+    // The private key file is gone: only the agent can sign.
+    std::fs::remove_file(&key).unwrap();
+    let pubkey = key.with_extension("pub");
+    let p = pubkey.display().to_string();
+    let s = sock.display().to_string();
+    let out = sb.opsrun(
+        &["simple", "--env", "demo", "--yes", "--sign-key", &p],
+        &[("SSH_AUTH_SOCK", &s)],
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    expect_code(&out, 0, "agent-signed run");
+    let log = sb.run_dir().join("log.md");
+    let allowed = sb.allowed_signers("allowed", OPERATOR, &pubkey);
+    assert!(keygen_verify(&allowed, OPERATOR, &log));
+    let out = verify(&sb, &log, &[]);
+    expect_code(&out, 0, "verify");
+    assert!(text(&out.stdout).contains(&fingerprint(&pubkey)));
+}
