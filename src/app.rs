@@ -255,11 +255,6 @@ fn write_plan(plan: &crate::plan::Plan, out: &Path, signing: &Signing) -> Result
 }
 
 fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
-    let signing = if args.dry_run && args.output.is_none() {
-        Signing::Unsigned
-    } else {
-        signing(&args.sign)?
-    };
     let recorded = match &args.resume {
         Some(spec) => Some(crate::runs::load(&crate::runs::resolve(log_dir, spec)?)?),
         None => None,
@@ -271,6 +266,13 @@ fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
     }
     let planner = planner(args, root, recorded.as_ref())?;
     let plan = planner.plan()?;
+    // After planning, so a broken runbook is reported as such; before the run,
+    // so a missing key or passphrase stops it before anything changes.
+    let signing = if args.dry_run && args.output.is_none() {
+        Signing::Unsigned
+    } else {
+        signing(&args.sign)?
+    };
     if let (true, Some(out)) = (args.dry_run, &args.output) {
         return write_plan(&plan, out, &signing);
     }
@@ -310,7 +312,6 @@ fn finish_run(result: runner::RunResult) -> Result<i32> {
 /// `opsrun rollback RUN`: re-plans the recorded runbook and inventory with the
 /// run's params, stamp and captures, then undoes it as a run of its own.
 fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
-    let signing = signing(&args.sign)?;
     let dir = crate::runs::resolve(log_dir, &args.run)?;
     let recorded = crate::runs::load(&dir)?;
     for w in &recorded.warnings {
@@ -368,6 +369,7 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     };
     let planner = Planner::new(runbook, inventory, opts)?;
     let plan = planner.plan()?;
+    let signing = signing(&args.sign)?;
     let settings = runner::Settings {
         gates: Gates::from_env(args.yes, args.env.is_some()),
         forks: args.forks as usize,
