@@ -22,7 +22,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::library::{ensure_dm_user, DM_USER};
+use support::library::{ensure_dm_user, sign_key, DM_USER};
 use support::sshd::{SshFleet, TEST_USER};
 
 const OPSRUN: &str = env!("CARGO_BIN_EXE_opsrun");
@@ -62,6 +62,8 @@ impl Lab {
             .current_dir(self.path())
             .env("NO_COLOR", "1")
             .env("OPSRUN_OPERATOR", "tester")
+            .env("OPSRUN_SIGN_KEY", sign_key(self.path()))
+            .env_remove("OPSRUN_SIGN_PASSPHRASE")
             .env_remove("OPSRUN_LOG_DIR");
         for (k, _) in std::env::vars() {
             if k.starts_with("OPSRUN_SECRET_") {
