@@ -1,12 +1,13 @@
 //! The binary's edge: parse arguments, dispatch commands, turn errors into exit codes.
 
-use crate::cli::{Cli, Color, Command, Format, RollbackArgs, RunArgs};
+use crate::cli::{Cli, Color, Command, Format, RollbackArgs, RunArgs, SignArgs, VerifyArgs};
 use crate::error::{exit, Error};
 use crate::gate::Gates;
 use crate::inventory::Inventory;
 use crate::load::{self, Origin};
 use crate::plan::{Options, Planner, StepRef};
 use crate::runs::Recorded;
+use crate::sign::{SignOptions, Signing};
 use crate::{lint, preview, runner};
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
@@ -65,7 +66,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(exit::OK)
         }
         Command::Runs => runs(&cli.log_dir),
-        Command::Log { run } => {
+        Command::Log { run, sign } => {
             let dir = crate::runs::resolve(&cli.log_dir, &run)?;
             for w in crate::journal::read(&dir.join(crate::journal::FILE))
                 .map_err(|e| Error::Io(e.to_string()))?
@@ -73,11 +74,22 @@ fn dispatch(cli: Cli) -> Result<i32> {
             {
                 eprintln!("warning: {w}");
             }
-            let log = runner::write_log(&dir).map_err(|e| Error::Io(e.to_string()))?;
+            let signing = signing(&sign)?;
+            let (log, signed) =
+                runner::write_log(&dir, &signing).map_err(|e| Error::Io(e.to_string()))?;
+            if let Some(s) = signed {
+                eprintln!(
+                    "signed by {} ({}): {}",
+                    s.signer.identity,
+                    s.signer.fingerprint,
+                    s.sig.display()
+                );
+            }
             println!("{}", log.display());
             Ok(exit::OK)
         }
         Command::Rollback(args) => rollback(&args, &cli.log_dir),
+        Command::Verify(args) => verify(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "opsrun", &mut std::io::stdout());
             Ok(exit::OK)
@@ -211,6 +223,37 @@ pub fn planner(args: &RunArgs, root: &Path, resume: Option<&Recorded>) -> Result
     Planner::new(runbook, inventory, opts)
 }
 
+/// The key that signs what this invocation writes, as the current operator.
+/// Loaded up front: no key (without `--no-sign`) or no passphrase stops before anything runs.
+pub fn signing(args: &SignArgs) -> Result<Signing, Error> {
+    let opts = SignOptions {
+        key: args.sign_key.clone(),
+        identity: operator(),
+    };
+    Ok(Signing::new(args.no_sign, &opts)?)
+}
+
+/// `--dry-run --output plan.md`: the plan as signed Markdown for the change request.
+fn write_plan(plan: &crate::plan::Plan, out: &Path, signing: &Signing) -> Result<i32> {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plan.md".into());
+    let signed = signing
+        .write_document(out, |signer| preview::markdown(plan, &name, signer))
+        .map_err(Error::from)?;
+    if let Some(s) = signed {
+        eprintln!(
+            "plan signed by {} ({}): {}",
+            s.signer.identity,
+            s.signer.fingerprint,
+            s.sig.display()
+        );
+    }
+    println!("{}", out.display());
+    Ok(exit::OK)
+}
+
 fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
     let recorded = match &args.resume {
         Some(spec) => Some(crate::runs::load(&crate::runs::resolve(log_dir, spec)?)?),
@@ -223,6 +266,16 @@ fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
     }
     let planner = planner(args, root, recorded.as_ref())?;
     let plan = planner.plan()?;
+    // After planning, so a broken runbook is reported as such; before the run,
+    // so a missing key or passphrase stops it before anything changes.
+    let signing = if args.dry_run && args.output.is_none() {
+        Signing::Unsigned
+    } else {
+        signing(&args.sign)?
+    };
+    if let (true, Some(out)) = (args.dry_run, &args.output) {
+        return write_plan(&plan, out, &signing);
+    }
     if args.dry_run {
         let out = match args.format {
             Format::Text => preview::text(&plan),
@@ -243,6 +296,7 @@ fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
             Some(r) => runner::Mode::Resume(Box::new(r)),
             None => runner::Mode::Run,
         },
+        signing,
     };
     finish_run(runner::run(&planner, &plan, settings)?)
 }
@@ -315,6 +369,7 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     };
     let planner = Planner::new(runbook, inventory, opts)?;
     let plan = planner.plan()?;
+    let signing = signing(&args.sign)?;
     let settings = runner::Settings {
         gates: Gates::from_env(args.yes, args.env.is_some()),
         forks: args.forks as usize,
@@ -323,6 +378,7 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
         operator: operator(),
         break_lock: args.break_lock,
         mode: runner::Mode::Rollback(Box::new(recorded)),
+        signing,
     };
     finish_run(runner::run(&planner, &plan, settings)?)
 }
@@ -363,6 +419,75 @@ fn runs(log_dir: &Path) -> Result<i32> {
         );
     }
     Ok(exit::OK)
+}
+
+fn verify(args: &VerifyArgs) -> Result<i32> {
+    let opts = crate::sign::VerifyOptions {
+        allowed_signers: args.allowed_signers.clone(),
+        identity: args.identity.clone(),
+    };
+    let v = crate::sign::verify(&args.log, &opts).map_err(Error::from)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "document   {}", v.document.display());
+    let _ = writeln!(out, "signature  {}", v.sig.display());
+    let _ = writeln!(
+        out,
+        "signer     {} (key {}{})",
+        v.identity.as_deref().unwrap_or("(not stated)"),
+        v.fingerprint.as_deref().unwrap_or("unknown"),
+        v.algorithm
+            .as_deref()
+            .map(|a| format!(", {a}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "signed at  {}",
+        v.signed_at.as_deref().unwrap_or("(not stated)")
+    );
+    for c in &v.checks {
+        let mark = if c.ok {
+            console::style("ok    ").green()
+        } else {
+            console::style("FAILED").red().bold()
+        };
+        let _ = writeln!(
+            out,
+            "{mark}  {}: {}",
+            c.name,
+            crate::sanitize::escape_controls(c.detail.as_bytes())
+        );
+    }
+    if !v.authenticated && args.allowed_signers.is_none() {
+        let _ = writeln!(
+            out,
+            "{} signer NOT AUTHENTICATED: without --allowed-signers the key is simply the one the signature carries, and anyone able to edit the log could re-sign it with their own. Compare the fingerprint with the signer's known key, or pass --allowed-signers FILE.",
+            console::style("warning:").yellow().bold()
+        );
+    }
+    let failed = v.checks.iter().filter(|c| !c.ok).count();
+    if v.ok() {
+        let _ = writeln!(
+            out,
+            "result     {} ({} checks passed{})",
+            console::style("VERIFIED").green().bold(),
+            v.checks.len(),
+            if v.authenticated {
+                ", signer authenticated"
+            } else {
+                ", signer not authenticated"
+            }
+        );
+        Ok(exit::OK)
+    } else {
+        let _ = writeln!(
+            out,
+            "result     {} ({failed} of {} checks failed)",
+            console::style("FAILED").red().bold(),
+            v.checks.len()
+        );
+        Ok(exit::STEP_FAILED)
+    }
 }
 
 fn list(root: &Path) -> Result<i32> {

@@ -63,9 +63,13 @@ pub enum Command {
     Log {
         /// Run id, run directory, or the path of its log.
         run: String,
+        #[command(flatten)]
+        sign: SignArgs,
     },
     /// Undo a recorded run: the runbook's rollback guide, or the completed steps' rollbacks.
     Rollback(RollbackArgs),
+    /// Check a log's (or plan's) signature and that every output file it cites is unchanged.
+    Verify(VerifyArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -127,6 +131,12 @@ pub struct RunArgs {
     /// Break a stale host lock (its owner is gone); recorded in the journal.
     #[arg(long)]
     pub break_lock: bool,
+    /// With --dry-run: write the plan as Markdown to FILE for the change request, signed like a log.
+    #[arg(long, short = 'o', value_name = "FILE", requires = "dry_run")]
+    pub output: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub sign: SignArgs,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +167,35 @@ pub struct RollbackArgs {
     /// Break a stale host lock (its owner is gone); recorded in the journal.
     #[arg(long)]
     pub break_lock: bool,
+
+    #[command(flatten)]
+    pub sign: SignArgs,
+}
+
+/// How logs and plans are signed (SSHSIG, namespace `opsrun-log`).
+#[derive(Debug, Clone, Args)]
+pub struct SignArgs {
+    /// SSH key to sign with (default: ~/.ssh/id_ed25519, id_ecdsa, id_rsa). A `.pub` file signs with the key held by ssh-agent. An encrypted key's passphrase comes from OPSRUN_SIGN_PASSPHRASE or a prompt.
+    #[arg(long, env = "OPSRUN_SIGN_KEY", value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+
+    /// Write an unsigned log or plan (it says UNSIGNED at the top).
+    #[arg(long)]
+    pub no_sign: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The log (or plan) to check; its signature is the same path plus `.sig`.
+    pub log: PathBuf,
+
+    /// Trusted keys per identity, as for `ssh-keygen -Y verify -f`. Without it the signer is not authenticated.
+    #[arg(long, value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+
+    /// Identity (principal) the signer must have in allowed_signers (default: the signer the log names).
+    #[arg(long, short = 'I', value_name = "ID")]
+    pub identity: Option<String>,
 }
 
 /// Commands that are not runbook names: everything else in first position is a runbook.

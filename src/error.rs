@@ -42,6 +42,15 @@ pub enum Error {
     NotConfirmed(String),
     #[error("error: {0}")]
     Io(String),
+    #[error("error: {0}")]
+    Sign(crate::sign::SignError),
+}
+
+// By hand rather than `#[from]`: as a source the message would be printed twice.
+impl From<crate::sign::SignError> for Error {
+    fn from(e: crate::sign::SignError) -> Self {
+        Error::Sign(e)
+    }
 }
 
 impl Error {
@@ -54,6 +63,7 @@ impl Error {
             | Error::Usage(_) => exit::INVALID_INPUT,
             Error::NotConfirmed(_) => exit::NOT_CONFIRMED,
             Error::Io(_) => exit::STEP_FAILED,
+            Error::Sign(e) => e.exit_code(),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod runner;
 pub mod runs;
 pub mod sanitize;
 pub mod shell;
+pub mod sign;
 pub mod template;
 pub mod transport;
 pub mod ui;

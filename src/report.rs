@@ -8,6 +8,7 @@
 use crate::events::{Event, Outcome, Phase, Status, Time};
 use crate::runbook::ServiceState;
 use crate::sanitize::escape_controls;
+use crate::sign::{labels, SignerInfo, NAMESPACE};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -26,7 +27,7 @@ pub fn cell(s: &str) -> String {
 }
 
 /// Inline code that cannot be broken out of.
-fn code(s: &str) -> String {
+pub fn code(s: &str) -> String {
     let s = escape_controls(s.as_bytes()).replace('\n', " ");
     let ticks = longest_run(&s, '`') + 1;
     let fence = "`".repeat(ticks);
@@ -117,8 +118,13 @@ fn read_output(run_dir: &Path, file: &str) -> String {
         .unwrap_or_else(|e| format!("(cannot read {file}: {e})"))
 }
 
-/// Renders the log. `signed_note` goes at the top (e.g. the UNSIGNED banner).
-pub fn render(events: &[Event], run_dir: &Path, banner: Option<&str>) -> String {
+/// The banner at the top of a document written with `--no-sign`.
+pub const UNSIGNED_BANNER: &str =
+    "**UNSIGNED**: this document carries no signature (written with `--no-sign`); nothing proves who wrote it or that it is unchanged.";
+
+/// Renders the log. `signer` is who is about to sign it (stamped into the
+/// "How to verify" section); `None` puts the UNSIGNED banner at the top.
+pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> String {
     let mut o = String::new();
     let started = events.iter().find_map(|e| match e {
         Event::RunStarted { .. } => Some(e.clone()),
@@ -168,8 +174,8 @@ pub fn render(events: &[Event], run_dir: &Path, banner: Option<&str>) -> String 
         cell(&runbook),
         cell(&inventory)
     );
-    if let Some(b) = banner {
-        let _ = writeln!(o, "> {b}\n");
+    if signer.is_none() {
+        let _ = writeln!(o, "> {UNSIGNED_BANNER}\n");
     }
     if finished.is_none() {
         let _ = writeln!(
@@ -429,6 +435,16 @@ pub fn render(events: &[Event], run_dir: &Path, banner: Option<&str>) -> String 
 
     downtime(&mut o, events);
     exceptions(&mut o, events);
+    let outputs: Vec<&crate::events::Saved> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TargetFinished { stdout, stderr, .. } => Some([stdout, stderr]),
+            _ => None,
+        })
+        .flatten()
+        .flatten()
+        .collect();
+    verify_section(&mut o, "log.md", signer, &outputs);
     o
 }
 
@@ -437,6 +453,94 @@ fn with_batch(host: &str, batch: Option<usize>) -> String {
     match batch {
         Some(b) => format!("{host} (batch {b})"),
         None => host.to_string(),
+    }
+}
+
+/// "How to verify": the signer (covered by the signature), the exact stock
+/// OpenSSH commands, `opsrun verify`, and a `sha256sum -c` list of the outputs.
+pub fn verify_section(
+    o: &mut String,
+    file: &str,
+    signer: Option<&SignerInfo>,
+    outputs: &[&crate::events::Saved],
+) {
+    let q = crate::shell::quote;
+    let sig = format!("{file}.sig");
+    let _ = writeln!(o, "\n## How to verify\n");
+    match signer {
+        None => {
+            let _ = writeln!(
+                o,
+                "{}: this document was written with `--no-sign`. Re-render and sign it with `opsrun log RUN` to get a signature.\n",
+                labels::UNSIGNED
+            );
+        }
+        Some(s) => {
+            let _ = writeln!(
+                o,
+                "This document is signed with an SSH signature (SSHSIG, namespace `{NAMESPACE}`) in {}, next to it. The signature covers every byte of this file, these lines included.\n",
+                code(&sig)
+            );
+            let _ = writeln!(o, "{}{}", labels::SIGNER, code(&s.identity));
+            let _ = writeln!(
+                o,
+                "{}{} ({})",
+                labels::KEY,
+                code(&s.fingerprint),
+                cell(&s.algorithm)
+            );
+            let _ = writeln!(
+                o,
+                "{}{}",
+                labels::SIGNED_AT,
+                s.time.format(crate::sign::TIME_FORMAT)
+            );
+            let _ = writeln!(o, "{}{}\n", labels::PUBLIC_KEY, code(&s.public_key));
+            let _ = writeln!(
+                o,
+                "With stock OpenSSH: put the signer's public key in an `allowed_signers` file and check the signature. Take the key from a source you trust (the operator's key on record): the line below is only what this document claims, and anyone able to edit it could also re-sign it with their own key.\n"
+            );
+            let cmds = format!(
+                "echo {} >> allowed_signers\nssh-keygen -Y verify -f allowed_signers -I {} -n {NAMESPACE} -s {} < {}",
+                q(&s.allowed_signers_line()),
+                q(&s.identity),
+                q(&sig),
+                q(file)
+            );
+            let _ = write!(o, "{}", fenced("sh", &cmds));
+            let _ = writeln!(
+                o,
+                "\nOr with opsrun, which also checks every output file listed below:\n"
+            );
+            let _ = write!(
+                o,
+                "{}",
+                fenced(
+                    "sh",
+                    &format!(
+                        "opsrun verify {} --allowed-signers allowed_signers",
+                        q(file)
+                    )
+                )
+            );
+        }
+    }
+    if !outputs.is_empty() {
+        let covered = if signer.is_some() {
+            " (the signature covers these digests)"
+        } else {
+            ""
+        };
+        let _ = writeln!(o, "\nThe full outputs, from the run directory{covered}:\n");
+        let list: String = outputs
+            .iter()
+            .map(|s| format!("{}  {}\n", s.sha256, s.file))
+            .collect();
+        let _ = write!(
+            o,
+            "{}",
+            fenced("sh", &format!("sha256sum -c <<'EOF'\n{list}EOF"))
+        );
     }
 }
 

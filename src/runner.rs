@@ -37,6 +37,8 @@ pub struct Settings {
     pub operator: String,
     pub break_lock: bool,
     pub mode: Mode,
+    /// Loaded before the run, so a missing key or passphrase stops it before anything changes.
+    pub signing: crate::sign::Signing,
 }
 
 /// The result of a run: exit code and where its log is.
@@ -206,7 +208,11 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
     }) {
         ui.error(&format!("could not record the end of the run: {e}"));
     }
-    let log = write_log(rec.dir()).map_err(record_err)?;
+    let log = rec.dir().join(LOG_FILE);
+    if let Err(e) = write_log(rec.dir(), &s.signing) {
+        // The run happened whatever the log's fate: report it, keep the run's own exit code.
+        ui.error(&e.to_string());
+    }
     match finish.outcome {
         Outcome::Succeeded => ui.line(&format!(
             "{} {}",
@@ -298,21 +304,37 @@ async fn interruptible<F: std::future::Future<Output = Result<Option<Finish>, Ex
     result
 }
 
-/// Renders `log.md` from the journal in `dir`.
-pub fn write_log(dir: &Path) -> Result<PathBuf, crate::record::RecordError> {
-    let path = dir.join(crate::journal::FILE);
-    let replay = crate::journal::read(&path)?;
-    let text = crate::report::render(
-        &replay.events,
-        dir,
-        Some("**UNSIGNED**: this log carries no signature."),
-    );
-    let log = dir.join("log.md");
-    std::fs::write(&log, text).map_err(|source| crate::record::RecordError::Output {
-        path: log.clone(),
-        source,
-    })?;
-    Ok(log)
+pub const LOG_FILE: &str = "log.md";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Journal(#[from] crate::record::RecordError),
+    #[error("cannot write or sign the log `{}`: {source}", path.display())]
+    Sign {
+        path: PathBuf,
+        source: crate::sign::SignError,
+    },
+}
+
+/// (Re)renders `log.md` from the journal in `dir` and signs it into
+/// `log.md.sig` (or marks it UNSIGNED). Returns the log's path and how it was signed.
+pub fn write_log(
+    dir: &Path,
+    signing: &crate::sign::Signing,
+) -> Result<(PathBuf, Option<crate::sign::SignInfo>), LogError> {
+    let replay = crate::journal::read(&dir.join(crate::journal::FILE))
+        .map_err(crate::record::RecordError::from)?;
+    let log = dir.join(LOG_FILE);
+    let signed = signing
+        .write_document(&log, |signer| {
+            crate::report::render(&replay.events, dir, signer)
+        })
+        .map_err(|source| LogError::Sign {
+            path: log.clone(),
+            source,
+        })?;
+    Ok((log, signed))
 }
 
 /// Opens one master connection per host, all before the first step: a host

@@ -35,6 +35,22 @@ impl std::fmt::Debug for Run {
     }
 }
 
+/// A signing key kept in the test's directory: runs without a key (or
+/// `--no-sign`) are refused, and the logs read here are signed ones.
+fn sign_key(dir: &Path) -> PathBuf {
+    let key = dir.join(".sign-key");
+    if !key.exists() {
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "opsrun-test", "-f"])
+            .arg(&key)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .expect("ssh-keygen");
+        assert!(st.success(), "ssh-keygen failed");
+    }
+    key
+}
+
 /// Runs the opsrun binary in `dir` (runbooks come from the library built into it).
 pub fn opsrun(dir: &Path, args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_opsrun"))
@@ -42,6 +58,8 @@ pub fn opsrun(dir: &Path, args: &[&str]) -> Run {
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env("OPSRUN_OPERATOR", "tester")
+        .env("OPSRUN_SIGN_KEY", sign_key(dir))
+        .env_remove("OPSRUN_SIGN_PASSPHRASE")
         .env_remove("OPSRUN_LOG_DIR")
         .stdin(std::process::Stdio::null())
         .output()

@@ -52,6 +52,8 @@ impl Lab {
             .current_dir(self.path())
             .env("NO_COLOR", "1")
             .env("OPSRUN_OPERATOR", "tester")
+            .env("OPSRUN_SIGN_KEY", super::library::sign_key(self.path()))
+            .env_remove("OPSRUN_SIGN_PASSPHRASE")
             .env_remove("OPSRUN_LOG_DIR");
         for (k, _) in std::env::vars() {
             if k.starts_with("OPSRUN_SECRET_") {

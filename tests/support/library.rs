@@ -21,12 +21,30 @@ pub const DM_USER: &str = "dmdba";
 pub const DM_GROUP: &str = "dinstall";
 pub const DB_PASS: &str = "Dm#Sim-pass1";
 
-/// Runs `opsrun ARGS` in `dir` with NO_COLOR=1 and extra environment.
+/// A signing key for the runs of one test, kept in its directory: a run without
+/// a key (or `--no-sign`) is refused, and the logs these tests read are signed ones.
+pub fn sign_key(dir: &Path) -> PathBuf {
+    let key = dir.join(".sign-key");
+    if !key.exists() {
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "opsrun-test", "-f"])
+            .arg(&key)
+            .stdin(Stdio::null())
+            .status()
+            .expect("ssh-keygen");
+        assert!(st.success(), "ssh-keygen failed");
+    }
+    key
+}
+
+/// Runs `opsrun ARGS` in `dir` with NO_COLOR=1, a signing key, and extra environment.
 pub fn opsrun(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_opsrun"));
     cmd.args(args)
         .current_dir(dir)
         .env("NO_COLOR", "1")
+        .env("OPSRUN_SIGN_KEY", sign_key(dir))
+        .env_remove("OPSRUN_SIGN_PASSPHRASE")
         .env_remove("OPSRUN_LOG_DIR")
         .stdin(Stdio::null());
     for (k, v) in env {

@@ -1,0 +1,360 @@
+//! The Markdown log (and plan) stays valid Markdown whatever a host prints:
+//! parsed with pulldown-cmark, its headings, tables and fenced blocks must be
+//! exactly the ones opsrun wrote.
+
+#[path = "support/local_run.rs"]
+mod local_run;
+
+use local_run::{expect_code, text, Sandbox, OPERATOR};
+use pulldown_cmark::{CodeBlockKind, Event, HeadingLevel, Options, Parser, Tag, TagEnd};
+
+/// Hostile output: fences of 3 and 4 backticks, ANSI colours, NUL, a bidi
+/// override, pipes and a table, a fake heading and a fake signer line, CJK.
+const HOSTILE: &str = r#"name: hostile
+description: output that tries to break the log
+hosts: local
+steps:
+  - name: Stop web
+    run: echo stopping
+    service: { name: web, state: stopped }
+    rollback: echo undo-stop
+  - name: Noisy 输出
+    confirm: "Print hostile | output?"
+    run: "printf 'a ```` b\\n```\\n\\033[31mred\\033[0m\\000nul\\n| x | y |\\n|---|---|\\n## Fake heading\\n- Signer: `mallory`\\n中文テキスト 한국어\\n\\342\\200\\256evil\\n'; printf 'err ``` \\001\\n' >&2"
+    rollback: echo undo-noisy
+  - name: Long
+    run: seq 1 300
+  - name: Paste license
+    manual: "Open the console and paste the licence | then confirm"
+  - name: Start web
+    run: echo starting
+    service: { name: web, state: started }
+  - name: Check it
+    run: echo checking
+    check: "test -f /nonexistent-opsrun-file"
+    retries: 1
+    delay: 0s
+"#;
+
+#[derive(Debug, Default)]
+struct Doc {
+    headings: Vec<(HeadingLevel, String)>,
+    /// (info string, text, source of the whole block)
+    blocks: Vec<(String, String, String)>,
+    /// Tables as rows of cell texts; the header row first.
+    tables: Vec<Vec<Vec<String>>>,
+}
+
+fn parse(md: &str) -> Doc {
+    let mut doc = Doc::default();
+    let mut heading: Option<(HeadingLevel, String)> = None;
+    let mut block: Option<(String, String, std::ops::Range<usize>)> = None;
+    let mut table: Option<Vec<Vec<String>>> = None;
+    let mut cell: Option<String> = None;
+    for (ev, range) in Parser::new_ext(md, Options::ENABLE_TABLES).into_offset_iter() {
+        match ev {
+            Event::Start(Tag::Heading { level, .. }) => heading = Some((level, String::new())),
+            Event::End(TagEnd::Heading(_)) => doc.headings.extend(heading.take()),
+            Event::Start(Tag::CodeBlock(kind)) => {
+                let info = match kind {
+                    CodeBlockKind::Fenced(i) => i.to_string(),
+                    CodeBlockKind::Indented => "(indented)".to_string(),
+                };
+                block = Some((info, String::new(), range));
+            }
+            Event::End(TagEnd::CodeBlock) => {
+                if let Some((info, body, r)) = block.take() {
+                    doc.blocks.push((info, body, md[r].to_string()));
+                }
+            }
+            Event::Start(Tag::Table(_)) => table = Some(Vec::new()),
+            Event::End(TagEnd::Table) => doc.tables.extend(table.take()),
+            Event::Start(Tag::TableHead) | Event::Start(Tag::TableRow) => {
+                if let Some(t) = table.as_mut() {
+                    t.push(Vec::new());
+                }
+            }
+            Event::Start(Tag::TableCell) => cell = Some(String::new()),
+            Event::End(TagEnd::TableCell) => {
+                if let (Some(c), Some(t)) = (cell.take(), table.as_mut()) {
+                    if let Some(row) = t.last_mut() {
+                        row.push(c);
+                    }
+                }
+            }
+            Event::Text(s) | Event::Code(s) => {
+                if let Some((_, b, _)) = block.as_mut() {
+                    b.push_str(&s);
+                } else if let Some(c) = cell.as_mut() {
+                    c.push_str(&s);
+                } else if let Some((_, h)) = heading.as_mut() {
+                    h.push_str(&s);
+                }
+            }
+            _ => {}
+        }
+    }
+    doc
+}
+
+impl Doc {
+    fn h(&self, level: HeadingLevel) -> Vec<&str> {
+        self.headings
+            .iter()
+            .filter(|(l, _)| *l == level)
+            .map(|(_, t)| t.as_str())
+            .collect()
+    }
+
+    fn table_with_header(&self, first: &str) -> Vec<&Vec<Vec<String>>> {
+        self.tables
+            .iter()
+            .filter(|t| t.first().and_then(|r| r.first()).map(String::as_str) == Some(first))
+            .collect()
+    }
+}
+
+/// Every fenced block closes: its source ends with a fence line at least as
+/// long as the one that opened it (an unclosed fence would run to the end).
+fn assert_fences_close(doc: &Doc) {
+    for (info, body, src) in &doc.blocks {
+        assert_ne!(info, "(indented)", "an indented code block appeared: {src}");
+        let open = src.chars().take_while(|c| *c == '`').count();
+        assert!(open >= 3, "not a backtick fence: {src}");
+        let last = src
+            .trim_end_matches('\n')
+            .lines()
+            .last()
+            .unwrap_or_default();
+        let close = last.chars().take_while(|c| *c == '`').count();
+        assert!(
+            close >= open && last.trim_end().len() == close && src.lines().count() >= 2,
+            "fenced block does not close:\n{src}"
+        );
+        assert!(
+            !body.contains("\n## How to verify"),
+            "a block swallowed the rest of the log"
+        );
+    }
+}
+
+/// No raw control characters (but newline) and no bidi overrides in the document.
+fn assert_no_raw_controls(md: &str) {
+    for (i, c) in md.char_indices() {
+        let bad = (c.is_control() && c != '\n')
+            || ('\u{202A}'..='\u{202E}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c);
+        assert!(!bad, "raw control {c:?} at byte {i}");
+    }
+}
+
+#[test]
+fn hostile_output_keeps_the_log_structure() {
+    let sb = Sandbox::new();
+    sb.runbook("hostile", HOSTILE);
+    let key = sb.keygen("id_ed25519", "ed25519", "", true);
+    let out = sb.opsrun(&["hostile", "--env", "demo", "--yes"], &[]);
+    // The check fails, so the completed steps are rolled back: exit 1.
+    expect_code(&out, 1, "hostile run");
+    let dir = sb.run_dir();
+    let md = std::fs::read_to_string(dir.join("log.md")).expect("log.md");
+    assert_no_raw_controls(&md);
+    let doc = parse(&md);
+    assert_fences_close(&doc);
+    let [h1, h2] = &sb.hosts;
+
+    let titles = doc.h(HeadingLevel::H1);
+    assert_eq!(titles, vec!["opsrun execution log: hostile on demo"]);
+    let sections = doc.h(HeadingLevel::H2);
+    for s in [
+        "Hosts",
+        "Gates and manual steps",
+        "Steps",
+        "Rollback",
+        "Business-impact downtime",
+        "Exceptions",
+        "How to verify",
+    ] {
+        assert!(sections.contains(&s), "missing section {s}: {sections:?}");
+    }
+    assert!(
+        doc.headings
+            .iter()
+            .all(|(_, t)| !t.contains("Fake heading")),
+        "output became a heading: {:?}",
+        doc.headings
+    );
+    assert!(doc.h(HeadingLevel::H3).contains(&"2. Noisy 输出"));
+    assert!(doc
+        .h(HeadingLevel::H4)
+        .iter()
+        .any(|h| h.starts_with(&format!("{h1}: ok, exit 0, "))));
+
+    // Header table: one value per row, all the fields the issue lists.
+    let header = &doc.tables[0];
+    let field = |k: &str| {
+        header
+            .iter()
+            .find(|r| r.first().map(String::as_str) == Some(k))
+            .and_then(|r| r.get(1))
+            .cloned()
+            .unwrap_or_else(|| panic!("header row {k} missing: {header:?}"))
+    };
+    for k in [
+        "Runbook",
+        "Runbook sha256",
+        "Inventory sha256",
+        "Environment",
+        "Control host",
+        "Ticket",
+        "opsrun version",
+        "Start",
+        "End",
+        "Duration",
+    ] {
+        field(k);
+    }
+    assert_eq!(field("Operator"), OPERATOR);
+    assert_eq!(field("Dry run"), "no");
+    assert!(field("Result").starts_with("FAILED"), "{}", field("Result"));
+    assert!(header.iter().all(|r| r.len() == 2), "{header:?}");
+
+    // Step x host table: 7 columns in every row; the pipes in the output split nothing.
+    let steps = doc.table_with_header("#");
+    assert_eq!(steps.len(), 2, "forward and rollback step tables");
+    let forward = steps[0];
+    assert_eq!(
+        forward[0],
+        ["#", "step", "host", "status", "start", "duration", "exit"]
+    );
+    assert!(forward.iter().all(|r| r.len() == 7), "{forward:?}");
+    // Stop, Noisy, Long, Start, Check on two hosts each.
+    assert_eq!(forward.len() - 1, 10, "{forward:?}");
+    assert!(forward
+        .iter()
+        .any(|r| r[1] == "Noisy 输出" && r[2] == *h2 && r[3] == "ok"));
+    assert!(forward
+        .iter()
+        .any(|r| r[1] == "Check it" && r[3] == "FAILED"));
+
+    // Gates: the question with its pipe is one cell; who answered is recorded.
+    let gates = doc.table_with_header("time");
+    assert_eq!(gates.len(), 1);
+    let gate = gates[0]
+        .iter()
+        .find(|r| r[2] == "Print hostile | output?")
+        .expect("gate row");
+    assert_eq!(gate.len(), 5);
+    assert!(gate[3].starts_with("yes"));
+    assert_eq!(gate[4], OPERATOR);
+    assert!(gates[0]
+        .iter()
+        .any(|r| r[2].contains("paste the licence | then confirm") && r[3] == "done"));
+
+    // Downtime per service and host, from the stop to the start.
+    let down = doc.table_with_header("service");
+    assert_eq!(down.len(), 1);
+    assert!(down[0]
+        .iter()
+        .any(|r| r[0] == "web" && r[1] == *h1 && !r[3].contains("still down")));
+
+    // The hostile output is inside one fenced block, shown, not interpreted.
+    let noisy = doc
+        .blocks
+        .iter()
+        .find(|(i, b, _)| i == "text" && b.contains("中文テキスト 한국어"))
+        .expect("the CJK output");
+    for needle in [
+        "a ```` b\n```\n",
+        "\\x1b[31mred\\x1b[0m\\x00nul",
+        "| x | y |\n|---|---|",
+        "## Fake heading",
+        "- Signer: `mallory`",
+        "\\u{202e}evil",
+    ] {
+        assert!(noisy.1.contains(needle), "{needle:?} not in {:?}", noisy.1);
+    }
+    assert_eq!(noisy.0, "text");
+    assert!(doc
+        .blocks
+        .iter()
+        .any(|(_, b, _)| b.contains("err ``` \\x01")));
+    // The exact command, in `[user@host]#` form.
+    assert!(doc.blocks.iter().any(
+        |(i, b, _)| i == "console" && b.starts_with(&format!("[root@{h1}]# printf 'a ```` b"))
+    ));
+
+    // Long output is cut in the log; the full file is cited with its digest.
+    assert!(md.contains("[... 260 line(s) omitted: see the full output file ...]"));
+    let long = format!("outputs/03-long-{h1}.stdout");
+    let full = std::fs::read(dir.join(&long)).unwrap();
+    assert_eq!(full.iter().filter(|b| **b == b'\n').count(), 300);
+    assert!(md.contains(&format!(
+        "stdout (1092 bytes, truncated here; full output `{long}` sha256 `"
+    )));
+
+    // Check attempts (retries) and the rollback are in the log.
+    assert!(md.contains("Check attempt 1: failed (exit 1)"));
+    assert!(md.contains("Check attempt 2: failed (exit 1)"));
+    assert!(doc
+        .blocks
+        .iter()
+        .any(|(_, b, _)| b.contains("# echo undo-noisy")));
+
+    // The fake signer line in the output does not fool verify.
+    let log = dir.join("log.md").display().to_string();
+    let v = sb.opsrun(&["verify", &log], &[]);
+    expect_code(&v, 0, "verify");
+    let s = text(&v.stdout);
+    assert!(s.contains(&format!("signer     {OPERATOR} ")), "{s}");
+    assert!(s.contains(&local_run::fingerprint(&key.with_extension("pub"))));
+}
+
+#[test]
+fn the_plan_is_valid_markdown_too() {
+    let sb = Sandbox::new();
+    sb.runbook("hostile", HOSTILE);
+    let out = sb.opsrun(
+        &[
+            "hostile",
+            "--env",
+            "demo",
+            "--dry-run",
+            "--output",
+            "plan.md",
+            "--no-sign",
+        ],
+        &[],
+    );
+    expect_code(&out, 0, "plan");
+    let md = std::fs::read_to_string(sb.work().join("plan.md")).unwrap();
+    assert_no_raw_controls(&md);
+    let doc = parse(&md);
+    assert_fences_close(&doc);
+    assert_eq!(
+        doc.h(HeadingLevel::H1),
+        vec!["opsrun plan: hostile on demo"]
+    );
+    let sections = doc.h(HeadingLevel::H2);
+    for s in ["Hosts", "Steps", "Rollback guide", "How to verify"] {
+        assert!(sections.contains(&s), "missing {s}: {sections:?}");
+    }
+    let steps = doc.h(HeadingLevel::H3);
+    assert_eq!(
+        steps,
+        vec![
+            "1. Stop web",
+            "2. Noisy 输出",
+            "3. Long",
+            "4. Paste license",
+            "5. Start web",
+            "6. Check it"
+        ]
+    );
+    let header = &doc.tables[0];
+    assert!(header.iter().any(|r| r[0] == "Dry run" && r[1] == "yes"));
+    assert!(doc.blocks.iter().any(|(i, b, _)| i == "console"
+        && b.contains("printf 'a ```` b")
+        && b.starts_with(&format!("[root@{}]# ", sb.hosts[0]))));
+    assert!(md.contains("**Gate**: Print hostile \\| output? [y/N]"));
+}

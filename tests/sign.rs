@@ -1,0 +1,500 @@
+//! Signing logs and plans (SSHSIG, namespace `opsrun-log`) and verifying them
+//! with `opsrun verify` and with stock `ssh-keygen -Y verify`.
+
+#[path = "support/local_run.rs"]
+mod local_run;
+
+use local_run::{expect_code, fingerprint, keygen_verify, text, Sandbox, OPERATOR};
+use std::path::Path;
+
+const SIMPLE: &str = r#"name: simple
+description: two steps on two local hosts
+hosts: local
+steps:
+  - name: Say hello
+    run: echo hello
+  - name: Say bye
+    run: echo bye; echo warn >&2
+"#;
+
+fn run_signed(sb: &Sandbox, key: &Path, env: &[(&str, &str)]) -> std::path::PathBuf {
+    let key = key.display().to_string();
+    let out = sb.opsrun(
+        &["simple", "--env", "demo", "--yes", "--sign-key", &key],
+        env,
+    );
+    expect_code(&out, 0, "signed run");
+    let dir = sb.runs().pop().expect("a run");
+    assert!(dir.join("log.md.sig").is_file(), "no log.md.sig");
+    // The last stdout line is the log's path.
+    let last = text(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(last.ends_with("log.md"), "last line: {last}");
+    dir
+}
+
+fn verify(sb: &Sandbox, log: &Path, extra: &[&str]) -> std::process::Output {
+    let log = log.display().to_string();
+    let mut args = vec!["verify", log.as_str()];
+    args.extend(extra);
+    sb.opsrun(&args, &[])
+}
+
+#[test]
+fn ed25519_and_rsa_logs_verify_with_opsrun_and_stock_ssh_keygen() {
+    for kind in ["ed25519", "rsa"] {
+        let sb = Sandbox::new();
+        sb.runbook("simple", SIMPLE);
+        let key = sb.keygen(&format!("id_{kind}"), kind, "", false);
+        let pubkey = key.with_extension("pub");
+        let dir = run_signed(&sb, &key, &[]);
+        let log = dir.join("log.md");
+        let fp = fingerprint(&pubkey);
+
+        let body = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !body.contains("UNSIGNED"),
+            "{kind}: signed log says UNSIGNED"
+        );
+        assert!(body.contains(&format!("- Signer: `{OPERATOR}`")), "{kind}");
+        assert!(body.contains(&fp), "{kind}: the log names the key");
+        assert!(
+            body.contains(&format!(
+                "ssh-keygen -Y verify -f allowed_signers -I {OPERATOR} -n opsrun-log -s log.md.sig < log.md"
+            )),
+            "{kind}: the stock command is in the log"
+        );
+
+        // Trust only in the key: reports the signer but says it is not authenticated.
+        let out = verify(&sb, &log, &[]);
+        expect_code(&out, 0, &format!("{kind}: opsrun verify"));
+        let s = text(&out.stdout);
+        assert!(s.contains(&fp), "{kind}: fingerprint printed:\n{s}");
+        assert!(s.contains("signed at  20"), "{kind}: signing time:\n{s}");
+        assert!(s.contains("NOT AUTHENTICATED"), "{kind}:\n{s}");
+        assert!(s.contains("VERIFIED"), "{kind}:\n{s}");
+
+        // With allowed_signers: opsrun and stock ssh-keygen agree.
+        let allowed = sb.allowed_signers("allowed_signers", OPERATOR, &pubkey);
+        assert!(
+            keygen_verify(&allowed, OPERATOR, &log),
+            "{kind}: ssh-keygen -Y verify rejects the log"
+        );
+        let a = allowed.display().to_string();
+        let out = verify(&sb, &log, &["--allowed-signers", &a]);
+        expect_code(&out, 0, &format!("{kind}: verify --allowed-signers"));
+        assert!(text(&out.stdout).contains("signer authenticated"));
+
+        // Wrong identity, or a file trusting another key: both tools refuse.
+        let out = verify(
+            &sb,
+            &log,
+            &["--allowed-signers", &a, "--identity", "mallory"],
+        );
+        expect_code(&out, 1, &format!("{kind}: wrong identity"));
+        assert!(!keygen_verify(&allowed, "mallory", &log));
+        let other = sb.keygen("other", "ed25519", "", false);
+        let wrong = sb.allowed_signers("wrong_signers", OPERATOR, &other.with_extension("pub"));
+        let w = wrong.display().to_string();
+        let out = verify(&sb, &log, &["--allowed-signers", &w]);
+        expect_code(&out, 1, &format!("{kind}: untrusted key"));
+        assert!(!keygen_verify(&wrong, OPERATOR, &log));
+    }
+}
+
+#[test]
+fn a_key_limited_to_another_namespace_is_refused() {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let key = sb.keygen("id_ed25519", "ed25519", "", false);
+    let dir = run_signed(&sb, &key, &[]);
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let git_only = sb.write(
+        "git_signers",
+        &format!("{OPERATOR} namespaces=\"git\" {}", pubkey.trim()),
+    );
+    let g = git_only.display().to_string();
+    let out = verify(&sb, &dir.join("log.md"), &["--allowed-signers", &g]);
+    expect_code(&out, 1, "namespace-limited key");
+    assert!(!keygen_verify(&git_only, OPERATOR, &dir.join("log.md")));
+}
+
+#[test]
+fn default_encrypted_key_uses_the_passphrase_variable_never_a_pipe() {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let key = sb.keygen("id_ed25519", "ed25519", "correct horse", true);
+
+    // No passphrase and stdin is not a terminal: refused before anything runs.
+    let out = sb.opsrun(&["simple", "--env", "demo", "--yes"], &[]);
+    expect_code(&out, 2, "encrypted key without passphrase");
+    let err = text(&out.stderr);
+    assert!(err.contains("OPSRUN_SIGN_PASSPHRASE"), "{err}");
+    assert!(sb.runs().is_empty(), "nothing may run without a usable key");
+
+    let out = sb.opsrun(
+        &["simple", "--env", "demo", "--yes"],
+        &[("OPSRUN_SIGN_PASSPHRASE", "wrong")],
+    );
+    expect_code(&out, 2, "wrong passphrase");
+    assert!(text(&out.stderr).contains("wrong passphrase"));
+    assert!(sb.runs().is_empty());
+
+    // The default key (~/.ssh/id_ed25519), decrypted with the variable.
+    let out = sb.opsrun(
+        &["simple", "--env", "demo", "--yes"],
+        &[("OPSRUN_SIGN_PASSPHRASE", "correct horse")],
+    );
+    expect_code(&out, 0, "encrypted default key");
+    let log = sb.run_dir().join("log.md");
+    let allowed = sb.allowed_signers("allowed", OPERATOR, &key.with_extension("pub"));
+    assert!(keygen_verify(&allowed, OPERATOR, &log));
+    let out = verify(&sb, &log, &[]);
+    expect_code(&out, 0, "verify");
+    assert!(text(&out.stdout).contains(&fingerprint(&key.with_extension("pub"))));
+}
+
+#[test]
+fn encrypted_rsa_key_signs_in_process() {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let key = sb.keygen("rsa_enc", "rsa", "s3cret pass", false);
+    let dir = run_signed(&sb, &key, &[("OPSRUN_SIGN_PASSPHRASE", "s3cret pass")]);
+    let allowed = sb.allowed_signers("allowed", OPERATOR, &key.with_extension("pub"));
+    assert!(keygen_verify(&allowed, OPERATOR, &dir.join("log.md")));
+}
+
+#[test]
+fn no_key_is_an_error_unless_no_sign_is_explicit() {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let out = sb.opsrun(&["simple", "--env", "demo", "--yes"], &[]);
+    expect_code(&out, 2, "no key");
+    let err = text(&out.stderr);
+    assert!(err.contains("ssh-keygen -t ed25519"), "{err}");
+    assert!(err.contains("--no-sign"), "{err}");
+    assert_eq!(err.matches("no SSH key").count(), 1, "said once: {err}");
+    assert!(sb.runs().is_empty(), "nothing may run without a key");
+
+    let out = sb.opsrun(&["simple", "--env", "demo", "--yes", "--no-sign"], &[]);
+    expect_code(&out, 0, "--no-sign");
+    let dir = sb.run_dir();
+    assert!(!dir.join("log.md.sig").exists());
+    let log = std::fs::read_to_string(dir.join("log.md")).unwrap();
+    let top: Vec<&str> = log.lines().take(4).collect();
+    assert!(
+        top.iter().any(|l| l.contains("**UNSIGNED**")),
+        "UNSIGNED at the top: {top:?}"
+    );
+    let out = verify(&sb, &dir.join("log.md"), &[]);
+    expect_code(&out, 1, "verify an unsigned log");
+    assert!(text(&out.stdout).contains("UNSIGNED"));
+
+    // Usage errors: a missing log is exit 2, not a verification failure.
+    let out = verify(&sb, Path::new("nope/log.md"), &[]);
+    expect_code(&out, 2, "missing log");
+}
+
+#[test]
+fn ecdsa_key_is_signed_and_checked_through_ssh_keygen() {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let key = sb.keygen("id_ecdsa", "ecdsa", "", false);
+    let dir = run_signed(&sb, &key, &[]);
+    let log = dir.join("log.md");
+    let allowed = sb.allowed_signers("allowed", OPERATOR, &key.with_extension("pub"));
+    assert!(keygen_verify(&allowed, OPERATOR, &log));
+    let a = allowed.display().to_string();
+    let out = verify(&sb, &log, &["--allowed-signers", &a]);
+    expect_code(&out, 0, "ecdsa verify");
+    assert!(text(&out.stdout).contains("checked by ssh-keygen"));
+}
+
+#[test]
+fn opsrun_log_re_renders_and_re_signs() {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let first = sb.keygen("first", "ed25519", "", false);
+    let second = sb.keygen("second", "ed25519", "", false);
+    let dir = run_signed(&sb, &first, &[]);
+    let d = dir.display().to_string();
+    let s = second.display().to_string();
+    let out = sb.opsrun(&["log", &d, "--sign-key", &s], &[]);
+    expect_code(&out, 0, "opsrun log");
+    let allowed = sb.allowed_signers("allowed", OPERATOR, &second.with_extension("pub"));
+    assert!(keygen_verify(&allowed, OPERATOR, &dir.join("log.md")));
+    let out = verify(&sb, &dir.join("log.md"), &[]);
+    expect_code(&out, 0, "verify re-signed");
+    assert!(text(&out.stdout).contains(&fingerprint(&second.with_extension("pub"))));
+
+    // Re-rendered unsigned: the stale signature goes, the log says UNSIGNED.
+    let out = sb.opsrun(&["log", &d, "--no-sign"], &[]);
+    expect_code(&out, 0, "opsrun log --no-sign");
+    assert!(!dir.join("log.md.sig").exists());
+    assert!(std::fs::read_to_string(dir.join("log.md"))
+        .unwrap()
+        .contains("**UNSIGNED**"));
+}
+
+#[test]
+fn dry_run_plan_is_markdown_signed_the_same_way() {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let key = sb.keygen("id_ed25519", "ed25519", "", false);
+    let k = key.display().to_string();
+    let out = sb.opsrun(
+        &[
+            "simple",
+            "--env",
+            "demo",
+            "--dry-run",
+            "--output",
+            "plan.md",
+            "--sign-key",
+            &k,
+        ],
+        &[],
+    );
+    expect_code(&out, 0, "dry-run --output");
+    assert!(sb.runs().is_empty(), "a dry-run records no run");
+    let plan = sb.work().join("plan.md");
+    let body = std::fs::read_to_string(&plan).unwrap();
+    assert!(body.starts_with("# opsrun plan: simple on demo"), "{body}");
+    assert!(body.contains("| Dry run | **yes** |"));
+    assert!(
+        body.contains(&format!("[root@{}]# echo hello", sb.hosts[0])),
+        "{body}"
+    );
+    assert!(body.contains(
+        "ssh-keygen -Y verify -f allowed_signers -I alice -n opsrun-log -s plan.md.sig < plan.md"
+    ));
+    let allowed = sb.allowed_signers("allowed", OPERATOR, &key.with_extension("pub"));
+    assert!(keygen_verify(&allowed, OPERATOR, &plan));
+    let out = verify(&sb, &plan, &[]);
+    expect_code(&out, 0, "verify plan");
+
+    // --output needs --dry-run.
+    let out = sb.opsrun(
+        &["simple", "--env", "demo", "--output", "x.md", "--no-sign"],
+        &[],
+    );
+    expect_code(&out, 2, "--output without --dry-run");
+
+    let out = sb.opsrun(
+        &[
+            "simple",
+            "--env",
+            "demo",
+            "--dry-run",
+            "-o",
+            "plain.md",
+            "--no-sign",
+        ],
+        &[],
+    );
+    expect_code(&out, 0, "unsigned plan");
+    let body = std::fs::read_to_string(sb.work().join("plain.md")).unwrap();
+    assert!(body.lines().take(5).any(|l| l.contains("**UNSIGNED**")));
+    assert!(!sb.work().join("plain.md.sig").exists());
+}
+
+/// Flips one bit (XOR 0x01) at `pos` of `path`, runs `check`, restores the byte.
+fn with_flipped(path: &Path, pos: usize, check: impl FnOnce()) {
+    let orig = std::fs::read(path).unwrap();
+    let mut b = orig.clone();
+    b[pos] ^= 0x01;
+    std::fs::write(path, &b).unwrap();
+    check();
+    std::fs::write(path, &orig).unwrap();
+}
+
+fn verifies(log: &Path) -> bool {
+    opsrun::sign::verify(log, &opsrun::sign::VerifyOptions::default())
+        .expect("verify runs")
+        .ok()
+}
+
+#[test]
+fn flipping_any_byte_of_log_signature_or_output_fails_verification() {
+    let sb = Sandbox::new();
+    sb.runbook(
+        "flip",
+        &format!(
+            "name: flip\nhosts: {}\nsteps:\n  - name: Out\n    run: \"printf 'line one\\nline two\\n'\"\n",
+            sb.hosts[0]
+        ),
+    );
+    let key = sb.keygen("id_ed25519", "ed25519", "", false);
+    let k = key.display().to_string();
+    let out = sb.opsrun(&["flip", "--env", "demo", "--yes", "--sign-key", &k], &[]);
+    expect_code(&out, 0, "run");
+    let dir = sb.run_dir();
+    let log = dir.join("log.md");
+    let sig = dir.join("log.md.sig");
+    let output = dir.join(format!("outputs/01-out-{}.stdout", sb.hosts[0]));
+    assert!(output.is_file());
+    assert!(verifies(&log), "the untouched run verifies");
+    let allowed = sb.allowed_signers("allowed", OPERATOR, &key.with_extension("pub"));
+
+    // Every position of every file: the files are small (a few KiB in all) and
+    // the check runs in process, so the whole sweep takes seconds.
+    for file in [&sig, &output, &log] {
+        let len = std::fs::read(file).unwrap().len();
+        assert!(len > 0);
+        for pos in 0..len {
+            with_flipped(file, pos, || {
+                assert!(
+                    !verifies(&log),
+                    "flipping byte {pos} of {} still verifies",
+                    file.display()
+                );
+            });
+        }
+    }
+    // Stock OpenSSH agrees on a sample: first, middle and last byte of the log,
+    // and the middle of the signature (ssh-keygen itself tolerates some changes
+    // to the armor, such as the final newline, that `opsrun verify` refuses).
+    let log_len = std::fs::read(&log).unwrap().len();
+    let sig_len = std::fs::read(&sig).unwrap().len();
+    for (file, positions) in [
+        (&log, vec![0, log_len / 2, log_len - 1]),
+        (&sig, vec![sig_len / 2]),
+    ] {
+        for pos in positions {
+            with_flipped(file, pos, || {
+                assert!(
+                    !keygen_verify(&allowed, OPERATOR, &log),
+                    "ssh-keygen accepts byte {pos} of {} flipped",
+                    file.display()
+                );
+            });
+        }
+    }
+    assert!(verifies(&log), "restored files verify again");
+    assert!(keygen_verify(&allowed, OPERATOR, &log));
+}
+
+#[test]
+fn a_secret_used_in_three_steps_appears_nowhere() {
+    const SECRET: &str = "Zq9-hunter2-s3cr3t";
+    let sb = Sandbox::new();
+    sb.runbook(
+        "secret",
+        r#"name: secret
+hosts: local
+params:
+  pw: { secret: true, description: a password }
+steps:
+  - name: On stdin
+    run: cat
+    stdin: "{{ pw }}"
+  - name: In a script
+    script: |
+      echo "the password is {{ pw }}"
+  - name: In the environment
+    env: { PW: "{{ pw }}" }
+    run: 'printf "%s\n" "$PW" >&2'
+"#,
+    );
+    let key = sb.keygen("id_ed25519", "ed25519", "", true);
+    let secret_env = [("OPSRUN_SECRET_PW", SECRET)];
+    let out = sb.opsrun(
+        &["secret", "--env", "demo", "--yes", "--verbose"],
+        &secret_env,
+    );
+    expect_code(&out, 0, "secret run");
+    let dir = sb.run_dir();
+    let plan = sb.opsrun(
+        &[
+            "secret",
+            "--env",
+            "demo",
+            "--dry-run",
+            "--output",
+            "plan.md",
+        ],
+        &secret_env,
+    );
+    expect_code(&plan, 0, "plan");
+    let text_plan = sb.opsrun(&["secret", "--env", "demo", "--dry-run"], &secret_env);
+    expect_code(&text_plan, 0, "text plan");
+
+    let mut seen = 0;
+    let mut masked = 0;
+    let mut haystacks: Vec<(String, Vec<u8>)> = local_run::files(&dir)
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    haystacks.push((
+        "plan.md".into(),
+        std::fs::read(sb.work().join("plan.md")).unwrap(),
+    ));
+    for (name, o) in [("run", &out), ("plan", &plan), ("text plan", &text_plan)] {
+        haystacks.push((format!("{name} stdout"), o.stdout.clone()));
+        haystacks.push((format!("{name} stderr"), o.stderr.clone()));
+    }
+    for (name, bytes) in &haystacks {
+        seen += 1;
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "the secret appears in {name}"
+        );
+        if bytes.windows(6).any(|w| w == b"******") {
+            masked += 1;
+        }
+    }
+    assert!(seen >= 8, "checked {seen} places");
+    // The masking path really ran: outputs, journal and log carry the mask.
+    assert!(masked >= 4, "only {masked} places show the mask");
+    let log = std::fs::read_to_string(dir.join("log.md")).unwrap();
+    assert!(log.contains("the password is ******"), "{log}");
+    let _ = key;
+}
+
+#[test]
+fn a_pub_path_signs_with_the_key_held_by_ssh_agent() {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let key = sb.keygen("agent_key", "ed25519", "", false);
+    let sock = sb.root().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let added = std::process::Command::new("ssh-add")
+        .arg("-q")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .status()
+        .expect("ssh-add");
+    assert!(added.success());
+    // The private key file is gone: only the agent can sign.
+    std::fs::remove_file(&key).unwrap();
+    let pubkey = key.with_extension("pub");
+    let p = pubkey.display().to_string();
+    let s = sock.display().to_string();
+    let out = sb.opsrun(
+        &["simple", "--env", "demo", "--yes", "--sign-key", &p],
+        &[("SSH_AUTH_SOCK", &s)],
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    expect_code(&out, 0, "agent-signed run");
+    let log = sb.run_dir().join("log.md");
+    let allowed = sb.allowed_signers("allowed", OPERATOR, &pubkey);
+    assert!(keygen_verify(&allowed, OPERATOR, &log));
+    let out = verify(&sb, &log, &[]);
+    expect_code(&out, 0, "verify");
+    assert!(text(&out.stdout).contains(&fingerprint(&pubkey)));
+}
