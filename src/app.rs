@@ -264,7 +264,7 @@ fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
             eprintln!("warning: {w}");
         }
     }
-    let planner = planner(args, root, recorded.as_ref())?;
+    let mut planner = planner(args, root, recorded.as_ref())?;
     let plan = planner.plan()?;
     // After planning, so a broken runbook is reported as such; before the run,
     // so a missing key or passphrase stops it before anything changes.
@@ -298,7 +298,7 @@ fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
         },
         signing,
     };
-    finish_run(runner::run(&planner, &plan, settings)?)
+    finish_run(runner::run(&mut planner, settings)?)
 }
 
 fn finish_run(result: runner::RunResult) -> Result<i32> {
@@ -367,8 +367,9 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
         now: chrono::Local::now().naive_local(),
         original_run: Some(recorded.run.clone()),
     };
-    let planner = Planner::new(runbook, inventory, opts)?;
-    let plan = planner.plan()?;
+    let mut planner = Planner::new(runbook, inventory, opts)?;
+    // Planning errors are reported before the run directory is made.
+    planner.plan()?;
     let signing = signing(&args.sign)?;
     let settings = runner::Settings {
         gates: Gates::from_env(args.yes, args.env.is_some()),
@@ -380,7 +381,7 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
         mode: runner::Mode::Rollback(Box::new(recorded)),
         signing,
     };
-    finish_run(runner::run(&planner, &plan, settings)?)
+    finish_run(runner::run(&mut planner, settings)?)
 }
 
 fn runs(log_dir: &Path) -> Result<i32> {

@@ -516,6 +516,19 @@ impl Planner {
             .collect()
     }
 
+    /// Gives the run the id it is recorded under (the run directory's name).
+    pub fn set_run_id(&mut self, id: &str) {
+        self.run.id = id.to_string();
+        if self.opts.original_run.is_none() {
+            self.template_run.id = id.to_string();
+        }
+        // Cached contexts hold the old `run.id`.
+        self.contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// The run as templates see it (the original run's, for rollback and resume).
     pub fn template_run(&self) -> &RunInfo {
         &self.template_run

@@ -57,13 +57,25 @@ pub fn control_host() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-pub fn run(planner: &Planner, plan: &Plan, settings: Settings) -> Result<RunResult, Error> {
+/// Runs the planned runbook. The run directory is reserved first and the plan
+/// made again with its id, so `run.id` in templates is the id on record, unique
+/// even for two runs started in the same second.
+pub fn run(planner: &mut Planner, settings: Settings) -> Result<RunResult, Error> {
+    let base = planner.run_info().id.clone();
+    let base_id = match &settings.mode {
+        Mode::Run => base,
+        Mode::Resume(_) => format!("{base}-resume"),
+        Mode::Rollback(_) => format!("{base}-rollback"),
+    };
+    let (rec, run_id) = Recorder::create(&settings.log_dir, &base_id).map_err(record_err)?;
+    planner.set_run_id(&run_id);
+    let plan = planner.plan()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| Error::Io(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(run_async(planner, plan, settings))
+    runtime.block_on(run_async(planner, &plan, settings, rec, run_id))
 }
 
 fn record_err(e: crate::record::RecordError) -> Error {
@@ -122,13 +134,13 @@ fn run_started(planner: &Planner, plan: &Plan, s: &Settings, run_id: &str) -> Ev
     }
 }
 
-async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunResult, Error> {
-    let base_id = match &s.mode {
-        Mode::Run => plan.run.id.clone(),
-        Mode::Resume(_) => format!("{}-resume", plan.run.id),
-        Mode::Rollback(_) => format!("{}-rollback", plan.run.id),
-    };
-    let (rec, run_id) = Recorder::create(&s.log_dir, &base_id).map_err(record_err)?;
+async fn run_async(
+    planner: &Planner,
+    plan: &Plan,
+    s: Settings,
+    rec: Recorder,
+    run_id: String,
+) -> Result<RunResult, Error> {
     let ui = Ui::new(s.verbose);
     rec.keep("runbook.yaml", &planner.runbook.source.text)
         .map_err(record_err)?;
@@ -219,7 +231,22 @@ async fn run_async(planner: &Planner, plan: &Plan, s: Settings) -> Result<RunRes
             console::style("succeeded:").green().bold(),
             finish.message
         )),
-        _ => ui.error(&finish.message),
+        // The failing step was already reported as it happened; this is the verdict.
+        Outcome::Failed => ui.line(&format!(
+            "{} {}",
+            console::style("failed:").red().bold(),
+            finish.message
+        )),
+        Outcome::NotConfirmed => ui.line(&format!(
+            "{} {}",
+            console::style("not confirmed:").yellow().bold(),
+            finish.message
+        )),
+        Outcome::Interrupted => ui.line(&format!(
+            "{} {}",
+            console::style("interrupted:").yellow().bold(),
+            finish.message
+        )),
     }
     Ok(RunResult {
         exit_code: finish.exit_code,

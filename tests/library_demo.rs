@@ -76,6 +76,12 @@ fn the_demo_upgrade_runs_and_its_failing_variant_rolls_back() {
     );
 
     let before = tree_digest(&ecology(dir.path(), "oa1"));
+    // Backups are named by `run.stamp` (to the second) and never overwritten: a
+    // second run within the same second would rightly refuse to start.
+    let second = chrono::Local::now().timestamp();
+    while chrono::Local::now().timestamp() == second {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let bad = opsrun(
         dir.path(),
         &[

@@ -413,8 +413,13 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
     }
     site.clear_events();
 
-    // `opsrun log` re-renders a finished run's log byte for byte, from its id or its log path.
-    let before = fs::read(&run.log).unwrap();
+    // `opsrun log` re-renders a finished run's log byte for byte, from its id or its
+    // log path; only the signature section (signed again, at a new time) may differ.
+    let unsigned_part = |bytes: Vec<u8>| {
+        let text = String::from_utf8(bytes).unwrap();
+        text[..text.find("\n## How to verify").expect("a verify section")].to_string()
+    };
+    let before = unsigned_part(fs::read(&run.log).unwrap());
     let rel_log = run
         .log
         .strip_prefix(lab.path())
@@ -426,11 +431,19 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
         let again = lab.run(&["log", spec], &[], None);
         again.expect_code(0);
         assert_eq!(again.log, run.log);
-        assert!(again.stderr.is_empty(), "{}", again.stderr);
         assert!(
-            fs::read(&run.log).unwrap() == before,
+            again
+                .stderr
+                .lines()
+                .all(|l| l.starts_with("signed by tester")),
+            "{}",
+            again.stderr
+        );
+        assert!(
+            unsigned_part(fs::read(&run.log).unwrap()) == before,
             "re-rendered log differs"
         );
+        assert!(run.log.with_extension("md.sig").exists());
     }
 
     // Without --yes and without a terminal the rollback's gate refuses at once.
@@ -822,10 +835,11 @@ steps:
         "{}",
         run.stderr
     );
+    // The run's verdict, its last line on stderr.
     let last_error = run
         .stderr
         .lines()
-        .rfind(|l| l.starts_with("error:"))
+        .rfind(|l| l.starts_with("failed:"))
         .unwrap();
     assert!(
         last_error.ends_with("ROLLBACK INCOMPLETE: not restored: `Two` on web1"),
