@@ -105,7 +105,7 @@ impl Inventory {
     }
 }
 
-const SSH_FIELDS: &[&str] = &[
+pub const SSH_FIELDS: &[&str] = &[
     "user",
     "port",
     "jump",

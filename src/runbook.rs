@@ -228,7 +228,7 @@ pub struct Step {
     pub service: Option<Service>,
 }
 
-const RUNBOOK_FIELDS: &[&str] = &[
+pub const RUNBOOK_FIELDS: &[&str] = &[
     "name",
     "description",
     "version",
@@ -240,7 +240,7 @@ const RUNBOOK_FIELDS: &[&str] = &[
     "rollback",
 ];
 
-const STEP_FIELDS: &[&str] = &[
+pub const STEP_FIELDS: &[&str] = &[
     "name",
     "on",
     "run",

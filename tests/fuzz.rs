@@ -269,71 +269,41 @@ const VALUES: &[&str] = &[
 ];
 
 /// Field names of runbooks and inventories: swapping them in reaches decoders a typo cannot.
-const KEYS: &[&str] = &[
-    "name",
-    "description",
-    "version",
-    "hosts",
-    "serial",
-    "params",
-    "vars",
-    "steps",
-    "rollback",
-    "on",
-    "run",
-    "script",
-    "upload",
-    "manual",
-    "as",
-    "cwd",
-    "env",
-    "stdin",
-    "when",
-    "capture",
-    "expect",
-    "check",
-    "retries",
-    "delay",
-    "timeout",
-    "confirm",
-    "on_failure",
-    "local",
-    "service",
-    "required",
-    "secret",
-    "default",
-    "type",
-    "choices",
-    "src",
-    "dest",
-    "mode",
-    "owner",
-    "exit",
-    "stdout",
-    "stdout_not",
-    "regex",
-    "state",
-    "groups",
-    "ssh",
-    "user",
-    "port",
-    "jump",
-    "become",
-    "identity_file",
-    "known_hosts_file",
-    "config_file",
-    "connect_timeout",
-    "address",
-    "connection",
-    "<<",
-];
+fn keys() -> Vec<&'static str> {
+    const OTHERS: &[&str] = &[
+        "required",
+        "secret",
+        "default",
+        "type",
+        "choices",
+        "src",
+        "dest",
+        "mode",
+        "owner",
+        "exit",
+        "stdout",
+        "stdout_not",
+        "regex",
+        "state",
+        "groups",
+        "ssh",
+        "address",
+        "connection",
+        "<<",
+    ];
+    let mut k: Vec<&str> = opsrun::runbook::RUNBOOK_FIELDS.to_vec();
+    k.extend(opsrun::runbook::STEP_FIELDS);
+    k.extend(opsrun::inventory::SSH_FIELDS);
+    k.extend(OTHERS);
+    k
+}
 
 fn random_text(rng: &mut Rng, len: usize) -> String {
     (0..len)
         .map(|_| match rng.below(4) {
             0 => rng.pick(SIGNIFICANT).to_string(),
             1 => rng.pick(UNICODE).to_string(),
-            2 => rng.pick(KEYS).to_string(),
+            2 => rng.pick(&keys()).to_string(),
             _ => char::from(b' ' + rng.below(95) as u8).to_string(),
         })
         .collect()
@@ -453,7 +423,7 @@ fn mutate(rng: &mut Rng, text: &str, donors: &[&str]) -> String {
                                 lines[i] = format!(
                                     "{}{dash}{}{}",
                                     &lines[i][..indent],
-                                    rng.pick(KEYS),
+                                    rng.pick(&keys()),
                                     &lines[i][colon..]
                                 );
                             }
