@@ -21,6 +21,9 @@ use std::sync::{Arc, Mutex};
 
 pub const MASK: &str = "******";
 
+/// The source of a param left unset whose value is an inventory var of the same name.
+const FROM_INVENTORY: &str = "inventory var";
+
 /// What the operator asked for, with the clock already read.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -300,7 +303,25 @@ impl Planner {
             operator: opts.operator.clone(),
             ticket: opts.ticket.clone(),
         };
-        let params = bind_params(&rb, &opts)?;
+        let mut params = bind_params(&rb, &opts)?;
+        // A param left unset falls back to an inventory var of the same name
+        // (precedence: inventory vars < params): say so instead of "not set".
+        for p in params.iter_mut().filter(|p| p.value.is_none() && !p.secret) {
+            if let Some((_, v)) = inventory.vars.iter().find(|(k, _)| k == &p.name) {
+                p.value = Some(v.raw.clone().unwrap_or_else(|| v.to_json().to_string()));
+                p.source = FROM_INVENTORY;
+            } else if inventory
+                .hosts
+                .iter()
+                .any(|h| h.vars.iter().any(|(k, _)| k == &p.name))
+                || inventory
+                    .groups
+                    .iter()
+                    .any(|g| g.vars.iter().any(|(k, _)| k == &p.name))
+            {
+                p.source = "per host, from inventory vars";
+            }
+        }
 
         let mut templates = Templates::for_source(rb.source.clone());
         let vars = rb
@@ -607,7 +628,9 @@ impl Planner {
             }
             put(&mut m, &h.vars);
         }
-        for p in &self.params {
+        // A param shown as coming from the inventory is the inventory var itself,
+        // already in the map with its own type.
+        for p in self.params.iter().filter(|p| p.source != FROM_INVENTORY) {
             let v = match (reveal, p.secret) {
                 (Reveal::Real, true) => self.opts.secrets.get(&p.name).cloned().or_else(|| {
                     let decl = self.runbook.params.iter().find(|d| d.name == p.name);
