@@ -6,7 +6,7 @@
 
 use crate::ui::Ui;
 use std::io::{BufRead, IsTerminal};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 #[derive(Debug, Clone)]
 pub struct Gates {
@@ -25,6 +25,51 @@ pub struct Answer {
 
 /// Set by the Ctrl-C handler; a prompt waiting for an answer gives up on it.
 pub static CTRL_C: AtomicBool = AtomicBool::new(false);
+
+/// SIGINTs received, counted by a plain signal handler: a prompt blocks the
+/// thread that would otherwise run tokio's signal driver, so it cannot rely on
+/// the async handler to notice a Ctrl-C typed at the prompt.
+static SIGINTS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_sigints() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the action only does an atomic add, which is async-signal-safe;
+        // the registry chains it with tokio's own SIGINT handler.
+        let _ = unsafe {
+            signal_hook_registry::register(libc::SIGINT, || {
+                SIGINTS.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+    });
+}
+
+/// Reads a line from the terminal; `None` if Ctrl-C is pressed meanwhile.
+///
+/// The line is read on its own thread so that Ctrl-C at a prompt is noticed at
+/// once (a blocked read_line would not return until Enter).
+pub fn read_line_or_ctrl_c() -> Option<std::io::Result<String>> {
+    count_sigints();
+    let sigints = SIGINTS.load(Ordering::SeqCst);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let r = std::io::stdin().lock().read_line(&mut line).map(|_| line);
+        let _ = tx.send(r);
+    });
+    tokio::task::block_in_place(|| loop {
+        if CTRL_C.load(Ordering::SeqCst) || SIGINTS.load(Ordering::SeqCst) != sigints {
+            return None;
+        }
+        match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok(r) => return Some(r),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Some(Err(std::io::Error::other("the reader stopped")))
+            }
+        }
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
@@ -54,28 +99,9 @@ impl Gates {
                 prompt: prompt.to_string(),
             });
         }
-        // The line is read on its own thread so that Ctrl-C at a prompt is
-        // noticed at once (a blocked read_line would not return until Enter).
-        let (tx, rx) = std::sync::mpsc::channel();
         let read = ui.suspend(|| {
             eprint!("{prompt} ");
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                let r = std::io::stdin().lock().read_line(&mut line).map(|_| line);
-                let _ = tx.send(r);
-            });
-            tokio::task::block_in_place(|| loop {
-                if CTRL_C.load(Ordering::SeqCst) {
-                    return None;
-                }
-                match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-                    Ok(r) => return Some(r),
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                        return Some(Err(std::io::Error::other("the reader stopped")))
-                    }
-                }
-            })
+            read_line_or_ctrl_c()
         });
         match read {
             None => Err(GateError::Interrupted {

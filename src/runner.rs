@@ -16,7 +16,7 @@ use crate::sanitize::Redactor;
 use crate::transport::{self, Command, Connection, ConnectionKind, Endpoint};
 use crate::ui::Ui;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -286,8 +286,9 @@ fn ask_stop(interactive: bool) -> Stop {
     eprintln!("  [s] stop now (the running step is left unfinished)");
     eprintln!("  [r] stop now and roll back the completed steps");
     eprint!("Choice [w/s/r] (Ctrl-C again: stop now): ");
-    let mut line = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut line);
+    let Some(Ok(line)) = crate::gate::read_line_or_ctrl_c() else {
+        return Stop::Now;
+    };
     match line.trim().to_lowercase().as_str() {
         "w" | "wait" => Stop::AfterStep,
         "r" | "rollback" => Stop::NowAndRollback,
@@ -314,7 +315,7 @@ async fn interruptible<F: std::future::Future<Output = Result<Option<Finish>, Ex
                 if presses > 1 || !interactive {
                     engine.interrupt.set(Stop::Now);
                 } else {
-                    let choice = engine.ui.suspend(|| tokio::task::block_in_place(|| ask_stop(true)));
+                    let choice = engine.ui.suspend(|| ask_stop(true));
                     // A second Ctrl-C while the question was open counts as "stop now".
                     let choice = if rx.try_recv().is_ok() { Stop::Now } else { choice };
                     engine.interrupt.set(choice);

@@ -1071,3 +1071,35 @@ fn sigint_without_a_terminal_stops_at_once_without_rolling_back() {
         );
     }
 }
+
+#[test]
+fn ctrl_c_at_a_gate_stops_at_once_and_releases_the_hosts() {
+    let site = Site::start(2);
+    let gated = interruptible("true").replace(
+        "  - name: Two\n",
+        "  - name: Two\n    confirm: \"Go on with two?\"\n",
+    );
+    let lab = site.lab(&[("breakable", &gated)]);
+    let started = Instant::now();
+    // The prompt blocks the thread that drives tokio's signals: Ctrl-C must still
+    // end the run at once, not after the operator presses Enter.
+    let (code, screen) = run_on_pty(
+        lab.command(&["breakable", "--env", "lab"]),
+        &[("Go on with two? [y/N]", CTRL_C)],
+    );
+    let run = pty_run(code, &screen, lab.path());
+    run.expect_code(130);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(site.event_groups(), groups(&[("one", &["web1", "web2"])]));
+    let gate = &run.events("gate")[0];
+    assert_eq!(gate["confirmed"], false);
+    assert!(
+        gate["answer"].as_str().unwrap().contains("interrupted"),
+        "{gate}"
+    );
+    let (outcome, _) = run.outcome();
+    assert_eq!(outcome, "interrupted");
+    // The locks were given back: a new run on the same hosts is not refused.
+    lab.run(&["breakable", "--env", "lab", "--yes"], &[], None)
+        .expect_code(0);
+}
