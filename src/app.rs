@@ -1,5 +1,14 @@
 //! The binary's edge: parse arguments, dispatch commands, turn errors into exit codes.
 
+/// Writes a line to stdout, ignoring a closed pipe (`opsrun runs | head`):
+/// the exit code must stay the command's own, never a panic's.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use crate::cli::{Cli, Color, Command, Format, RollbackArgs, RunArgs, SignArgs, VerifyArgs};
 use crate::error::{exit, Error};
 use crate::gate::Gates;
@@ -62,7 +71,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Check { runbooks } => check(&runbooks, root),
         Command::Inventory { env, inventory } => {
             let inv = load::load_inventory(env.as_deref(), inventory.as_deref(), root)?;
-            print!("{}", inventory_tree(&inv));
+            outln!("{}", inventory_tree(&inv).trim_end());
             Ok(exit::OK)
         }
         Command::Runs => runs(&cli.log_dir),
@@ -85,7 +94,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     s.sig.display()
                 );
             }
-            println!("{}", log.display());
+            outln!("{}", log.display());
             Ok(exit::OK)
         }
         Command::Rollback(args) => rollback(&args, &cli.log_dir),
@@ -142,7 +151,7 @@ fn secrets(runbook: &crate::runbook::Runbook, ask: bool) -> Result<HashMap<Strin
     for p in runbook.params.iter().filter(|p| p.secret) {
         let var = format!("OPSRUN_SECRET_{}", p.name.to_uppercase());
         if let Ok(v) = std::env::var(&var) {
-            out.insert(p.name.clone(), v);
+            out.insert(p.name.clone(), check_secret(&p.name, v)?);
             continue;
         }
         if !ask || p.default.is_some() {
@@ -167,9 +176,20 @@ fn secrets(runbook: &crate::runbook::Runbook, ask: bool) -> Result<HashMap<Strin
         let v = term
             .read_secure_line()
             .map_err(|e| Error::Usage(format!("cannot read secret `{}`: {e}", p.name)))?;
-        out.insert(p.name.clone(), v);
+        out.insert(p.name.clone(), check_secret(&p.name, v)?);
     }
     Ok(out)
+}
+
+/// Output is scrubbed of secrets by value; one or two characters would either
+/// stay visible or mask half the output, so such a secret is refused.
+fn check_secret(name: &str, v: String) -> Result<String, Error> {
+    if v.chars().count() < 3 {
+        return Err(Error::Usage(format!(
+            "secret param `{name}` is shorter than 3 characters: opsrun could not keep it out of logs reliably"
+        )));
+    }
+    Ok(v)
 }
 
 /// Builds the planner for a run: load (runbook + inventory) then bind options.
@@ -188,7 +208,10 @@ pub fn planner(args: &RunArgs, root: &Path, resume: Option<&Recorded>) -> Result
     let mut opts = Options {
         params,
         secrets: secrets(&runbook, !args.dry_run)?,
-        limit: args.limit.clone(),
+        limit: args
+            .limit
+            .clone()
+            .or_else(|| resume.and_then(|r| r.limit.clone())),
         start_at: args.start_at.clone(),
         ticket: args
             .ticket
@@ -199,6 +222,24 @@ pub fn planner(args: &RunArgs, root: &Path, resume: Option<&Recorded>) -> Result
         now: chrono::Local::now().naive_local(),
         original_run: resume.map(|r| r.run.clone()),
     };
+    if let Some(r) = resume {
+        let (kind, name) = r
+            .events
+            .iter()
+            .find_map(|e| match e {
+                crate::events::Event::RunStarted { kind, runbook, .. } => {
+                    Some((kind.clone(), runbook.clone()))
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        if kind == "rollback" || name != runbook.name || r.env != inventory.name {
+            return Err(Error::Usage(format!(
+                "--resume {}: that is a {kind} of `{name}` on `{}`, not a run of `{}` on `{}`",
+                r.id, r.env, runbook.name, inventory.name
+            )));
+        }
+    }
     if let (Some(r), None) = (resume, &args.start_at) {
         let probe = Planner::new(runbook.clone(), inventory.clone(), opts.clone())?;
         let first = (0..runbook.steps.len()).find(|i| {
@@ -250,7 +291,7 @@ fn write_plan(plan: &crate::plan::Plan, out: &Path, signing: &Signing) -> Result
             s.sig.display()
         );
     }
-    println!("{}", out.display());
+    outln!("{}", out.display());
     Ok(exit::OK)
 }
 
@@ -304,7 +345,7 @@ fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
 fn finish_run(result: runner::RunResult) -> Result<i32> {
     // The last line is the log's path, so scripts can pick it up.
     if let Some(log) = &result.log {
-        println!("{}", log.display());
+        outln!("{}", log.display());
     }
     Ok(result.exit_code)
 }
@@ -359,7 +400,8 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
             .cloned()
             .collect(),
         secrets: secrets(&runbook, true)?,
-        limit: None,
+        // The rollback touches the hosts the run touched, not every host the runbook names.
+        limit: recorded.limit.clone(),
         start_at: None,
         ticket: args.ticket.clone().or_else(|| recorded.run.ticket.clone()),
         operator: operator(),
@@ -387,13 +429,18 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
 fn runs(log_dir: &Path) -> Result<i32> {
     let all = crate::runs::list(log_dir);
     if all.is_empty() {
-        println!("no runs recorded in {}", log_dir.display());
+        outln!("no runs recorded in {}", log_dir.display());
         return Ok(exit::OK);
     }
     let w = all.iter().map(|r| r.id.len()).max().unwrap_or(2);
-    println!(
+    outln!(
         "{:<w$}  {:<16} {:<8} {:<10} {:<13} {:<19} duration",
-        "id", "runbook", "env", "operator", "result", "start"
+        "id",
+        "runbook",
+        "env",
+        "operator",
+        "result",
+        "start"
     );
     for r in all {
         let start = r
@@ -409,7 +456,7 @@ fn runs(log_dir: &Path) -> Result<i32> {
         } else {
             format!("{} ({})", r.runbook, r.kind)
         };
-        println!(
+        outln!(
             "{:<w$}  {:<16} {:<8} {:<10} {:<13} {:<19} {dur}",
             r.id,
             runbook,
@@ -505,26 +552,26 @@ fn list(root: &Path) -> Result<i32> {
             .and_then(|rb| rb.description)
             .map(|d| d.trim().lines().next().unwrap_or_default().to_string())
             .unwrap_or_else(|| "(invalid: run `opsrun check`)".to_string());
-        println!("{name:<width$}  {desc}  [{where_}]");
+        outln!("{name:<width$}  {desc}  [{where_}]");
     }
     Ok(exit::OK)
 }
 
 fn show(name: &str, root: &Path) -> Result<i32> {
     let rb = load::load_runbook(name, root)?;
-    println!("{}  ({})", rb.name, rb.source.display_path());
+    outln!("{}  ({})", rb.name, rb.source.display_path());
     if let Some(v) = &rb.version {
-        println!("version: {v}");
+        outln!("version: {v}");
     }
     if let Some(d) = &rb.description {
-        println!("\n{}", d.trim());
+        outln!("\n{}", d.trim());
     }
     if let Some(h) = &rb.hosts {
-        println!("\nhosts: {}", h.src);
+        outln!("\nhosts: {}", h.src);
     }
-    println!("\nparams:");
+    outln!("\nparams:");
     if rb.params.is_empty() {
-        println!("  (none)");
+        outln!("  (none)");
     }
     for p in &rb.params {
         let mut attrs = vec![format!("{:?}", p.kind).to_lowercase()];
@@ -543,7 +590,7 @@ fn show(name: &str, root: &Path) -> Result<i32> {
         if !p.choices.is_empty() {
             attrs.push(format!("one of {}", p.choices.join("|")));
         }
-        println!(
+        outln!(
             "  {:<14} {}  ({})",
             p.name,
             p.description.as_deref().unwrap_or(""),
@@ -571,7 +618,7 @@ fn show(name: &str, root: &Path) -> Result<i32> {
             } else {
                 format!("  [{}]", marks.join(", "))
             };
-            println!(
+            outln!(
                 "  {prefix}{:<3} {}  ({}{on}){marks}",
                 i + 1,
                 s.name,
@@ -579,11 +626,11 @@ fn show(name: &str, root: &Path) -> Result<i32> {
             );
         }
     };
-    println!("\nsteps:");
+    outln!("\nsteps:");
     describe("", &rb.steps);
-    println!("\nrollback guide:");
+    outln!("\nrollback guide:");
     if rb.rollback.is_empty() {
-        println!("  (none: `opsrun rollback` undoes completed steps with their own `rollback`)");
+        outln!("  (none: `opsrun rollback` undoes completed steps with their own `rollback`)");
     }
     describe("R", &rb.rollback);
     Ok(exit::OK)
@@ -595,17 +642,17 @@ fn check(names: &[String], root: &Path) -> Result<i32> {
     let mut report = |label: String, result: Result<Vec<crate::diagnostic::Diagnostic>, Error>| {
         checked += 1;
         match result {
-            Ok(warnings) if warnings.is_empty() => println!("ok       {label}"),
+            Ok(warnings) if warnings.is_empty() => outln!("ok       {label}"),
             Ok(warnings) => {
                 problems += warnings.len();
-                println!("warning  {label}: {} lint warning(s)", warnings.len());
+                outln!("warning  {label}: {} lint warning(s)", warnings.len());
                 for w in warnings {
                     eprintln!("{w}\n");
                 }
             }
             Err(e) => {
                 problems += 1;
-                println!("error    {label}");
+                outln!("error    {label}");
                 eprintln!("{e}\n");
             }
         }
@@ -632,7 +679,7 @@ fn check(names: &[String], root: &Path) -> Result<i32> {
         eprintln!("{problems} problem(s) in {checked} file(s)");
         Ok(exit::INVALID_INPUT)
     } else {
-        println!("{checked} file(s) checked, no problems");
+        outln!("{checked} file(s) checked, no problems");
         Ok(exit::OK)
     }
 }

@@ -4,39 +4,46 @@ use std::time::Duration;
 
 /// Parses `30s`, `5m`, `1h30m`, `250ms`, `2d`; a bare number means seconds.
 pub fn parse(s: &str) -> Result<Duration, String> {
-    let expected = || {
-        format!("invalid duration `{s}`: expected a number with a unit (ms, s, m, h, d), like 30s, 5m or 1h30m")
-    };
     let t = s.trim();
-    if t.is_empty() {
-        return Err(expected());
+    let total = match t.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => with_units(t),
     }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    .ok_or_else(|| {
+        format!("invalid duration `{s}`: expected a number with a unit (ms, s, m, h, d), like 30s, 5m or 1h30m")
+    })?;
+    // Nothing in a change window takes a year; a huge value is a typo and would
+    // overflow deadline arithmetic.
+    if total > Duration::from_secs(366 * 86400) {
+        return Err(format!("invalid duration `{s}`: longer than a year"));
     }
+    Ok(total)
+}
+
+/// `1h30m`-style: one or more number+unit pairs.
+fn with_units(t: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = t;
+    if rest.is_empty() {
+        return None;
+    }
     while !rest.is_empty() {
         let digits = rest.chars().take_while(char::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(expected());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| expected())?;
+        let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
         let unit_len = rest.chars().take_while(char::is_ascii_alphabetic).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
+        let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86400)),
-            _ => return Err(expected()),
+            _ => return None,
         };
+        rest = &rest[unit_len..];
         total = total.saturating_add(part);
     }
-    Ok(total)
+    Some(total)
 }
 
 /// The short human form used in plans and logs: `1h30m`, `45s`, `250ms`.
@@ -78,6 +85,9 @@ mod tests {
         assert!(parse("5 min").is_err());
         assert!(parse("s").is_err());
         assert!(parse("99999999999999999999s").is_err());
+        assert!(parse("18446744073709551615s").is_err());
+        assert!(parse("18446744073709551615").is_err());
+        assert_eq!(parse("365d"), Ok(Duration::from_secs(365 * 86400)));
     }
 
     #[test]

@@ -90,6 +90,9 @@ pub enum Event {
         params: Vec<(String, String)>,
         hosts: Vec<HostInfo>,
         start_at: Option<String>,
+        /// `--limit`, so a later rollback or resume touches the same hosts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<String>,
     },
     Gate {
         time: Time,

@@ -257,7 +257,19 @@ impl Engine<'_> {
                 continue;
             }
             let results = self
-                .run_step(Phase::Forward, r, i + 1, &step, &hosts, batch)
+                .run_step(
+                    // The rollback guide's steps are recorded as rollback, never as
+                    // forward steps that a resume or a rollback would count as done.
+                    match r {
+                        StepRef::Forward(_) => Phase::Forward,
+                        StepRef::Guide(_) => Phase::Rollback,
+                    },
+                    r,
+                    i + 1,
+                    &step,
+                    &hosts,
+                    batch,
+                )
                 .await?;
             let failed: Vec<&Done> = results
                 .iter()
@@ -408,14 +420,39 @@ impl Engine<'_> {
         reveal: Reveal,
         batch: Option<usize>,
     ) -> Result<Target, String> {
-        let caps = self
+        let mut caps = self
             .captures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        self.planner
+        if reveal == Reveal::Masked {
+            // A host may print a secret into a captured value: the recorded command
+            // must not carry it back in.
+            let values = caps
+                .global
+                .values_mut()
+                .chain(caps.hosts.values_mut().flat_map(|m| m.values_mut()));
+            for v in values {
+                *v = self.redactor.redact(v);
+            }
+        }
+        let mut target = self
+            .planner
             .render(r, host, Some(&caps), reveal, batch)
-            .map_err(|e| e.to_string())
+            .map_err(|e| self.redactor.redact(&e.to_string()))?;
+        if reveal == Reveal::Masked {
+            // Belt and braces: a filter (`upper`, `replace`) could still have carried a secret through.
+            for text in [&mut target.command, &mut target.stdin, &mut target.check]
+                .into_iter()
+                .flatten()
+            {
+                *text = self.redactor.redact(text);
+            }
+            for text in &mut target.rollback {
+                *text = self.redactor.redact(text);
+            }
+        }
+        Ok(target)
     }
 
     /// The command to send (secrets in) and the command to record (secrets masked).
@@ -470,11 +507,11 @@ impl Engine<'_> {
             };
             let fut = conn.exec(&cmd, &mut sink);
             match timeout {
-                Some(t) => match tokio::time::timeout(t + TIMEOUT_GRACE, fut).await {
+                Some(t) => match tokio::time::timeout(t.saturating_add(TIMEOUT_GRACE), fut).await {
                     Ok(r) => r.map_err(|e| e.to_string()),
                     Err(_) => Err(format!(
                         "no answer within {} (timeout + grace)",
-                        crate::duration::format(t + TIMEOUT_GRACE)
+                        crate::duration::format(t.saturating_add(TIMEOUT_GRACE))
                     )),
                 },
                 None => fut.await.map_err(|e| e.to_string()),

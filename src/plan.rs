@@ -1186,6 +1186,11 @@ impl Planner {
         self.start_at
     }
 
+    /// `--limit` as given.
+    pub fn limit_pattern(&self) -> Option<&str> {
+        self.opts.limit.as_deref()
+    }
+
     pub fn is_limited(&self) -> bool {
         self.limit.is_some()
     }

@@ -131,6 +131,7 @@ fn run_started(planner: &Planner, plan: &Plan, s: &Settings, run_id: &str) -> Ev
             .collect(),
         start_at: (planner.start_at() > 0)
             .then(|| planner.runbook.steps[planner.start_at()].name.clone()),
+        limit: planner.limit_pattern().map(str::to_string),
     }
 }
 
@@ -182,8 +183,28 @@ async fn run_async(
 
     let signals = tokio::spawn(watch_signals(Arc::new(s.gates.interactive)));
     let mut held: Vec<(Endpoint, String)> = Vec::new();
+    // A bug (a panic) in the engine must not strand host locks or the record:
+    // it ends the run like a failure, and the cleanup below still happens.
+    let guarded = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(drive(
+        &mut engine,
+        plan,
+        &s,
+        &run_id,
+        &mut held,
+    )));
     let finish = tokio::select! {
-        f = drive(&mut engine, plan, &s, &run_id, &mut held) => f,
+        f = guarded => f.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Ok(Finish {
+                outcome: Outcome::Failed,
+                message: format!("internal error, a bug in opsrun (please report it): {what}"),
+                exit_code: exit::STEP_FAILED,
+            })
+        }),
         _ = HARD_STOP.notified() => Ok(Finish {
             outcome: Outcome::Interrupted,
             message: "interrupted by the operator (Ctrl-C) before or between steps".into(),
@@ -463,14 +484,13 @@ async fn take_locks(
                     let stale = owner
                         .as_ref()
                         .is_some_and(|o| lock::is_stale(o, &control_host()));
-                    if s.break_lock
-                        && attempt == 1
-                        && (stale
-                            || owner.is_none()
-                            || owner
-                                .as_ref()
-                                .is_some_and(|o| o.control_host != control_host()))
-                    {
+                    // Only a lock known to be dead is broken: its owner's pid is gone on
+                    // this machine, or it has no readable owner. A run from another
+                    // control machine cannot be checked from here.
+                    let elsewhere = owner
+                        .as_ref()
+                        .is_some_and(|o| o.control_host != control_host());
+                    if s.break_lock && attempt == 1 && (stale || owner.is_none()) {
                         let _ = conn
                             .exec(&Command::new(lock::break_command(&path)), &mut |_, _| {})
                             .await;
@@ -487,12 +507,17 @@ async fn take_locks(
                         continue;
                     }
                     lock_event(engine, &h.name, &path, "held", who.clone())?;
+                    let remove = format!("ssh {} rm -rf {path}", h.endpoint.address);
                     let advice = if stale {
-                        "that process is gone: the lock is stale; rerun with --break-lock to break it"
+                        "that process is gone: the lock is stale; rerun with --break-lock to break it".to_string()
+                    } else if elsewhere {
+                        format!("it was taken from another control machine, which opsrun cannot check from here; if that run is dead, remove the lock by hand ({remove})")
                     } else if s.break_lock {
                         "its owner is still running: --break-lock only breaks a stale lock"
+                            .to_string()
                     } else {
                         "wait for it to finish, or if that run is dead, rerun with --break-lock"
+                            .to_string()
                     };
                     refused.push(format!("{} is locked ({path}) by {who}: {advice}", h.name));
                     break;

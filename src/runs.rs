@@ -120,6 +120,8 @@ pub struct Recorded {
     /// Every (step, host) that finished ok, to find where a resume starts.
     pub done: BTreeSet<(usize, String)>,
     pub finished: bool,
+    /// The run's `--limit`, reused by its rollback.
+    pub limit: Option<String>,
 }
 
 pub fn load(dir: &Path) -> Result<Recorded, Error> {
@@ -145,6 +147,7 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
         completed: BTreeMap::new(),
         done: BTreeSet::new(),
         finished: false,
+        limit: None,
     };
     let mut started = false;
     for e in &replay.events {
@@ -152,6 +155,7 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
             Event::RunStarted {
                 run_id,
                 stamp,
+                limit,
                 operator,
                 ticket,
                 params,
@@ -159,6 +163,7 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
                 ..
             } => {
                 started = true;
+                r.limit = limit.clone();
                 r.run = RunInfo {
                     id: run_id.clone(),
                     date: stamp.get(..8).unwrap_or_default().to_string(),
@@ -203,6 +208,8 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
                         }
                     }
                     Phase::Rollback => {
+                        // Undone here: a resume must run it again.
+                        r.done.remove(&(step, host.clone()));
                         if let Some(hosts) = r.completed.get_mut(&step) {
                             // Only the completion undone: a load balancer drained in
                             // two batches and undone in one still has the other.
@@ -230,7 +237,22 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
         }
     }
     if let Some(log_dir) = dir.parent() {
-        undone_by_later_rollbacks(log_dir, &r.id, &mut r.completed);
+        // Forward step names by index: an undo is recorded under its step's own name,
+        // a rollback-guide step under another, which undoes nothing by number.
+        let names: BTreeMap<usize, String> = replay
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StepStarted {
+                    phase: Phase::Forward,
+                    number,
+                    step,
+                    ..
+                } => Some((number.saturating_sub(1), step.clone())),
+                _ => None,
+            })
+            .collect();
+        undone_by_later_rollbacks(log_dir, &r.id, &names, &mut r.completed);
     }
     r.completed.retain(|_, hosts| !hosts.is_empty());
     if !started {
@@ -248,6 +270,7 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
 fn undone_by_later_rollbacks(
     log_dir: &Path,
     id: &str,
+    names: &BTreeMap<usize, String>,
     completed: &mut BTreeMap<usize, Vec<Completion>>,
 ) {
     let Ok(entries) = std::fs::read_dir(log_dir) else {
@@ -271,10 +294,15 @@ fn undone_by_later_rollbacks(
                 host,
                 status: Status::Ok,
                 batch,
+                step,
                 ..
             } = e
             {
-                if let Some(hosts) = completed.get_mut(&number.saturating_sub(1)) {
+                let index = number.saturating_sub(1);
+                if names.get(&index) != Some(step) {
+                    continue;
+                }
+                if let Some(hosts) = completed.get_mut(&index) {
                     hosts.retain(|c| !(&c.host == host && c.batch == *batch));
                 }
             }

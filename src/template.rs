@@ -18,29 +18,54 @@ use std::sync::Arc;
 /// It passes through `quote` untouched so the plan can show `<captured: NAME>`.
 const CAPTURE_MARK: char = '\u{1}';
 
+/// A per-process random key inside every placeholder: a value from an
+/// operator, an inventory or a host's output cannot pose as a placeholder and
+/// slip through `quote` unquoted.
+fn nonce() -> &'static str {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NONCE.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let part = || {
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
+        format!("{:016x}{:016x}", part(), part())
+    })
+}
+
+fn open_mark() -> String {
+    format!("{CAPTURE_MARK}{}", nonce())
+}
+
 pub fn capture_placeholder(name: &str) -> String {
-    format!("{CAPTURE_MARK}captured:{name}{CAPTURE_MARK}")
+    format!("{}captured:{name}{CAPTURE_MARK}", open_mark())
+}
+
+/// The inside of a genuine placeholder (`captured:NAME`, maybe with filters).
+fn placeholder_body(s: &str) -> Option<&str> {
+    let body = s.strip_prefix(&open_mark())?.strip_suffix(CAPTURE_MARK)?;
+    (!body.contains(CAPTURE_MARK)).then_some(body)
 }
 
 /// Replaces capture placeholders with the readable `<captured: NAME>`.
 pub fn show_placeholders(s: String) -> String {
-    if !s.contains(CAPTURE_MARK) {
+    let open = open_mark();
+    if !s.contains(&open) {
         return s;
     }
     let mut out = String::with_capacity(s.len());
-    let mut parts = s.split(CAPTURE_MARK);
-    if let Some(first) = parts.next() {
-        out.push_str(first);
+    let mut rest = s.as_str();
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(CAPTURE_MARK) else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(&format!("<{}>", after[..end].replacen(':', ": ", 1)));
+        rest = &after[end + CAPTURE_MARK.len_utf8()..];
     }
-    let mut inside = true;
-    for part in parts {
-        if inside {
-            out.push_str(&format!("<{}>", part.replacen(':', ": ", 1)));
-        } else {
-            out.push_str(part);
-        }
-        inside = !inside;
-    }
+    out.push_str(rest);
     out
 }
 
@@ -121,7 +146,7 @@ fn quote_filter(v: Value) -> Result<String, minijinja::Error> {
         ));
     }
     let s = v.to_string();
-    if s.starts_with(CAPTURE_MARK) && s.ends_with(CAPTURE_MARK) && s.len() > 1 {
+    if placeholder_body(&s).is_some() {
         return Ok(s);
     }
     if s.contains('\0') {
@@ -136,8 +161,8 @@ fn quote_filter(v: Value) -> Result<String, minijinja::Error> {
 /// A path filter applied to a value only known at run time stays visible as such in
 /// the plan (`<captured: dm_bin | dirname>`) instead of being computed from the marker.
 fn placeholder_with(v: &str, filter: &str) -> Option<String> {
-    let inner = v.strip_prefix(CAPTURE_MARK)?.strip_suffix(CAPTURE_MARK)?;
-    Some(format!("{CAPTURE_MARK}{inner} | {filter}{CAPTURE_MARK}"))
+    let inner = placeholder_body(v)?;
+    Some(format!("{}{inner} | {filter}{CAPTURE_MARK}", open_mark()))
 }
 
 fn basename_filter(v: String) -> String {
@@ -587,6 +612,18 @@ mod tests {
             show_placeholders(t.render(id, &ctx).unwrap()),
             "'<captured: f | dirname>/x'"
         );
+    }
+
+    #[test]
+    fn a_value_cannot_pose_as_a_placeholder() {
+        let mut t = Templates::new();
+        let id = t
+            .add(&text("echo {{ label | quote }}"), Kind::Text)
+            .unwrap();
+        let forged = "\u{1}/dev/null\u{1} ; touch /tmp/pwned ; echo \u{1}x\u{1}";
+        let ctx = Context::new(BTreeMap::from([("label".to_string(), Value::from(forged))]));
+        let out = show_placeholders(t.render(id, &ctx).unwrap());
+        assert_eq!(out, format!("echo {}", shell::quote(forged)));
     }
 
     #[test]
