@@ -20,8 +20,9 @@ pub struct Owner {
 }
 
 /// Where a host's lock lives. Keyed by the SSH port on real hosts (one sshd,
-/// one lock, whatever name the inventory gives the host) and by host name for
-/// `connection: local` sandboxes, which all share the control machine.
+/// one lock, whatever name the inventory gives the host). A `connection: local`
+/// sandbox lives on the control machine under the directory opsrun runs from,
+/// so its lock is keyed by host name and that directory.
 pub fn path(ep: &Endpoint) -> String {
     match ep.kind {
         ConnectionKind::Ssh => format!("/tmp/opsrun-lock-{}", ep.port.unwrap_or(22)),
@@ -37,7 +38,9 @@ pub fn path(ep: &Endpoint) -> String {
                     }
                 })
                 .collect();
-            format!("/tmp/opsrun-lock-local-{name}")
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let digest = crate::record::sha256_hex(cwd.as_os_str().as_encoded_bytes());
+            format!("/tmp/opsrun-lock-local-{name}-{}", &digest[..12])
         }
     }
 }

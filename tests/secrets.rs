@@ -1,0 +1,65 @@
+//! Secrets stay out of the record even when a host hands them back: in captured
+//! values, through template filters, or by posing as a capture placeholder.
+
+mod common;
+
+use common::Test;
+use std::path::Path;
+
+const SECRET: &str = "Sup3r-s3cret-pw";
+
+const INVENTORY: &str = "groups:\n  app:\n    hosts:\n      a1: { connection: local }\n";
+
+fn everything_under(dir: &Path) -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            all.push_str(&everything_under(&p));
+        } else {
+            all.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+        }
+    }
+    all
+}
+
+#[test]
+fn a_secret_echoed_into_a_capture_is_masked_in_the_record() {
+    let runbook = "name: leak\nhosts: app\nparams:\n  pw: { secret: true }\nsteps:\n\
+        \x20 - name: Read it back\n    run: \"printf 'pw=%s' \\\"$(cat)\\\"\"\n    stdin: \"{{ pw }}\"\n    capture: got\n\
+        \x20 - name: Use the capture\n    run: echo captured {{ got | quote }}\n";
+    let out = Test::new()
+        .write("runbooks/leak.yaml", runbook)
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["leak", "--env", "lab", "--yes", "--no-sign", "-v"])
+        .env("OPSRUN_SECRET_PW", SECRET)
+        .expect_status(0)
+        .run();
+    let record = everything_under(&out.path().join("runs"));
+    for text in [&record, &out.stdout, &out.stderr] {
+        assert!(
+            !text.contains(SECRET),
+            "secret in the record or terminal:\n{text}"
+        );
+    }
+    assert!(record.contains("captured pw=******"), "{record}");
+}
+
+#[test]
+fn a_value_posing_as_a_placeholder_is_still_quoted() {
+    let runbook = "name: inj\nhosts: app\nparams:\n  label: {}\nsteps:\n\
+        \x20 - name: Echo\n    run: echo {{ label | quote }}\n";
+    let marker = "\u{1}";
+    let label = format!("{marker}/dev/null{marker} ; touch pwned ; echo {marker}x{marker}");
+    let out = Test::new()
+        .write("runbooks/inj.yaml", runbook)
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["inj", "--env", "lab", "--yes", "--no-sign", "-e"])
+        .arg(format!("label={label}"))
+        .expect_status(0)
+        .run();
+    assert!(
+        !out.path().join("pwned").exists(),
+        "the value escaped its quotes"
+    );
+}
