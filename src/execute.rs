@@ -571,11 +571,12 @@ impl Engine<'_> {
                 _ => Stdin::None,
             };
             if let Some(u) = &real.upload {
-                match std::fs::read(&u.src) {
-                    Ok(bytes) => rec.upload_sha256 = Some(crate::record::sha256_hex(&bytes)),
-                    Err(e) => {
+                // Hashed while rendering; the host checks the copy against it.
+                match &u.sha256 {
+                    Some(sum) => rec.upload_sha256 = Some(sum.clone()),
+                    None => {
                         return Ok(Verdict::Failed(format!(
-                            "cannot read upload source `{}`: {e}",
+                            "cannot read upload source `{}`",
                             u.src
                         )))
                     }

@@ -80,6 +80,10 @@ pub struct PlanHost {
 pub struct UploadTarget {
     pub src: String,
     pub dest: String,
+    /// The local file's sha256, checked on the host before the file is moved into
+    /// place; `None` when the file cannot be read here (a dry-run elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// One step on one host, rendered.
@@ -252,6 +256,8 @@ pub struct Planner {
     /// rendering outside any batch: the rollback guide).
     batch_values: Vec<Value>,
     all_batches_value: Value,
+    /// sha256 of local upload sources, by path.
+    upload_sums: Mutex<HashMap<String, Option<String>>>,
     /// Captures in scope before each step: `capture_scopes[i]` for step i.
     capture_scopes: Vec<Vec<String>>,
 }
@@ -517,6 +523,7 @@ impl Planner {
             batch_values,
             all_batches_value,
             capture_scopes,
+            upload_sums: Mutex::new(HashMap::new()),
         };
         Ok(planner)
     }
@@ -535,6 +542,15 @@ impl Planner {
                     .or_else(|| p.default.clone())
             })
             .collect()
+    }
+
+    /// The sha256 of a local file to upload, hashed once per file (not per host).
+    fn local_sha256(&self, src: &str) -> Option<String> {
+        let mut cache = self.upload_sums.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(src.to_string())
+            .or_insert_with(|| crate::record::sha256_file(std::path::Path::new(src)).ok())
+            .clone()
     }
 
     /// Gives the run the id it is recorded under (the run directory's name).
@@ -934,15 +950,21 @@ impl Planner {
                     dest.push_str(src.trim_end_matches('/').rsplit('/').next().unwrap_or(&src));
                 }
                 let owner = owner_id.map(|id| render(id, &ctx)).transpose()?;
+                let sha256 = self.local_sha256(&src);
+                // Planning on a machine without the file still shows the check.
+                let shown_sum = sha256
+                    .clone()
+                    .or_else(|| captures.is_none().then(|| format!("<sha256 of {src}>")));
                 let line = shell::upload_command(
                     &dest,
                     u.mode.as_deref(),
                     owner.as_deref(),
                     &self.template_run.stamp,
+                    shown_sum.as_deref(),
                 );
                 target.command = Some(shell::wrap(&line, &wrap));
                 target.stdin = Some(format!("<contents of {src}>"));
-                target.upload = Some(UploadTarget { src, dest });
+                target.upload = Some(UploadTarget { src, dest, sha256 });
             }
             Action::Manual(_) | Action::CheckOnly => {}
         }

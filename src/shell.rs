@@ -87,18 +87,34 @@ pub fn wrap(cmd: &str, w: &Wrap) -> String {
 
 /// The host-side half of an upload: the file arrives on stdin, is checked and moved into place.
 ///
-/// Writing to a temporary name first means a broken transfer never leaves a
-/// half-written package under the real name.
-pub fn upload_command(dest: &str, mode: Option<&str>, owner: Option<&str>, tag: &str) -> String {
-    let part = format!("{dest}.opsrun-{tag}.part");
-    let mut s = format!("umask 077 && cat > {p} && sha256sum {p}", p = quote(&part));
+/// It is written under a temporary name and, when the local file's sha256 is
+/// known, compared on the host before it replaces anything: a broken or
+/// altered transfer never lands under the real name. The last line prints the
+/// installed file's sha256 for the record.
+pub fn upload_command(
+    dest: &str,
+    mode: Option<&str>,
+    owner: Option<&str>,
+    tag: &str,
+    sha256: Option<&str>,
+) -> String {
+    let part = quote(&format!("{dest}.opsrun-{tag}.part"));
+    let mut s = format!("umask 077 && cat > {part}");
+    if let Some(sum) = sha256 {
+        s.push_str(&format!(
+            " && {{ printf '%s  %s\\n' {sum} {part} | sha256sum -c --status - || {{ rm -f {part}; echo 'sha256 mismatch after the copy: not installed' >&2; false; }}; }}"
+        ));
+    }
     if let Some(m) = mode {
-        s.push_str(&format!(" && chmod {m} {}", quote(&part)));
+        s.push_str(&format!(" && chmod {m} {part}"));
     }
     if let Some(o) = owner {
-        s.push_str(&format!(" && chown {} {}", quote(o), quote(&part)));
+        s.push_str(&format!(" && chown {} {part}", quote(o)));
     }
-    s.push_str(&format!(" && mv -f {} {}", quote(&part), quote(dest)));
+    s.push_str(&format!(
+        " && mv -f {part} {d} && sha256sum {d}",
+        d = quote(dest)
+    ));
     s
 }
 
@@ -147,6 +163,48 @@ mod tests {
                 .unwrap();
             assert_eq!(String::from_utf8_lossy(&out.stdout), "1", "{v:?}");
         }
+    }
+
+    #[test]
+    fn an_upload_is_checked_before_it_replaces_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("pkg.zip");
+        std::fs::write(&dest, "old release").unwrap();
+        let run = |sum: &str| {
+            let mut child = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(upload_command(
+                    dest.to_str().unwrap(),
+                    Some("0644"),
+                    None,
+                    "t",
+                    Some(sum),
+                ))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"new release").unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let wrong = run(&"0".repeat(64));
+        assert!(!wrong.status.success());
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "old release");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "the part file is removed"
+        );
+        let right = crate::record::sha256_hex(b"new release");
+        let ok = run(&right);
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "new release");
+        assert!(String::from_utf8_lossy(&ok.stdout).starts_with(&right));
     }
 
     #[test]
