@@ -547,7 +547,10 @@ impl Engine<'_> {
             Ok(pair) => pair,
             Err(e) => return Ok(Verdict::Failed(e)),
         };
-        rec.shown = shown;
+        rec.shown = Target {
+            stdin: with_env_lines(&shown, shown.stdin.as_deref()),
+            ..shown
+        };
         if let Some(why) = &real.skipped {
             return Ok(Verdict::Skipped(why.clone()));
         }
@@ -565,9 +568,9 @@ impl Engine<'_> {
         };
 
         if let Some(line) = &real.command {
-            let stdin = match (&real.upload, &real.stdin) {
+            let stdin = match (&real.upload, with_env_lines(&real, real.stdin.as_deref())) {
                 (Some(u), _) => Stdin::File(u.src.clone().into()),
-                (None, Some(s)) => Stdin::Bytes(s.clone().into_bytes()),
+                (None, Some(s)) => Stdin::Bytes(s.into_bytes()),
                 _ => Stdin::None,
             };
             if let Some(u) = &real.upload {
@@ -640,7 +643,7 @@ impl Engine<'_> {
             if let Some(line) = line {
                 for attempt in 1..=step.retries + 1 {
                     let (code, output) = match self
-                        .exec(conn, &line, Stdin::None, host, step.timeout)
+                        .exec(conn, &line, env_stdin(&real), host, step.timeout)
                         .await
                     {
                         Ok(o) => {
@@ -834,8 +837,8 @@ impl Engine<'_> {
         // A `run` step's rollback gets the step's stdin too: undoing a step that needed a
         // secret (reloading the previous license) needs it again, and argv is no place for it.
         let stdin_of = |t: &Target| match &step.action {
-            Action::Run(_) => t.stdin.clone(),
-            _ => None,
+            Action::Run(_) => with_env_lines(t, t.stdin.as_deref()),
+            _ => with_env_lines(t, None),
         };
         rec.shown = Target {
             command: Some(shown.rollback.join("\n")),
@@ -892,6 +895,20 @@ pub fn undo_rounds(done: &[Completion]) -> Vec<Vec<Completion>> {
         r.reverse();
     }
     rounds
+}
+
+/// Stdin for a command of the step: the secret env lines first, then `rest`.
+fn with_env_lines(t: &Target, rest: Option<&str>) -> Option<String> {
+    match (&t.env_stdin, rest) {
+        (None, rest) => rest.map(str::to_string),
+        (Some(lines), rest) => Some(format!("{lines}{}", rest.unwrap_or_default())),
+    }
+}
+
+fn env_stdin(t: &Target) -> Stdin {
+    t.env_stdin
+        .as_ref()
+        .map_or(Stdin::None, |l| Stdin::Bytes(l.clone().into_bytes()))
 }
 
 /// How one host's part of a step ended.

@@ -55,17 +55,15 @@ pub fn lint(rb: &Runbook) -> Vec<Diagnostic> {
                     }
                 }
             }
-            // Secrets anywhere but stdin end up in a remote shell's argv (visible in `ps`).
-            for (what, text) in commands(step)
-                .into_iter()
-                .chain(step.env.iter().map(|(_, t)| ("env", t)))
-            {
+            // A secret in a command ends up in a remote shell's argv (visible in `ps`);
+            // `stdin:` and `env:` (sent on stdin) keep it out.
+            for (what, text) in commands(step) {
                 for (offset, name) in interpolations(&text.src) {
                     if secrets.contains(&name.as_str()) {
                         warn(
                             text.locate(&rb.source, offset, 1),
                             format!("step `{}` {what}: secret param `{name}` is put on the command line", step.name),
-                            "pass secrets with `stdin:` so they never appear in a process list",
+                            "pass it with `stdin:` or `env:` (opsrun sends secret env values on stdin), so it never appears in a process list",
                         );
                     }
                 }

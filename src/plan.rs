@@ -105,6 +105,10 @@ pub struct Target {
     pub command: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
+    /// Secret `env` values, one per line, sent on stdin before `stdin` to every
+    /// command of the step (action, check, rollback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env_stdin: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadTarget>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -256,6 +260,8 @@ pub struct Planner {
     /// rendering outside any batch: the rollback guide).
     batch_values: Vec<Value>,
     all_batches_value: Value,
+    /// Secret params, and runbook vars built from them.
+    secret_names: HashSet<String>,
     /// sha256 of local upload sources, by path.
     upload_sums: Mutex<HashMap<String, Option<String>>>,
     /// Captures in scope before each step: `capture_scopes[i]` for step i.
@@ -484,6 +490,21 @@ impl Planner {
             )
         };
         let serial_hosts = serial_list.into_iter().collect();
+        let mut secret_names: HashSet<String> = rb
+            .params
+            .iter()
+            .filter(|p| p.secret)
+            .map(|p| p.name.clone())
+            .collect();
+        for (name, id) in &vars {
+            if templates
+                .variables(*id)
+                .iter()
+                .any(|n| secret_names.contains(n))
+            {
+                secret_names.insert(name.clone());
+            }
+        }
         let mut capture_scopes = vec![Vec::new()];
         for s in &rb.steps {
             let mut next = capture_scopes.last().cloned().unwrap_or_default();
@@ -524,6 +545,7 @@ impl Planner {
             all_batches_value,
             capture_scopes,
             upload_sums: Mutex::new(HashMap::new()),
+            secret_names,
         };
         Ok(planner)
     }
@@ -917,11 +939,36 @@ impl Planner {
             }
         }
 
-        let env: Vec<(String, String)> = t
-            .env
-            .iter()
-            .map(|(k, id)| Ok((k.clone(), render(*id, &ctx)?)))
-            .collect::<Result<_, Error>>()?;
+        // Env values that read a secret go in on stdin (see `Wrap::stdin_env`).
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut stdin_env: Vec<String> = Vec::new();
+        let mut env_lines = String::new();
+        for (k, id) in &t.env {
+            let v = render(*id, &ctx)?;
+            if self
+                .templates
+                .variables(*id)
+                .iter()
+                .any(|n| self.secret_names.contains(n))
+            {
+                if v.contains('\n') || matches!(step.action, Action::Upload(_)) {
+                    return Err(diag(
+                        &self.runbook,
+                        step.span,
+                        format!(
+                            "in step `{}`: `env.{k}` carries a secret, which opsrun passes on stdin; that needs a one-line value and a step that is not an upload",
+                            step.name
+                        ),
+                    ));
+                }
+                stdin_env.push(k.clone());
+                env_lines.push_str(&v);
+                env_lines.push('\n');
+            } else {
+                env.push((k.clone(), v));
+            }
+        }
+        target.env_stdin = (!env_lines.is_empty()).then_some(env_lines);
         let as_user = t.as_user.map(|id| render(id, &ctx)).transpose()?;
         let cwd = t.cwd.map(|id| render(id, &ctx)).transpose()?;
         let wrap = Wrap {
@@ -929,6 +976,7 @@ impl Planner {
             become_with: host.and_then(|h| h.ssh.become_with).unwrap_or_default(),
             cwd: cwd.as_deref(),
             env: &env,
+            stdin_env: &stdin_env,
             timeout: step.timeout,
         };
         match &step.action {

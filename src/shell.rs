@@ -47,6 +47,9 @@ pub struct Wrap<'a> {
     pub become_with: Become,
     pub cwd: Option<&'a str>,
     pub env: &'a [(String, String)],
+    /// Variables whose values arrive as the first lines of stdin, one per line,
+    /// in this order: secrets must not appear in a command line (`ps` shows it).
+    pub stdin_env: &'a [String],
     pub timeout: Option<Duration>,
 }
 
@@ -61,6 +64,9 @@ pub fn wrap(cmd: &str, w: &Wrap) -> String {
     if let Some(cwd) = w.cwd {
         // `|| exit` rather than `&&`: it also guards every later line of a multi-line command.
         inner.push_str(&format!("cd {} || exit; ", quote(cwd)));
+    }
+    for k in w.stdin_env {
+        inner.push_str(&format!("IFS= read -r {k} || exit 1; export {k}; "));
     }
     for (k, v) in w.env {
         inner.push_str(&format!("export {k}={}; ", quote(v)));
@@ -221,6 +227,7 @@ mod tests {
             become_with: Become::Su,
             cwd: Some("/data/dm bin"),
             env: &env,
+            stdin_env: &[],
             timeout: Some(Duration::from_secs(30)),
         };
         assert_eq!(
@@ -229,6 +236,27 @@ mod tests {
         );
         assert_eq!(wrap("true\n", &Wrap::default()), "true");
         assert_eq!(wrap("a\nb", &Wrap::default()), "set -e\na\nb");
+    }
+
+    #[test]
+    fn secret_env_values_come_from_stdin_not_the_command_line() {
+        let names = vec!["PW".to_string()];
+        let w = Wrap {
+            stdin_env: &names,
+            ..Wrap::default()
+        };
+        let line = wrap("printf '%s|' \"$PW\"; cat", &w);
+        assert!(!line.contains("s3cret"));
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&line)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"s3cret pw\nthe rest\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "s3cret pw|the rest\n");
     }
 
     #[test]

@@ -63,3 +63,35 @@ fn a_value_posing_as_a_placeholder_is_still_quoted() {
         "the value escaped its quotes"
     );
 }
+
+#[test]
+fn a_secret_in_env_reaches_the_command_on_stdin_never_on_its_command_line() {
+    let runbook = "name: envsecret\nhosts: app\nparams:\n  pw: { secret: true }\nsteps:\n\
+        \x20 - name: Run with it\n    env: { PW: \"{{ pw }}\", MODE: plain }\n    run: printf '%s' \"$PW\" > run.txt\n    check: test \"$(cat run.txt)\" = \"$PW\"\n\
+        \x20 - name: Script with it\n    env: { PW: \"{{ pw }}\" }\n    script: |\n      printf '%s' \"$PW\" > script.txt\n";
+    let out = Test::new()
+        .write("runbooks/envsecret.yaml", runbook)
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["envsecret", "--env", "lab", "--yes", "--no-sign"])
+        .env("OPSRUN_SECRET_PW", SECRET)
+        .expect_status(0)
+        .run();
+    assert_eq!(out.read("run.txt"), SECRET);
+    assert_eq!(out.read("script.txt"), SECRET);
+    let journal = out.read(
+        std::fs::read_dir(out.path().join("runs"))
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path()
+            .join("journal.jsonl"),
+    );
+    assert!(
+        journal.contains("IFS= read -r PW || exit 1; export PW;"),
+        "{journal}"
+    );
+    assert!(journal.contains("export MODE=plain"), "{journal}");
+    assert!(!journal.contains(SECRET));
+    assert!(!everything_under(&out.path().join("runs")).contains(SECRET));
+}
