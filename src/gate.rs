@@ -31,7 +31,8 @@ pub static CTRL_C: AtomicBool = AtomicBool::new(false);
 /// the async handler to notice a Ctrl-C typed at the prompt.
 static SIGINTS: AtomicUsize = AtomicUsize::new(0);
 
-fn count_sigints() {
+/// Starts counting SIGINTs (idempotent); call before any prompt can be shown.
+pub fn count_sigints() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // SAFETY: the action only does an atomic add, which is async-signal-safe;
@@ -44,13 +45,20 @@ fn count_sigints() {
     });
 }
 
+/// The SIGINT count now, to compare against while waiting for an answer.
+pub fn sigint_mark() -> usize {
+    count_sigints();
+    SIGINTS.load(Ordering::SeqCst)
+}
+
 /// Reads a line from the terminal; `None` if Ctrl-C is pressed meanwhile.
 ///
 /// The line is read on its own thread so that Ctrl-C at a prompt is noticed at
 /// once (a blocked read_line would not return until Enter).
-pub fn read_line_or_ctrl_c() -> Option<std::io::Result<String>> {
-    count_sigints();
-    let sigints = SIGINTS.load(Ordering::SeqCst);
+/// `mark` is `sigint_mark()` taken before the prompt was printed, so a Ctrl-C
+/// typed the moment the prompt appears is not missed.
+pub fn read_line_or_ctrl_c(mark: usize) -> Option<std::io::Result<String>> {
+    let sigints = mark;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -86,6 +94,7 @@ pub enum GateError {
 
 impl Gates {
     pub fn from_env(yes: bool, env_explicit: bool) -> Gates {
+        count_sigints();
         Gates {
             yes,
             env_explicit,
@@ -99,9 +108,10 @@ impl Gates {
                 prompt: prompt.to_string(),
             });
         }
+        let mark = sigint_mark();
         let read = ui.suspend(|| {
             eprint!("{prompt} ");
-            read_line_or_ctrl_c()
+            read_line_or_ctrl_c(mark)
         });
         match read {
             None => Err(GateError::Interrupted {

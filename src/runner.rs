@@ -301,13 +301,14 @@ fn ask_stop(interactive: bool) -> Stop {
     if !interactive {
         return Stop::Now;
     }
+    let mark = crate::gate::sigint_mark();
     eprintln!();
     eprintln!("Interrupted. What now?");
     eprintln!("  [w] wait for the running step to finish, then stop");
     eprintln!("  [s] stop now (the running step is left unfinished)");
     eprintln!("  [r] stop now and roll back the completed steps");
     eprint!("Choice [w/s/r] (Ctrl-C again: stop now): ");
-    let Some(Ok(line)) = crate::gate::read_line_or_ctrl_c() else {
+    let Some(Ok(line)) = crate::gate::read_line_or_ctrl_c(mark) else {
         return Stop::Now;
     };
     match line.trim().to_lowercase().as_str() {
