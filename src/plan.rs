@@ -243,7 +243,8 @@ pub struct Planner {
     start_at: usize,
     /// Host contexts for planning, by (host, captures in scope, reveal).
     #[allow(clippy::type_complexity)]
-    contexts: Mutex<HashMap<(Option<usize>, usize, Reveal), (Context, Arc<HashSet<String>>)>>,
+    contexts:
+        std::sync::RwLock<HashMap<(Option<usize>, usize, Reveal), (Context, Arc<HashSet<String>>)>>,
     /// Host name → position in the inventory: renders look hosts up 100 000 times.
     host_index: HashMap<String, usize>,
     /// `hosts` as a template value, for the steps whose templates read it.
@@ -534,7 +535,7 @@ impl Planner {
             targets,
             limit,
             start_at,
-            contexts: Mutex::new(HashMap::new()),
+            contexts: std::sync::RwLock::new(HashMap::new()),
             host_index: inventory_index,
             host_lists,
             reads_batch,
@@ -583,7 +584,7 @@ impl Planner {
         }
         // Cached contexts hold the old `run.id`.
         self.contexts
-            .lock()
+            .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
     }
@@ -778,7 +779,7 @@ impl Planner {
         let key = (index, in_scope.len(), reveal);
         let cached = self
             .contexts
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             .cloned();
@@ -789,7 +790,7 @@ impl Planner {
                     self.build_context(host, reveal, in_scope, None, Vec::new())?;
                 let entry = (ctx, Arc::new(deferred));
                 self.contexts
-                    .lock()
+                    .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(key, entry.clone());
                 entry
@@ -1240,6 +1241,7 @@ impl Planner {
         let Some(members) = batch.and_then(|b| self.batches.get(b.checked_sub(1)?)) else {
             return hosts.to_vec();
         };
+        let members: HashSet<&String> = members.iter().collect();
         hosts
             .iter()
             .filter(|h| !self.serial_hosts.contains(*h) || members.contains(h))

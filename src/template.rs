@@ -34,8 +34,9 @@ fn nonce() -> &'static str {
     })
 }
 
-fn open_mark() -> String {
-    format!("{CAPTURE_MARK}{}", nonce())
+fn open_mark() -> &'static str {
+    static OPEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OPEN.get_or_init(|| format!("{CAPTURE_MARK}{}", nonce()))
 }
 
 pub fn capture_placeholder(name: &str) -> String {
@@ -44,19 +45,23 @@ pub fn capture_placeholder(name: &str) -> String {
 
 /// The inside of a genuine placeholder (`captured:NAME`, maybe with filters).
 fn placeholder_body(s: &str) -> Option<&str> {
-    let body = s.strip_prefix(&open_mark())?.strip_suffix(CAPTURE_MARK)?;
+    let body = s.strip_prefix(open_mark())?.strip_suffix(CAPTURE_MARK)?;
     (!body.contains(CAPTURE_MARK)).then_some(body)
 }
 
 /// Replaces capture placeholders with the readable `<captured: NAME>`.
 pub fn show_placeholders(s: String) -> String {
+    // Nearly every rendered text has no marker at all: a char scan settles it.
+    if !s.contains(CAPTURE_MARK) {
+        return s;
+    }
     let open = open_mark();
-    if !s.contains(&open) {
+    if !s.contains(open) {
         return s;
     }
     let mut out = String::with_capacity(s.len());
     let mut rest = s.as_str();
-    while let Some(start) = rest.find(&open) {
+    while let Some(start) = rest.find(open) {
         let after = &rest[start + open.len()..];
         let Some(end) = after.find(CAPTURE_MARK) else {
             break;
@@ -88,13 +93,13 @@ pub struct Templates {
     meta: Vec<(HashSet<String>, Text, Kind)>,
     /// Template names by id, so rendering does not format one each time.
     names: Vec<String>,
+    /// Each template's variables in a fixed order: the memo key.
+    sorted_vars: Vec<Vec<String>>,
     /// Rendered text by template and the values of the variables it reads:
     /// most commands read only group- or inventory-wide values, so on 500 hosts
     /// they render to the same text and need rendering once.
-    /// Each template's variables in a fixed order: the memo key.
-    sorted_vars: Vec<Vec<String>>,
     #[allow(clippy::type_complexity)]
-    memo: std::sync::Mutex<std::collections::HashMap<(usize, Vec<Value>), String>>,
+    memo: Vec<std::sync::Mutex<std::collections::HashMap<Vec<Value>, String>>>,
 }
 
 impl Default for Templates {
@@ -200,7 +205,7 @@ impl Templates {
             source: None,
             meta: Vec::new(),
             names: Vec::new(),
-            memo: Default::default(),
+            memo: Vec::new(),
             sorted_vars: Vec::new(),
         }
     }
@@ -281,6 +286,7 @@ impl Templates {
         let mut sorted: Vec<String> = vars.iter().cloned().collect();
         sorted.sort();
         self.sorted_vars.push(sorted);
+        self.memo.push(Default::default());
         self.meta.push((vars, text.clone(), kind));
         self.names.push(name);
         Ok(TemplateId(id))
@@ -306,16 +312,18 @@ impl Templates {
             .iter()
             .map(|v| ctx.get(v).cloned())
             .collect();
+        // One lock per template: threads planning different steps never wait on each other.
+        let memo = &self.memo[id.0];
         if let Some(key) = &key {
-            let memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(hit) = memo.get(&(id.0, key.clone())) {
+            if let Some(hit) = memo.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
                 return Ok(hit.clone());
             }
         }
         let out = self.render_uncached(id, ctx, vars)?;
         if let Some(key) = key {
-            let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
-            memo.insert((id.0, key), out.clone());
+            memo.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, out.clone());
         }
         Ok(out)
     }
