@@ -9,7 +9,9 @@ macro_rules! outln {
     }};
 }
 
-use crate::cli::{Cli, Color, Command, Format, RollbackArgs, RunArgs, SignArgs, VerifyArgs};
+use crate::cli::{
+    Cli, Color, Command, ExecArgs, Format, RollbackArgs, RunArgs, SignArgs, VerifyArgs,
+};
 use crate::error::{exit, Error};
 use crate::gate::Gates;
 use crate::inventory::Inventory;
@@ -326,20 +328,31 @@ fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
         let _ = writeln!(stdout, "{}", out.trim_end());
         return Ok(exit::OK);
     }
-    let settings = runner::Settings {
-        gates: Gates::from_env(args.yes, args.env.is_some()),
-        forks: args.forks as usize,
-        verbose: args.verbose,
+    let mode = match recorded {
+        Some(r) => runner::Mode::Resume(Box::new(r)),
+        None => runner::Mode::Run,
+    };
+    let settings = settings(&args.exec, args.env.is_some(), log_dir, mode, signing);
+    finish_run(runner::run(&mut planner, settings)?)
+}
+
+fn settings(
+    exec: &ExecArgs,
+    env_given: bool,
+    log_dir: &Path,
+    mode: runner::Mode,
+    signing: crate::sign::Signing,
+) -> runner::Settings {
+    runner::Settings {
+        gates: Gates::from_env(exec.yes, env_given),
+        forks: exec.forks as usize,
+        verbose: exec.verbose,
         log_dir: log_dir.to_path_buf(),
         operator: operator(),
-        break_lock: args.break_lock,
-        mode: match recorded {
-            Some(r) => runner::Mode::Resume(Box::new(r)),
-            None => runner::Mode::Run,
-        },
+        break_lock: exec.break_lock,
+        mode,
         signing,
-    };
-    finish_run(runner::run(&mut planner, settings)?)
+    }
 }
 
 fn finish_run(result: runner::RunResult) -> Result<i32> {
@@ -413,16 +426,8 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     // Planning errors are reported before the run directory is made.
     planner.plan()?;
     let signing = signing(&args.sign)?;
-    let settings = runner::Settings {
-        gates: Gates::from_env(args.yes, args.env.is_some()),
-        forks: args.forks as usize,
-        verbose: args.verbose,
-        log_dir: log_dir.to_path_buf(),
-        operator: operator(),
-        break_lock: args.break_lock,
-        mode: runner::Mode::Rollback(Box::new(recorded)),
-        signing,
-    };
+    let mode = runner::Mode::Rollback(Box::new(recorded));
+    let settings = settings(&args.exec, args.env.is_some(), log_dir, mode, signing);
     finish_run(runner::run(&mut planner, settings)?)
 }
 

@@ -99,10 +99,6 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
-    /// Answer yes to every gate (a typed gate also needs --env given explicitly).
-    #[arg(long, short = 'y')]
-    pub yes: bool,
-
     /// Change ticket id, recorded in the log.
     #[arg(long)]
     pub ticket: Option<String>,
@@ -111,32 +107,44 @@ pub struct RunArgs {
     #[arg(long)]
     pub limit: Option<String>,
 
-    /// Hosts run in parallel within a step.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub forks: u32,
-
     /// Begin at this step (after a fix).
     #[arg(long, value_name = "STEP")]
     pub start_at: Option<String>,
-
-    /// Stream remote output.
-    #[arg(short, long)]
-    pub verbose: bool,
 
     /// Continue a failed or interrupted run from the first step not completed on every host,
     /// with its stamp and captures.
     #[arg(long, value_name = "RUN")]
     pub resume: Option<String>,
 
-    /// Break a stale host lock (its owner is gone); recorded in the journal.
-    #[arg(long)]
-    pub break_lock: bool,
     /// With --dry-run: write the plan as Markdown to FILE for the change request, signed like a log.
     #[arg(long, short = 'o', value_name = "FILE", requires = "dry_run")]
     pub output: Option<PathBuf>,
 
     #[command(flatten)]
+    pub exec: ExecArgs,
+
+    #[command(flatten)]
     pub sign: SignArgs,
+}
+
+/// How a run (or a rollback run) executes: shared by `run` and `rollback`.
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    /// Answer yes to every gate (a typed gate also needs --env given explicitly).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Hosts run in parallel within a step.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub forks: u32,
+
+    /// Stream remote output.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Break a stale host lock (its owner is gone); recorded in the journal.
+    #[arg(long)]
+    pub break_lock: bool,
 }
 
 #[derive(Debug, Args)]
@@ -148,25 +156,12 @@ pub struct RollbackArgs {
     #[arg(long, short = 'E')]
     pub env: Option<String>,
 
-    /// Answer yes to every gate.
-    #[arg(long, short = 'y')]
-    pub yes: bool,
-
     /// Change ticket id for the rollback run (default: the original run's).
     #[arg(long)]
     pub ticket: Option<String>,
 
-    /// Hosts run in parallel within a step.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub forks: u32,
-
-    /// Stream remote output.
-    #[arg(short, long)]
-    pub verbose: bool,
-
-    /// Break a stale host lock (its owner is gone); recorded in the journal.
-    #[arg(long)]
-    pub break_lock: bool,
+    #[command(flatten)]
+    pub exec: ExecArgs,
 
     #[command(flatten)]
     pub sign: SignArgs,

@@ -90,12 +90,7 @@ fn a_journal_cut_mid_line_is_read_up_to_the_last_whole_event_with_a_warning() {
     let (lab, hosts) = local_lab("cut");
     let run = lab.run(&["three", "--env", "local", "--yes"], &[], None);
     run.expect_code(0);
-    let original = run
-        .dir()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let original = run.id();
 
     // The crash came while the first result of step Two was being written.
     let text = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
@@ -180,12 +175,7 @@ fn an_unreadable_line_inside_the_journal_is_skipped_with_a_warning() {
     let (lab, _) = local_lab("garbled");
     let run: Run = lab.run(&["three", "--env", "local", "--yes"], &[], None);
     run.expect_code(0);
-    let original = run
-        .dir()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let original = run.id();
     let text = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
     lines.insert(3, r#"{"event":"target_fini"#);

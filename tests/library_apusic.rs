@@ -7,7 +7,7 @@ mod support;
 use std::fs;
 use std::path::PathBuf;
 
-use library_support::{events, host_entry, install_sim, opsrun, scratch, seed_node, sim_vars, Run};
+use library_support::{app_inventory, events, install_sim, opsrun, scratch, seed_node, Run};
 use support::sshd::SshFleet;
 
 struct Nodes {
@@ -22,15 +22,7 @@ fn nodes() -> Nodes {
     let fleet = SshFleet::start(2);
     let (sim, events) = install_sim(&fleet);
     let weaver: Vec<PathBuf> = (0..2).map(|i| seed_node(&fleet, i)).collect();
-    let mut inv = String::from("name: apusic-test\nconfirm: none\ngroups:\n  app:\n    hosts:\n");
-    for i in 0..2 {
-        inv.push_str(&format!(
-            "      {}:\n        {}        vars:\n{}",
-            fleet.name(i),
-            host_entry(&fleet, i),
-            sim_vars(&fleet, i, &sim, &events)
-        ));
-    }
+    let inv = app_inventory("apusic-test", &fleet, &sim, &events);
     let dir = scratch();
     let inventory = dir.path().join("inventory.yaml");
     fs::write(&inventory, inv).unwrap();

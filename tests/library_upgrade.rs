@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use library_support::{
-    chown_to_test_user, events, host_entry, install_nginx_sim, install_sim, opsrun, repo, scratch,
-    seed_node, sim_vars, tree_digest, Run,
+    app_inventory, chown_to_test_user, events, host_entry, install_nginx_sim, install_sim, opsrun,
+    repo, scratch, seed_node, tree_digest, Run,
 };
 use support::sshd::SshFleet;
 
@@ -64,15 +64,7 @@ fn estate_with(lb: Option<&str>) -> Estate {
     let backend: Vec<String> = (0..2)
         .map(|i| format!("{}:6888", fleet.address(i)))
         .collect();
-    let mut inv = String::from("name: upgrade-test\nconfirm: none\ngroups:\n  app:\n    hosts:\n");
-    for i in 0..2 {
-        inv.push_str(&format!(
-            "      {}:\n        {}        vars:\n{}",
-            fleet.name(i),
-            host_entry(&fleet, i),
-            sim_vars(&fleet, i, &sim, &events)
-        ));
-    }
+    let mut inv = app_inventory("upgrade-test", &fleet, &sim, &events);
     inv.push_str(&format!(
         "          sharedata_home: {}\n",
         fleet.work_dir(1).join("sharedata").display()

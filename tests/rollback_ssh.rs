@@ -225,14 +225,6 @@ fn rollback_steps(run: &Run) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-fn run_id(run: &Run) -> String {
-    run.dir()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
-}
-
 fn journal_events(dir: &Path) -> Vec<Value> {
     fs::read_to_string(dir.join("journal.jsonl"))
         .unwrap()
@@ -398,7 +390,7 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
     let lab = site.lab(&[("six", SIX)]);
     let run = lab.run(&["six", "--env", "lab", "--yes"], &[], None);
     run.expect_code(0);
-    let original = run_id(&run);
+    let original = run.id();
     let mut backups = Vec::new();
     for i in 0..2 {
         assert_eq!(site.read(i, "app.conf"), "release 2\n");
@@ -500,7 +492,7 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
     let numbers: Vec<usize> = log_rows(&log, "Rollback").iter().map(|r| r.0).collect();
     assert_eq!(numbers, [5, 5, 4, 4, 3, 3, 2, 2, 1, 1]);
     let rendered = fs::read(&undo.log).unwrap();
-    lab.run(&["log", &run_id(&undo)], &[], None).expect_code(0);
+    lab.run(&["log", &undo.id()], &[], None).expect_code(0);
     assert!(fs::read(&undo.log).unwrap() == rendered);
 
     // A second rollback of the same run finds nothing left to undo: the first one
@@ -533,7 +525,7 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
         .map(|(a, b)| (a.to_string(), b.to_string()))
     );
     assert_eq!(table[0]["id"], original);
-    assert_eq!(table[2]["id"], run_id(&undo));
+    assert_eq!(table[2]["id"], undo.id());
     for row in &table {
         assert_eq!(row["env"], "lab");
         assert_eq!(row["operator"], "tester");
@@ -988,7 +980,7 @@ steps:
         .as_str()
         .unwrap()
         .to_string();
-    let original = run_id(&first);
+    let original = first.id();
 
     // Let the clock move past the original stamp, so a fresh one would differ.
     let now_stamp = || chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();

@@ -147,6 +147,20 @@ pub fn seed_node(fleet: &SshFleet, i: usize) -> PathBuf {
 }
 
 /// Inventory vars of a simulated node on fleet host `i` (indented for a host's `vars:`).
+/// An inventory named `name` whose `app` group is simulated ApusicAS nodes 0 and 1.
+pub fn app_inventory(name: &str, fleet: &SshFleet, sim: &Path, events: &Path) -> String {
+    let mut inv = format!("name: {name}\nconfirm: none\ngroups:\n  app:\n    hosts:\n");
+    for i in 0..2 {
+        inv.push_str(&format!(
+            "      {}:\n        {}        vars:\n{}",
+            fleet.name(i),
+            host_entry(fleet, i),
+            sim_vars(fleet, i, sim, events)
+        ));
+    }
+    inv
+}
+
 pub fn sim_vars(fleet: &SshFleet, i: usize, sim: &Path, events: &Path) -> String {
     let weaver = fleet.work_dir(i).join("WEAVER");
     let name = fleet.name(i);

@@ -170,6 +170,15 @@ impl Run {
         }
     }
 
+    /// The run id: the name of its run directory.
+    pub fn id(&self) -> String {
+        self.dir()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
     pub fn dir(&self) -> &Path {
         self.log.parent().unwrap()
     }
