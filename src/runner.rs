@@ -143,6 +143,12 @@ async fn run_async(
     run_id: String,
 ) -> Result<RunResult, Error> {
     let ui = Ui::new(s.verbose);
+    let tmp = RunTmp::create(&run_id).map_err(|e| {
+        Error::Io(format!(
+            "cannot create the run's temporary directory in {}: {e}",
+            std::env::temp_dir().display()
+        ))
+    })?;
     rec.keep("runbook.yaml", &planner.runbook.source.text)
         .map_err(record_err)?;
     rec.keep("inventory.yaml", &planner.inventory.source.text)
@@ -166,9 +172,10 @@ async fn run_async(
     let mut engine = Engine {
         planner,
         conns: HashMap::new(),
-        local: Connection::Local(transport::local::LocalConnection::new(&Endpoint::local(
-            "localhost",
-        ))),
+        local: Connection::Local(transport::local::LocalConnection::with_tmpdir(
+            &Endpoint::local("localhost"),
+            tmp.path().to_path_buf(),
+        )),
         rec: &rec,
         ui: &ui,
         gates: s.gates.clone(),
@@ -234,6 +241,8 @@ async fn run_async(
     for (_, c) in engine.conns.drain() {
         let _ = c.close().await;
     }
+    // Before the verdict, so that a warning about it is not the last line printed.
+    tmp.remove(&ui);
     if let Err(e) = rec.emit(&Event::RunFinished {
         time: events::now(),
         outcome: finish.outcome,
@@ -274,6 +283,55 @@ async fn run_async(
         log: Some(log),
         run_dir: rec.dir().to_path_buf(),
     })
+}
+
+/// The run's private temporary directory on the control machine, given to `local`
+/// steps as `TMPDIR`: what they stage there (an upgrade's copy of its packages, GBs)
+/// is removed when the run ends, however it ends, short of SIGKILL.
+struct RunTmp(Option<PathBuf>);
+
+impl RunTmp {
+    /// `opsrun-RUN.XXXXXX` in the system temp dir (`$TMPDIR` or /tmp), made by
+    /// mkdtemp: mode 0700, and a name no other user can have prepared.
+    fn create(run_id: &str) -> std::io::Result<RunTmp> {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let template = std::env::temp_dir().join(format!("opsrun-{run_id}.XXXXXX"));
+        let mut bytes =
+            std::ffi::CString::new(template.as_os_str().as_bytes())?.into_bytes_with_nul();
+        // SAFETY: a NUL-terminated buffer that mkdtemp rewrites in place, within its length.
+        if unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) }.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        bytes.pop();
+        Ok(RunTmp(Some(PathBuf::from(std::ffi::OsString::from_vec(
+            bytes,
+        )))))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Removes it, saying so if that fails: the operator must know what is left behind.
+    fn remove(mut self, ui: &Ui) {
+        if let Some(dir) = self.0.take() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                ui.warn(&format!(
+                    "could not remove the run's temporary directory {}: {e}",
+                    dir.display()
+                ));
+            }
+        }
+    }
+}
+
+impl Drop for RunTmp {
+    /// A run that ends on an error (the record cannot be written) cleans up too.
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// The Ctrl-C handler's state lives in a global so the signal task can reach the

@@ -7,7 +7,7 @@ mod support;
 
 use std::path::Path;
 
-use library_support::{copy_tree, opsrun, repo, scratch, tree_digest};
+use library_support::{copy_tree, opsrun, opsrun_env, repo, scratch, tree_digest};
 
 /// A fresh "clone": the demo inventory and examples/, without any sandbox state.
 fn fresh_clone() -> tempfile::TempDir {
@@ -76,12 +76,7 @@ fn the_demo_upgrade_runs_and_its_failing_variant_rolls_back() {
     );
 
     let before = tree_digest(&ecology(dir.path(), "oa1"));
-    // Backups are named by `run.stamp` (to the second) and never overwritten: a
-    // second run within the same second would rightly refuse to start.
-    let second = chrono::Local::now().timestamp();
-    while chrono::Local::now().timestamp() == second {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    next_second();
     let bad = opsrun(
         dir.path(),
         &[
@@ -105,6 +100,120 @@ fn the_demo_upgrade_runs_and_its_failing_variant_rolls_back() {
         seed,
         "oa1 back in the upstream"
     );
+}
+
+/// Backups are named by `run.stamp` (to the second) and never overwritten: a
+/// second run within the same second would rightly refuse to start.
+fn next_second() {
+    let second = chrono::Local::now().timestamp();
+    while chrono::Local::now().timestamp() == second {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The `Check the packages` results of a run, from its journal: (captured bundle, stdout).
+fn package_checks(dir: &Path, run: &library_support::Run) -> Vec<(String, String)> {
+    let log = run.stdout.lines().last().expect("the log's path");
+    let run_dir = dir.join(log).parent().unwrap().to_path_buf();
+    std::fs::read_to_string(run_dir.join("journal.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "target_finished" && e["step"] == "Check the packages")
+        .map(|e| {
+            let stdout = std::fs::read_to_string(
+                run_dir.join(e["stdout"]["file"].as_str().expect("saved stdout")),
+            )
+            .unwrap();
+            (e["capture"][1].as_str().unwrap_or("").to_string(), stdout)
+        })
+        .collect()
+}
+
+/// A run's temporary files on the control machine (the checked copy of the packages
+/// and their bundle, GBs on a real upgrade) are gone when it ends, whether it
+/// succeeded, failed before building anything, or failed and rolled back; and the
+/// second batch uploads the bundle built for the first.
+#[test]
+fn the_upgrade_leaves_no_temporary_files_and_builds_its_bundle_once() {
+    let dir = fresh_clone();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let env = [("TMPDIR", tmp.as_path())];
+    let none: Vec<String> = Vec::new();
+
+    let ok = opsrun_env(dir.path(), &["upgrade", "--env", "demo", "--yes"], &env);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert_eq!(entries(&tmp), none, "{ok:?}");
+    let checks = package_checks(dir.path(), &ok);
+    assert_eq!(checks.len(), 2, "one per batch: {checks:?}");
+    let (bundle, first) = &checks[0];
+    assert!(
+        bundle.starts_with(&format!("{}/opsrun-", tmp.display())),
+        "built in the run's temporary directory: {checks:?}"
+    );
+    assert!(
+        first.contains("package 001  ecology-20260301-001.zip"),
+        "{checks:?}"
+    );
+    assert_eq!(
+        &checks[1].0, bundle,
+        "the second batch uploads the same bundle"
+    );
+    assert!(
+        checks[1]
+            .1
+            .starts_with("reusing the bundle checked for the first batch\n"),
+        "{checks:?}"
+    );
+
+    next_second();
+    let missing = opsrun_env(
+        dir.path(),
+        &[
+            "upgrade",
+            "--env",
+            "demo",
+            "--yes",
+            "-e",
+            "package=examples/demo/packages/missing.zip",
+        ],
+        &env,
+    );
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(
+        missing
+            .stderr
+            .contains("no package found at examples/demo/packages/missing.zip"),
+        "{missing:?}"
+    );
+    assert_eq!(entries(&tmp), none, "{missing:?}");
+
+    next_second();
+    let bad = opsrun_env(
+        dir.path(),
+        &[
+            "upgrade",
+            "--env",
+            "demo",
+            "--yes",
+            "-e",
+            "package=examples/demo/packages/broken.zip",
+        ],
+        &env,
+    );
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.contains("rolled back"), "{bad:?}");
+    assert_eq!(entries(&tmp), none, "{bad:?}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Local transport: each command is a `/bin/sh -c LINE` subprocess of opsrun.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Instant;
 
@@ -8,12 +9,23 @@ use super::{pump, Command, Endpoint, Outcome, Stdin, Stream, TransportError};
 #[derive(Debug, Clone)]
 pub struct LocalConnection {
     host: String,
+    /// `TMPDIR` for every command: the run's own directory, removed when it ends.
+    tmpdir: Option<PathBuf>,
 }
 
 impl LocalConnection {
     pub fn new(ep: &Endpoint) -> LocalConnection {
         LocalConnection {
             host: ep.host.clone(),
+            tmpdir: None,
+        }
+    }
+
+    /// Commands see `TMPDIR=dir`, so what they create with `mktemp` goes away with it.
+    pub fn with_tmpdir(ep: &Endpoint, dir: PathBuf) -> LocalConnection {
+        LocalConnection {
+            tmpdir: Some(dir),
+            ..LocalConnection::new(ep)
         }
     }
 
@@ -27,7 +39,11 @@ impl LocalConnection {
         sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
     ) -> Result<Outcome, TransportError> {
         let start = Instant::now();
-        let mut child = tokio::process::Command::new("/bin/sh")
+        let mut command = tokio::process::Command::new("/bin/sh");
+        if let Some(dir) = &self.tmpdir {
+            command.env("TMPDIR", dir);
+        }
+        let mut child = command
             .arg("-c")
             .arg(&cmd.line)
             .stdin(match cmd.stdin {

@@ -53,8 +53,14 @@ fn sign_key(dir: &Path) -> PathBuf {
 
 /// Runs the opsrun binary in `dir` (runbooks come from the library built into it).
 pub fn opsrun(dir: &Path, args: &[&str]) -> Run {
+    opsrun_env(dir, args, &[])
+}
+
+/// [`opsrun`] with extra environment variables.
+pub fn opsrun_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_opsrun"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env("OPSRUN_OPERATOR", "tester")
