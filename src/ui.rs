@@ -85,11 +85,14 @@ impl Ui {
     pub fn host_started(&self, host: &str) {
         let Some(m) = &self.live else { return };
         let bar = m.add(ProgressBar::new_spinner());
+        // `wide_msg` is the host's latest output line, cut to what is left of the
+        // terminal's width, by display width (a CJK character takes two columns).
+        // Unstyled and last, so indicatif does not pad the line to the full width.
         bar.set_style(
-            ProgressStyle::with_template("  {spinner} {msg} {elapsed:.dim}")
+            ProgressStyle::with_template("  {spinner} {prefix} {elapsed:.dim}  {wide_msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
-        bar.set_message(host.to_string());
+        bar.set_prefix(host.to_string());
         bar.enable_steady_tick(Duration::from_millis(100));
         if let Ok(mut bars) = self.bars.lock() {
             bars.insert(host.to_string(), bar);
@@ -118,14 +121,39 @@ impl Ui {
         }
     }
 
-    /// Remote output, shown with `-v`; control characters escaped so a host cannot drive the terminal.
+    /// Remote output, shown with `-v`, else its last line next to the host's spinner;
+    /// control characters escaped so a host cannot drive the terminal.
     pub fn output(&self, host: &str, chunk: &[u8]) {
         if !self.verbose {
+            self.last_line(host, chunk);
             return;
         }
         let text = escape_controls(chunk);
         for line in text.lines() {
             self.line(&format!("    {} {line}", style(format!("{host} |")).dim()));
+        }
+    }
+
+    /// The last non-blank line of `chunk` beside the host's spinner (live view only).
+    /// A carriage return starts the line again, as on the host's own terminal, so a
+    /// progress counter shows its latest value.
+    fn last_line(&self, host: &str, chunk: &[u8]) {
+        if self.live.is_none() {
+            return;
+        }
+        let Some(line) = chunk
+            .split(|b| matches!(b, b'\n' | b'\r'))
+            .rev()
+            .find(|l| !l.trim_ascii().is_empty())
+        else {
+            return;
+        };
+        // Bounded: the terminal shows a line's first columns only, however long it is.
+        let line = line.trim_ascii();
+        let line = &line[..line.len().min(4096)];
+        let text = escape_controls(line).replace('\t', " ");
+        if let Some(bar) = self.bars.lock().ok().and_then(|b| b.get(host).cloned()) {
+            bar.set_message(text);
         }
     }
 

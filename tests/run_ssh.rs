@@ -16,7 +16,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::lab::{app_group, pids_with, pty_run, run_on_pty, ssh_inventory, yaml_str, Lab, Run};
+use support::lab::{
+    app_group, pids_with, pty_run, run_on_pty, run_on_pty_sized, ssh_inventory, yaml_str, Lab, Run,
+};
 use support::library::{ensure_dm_user, DM_USER};
 use support::sshd::SshFleet;
 
@@ -381,6 +383,63 @@ fn gates(run: &Run) -> Vec<(String, bool)> {
             )
         })
         .collect()
+}
+
+/// A long step's latest line of output, shown next to its spinner on a terminal.
+const CHATTY: &str = r#"name: chatty
+hosts: app
+steps:
+  - name: Long step
+    run: |
+      echo 'first line'
+      sleep 1
+      printf 'step 2 of 3: \033[31mred\033[0m\t%s\n\n' "$(printf '宽%.0s' $(seq 40))"
+      sleep 2
+      printf 'almost\rdone\n'
+      sleep 1
+"#;
+
+#[test]
+fn a_running_step_shows_its_last_output_line_escaped_and_cut_to_the_terminal() {
+    let fleet = SshFleet::start(1);
+    let lab = Lab::new();
+    lab.write(
+        "inventories/lab.yaml",
+        &ssh_inventory(&fleet, "none", &app_group(&fleet)),
+    );
+    lab.write("runbooks/chatty.yaml", CHATTY);
+    let (code, screen) = run_on_pty_sized(lab.command(&["chatty", "--env", "lab"]), 60, &[]);
+    pty_run(code, &screen, lab.path()).expect_code(0);
+    // What the terminal drew, line by line, without the live view's cursor movements.
+    let drawn: Vec<String> = screen
+        .split(['\r', '\n'])
+        .map(|l| console::strip_ansi_codes(l).into_owned())
+        .collect();
+    let beside = |text: &str| {
+        drawn
+            .iter()
+            .find(|l| l.contains(" web1 ") && l.contains(text))
+            .unwrap_or_else(|| panic!("no spinner line with {text:?}:\n{screen}"))
+            .clone()
+    };
+    assert!(beside("first line").trim_end().ends_with("first line"));
+    // Escaped, tab made a space, cut by display width (宽 takes two columns).
+    let line = beside("step 2 of 3: \\x1b[31mred\\x1b[0m 宽宽");
+    let width = console::measure_text_width(&line);
+    assert!((59..=60).contains(&width), "{width} columns: {line:?}");
+    assert!(!line.contains(&"宽".repeat(40)), "{line:?}");
+    assert!(
+        !screen.contains("\x1b[31m"),
+        "a host drove the terminal:\n{screen}"
+    );
+    // The text after a carriage return is what the host's line would show.
+    assert!(beside("done").trim_end().ends_with("done"), "{screen}");
+    assert!(!drawn.iter().any(|l| l.contains("almost")), "{screen}");
+
+    // Not a terminal: output stays hidden, as before.
+    let piped = lab.run(&["chatty", "--env", "lab"], &[], None);
+    piped.expect_code(0);
+    assert!(!piped.stderr.contains("first line"), "{}", piped.stderr);
 }
 
 #[test]

@@ -342,11 +342,16 @@ pub const CTRL_C: &str = "\x03";
 /// `(prompt, answer)` in turn once `prompt` has appeared; an answer is a line,
 /// except [`CTRL_C`], which the terminal turns into SIGINT for the run. Returns the exit code and
 /// everything written to the terminal.
-pub fn run_on_pty(mut cmd: Command, script: &[(&str, &str)]) -> (i32, String) {
+pub fn run_on_pty(cmd: Command, script: &[(&str, &str)]) -> (i32, String) {
+    run_on_pty_sized(cmd, 120, script)
+}
+
+/// [`run_on_pty`] on a terminal `cols` columns wide.
+pub fn run_on_pty_sized(mut cmd: Command, cols: u16, script: &[(&str, &str)]) -> (i32, String) {
     let (mut master, mut slave) = (0, 0);
     let size = libc::winsize {
         ws_row: 40,
-        ws_col: 120,
+        ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
