@@ -216,6 +216,95 @@ fn the_upgrade_leaves_no_temporary_files_and_builds_its_bundle_once() {
     assert_eq!(entries(&tmp), none, "{bad:?}");
 }
 
+/// The README's tour, pasted command by command as written: every command works from
+/// the repository root, with the operator's own SSH key (in `~/.ssh`) and the gates
+/// answered on a terminal; only the broken package's run fails, as the tour says.
+#[test]
+fn every_command_of_the_readme_tour_works_as_written() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let tour = readme
+        .split("\n## A 5-minute tour\n")
+        .nth(1)
+        .and_then(|t| t.split("\n## ").next())
+        .expect("the tour in README.md");
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    for line in tour.lines() {
+        match line {
+            "```sh" => in_sh = true,
+            "```" => in_sh = false,
+            // Interactive, "only if you have no SSH key yet": the key is made below.
+            l if in_sh && !l.starts_with("ssh-keygen -t ") => commands.push(l),
+            _ => {}
+        }
+    }
+    assert!(commands.len() > 10, "{commands:?}");
+    let mut script = String::new();
+    for (i, c) in commands.iter().enumerate() {
+        script.push_str(&format!("{c}\necho \"@@ $? {i}\"\n"));
+        // At a person's pace: a backup is named by the second its run started in,
+        // and a second run within that second rightly refuses to overwrite it.
+        if c.contains("opsrun upgrade") && !c.contains("--dry-run") {
+            script.push_str("sleep 1\n");
+        }
+    }
+
+    let dir = fresh_clone();
+    let home = dir.path().join("home");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_opsrun"), bin.join("opsrun")).unwrap();
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(home.join(".ssh/id_ed25519"))
+        .stdin(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    let mut bash = std::process::Command::new("bash");
+    bash.args(["--norc", "--noprofile", "-c", &script])
+        .current_dir(dir.path())
+        .env("HOME", &home)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("NO_COLOR", "1");
+    // The operator is the login name, as for a reader of the README.
+    for var in [
+        "OPSRUN_OPERATOR",
+        "USER",
+        "LOGNAME",
+        "OPSRUN_SIGN_KEY",
+        "OPSRUN_LOG_DIR",
+    ] {
+        bash.env_remove(var);
+    }
+    // Two batch gates of the run; the rollback's start gate, its restore gate and its
+    // manual step, whose note is left empty.
+    let mut answers = vec![("[y/N]", "y"); 5];
+    answers.push(("Note or ticket id", ""));
+    let (code, screen) = support::lab::run_on_pty(bash, &answers);
+    assert_eq!(code, 0, "{screen}");
+    for (i, c) in commands.iter().enumerate() {
+        let expected = if c.contains("broken.zip") { 1 } else { 0 };
+        assert!(
+            screen.contains(&format!("@@ {expected} {i}\r\n")),
+            "`{c}` did not exit {expected}:\n{screen}"
+        );
+    }
+    assert!(
+        screen.contains("failed: step `Health check` failed on oa1"),
+        "{screen}"
+    );
+    assert!(screen.contains("succeeded: rolled back run "), "{screen}");
+    assert!(
+        screen.contains("Good \"opsrun-log\" signature for "),
+        "{screen}"
+    );
+}
+
 #[test]
 fn every_shipped_runbook_passes_check_without_warnings() {
     let dir = scratch();
