@@ -226,6 +226,8 @@ pub struct Step {
     pub on_failure: OnFailure,
     pub local: bool,
     pub service: Option<Service>,
+    /// Lints this step accepts (`lint: { allow: [non-ascii] }`), by their names in `lint::NAMES`.
+    pub lint_allow: Vec<String>,
 }
 
 pub const RUNBOOK_FIELDS: &[&str] = &[
@@ -263,6 +265,7 @@ pub const STEP_FIELDS: &[&str] = &[
     "on_failure",
     "local",
     "service",
+    "lint",
 ];
 
 const ACTIONS: &[&str] = &["run", "script", "upload", "manual"];
@@ -772,6 +775,11 @@ fn decode_step(node: &Node) -> yaml::Result<Step> {
         None => false,
     };
 
+    let lint_allow = match f.get("lint") {
+        None => Vec::new(),
+        Some(n) => decode_lint(n)?,
+    };
+
     let step = Step {
         name: name.clone(),
         span: node.span,
@@ -793,6 +801,7 @@ fn decode_step(node: &Node) -> yaml::Result<Step> {
         on_failure,
         local,
         service,
+        lint_allow,
     };
     check_combinations(&f, &step)?;
     Ok(step)
@@ -838,6 +847,39 @@ fn check_combinations(f: &Fields, s: &Step) -> yaml::Result<()> {
         conflict("as", "cannot be used with `local: true` (opsrun does not switch users on the control machine)")?;
     }
     Ok(())
+}
+
+/// `lint: { allow: [NAME, ...] }`: names are checked, so a typo cannot silently accept nothing.
+fn decode_lint(n: &Node) -> yaml::Result<Vec<String>> {
+    let f = n.fields("`lint`", &["allow"])?;
+    let Some(allow) = f.get("allow") else {
+        return Ok(Vec::new());
+    };
+    let items = match &allow.value {
+        Value::Seq(items) => items.iter().collect::<Vec<_>>(),
+        _ => vec![allow],
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            let name = item.string("a lint name for `lint.allow`")?;
+            if crate::lint::NAMES.contains(&name.as_str()) {
+                Ok(name)
+            } else {
+                Err(Error::new(
+                    item.span,
+                    format!(
+                        "unknown lint `{name}`{}",
+                        did_you_mean(&name, crate::lint::NAMES.iter().copied())
+                    ),
+                )
+                .help(format!(
+                    "expected one of: {}",
+                    crate::lint::NAMES.join(", ")
+                )))
+            }
+        })
+        .collect()
 }
 
 fn decode_upload(n: &Node) -> yaml::Result<Upload> {

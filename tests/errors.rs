@@ -280,7 +280,7 @@ error: unknown field `rollbak` in a step, did you mean `rollback`?
   |
 6 |     rollbak: echo undo
   |     ^^^^^^^
-  = help: expected one of: name, on, run, script, upload, manual, as, cwd, env, stdin, when, capture, expect, check, retries, delay, timeout, confirm, rollback, on_failure, local, service
+  = help: expected one of: name, on, run, script, upload, manual, as, cwd, env, stdin, when, capture, expect, check, retries, delay, timeout, confirm, rollback, on_failure, local, service, lint
 "#,
     },
     Case {
@@ -302,7 +302,7 @@ error: unknown field `tiemout` in a step, did you mean `timeout`?
   |
 6 |     tiemout: 5m
   |     ^^^^^^^
-  = help: expected one of: name, on, run, script, upload, manual, as, cwd, env, stdin, when, capture, expect, check, retries, delay, timeout, confirm, rollback, on_failure, local, service
+  = help: expected one of: name, on, run, script, upload, manual, as, cwd, env, stdin, when, capture, expect, check, retries, delay, timeout, confirm, rollback, on_failure, local, service, lint
 "#,
     },
     Case {
@@ -798,6 +798,28 @@ error: unknown param type `float`
 4 |   ratio: { type: float }
   |                  ^^^^^
   = help: expected one of: string, int, bool
+"#,
+    },
+    Case {
+        name: "unknown_lint_name",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: ps -ef | grep java
+    lint: { allow: [ps-grpe] }
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: unknown lint `ps-grpe`, did you mean `ps-grep`?
+  --> runbooks/x.yaml:6:21
+  |
+6 |     lint: { allow: [ps-grpe] }
+  |                     ^^^^^^^
+  = help: expected one of: interactive, tail-f, bare-su, ps-grep, tar-exclude-order, date-drift, password-argv, non-ascii, unquoted-param, secret-argv, service-not-restarted, service-without-rollback
 "#,
     },
     Case {
