@@ -569,7 +569,11 @@ impl Engine<'_> {
 
         if let Some(line) = &real.command {
             let stdin = match (&real.upload, with_env_lines(&real, real.stdin.as_deref())) {
-                (Some(u), _) => Stdin::File(u.src.clone().into()),
+                // A templated upload sends the text rendered for this host.
+                (Some(u), _) => match &u.content {
+                    Some(text) => Stdin::Bytes(text.clone().into_bytes()),
+                    None => Stdin::File(u.src.clone().into()),
+                },
                 (None, Some(s)) => Stdin::Bytes(s.into_bytes()),
                 _ => Stdin::None,
             };

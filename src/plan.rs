@@ -84,6 +84,13 @@ pub struct UploadTarget {
     /// place; `None` when the file cannot be read here (a dry-run elsewhere).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// `template: true`: the file is rendered for this host.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub templated: bool,
+    /// A templated upload's rendered text: what is sent (secrets revealed) or
+    /// shown (masked). Never serialized, so the revealed one cannot reach a record.
+    #[serde(skip)]
+    pub content: Option<String>,
 }
 
 /// One step on one host, rendered.
@@ -218,6 +225,13 @@ struct StepTemplates {
     confirm: Option<TemplateId>,
 }
 
+/// A file uploaded with `template: true`, compiled once however many hosts render it.
+struct FileTemplate {
+    templates: Templates,
+    id: TemplateId,
+    source: Arc<crate::diagnostic::SourceFile>,
+}
+
 /// A template that could not be rendered, and where it is in the runbook.
 struct Failure {
     error: RenderError,
@@ -265,6 +279,9 @@ pub struct Planner {
     secret_names: HashSet<String>,
     /// sha256 of local upload sources, by path.
     upload_sums: Mutex<HashMap<String, Option<String>>>,
+    /// Upload sources with `template: true`, compiled, by path.
+    #[allow(clippy::type_complexity)]
+    upload_templates: Mutex<HashMap<String, Result<Arc<FileTemplate>, Diagnostic>>>,
     /// Captures in scope before each step: `capture_scopes[i]` for step i.
     capture_scopes: Vec<Vec<String>>,
 }
@@ -546,6 +563,7 @@ impl Planner {
             all_batches_value,
             capture_scopes,
             upload_sums: Mutex::new(HashMap::new()),
+            upload_templates: Mutex::new(HashMap::new()),
             secret_names,
         };
         Ok(planner)
@@ -999,11 +1017,26 @@ impl Planner {
                     dest.push_str(src.trim_end_matches('/').rsplit('/').next().unwrap_or(&src));
                 }
                 let owner = owner_id.map(|id| render(id, &ctx)).transpose()?;
-                let sha256 = self.local_sha256(&src);
-                // Planning on a machine without the file still shows the check.
-                let shown_sum = sha256
-                    .clone()
-                    .or_else(|| captures.is_none().then(|| format!("<sha256 of {src}>")));
+                let (sha256, shown_sum, content) = if u.template {
+                    let (content, hidden) =
+                        self.render_upload_template(step, host_name, &src, &ctx)?;
+                    let shown = template::show_placeholders(content.clone());
+                    // A masked secret or a capture not yet known: the sum of this
+                    // text is not the sum of the file a run sends.
+                    let sha256 = (!(hidden && reveal == Reveal::Masked) && shown == content)
+                        .then(|| crate::record::sha256_hex(content.as_bytes()));
+                    let shown_sum = sha256
+                        .clone()
+                        .unwrap_or_else(|| format!("<sha256 of {src}, rendered>"));
+                    (sha256, Some(shown_sum), Some(shown))
+                } else {
+                    let sha256 = self.local_sha256(&src);
+                    // Planning on a machine without the file still shows the check.
+                    let shown_sum = sha256
+                        .clone()
+                        .or_else(|| captures.is_none().then(|| format!("<sha256 of {src}>")));
+                    (sha256, shown_sum, None)
+                };
                 let line = shell::upload_command(
                     &dest,
                     u.mode.as_deref(),
@@ -1012,8 +1045,17 @@ impl Planner {
                     shown_sum.as_deref(),
                 );
                 target.command = Some(shell::wrap(&line, &wrap));
-                target.stdin = Some(format!("<contents of {src}>"));
-                target.upload = Some(UploadTarget { src, dest, sha256 });
+                target.stdin = Some(match u.template {
+                    true => format!("<contents of {src}, rendered for this host>"),
+                    false => format!("<contents of {src}>"),
+                });
+                target.upload = Some(UploadTarget {
+                    src,
+                    dest,
+                    sha256,
+                    templated: u.template,
+                    content,
+                });
             }
             Action::Manual(_) | Action::CheckOnly => {}
         }
@@ -1057,6 +1099,110 @@ impl Planner {
                 .push(shell::wrap(&render(*id, &after_ctx)?, &wrap));
         }
         Ok(target)
+    }
+
+    /// Renders an upload's source file as a template for one host: its text, and
+    /// whether it reads a secret. Errors point into that file.
+    fn render_upload_template(
+        &self,
+        step: &Step,
+        host_name: Option<&str>,
+        src: &str,
+        ctx: &Context,
+    ) -> Result<(String, bool), Error> {
+        let ft = {
+            let mut cache = self
+                .upload_templates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            cache
+                .entry(src.to_string())
+                .or_insert_with(|| self.compile_upload_template(step, src))
+                .clone()?
+        };
+        let hidden = ft
+            .templates
+            .variables(ft.id)
+            .iter()
+            .any(|v| self.secret_names.contains(v));
+        let content = ft.templates.render(ft.id, ctx).map_err(|e| {
+            let on = host_name
+                .map(|h| format!(" on host `{h}`"))
+                .unwrap_or_default();
+            let message = format!("in step `{}`{on}: {e}", step.name);
+            match &e {
+                // A runbook var the file reads failed: that is in the runbook.
+                RenderError::Located { span, .. } => diag(&self.runbook, *span, message),
+                _ => {
+                    let text = ft.templates.text(ft.id);
+                    let span = match ft.templates.locate_error(ft.id, &e) {
+                        Some((offset, width)) => text.locate(&ft.source, offset, width),
+                        None => text.span,
+                    };
+                    Error::from(Diagnostic {
+                        level: crate::diagnostic::Level::Error,
+                        source: ft.source.clone(),
+                        span,
+                        message,
+                        help: None,
+                    })
+                }
+            }
+        })?;
+        Ok((content, hidden))
+    }
+
+    fn compile_upload_template(
+        &self,
+        step: &Step,
+        src: &str,
+    ) -> Result<Arc<FileTemplate>, Diagnostic> {
+        let at_src = |message: String| {
+            let span = match &step.action {
+                Action::Upload(u) => u.src.span,
+                _ => step.span,
+            };
+            Diagnostic {
+                level: crate::diagnostic::Level::Error,
+                source: self.runbook.source.clone(),
+                span,
+                message: format!("in step `{}`: {message}", step.name),
+                help: None,
+            }
+        };
+        let bytes = std::fs::read(src)
+            .map_err(|e| at_src(format!("cannot read upload template `{src}`: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            at_src(format!(
+                "upload template `{src}` is not UTF-8 text: only text files can be templates"
+            ))
+        })?;
+        let source = crate::diagnostic::SourceFile::new(src, text.clone());
+        let lines = text.lines().count();
+        // The whole file, spanning its lines, so positions are found line by line.
+        let whole = crate::runbook::Text {
+            src: text,
+            span: Span {
+                start: crate::diagnostic::Pos { line: 1, col: 1 },
+                end: crate::diagnostic::Pos {
+                    line: lines + 1,
+                    col: 1,
+                },
+            },
+        };
+        let mut templates = Templates::for_source(source.clone());
+        let id = templates.add(&whole, Kind::Text).map_err(|e| Diagnostic {
+            level: crate::diagnostic::Level::Error,
+            source: source.clone(),
+            span: e.span,
+            message: e.message,
+            help: e.help,
+        })?;
+        Ok(Arc::new(FileTemplate {
+            templates,
+            id,
+            source,
+        }))
     }
 
     /// The confirmation question of a step, if it has a gate.

@@ -242,7 +242,15 @@ fn target(o: &mut String, t: &Target, retries: u32, delay: &str) {
         );
     }
     if let Some(u) = &t.upload {
-        let _ = writeln!(o, "    upload {} -> {}:{}", u.src, t.host, u.dest);
+        let how = match u.templated {
+            true => format!(" (template, rendered for {})", t.host),
+            false => String::new(),
+        };
+        let _ = writeln!(o, "    upload {}{how} -> {}:{}", u.src, t.host, u.dest);
+        if let Some(text) = &u.content {
+            let _ = writeln!(o, "      rendered:");
+            let _ = writeln!(o, "{}", indented(text, "      | "));
+        }
     }
     if let Some(c) = &t.command {
         let _ = writeln!(o, "{}", prompt_line(&t.login, c, "    "));
@@ -464,10 +472,18 @@ fn md_step(o: &mut String, s: &PlanStep, number: &str) {
         if let Some(u) = &t.upload {
             let _ = writeln!(
                 o,
-                "Upload {} to {}.\n",
+                "Upload {}{} to {}.\n",
                 code(&u.src),
+                if u.templated {
+                    ", rendered as a template for this host,"
+                } else {
+                    ""
+                },
                 code(&format!("{}:{}", t.host, u.dest))
             );
+            if let Some(text) = &u.content {
+                let _ = writeln!(o, "Rendered file:\n\n{}", fenced("text", text));
+            }
         }
         if let Some(c) = &t.command {
             let _ = writeln!(o, "{}", fenced("console", &prompt_line(&t.login, c, "")));

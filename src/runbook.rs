@@ -155,6 +155,8 @@ pub struct Upload {
     pub dest: Text,
     pub mode: Option<String>,
     pub owner: Option<Text>,
+    /// `template: true`: the file is rendered per host before it is uploaded.
+    pub template: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -883,7 +885,7 @@ fn decode_lint(n: &Node) -> yaml::Result<Vec<String>> {
 }
 
 fn decode_upload(n: &Node) -> yaml::Result<Upload> {
-    let f = n.fields("`upload`", &["src", "dest", "mode", "owner"])?;
+    let f = n.fields("`upload`", &["src", "dest", "mode", "owner", "template"])?;
     let mode = match f.get("mode") {
         None => None,
         Some(m) => {
@@ -903,5 +905,9 @@ fn decode_upload(n: &Node) -> yaml::Result<Upload> {
         dest: Text::from(f.require("dest")?, "`upload.dest`")?,
         mode,
         owner: opt_text(&f, "owner")?,
+        template: match f.get("template") {
+            Some(t) => t.bool("`true` or `false` for `upload.template`")?,
+            None => false,
+        },
     })
 }
