@@ -165,11 +165,13 @@ pub struct Capture {
     pub regex: Option<regex::Regex>,
 }
 
+/// `stdout` and `stdout_not` are templates (`pid {{ old_pid }}$`), made regular
+/// expressions once rendered for a host.
 #[derive(Debug, Clone)]
 pub struct Expect {
     pub exit: Vec<i32>,
-    pub stdout: Option<regex::Regex>,
-    pub stdout_not: Option<regex::Regex>,
+    pub stdout: Option<Text>,
+    pub stdout_not: Option<Text>,
 }
 
 impl Default for Expect {
@@ -565,6 +567,11 @@ fn regex(n: &Node, what: &str) -> yaml::Result<regex::Regex> {
     })
 }
 
+/// What is wrong with a regular expression, in one line.
+pub fn regex_problem(e: &regex::Error) -> String {
+    first_line(&e.to_string())
+}
+
 /// The regex crate's message is a multi-line picture; its last line says what is wrong.
 fn first_line(s: &str) -> String {
     let last = s.lines().last().unwrap_or(s).trim();
@@ -674,14 +681,20 @@ fn decode_step(node: &Node) -> yaml::Result<Step> {
                 })
                 .collect::<yaml::Result<_>>()?;
         }
-        expect.stdout = ef
-            .get("stdout")
-            .map(|r| regex(r, "`expect.stdout`"))
-            .transpose()?;
-        expect.stdout_not = ef
-            .get("stdout_not")
-            .map(|r| regex(r, "`expect.stdout_not`"))
-            .transpose()?;
+        for (field, slot) in [
+            ("stdout", &mut expect.stdout),
+            ("stdout_not", &mut expect.stdout_not),
+        ] {
+            if let Some(r) = ef.get(field) {
+                let what = format!("`expect.{field}`");
+                // Without template syntax the pattern is final: check it now, at its place.
+                let text = Text::from(r, &format!("a regular expression for {what}"))?;
+                if !["{{", "{%", "{#"].iter().any(|m| text.src.contains(m)) {
+                    regex(r, &what)?;
+                }
+                *slot = Some(text);
+            }
+        }
     }
 
     let retries = match f.get("retries") {

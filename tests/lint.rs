@@ -93,3 +93,28 @@ fn every_lint_has_a_stable_documented_name() {
         );
     }
 }
+
+#[test]
+fn check_reports_every_template_syntax_error_too() {
+    check("  - name: a\n    run: test ${#TOKEN} -gt 0\n    check: echo {{ x\n")
+        .expect_status(2)
+        .expect_stdout("error    runbook x\n")
+        .expect_stderr(
+            "error: template syntax error: unexpected end of comment
+  --> runbooks/x.yaml:5:16
+  |
+5 |     run: test ${#TOKEN} -gt 0
+  |                ^^
+  = help: `{#` opens a template comment: for the shell's `${#VAR}` write `${{ '{#' }}VAR}`, or wrap the text in `{% raw %}...{% endraw %}`
+
+error: template syntax error: unexpected end of input, expected end of variable block
+  --> runbooks/x.yaml:6:12
+  |
+6 |     check: echo {{ x
+  |            ^^^^^^^^^
+
+1 problem(s) in 1 file(s)
+",
+        )
+        .run();
+}
