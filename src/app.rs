@@ -671,7 +671,11 @@ fn check(names: &[String], root: &Path) -> Result<i32> {
         names.to_vec()
     };
     for name in &books {
-        let result = load::load_runbook(name, root).map(|rb| lint::lint(&rb));
+        // Template syntax needs no inventory: `check` finds those errors too.
+        let result = load::load_runbook(name, root).and_then(|rb| {
+            crate::plan::check_templates(&rb)?;
+            Ok(lint::lint(&rb))
+        });
         report(format!("runbook {name}"), result);
     }
     if names.is_empty() {

@@ -35,6 +35,9 @@ pub enum Error {
         path: PathBuf,
         hint: String,
     },
+    /// Every problem found in one pass over a file (template errors), in file order of discovery.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n\n"))]
+    InvalidAll(Vec<Diagnostic>),
     /// Bad command-line input (arguments, `-e` values) that has no file position.
     #[error("error: {0}")]
     Usage(String),
@@ -57,6 +60,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Invalid(_)
+            | Error::InvalidAll(_)
             | Error::Read { .. }
             | Error::RunbookNotFound { .. }
             | Error::InventoryNotFound { .. }
@@ -64,6 +68,42 @@ impl Error {
             Error::NotConfirmed(_) => exit::NOT_CONFIRMED,
             Error::Io(_) => exit::STEP_FAILED,
             Error::Sign(e) => e.exit_code(),
+        }
+    }
+}
+
+impl Error {
+    /// One error for several found in one pass: located ones together (each
+    /// once), or else the first. `None` when there is none.
+    pub fn merge(errors: Vec<Error>) -> Option<Error> {
+        let mut all: Vec<Diagnostic> = Vec::new();
+        let mut other = None;
+        for e in errors {
+            let found = match e {
+                Error::Invalid(d) => vec![*d],
+                Error::InvalidAll(ds) => ds,
+                e => {
+                    other.get_or_insert(e);
+                    continue;
+                }
+            };
+            for d in found {
+                // The same template fails the same way wherever it is rendered.
+                if !all
+                    .iter()
+                    .any(|x| x.location() == d.location() && x.message == d.message)
+                {
+                    all.push(d);
+                }
+            }
+        }
+        if let Some(e) = other {
+            return Some(e);
+        }
+        match all.len() {
+            0 => None,
+            1 => all.pop().map(Error::from),
+            _ => Some(Error::InvalidAll(all)),
         }
     }
 }

@@ -569,7 +569,11 @@ impl Engine<'_> {
 
         if let Some(line) = &real.command {
             let stdin = match (&real.upload, with_env_lines(&real, real.stdin.as_deref())) {
-                (Some(u), _) => Stdin::File(u.src.clone().into()),
+                // A templated upload sends the text rendered for this host.
+                (Some(u), _) => match &u.content {
+                    Some(text) => Stdin::Bytes(text.clone().into_bytes()),
+                    None => Stdin::File(u.src.clone().into()),
+                },
                 (None, Some(s)) => Stdin::Bytes(s.into_bytes()),
                 _ => Stdin::None,
             };
@@ -600,7 +604,7 @@ impl Engine<'_> {
                     crate::duration::format(step.timeout.unwrap_or_default())
                 )));
             }
-            if let Some(problem) = unexpected(step, rec, real.upload.is_some()) {
+            if let Some(problem) = unexpected(step, rec, &real) {
                 return Ok(Verdict::Failed(problem));
             }
         }
@@ -967,7 +971,8 @@ impl<'s> Record<'s> {
 
 /// Why a finished command does not count as success: exit code, expected
 /// output, or an upload whose checksum on the host differs.
-fn unexpected(step: &Step, rec: &Record<'_>, upload: bool) -> Option<String> {
+fn unexpected(step: &Step, rec: &Record<'_>, real: &Target) -> Option<String> {
+    let upload = real.upload.is_some();
     if !rec.exit_code.is_some_and(|c| step.expect.exit.contains(&c)) {
         let tail = first_line(if rec.err.is_empty() {
             &rec.out
@@ -981,14 +986,23 @@ fn unexpected(step: &Step, rec: &Record<'_>, upload: bool) -> Option<String> {
         });
     }
     let stdout = String::from_utf8_lossy(&rec.out);
-    if let Some(re) = &step.expect.stdout {
-        if !re.is_match(&stdout) {
-            return Some(format!("stdout does not match /{}/", re.as_str()));
-        }
-    }
-    if let Some(re) = &step.expect.stdout_not {
-        if re.is_match(&stdout) {
-            return Some(format!("stdout matches /{}/", re.as_str()));
+    // The patterns were rendered for this host (and checked when rendered);
+    // messages show them as recorded, secrets masked.
+    let expectations = [
+        (&real.expect_stdout, &rec.shown.expect_stdout, true),
+        (&real.expect_stdout_not, &rec.shown.expect_stdout_not, false),
+    ];
+    for (pattern, shown, must_match) in expectations {
+        let Some(pattern) = pattern else { continue };
+        let shown = shown.as_deref().unwrap_or_default();
+        let re = match regex::Regex::new(pattern) {
+            Ok(re) => re,
+            Err(_) => return Some(format!("invalid regular expression /{shown}/")),
+        };
+        match (must_match, re.is_match(&stdout)) {
+            (true, false) => return Some(format!("stdout does not match /{shown}/")),
+            (false, true) => return Some(format!("stdout matches /{shown}/")),
+            _ => {}
         }
     }
     if let (true, Some(sum)) = (upload, &rec.upload_sha256) {

@@ -5,16 +5,39 @@ use crate::runbook::{Action, Runbook, ServiceState, Step, Text};
 use regex::Regex;
 use std::sync::OnceLock;
 
+/// The stable name of every lint: shown after each warning, accepted by a
+/// step's `lint: { allow: [...] }`, listed in the README.
+pub const NAMES: &[&str] = &[
+    "interactive",
+    "tail-f",
+    "bare-su",
+    "ps-grep",
+    "tar-exclude-order",
+    "date-drift",
+    "password-argv",
+    "non-ascii",
+    "unquoted-param",
+    "secret-argv",
+    "service-not-restarted",
+    "service-without-rollback",
+];
+
 /// A warning about a runbook, located like an error.
 pub fn lint(rb: &Runbook) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    let mut warn = |span: Span, message: String, help: &str| {
+    // A step that accepts a lint by name (`lint: { allow: [...] }`) gets no warning of it.
+    let mut warn = |step: &Step, lint: &str, span: Span, message: String, help: &str| {
+        if step.lint_allow.iter().any(|a| a == lint) {
+            return;
+        }
         out.push(Diagnostic {
             level: Level::Warning,
             source: rb.source.clone(),
             span,
-            message,
-            help: (!help.is_empty()).then(|| help.to_string()),
+            message: format!("{message} [{lint}]"),
+            help: Some(format!(
+                "{help}; if it is intended, add `lint: {{ allow: [{lint}] }}` to the step"
+            )),
         })
     };
     let secrets: Vec<&str> = rb
@@ -38,6 +61,8 @@ pub fn lint(rb: &Runbook) -> Vec<Diagnostic> {
             for (what, text) in commands(step) {
                 for f in command_findings(&text.src) {
                     warn(
+                        step,
+                        f.lint,
                         text.locate(&rb.source, f.offset, 1),
                         format!("step `{}` {what}: {}", step.name, f.message),
                         f.help,
@@ -48,6 +73,8 @@ pub fn lint(rb: &Runbook) -> Vec<Diagnostic> {
                         && !is_quoted_interpolation(&text.src, offset)
                     {
                         warn(
+                            step,
+                            "unquoted-param",
                             text.locate(&rb.source, offset, 1),
                             format!("step `{}` {what}: param `{name}` is interpolated without `| quote`", step.name),
                             "a value with a space, `;` or `$(...)` would change the command: write {{ NAME | quote }}",
@@ -61,6 +88,8 @@ pub fn lint(rb: &Runbook) -> Vec<Diagnostic> {
                 for (offset, name) in interpolations(&text.src) {
                     if secrets.contains(&name.as_str()) {
                         warn(
+                            step,
+                            "secret-argv",
                             text.locate(&rb.source, offset, 1),
                             format!("step `{}` {what}: secret param `{name}` is put on the command line", step.name),
                             "pass it with `stdin:` or `env:` (opsrun sends secret env values on stdin), so it never appears in a process list",
@@ -75,6 +104,8 @@ pub fn lint(rb: &Runbook) -> Vec<Diagnostic> {
         if let Some(svc) = &step.service {
             if svc.state == ServiceState::Stopped && step.rollback.is_empty() {
                 warn(
+                    step,
+                    "service-without-rollback",
                     step.span,
                     format!(
                         "step `{}` stops service `{}` but has no `rollback`: after a failure the service stays down",
@@ -93,7 +124,7 @@ fn service_pairs(
     rb: &Runbook,
     list: &str,
     steps: &[Step],
-    warn: &mut impl FnMut(Span, String, &str),
+    warn: &mut impl FnMut(&Step, &str, Span, String, &str),
 ) {
     let _ = rb;
     for (i, step) in steps.iter().enumerate() {
@@ -113,6 +144,8 @@ fn service_pairs(
                 "the rollback guide"
             };
             warn(
+                step,
+                "service-not-restarted",
                 step.span,
                 format!(
                     "step `{}` stops service `{}` and no later step in {path} starts it",
@@ -141,6 +174,7 @@ fn commands(step: &Step) -> Vec<(&'static str, &Text)> {
 }
 
 struct Finding {
+    lint: &'static str,
     offset: usize,
     message: String,
     help: &'static str,
@@ -159,6 +193,7 @@ fn command_findings(src: &str) -> Vec<Finding> {
     static DATE: OnceLock<Regex> = OnceLock::new();
     static ARGV_PASSWORD: OnceLock<Regex> = OnceLock::new();
     let mut out = Vec::new();
+    let quoted = quoted_bytes(src);
     let mut offset = 0;
     for line in src.split_inclusive('\n') {
         let code = strip_comment(line);
@@ -172,6 +207,7 @@ fn command_findings(src: &str) -> Vec<Finding> {
             let top_batch = cmd == "top" && code.contains("-b");
             if !fdisk_list && !top_batch {
                 out.push(Finding {
+                lint: "interactive",
                     offset: offset + m.start(),
                     message: format!("`{cmd}` is interactive and would hang a non-interactive run"),
                     help: "use a non-interactive equivalent (sgdisk or parted -s for gdisk, sed -i for vim, cat or tail -n for more)",
@@ -180,6 +216,7 @@ fn command_findings(src: &str) -> Vec<Finding> {
         }
         if let Some(m) = re(&TAIL_F, r"\btail\s+(?:-\w*\s+)*-[fF]\b").find(code) {
             out.push(Finding {
+                lint: "tail-f",
                 offset: offset + m.start(),
                 message: "`tail -f` never ends".into(),
                 help: "use `tail -n 200 FILE`, or a `check` with `retries` to wait for a log line",
@@ -193,6 +230,7 @@ fn command_findings(src: &str) -> Vec<Finding> {
         .and_then(|c| c.get(1))
         {
             out.push(Finding {
+                lint: "bare-su",
                 offset: offset + m.start(),
                 message: format!(
                     "`{}` without `-c` opens an interactive shell",
@@ -208,6 +246,7 @@ fn command_findings(src: &str) -> Vec<Finding> {
                 || tail.contains("'[");
             if !excluded {
                 out.push(Finding {
+                    lint: "ps-grep",
                     offset: offset + m.start(),
                     message: "`ps ... | grep X` always succeeds: grep matches its own process"
                         .into(),
@@ -217,6 +256,7 @@ fn command_findings(src: &str) -> Vec<Finding> {
         }
         if let Some(f) = tar_exclude_after_path(code) {
             out.push(Finding {
+                lint: "tar-exclude-order",
                 offset: offset + f,
                 message: "tar `--exclude` after the path is ignored by GNU tar >= 1.29 (it archives everything and exits 2)".into(),
                 help: "put every --exclude before the paths: tar czf OUT.tar.gz --exclude=DIR/log DIR",
@@ -224,6 +264,7 @@ fn command_findings(src: &str) -> Vec<Finding> {
         }
         if let Some(m) = re(&DATE, r"\$\(\s*date\b|`date\b").find(code) {
             out.push(Finding {
+                lint: "date-drift",
                 offset: offset + m.start(),
                 message: "`$(date ...)` in a command drifts: a rollback after midnight looks for the wrong file".into(),
                 help: "use {{ run.stamp }} or {{ run.date }} (frozen at the start of the run), or a captured file name",
@@ -238,6 +279,7 @@ fn command_findings(src: &str) -> Vec<Finding> {
         {
             if !m.as_str().starts_with("-p ") && looks_like_password_flag(code, m.as_str()) {
                 out.push(Finding {
+                    lint: "password-argv",
                     offset: offset + m.start(),
                     message:
                         "a password on the command line is visible in `ps` and ends up in logs"
@@ -247,8 +289,10 @@ fn command_findings(src: &str) -> Vec<Finding> {
             }
         }
         for (i, c) in code.char_indices() {
-            if is_lookalike_punctuation(c) {
+            // Inside quotes it is text (`echo "已预热："`): full-width punctuation is meant there.
+            if is_lookalike_punctuation(c) && !quoted.contains(&(offset + i)) {
                 out.push(Finding {
+                lint: "non-ascii",
                     offset: offset + i,
                     message: format!(
                         "non-ASCII character U+{:04X} `{c}` in a command (copied from a document?)",
@@ -280,6 +324,46 @@ fn is_lookalike_punctuation(c: char) -> bool {
         '\u{00A0}' | '\u{2010}'..='\u{2015}' | '\u{2018}'..='\u{201F}' | '\u{2026}' | '\u{3000}'..='\u{3003}'
         | '\u{FF01}'..='\u{FF0F}' | '\u{FF1A}'..='\u{FF20}' | '\u{FF3B}'..='\u{FF40}' | '\u{FF5B}'..='\u{FF5E}'
         | '\u{FEFF}' | '\u{200B}')
+}
+
+/// Byte offsets of the characters inside shell quotes (`'...'`, `"..."`),
+/// followed across lines, since a quoted string may span several.
+fn quoted_bytes(src: &str) -> std::collections::HashSet<usize> {
+    let mut inside = std::collections::HashSet::new();
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut comment = false;
+    let mut prev = '\n';
+    for (i, c) in src.char_indices() {
+        let before = std::mem::replace(&mut prev, c);
+        if comment {
+            comment = c != '\n';
+            continue;
+        }
+        if escaped {
+            escaped = false;
+            if quote.is_some() {
+                inside.insert(i);
+            }
+            continue;
+        }
+        match (quote, c) {
+            (Some('\''), '\'') | (Some('"'), '"') => quote = None,
+            (Some('"'), '\\') => {
+                escaped = true;
+                inside.insert(i);
+            }
+            (Some(_), _) => {
+                inside.insert(i);
+            }
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '\\') => escaped = true,
+            // A `'` in a comment (`# don't`) opens nothing.
+            (None, '#') if before.is_whitespace() => comment = true,
+            (None, _) => {}
+        }
+    }
+    inside
 }
 
 fn strip_comment(line: &str) -> &str {

@@ -84,6 +84,13 @@ pub struct UploadTarget {
     /// place; `None` when the file cannot be read here (a dry-run elsewhere).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// `template: true`: the file is rendered for this host.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub templated: bool,
+    /// A templated upload's rendered text: what is sent (secrets revealed) or
+    /// shown (masked). Never serialized, so the revealed one cannot reach a record.
+    #[serde(skip)]
+    pub content: Option<String>,
 }
 
 /// One step on one host, rendered.
@@ -115,6 +122,11 @@ pub struct Target {
     pub check: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rollback: Vec<String>,
+    /// `expect.stdout` and `expect.stdout_not`, rendered for this host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect_stdout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect_stdout_not: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -216,6 +228,15 @@ struct StepTemplates {
     check: Option<TemplateId>,
     rollback: Vec<TemplateId>,
     confirm: Option<TemplateId>,
+    expect_stdout: Option<TemplateId>,
+    expect_stdout_not: Option<TemplateId>,
+}
+
+/// A file uploaded with `template: true`, compiled once however many hosts render it.
+struct FileTemplate {
+    templates: Templates,
+    id: TemplateId,
+    source: Arc<crate::diagnostic::SourceFile>,
 }
 
 /// A template that could not be rendered, and where it is in the runbook.
@@ -265,6 +286,9 @@ pub struct Planner {
     secret_names: HashSet<String>,
     /// sha256 of local upload sources, by path.
     upload_sums: Mutex<HashMap<String, Option<String>>>,
+    /// Upload sources with `template: true`, compiled, by path.
+    #[allow(clippy::type_complexity)]
+    upload_templates: Mutex<HashMap<String, Result<Arc<FileTemplate>, Diagnostic>>>,
     /// Captures in scope before each step: `capture_scopes[i]` for step i.
     capture_scopes: Vec<Vec<String>>,
 }
@@ -336,18 +360,7 @@ impl Planner {
             }
         }
 
-        let mut templates = Templates::for_source(rb.source.clone());
-        let vars = rb
-            .vars
-            .iter()
-            .map(|(n, t)| Ok((n.clone(), templates.add(t, Kind::Text)?)))
-            .collect::<yaml::Result<Vec<_>>>()
-            .map_err(|e| yaml_err(&rb, e))?;
-        let compile = |steps: &[Step], t: &mut Templates| -> yaml::Result<Vec<StepTemplates>> {
-            steps.iter().map(|s| compile_step(s, t)).collect()
-        };
-        let forward = compile(&rb.steps, &mut templates).map_err(|e| yaml_err(&rb, e))?;
-        let guide = compile(&rb.rollback, &mut templates).map_err(|e| yaml_err(&rb, e))?;
+        let (templates, vars, forward, guide) = compile_templates(&rb)?;
 
         let limit = match &opts.limit {
             Some(l) => Some(
@@ -546,6 +559,7 @@ impl Planner {
             all_batches_value,
             capture_scopes,
             upload_sums: Mutex::new(HashMap::new()),
+            upload_templates: Mutex::new(HashMap::new()),
             secret_names,
         };
         Ok(planner)
@@ -844,17 +858,26 @@ impl Planner {
                 Ok(v) => v,
                 Err(e) => {
                     // Located now, at the var's own text: that is what needs fixing.
-                    let span = self.error_span(*id, &e);
-                    let message = match e {
-                        RenderError::Undefined {
-                            name: missing,
-                            hint,
-                        } => {
-                            format!("variable `{name}` reads undefined variable `{missing}`{hint}")
-                        }
-                        other => format!("variable `{name}`: {other}"),
+                    let located = |e: RenderError| {
+                        let span = self.error_span(*id, &e);
+                        let message = match e {
+                            RenderError::Undefined {
+                                name: missing,
+                                hint,
+                            } => format!(
+                                "variable `{name}` reads undefined variable `{missing}`{hint}"
+                            ),
+                            other => format!("variable `{name}`: {other}"),
+                        };
+                        RenderError::Located { message, span }
                     };
-                    ctx = ctx.with_broken(name, RenderError::Located { message, span });
+                    let why = match e {
+                        RenderError::Many(all) => {
+                            RenderError::Many(all.into_iter().map(located).collect())
+                        }
+                        e => located(e),
+                    };
+                    ctx = ctx.with_broken(name, why);
                     continue;
                 }
             };
@@ -912,12 +935,29 @@ impl Planner {
             batch: batch.filter(|_| self.reads_batch(r)),
             ..Target::default()
         };
-        let render = |id: TemplateId, ctx: &Context| -> Result<String, Error> {
-            self.templates
-                .render(id, ctx)
-                .map(template::show_placeholders)
-                .map_err(|e| fail(self.failure(id, e)))
+        // Every template of the step is rendered even after one fails, so that all
+        // its errors are reported at once; nothing is returned when there is one.
+        let fail_render = |id: TemplateId, e: RenderError| -> Error {
+            let parts = match e {
+                RenderError::Many(all) => all,
+                e => vec![e],
+            };
+            let errors = parts.into_iter().map(|e| fail(self.failure(id, e)));
+            Error::merge(errors.collect()).unwrap_or_else(|| {
+                fail(self.failure(id, RenderError::Other("cannot be rendered".into())))
+            })
         };
+        let noted: std::cell::RefCell<Vec<Error>> = Default::default();
+        let render = |id: TemplateId, ctx: &Context| -> Result<String, Error> {
+            match self.templates.render(id, ctx) {
+                Ok(s) => Ok(template::show_placeholders(s)),
+                Err(e) => {
+                    noted.borrow_mut().push(fail_render(id, e));
+                    Ok(String::new())
+                }
+            }
+        };
+        let so_far = || Error::merge(noted.take()).map_or(Ok(()), Err);
 
         if let Some(w) = t.when {
             let reads_capture = self
@@ -930,7 +970,7 @@ impl Planner {
             } else if !self
                 .templates
                 .condition(w, &ctx)
-                .map_err(|e| fail(self.failure(w, e)))?
+                .map_err(|e| fail_render(w, e))?
             {
                 target.skipped = Some(format!(
                     "when: {} is false",
@@ -999,11 +1039,28 @@ impl Planner {
                     dest.push_str(src.trim_end_matches('/').rsplit('/').next().unwrap_or(&src));
                 }
                 let owner = owner_id.map(|id| render(id, &ctx)).transpose()?;
-                let sha256 = self.local_sha256(&src);
-                // Planning on a machine without the file still shows the check.
-                let shown_sum = sha256
-                    .clone()
-                    .or_else(|| captures.is_none().then(|| format!("<sha256 of {src}>")));
+                let (sha256, shown_sum, content) = if u.template {
+                    // The file's name must have rendered before the file can be read.
+                    so_far()?;
+                    let (content, hidden) =
+                        self.render_upload_template(step, host_name, &src, &ctx)?;
+                    let shown = template::show_placeholders(content.clone());
+                    // A masked secret or a capture not yet known: the sum of this
+                    // text is not the sum of the file a run sends.
+                    let sha256 = (!(hidden && reveal == Reveal::Masked) && shown == content)
+                        .then(|| crate::record::sha256_hex(content.as_bytes()));
+                    let shown_sum = sha256
+                        .clone()
+                        .unwrap_or_else(|| format!("<sha256 of {src}, rendered>"));
+                    (sha256, Some(shown_sum), Some(shown))
+                } else {
+                    let sha256 = self.local_sha256(&src);
+                    // Planning on a machine without the file still shows the check.
+                    let shown_sum = sha256
+                        .clone()
+                        .or_else(|| captures.is_none().then(|| format!("<sha256 of {src}>")));
+                    (sha256, shown_sum, None)
+                };
                 let line = shell::upload_command(
                     &dest,
                     u.mode.as_deref(),
@@ -1012,14 +1069,55 @@ impl Planner {
                     shown_sum.as_deref(),
                 );
                 target.command = Some(shell::wrap(&line, &wrap));
-                target.stdin = Some(format!("<contents of {src}>"));
-                target.upload = Some(UploadTarget { src, dest, sha256 });
+                target.stdin = Some(match u.template {
+                    true => format!("<contents of {src}, rendered for this host>"),
+                    false => format!("<contents of {src}>"),
+                });
+                target.upload = Some(UploadTarget {
+                    src,
+                    dest,
+                    sha256,
+                    templated: u.template,
+                    content,
+                });
             }
             Action::Manual(_) | Action::CheckOnly => {}
         }
         if t.stdin.is_some() && target.stdin.is_none() {
             target.stdin = t.stdin.map(|id| render(id, &ctx)).transpose()?;
         }
+        // Checked against the action's output, before its capture is stored.
+        let pattern = |id: Option<TemplateId>, field: &str| -> Result<Option<String>, Error> {
+            let Some(id) = id else { return Ok(None) };
+            let rendered = render(id, &ctx)?;
+            if noted.borrow().is_empty() {
+                if let Err(e) = regex::Regex::new(&rendered) {
+                    let secret = self
+                        .templates
+                        .variables(id)
+                        .iter()
+                        .any(|n| self.secret_names.contains(n));
+                    let shown = if secret && reveal == Reveal::Real {
+                        MASK
+                    } else {
+                        rendered.as_str()
+                    };
+                    noted.borrow_mut().push(fail(Failure {
+                        error: RenderError::Other(format!(
+                            "invalid regular expression for `expect.{field}` once rendered (`{shown}`): {}",
+                            crate::runbook::regex_problem(&e)
+                        )),
+                        span: {
+                            let text = self.templates.text(id);
+                            text.locate(&self.runbook.source, 0, text.src.chars().count())
+                        },
+                    }));
+                }
+            }
+            Ok(Some(rendered))
+        };
+        target.expect_stdout = pattern(t.expect_stdout, "stdout")?;
+        target.expect_stdout_not = pattern(t.expect_stdout_not, "stdout_not")?;
         // The check and the rollback run after the action, so they may read its capture.
         // Before the action has run that value does not exist yet; the engine renders
         // them again when it runs them, so until then the capture is only pending.
@@ -1056,7 +1154,112 @@ impl Planner {
                 .rollback
                 .push(shell::wrap(&render(*id, &after_ctx)?, &wrap));
         }
+        so_far()?;
         Ok(target)
+    }
+
+    /// Renders an upload's source file as a template for one host: its text, and
+    /// whether it reads a secret. Errors point into that file.
+    fn render_upload_template(
+        &self,
+        step: &Step,
+        host_name: Option<&str>,
+        src: &str,
+        ctx: &Context,
+    ) -> Result<(String, bool), Error> {
+        let ft = {
+            let mut cache = self
+                .upload_templates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            cache
+                .entry(src.to_string())
+                .or_insert_with(|| self.compile_upload_template(step, src))
+                .clone()?
+        };
+        let hidden = ft
+            .templates
+            .variables(ft.id)
+            .iter()
+            .any(|v| self.secret_names.contains(v));
+        let content = ft.templates.render(ft.id, ctx).map_err(|e| {
+            let on = host_name
+                .map(|h| format!(" on host `{h}`"))
+                .unwrap_or_default();
+            let message = format!("in step `{}`{on}: {e}", step.name);
+            match &e {
+                // A runbook var the file reads failed: that is in the runbook.
+                RenderError::Located { span, .. } => diag(&self.runbook, *span, message),
+                _ => {
+                    let text = ft.templates.text(ft.id);
+                    let span = match ft.templates.locate_error(ft.id, &e) {
+                        Some((offset, width)) => text.locate(&ft.source, offset, width),
+                        None => text.span,
+                    };
+                    Error::from(Diagnostic {
+                        level: crate::diagnostic::Level::Error,
+                        source: ft.source.clone(),
+                        span,
+                        message,
+                        help: None,
+                    })
+                }
+            }
+        })?;
+        Ok((content, hidden))
+    }
+
+    fn compile_upload_template(
+        &self,
+        step: &Step,
+        src: &str,
+    ) -> Result<Arc<FileTemplate>, Diagnostic> {
+        let at_src = |message: String| {
+            let span = match &step.action {
+                Action::Upload(u) => u.src.span,
+                _ => step.span,
+            };
+            Diagnostic {
+                level: crate::diagnostic::Level::Error,
+                source: self.runbook.source.clone(),
+                span,
+                message: format!("in step `{}`: {message}", step.name),
+                help: None,
+            }
+        };
+        let bytes = std::fs::read(src)
+            .map_err(|e| at_src(format!("cannot read upload template `{src}`: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            at_src(format!(
+                "upload template `{src}` is not UTF-8 text: only text files can be templates"
+            ))
+        })?;
+        let source = crate::diagnostic::SourceFile::new(src, text.clone());
+        let lines = text.lines().count();
+        // The whole file, spanning its lines, so positions are found line by line.
+        let whole = crate::runbook::Text {
+            src: text,
+            span: Span {
+                start: crate::diagnostic::Pos { line: 1, col: 1 },
+                end: crate::diagnostic::Pos {
+                    line: lines + 1,
+                    col: 1,
+                },
+            },
+        };
+        let mut templates = Templates::for_source(source.clone());
+        let id = templates.add(&whole, Kind::Text).map_err(|e| Diagnostic {
+            level: crate::diagnostic::Level::Error,
+            source: source.clone(),
+            span: e.span,
+            message: e.message,
+            help: e.help,
+        })?;
+        Ok(Arc::new(FileTemplate {
+            templates,
+            id,
+            source,
+        }))
     }
 
     /// The confirmation question of a step, if it has a gate.
@@ -1153,10 +1356,26 @@ impl Planner {
 
     /// The whole plan, secrets masked: what `--dry-run` prints.
     pub fn plan(&self) -> Result<Plan, Error> {
-        let steps = self.plan_steps_parallel()?;
-        let rollback_guide = (0..self.runbook.rollback.len())
-            .map(|i| self.plan_step(StepRef::Guide(i), i + 1))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Every step is planned even after one fails: all the errors of the
+        // runbook are reported in one pass.
+        let mut results = self.plan_steps_parallel();
+        let forward_len = results.len();
+        results.extend(
+            (0..self.runbook.rollback.len()).map(|i| self.plan_step(StepRef::Guide(i), i + 1)),
+        );
+        let mut planned = Vec::with_capacity(results.len());
+        let mut errors = Vec::new();
+        for r in results {
+            match r {
+                Ok(p) => planned.push(p),
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(e) = Error::merge(errors) {
+            return Err(e);
+        }
+        let rollback_guide = planned.split_off(forward_len);
+        let steps = planned;
         let hosts: Vec<PlanHost> = self
             .run_hosts()
             .into_iter()
@@ -1192,7 +1411,7 @@ impl Planner {
 
     /// Plans the forward steps on every core: each step renders independently,
     /// and a large estate (500 hosts) makes this the bulk of planning.
-    fn plan_steps_parallel(&self) -> Result<Vec<PlanStep>, Error> {
+    fn plan_steps_parallel(&self) -> Vec<Result<PlanStep, Error>> {
         let n = self.runbook.steps.len();
         let work: usize = (0..n)
             .map(|i| self.step_hosts(StepRef::Forward(i)).len())
@@ -1206,14 +1425,14 @@ impl Planner {
                 .collect();
         }
         let chunk = n.div_ceil(threads);
-        let parts: Vec<Result<Vec<PlanStep>, Error>> = std::thread::scope(|scope| {
+        let parts: Vec<Vec<Result<PlanStep, Error>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..n)
                 .step_by(chunk)
                 .map(|start| {
                     scope.spawn(move || {
                         (start..(start + chunk).min(n))
                             .map(|i| self.plan_step(StepRef::Forward(i), i + 1))
-                            .collect::<Result<Vec<_>, _>>()
+                            .collect::<Vec<_>>()
                     })
                 })
                 .collect();
@@ -1222,11 +1441,7 @@ impl Planner {
                 .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect()
         });
-        let mut steps = Vec::with_capacity(n);
-        for part in parts {
-            steps.extend(part?);
-        }
-        Ok(steps)
+        parts.into_iter().flatten().collect()
     }
 
     /// The rolling batches of serial hosts, in order (batch numbers count from 1).
@@ -1327,6 +1542,8 @@ impl StepTemplates {
             self.when,
             self.check,
             self.confirm,
+            self.expect_stdout,
+            self.expect_stdout_not,
         ]
         .into_iter()
         .flatten()
@@ -1341,49 +1558,89 @@ impl StepTemplates {
     }
 }
 
-fn compile_step(s: &Step, t: &mut Templates) -> yaml::Result<StepTemplates> {
-    let add = |t: &mut Templates, x: &Option<crate::runbook::Text>| {
-        x.as_ref().map(|x| t.add(x, Kind::Text)).transpose()
-    };
+type Compiled = (
+    Templates,
+    Vec<(String, TemplateId)>,
+    Vec<StepTemplates>,
+    Vec<StepTemplates>,
+);
+
+/// Compiles every template of a runbook, reporting all syntax errors at once.
+fn compile_templates(rb: &Runbook) -> Result<Compiled, Error> {
+    let mut t = Templates::for_source(rb.source.clone());
+    let mut errs = Vec::new();
+    let vars = rb
+        .vars
+        .iter()
+        .map(|(n, x)| (n.clone(), t.add_noting(x, Kind::Text, &mut errs)))
+        .collect();
+    let forward = rb
+        .steps
+        .iter()
+        .map(|s| compile_step(s, &mut t, &mut errs))
+        .collect();
+    let guide = rb
+        .rollback
+        .iter()
+        .map(|s| compile_step(s, &mut t, &mut errs))
+        .collect();
+    match Error::merge(errs.into_iter().map(|e| yaml_err(rb, e)).collect()) {
+        Some(e) => Err(e),
+        None => Ok((t, vars, forward, guide)),
+    }
+}
+
+/// `opsrun check`: the runbook's templates compile (no inventory is needed for that).
+pub fn check_templates(rb: &Runbook) -> Result<(), Error> {
+    compile_templates(rb).map(|_| ())
+}
+
+fn compile_step(s: &Step, t: &mut Templates, errs: &mut Vec<yaml::Error>) -> StepTemplates {
+    let mut add =
+        |t: &mut Templates, x: &crate::runbook::Text, kind: Kind| t.add_noting(x, kind, errs);
     let action = match &s.action {
-        Action::Run(x) | Action::Script(x) | Action::Manual(x) => Some(t.add(x, Kind::Text)?),
+        Action::Run(x) | Action::Script(x) | Action::Manual(x) => Some(add(t, x, Kind::Text)),
         _ => None,
     };
     let upload = match &s.action {
         Action::Upload(u) => Some((
-            t.add(&u.src, Kind::Text)?,
-            t.add(&u.dest, Kind::Text)?,
-            add(t, &u.owner)?,
+            add(t, &u.src, Kind::Text),
+            add(t, &u.dest, Kind::Text),
+            u.owner.as_ref().map(|x| add(t, x, Kind::Text)),
         )),
         _ => None,
     };
-    Ok(StepTemplates {
+    let mut opt = |t: &mut Templates, x: &Option<crate::runbook::Text>| {
+        x.as_ref().map(|x| add(t, x, Kind::Text))
+    };
+    let as_user = opt(t, &s.as_user);
+    let cwd = opt(t, &s.cwd);
+    let stdin = opt(t, &s.stdin);
+    let check = opt(t, &s.check);
+    let expect_stdout = opt(t, &s.expect.stdout);
+    let expect_stdout_not = opt(t, &s.expect.stdout_not);
+    let confirm = match &s.confirm {
+        Some(p) => opt(t, p),
+        None => None,
+    };
+    StepTemplates {
         action,
         upload,
-        as_user: add(t, &s.as_user)?,
-        cwd: add(t, &s.cwd)?,
+        as_user,
+        cwd,
         env: s
             .env
             .iter()
-            .map(|(k, v)| Ok((k.clone(), t.add(v, Kind::Text)?)))
-            .collect::<yaml::Result<_>>()?,
-        stdin: add(t, &s.stdin)?,
-        when: s
-            .when
-            .as_ref()
-            .map(|w| t.add(w, Kind::Condition))
-            .transpose()?,
-        check: add(t, &s.check)?,
-        rollback: s
-            .rollback
-            .iter()
-            .map(|r| t.add(r, Kind::Text))
-            .collect::<yaml::Result<_>>()?,
-        confirm: match &s.confirm {
-            Some(Some(p)) => Some(t.add(p, Kind::Text)?),
-            _ => None,
-        },
-    })
+            .map(|(k, v)| (k.clone(), add(t, v, Kind::Text)))
+            .collect(),
+        stdin,
+        when: s.when.as_ref().map(|w| add(t, w, Kind::Condition)),
+        check,
+        rollback: s.rollback.iter().map(|r| add(t, r, Kind::Text)).collect(),
+        confirm,
+        expect_stdout,
+        expect_stdout_not,
+    }
 }
 
 /// Binds `-e` values, defaults and secrets to the runbook's params.

@@ -229,6 +229,16 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
     }
 }
 
+/// The output patterns a target's action must (not) match, rendered for its host.
+fn expectations(t: &Target) -> impl Iterator<Item = (&'static str, &str)> {
+    [
+        ("stdout matching", &t.expect_stdout),
+        ("stdout not matching", &t.expect_stdout_not),
+    ]
+    .into_iter()
+    .filter_map(|(label, re)| Some((label, re.as_deref()?)))
+}
+
 fn target(o: &mut String, t: &Target, retries: u32, delay: &str) {
     if let Some(why) = &t.skipped {
         let _ = writeln!(o, "    {}: skipped ({why})", t.host);
@@ -242,7 +252,15 @@ fn target(o: &mut String, t: &Target, retries: u32, delay: &str) {
         );
     }
     if let Some(u) = &t.upload {
-        let _ = writeln!(o, "    upload {} -> {}:{}", u.src, t.host, u.dest);
+        let how = match u.templated {
+            true => format!(" (template, rendered for {})", t.host),
+            false => String::new(),
+        };
+        let _ = writeln!(o, "    upload {}{how} -> {}:{}", u.src, t.host, u.dest);
+        if let Some(text) = &u.content {
+            let _ = writeln!(o, "      rendered:");
+            let _ = writeln!(o, "{}", indented(text, "      | "));
+        }
     }
     if let Some(c) = &t.command {
         let _ = writeln!(o, "{}", prompt_line(&t.login, c, "    "));
@@ -250,6 +268,9 @@ fn target(o: &mut String, t: &Target, retries: u32, delay: &str) {
     if let (Some(stdin), None) = (&t.stdin, &t.upload) {
         let _ = writeln!(o, "      stdin:");
         let _ = writeln!(o, "{}", indented(stdin, "      | "));
+    }
+    for (label, re) in expectations(t) {
+        let _ = writeln!(o, "      expect {label}: /{re}/");
     }
     if let Some(c) = &t.check {
         let label = if retries > 0 {
@@ -464,16 +485,27 @@ fn md_step(o: &mut String, s: &PlanStep, number: &str) {
         if let Some(u) = &t.upload {
             let _ = writeln!(
                 o,
-                "Upload {} to {}.\n",
+                "Upload {}{} to {}.\n",
                 code(&u.src),
+                if u.templated {
+                    ", rendered as a template for this host,"
+                } else {
+                    ""
+                },
                 code(&format!("{}:{}", t.host, u.dest))
             );
+            if let Some(text) = &u.content {
+                let _ = writeln!(o, "Rendered file:\n\n{}", fenced("text", text));
+            }
         }
         if let Some(c) = &t.command {
             let _ = writeln!(o, "{}", fenced("console", &prompt_line(&t.login, c, "")));
         }
         if let (Some(stdin), None) = (&t.stdin, &t.upload) {
             let _ = writeln!(o, "Standard input:\n\n{}", fenced("text", stdin));
+        }
+        for (label, re) in expectations(t) {
+            let _ = writeln!(o, "Expect {label}: {}\n", code(&format!("/{re}/")));
         }
         if let Some(c) = &t.check {
             let label = if s.retries > 0 {

@@ -155,6 +155,8 @@ pub struct Upload {
     pub dest: Text,
     pub mode: Option<String>,
     pub owner: Option<Text>,
+    /// `template: true`: the file is rendered per host before it is uploaded.
+    pub template: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -163,11 +165,13 @@ pub struct Capture {
     pub regex: Option<regex::Regex>,
 }
 
+/// `stdout` and `stdout_not` are templates (`pid {{ old_pid }}$`), made regular
+/// expressions once rendered for a host.
 #[derive(Debug, Clone)]
 pub struct Expect {
     pub exit: Vec<i32>,
-    pub stdout: Option<regex::Regex>,
-    pub stdout_not: Option<regex::Regex>,
+    pub stdout: Option<Text>,
+    pub stdout_not: Option<Text>,
 }
 
 impl Default for Expect {
@@ -226,6 +230,8 @@ pub struct Step {
     pub on_failure: OnFailure,
     pub local: bool,
     pub service: Option<Service>,
+    /// Lints this step accepts (`lint: { allow: [non-ascii] }`), by their names in `lint::NAMES`.
+    pub lint_allow: Vec<String>,
 }
 
 pub const RUNBOOK_FIELDS: &[&str] = &[
@@ -263,6 +269,7 @@ pub const STEP_FIELDS: &[&str] = &[
     "on_failure",
     "local",
     "service",
+    "lint",
 ];
 
 const ACTIONS: &[&str] = &["run", "script", "upload", "manual"];
@@ -560,6 +567,11 @@ fn regex(n: &Node, what: &str) -> yaml::Result<regex::Regex> {
     })
 }
 
+/// What is wrong with a regular expression, in one line.
+pub fn regex_problem(e: &regex::Error) -> String {
+    first_line(&e.to_string())
+}
+
 /// The regex crate's message is a multi-line picture; its last line says what is wrong.
 fn first_line(s: &str) -> String {
     let last = s.lines().last().unwrap_or(s).trim();
@@ -669,14 +681,20 @@ fn decode_step(node: &Node) -> yaml::Result<Step> {
                 })
                 .collect::<yaml::Result<_>>()?;
         }
-        expect.stdout = ef
-            .get("stdout")
-            .map(|r| regex(r, "`expect.stdout`"))
-            .transpose()?;
-        expect.stdout_not = ef
-            .get("stdout_not")
-            .map(|r| regex(r, "`expect.stdout_not`"))
-            .transpose()?;
+        for (field, slot) in [
+            ("stdout", &mut expect.stdout),
+            ("stdout_not", &mut expect.stdout_not),
+        ] {
+            if let Some(r) = ef.get(field) {
+                let what = format!("`expect.{field}`");
+                // Without template syntax the pattern is final: check it now, at its place.
+                let text = Text::from(r, &format!("a regular expression for {what}"))?;
+                if !["{{", "{%", "{#"].iter().any(|m| text.src.contains(m)) {
+                    regex(r, &what)?;
+                }
+                *slot = Some(text);
+            }
+        }
     }
 
     let retries = match f.get("retries") {
@@ -772,6 +790,11 @@ fn decode_step(node: &Node) -> yaml::Result<Step> {
         None => false,
     };
 
+    let lint_allow = match f.get("lint") {
+        None => Vec::new(),
+        Some(n) => decode_lint(n)?,
+    };
+
     let step = Step {
         name: name.clone(),
         span: node.span,
@@ -793,6 +816,7 @@ fn decode_step(node: &Node) -> yaml::Result<Step> {
         on_failure,
         local,
         service,
+        lint_allow,
     };
     check_combinations(&f, &step)?;
     Ok(step)
@@ -840,8 +864,41 @@ fn check_combinations(f: &Fields, s: &Step) -> yaml::Result<()> {
     Ok(())
 }
 
+/// `lint: { allow: [NAME, ...] }`: names are checked, so a typo cannot silently accept nothing.
+fn decode_lint(n: &Node) -> yaml::Result<Vec<String>> {
+    let f = n.fields("`lint`", &["allow"])?;
+    let Some(allow) = f.get("allow") else {
+        return Ok(Vec::new());
+    };
+    let items = match &allow.value {
+        Value::Seq(items) => items.iter().collect::<Vec<_>>(),
+        _ => vec![allow],
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            let name = item.string("a lint name for `lint.allow`")?;
+            if crate::lint::NAMES.contains(&name.as_str()) {
+                Ok(name)
+            } else {
+                Err(Error::new(
+                    item.span,
+                    format!(
+                        "unknown lint `{name}`{}",
+                        did_you_mean(&name, crate::lint::NAMES.iter().copied())
+                    ),
+                )
+                .help(format!(
+                    "expected one of: {}",
+                    crate::lint::NAMES.join(", ")
+                )))
+            }
+        })
+        .collect()
+}
+
 fn decode_upload(n: &Node) -> yaml::Result<Upload> {
-    let f = n.fields("`upload`", &["src", "dest", "mode", "owner"])?;
+    let f = n.fields("`upload`", &["src", "dest", "mode", "owner", "template"])?;
     let mode = match f.get("mode") {
         None => None,
         Some(m) => {
@@ -861,5 +918,9 @@ fn decode_upload(n: &Node) -> yaml::Result<Upload> {
         dest: Text::from(f.require("dest")?, "`upload.dest`")?,
         mode,
         owner: opt_text(&f, "owner")?,
+        template: match f.get("template") {
+            Some(t) => t.bool("`true` or `false` for `upload.template`")?,
+            None => false,
+        },
     })
 }

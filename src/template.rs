@@ -122,6 +122,8 @@ pub enum RenderError {
         hint: String,
     },
     Other(String),
+    /// Several problems of one template (every undefined variable it reads), in text order.
+    Many(Vec<RenderError>),
     /// An error already placed in the file (a runbook var that failed to render).
     Located {
         message: String,
@@ -137,6 +139,10 @@ impl std::fmt::Display for RenderError {
                 write!(f, "`{object}` has no attribute `{attr}`{hint}")
             }
             RenderError::Other(m) | RenderError::Located { message: m, .. } => f.write_str(m),
+            RenderError::Many(all) => {
+                let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
+                f.write_str(&shown.join("; "))
+            }
         }
     }
 }
@@ -256,6 +262,16 @@ impl Templates {
                     };
                 }
             }
+            // `${#VAR}` (the shell's length) opens a Jinja comment that never closes:
+            // point at the `{#`, not at the whole text.
+            let comment = e
+                .detail()
+                .is_some_and(|d| d.contains("end of comment"))
+                .then(|| unclosed_comment(&text.src))
+                .flatten();
+            if let (Some(at), Some(source)) = (comment, &self.source) {
+                span = text.locate(source, at, 2);
+            }
             let what = match kind {
                 Kind::Text => "template",
                 Kind::Condition => "`when` expression",
@@ -274,6 +290,8 @@ impl Templates {
             };
             return Err(if kind == Kind::Condition && text.src.contains("{{") {
                 err.help("`when` is an expression, not a template: write `http_port == 6888`, without `{{ }}`")
+            } else if comment.is_some() {
+                err.help("`{#` opens a template comment: for the shell's `${#VAR}` write `${{ '{#' }}VAR}`, or wrap the text in `{% raw %}...{% endraw %}`")
             } else {
                 err
             });
@@ -290,6 +308,29 @@ impl Templates {
         self.meta.push((vars, text.clone(), kind));
         self.names.push(name);
         Ok(TemplateId(id))
+    }
+
+    /// Like `add`, but a syntax error is noted in `errors` and the id stands for
+    /// nothing renderable: every syntax error of a file is reported in one pass,
+    /// and nothing is rendered when there is one.
+    pub fn add_noting(
+        &mut self,
+        text: &Text,
+        kind: Kind,
+        errors: &mut Vec<yaml::Error>,
+    ) -> TemplateId {
+        match self.add(text, kind) {
+            Ok(id) => id,
+            Err(e) => {
+                errors.push(e);
+                let id = self.meta.len();
+                self.sorted_vars.push(Vec::new());
+                self.memo.push(Default::default());
+                self.meta.push((HashSet::new(), text.clone(), kind));
+                self.names.push(format!("t{id}"));
+                TemplateId(id)
+            }
+        }
     }
 
     pub fn span(&self, id: TemplateId) -> Span {
@@ -356,10 +397,28 @@ impl Templates {
                 return broken.clone();
             }
             match (e.kind(), missing.first()) {
-                (ErrorKind::UndefinedError, Some(v)) => RenderError::Undefined {
-                    name: v.to_string(),
-                    hint: did_you_mean(v, ctx.keys()),
-                },
+                // Every missing name at once: fixing one to be told of the next is slow.
+                (ErrorKind::UndefinedError, Some(_)) => {
+                    let required = required_names(&tmpl, ctx, &missing);
+                    let mut all: Vec<(usize, RenderError)> = required
+                        .iter()
+                        .map(|v| {
+                            let err = RenderError::Undefined {
+                                name: v.to_string(),
+                                hint: did_you_mean(v, ctx.keys()),
+                            };
+                            let at = self.locate_error(id, &err).map_or(usize::MAX, |(o, _)| o);
+                            (at, err)
+                        })
+                        .collect();
+                    all.sort_by_key(|(at, _)| *at);
+                    let mut all: Vec<RenderError> = all.into_iter().map(|(_, e)| e).collect();
+                    if all.len() == 1 {
+                        all.remove(0)
+                    } else {
+                        RenderError::Many(all)
+                    }
+                }
                 (ErrorKind::UndefinedError, None) => self
                     .missing_attribute(id, ctx)
                     .unwrap_or_else(|| RenderError::Other(format!("undefined value: {detail}"))),
@@ -437,13 +496,64 @@ impl Templates {
                         (at, src[at..end].chars().count())
                     })
                 }),
-            RenderError::Other(_) | RenderError::Located { .. } => None,
+            RenderError::Other(_) | RenderError::Located { .. } | RenderError::Many(_) => None,
         }
     }
 
     pub fn condition(&self, id: TemplateId, ctx: &Context) -> Result<bool, RenderError> {
         Ok(self.render(id, ctx)? == "true")
     }
+}
+
+/// Which of the `missing` names a failed render really needs: a name read only
+/// through `default(...)` or `is defined` is not one. Worked out on failure only,
+/// by rendering with the other names given a stand-in value; when that cannot
+/// tell, the first missing name, as minijinja does not name it.
+fn required_names<'a>(
+    tmpl: &minijinja::Template<'_, '_>,
+    ctx: &Context,
+    missing: &[&'a String],
+) -> Vec<&'a String> {
+    let stand_in = |except: Option<&str>| {
+        ctx.with(
+            missing
+                .iter()
+                .filter(|v| Some(v.as_str()) != except)
+                .map(|v| (v.to_string(), Value::from(""))),
+        )
+    };
+    let fails_without = |name: &str| {
+        tmpl.render(&stand_in(Some(name)).value)
+            .is_err_and(|e| e.kind() == ErrorKind::UndefinedError)
+    };
+    let required: Vec<&String> = if missing.len() > 1 && tmpl.render(&stand_in(None).value).is_ok()
+    {
+        missing
+            .iter()
+            .copied()
+            .filter(|v| fails_without(v))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if required.is_empty() {
+        missing.first().copied().into_iter().collect()
+    } else {
+        required
+    }
+}
+
+/// Byte offset of the first `{#` that no `#}` closes.
+fn unclosed_comment(src: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = src[from..].find("{#") {
+        let at = from + i;
+        match src[at + 2..].find("#}") {
+            Some(j) => from = at + 2 + j + 2,
+            None => return Some(at),
+        }
+    }
+    None
 }
 
 /// Whether byte `offset` is inside `{{ }}` or `{% %}` rather than literal text.
@@ -574,6 +684,23 @@ mod tests {
         assert_eq!(
             t.render(id2, &ctx).unwrap_err().to_string(),
             "undefined variable `bakup`, did you mean `backup`?"
+        );
+    }
+
+    #[test]
+    fn every_undefined_variable_is_reported_but_not_an_optional_one() {
+        let mut t = Templates::new();
+        let id = t
+            .add(
+                &text("{{ b }} {{ opt | default('') }}{% if x is defined %}{{ x }}{% endif %} {{ a }}"),
+                Kind::Text,
+            )
+            .unwrap();
+        let err = t.render(id, &Context::new(BTreeMap::new())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "undefined variable `b`; undefined variable `a`",
+            "in text order, without `opt` and `x`"
         );
     }
 

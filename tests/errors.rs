@@ -280,7 +280,7 @@ error: unknown field `rollbak` in a step, did you mean `rollback`?
   |
 6 |     rollbak: echo undo
   |     ^^^^^^^
-  = help: expected one of: name, on, run, script, upload, manual, as, cwd, env, stdin, when, capture, expect, check, retries, delay, timeout, confirm, rollback, on_failure, local, service
+  = help: expected one of: name, on, run, script, upload, manual, as, cwd, env, stdin, when, capture, expect, check, retries, delay, timeout, confirm, rollback, on_failure, local, service, lint
 "#,
     },
     Case {
@@ -302,7 +302,7 @@ error: unknown field `tiemout` in a step, did you mean `timeout`?
   |
 6 |     tiemout: 5m
   |     ^^^^^^^
-  = help: expected one of: name, on, run, script, upload, manual, as, cwd, env, stdin, when, capture, expect, check, retries, delay, timeout, confirm, rollback, on_failure, local, service
+  = help: expected one of: name, on, run, script, upload, manual, as, cwd, env, stdin, when, capture, expect, check, retries, delay, timeout, confirm, rollback, on_failure, local, service, lint
 "#,
     },
     Case {
@@ -798,6 +798,187 @@ error: unknown param type `float`
 4 |   ratio: { type: float }
   |                  ^^^^^
   = help: expected one of: string, int, bool
+"#,
+    },
+    Case {
+        name: "unknown_lint_name",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: ps -ef | grep java
+    lint: { allow: [ps-grpe] }
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: unknown lint `ps-grpe`, did you mean `ps-grep`?
+  --> runbooks/x.yaml:6:21
+  |
+6 |     lint: { allow: [ps-grpe] }
+  |                     ^^^^^^^
+  = help: expected one of: interactive, tail-f, bare-su, ps-grep, tar-exclude-order, date-drift, password-argv, non-ascii, unquoted-param, secret-argv, service-not-restarted, service-without-rollback
+"#,
+    },
+    Case {
+        name: "template_comment_opened_by_shell_length",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: test ${#TOKEN} -gt 0
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: template syntax error: unexpected end of comment
+  --> runbooks/x.yaml:5:16
+  |
+5 |     run: test ${#TOKEN} -gt 0
+  |                ^^
+  = help: `{#` opens a template comment: for the shell's `${#VAR}` write `${{ '{#' }}VAR}`, or wrap the text in `{% raw %}...{% endraw %}`
+"#,
+    },
+    Case {
+        name: "template_comment_opened_in_a_script",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    script: |
+      TOKEN=$(cat)
+      if [ ${#TOKEN} -lt 8 ]; then exit 1; fi
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: template syntax error: unexpected end of comment
+  --> runbooks/x.yaml:7:13
+  |
+7 |       if [ ${#TOKEN} -lt 8 ]; then exit 1; fi
+  |             ^^
+  = help: `{#` opens a template comment: for the shell's `${#VAR}` write `${{ '{#' }}VAR}`, or wrap the text in `{% raw %}...{% endraw %}`
+"#,
+    },
+    Case {
+        name: "every_template_syntax_error_of_a_file_at_once",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: echo {{ weaver_home
+  - name: b
+    run: echo ok
+    check: test ${#TOKEN} -gt 0
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: template syntax error: unexpected end of input, expected end of variable block
+  --> runbooks/x.yaml:5:10
+  |
+5 |     run: echo {{ weaver_home
+  |          ^^^^^^^^^^^^^^^^^^^
+
+error: template syntax error: unexpected end of comment
+  --> runbooks/x.yaml:8:18
+  |
+8 |     check: test ${#TOKEN} -gt 0
+  |                  ^^
+  = help: `{#` opens a template comment: for the shell's `${#VAR}` write `${{ '{#' }}VAR}`, or wrap the text in `{% raw %}...{% endraw %}`
+"#,
+    },
+    Case {
+        name: "every_undefined_variable_of_a_file_at_once",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+vars:
+  backup: "{{ weaver_hme }}/bak.tgz"
+steps:
+  - name: a
+    run: ls {{ weaver_hom }} {{ http_prot }}
+  - name: b
+    run: echo {{ nope }}
+    check: test -f {{ backup }}
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: in step `a` on host `oa1`: undefined variable `weaver_hom`, did you mean `weaver_home`?
+  --> runbooks/x.yaml:7:16
+  |
+7 |     run: ls {{ weaver_hom }} {{ http_prot }}
+  |                ^^^^^^^^^^
+
+error: in step `a` on host `oa1`: undefined variable `http_prot`, did you mean `http_port`?
+  --> runbooks/x.yaml:7:33
+  |
+7 |     run: ls {{ weaver_hom }} {{ http_prot }}
+  |                                 ^^^^^^^^^
+
+error: in step `b` on host `oa1`: undefined variable `nope`
+  --> runbooks/x.yaml:9:18
+  |
+9 |     run: echo {{ nope }}
+  |                  ^^^^
+
+error: in step `b` on host `oa1`: variable `backup` reads undefined variable `weaver_hme`, did you mean `weaver_home`?
+  --> runbooks/x.yaml:4:15
+  |
+4 |   backup: "{{ weaver_hme }}/bak.tgz"
+  |               ^^^^^^^^^^
+"#,
+    },
+    Case {
+        name: "expect_is_a_template",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: echo pid 1
+    expect: { stdout_not: "pid {{ old_pdi }}$" }
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: in step `a` on host `oa1`: undefined variable `old_pdi`
+  --> runbooks/x.yaml:6:35
+  |
+6 |     expect: { stdout_not: "pid {{ old_pdi }}$" }
+  |                                   ^^^^^^^
+"#,
+    },
+    Case {
+        name: "expect_invalid_once_rendered",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: ls /data
+    expect: { stdout: "{{ weaver_home }}(" }
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: in step `a` on host `oa1`: invalid regular expression for `expect.stdout` once rendered (`/data/WEAVER(`): unclosed group
+  --> runbooks/x.yaml:6:24
+  |
+6 |     expect: { stdout: "{{ weaver_home }}(" }
+  |                        ^^^^^^^^^^^^^^^^^^
 "#,
     },
     Case {
