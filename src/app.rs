@@ -522,9 +522,9 @@ fn verify(args: &VerifyArgs) -> Result<i32> {
     if v.ok() {
         let _ = writeln!(
             out,
-            "result     {} ({} checks passed{})",
+            "result     {} ({} passed{})",
             console::style("VERIFIED").green().bold(),
-            v.checks.len(),
+            crate::ui::count(v.checks.len(), "check", "checks"),
             if v.authenticated {
                 ", signer authenticated"
             } else {
@@ -535,9 +535,9 @@ fn verify(args: &VerifyArgs) -> Result<i32> {
     } else {
         let _ = writeln!(
             out,
-            "result     {} ({failed} of {} checks failed)",
+            "result     {} ({failed} of {} failed)",
             console::style("FAILED").red().bold(),
-            v.checks.len()
+            crate::ui::count(v.checks.len(), "check", "checks")
         );
         Ok(exit::STEP_FAILED)
     }
@@ -650,7 +650,10 @@ fn check(names: &[String], root: &Path) -> Result<i32> {
             Ok(warnings) if warnings.is_empty() => outln!("ok       {label}"),
             Ok(warnings) => {
                 problems += warnings.len();
-                outln!("warning  {label}: {} lint warning(s)", warnings.len());
+                outln!(
+                    "warning  {label}: {}",
+                    crate::ui::count(warnings.len(), "lint warning", "lint warnings")
+                );
                 for w in warnings {
                     eprintln!("{w}\n");
                 }
@@ -681,10 +684,17 @@ fn check(names: &[String], root: &Path) -> Result<i32> {
         }
     }
     if problems > 0 {
-        eprintln!("{problems} problem(s) in {checked} file(s)");
+        eprintln!(
+            "{} in {}",
+            crate::ui::count(problems, "problem", "problems"),
+            crate::ui::count(checked, "file", "files")
+        );
         Ok(exit::INVALID_INPUT)
     } else {
-        outln!("{checked} file(s) checked, no problems");
+        outln!(
+            "{} checked, no problems",
+            crate::ui::count(checked, "file", "files")
+        );
         Ok(exit::OK)
     }
 }
@@ -694,10 +704,10 @@ fn inventory_tree(inv: &Inventory) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{}  ({}, {} hosts)",
+        "{}  ({}, {})",
         inv.name,
         inv.source.display_path(),
-        inv.hosts.len()
+        crate::ui::count(inv.hosts.len(), "host", "hosts")
     );
     for (gi, g) in inv.groups.iter().enumerate() {
         let last_g = gi + 1 == inv.groups.len();

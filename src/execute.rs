@@ -278,9 +278,9 @@ impl Engine<'_> {
             if failed.is_empty() || step.on_failure == OnFailure::Continue {
                 if !failed.is_empty() {
                     self.ui.warn(&format!(
-                        "step `{}` failed on {} host(s); on_failure: continue",
+                        "step `{}` failed on {}; on_failure: continue",
                         step.name,
-                        failed.len()
+                        crate::ui::count(failed.len(), "host", "hosts")
                     ));
                 }
                 continue;
@@ -671,8 +671,8 @@ impl Engine<'_> {
                     }
                 }
                 return Ok(Verdict::Failed(format!(
-                    "check failed after {} attempt(s)",
-                    rec.checks.len()
+                    "check failed after {}",
+                    crate::ui::count(rec.checks.len(), "attempt", "attempts")
                 )));
             }
         }

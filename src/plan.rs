@@ -761,8 +761,8 @@ impl Planner {
                     None => {
                         return Err(Failure {
                             error: RenderError::Other(format!(
-                                "batch {b} does not exist: this run has {} batch(es)",
-                                self.batches.len()
+                                "batch {b} does not exist: this run has {}",
+                                crate::ui::count(self.batches.len(), "batch", "batches")
                             )),
                             span: self.step(r).0.span,
                         })

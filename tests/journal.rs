@@ -1,6 +1,7 @@
-//! A journal damaged by a crash, read back by `opsrun runs`, `opsrun log` and
-//! `opsrun rollback`. The journal is a real one, from a run on `connection: local`
-//! hosts; the damage is done by hand to a copy of it: a last line cut off in the
+//! The run record read back by `opsrun runs`, `opsrun log` and `opsrun rollback`:
+//! run ids, the listing, output file names, the log's order, and a journal
+//! damaged by a crash. The journals are real ones, from runs on `connection: local`
+//! hosts; the damage is done by hand to a copy of one: a last line cut off in the
 //! middle (the crash came during a write), or an unreadable line in the middle.
 
 mod support;
@@ -195,4 +196,91 @@ fn an_unreadable_line_inside_the_journal_is_skipped_with_a_warning() {
     assert!(md.contains("| Result | **SUCCEEDED** |"), "{md}");
     assert_eq!(steps_rows(&md).len(), 6, "{md}");
     assert_eq!(lab.runs_table()[1]["result"], "succeeded");
+}
+
+/// `book` with `HOST_A` replaced by the lab's first host.
+fn on_a(book: &str, hosts: &[String]) -> String {
+    book.replace("HOST_A", &hosts[0])
+}
+
+#[test]
+fn hosts_of_a_step_are_logged_in_inventory_order_and_counts_agree_with_their_nouns() {
+    let (lab, hosts) = local_lab("order");
+    // The first host is the slow one: it finishes each step last.
+    let book = r#"name: order
+hosts: app
+steps:
+  - name: Slow first
+    run: case {{ host.name | quote }} in *-a) sleep 1;; esac; echo done
+  - name: Once
+    on: HOST_A
+    run: "true"
+    rollback: "true"
+"#;
+    lab.write("runbooks/order.yaml", &on_a(book, &hosts));
+    let run = lab.run(&["order", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let finished: Vec<String> = run
+        .events("target_finished")
+        .iter()
+        .filter(|e| e["step"] == "Slow first")
+        .map(|e| e["host"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        finished,
+        [hosts[1].clone(), hosts[0].clone()],
+        "completion order"
+    );
+    let rows = steps_rows(&run.log_md());
+    let want: Vec<(String, String, String)> = [
+        ("Slow first", &hosts[0]),
+        ("Slow first", &hosts[1]),
+        ("Once", &hosts[0]),
+    ]
+    .iter()
+    .map(|(s, h)| (s.to_string(), h.to_string(), "ok".to_string()))
+    .collect();
+    assert_eq!(rows, want);
+    let md = run.log_md();
+    let detail = |h: &str| md.find(&format!("#### {h}: ")).unwrap();
+    assert!(detail(&hosts[0]) < detail(&hosts[1]), "{md}");
+
+    assert!(
+        run.stderr
+            .contains(&format!("run {}: order on local (2 hosts)\n", run.id())),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("succeeded: 2 steps done\n"),
+        "{}",
+        run.stderr
+    );
+
+    lab.write(
+        "runbooks/single.yaml",
+        &on_a(
+            "name: single\nhosts: HOST_A\nsteps:\n  - name: Only\n    run: \"true\"\n    rollback: \"true\"\n",
+            &hosts,
+        ),
+    );
+    let one = lab.run(&["single", "--env", "local", "--yes"], &[], None);
+    one.expect_code(0);
+    assert!(
+        one.stderr
+            .contains(&format!("run {}: single on local (1 host)\n", one.id())),
+        "{}",
+        one.stderr
+    );
+    assert!(
+        one.stderr.contains("succeeded: 1 step done\n"),
+        "{}",
+        one.stderr
+    );
+    let undo = lab.run(&["rollback", &one.id(), "--yes"], &[], None);
+    undo.expect_code(0);
+    assert_eq!(
+        undo.outcome().1,
+        format!("rolled back 1 step of run {}", one.id())
+    );
 }

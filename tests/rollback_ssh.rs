@@ -361,7 +361,7 @@ fn failure_at_step_four_on_one_host_rolls_back_in_reverse_where_each_step_comple
         "{message}"
     );
     assert!(
-        message.contains("rolled back 4 step(s): restored"),
+        message.contains("rolled back 4 steps: restored"),
         "{message}"
     );
 
@@ -378,7 +378,7 @@ fn failure_at_step_four_on_one_host_rolls_back_in_reverse_where_each_step_comple
     assert_eq!(numbers, [4, 3, 3, 2, 2, 1, 1], "{log}");
     assert_eq!(undo[0].2, "web1");
     assert!(undo.iter().all(|r| r.3 == "ok"), "{undo:?}");
-    assert!(log.contains("rolled back 4 step(s): restored"));
+    assert!(log.contains("rolled back 4 steps: restored"));
 }
 
 // ---------------------------------------------------------------------------------
@@ -674,7 +674,7 @@ fn sigkill_mid_step_leaves_a_record_to_list_render_and_roll_back_and_a_stale_loc
         assert!(!l.exists(), "{} left behind", l.display());
     }
     let (_, message) = undo.outcome();
-    assert!(message.contains("rolled back 1 step(s)"), "{message}");
+    assert!(message.contains("rolled back 1 step"), "{message}");
 }
 
 // ---------------------------------------------------------------------------------
@@ -896,7 +896,7 @@ fn ctrl_c_then_r_stops_and_rolls_back_the_completed_steps() {
     let (outcome, message) = run.outcome();
     assert_eq!(outcome, "interrupted");
     assert!(
-        message.contains("rolled back 2 step(s): restored"),
+        message.contains("rolled back 2 steps: restored"),
         "{message}"
     );
     let numbers: Vec<usize> = log_rows(&run.log_md(), "Rollback")
