@@ -204,6 +204,90 @@ fn on_a(book: &str, hosts: &[String]) -> String {
 }
 
 #[test]
+fn a_failed_step_quotes_the_first_error_line_and_points_at_its_full_output() {
+    let (lab, hosts) = local_lab("first-error");
+    let a = &hosts[0];
+    // What `tar xzf` prints for a missing archive: the cause comes first.
+    let book = r#"name: unpack
+hosts: HOST_A
+steps:
+  - name: Unpack
+    run: |
+      echo extracting
+      printf '%s\n' 'tar (child): /data/bak.tar.gz: Cannot open: No such file or directory' 'tar (child): Error is not recoverable: exiting now' 'tar: Child returned status 2' 'tar: Error is not recoverable: exiting now' >&2
+      exit 2
+"#;
+    lab.write("runbooks/unpack.yaml", &on_a(book, &hosts));
+    let run = lab.run(&["unpack", "--env", "local", "--yes"], &[], None);
+    run.expect_code(1);
+    let id = run.id();
+    let line = format!(
+        "error: step `Unpack` failed on {a} (exit 2: tar (child): /data/bak.tar.gz: Cannot open: No such file or directory)\n  {a}: full stderr in runs/{id}/outputs/01-unpack-{a}.stderr (and in the log, runs/{id}/log.md)\n"
+    );
+    assert!(run.stderr.contains(&line), "{}", run.stderr);
+    assert_eq!(
+        run.target("Unpack", a)["reason"],
+        "exit 2: tar (child): /data/bak.tar.gz: Cannot open: No such file or directory"
+    );
+    assert!(run
+        .dir()
+        .join(format!("outputs/01-unpack-{a}.stderr"))
+        .is_file());
+
+    // Nothing error-like: the last line is the best guess, as before.
+    lab.write(
+        "runbooks/quiet.yaml",
+        &on_a(
+            "name: quiet\nhosts: HOST_A\nsteps:\n  - name: Quiet\n    run: printf 'one\\ntwo\\n' >&2; exit 3\n",
+            &hosts,
+        ),
+    );
+    let quiet = lab.run(&["quiet", "--env", "local", "--yes"], &[], None);
+    quiet.expect_code(1);
+    assert!(
+        quiet.stderr.contains(&format!(
+            "error: step `Quiet` failed on {a} (exit 3: two)\n"
+        )),
+        "{}",
+        quiet.stderr
+    );
+}
+
+#[test]
+fn output_files_of_a_chinese_step_name_keep_the_name() {
+    let (lab, hosts) = local_lab("cjk-names");
+    let a = &hosts[0];
+    let book = "name: cjk\nhosts: HOST_A\nsteps:\n  - name: 重启应用\n    run: echo restarted\n  - name: 检查：状态\n    run: echo checked\n  - name: \"！！\"\n    run: echo marks\n";
+    lab.write("runbooks/cjk.yaml", &on_a(book, &hosts));
+    let run = lab.run(&["cjk", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let files = [
+        ("重启应用", format!("outputs/01-重启应用-{a}.stdout")),
+        ("检查：状态", format!("outputs/02-检查-状态-{a}.stdout")),
+        // No letter or digit at all: the step number keeps it apart.
+        ("！！", format!("outputs/03-step-{a}.stdout")),
+    ];
+    for (step, file) in &files {
+        assert_eq!(
+            run.target(step, a)["stdout"]["file"],
+            file.as_str(),
+            "{step}"
+        );
+        assert!(run.dir().join(file).is_file(), "{file}");
+    }
+    // The log cites them, and `opsrun verify` finds them by those names.
+    let md = run.log_md();
+    assert!(md.contains(&files[0].1), "{md}");
+    let v = lab
+        .command(&["verify", run.log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(v.status.success(), "{out}");
+    assert!(!out.contains("FAILED"), "{out}");
+}
+
+#[test]
 fn hosts_of_a_step_are_logged_in_inventory_order_and_counts_agree_with_their_nouns() {
     let (lab, hosts) = local_lab("order");
     // The first host is the slow one: it finishes each step last.
