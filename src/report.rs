@@ -236,6 +236,21 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
     if let Some(of) = rollback_of {
         let _ = writeln!(o, "| Rolls back run | {} |", code(&of));
     }
+    // Undone later by `opsrun rollback`: a run on record as succeeded may no longer
+    // be in place. Rollbacks name the run by its directory.
+    let id = run_dir
+        .file_name()
+        .map_or(run_id, |n| n.to_string_lossy().into_owned());
+    for r in crate::runs::rollbacks_of(run_dir.parent().unwrap_or(run_dir), &id) {
+        if r.outcome != Some(Outcome::NotConfirmed) {
+            let _ = writeln!(
+                o,
+                "| Rolled back by | {} ({}) |",
+                code(&r.id),
+                cell(&r.result())
+            );
+        }
+    }
     if let Some(s) = start_at {
         let _ = writeln!(o, "| Started at step | {} |", cell(&s));
     }

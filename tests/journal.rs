@@ -6,6 +6,7 @@
 
 mod support;
 
+use chrono::Timelike;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -285,6 +286,182 @@ fn output_files_of_a_chinese_step_name_keep_the_name() {
     let out = String::from_utf8_lossy(&v.stdout);
     assert!(v.status.success(), "{out}");
     assert!(!out.contains("FAILED"), "{out}");
+}
+
+#[test]
+fn runs_lists_ticket_and_what_became_of_each_run_in_aligned_columns() {
+    let (lab, hosts) = local_lab("listing");
+    let books = [
+        (
+            "undo-ok",
+            "name: undo-ok\nhosts: HOST_A\nsteps:\n  - name: One\n    run: \"true\"\n    rollback: \"true\"\n  - name: Two\n    run: exit 1\n",
+        ),
+        (
+            "undo-bad",
+            "name: undo-bad\nhosts: HOST_A\nsteps:\n  - name: One\n    run: \"true\"\n    rollback: exit 3\n  - name: Two\n    run: exit 1\n",
+        ),
+        (
+            "no-undo",
+            "name: no-undo\nhosts: HOST_A\nsteps:\n  - name: One\n    run: exit 1\n",
+        ),
+    ];
+    for (name, book) in books {
+        lab.write(&format!("runbooks/{name}.yaml"), &on_a(book, &hosts));
+    }
+    let a = &hosts[0];
+    let cjk = [("OPSRUN_OPERATOR", "张三")];
+    let ok = lab.run(
+        &["three", "--env", "local", "--yes", "--ticket", "变更-2041"],
+        &cjk,
+        None,
+    );
+    ok.expect_code(0);
+    let undo_ok = lab.run(&["undo-ok", "--env", "local", "--yes"], &[], None);
+    undo_ok.expect_code(1);
+    assert_eq!(
+        undo_ok.outcome().1,
+        format!("step `Two` failed on {a} (exit 1); rolled back 1 step: restored")
+    );
+    lab.run(&["undo-bad", "--env", "local", "--yes"], &[], None)
+        .expect_code(1);
+    lab.run(&["no-undo", "--env", "local", "--yes"], &[], None)
+        .expect_code(1);
+    // The next morning: the successful run is rolled back from its record.
+    let later = lab.run(&["rollback", &ok.id(), "--yes"], &[], None);
+    later.expect_code(0);
+    assert_eq!(
+        later.outcome().1,
+        format!("rolled back 2 steps of run {}", ok.id())
+    );
+
+    let table = lab.runs_table();
+    let rows: Vec<[&str; 5]> = table
+        .iter()
+        .map(|r| {
+            [
+                r["id"].as_str(),
+                r["runbook"].as_str(),
+                r["ticket"].as_str(),
+                r["operator"].as_str(),
+                r["result"].as_str(),
+            ]
+        })
+        .collect();
+    let (ok_id, later_id) = (ok.id(), later.id());
+    assert_eq!(
+        rows,
+        [
+            [
+                ok_id.as_str(),
+                "three",
+                "变更-2041",
+                "张三",
+                "succeeded, rolled back"
+            ],
+            [
+                undo_ok.id().as_str(),
+                "undo-ok",
+                "-",
+                "tester",
+                "failed, rolled back"
+            ],
+            [
+                &table[2]["id"],
+                "undo-bad",
+                "-",
+                "tester",
+                "failed, ROLLBACK INCOMPLETE"
+            ],
+            [&table[3]["id"], "no-undo", "-", "tester", "failed"],
+            [
+                later_id.as_str(),
+                "three (rollback)",
+                "变更-2041",
+                "tester",
+                "succeeded"
+            ],
+        ]
+    );
+
+    // The original's log, re-rendered, says it was rolled back and by which run.
+    let log = lab.run(&["log", &ok_id], &[], None);
+    log.expect_code(0);
+    let md = log.log_md();
+    assert!(md.contains("| Result | **SUCCEEDED** |"), "{md}");
+    assert!(
+        md.contains(&format!("| Rolled back by | `{later_id}` (succeeded) |")),
+        "{md}"
+    );
+}
+
+/// The UTC time in a run id (`20261122-173005Z-...`).
+fn id_time(id: &str) -> chrono::NaiveDateTime {
+    chrono::NaiveDateTime::parse_from_str(&id[..15], "%Y%m%d-%H%M%S")
+        .unwrap_or_else(|e| panic!("{id}: {e}"))
+}
+
+#[test]
+fn run_ids_use_one_clock_and_runs_sort_by_start_whatever_the_time_zone() {
+    let (lab, _) = local_lab("clock");
+    let east = lab.run(
+        &["three", "--env", "local", "--yes"],
+        &[("TZ", "Asia/Shanghai")],
+        None,
+    );
+    east.expect_code(0);
+    let west = lab.run(
+        &["three", "--env", "local", "--yes"],
+        &[("TZ", "UTC")],
+        None,
+    );
+    west.expect_code(0);
+    let start = |r: &Run| {
+        chrono::DateTime::parse_from_rfc3339(r.events("run_started")[0]["time"].as_str().unwrap())
+            .unwrap()
+    };
+    for r in [&east, &west] {
+        let id = r.id();
+        // Two runs in one second: the second one's id gets `-2`.
+        assert!(id[15..].starts_with("Z-three-local"), "{id}");
+        assert_eq!(
+            id_time(&id),
+            start(r).naive_utc().with_nanosecond(0).unwrap(),
+            "{id}"
+        );
+    }
+    // `run.stamp` stays the control machine's local time: it names files on the hosts.
+    assert_eq!(
+        east.events("run_started")[0]["stamp"],
+        start(&east).format("%Y%m%d-%H%M%S").to_string()
+    );
+    assert_eq!(start(&east).offset().local_minus_utc(), 8 * 3600);
+
+    // A run recorded by an older opsrun, named in its local time (8 hours ahead).
+    let old_id = format!("{}-three-local", start(&east).format("%Y%m%d-%H%M%S"));
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(east.dir())
+        .arg(lab.path().join("runs").join(&old_id))
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let table = lab.runs_table_with(&[("TZ", "Asia/Shanghai")]);
+    let ids: Vec<&str> = table.iter().map(|r| r["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        [east.id().as_str(), old_id.as_str(), west.id().as_str()]
+    );
+    // Start times in the viewer's local time, with its offset.
+    let shanghai = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
+    assert_eq!(
+        table[2]["start"],
+        start(&west)
+            .with_timezone(&shanghai)
+            .format("%Y-%m-%d %H:%M:%S %:z")
+            .to_string()
+    );
+    assert!(table[2]["start"].ends_with(" +08:00"), "{:?}", table[2]);
 }
 
 #[test]

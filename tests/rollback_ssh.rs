@@ -517,7 +517,7 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
     assert_eq!(
         summary,
         [
-            ("six", "succeeded"),
+            ("six", "succeeded, rolled back"),
             ("six (rollback)", "not confirmed"),
             ("six (rollback)", "succeeded"),
             ("six (rollback)", "succeeded"),
@@ -530,7 +530,7 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
         assert_eq!(row["env"], "lab");
         assert_eq!(row["operator"], "tester");
         assert!(
-            chrono::NaiveDateTime::parse_from_str(&row["start"], "%Y-%m-%d %H:%M:%S").is_ok(),
+            chrono::DateTime::parse_from_str(&row["start"], "%Y-%m-%d %H:%M:%S %:z").is_ok(),
             "{row:?}"
         );
         assert!(
@@ -542,7 +542,10 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
     let start = chrono::DateTime::parse_from_rfc3339(started["time"].as_str().unwrap()).unwrap();
     assert_eq!(
         table[0]["start"],
-        start.format("%Y-%m-%d %H:%M:%S").to_string()
+        start
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S %:z")
+            .to_string()
     );
 }
 
