@@ -78,7 +78,9 @@ fn main() {
             local_user: "bench".into(),
             now: chrono::NaiveDate::from_ymd_opt(2026, 11, 22)
                 .and_then(|d| d.and_hms_opt(1, 30, 5))
-                .expect("date"),
+                .expect("date")
+                .and_utc()
+                .fixed_offset(),
             ..Options::default()
         };
         let loaded = start.elapsed();

@@ -221,7 +221,7 @@ pub fn planner(args: &RunArgs, root: &Path, resume: Option<&Recorded>) -> Result
             .or_else(|| resume.and_then(|r| r.run.ticket.clone())),
         operator: operator(),
         local_user: local_user(),
-        now: chrono::Local::now().naive_local(),
+        now: crate::events::now(),
         original_run: resume.map(|r| r.run.clone()),
     };
     if let Some(r) = resume {
@@ -419,7 +419,7 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
         ticket: args.ticket.clone().or_else(|| recorded.run.ticket.clone()),
         operator: operator(),
         local_user: local_user(),
-        now: chrono::Local::now().naive_local(),
+        now: crate::events::now(),
         original_run: Some(recorded.run.clone()),
     };
     let mut planner = Planner::new(runbook, inventory, opts)?;
@@ -437,21 +437,23 @@ fn runs(log_dir: &Path) -> Result<i32> {
         outln!("no runs recorded in {}", log_dir.display());
         return Ok(exit::OK);
     }
-    let w = all.iter().map(|r| r.id.len()).max().unwrap_or(2);
-    outln!(
-        "{:<w$}  {:<16} {:<8} {:<10} {:<13} {:<19} duration",
-        "id",
-        "runbook",
-        "env",
-        "operator",
-        "result",
-        "start"
-    );
+    // A journal is a file anyone could edit: its text is shown escaped, on one line.
+    let shown = |s: &str| crate::sanitize::escape_controls(s.as_bytes()).replace(['\n', '\t'], " ");
+    let mut rows: Vec<[String; 8]> = vec![[
+        "id", "runbook", "env", "ticket", "operator", "result", "start", "duration",
+    ]
+    .map(String::from)];
     for r in all {
+        // In the viewer's local time with its offset: runs recorded in other
+        // time zones read in one clock, and the offset says which.
         let start = r
             .start
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-            .unwrap_or_default();
+            .map(|t| {
+                t.with_timezone(&chrono::Local)
+                    .format("%Y-%m-%d %H:%M:%S %:z")
+                    .to_string()
+            })
+            .unwrap_or_else(|| "-".into());
         let dur = match (r.start, r.end) {
             (Some(a), Some(b)) => crate::duration::format((b - a).to_std().unwrap_or_default()),
             _ => "-".into(),
@@ -461,15 +463,36 @@ fn runs(log_dir: &Path) -> Result<i32> {
         } else {
             format!("{} ({})", r.runbook, r.kind)
         };
-        outln!(
-            "{:<w$}  {:<16} {:<8} {:<10} {:<13} {:<19} {dur}",
-            r.id,
-            runbook,
-            r.env,
-            r.operator,
+        rows.push([
+            shown(&r.id),
+            shown(&runbook),
+            shown(&r.env),
+            r.ticket.as_deref().map_or_else(|| "-".into(), shown),
+            shown(&r.operator),
             r.result(),
-            start
-        );
+            start,
+            dur,
+        ]);
+    }
+    // Widths in terminal columns: a CJK character takes two.
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(console::measure_text_width(cell));
+        }
+    }
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let padded = console::pad_str(cell, widths[i], console::Alignment::Left, None);
+                line.push_str(&padded);
+                line.push_str("  ");
+            }
+        }
+        outln!("{}", line.trim_end());
     }
     Ok(exit::OK)
 }
@@ -522,9 +545,9 @@ fn verify(args: &VerifyArgs) -> Result<i32> {
     if v.ok() {
         let _ = writeln!(
             out,
-            "result     {} ({} checks passed{})",
+            "result     {} ({} passed{})",
             console::style("VERIFIED").green().bold(),
-            v.checks.len(),
+            crate::ui::count(v.checks.len(), "check", "checks"),
             if v.authenticated {
                 ", signer authenticated"
             } else {
@@ -535,9 +558,9 @@ fn verify(args: &VerifyArgs) -> Result<i32> {
     } else {
         let _ = writeln!(
             out,
-            "result     {} ({failed} of {} checks failed)",
+            "result     {} ({failed} of {} failed)",
             console::style("FAILED").red().bold(),
-            v.checks.len()
+            crate::ui::count(v.checks.len(), "check", "checks")
         );
         Ok(exit::STEP_FAILED)
     }
@@ -650,7 +673,10 @@ fn check(names: &[String], root: &Path) -> Result<i32> {
             Ok(warnings) if warnings.is_empty() => outln!("ok       {label}"),
             Ok(warnings) => {
                 problems += warnings.len();
-                outln!("warning  {label}: {} lint warning(s)", warnings.len());
+                outln!(
+                    "warning  {label}: {}",
+                    crate::ui::count(warnings.len(), "lint warning", "lint warnings")
+                );
                 for w in warnings {
                     eprintln!("{w}\n");
                 }
@@ -685,10 +711,17 @@ fn check(names: &[String], root: &Path) -> Result<i32> {
         }
     }
     if problems > 0 {
-        eprintln!("{problems} problem(s) in {checked} file(s)");
+        eprintln!(
+            "{} in {}",
+            crate::ui::count(problems, "problem", "problems"),
+            crate::ui::count(checked, "file", "files")
+        );
         Ok(exit::INVALID_INPUT)
     } else {
-        outln!("{checked} file(s) checked, no problems");
+        outln!(
+            "{} checked, no problems",
+            crate::ui::count(checked, "file", "files")
+        );
         Ok(exit::OK)
     }
 }
@@ -698,10 +731,10 @@ fn inventory_tree(inv: &Inventory) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{}  ({}, {} hosts)",
+        "{}  ({}, {})",
         inv.name,
         inv.source.display_path(),
-        inv.hosts.len()
+        crate::ui::count(inv.hosts.len(), "host", "hosts")
     );
     for (gi, g) in inv.groups.iter().enumerate() {
         let last_g = gi + 1 == inv.groups.len();

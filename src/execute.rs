@@ -106,13 +106,46 @@ struct Done {
     host: String,
     status: Status,
     detail: String,
+    /// The saved output the detail was quoted from: where the operator reads the rest.
+    output: Option<std::path::PathBuf>,
 }
 
-fn first_line(b: &[u8]) -> String {
+/// Words of a line that says what went wrong (`tar (child): x: Cannot open: No such
+/// file or directory`), as opposed to the summary a program prints after it.
+const ERROR_WORDS: &[&str] = &[
+    "error",
+    "fail",
+    "fatal",
+    "cannot",
+    "can't",
+    "could not",
+    "couldn't",
+    "unable",
+    "not found",
+    "no such",
+    "denied",
+    "not permitted",
+    "refused",
+    "invalid",
+    "exception",
+    "severe",
+    "panic",
+    "timed out",
+];
+
+/// The line to quote for a failed command: the first that looks like an error
+/// (the cause; the last is usually "exiting now" or a status), else the last.
+fn error_line(b: &[u8]) -> String {
     let s = escape_controls(b);
-    s.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines
+        .iter()
+        .find(|l| {
+            let l = l.to_lowercase();
+            ERROR_WORDS.iter().any(|w| l.contains(w))
+        })
+        .or(lines.last())
+        .map(|l| l.trim())
         .unwrap_or_default()
         .chars()
         .take(160)
@@ -278,9 +311,9 @@ impl Engine<'_> {
             if failed.is_empty() || step.on_failure == OnFailure::Continue {
                 if !failed.is_empty() {
                     self.ui.warn(&format!(
-                        "step `{}` failed on {} host(s); on_failure: continue",
+                        "step `{}` failed on {}; on_failure: continue",
                         step.name,
-                        failed.len()
+                        crate::ui::count(failed.len(), "host", "hosts")
                     ));
                 }
                 continue;
@@ -291,6 +324,21 @@ impl Engine<'_> {
                 .collect();
             let message = format!("step `{}` failed on {}", step.name, names.join(", "));
             self.ui.error(&message);
+            // One line quoted is a guess: say where the whole output is.
+            let log = self.rec.dir().join(crate::runner::LOG_FILE);
+            for d in &failed {
+                if let Some(path) = &d.output {
+                    let stream = path
+                        .extension()
+                        .map_or_else(|| "output".into(), |e| e.to_string_lossy().into_owned());
+                    self.ui.line(&format!(
+                        "  {}: full {stream} in {} (and in the log, {})",
+                        d.host,
+                        path.display(),
+                        log.display()
+                    ));
+                }
+            }
             *self.failed_step.lock().unwrap_or_else(|p| p.into_inner()) = Some(i);
             return Ok(Some(Finish {
                 outcome: RunOutcome::Failed,
@@ -675,8 +723,8 @@ impl Engine<'_> {
                     }
                 }
                 return Ok(Verdict::Failed(format!(
-                    "check failed after {} attempt(s)",
-                    rec.checks.len()
+                    "check failed after {}",
+                    crate::ui::count(rec.checks.len(), "attempt", "attempts")
                 )));
             }
         }
@@ -707,6 +755,11 @@ impl Engine<'_> {
             .rec
             .save(&stem, "stderr", &self.redactor.redact_bytes(&rec.err))?;
         let reason = reason.map(|r| self.redactor.redact(&r));
+        // A failure quotes stderr when there is any, else stdout (see `unexpected`).
+        let output = stderr
+            .as_ref()
+            .or(stdout.as_ref())
+            .map(|saved| self.rec.dir().join(&saved.file));
         self.rec.emit(&Event::TargetFinished {
             time: events::now(),
             phase: rec.phase,
@@ -741,6 +794,7 @@ impl Engine<'_> {
             host: rec.host.to_string(),
             status,
             detail,
+            output,
         })
     }
 
@@ -868,7 +922,7 @@ impl Engine<'_> {
                         return Ok(Verdict::Failed(format!(
                             "rollback exit {}: {}",
                             o.exit_code.map_or("signal".into(), |c| c.to_string()),
-                            first_line(&rec.err)
+                            error_line(&rec.err)
                         )));
                     }
                 }
@@ -974,7 +1028,7 @@ impl<'s> Record<'s> {
 fn unexpected(step: &Step, rec: &Record<'_>, real: &Target) -> Option<String> {
     let upload = real.upload.is_some();
     if !rec.exit_code.is_some_and(|c| step.expect.exit.contains(&c)) {
-        let tail = first_line(if rec.err.is_empty() {
+        let tail = error_line(if rec.err.is_empty() {
             &rec.out
         } else {
             &rec.err

@@ -37,7 +37,10 @@ pub struct Options {
     pub operator: String,
     /// The operator's login on the control machine: the ssh user when none is configured.
     pub local_user: String,
-    pub now: chrono::NaiveDateTime,
+    /// The run's start, with the control machine's UTC offset: the id is in UTC
+    /// (ids sort by time whatever the time zone), `run.stamp` and `run.date` in
+    /// local time (they name files on the hosts, read by people there).
+    pub now: crate::events::Time,
     /// For `opsrun rollback` and `--resume`: templates see the original run's
     /// id, stamp and date, so names built from `run.stamp` match what it created.
     pub original_run: Option<RunInfo>,
@@ -324,8 +327,9 @@ impl Planner {
     pub fn new(runbook: Runbook, inventory: Inventory, opts: Options) -> Result<Planner, Error> {
         let rb = Arc::new(runbook);
         let stamp = opts.now.format("%Y%m%d-%H%M%S").to_string();
+        let utc = opts.now.naive_utc().format("%Y%m%d-%H%M%SZ");
         let run = RunInfo {
-            id: format!("{stamp}-{}-{}", rb.name, inventory.name)
+            id: format!("{utc}-{}-{}", rb.name, inventory.name)
                 .chars()
                 .map(|c| {
                     if c.is_alphanumeric() || matches!(c, '-' | '_' | '.') {
@@ -775,8 +779,8 @@ impl Planner {
                     None => {
                         return Err(Failure {
                             error: RenderError::Other(format!(
-                                "batch {b} does not exist: this run has {} batch(es)",
-                                self.batches.len()
+                                "batch {b} does not exist: this run has {}",
+                                crate::ui::count(self.batches.len(), "batch", "batches")
                             )),
                             span: self.step(r).0.span,
                         })

@@ -55,23 +55,31 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         .collect())
 }
 
-/// File names from step names and hosts: ASCII, no separators.
+/// File names from step names and hosts: letters and digits of any script (a
+/// Chinese step name stays readable), `-` for everything else, never empty.
+/// Unique because the names it is part of also carry the step number and host.
 pub fn slug(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    while out.contains("--") {
-        out = out.replace("--", "-");
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_alphanumeric() {
+            out.extend(c.to_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
     }
-    let t = out.trim_matches('-');
-    t.chars().take(40).collect()
+    // 40 characters, at most 80 bytes: two of them, the step number and an
+    // extension stay well within a file name's 255 bytes.
+    let mut t = String::new();
+    for c in out.trim_matches('-').chars().take(40) {
+        if t.len() + c.len_utf8() > 80 {
+            break;
+        }
+        t.push(c);
+    }
+    match t.trim_end_matches('-') {
+        "" => "step".to_string(),
+        t => t.to_string(),
+    }
 }
 
 impl Recorder {
@@ -160,5 +168,21 @@ impl Recorder {
             sha256: sha256_hex(bytes),
             bytes: bytes.len() as u64,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slug;
+
+    #[test]
+    fn slugs_keep_letters_of_any_script_and_are_never_empty() {
+        assert_eq!(slug("Back up ecology"), "back-up-ecology");
+        assert_eq!(slug("重启应用"), "重启应用");
+        assert_eq!(slug("检查：状态 (Ⅱ)"), "检查-状态-ⅱ");
+        assert_eq!(slug("！！"), "step");
+        // 3 bytes a character: cut at 80 bytes, not 40 characters.
+        assert_eq!(slug(&"长".repeat(50)), "长".repeat(26));
+        assert_eq!(slug(&"a".repeat(50)), "a".repeat(40));
     }
 }

@@ -89,7 +89,10 @@ fn truncate(text: &str) -> (String, bool) {
             .collect();
     }
     (
-        format!("{out}\n[... {omitted} line(s) omitted: see the full output file ...]\n{t}"),
+        format!(
+            "{out}\n[... {} omitted: see the full output file ...]\n{t}",
+            crate::ui::count(omitted, "line", "lines")
+        ),
         true,
     )
 }
@@ -233,6 +236,21 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
     if let Some(of) = rollback_of {
         let _ = writeln!(o, "| Rolls back run | {} |", code(&of));
     }
+    // Undone later by `opsrun rollback`: a run on record as succeeded may no longer
+    // be in place. Rollbacks name the run by its directory.
+    let id = run_dir
+        .file_name()
+        .map_or(run_id, |n| n.to_string_lossy().into_owned());
+    for r in crate::runs::rollbacks_of(run_dir.parent().unwrap_or(run_dir), &id) {
+        if r.outcome != Some(Outcome::NotConfirmed) {
+            let _ = writeln!(
+                o,
+                "| Rolled back by | {} ({}) |",
+                code(&r.id),
+                cell(&r.result())
+            );
+        }
+    }
     if let Some(s) = start_at {
         let _ = writeln!(o, "| Started at step | {} |", cell(&s));
     }
@@ -328,17 +346,44 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
     }
 
     for phase in [Phase::Forward, Phase::Rollback] {
-        // Finished targets, and steps that had no host at all, in the order they happened.
-        let finished: Vec<&Event> = events
+        // Finished targets, and steps that had no host at all, step by step in the
+        // order they ran; within a step, hosts in inventory order (the Hosts table's),
+        // not in the order they happened to finish.
+        let host_order: BTreeMap<&str, usize> = hosts
             .iter()
-            .filter(|e| match e {
-                Event::TargetFinished { phase: p, .. } => *p == phase,
-                Event::StepStarted {
-                    phase: p, hosts, ..
-                } => *p == phase && hosts.is_empty(),
-                _ => false,
-            })
+            .enumerate()
+            .map(|(i, h)| (h.name.as_str(), i))
             .collect();
+        let mut step_start: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut finished: Vec<((usize, usize), &Event)> = Vec::new();
+        for (at, e) in events.iter().enumerate() {
+            match e {
+                Event::StepStarted {
+                    phase: p,
+                    number,
+                    hosts,
+                    ..
+                } if *p == phase => {
+                    step_start.insert(*number, at);
+                    if hosts.is_empty() {
+                        finished.push(((at, 0), e));
+                    }
+                }
+                Event::TargetFinished {
+                    phase: p,
+                    number,
+                    host,
+                    ..
+                } if *p == phase => {
+                    let step = step_start.get(number).copied().unwrap_or(at);
+                    let rank = host_order.get(host.as_str()).copied().unwrap_or(usize::MAX);
+                    finished.push(((step, rank), e));
+                }
+                _ => {}
+            }
+        }
+        finished.sort_by_key(|(key, _)| *key);
+        let finished: Vec<&Event> = finished.into_iter().map(|(_, e)| e).collect();
         // A start without its finish; a host in every batch starts a step once per batch.
         let mut running: Vec<&Event> = Vec::new();
         for e in events {
@@ -619,8 +664,8 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
                     let cut_note = if cut { ", truncated here" } else { "" };
                     let _ = writeln!(
                         o,
-                        "{label} ({} bytes{cut_note}; full output {} sha256 {}):\n",
-                        s.bytes,
+                        "{label} ({}{cut_note}; full output {} sha256 {}):\n",
+                        crate::ui::count(s.bytes as usize, "byte", "bytes"),
                         code(&s.file),
                         code(&s.sha256)
                     );

@@ -14,7 +14,7 @@ use crate::record::Recorder;
 use crate::runs::Recorded;
 use crate::sanitize::Redactor;
 use crate::transport::{self, Command, Connection, ConnectionKind, Endpoint};
-use crate::ui::Ui;
+use crate::ui::{count, Ui};
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -156,10 +156,10 @@ async fn run_async(
     rec.emit(&run_started(planner, plan, &s, &run_id))
         .map_err(record_err)?;
     ui.line(&format!(
-        "run {run_id}: {} on {} ({} host(s))",
+        "run {run_id}: {} on {} ({})",
         plan.runbook.name,
         plan.inventory.name,
-        plan.hosts.len()
+        count(plan.hosts.len(), "host", "hosts")
     ));
 
     let redactor = Redactor::new(planner.secret_values().iter().map(String::as_str));
@@ -623,10 +623,10 @@ async fn drive(
             r.id, plan.runbook.name, inv.name
         ),
         _ => format!(
-            "Run `{}` on `{}` ({} host(s))?",
+            "Run `{}` on `{}` ({})?",
             plan.runbook.name,
             inv.name,
-            plan.hosts.len()
+            count(plan.hosts.len(), "host", "hosts")
         ),
     };
     let started_ok = match plan.start_gate {
@@ -710,7 +710,10 @@ async fn drive(
     }
     Ok(Finish {
         outcome: Outcome::Succeeded,
-        message: format!("{} steps done", total - engine.planner.start_at()),
+        message: format!(
+            "{} done",
+            count(total - engine.planner.start_at(), "step", "steps")
+        ),
         exit_code: exit::OK,
     })
 }
@@ -769,8 +772,9 @@ async fn rollback_recorded(
             None => Finish {
                 outcome: Outcome::Succeeded,
                 message: format!(
-                    "rolled back run {} with the rollback guide ({guide} steps)",
-                    recorded.id
+                    "rolled back run {} with the rollback guide ({})",
+                    recorded.id,
+                    count(guide, "step", "steps")
                 ),
                 exit_code: exit::OK,
             },
@@ -796,7 +800,11 @@ async fn rollback_recorded(
     Ok(if failures.is_empty() {
         Finish {
             outcome: Outcome::Succeeded,
-            message: format!("rolled back {} step(s) of run {}", undo.len(), recorded.id),
+            message: format!(
+                "rolled back {} of run {}",
+                count(undo.len(), "step", "steps"),
+                recorded.id
+            ),
             exit_code: exit::OK,
         }
     } else {
@@ -886,7 +894,10 @@ async fn rollback_after_failure(
     show_undo(engine);
     if !engine.confirm(
         Some("(rollback)"),
-        &format!("Roll back {} completed step(s)?", undoable.len()),
+        &format!(
+            "Roll back {}?",
+            count(undoable.len(), "completed step", "completed steps")
+        ),
     )? {
         return Ok(Finish {
             outcome: Outcome::Failed,
@@ -900,9 +911,9 @@ async fn rollback_after_failure(
     let failures = engine.rollback().await?;
     let message = if failures.is_empty() {
         format!(
-            "{}; rolled back {} step(s): restored",
+            "{}; rolled back {}: restored",
             failed.message,
-            undoable.len()
+            count(undoable.len(), "step", "steps")
         )
     } else {
         let list: Vec<String> = failures

@@ -37,19 +37,59 @@ pub struct Summary {
     pub runbook: String,
     pub env: String,
     pub operator: String,
+    pub ticket: Option<String>,
+    /// For `opsrun rollback` runs: the run they undo.
+    pub rollback_of: Option<String>,
     /// `None`: the run never recorded its end (killed, crashed): interrupted.
     pub outcome: Option<Outcome>,
+    /// The run's own rollback after a failure: `Some(true)` if everything it
+    /// undid was restored, `Some(false)` if an undo failed, `None` if none ran.
+    pub undone: Option<bool>,
+    /// Later `opsrun rollback` runs of this run, oldest first: (id, outcome).
+    pub rollbacks: Vec<(String, Option<Outcome>)>,
     pub start: Option<Time>,
     pub end: Option<Time>,
 }
 
+fn outcome_word(outcome: Option<Outcome>) -> &'static str {
+    match outcome {
+        Some(Outcome::Succeeded) => "succeeded",
+        Some(Outcome::Failed) => "failed",
+        Some(Outcome::NotConfirmed) => "not confirmed",
+        Some(Outcome::Interrupted) | None => "interrupted",
+    }
+}
+
 impl Summary {
-    pub fn result(&self) -> &'static str {
-        match self.outcome {
-            Some(Outcome::Succeeded) => "succeeded",
-            Some(Outcome::Failed) => "failed",
-            Some(Outcome::NotConfirmed) => "not confirmed",
-            Some(Outcome::Interrupted) | None => "interrupted",
+    /// How the run ended, and in what state it left the hosts: "failed, rolled
+    /// back" and "failed, ROLLBACK INCOMPLETE" call for very different mornings.
+    pub fn result(&self) -> String {
+        let ended = outcome_word(self.outcome);
+        if self.kind == "rollback" {
+            return ended.to_string();
+        }
+        // The latest later rollback that did anything (a declined one did not)
+        // says how the hosts were left; else the run's own rollback.
+        let later = self
+            .rollbacks
+            .iter()
+            .rev()
+            .find(|(_, o)| *o != Some(Outcome::NotConfirmed));
+        let state = match later {
+            Some((_, Some(Outcome::Succeeded))) => Some("rolled back"),
+            Some((_, Some(Outcome::Failed))) => Some("ROLLBACK INCOMPLETE"),
+            Some(_) => Some("rollback interrupted"),
+            None => self.undone.map(|restored| {
+                if restored {
+                    "rolled back"
+                } else {
+                    "ROLLBACK INCOMPLETE"
+                }
+            }),
+        };
+        match state {
+            Some(state) => format!("{ended}, {state}"),
+            None => ended.to_string(),
         }
     }
 }
@@ -63,7 +103,11 @@ pub fn summarize(dir: &Path) -> Option<Summary> {
         runbook: String::new(),
         env: String::new(),
         operator: String::new(),
+        ticket: None,
+        rollback_of: None,
         outcome: None,
+        undone: None,
+        rollbacks: Vec::new(),
         start: None,
         end: replay.events.last().map(Event::time),
     };
@@ -75,6 +119,8 @@ pub fn summarize(dir: &Path) -> Option<Summary> {
                 runbook,
                 inventory,
                 operator,
+                ticket,
+                rollback_of,
                 ..
             } => {
                 s.start = Some(*time);
@@ -82,6 +128,16 @@ pub fn summarize(dir: &Path) -> Option<Summary> {
                 s.runbook = runbook.clone();
                 s.env = inventory.clone();
                 s.operator = operator.clone();
+                s.ticket = ticket.clone();
+                s.rollback_of = rollback_of.clone();
+            }
+            Event::TargetFinished {
+                phase: Phase::Rollback,
+                status,
+                ..
+            } => {
+                let restored = matches!(status, Status::Ok | Status::Skipped);
+                s.undone = Some(s.undone.unwrap_or(true) && restored);
             }
             Event::RunFinished { outcome, .. } => s.outcome = Some(*outcome),
             _ => {}
@@ -90,17 +146,66 @@ pub fn summarize(dir: &Path) -> Option<Summary> {
     Some(s)
 }
 
-/// Every run in the log directory, oldest first (run ids sort by time).
-pub fn list(log_dir: &Path) -> Vec<Summary> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(log_dir)
+fn run_dirs(log_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(log_dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.join(journal::FILE).is_file())
                 .collect()
         })
-        .unwrap_or_default();
-    dirs.sort();
-    dirs.iter().filter_map(|d| summarize(d)).collect()
+        .unwrap_or_default()
+}
+
+/// Every run in the log directory, oldest first, each with the later rollbacks
+/// of it. Sorted by the recorded start, not by id: ids made by older versions
+/// are in the control machine's local time, which sorts wrong across time zones.
+pub fn list(log_dir: &Path) -> Vec<Summary> {
+    let mut all: Vec<Summary> = run_dirs(log_dir)
+        .iter()
+        .filter_map(|d| summarize(d))
+        .collect();
+    all.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
+    let index: BTreeMap<String, usize> = all
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.clone(), i))
+        .collect();
+    for i in 0..all.len() {
+        if let Some(of) = all[i].rollback_of.as_ref().and_then(|of| index.get(of)) {
+            let entry = (all[i].id.clone(), all[i].outcome);
+            all[*of].rollbacks.push(entry);
+        }
+    }
+    all
+}
+
+/// The `opsrun rollback` runs of run `id` in the log directory, oldest first.
+/// Only each journal's first line is read to find them: this runs whenever a log
+/// is rendered, and a log directory holds many runs.
+pub fn rollbacks_of(log_dir: &Path, id: &str) -> Vec<Summary> {
+    let mut found: Vec<Summary> = run_dirs(log_dir)
+        .iter()
+        .filter(|d| {
+            first_event(&d.join(journal::FILE)).is_some_and(
+                |e| matches!(e, Event::RunStarted { rollback_of: Some(of), .. } if of == id),
+            )
+        })
+        .filter_map(|d| summarize(d))
+        .collect();
+    found.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
+    found
+}
+
+fn first_event(path: &Path) -> Option<Event> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).ok()?;
+    let mut line = String::new();
+    // A start event is a few kB (more with many hosts); a first line far longer is
+    // no journal of ours.
+    std::io::BufReader::new(std::io::Read::take(file, 1 << 22))
+        .read_line(&mut line)
+        .ok()?;
+    serde_json::from_str(&line).ok()
 }
 
 /// What a recorded run left behind, as needed to undo or resume it.

@@ -26,6 +26,11 @@ fn mark(status: Status) -> String {
     }
 }
 
+/// `1 step`, `2 steps`: a count with its noun agreeing, wherever a number is shown.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }
@@ -69,11 +74,7 @@ impl Ui {
     }
 
     pub fn step(&self, label: &str, name: &str, hosts: usize) {
-        let n = if hosts == 1 {
-            "1 host".to_string()
-        } else {
-            format!("{hosts} hosts")
-        };
+        let n = count(hosts, "host", "hosts");
         self.line(&format!(
             "{} {}  {}",
             style(label).cyan().bold(),

@@ -490,7 +490,9 @@ fn options(rng: &mut Rng, rb: Option<&opsrun::runbook::Runbook>) -> Options {
         local_user: "fuzz".into(),
         now: chrono::NaiveDate::from_ymd_opt(2024, 5, 6)
             .and_then(|d| d.and_hms_opt(7, 8, 9))
-            .expect("valid date"),
+            .expect("valid date")
+            .and_utc()
+            .fixed_offset(),
         ..Options::default()
     };
     if let Some(rb) = rb {

@@ -1,10 +1,12 @@
-//! A journal damaged by a crash, read back by `opsrun runs`, `opsrun log` and
-//! `opsrun rollback`. The journal is a real one, from a run on `connection: local`
-//! hosts; the damage is done by hand to a copy of it: a last line cut off in the
+//! The run record read back by `opsrun runs`, `opsrun log` and `opsrun rollback`:
+//! run ids, the listing, output file names, the log's order, and a journal
+//! damaged by a crash. The journals are real ones, from runs on `connection: local`
+//! hosts; the damage is done by hand to a copy of one: a last line cut off in the
 //! middle (the crash came during a write), or an unreadable line in the middle.
 
 mod support;
 
+use chrono::Timelike;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -195,4 +197,351 @@ fn an_unreadable_line_inside_the_journal_is_skipped_with_a_warning() {
     assert!(md.contains("| Result | **SUCCEEDED** |"), "{md}");
     assert_eq!(steps_rows(&md).len(), 6, "{md}");
     assert_eq!(lab.runs_table()[1]["result"], "succeeded");
+}
+
+/// `book` with `HOST_A` replaced by the lab's first host.
+fn on_a(book: &str, hosts: &[String]) -> String {
+    book.replace("HOST_A", &hosts[0])
+}
+
+#[test]
+fn a_failed_step_quotes_the_first_error_line_and_points_at_its_full_output() {
+    let (lab, hosts) = local_lab("first-error");
+    let a = &hosts[0];
+    // What `tar xzf` prints for a missing archive: the cause comes first.
+    let book = r#"name: unpack
+hosts: HOST_A
+steps:
+  - name: Unpack
+    run: |
+      echo extracting
+      printf '%s\n' 'tar (child): /data/bak.tar.gz: Cannot open: No such file or directory' 'tar (child): Error is not recoverable: exiting now' 'tar: Child returned status 2' 'tar: Error is not recoverable: exiting now' >&2
+      exit 2
+"#;
+    lab.write("runbooks/unpack.yaml", &on_a(book, &hosts));
+    let run = lab.run(&["unpack", "--env", "local", "--yes"], &[], None);
+    run.expect_code(1);
+    let id = run.id();
+    let line = format!(
+        "error: step `Unpack` failed on {a} (exit 2: tar (child): /data/bak.tar.gz: Cannot open: No such file or directory)\n  {a}: full stderr in runs/{id}/outputs/01-unpack-{a}.stderr (and in the log, runs/{id}/log.md)\n"
+    );
+    assert!(run.stderr.contains(&line), "{}", run.stderr);
+    assert_eq!(
+        run.target("Unpack", a)["reason"],
+        "exit 2: tar (child): /data/bak.tar.gz: Cannot open: No such file or directory"
+    );
+    assert!(run
+        .dir()
+        .join(format!("outputs/01-unpack-{a}.stderr"))
+        .is_file());
+
+    // Nothing error-like: the last line is the best guess, as before.
+    lab.write(
+        "runbooks/quiet.yaml",
+        &on_a(
+            "name: quiet\nhosts: HOST_A\nsteps:\n  - name: Quiet\n    run: printf 'one\\ntwo\\n' >&2; exit 3\n",
+            &hosts,
+        ),
+    );
+    let quiet = lab.run(&["quiet", "--env", "local", "--yes"], &[], None);
+    quiet.expect_code(1);
+    assert!(
+        quiet.stderr.contains(&format!(
+            "error: step `Quiet` failed on {a} (exit 3: two)\n"
+        )),
+        "{}",
+        quiet.stderr
+    );
+}
+
+#[test]
+fn output_files_of_a_chinese_step_name_keep_the_name() {
+    let (lab, hosts) = local_lab("cjk-names");
+    let a = &hosts[0];
+    let book = "name: cjk\nhosts: HOST_A\nsteps:\n  - name: 重启应用\n    run: echo restarted\n  - name: 检查：状态\n    run: echo checked\n  - name: \"！！\"\n    run: echo marks\n";
+    lab.write("runbooks/cjk.yaml", &on_a(book, &hosts));
+    let run = lab.run(&["cjk", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let files = [
+        ("重启应用", format!("outputs/01-重启应用-{a}.stdout")),
+        ("检查：状态", format!("outputs/02-检查-状态-{a}.stdout")),
+        // No letter or digit at all: the step number keeps it apart.
+        ("！！", format!("outputs/03-step-{a}.stdout")),
+    ];
+    for (step, file) in &files {
+        assert_eq!(
+            run.target(step, a)["stdout"]["file"],
+            file.as_str(),
+            "{step}"
+        );
+        assert!(run.dir().join(file).is_file(), "{file}");
+    }
+    // The log cites them, and `opsrun verify` finds them by those names.
+    let md = run.log_md();
+    assert!(md.contains(&files[0].1), "{md}");
+    let v = lab
+        .command(&["verify", run.log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(v.status.success(), "{out}");
+    assert!(!out.contains("FAILED"), "{out}");
+}
+
+#[test]
+fn runs_lists_ticket_and_what_became_of_each_run_in_aligned_columns() {
+    let (lab, hosts) = local_lab("listing");
+    let books = [
+        (
+            "undo-ok",
+            "name: undo-ok\nhosts: HOST_A\nsteps:\n  - name: One\n    run: \"true\"\n    rollback: \"true\"\n  - name: Two\n    run: exit 1\n",
+        ),
+        (
+            "undo-bad",
+            "name: undo-bad\nhosts: HOST_A\nsteps:\n  - name: One\n    run: \"true\"\n    rollback: exit 3\n  - name: Two\n    run: exit 1\n",
+        ),
+        (
+            "no-undo",
+            "name: no-undo\nhosts: HOST_A\nsteps:\n  - name: One\n    run: exit 1\n",
+        ),
+    ];
+    for (name, book) in books {
+        lab.write(&format!("runbooks/{name}.yaml"), &on_a(book, &hosts));
+    }
+    let a = &hosts[0];
+    let cjk = [("OPSRUN_OPERATOR", "张三")];
+    let ok = lab.run(
+        &["three", "--env", "local", "--yes", "--ticket", "变更-2041"],
+        &cjk,
+        None,
+    );
+    ok.expect_code(0);
+    let undo_ok = lab.run(&["undo-ok", "--env", "local", "--yes"], &[], None);
+    undo_ok.expect_code(1);
+    assert_eq!(
+        undo_ok.outcome().1,
+        format!("step `Two` failed on {a} (exit 1); rolled back 1 step: restored")
+    );
+    lab.run(&["undo-bad", "--env", "local", "--yes"], &[], None)
+        .expect_code(1);
+    lab.run(&["no-undo", "--env", "local", "--yes"], &[], None)
+        .expect_code(1);
+    // The next morning: the successful run is rolled back from its record.
+    let later = lab.run(&["rollback", &ok.id(), "--yes"], &[], None);
+    later.expect_code(0);
+    assert_eq!(
+        later.outcome().1,
+        format!("rolled back 2 steps of run {}", ok.id())
+    );
+
+    let table = lab.runs_table();
+    let rows: Vec<[&str; 5]> = table
+        .iter()
+        .map(|r| {
+            [
+                r["id"].as_str(),
+                r["runbook"].as_str(),
+                r["ticket"].as_str(),
+                r["operator"].as_str(),
+                r["result"].as_str(),
+            ]
+        })
+        .collect();
+    let (ok_id, later_id) = (ok.id(), later.id());
+    assert_eq!(
+        rows,
+        [
+            [
+                ok_id.as_str(),
+                "three",
+                "变更-2041",
+                "张三",
+                "succeeded, rolled back"
+            ],
+            [
+                undo_ok.id().as_str(),
+                "undo-ok",
+                "-",
+                "tester",
+                "failed, rolled back"
+            ],
+            [
+                &table[2]["id"],
+                "undo-bad",
+                "-",
+                "tester",
+                "failed, ROLLBACK INCOMPLETE"
+            ],
+            [&table[3]["id"], "no-undo", "-", "tester", "failed"],
+            [
+                later_id.as_str(),
+                "three (rollback)",
+                "变更-2041",
+                "tester",
+                "succeeded"
+            ],
+        ]
+    );
+
+    // The original's log, re-rendered, says it was rolled back and by which run.
+    let log = lab.run(&["log", &ok_id], &[], None);
+    log.expect_code(0);
+    let md = log.log_md();
+    assert!(md.contains("| Result | **SUCCEEDED** |"), "{md}");
+    assert!(
+        md.contains(&format!("| Rolled back by | `{later_id}` (succeeded) |")),
+        "{md}"
+    );
+}
+
+/// The UTC time in a run id (`20261122-173005Z-...`).
+fn id_time(id: &str) -> chrono::NaiveDateTime {
+    chrono::NaiveDateTime::parse_from_str(&id[..15], "%Y%m%d-%H%M%S")
+        .unwrap_or_else(|e| panic!("{id}: {e}"))
+}
+
+#[test]
+fn run_ids_use_one_clock_and_runs_sort_by_start_whatever_the_time_zone() {
+    let (lab, _) = local_lab("clock");
+    let east = lab.run(
+        &["three", "--env", "local", "--yes"],
+        &[("TZ", "Asia/Shanghai")],
+        None,
+    );
+    east.expect_code(0);
+    let west = lab.run(
+        &["three", "--env", "local", "--yes"],
+        &[("TZ", "UTC")],
+        None,
+    );
+    west.expect_code(0);
+    let start = |r: &Run| {
+        chrono::DateTime::parse_from_rfc3339(r.events("run_started")[0]["time"].as_str().unwrap())
+            .unwrap()
+    };
+    for r in [&east, &west] {
+        let id = r.id();
+        // Two runs in one second: the second one's id gets `-2`.
+        assert!(id[15..].starts_with("Z-three-local"), "{id}");
+        assert_eq!(
+            id_time(&id),
+            start(r).naive_utc().with_nanosecond(0).unwrap(),
+            "{id}"
+        );
+    }
+    // `run.stamp` stays the control machine's local time: it names files on the hosts.
+    assert_eq!(
+        east.events("run_started")[0]["stamp"],
+        start(&east).format("%Y%m%d-%H%M%S").to_string()
+    );
+    assert_eq!(start(&east).offset().local_minus_utc(), 8 * 3600);
+
+    // A run recorded by an older opsrun, named in its local time (8 hours ahead).
+    let old_id = format!("{}-three-local", start(&east).format("%Y%m%d-%H%M%S"));
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(east.dir())
+        .arg(lab.path().join("runs").join(&old_id))
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let table = lab.runs_table_with(&[("TZ", "Asia/Shanghai")]);
+    let ids: Vec<&str> = table.iter().map(|r| r["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        [east.id().as_str(), old_id.as_str(), west.id().as_str()]
+    );
+    // Start times in the viewer's local time, with its offset.
+    let shanghai = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
+    assert_eq!(
+        table[2]["start"],
+        start(&west)
+            .with_timezone(&shanghai)
+            .format("%Y-%m-%d %H:%M:%S %:z")
+            .to_string()
+    );
+    assert!(table[2]["start"].ends_with(" +08:00"), "{:?}", table[2]);
+}
+
+#[test]
+fn hosts_of_a_step_are_logged_in_inventory_order_and_counts_agree_with_their_nouns() {
+    let (lab, hosts) = local_lab("order");
+    // The first host is the slow one: it finishes each step last.
+    let book = r#"name: order
+hosts: app
+steps:
+  - name: Slow first
+    run: case {{ host.name | quote }} in *-a) sleep 1;; esac; echo done
+  - name: Once
+    on: HOST_A
+    run: "true"
+    rollback: "true"
+"#;
+    lab.write("runbooks/order.yaml", &on_a(book, &hosts));
+    let run = lab.run(&["order", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let finished: Vec<String> = run
+        .events("target_finished")
+        .iter()
+        .filter(|e| e["step"] == "Slow first")
+        .map(|e| e["host"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        finished,
+        [hosts[1].clone(), hosts[0].clone()],
+        "completion order"
+    );
+    let rows = steps_rows(&run.log_md());
+    let want: Vec<(String, String, String)> = [
+        ("Slow first", &hosts[0]),
+        ("Slow first", &hosts[1]),
+        ("Once", &hosts[0]),
+    ]
+    .iter()
+    .map(|(s, h)| (s.to_string(), h.to_string(), "ok".to_string()))
+    .collect();
+    assert_eq!(rows, want);
+    let md = run.log_md();
+    let detail = |h: &str| md.find(&format!("#### {h}: ")).unwrap();
+    assert!(detail(&hosts[0]) < detail(&hosts[1]), "{md}");
+
+    assert!(
+        run.stderr
+            .contains(&format!("run {}: order on local (2 hosts)\n", run.id())),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("succeeded: 2 steps done\n"),
+        "{}",
+        run.stderr
+    );
+
+    lab.write(
+        "runbooks/single.yaml",
+        &on_a(
+            "name: single\nhosts: HOST_A\nsteps:\n  - name: Only\n    run: \"true\"\n    rollback: \"true\"\n",
+            &hosts,
+        ),
+    );
+    let one = lab.run(&["single", "--env", "local", "--yes"], &[], None);
+    one.expect_code(0);
+    assert!(
+        one.stderr
+            .contains(&format!("run {}: single on local (1 host)\n", one.id())),
+        "{}",
+        one.stderr
+    );
+    assert!(
+        one.stderr.contains("succeeded: 1 step done\n"),
+        "{}",
+        one.stderr
+    );
+    let undo = lab.run(&["rollback", &one.id(), "--yes"], &[], None);
+    undo.expect_code(0);
+    assert_eq!(
+        undo.outcome().1,
+        format!("rolled back 1 step of run {}", one.id())
+    );
 }

@@ -285,7 +285,7 @@ fn hostile_output_keeps_the_log_structure() {
     ));
 
     // Long output is cut in the log; the full file is cited with its digest.
-    assert!(md.contains("[... 260 line(s) omitted: see the full output file ...]"));
+    assert!(md.contains("[... 260 lines omitted: see the full output file ...]"));
     let long = format!("outputs/03-long-{h1}.stdout");
     let full = std::fs::read(dir.join(&long)).unwrap();
     assert_eq!(full.iter().filter(|b| **b == b'\n').count(), 300);

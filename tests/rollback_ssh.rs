@@ -361,7 +361,7 @@ fn failure_at_step_four_on_one_host_rolls_back_in_reverse_where_each_step_comple
         "{message}"
     );
     assert!(
-        message.contains("rolled back 4 step(s): restored"),
+        message.contains("rolled back 4 steps: restored"),
         "{message}"
     );
 
@@ -378,7 +378,7 @@ fn failure_at_step_four_on_one_host_rolls_back_in_reverse_where_each_step_comple
     assert_eq!(numbers, [4, 3, 3, 2, 2, 1, 1], "{log}");
     assert_eq!(undo[0].2, "web1");
     assert!(undo.iter().all(|r| r.3 == "ok"), "{undo:?}");
-    assert!(log.contains("rolled back 4 step(s): restored"));
+    assert!(log.contains("rolled back 4 steps: restored"));
 }
 
 // ---------------------------------------------------------------------------------
@@ -517,7 +517,7 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
     assert_eq!(
         summary,
         [
-            ("six", "succeeded"),
+            ("six", "succeeded, rolled back"),
             ("six (rollback)", "not confirmed"),
             ("six (rollback)", "succeeded"),
             ("six (rollback)", "succeeded"),
@@ -530,7 +530,7 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
         assert_eq!(row["env"], "lab");
         assert_eq!(row["operator"], "tester");
         assert!(
-            chrono::NaiveDateTime::parse_from_str(&row["start"], "%Y-%m-%d %H:%M:%S").is_ok(),
+            chrono::DateTime::parse_from_str(&row["start"], "%Y-%m-%d %H:%M:%S %:z").is_ok(),
             "{row:?}"
         );
         assert!(
@@ -542,7 +542,10 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
     let start = chrono::DateTime::parse_from_rfc3339(started["time"].as_str().unwrap()).unwrap();
     assert_eq!(
         table[0]["start"],
-        start.format("%Y-%m-%d %H:%M:%S").to_string()
+        start
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S %:z")
+            .to_string()
     );
 }
 
@@ -674,7 +677,7 @@ fn sigkill_mid_step_leaves_a_record_to_list_render_and_roll_back_and_a_stale_loc
         assert!(!l.exists(), "{} left behind", l.display());
     }
     let (_, message) = undo.outcome();
-    assert!(message.contains("rolled back 1 step(s)"), "{message}");
+    assert!(message.contains("rolled back 1 step"), "{message}");
 }
 
 // ---------------------------------------------------------------------------------
@@ -896,7 +899,7 @@ fn ctrl_c_then_r_stops_and_rolls_back_the_completed_steps() {
     let (outcome, message) = run.outcome();
     assert_eq!(outcome, "interrupted");
     assert!(
-        message.contains("rolled back 2 step(s): restored"),
+        message.contains("rolled back 2 steps: restored"),
         "{message}"
     );
     let numbers: Vec<usize> = log_rows(&run.log_md(), "Rollback")

@@ -674,7 +674,7 @@ fn upgrade_on_the_local_demo_inventory_succeeds_and_rolls_back() {
     let (outcome, message) = run.outcome();
     assert_eq!(outcome, "failed");
     assert!(
-        message.contains("rolled back 3 step(s): restored"),
+        message.contains("rolled back 3 steps: restored"),
         "{message}"
     );
     for s in ["sandbox1", "sandbox2"] {

@@ -82,15 +82,25 @@ impl Lab {
     }
 
     /// `opsrun runs` as rows of named cells, cut at the header's column positions (so
-    /// the columns must line up).
+    /// the columns must line up). Positions are display columns: a CJK character
+    /// takes two, as in a terminal.
     pub fn runs_table(&self) -> Vec<BTreeMap<String, String>> {
-        let out = self.command(&["runs"]).output().unwrap();
+        self.runs_table_with(&[])
+    }
+
+    /// `runs_table`, with `env` set for `opsrun runs` (a time zone, ...).
+    pub fn runs_table_with(&self, env: &[(&str, &str)]) -> Vec<BTreeMap<String, String>> {
+        let out = self
+            .command(&["runs"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
         assert!(out.status.success());
         let text = String::from_utf8(out.stdout).unwrap();
         let mut lines = text.lines();
         let header = lines.next().unwrap();
         let names = [
-            "id", "runbook", "env", "operator", "result", "start", "duration",
+            "id", "runbook", "env", "ticket", "operator", "result", "start", "duration",
         ];
         let cols: Vec<usize> = names
             .iter()
@@ -101,15 +111,40 @@ impl Lab {
                     .unwrap_or_else(|| panic!("no `{n}` column in {header:?}"))
             })
             .collect();
+        assert!(header.is_ascii(), "{header:?}");
         assert!(cols.windows(2).all(|w| w[0] < w[1]), "{header:?}");
         lines
             .map(|l| {
+                // The line's characters with the display column each starts at.
+                let mut at = 0;
+                let chars: Vec<(usize, char)> = l
+                    .chars()
+                    .map(|c| {
+                        let start = at;
+                        at += console::measure_text_width(&c.to_string());
+                        (start, c)
+                    })
+                    .collect();
+                let width = at;
+                let slice = |from: usize, to: usize| -> String {
+                    chars
+                        .iter()
+                        .filter(|(c, _)| *c >= from && *c < to)
+                        .map(|(_, ch)| *ch)
+                        .collect()
+                };
                 names
                     .iter()
                     .enumerate()
                     .map(|(k, n)| {
-                        let end = cols.get(k + 1).copied().unwrap_or(l.len()).min(l.len());
-                        let cell = l.get(cols[k]..end).unwrap_or("");
+                        let end = cols.get(k + 1).copied().unwrap_or(width).min(width);
+                        // A wide character must not straddle a column start.
+                        assert!(
+                            chars.iter().all(|(c, ch)| *c >= cols[k]
+                                || *c + console::measure_text_width(&ch.to_string()) <= cols[k]),
+                            "column `{n}` does not start at a character boundary in {l:?}"
+                        );
+                        let cell = slice(cols[k], end);
                         // A cell must end before the next column starts.
                         if k + 1 < cols.len() {
                             assert!(
