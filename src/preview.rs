@@ -229,6 +229,13 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
     }
 }
 
+/// One target as the dry-run shows it: command, stdin, check, rollback.
+pub fn target_text(t: &Target, retries: u32, delay: &str) -> String {
+    let mut o = String::new();
+    target(&mut o, t, retries, delay);
+    o
+}
+
 fn target(o: &mut String, t: &Target, retries: u32, delay: &str) {
     if let Some(why) = &t.skipped {
         let _ = writeln!(o, "    {}: skipped ({why})", t.host);

@@ -242,7 +242,7 @@ fn hostile_output_keeps_the_log_structure() {
     assert_eq!(gates.len(), 1);
     let gate = gates[0]
         .iter()
-        .find(|r| r[2] == "Print hostile | output?")
+        .find(|r| r[2] == format!("Print hostile | output? (on {h1}, {h2})"))
         .expect("gate row");
     assert_eq!(gate.len(), 5);
     assert!(gate[3].starts_with("yes"));
