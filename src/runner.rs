@@ -12,7 +12,7 @@ use crate::lock;
 use crate::plan::{Captures, Plan, Planner, Reveal, StepRef};
 use crate::record::Recorder;
 use crate::runs::Recorded;
-use crate::sanitize::Redactor;
+use crate::sanitize::{escape_controls, Redactor};
 use crate::transport::{self, Command, Connection, ConnectionKind, Endpoint};
 use crate::ui::Ui;
 use std::collections::{BTreeMap, HashMap};
@@ -978,6 +978,22 @@ fn guide_step_lines(
     lines: &mut Vec<String>,
 ) {
     let StepRef::Guide(i) = r else { return };
+    // Everything below is rendered, and may carry captured values: what a host printed.
+    let start = lines.len();
+    guide_step_rendered(planner, recorded, r, i, batch, lines);
+    for l in &mut lines[start..] {
+        *l = escape_controls(l.as_bytes());
+    }
+}
+
+fn guide_step_rendered(
+    planner: &Planner,
+    recorded: &Recorded,
+    r: StepRef,
+    i: usize,
+    batch: Option<usize>,
+    lines: &mut Vec<String>,
+) {
     let step = &planner.runbook.rollback[i];
     let total = planner.runbook.rollback.len();
     let hosts: Vec<String> = if step.local {
@@ -1073,7 +1089,9 @@ fn undo_lines(
                     h.batch,
                 ) {
                     for r in &t.rollback {
-                        lines.push(crate::preview::prompt_line(&t.login, r, "      "));
+                        // A command may carry a captured value: what a host printed.
+                        let line = crate::preview::prompt_line(&t.login, r, "      ");
+                        lines.push(escape_controls(line.as_bytes()));
                     }
                 }
             }
