@@ -154,11 +154,12 @@ pub fn text(plan: &Plan) -> String {
             "\nrollback guide: none (`opsrun rollback RUN` undoes the completed steps with their own `rollback`)"
         );
     } else {
-        let _ = writeln!(
-            o,
-            "\n{}",
-            style("rollback guide (run later with `opsrun rollback RUN`):").bold()
-        );
+        let how = if plan.batches.len() > 1 {
+            "rollback guide (run later with `opsrun rollback RUN`, batch by batch like the run):"
+        } else {
+            "rollback guide (run later with `opsrun rollback RUN`):"
+        };
+        let _ = writeln!(o, "\n{}", style(how).bold());
         for s in &plan.rollback_guide {
             step(&mut o, s, &format!("R{}", s.number), &plan.batches);
         }
