@@ -701,6 +701,16 @@ async fn rollback_recorded(
             StepRef::Forward(i) | StepRef::Guide(i) => format!("[R{}/{guide}]", i + 1),
         };
         let batches = guide_batches(engine.planner, recorded);
+        if batches.is_empty() {
+            return Ok(Finish {
+                outcome: Outcome::Succeeded,
+                message: format!(
+                    "run {} reached no node: its rollback guide has nothing to restore",
+                    recorded.id
+                ),
+                exit_code: exit::OK,
+            });
+        }
         for b in &batches {
             if let Some(b) = b {
                 engine.ui.line(&batch_line(engine.planner, *b));
@@ -919,7 +929,7 @@ pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>,
         return (lines.iter().map(|l| redactor.redact(l)).collect(), question);
     }
     let batches = guide_batches(planner, recorded);
-    let rolling = batches.iter().any(Option::is_some);
+    let rolling = planner.batches().len() > 1;
     lines.push(format!(
         "{} the rollback guide of `{name}` for run {}{}:",
         console::style("rollback:").yellow().bold(),
@@ -930,12 +940,6 @@ pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>,
             ""
         }
     ));
-    if planner.batches().len() > 1 && batches.is_empty() {
-        lines.push(format!(
-            "  run {} reached no batch: nothing to restore",
-            recorded.id
-        ));
-    }
     for b in &batches {
         if let Some(b) = b {
             lines.push(batch_line(planner, *b));
@@ -954,7 +958,12 @@ pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>,
         }
     }
     let hosts = guide_hosts(planner, &batches).join(", ");
-    let question = if recorded.rolled_back_by.is_empty() {
+    let question = if batches.is_empty() {
+        format!(
+            "Roll back run `{}` ({name} on `{inv}`)? It reached no node: its rollback guide has nothing to restore.",
+            recorded.id
+        )
+    } else if recorded.rolled_back_by.is_empty() {
         format!(
             "Roll back run `{}` ({name} on `{inv}`) with its rollback guide, on {hosts}?",
             recorded.id

@@ -316,3 +316,42 @@ fn the_demo_rollback_guide_is_previewed_gated_with_its_commands_and_rolling() {
         "{again:?}"
     );
 }
+
+#[test]
+fn a_rollback_guide_leaves_alone_the_nodes_a_run_never_reached() {
+    let dir = fresh_clone();
+    // Fails on the control machine, before any node is touched.
+    let bad = opsrun(
+        dir.path(),
+        &[
+            "upgrade",
+            "--env",
+            "demo",
+            "--yes",
+            "-e",
+            "package=examples/demo/packages/none.zip",
+        ],
+    );
+    assert_eq!(bad.code, 1, "{bad:?}");
+    let id = run_id(&bad);
+    let dry = opsrun(dir.path(), &["rollback", &id, "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    for b in ["batch 1/2: oa1", "batch 2/2: oa2"] {
+        assert!(
+            dry.stdout.contains(&format!(
+                "{b} (with lb1 in every batch): not reached by run {id}, left as it is\n"
+            )),
+            "{dry:?}"
+        );
+    }
+    assert!(!dry.stdout.contains("[R1/8]"), "{dry:?}");
+    let events = event_count(dir.path());
+    let rb = opsrun(dir.path(), &["rollback", &id, "--yes"]);
+    assert_eq!(rb.code, 0, "{rb:?}");
+    assert_eq!(event_count(dir.path()), events, "no node touched");
+    let last = rb.stderr.lines().rev().find(|l| !l.is_empty()).unwrap();
+    assert_eq!(
+        last,
+        format!("succeeded: run {id} reached no node: its rollback guide has nothing to restore")
+    );
+}
