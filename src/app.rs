@@ -412,7 +412,7 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
             .filter(|(k, _)| runbook.params.iter().any(|p| &p.name == k && !p.secret))
             .cloned()
             .collect(),
-        secrets: secrets(&runbook, true)?,
+        secrets: secrets(&runbook, !args.dry_run)?,
         // The rollback touches the hosts the run touched, not every host the runbook names.
         limit: recorded.limit.clone(),
         start_at: None,
@@ -425,6 +425,25 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     let mut planner = Planner::new(runbook, inventory, opts)?;
     // Planning errors are reported before the run directory is made.
     planner.plan()?;
+    if args.dry_run {
+        // The same preview the gate shows, from the record alone: no run, no connection.
+        let (lines, question) = runner::rollback_preview(&planner, &recorded);
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(
+            stdout,
+            "{}\n",
+            console::style("DRY RUN: nothing is executed and no connection is opened.").bold()
+        );
+        for l in &lines {
+            let _ = writeln!(stdout, "{l}");
+        }
+        let _ = writeln!(
+            stdout,
+            "\n{} {question} [y/N]",
+            console::style("gate:").yellow().bold()
+        );
+        return Ok(exit::OK);
+    }
     let signing = signing(&args.sign)?;
     let mode = runner::Mode::Rollback(Box::new(recorded));
     let settings = settings(&args.exec, args.env.is_some(), log_dir, mode, signing);

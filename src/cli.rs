@@ -160,6 +160,10 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub ticket: Option<String>,
 
+    /// Show what would be undone, where, with the exact commands; connect to nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
     #[command(flatten)]
     pub exec: ExecArgs,
 

@@ -97,6 +97,9 @@ pub enum Event {
     Gate {
         time: Time,
         step: Option<String>,
+        /// The batch whose step asked (with `serial`): each batch has its own gate.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch: Option<usize>,
         prompt: String,
         answer: String,
         confirmed: bool,

@@ -160,10 +160,17 @@ impl Engine<'_> {
         }
     }
 
-    fn gate_event(&self, step: Option<&str>, prompt: &str, a: &Answer) -> Result<(), ExecError> {
+    fn gate_event(
+        &self,
+        step: Option<&str>,
+        batch: Option<usize>,
+        prompt: &str,
+        a: &Answer,
+    ) -> Result<(), ExecError> {
         self.rec.emit(&Event::Gate {
             time: events::now(),
             step: step.map(str::to_string),
+            batch,
             prompt: prompt.to_string(),
             answer: a.text.clone(),
             confirmed: a.confirmed,
@@ -174,9 +181,19 @@ impl Engine<'_> {
 
     /// Asks a yes/no gate and records the answer; `Ok(false)` means "not confirmed".
     pub fn confirm(&self, step: Option<&str>, question: &str) -> Result<bool, ExecError> {
+        self.confirm_in(step, None, question)
+    }
+
+    /// A gate of a step in a batch: recorded with it, so the log tells the batches apart.
+    fn confirm_in(
+        &self,
+        step: Option<&str>,
+        batch: Option<usize>,
+        question: &str,
+    ) -> Result<bool, ExecError> {
         match self.gates.confirm(self.ui, question) {
             Ok(a) => {
-                self.gate_event(step, question, &a)?;
+                self.gate_event(step, batch, question, &a)?;
                 Ok(a.confirmed)
             }
             Err(e) => {
@@ -184,7 +201,7 @@ impl Engine<'_> {
                     confirmed: false,
                     text: format!("(no answer: {e})"),
                 };
-                self.gate_event(step, question, &a)?;
+                self.gate_event(step, batch, question, &a)?;
                 Err(e.into())
             }
         }
@@ -194,7 +211,7 @@ impl Engine<'_> {
         let prompt = format!("type `{env}` to start");
         match self.gates.typed(self.ui, env) {
             Ok(a) => {
-                self.gate_event(None, &prompt, &a)?;
+                self.gate_event(None, None, &prompt, &a)?;
                 Ok(a.confirmed)
             }
             Err(e) => {
@@ -202,7 +219,7 @@ impl Engine<'_> {
                     confirmed: false,
                     text: format!("(no answer: {e})"),
                 };
-                self.gate_event(None, &prompt, &a)?;
+                self.gate_event(None, None, &prompt, &a)?;
                 Err(e.into())
             }
         }
@@ -257,7 +274,8 @@ impl Engine<'_> {
                 .confirm_prompt(r)
                 .map_err(|e| ExecError::Render(e.to_string()))?
             {
-                if !self.confirm(Some(&step.name), &q)? {
+                let q = format!("{q} {}", self.planner.gate_hosts(&step, &hosts, batch));
+                if !self.confirm_in(Some(&step.name), batch, &q)? {
                     return Ok(Some(Finish {
                         outcome: RunOutcome::NotConfirmed,
                         message: format!("not confirmed at step `{}`", step.name),
@@ -801,34 +819,27 @@ impl Engine<'_> {
     /// Completed steps that have a rollback, last first.
     pub fn undoable(&self) -> Vec<Completed> {
         let done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
-        done.iter()
-            .rev()
-            .filter(|(i, _)| {
-                self.planner
-                    .runbook
-                    .steps
-                    .get(**i)
-                    .is_some_and(|s| !s.rollback.is_empty())
-            })
-            .map(|(i, hosts)| Completed {
-                step: *i,
-                hosts: hosts.clone(),
-            })
-            .collect()
+        undoable(self.planner, &done)
     }
 
-    /// Undoes completed steps in reverse order, on the hosts where each completed.
-    /// Returns the (step, host) pairs whose rollback failed; the others still run.
-    pub async fn rollback(&mut self) -> Result<Vec<(String, String)>, ExecError> {
-        let mut failures = Vec::new();
+    /// Undoes completed steps in reverse order, on the hosts where each completed;
+    /// a failed undo does not stop the others.
+    pub async fn rollback(&mut self) -> Result<Undone, ExecError> {
+        let mut undone = Undone::default();
         for c in self.undoable() {
             let r = StepRef::Forward(c.step);
             let step = self.step_def(r).clone();
             for round in undo_rounds(&c.hosts) {
-                failures.extend(self.undo_round(r, c.step, &step, &round).await?);
+                let failures = self.undo_round(r, c.step, &step, &round).await?;
+                for h in &round {
+                    if !failures.iter().any(|(_, f)| *f == h.host) {
+                        undone.ok.push((step.name.clone(), h.clone()));
+                    }
+                }
+                undone.failed.extend(failures);
             }
         }
-        Ok(failures)
+        Ok(undone)
     }
 
     /// Undoes one step on hosts that each completed it once (in one batch).
@@ -931,6 +942,70 @@ impl Engine<'_> {
         }
         Ok(Verdict::Ok)
     }
+}
+
+/// What a rollback did: the (step, host) pairs undone, in the order they were,
+/// and the (step, host) pairs whose undo failed.
+#[derive(Debug, Default)]
+pub struct Undone {
+    pub ok: Vec<(String, Completion)>,
+    pub failed: Vec<(String, String)>,
+}
+
+impl Undone {
+    /// What was undone, per host in inventory order: `oa1 (`Stop`, `Back up`); lb1
+    /// (`Drain` of batch 1)`. Hosts that had the same steps undone share one entry,
+    /// so a large estate stays one line.
+    pub fn summary(&self, planner: &Planner) -> String {
+        let mut per_host: Vec<(&str, Vec<String>)> = Vec::new();
+        for (step, c) in &self.ok {
+            let what = match c.batch {
+                Some(b) => format!("`{step}` of batch {b}"),
+                None => format!("`{step}`"),
+            };
+            match per_host.iter_mut().find(|(h, _)| *h == c.host) {
+                Some((_, steps)) => steps.push(what),
+                None => per_host.push((&c.host, vec![what])),
+            }
+        }
+        // Hosts finish in any order: the message must not depend on it.
+        let order: Vec<&str> = planner
+            .run_hosts()
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        per_host.sort_by_key(|(h, _)| order.iter().position(|o| o == h).unwrap_or(usize::MAX));
+        let mut groups: Vec<(Vec<&str>, Vec<String>)> = Vec::new();
+        for (host, steps) in per_host {
+            match groups.iter_mut().find(|(_, s)| *s == steps) {
+                Some((hosts, _)) => hosts.push(host),
+                None => groups.push((vec![host], steps)),
+            }
+        }
+        groups
+            .iter()
+            .map(|(hosts, steps)| format!("{} ({})", hosts.join(", "), steps.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Completed steps that have a rollback, last first: what an undo would run.
+pub fn undoable(planner: &Planner, done: &BTreeMap<usize, Vec<Completion>>) -> Vec<Completed> {
+    done.iter()
+        .rev()
+        .filter(|(i, _)| {
+            planner
+                .runbook
+                .steps
+                .get(**i)
+                .is_some_and(|s| !s.rollback.is_empty())
+        })
+        .map(|(i, hosts)| Completed {
+            step: *i,
+            hosts: hosts.clone(),
+        })
+        .collect()
 }
 
 /// Splits a step's completions into rounds to undo one after the other: a host

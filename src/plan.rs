@@ -1311,12 +1311,11 @@ impl Planner {
     fn plan_step(&self, r: StepRef, number: usize) -> Result<PlanStep, Error> {
         let (step, _) = self.step(r);
         // A step that reads `batch` says something different in each batch: show
-        // each. The rollback guide runs outside batches.
-        let batches: Vec<Option<usize>> = match r {
-            StepRef::Forward(_) if self.reads_batch(r) => {
-                (1..=self.batches.len()).map(Some).collect()
-            }
-            _ => vec![None],
+        // each. The rollback guide runs batch by batch too.
+        let batches: Vec<Option<usize>> = if self.reads_batch(r) {
+            (1..=self.batches.len()).map(Some).collect()
+        } else {
+            vec![None]
         };
         let mut targets = Vec::new();
         for batch in batches {
@@ -1466,6 +1465,41 @@ impl Planner {
             .filter(|h| !self.serial_hosts.contains(*h) || members.contains(h))
             .cloned()
             .collect()
+    }
+
+    /// Where a step's gate applies, said with its question: `(on oa1, oa2)`, or
+    /// with `serial` `(batch 1/2: oa1)` (`(on lb1; batch 1/2: oa1)` for a step on
+    /// other hosts), so the operator knows which hosts the answer is for.
+    pub fn gate_hosts(&self, step: &Step, hosts: &[String], batch: Option<usize>) -> String {
+        // A long list is cut: the dry-run and the log name every host.
+        const SHOWN: usize = 20;
+        let list = |names: &[String]| {
+            let mut s = names
+                .iter()
+                .take(SHOWN)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if names.len() > SHOWN {
+                s.push_str(&format!(" and {} more", names.len() - SHOWN));
+            }
+            s
+        };
+        let on = if step.local {
+            "on this machine".to_string()
+        } else {
+            format!("on {}", list(hosts))
+        };
+        let members = batch
+            .filter(|_| self.batches.len() > 1)
+            .and_then(|b| Some((b, self.batches.get(b.checked_sub(1)?)?)));
+        match members {
+            None => format!("({on})"),
+            Some((b, m)) if !step.local && m.as_slice() == hosts => {
+                format!("(batch {b}/{}: {})", self.batches.len(), list(m))
+            }
+            Some((b, m)) => format!("({on}; batch {b}/{}: {})", self.batches.len(), list(m)),
+        }
     }
 
     /// Whether a step's templates read `batch`: it is then rendered per batch.

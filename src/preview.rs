@@ -154,11 +154,12 @@ pub fn text(plan: &Plan) -> String {
             "\nrollback guide: none (`opsrun rollback RUN` undoes the completed steps with their own `rollback`)"
         );
     } else {
-        let _ = writeln!(
-            o,
-            "\n{}",
-            style("rollback guide (run later with `opsrun rollback RUN`):").bold()
-        );
+        let how = if plan.batches.len() > 1 {
+            "rollback guide (run later with `opsrun rollback RUN`, batch by batch like the run):"
+        } else {
+            "rollback guide (run later with `opsrun rollback RUN`):"
+        };
+        let _ = writeln!(o, "\n{}", style(how).bold());
         for s in &plan.rollback_guide {
             step(&mut o, s, &format!("R{}", s.number), &plan.batches);
         }
@@ -237,6 +238,13 @@ fn expectations(t: &Target) -> impl Iterator<Item = (&'static str, &str)> {
     ]
     .into_iter()
     .filter_map(|(label, re)| Some((label, re.as_deref()?)))
+}
+
+/// One target as the dry-run shows it: command, stdin, check, rollback.
+pub fn target_text(t: &Target, retries: u32, delay: &str) -> String {
+    let mut o = String::new();
+    target(&mut o, t, retries, delay);
+    o
 }
 
 fn target(o: &mut String, t: &Target, retries: u32, delay: &str) {

@@ -286,6 +286,7 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
                 Event::Gate {
                     time,
                     step,
+                    batch,
                     prompt,
                     answer,
                     confirmed,
@@ -296,9 +297,11 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
                         o,
                         "| {} | {} | {} | {verdict} ({}) | {} |",
                         fmt_time(time),
-                        step.as_deref()
-                            .map(cell)
-                            .unwrap_or_else(|| "(start)".into()),
+                        match (step.as_deref(), batch) {
+                            (Some(s), Some(b)) => format!("{} (batch {b})", cell(s)),
+                            (Some(s), None) => cell(s),
+                            (None, _) => "(start)".into(),
+                        },
                         cell(prompt),
                         cell(answer),
                         cell(by)

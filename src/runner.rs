@@ -12,7 +12,7 @@ use crate::lock;
 use crate::plan::{Captures, Plan, Planner, Reveal, StepRef};
 use crate::record::Recorder;
 use crate::runs::Recorded;
-use crate::sanitize::Redactor;
+use crate::sanitize::{escape_controls, Redactor};
 use crate::transport::{self, Command, Connection, ConnectionKind, Endpoint};
 use crate::ui::{count, Ui};
 use std::collections::{BTreeMap, HashMap};
@@ -617,20 +617,31 @@ async fn drive(
     held: &mut Vec<(Endpoint, String)>,
 ) -> Result<Finish, ExecError> {
     let inv = &engine.planner.inventory;
-    let what = match &s.mode {
-        Mode::Rollback(r) => format!(
-            "Roll back run `{}` ({} on `{}`)?",
-            r.id, plan.runbook.name, inv.name
-        ),
-        _ => format!(
-            "Run `{}` on `{}` ({})?",
-            plan.runbook.name,
-            inv.name,
-            count(plan.hosts.len(), "host", "hosts")
+    let (what, again) = match &s.mode {
+        Mode::Rollback(r) => {
+            // What will be undone, where, with the commands: before the gate that allows it.
+            let (lines, question) = rollback_preview(engine.planner, r);
+            for l in &lines {
+                engine.ui.line(l);
+            }
+            let again = !engine.planner.runbook.rollback.is_empty() && !r.rolled_back_by.is_empty();
+            (question, again)
+        }
+        _ => (
+            format!(
+                "Run `{}` on `{}` ({})?",
+                plan.runbook.name,
+                inv.name,
+                count(plan.hosts.len(), "host", "hosts")
+            ),
+            false,
         ),
     };
     let started_ok = match plan.start_gate {
-        ConfirmMode::Typed => engine.typed_gate(&inv.name)?,
+        // Typing the environment's name does not answer "it was rolled back already".
+        ConfirmMode::Typed => {
+            engine.typed_gate(&inv.name)? && (!again || engine.confirm(None, &what)?)
+        }
         ConfirmMode::Yes => engine.confirm(None, &what)?,
         ConfirmMode::None if matches!(s.mode, Mode::Rollback(_)) => engine.confirm(None, &what)?,
         ConfirmMode::None => true,
@@ -673,26 +684,9 @@ async fn drive(
     let refs: Vec<StepRef> = (engine.planner.start_at()..total)
         .map(StepRef::Forward)
         .collect();
-    let serial: std::collections::HashSet<&String> = plan.batches.iter().flatten().collect();
-    let every_batch: Vec<&str> = plan
-        .hosts
-        .iter()
-        .filter(|h| !serial.contains(&h.name))
-        .map(|h| h.name.as_str())
-        .collect();
-    for (bi, batch) in plan.batches.iter().enumerate() {
+    for bi in 0..plan.batches.len() {
         if plan.batches.len() > 1 {
-            let also = if every_batch.is_empty() {
-                String::new()
-            } else {
-                format!(" (with {} in every batch)", every_batch.join(", "))
-            };
-            engine.ui.line(&format!(
-                "batch {}/{}: {}{also}",
-                bi + 1,
-                plan.batches.len(),
-                batch.join(", ")
-            ));
+            engine.ui.line(&batch_line(engine.planner, bi + 1));
         }
         let result = interruptible(engine, engine.run_steps(&refs, Some(bi + 1), &label)).await;
         match result {
@@ -767,24 +761,41 @@ async fn rollback_recorded(
         let label = |r: StepRef| match r {
             StepRef::Forward(i) | StepRef::Guide(i) => format!("[R{}/{guide}]", i + 1),
         };
-        let fut = engine.run_steps(&refs, None, &label);
-        return Ok(match fut.await? {
-            None => Finish {
+        let batches = guide_batches(engine.planner, recorded);
+        if batches.is_empty() {
+            return Ok(Finish {
                 outcome: Outcome::Succeeded,
                 message: format!(
-                    "rolled back run {} with the rollback guide ({})",
-                    recorded.id,
-                    count(guide, "step", "steps")
+                    "run {} reached no node: its rollback guide has nothing to restore",
+                    recorded.id
                 ),
                 exit_code: exit::OK,
-            },
-            Some(f) => Finish {
-                message: format!(
-                    "rollback guide stopped: {}; run {} is NOT fully restored",
-                    f.message, recorded.id
-                ),
-                ..f
-            },
+            });
+        }
+        for b in &batches {
+            if let Some(b) = b {
+                engine.ui.line(&batch_line(engine.planner, *b));
+            }
+            let fut = engine.run_steps(&refs, *b, &label);
+            if let Some(f) = fut.await? {
+                return Ok(Finish {
+                    message: format!(
+                        "rollback guide stopped: {}; run {} is NOT fully restored",
+                        f.message, recorded.id
+                    ),
+                    ..f
+                });
+            }
+        }
+        return Ok(Finish {
+            outcome: Outcome::Succeeded,
+            message: format!(
+                "rolled back run {} with the rollback guide ({}{})",
+                recorded.id,
+                count(guide, "step", "steps"),
+                guide_where(engine.planner, &batches)
+            ),
+            exit_code: exit::OK,
         });
     }
     let undo = engine.undoable();
@@ -795,78 +806,369 @@ async fn rollback_recorded(
             exit_code: exit::OK,
         });
     }
-    show_undo(engine);
-    let failures = engine.rollback().await?;
-    Ok(if failures.is_empty() {
-        Finish {
-            outcome: Outcome::Succeeded,
-            message: format!(
-                "rolled back {} of run {}",
+    let undone = engine.rollback().await?;
+    Ok(Finish {
+        outcome: if undone.failed.is_empty() {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed
+        },
+        message: if undone.failed.is_empty() {
+            format!(
+                "rolled back {} of run {}: {}",
                 count(undo.len(), "step", "steps"),
-                recorded.id
-            ),
-            exit_code: exit::OK,
-        }
-    } else {
-        let list: Vec<String> = failures
-            .iter()
-            .map(|(s, h)| format!("`{s}` on {h}"))
-            .collect();
-        Finish {
-            outcome: Outcome::Failed,
-            message: format!("ROLLBACK INCOMPLETE: not restored: {}", list.join(", ")),
-            exit_code: exit::STEP_FAILED,
-        }
+                recorded.id,
+                undone_message(engine.planner, &undone)
+            )
+        } else {
+            undone_message(engine.planner, &undone)
+        },
+        exit_code: if undone.failed.is_empty() {
+            exit::OK
+        } else {
+            exit::STEP_FAILED
+        },
     })
 }
 
-fn show_undo(engine: &Engine<'_>) {
-    engine.ui.line(&format!(
-        "{} these completed steps will be undone, in this order:",
-        console::style("rollback:").yellow().bold()
+/// Says what a rollback restored, and what it could not.
+fn undone_message(planner: &Planner, undone: &crate::execute::Undone) -> String {
+    if undone.failed.is_empty() {
+        return format!("restored {}", undone.summary(planner));
+    }
+    let list: Vec<String> = undone
+        .failed
+        .iter()
+        .map(|(s, h)| format!("`{s}` on {h}"))
+        .collect();
+    let done = if undone.ok.is_empty() {
+        String::new()
+    } else {
+        format!("; undone: {}", undone.summary(planner))
+    };
+    format!(
+        "ROLLBACK INCOMPLETE: not restored: {}{done}",
+        list.join(", ")
+    )
+}
+
+/// `batch 1/2: oa1 (with lb1 in every batch)`: the line that opens a batch.
+fn batch_line(planner: &Planner, batch: usize) -> String {
+    let all = planner.batches();
+    let serial: std::collections::HashSet<&String> = all.iter().flatten().collect();
+    let every: Vec<&str> = planner
+        .run_hosts()
+        .into_iter()
+        .filter(|h| !serial.contains(&h.name))
+        .map(|h| h.name.as_str())
+        .collect();
+    let also = if every.is_empty() {
+        String::new()
+    } else {
+        format!(" (with {} in every batch)", every.join(", "))
+    };
+    let members = batch
+        .checked_sub(1)
+        .and_then(|i| all.get(i))
+        .map_or(String::new(), |m| m.join(", "));
+    format!("batch {batch}/{}: {members}{also}", all.len())
+}
+
+/// The batches the rollback guide runs for: with `serial`, the guide is rolling like
+/// the run, one batch after the other, and only for the batches the run reached (a
+/// node the run never touched has no backup to restore); `None`: all hosts at once.
+fn guide_batches(planner: &Planner, recorded: &Recorded) -> Vec<Option<usize>> {
+    let all = planner.batches();
+    if all.len() <= 1 {
+        return vec![None];
+    }
+    let touched: std::collections::HashSet<&str> = recorded
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TargetStarted {
+                phase: events::Phase::Forward,
+                host,
+                ..
+            } => Some(host.as_str()),
+            _ => None,
+        })
+        .collect();
+    (1..=all.len())
+        .filter(|b| all[b - 1].iter().any(|h| touched.contains(h.as_str())))
+        .map(Some)
+        .collect()
+}
+
+/// The hosts the guide's steps run on, in inventory order.
+fn guide_hosts(planner: &Planner, batches: &[Option<usize>]) -> Vec<String> {
+    let mut on = std::collections::HashSet::new();
+    for i in 0..planner.runbook.rollback.len() {
+        let r = StepRef::Guide(i);
+        if planner.runbook.rollback[i].local {
+            continue;
+        }
+        for b in batches {
+            on.extend(planner.batch_hosts(r, *b));
+        }
+    }
+    planner
+        .run_hosts()
+        .into_iter()
+        .filter(|h| on.contains(&h.name))
+        .map(|h| h.name.clone())
+        .collect()
+}
+
+/// ` on oa1, oa2`, or with batches `, batch by batch: [oa1] [oa2], lb1 in every batch`.
+fn guide_where(planner: &Planner, batches: &[Option<usize>]) -> String {
+    let hosts = guide_hosts(planner, batches);
+    if !batches.iter().any(Option::is_some) {
+        return if hosts.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", hosts.join(", "))
+        };
+    }
+    let all = planner.batches();
+    let shown: Vec<String> = batches
+        .iter()
+        .flatten()
+        .filter_map(|b| all.get(b.checked_sub(1)?))
+        .map(|m| format!("[{}]", m.join(", ")))
+        .collect();
+    let serial: std::collections::HashSet<&String> = all.iter().flatten().collect();
+    let every: Vec<&str> = hosts
+        .iter()
+        .filter(|h| !serial.contains(h))
+        .map(String::as_str)
+        .collect();
+    let also = if every.is_empty() {
+        String::new()
+    } else {
+        format!(", {} in every batch", every.join(", "))
+    };
+    format!(", batch by batch: {}{also}", shown.join(" "))
+}
+
+/// What `opsrun rollback RUN` will do, as shown before its gate and by `--dry-run`:
+/// each step, where, with the exact commands (secrets masked); and the gate's question.
+pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>, String) {
+    let redactor = Redactor::new(planner.secret_values().iter().map(String::as_str));
+    let inv = &planner.inventory.name;
+    let name = &planner.runbook.name;
+    let mut lines = Vec::new();
+    let guide = planner.runbook.rollback.len();
+    if guide == 0 {
+        let undo = crate::execute::undoable(planner, &recorded.completed);
+        lines.extend(undo_lines(planner, &recorded.captures, &undo));
+        let mut on = std::collections::HashSet::new();
+        for c in &undo {
+            on.extend(c.hosts.iter().map(|h| h.host.clone()));
+        }
+        let mut hosts: Vec<String> = planner
+            .run_hosts()
+            .into_iter()
+            .filter(|h| on.contains(&h.name))
+            .map(|h| h.name.clone())
+            .collect();
+        if on.contains("localhost") {
+            hosts.push("this machine".into());
+        }
+        let question = if undo.is_empty() {
+            format!(
+                "Roll back run `{}` ({name} on `{inv}`)? It has no completed step left to undo.",
+                recorded.id
+            )
+        } else {
+            format!(
+                "Roll back run `{}` ({name} on `{inv}`): undo {} on {}?",
+                recorded.id,
+                count(undo.len(), "step", "steps"),
+                hosts.join(", ")
+            )
+        };
+        return (lines.iter().map(|l| redactor.redact(l)).collect(), question);
+    }
+    let batches = guide_batches(planner, recorded);
+    let rolling = planner.batches().len() > 1;
+    lines.push(format!(
+        "{} the rollback guide of `{name}` for run {}{}:",
+        console::style("rollback:").yellow().bold(),
+        recorded.id,
+        if rolling {
+            ", batch by batch as the run went"
+        } else {
+            ""
+        }
     ));
+    for b in &batches {
+        if let Some(b) = b {
+            lines.push(batch_line(planner, *b));
+        }
+        for i in 0..guide {
+            guide_step_lines(planner, recorded, StepRef::Guide(i), *b, &mut lines);
+        }
+    }
+    for b in 1..=planner.batches().len() {
+        if rolling && !batches.contains(&Some(b)) {
+            lines.push(format!(
+                "{}: not reached by run {}, left as it is",
+                batch_line(planner, b),
+                recorded.id
+            ));
+        }
+    }
+    let hosts = guide_hosts(planner, &batches).join(", ");
+    let question = if batches.is_empty() {
+        format!(
+            "Roll back run `{}` ({name} on `{inv}`)? It reached no node: its rollback guide has nothing to restore.",
+            recorded.id
+        )
+    } else if recorded.rolled_back_by.is_empty() {
+        format!(
+            "Roll back run `{}` ({name} on `{inv}`) with its rollback guide, on {hosts}?",
+            recorded.id
+        )
+    } else {
+        format!(
+            "Run `{}` was already rolled back (by {}). Run its rollback guide again, on {hosts}?",
+            recorded.id,
+            recorded.rolled_back_by.join(", by ")
+        )
+    };
+    (lines.iter().map(|l| redactor.redact(l)).collect(), question)
+}
+
+/// One guide step in one batch: its name and hosts, gate, manual text and commands.
+fn guide_step_lines(
+    planner: &Planner,
+    recorded: &Recorded,
+    r: StepRef,
+    batch: Option<usize>,
+    lines: &mut Vec<String>,
+) {
+    let StepRef::Guide(i) = r else { return };
+    // Everything below is rendered, and may carry captured values: what a host printed.
+    let start = lines.len();
+    guide_step_rendered(planner, recorded, r, i, batch, lines);
+    for l in &mut lines[start..] {
+        *l = escape_controls(l.as_bytes());
+    }
+}
+
+fn guide_step_rendered(
+    planner: &Planner,
+    recorded: &Recorded,
+    r: StepRef,
+    i: usize,
+    batch: Option<usize>,
+    lines: &mut Vec<String>,
+) {
+    let step = &planner.runbook.rollback[i];
+    let total = planner.runbook.rollback.len();
+    let hosts: Vec<String> = if step.local {
+        vec!["localhost".into()]
+    } else {
+        planner.batch_hosts(r, batch)
+    };
+    let manual = matches!(step.action, crate::runbook::Action::Manual(_));
+    if hosts.is_empty() && !manual {
+        return;
+    }
+    let on = if hosts.is_empty() {
+        String::new()
+    } else {
+        format!(" on {}", hosts.join(", "))
+    };
+    lines.push(format!("  [R{}/{total}] {}{on}", i + 1, step.name));
+    let fail = |e: &dyn std::fmt::Display| format!("      (cannot render: {e})");
+    match planner.confirm_prompt(r) {
+        Ok(Some(q)) => lines.push(format!(
+            "      gate: {q} {} [y/N]",
+            planner.gate_hosts(step, &hosts, batch)
+        )),
+        Ok(None) => {}
+        Err(e) => lines.push(fail(&e)),
+    }
+    if manual {
+        match planner.manual_text(r) {
+            Ok(text) => {
+                lines.push("      manual: the operator does this by hand and confirms:".into());
+                for l in text.unwrap_or_default().lines() {
+                    lines.push(format!("        | {l}"));
+                }
+            }
+            Err(e) => lines.push(fail(&e)),
+        }
+        return;
+    }
+    for h in &hosts {
+        let host = (!step.local).then_some(h.as_str());
+        match planner.render(r, host, Some(&recorded.captures), Reveal::Masked, batch) {
+            Ok(t) => {
+                let text = crate::preview::target_text(
+                    &t,
+                    step.retries,
+                    &crate::duration::format(step.delay),
+                );
+                lines.extend(text.lines().map(|l| format!("  {l}")));
+            }
+            Err(e) => lines.push(fail(&e)),
+        }
+    }
+}
+
+fn show_undo(engine: &Engine<'_>) {
     let caps = engine
         .captures
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    for c in engine.undoable() {
-        for round in crate::execute::undo_rounds(&c.hosts) {
-            show_undo_round(engine, &caps, c.step, &round);
-        }
+    for l in undo_lines(engine.planner, &caps, &engine.undoable()) {
+        engine.ui.line(&engine.redactor.redact(&l));
     }
 }
 
-fn show_undo_round(
-    engine: &Engine<'_>,
+/// The completed steps an undo will run, in order, with their rollback commands.
+fn undo_lines(
+    planner: &Planner,
     caps: &Captures,
-    index: usize,
-    round: &[crate::plan::Completion],
-) {
-    let step = &engine.planner.runbook.steps[index];
-    let hosts: Vec<String> = round.iter().map(ToString::to_string).collect();
-    engine.ui.line(&format!(
-        "  [{}] {} on {}",
-        index + 1,
-        step.name,
-        hosts.join(", ")
-    ));
-    for h in round {
-        let host = (!step.local).then_some(h.host.as_str());
-        if let Ok(t) = engine.planner.render(
-            StepRef::Forward(index),
-            host,
-            Some(caps),
-            Reveal::Masked,
-            h.batch,
-        ) {
-            for r in &t.rollback {
-                engine
-                    .ui
-                    .line(&crate::preview::prompt_line(&t.login, r, "      "));
+    undo: &[crate::execute::Completed],
+) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{} these completed steps will be undone, in this order:",
+        console::style("rollback:").yellow().bold()
+    )];
+    for c in undo {
+        let step = &planner.runbook.steps[c.step];
+        for round in crate::execute::undo_rounds(&c.hosts) {
+            let hosts: Vec<String> = round.iter().map(ToString::to_string).collect();
+            lines.push(format!(
+                "  [{}] {} on {}",
+                c.step + 1,
+                step.name,
+                hosts.join(", ")
+            ));
+            for h in &round {
+                let host = (!step.local).then_some(h.host.as_str());
+                if let Ok(t) = planner.render(
+                    StepRef::Forward(c.step),
+                    host,
+                    Some(caps),
+                    Reveal::Masked,
+                    h.batch,
+                ) {
+                    for r in &t.rollback {
+                        // A command may carry a captured value: what a host printed.
+                        let line = crate::preview::prompt_line(&t.login, r, "      ");
+                        lines.push(escape_controls(line.as_bytes()));
+                    }
+                }
             }
         }
     }
+    lines
 }
 
 /// After a failed step: show what will be undone, gate it, run it, say what is restored.
@@ -908,22 +1210,19 @@ async fn rollback_after_failure(
             exit_code: exit::STEP_FAILED,
         });
     }
-    let failures = engine.rollback().await?;
-    let message = if failures.is_empty() {
+    let undone = engine.rollback().await?;
+    let message = if undone.failed.is_empty() {
         format!(
-            "{}; rolled back {}: restored",
+            "{}; rolled back {}: {}",
             failed.message,
-            count(undoable.len(), "step", "steps")
+            count(undoable.len(), "step", "steps"),
+            undone_message(engine.planner, &undone)
         )
     } else {
-        let list: Vec<String> = failures
-            .iter()
-            .map(|(s, h)| format!("`{s}` on {h}"))
-            .collect();
         format!(
-            "{}; ROLLBACK INCOMPLETE: not restored: {}",
+            "{}; {}",
             failed.message,
-            list.join(", ")
+            undone_message(engine.planner, &undone)
         )
     };
     Ok(Finish {

@@ -227,6 +227,9 @@ pub struct Recorded {
     pub finished: bool,
     /// The run's `--limit`, reused by its rollback.
     pub limit: Option<String>,
+    /// What already undid (part of) this run: "its own automatic rollback" and
+    /// "run ID" for each `opsrun rollback` that undid something, oldest first.
+    pub rolled_back_by: Vec<String>,
 }
 
 pub fn load(dir: &Path) -> Result<Recorded, Error> {
@@ -253,6 +256,7 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
         done: BTreeSet::new(),
         finished: false,
         limit: None,
+        rolled_back_by: Vec::new(),
     };
     let mut started = false;
     for e in &replay.events {
@@ -313,6 +317,9 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
                         }
                     }
                     Phase::Rollback => {
+                        if r.rolled_back_by.is_empty() {
+                            r.rolled_back_by.push("its own automatic rollback".into());
+                        }
                         // Undone here: a resume must run it again.
                         r.done.remove(&(step, host.clone()));
                         if let Some(hosts) = r.completed.get_mut(&step) {
@@ -357,7 +364,12 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
                 _ => None,
             })
             .collect();
-        undone_by_later_rollbacks(log_dir, &r.id, &names, &mut r.completed);
+        r.rolled_back_by.extend(undone_by_later_rollbacks(
+            log_dir,
+            &r.id,
+            &names,
+            &mut r.completed,
+        ));
     }
     r.completed.retain(|_, hosts| !hosts.is_empty());
     if !started {
@@ -372,17 +384,22 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
 
 /// Removes what `opsrun rollback` runs of run `id` already undid: undoing a step
 /// twice would repeat it over a restored host (its backup may be gone by then).
+/// Returns "run ID" for each of those runs that undid anything (guide steps included).
 fn undone_by_later_rollbacks(
     log_dir: &Path,
     id: &str,
     names: &BTreeMap<usize, String>,
     completed: &mut BTreeMap<usize, Vec<Completion>>,
-) {
+) -> Vec<String> {
+    let mut by = Vec::new();
     let Ok(entries) = std::fs::read_dir(log_dir) else {
-        return;
+        return by;
     };
-    for entry in entries.flatten() {
-        let Ok(replay) = journal::read(&entry.path().join(journal::FILE)) else {
+    let mut entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    // Run ids sort by time: the oldest rollback is named first.
+    entries.sort();
+    for entry in entries {
+        let Ok(replay) = journal::read(&entry.join(journal::FILE)) else {
             continue;
         };
         let of_this_run = replay
@@ -391,6 +408,25 @@ fn undone_by_later_rollbacks(
             .any(|e| matches!(e, Event::RunStarted { rollback_of: Some(of), .. } if of == id));
         if !of_this_run {
             continue;
+        }
+        let undid = replay.events.iter().any(|e| {
+            matches!(
+                e,
+                Event::TargetFinished {
+                    phase: Phase::Rollback,
+                    status: Status::Ok,
+                    ..
+                }
+            )
+        });
+        if undid {
+            by.push(format!(
+                "run {}",
+                entry
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ));
         }
         for e in &replay.events {
             if let Event::TargetFinished {
@@ -413,4 +449,5 @@ fn undone_by_later_rollbacks(
             }
         }
     }
+    by
 }

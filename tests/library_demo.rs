@@ -326,3 +326,230 @@ fn every_shipped_runbook_passes_check_without_warnings() {
         );
     }
 }
+
+/// The run id of a run, from the log path it printed last.
+fn run_id(r: &library_support::Run) -> String {
+    let last = r.stdout.lines().last().unwrap_or_default();
+    Path::new(last)
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| panic!("no log path printed: {r:?}"))
+}
+
+fn reloads_since(dir: &Path, skip: usize) -> Vec<String> {
+    let events =
+        std::fs::read_to_string(dir.join("examples/demo/hosts/events.log")).unwrap_or_default();
+    events
+        .lines()
+        .skip(skip)
+        .filter(|l| l.contains(" lb1 nginx-reload "))
+        .map(|l| l.split_once(" ecologycluster: ").unwrap().1.to_string())
+        .collect()
+}
+
+fn event_count(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("examples/demo/hosts/events.log"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[test]
+fn the_failing_demo_says_what_it_restored_and_its_gates_name_their_batch() {
+    let dir = fresh_clone();
+    let bad = opsrun(
+        dir.path(),
+        &[
+            "upgrade",
+            "--env",
+            "demo",
+            "--yes",
+            "-e",
+            "package=examples/demo/packages/broken.zip",
+        ],
+    );
+    assert_eq!(bad.code, 1, "{bad:?}");
+    let last = bad.stderr.lines().rev().find(|l| !l.is_empty()).unwrap();
+    assert_eq!(
+        last,
+        "failed: step `Health check` failed on oa1 (exit 1: no healthy answer after 3 tries); \
+         rolled back 5 steps: restored oa1 (`Start the application`, `Back up ecology`, \
+         `Stop the application`, `Upload the packages`); lb1 (`Drain the node from the load \
+         balancer` of batch 1)",
+        "{bad:?}"
+    );
+    // The per-batch gate names its batch and node, in the log too.
+    assert!(
+        bad.log.contains(
+            "| Record the application server state (batch 1) | Upgrade this batch of nodes? After the checks and the upload, each is drained from the load balancer (if any) and stopped: its users are cut off until the health check passes. (batch 1/2: oa1) | yes (--yes) |"
+        ),
+        "{bad:?}"
+    );
+
+    // Its rollback guide would restore only the node the run reached, and says
+    // the run was rolled back already.
+    let id = run_id(&bad);
+    let dry = opsrun(dir.path(), &["rollback", &id, "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout
+            .contains("batch 1/2: oa1 (with lb1 in every batch)\n  [R1/8] Drain"),
+        "{dry:?}"
+    );
+    assert!(!dry.stdout.contains("on oa2"), "{dry:?}");
+    assert!(
+        dry.stdout.contains(&format!(
+            "batch 2/2: oa2 (with lb1 in every batch): not reached by run {id}, left as it is\n"
+        )),
+        "{dry:?}"
+    );
+    assert!(
+        dry.stdout.ends_with(&format!("gate: Run `{id}` was already rolled back (by its own automatic rollback). Run its rollback guide again, on oa1, lb1? [y/N]\n")),
+        "{dry:?}"
+    );
+}
+
+#[test]
+fn the_demo_rollback_guide_is_previewed_gated_with_its_commands_and_rolling() {
+    let dir = fresh_clone();
+    let ok = opsrun(dir.path(), &["upgrade", "--env", "demo", "--yes"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let id = run_id(&ok);
+    let runs_before = std::fs::read_dir(dir.path().join("runs")).unwrap().count();
+    let events_before = event_count(dir.path());
+
+    // --dry-run: the guide, batch by batch, with each command; nothing runs or is recorded.
+    let dry = opsrun(dir.path(), &["rollback", &id, "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let out = &dry.stdout;
+    for needle in [
+        "DRY RUN: nothing is executed and no connection is opened.\n",
+        &format!("rollback: the rollback guide of `upgrade` for run {id}, batch by batch as the run went:\n"),
+        "batch 1/2: oa1 (with lb1 in every batch)\n  [R1/8] Drain the node from the load balancer on lb1\n      [root@lb1]# sh -e\n",
+        "        | servers=127.0.0.11:6888\n",
+        "  [R2/8] Stop the application on oa1\n      [root@oa1]# examples/demo/sim/asadmin --host oa1 --home examples/demo/hosts/oa1/WEAVER --events examples/demo/hosts/events.log stop-domain domain1\n",
+        "  [R3/8] Restore the pre-upgrade backup on oa1\n      gate: Replace the live ecology tree with the pre-upgrade backup? The replaced tree is kept as ecology.failed-STAMP. (batch 1/2: oa1) [y/N]\n",
+        "  [R7/8] Put the node back in the load balancer on lb1\n",
+        "batch 2/2: oa2 (with lb1 in every batch)\n  [R1/8] Drain the node from the load balancer on lb1\n",
+        "        | servers=127.0.0.12:6888\n",
+        &format!("gate: Roll back run `{id}` (upgrade on `demo`) with its rollback guide, on oa1, oa2, lb1? [y/N]\n"),
+    ] {
+        assert!(out.contains(needle), "preview lacks {needle:?}:\n{out}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("runs")).unwrap().count(),
+        runs_before,
+        "a dry-run records no run"
+    );
+    assert_eq!(
+        event_count(dir.path()),
+        events_before,
+        "a dry-run touches no host"
+    );
+
+    // Without --yes (stdin not a terminal): the same preview, then the gate refuses.
+    let no = opsrun(dir.path(), &["rollback", &id]);
+    assert_eq!(no.code, 3, "{no:?}");
+    assert!(
+        no.stderr.contains(
+            "  [R2/8] Stop the application on oa1\n      [root@oa1]# examples/demo/sim/asadmin"
+        ),
+        "{no:?}"
+    );
+    assert!(
+        no.stderr.contains(&format!("gate \"Roll back run `{id}` (upgrade on `demo`) with its rollback guide, on oa1, oa2, lb1? [y/N]\" needs an answer")),
+        "{no:?}"
+    );
+    assert_eq!(event_count(dir.path()), events_before);
+
+    // The guide runs node by node, each drained first and put back once healthy.
+    let skip = event_count(dir.path());
+    let rb = opsrun(dir.path(), &["rollback", &id, "--yes"]);
+    assert_eq!(rb.code, 0, "{rb:?}");
+    assert_eq!(
+        reloads_since(dir.path(), skip),
+        [
+            "127.0.0.12:6888",
+            "127.0.0.11:6888 127.0.0.12:6888",
+            "127.0.0.11:6888",
+            "127.0.0.11:6888 127.0.0.12:6888"
+        ],
+        "{rb:?}"
+    );
+    let events =
+        std::fs::read_to_string(dir.path().join("examples/demo/hosts/events.log")).unwrap();
+    let tail: Vec<&str> = events
+        .lines()
+        .skip(skip)
+        .filter(|l| {
+            l.contains(" stop-domain") || l.contains(" start-domain") || l.contains("nginx-reload")
+        })
+        .map(|l| l.split_whitespace().nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        tail,
+        ["lb1", "oa1", "oa1", "lb1", "lb1", "oa2", "oa2", "lb1"],
+        "{events}"
+    );
+    for host in ["oa1", "oa2"] {
+        let v =
+            std::fs::read_to_string(ecology(dir.path(), host).join("WEB-INF/version.properties"))
+                .unwrap();
+        assert_ne!(v, "release=20260301-002\n", "{host} restored");
+    }
+    let last = rb.stderr.lines().rev().find(|l| !l.is_empty()).unwrap();
+    assert_eq!(
+        last,
+        format!("succeeded: rolled back run {id} with the rollback guide (8 steps, batch by batch: [oa1] [oa2], lb1 in every batch)"),
+        "{rb:?}"
+    );
+
+    // A second guide run says the run was rolled back already, and asks.
+    let again = opsrun(dir.path(), &["rollback", &id]);
+    assert_eq!(again.code, 3, "{again:?}");
+    let by = run_id(&rb);
+    assert!(
+        again.stderr.contains(&format!("gate \"Run `{id}` was already rolled back (by run {by}). Run its rollback guide again, on oa1, oa2, lb1? [y/N]\" needs an answer")),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_rollback_guide_leaves_alone_the_nodes_a_run_never_reached() {
+    let dir = fresh_clone();
+    // Fails on the control machine, before any node is touched.
+    let bad = opsrun(
+        dir.path(),
+        &[
+            "upgrade",
+            "--env",
+            "demo",
+            "--yes",
+            "-e",
+            "package=examples/demo/packages/none.zip",
+        ],
+    );
+    assert_eq!(bad.code, 1, "{bad:?}");
+    let id = run_id(&bad);
+    let dry = opsrun(dir.path(), &["rollback", &id, "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    for b in ["batch 1/2: oa1", "batch 2/2: oa2"] {
+        assert!(
+            dry.stdout.contains(&format!(
+                "{b} (with lb1 in every batch): not reached by run {id}, left as it is\n"
+            )),
+            "{dry:?}"
+        );
+    }
+    assert!(!dry.stdout.contains("[R1/8]"), "{dry:?}");
+    let events = event_count(dir.path());
+    let rb = opsrun(dir.path(), &["rollback", &id, "--yes"]);
+    assert_eq!(rb.code, 0, "{rb:?}");
+    assert_eq!(event_count(dir.path()), events, "no node touched");
+    let last = rb.stderr.lines().rev().find(|l| !l.is_empty()).unwrap();
+    assert_eq!(
+        last,
+        format!("succeeded: run {id} reached no node: its rollback guide has nothing to restore")
+    );
+}

@@ -424,6 +424,7 @@ fn dry_run_shows_batches_backup_options_and_the_rollback_guide() {
         "h1: skipped (when: sharedata_home is defined is false)",
         "Restore the pre-upgrade backup",
         "Check the symlinks in ecology",
+        "rollback guide (run later with `opsrun rollback RUN`, batch by batch like the run):",
         "batches    [h1] [h2] (the step list runs batch by batch; h3 in every batch)",
     ] {
         assert!(out.contains(needle), "dry-run lacks {needle:?}:\n{out}");

@@ -242,7 +242,7 @@ fn hostile_output_keeps_the_log_structure() {
     assert_eq!(gates.len(), 1);
     let gate = gates[0]
         .iter()
-        .find(|r| r[2] == "Print hostile | output?")
+        .find(|r| r[2] == format!("Print hostile | output? (on {h1}, {h2})"))
         .expect("gate row");
     assert_eq!(gate.len(), 5);
     assert!(gate[3].starts_with("yes"));
@@ -357,4 +357,27 @@ fn the_plan_is_valid_markdown_too() {
         && b.contains("printf 'a ```` b")
         && b.starts_with(&format!("[root@{}]# ", sb.hosts[0]))));
     assert!(md.contains("**Gate**: Print hostile \\| output? [y/N]"));
+}
+
+/// `opsrun rollback --dry-run` shows commands rendered with values a host printed:
+/// a captured escape sequence is shown escaped, never sent to the terminal.
+#[test]
+fn the_rollback_preview_escapes_what_a_host_printed() {
+    let sb = Sandbox::new();
+    sb.runbook(
+        "captured",
+        "name: captured\nhosts: local\nsteps:\n  - name: Read version\n    run: \"printf 'v1\\\\033[31m'\"\n    capture: ver\n    rollback: echo back to {{ ver }}\n",
+    );
+    let out = sb.opsrun(&["captured", "--env", "demo", "--yes", "--no-sign"], &[]);
+    expect_code(&out, 0, "run");
+    let dir = sb.run_dir();
+    let id = dir.file_name().unwrap().to_str().unwrap();
+    let dry = sb.opsrun(&["rollback", id, "--dry-run"], &[]);
+    expect_code(&dry, 0, "rollback --dry-run");
+    let stdout = text(&dry.stdout);
+    assert!(!stdout.contains('\u{1b}'), "{stdout:?}");
+    assert!(
+        stdout.contains(&format!("@{}]# echo back to v1\\x1b[31m\n", sb.hosts[0])),
+        "{stdout}"
+    );
 }

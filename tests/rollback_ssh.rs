@@ -444,6 +444,40 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
     assert_eq!(refused.outcome().0, "not_confirmed");
     assert!(refused.events("target_started").is_empty());
     assert_eq!(site.read(0, "app.conf"), "release 2\n");
+    // Before its gate: what will be undone, where, with the exact commands.
+    let preview = [
+        "rollback: these completed steps will be undone, in this order:\n  [5] Start app on "
+            .to_string(),
+        "\n  [3] Write config on ".to_string(),
+        format!("\n      [opsrun-test@web1]# cp {} ", backups[0]),
+        format!("\n      [opsrun-test@web2]# cp {} ", backups[1]),
+    ];
+    for needle in &preview {
+        assert!(
+            refused.stderr.contains(needle.as_str()),
+            "{needle:?}:\n{}",
+            refused.stderr
+        );
+    }
+    let question =
+        format!("Roll back run `{original}` (six on `lab`): undo 5 steps on web1, web2? [y/N]");
+    assert!(refused.stderr.contains(&question), "{}", refused.stderr);
+
+    // --dry-run prints the same and connects to nothing: no run is recorded, no host touched.
+    let runs = fs::read_dir(lab.path().join("runs")).unwrap().count();
+    let dry = lab
+        .command(&["rollback", &original, "--dry-run"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (code, stdout) = (dry.status.code(), String::from_utf8_lossy(&dry.stdout));
+    assert_eq!(code, Some(0), "{dry:?}");
+    for needle in &preview {
+        assert!(stdout.contains(needle.as_str()), "{needle:?}:\n{stdout}");
+    }
+    assert!(stdout.ends_with(&format!("gate: {question}\n")), "{stdout}");
+    assert_eq!(fs::read_dir(lab.path().join("runs")).unwrap().count(), runs);
+    assert_eq!(site.event_groups(), groups(&[]));
 
     let undo = lab.run(&["rollback", &original, "--yes"], &[], None);
     undo.expect_code(0);
@@ -482,7 +516,13 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
     let started = &undo.events("run_started")[0];
     assert_eq!(started["kind"], "rollback");
     assert_eq!(started["rollback_of"], original.as_str());
-    assert_eq!(undo.outcome().0, "succeeded");
+    assert_eq!(
+        undo.outcome(),
+        (
+            "succeeded".to_string(),
+            format!("rolled back 5 steps of run {original}: restored web1, web2 (`Start app`, `Migrate`, `Write config`, `Back up config`, `Stop app`)")
+        )
+    );
     let log = undo.log_md();
     assert!(log.starts_with("# opsrun rollback: six on lab"), "{log}");
     assert!(
@@ -823,7 +863,11 @@ steps:
         "{message}"
     );
     let not_restored = message.split("not restored:").nth(1).unwrap();
-    assert_eq!(not_restored.trim(), "`Two` on web1", "{message}");
+    assert_eq!(
+        not_restored.trim(),
+        "`Two` on web1; undone: web1 (`Three`, `One`); web2 (`Three`, `Two`, `One`)",
+        "{message}"
+    );
     // Loudly: when it happens, and again in the last words of the run.
     assert!(
         run.stderr.contains("error: ROLLBACK FAILED: `Two` on web1"),
@@ -836,8 +880,10 @@ steps:
         .lines()
         .rfind(|l| l.starts_with("failed:"))
         .unwrap();
-    assert!(
-        last_error.ends_with("ROLLBACK INCOMPLETE: not restored: `Two` on web1"),
+    assert_eq!(
+        last_error,
+        "failed: step `Four` failed on web1 (exit 1), web2 (exit 1); ROLLBACK INCOMPLETE: \
+         not restored: `Two` on web1; undone: web1 (`Three`, `One`); web2 (`Three`, `Two`, `One`)",
         "{}",
         run.stderr
     );
@@ -1080,7 +1126,7 @@ fn ctrl_c_at_a_gate_stops_at_once_and_releases_the_hosts() {
     // end the run at once, not after the operator presses Enter.
     let (code, screen) = run_on_pty(
         lab.command(&["breakable", "--env", "lab"]),
-        &[("Go on with two? [y/N]", CTRL_C)],
+        &[("Go on with two? (on web1, web2) [y/N]", CTRL_C)],
     );
     let run = pty_run(code, &screen, lab.path());
     run.expect_code(130);

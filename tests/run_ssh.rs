@@ -491,7 +491,7 @@ fn gate_on_a_terminal_takes_yes_and_no() {
     let run = pty_run(code, &screen, lab.path());
     run.expect_code(3);
     assert!(
-        screen.contains("Touch the second file on lab? [y/N]"),
+        screen.contains("Touch the second file on lab? (on web1) [y/N]"),
         "{screen}"
     );
     assert_eq!(
