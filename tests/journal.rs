@@ -320,7 +320,7 @@ fn runs_lists_ticket_and_what_became_of_each_run_in_aligned_columns() {
     undo_ok.expect_code(1);
     assert_eq!(
         undo_ok.outcome().1,
-        format!("step `Two` failed on {a} (exit 1); rolled back 1 step: restored")
+        format!("step `Two` failed on {a} (exit 1); rolled back 1 step: restored {a} (`One`)")
     );
     lab.run(&["undo-bad", "--env", "local", "--yes"], &[], None)
         .expect_code(1);
@@ -331,7 +331,11 @@ fn runs_lists_ticket_and_what_became_of_each_run_in_aligned_columns() {
     later.expect_code(0);
     assert_eq!(
         later.outcome().1,
-        format!("rolled back 2 steps of run {}", ok.id())
+        format!(
+            "rolled back 2 steps of run {}: restored {a}, {} (`Two`, `One`)",
+            ok.id(),
+            hosts[1]
+        )
     );
 
     let table = lab.runs_table();
@@ -542,6 +546,10 @@ steps:
     undo.expect_code(0);
     assert_eq!(
         undo.outcome().1,
-        format!("rolled back 1 step of run {}", one.id())
+        format!(
+            "rolled back 1 step of run {}: restored {} (`Only`)",
+            one.id(),
+            hosts[0]
+        )
     );
 }
