@@ -701,7 +701,7 @@ fn check(names: &[String], root: &Path) -> Result<i32> {
                 }
             }
             Err(e) => {
-                problems += 1;
+                problems += e.problems();
                 outln!("error    {label}");
                 eprintln!("{e}\n");
             }

@@ -73,6 +73,15 @@ impl Error {
 }
 
 impl Error {
+    /// How many problems this error reports: each diagnostic of a one-pass
+    /// report counts, so `check`'s summary agrees with what it printed.
+    pub fn problems(&self) -> usize {
+        match self {
+            Error::InvalidAll(ds) => ds.len(),
+            _ => 1,
+        }
+    }
+
     /// One error for several found in one pass: located ones together (each
     /// once), or else the first. `None` when there is none.
     pub fn merge(errors: Vec<Error>) -> Option<Error> {

@@ -133,23 +133,24 @@ const ERROR_WORDS: &[&str] = &[
     "timed out",
 ];
 
-/// The line to quote for a failed command: the first that looks like an error
-/// (the cause; the last is usually "exiting now" or a status), else the last.
+/// The lines to quote for a failed command: the first that looks like an error
+/// (the cause: `tar (child): ...: Cannot open`), then the last line when it is
+/// another one (often the summary: "exiting now", "no healthy answer after 3
+/// tries"); the last line alone when none looks like an error.
 fn error_line(b: &[u8]) -> String {
     let s = escape_controls(b);
-    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines
-        .iter()
-        .find(|l| {
-            let l = l.to_lowercase();
-            ERROR_WORDS.iter().any(|w| l.contains(w))
-        })
-        .or(lines.last())
-        .map(|l| l.trim())
-        .unwrap_or_default()
-        .chars()
-        .take(160)
-        .collect()
+    let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let cut = |l: &str| -> String { l.chars().take(160).collect() };
+    let first = lines.iter().find(|l| {
+        let l = l.to_lowercase();
+        ERROR_WORDS.iter().any(|w| l.contains(w))
+    });
+    match (first, lines.last()) {
+        (Some(f), Some(l)) if f != l => format!("{} … {}", cut(f), cut(l)),
+        (Some(f), _) => cut(f),
+        (None, Some(l)) => cut(l),
+        (None, None) => String::new(),
+    }
 }
 
 impl Engine<'_> {

@@ -223,12 +223,13 @@ steps:
     run.expect_code(1);
     let id = run.id();
     let line = format!(
-        "error: step `Unpack` failed on {a} (exit 2: tar (child): /data/bak.tar.gz: Cannot open: No such file or directory)\n  {a}: full stderr in runs/{id}/outputs/01-unpack-{a}.stderr (and in the log, runs/{id}/log.md)\n"
+        "error: step `Unpack` failed on {a} (exit 2: tar (child): /data/bak.tar.gz: Cannot open: No such file or directory … tar: Error is not recoverable: exiting now)\n  {a}: full stderr in runs/{id}/outputs/01-unpack-{a}.stderr (and in the log, runs/{id}/log.md)\n"
     );
     assert!(run.stderr.contains(&line), "{}", run.stderr);
     assert_eq!(
         run.target("Unpack", a)["reason"],
-        "exit 2: tar (child): /data/bak.tar.gz: Cannot open: No such file or directory"
+        "exit 2: tar (child): /data/bak.tar.gz: Cannot open: No such file or directory \
+         … tar: Error is not recoverable: exiting now"
     );
     assert!(run
         .dir()

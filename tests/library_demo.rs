@@ -281,10 +281,11 @@ fn every_command_of_the_readme_tour_works_as_written() {
     ] {
         bash.env_remove(var);
     }
-    // Two batch gates of the run; the rollback's start gate, its restore gate and its
-    // manual step, whose note is left empty.
+    // Two batch gates of the run; the rollback's start gate; then per node (the
+    // guide is rolling) its restore gate and its manual step, whose note is left empty.
     let mut answers = vec![("[y/N]", "y"); 5];
     answers.push(("Note or ticket id", ""));
+    answers.extend([("[y/N]", "y"), ("[y/N]", "y"), ("Note or ticket id", "")]);
     let (code, screen) = support::lab::run_on_pty(bash, &answers);
     assert_eq!(code, 0, "{screen}");
     for (i, c) in commands.iter().enumerate() {
@@ -373,7 +374,8 @@ fn the_failing_demo_says_what_it_restored_and_its_gates_name_their_batch() {
     let last = bad.stderr.lines().rev().find(|l| !l.is_empty()).unwrap();
     assert_eq!(
         last,
-        "failed: step `Health check` failed on oa1 (exit 1: no healthy answer after 3 tries); \
+        "failed: step `Health check` failed on oa1 (exit 1: curl: (22) The requested URL returned error: 500 … \
+         no healthy answer after 3 tries); \
          rolled back 5 steps: restored oa1 (`Start the application`, `Back up ecology`, \
          `Stop the application`, `Upload the packages`); lb1 (`Drain the node from the load \
          balancer` of batch 1)",

@@ -21,7 +21,7 @@ fn check(steps: &str) -> Test {
 #[test]
 fn full_width_punctuation_inside_a_quoted_message_is_intended() {
     check("  - name: a\n    run: echo \"已预热：{{ host.name }}，完成。\" && echo '（备份）'\n")
-        .expect_stdout("ok       runbook x\n1 file(s) checked, no problems\n")
+        .expect_stdout("ok       runbook x\n1 file checked, no problems\n")
         .expect_stderr("")
         .run();
 }
@@ -30,7 +30,7 @@ fn full_width_punctuation_inside_a_quoted_message_is_intended() {
 fn a_copied_dash_outside_quotes_is_still_a_warning_naming_its_lint() {
     check("  - name: a\n    run: ps –ef | grep -v grep | grep tomcat && echo \"完成：\"\n")
         .expect_status(2)
-        .expect_stdout("warning  runbook x: 1 lint warning(s)\n")
+        .expect_stdout("warning  runbook x: 1 lint warning\n")
         .expect_stderr(
             "warning: step `a` run: non-ASCII character U+2013 `–` in a command (copied from a document?) [non-ascii]
   --> runbooks/x.yaml:5:13
@@ -39,7 +39,7 @@ fn a_copied_dash_outside_quotes_is_still_a_warning_naming_its_lint() {
   |             ^
   = help: retype it as plain ASCII: `–` is not `-`, a full-width space is not a space; if it is intended, add `lint: { allow: [non-ascii] }` to the step
 
-1 problem(s) in 1 file(s)
+1 problem in 1 file
 ",
         )
         .run();
@@ -60,7 +60,7 @@ fn a_step_can_accept_a_lint_by_name() {
         "  - name: a\n    run: ps -ef | grep java\n    lint: { allow: [ps-grep] }\n  - name: b\n    run: ps -ef | grep java\n",
     )
     .expect_status(2)
-    .expect_stdout("warning  runbook x: 1 lint warning(s)\n")
+    .expect_stdout("warning  runbook x: 1 lint warning\n")
     .stderr_contains("warning: step `b` run: `ps ... | grep X` always succeeds: grep matches its own process [ps-grep]\n  --> runbooks/x.yaml:8:10\n")
     .run();
 }
@@ -78,7 +78,7 @@ fn service_lints_are_accepted_on_the_stopping_step() {
     check(
         "  - name: stop\n    run: systemctl stop app\n    service: { name: app, state: stopped }\n    lint: { allow: [service-not-restarted, service-without-rollback] }\n",
     )
-    .expect_stdout("ok       runbook x\n1 file(s) checked, no problems\n")
+    .expect_stdout("ok       runbook x\n1 file checked, no problems\n")
     .run();
 }
 
@@ -113,7 +113,7 @@ error: template syntax error: unexpected end of input, expected end of variable 
 6 |     check: echo {{ x
   |            ^^^^^^^^^
 
-1 problem(s) in 1 file(s)
+2 problems in 1 file
 ",
         )
         .run();
