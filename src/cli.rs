@@ -95,8 +95,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Output format of --dry-run.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    /// With --dry-run: print the plan as text or as JSON for tooling.
+    #[arg(long, value_enum, default_value_t = Format::Text, requires = "dry_run")]
     pub format: Format,
 
     /// Change ticket id, recorded in the log.
