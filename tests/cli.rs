@@ -172,7 +172,8 @@ fn completions_offer_runbook_names_and_environments() {
     );
     // `opsrun show NAME`, `opsrun check NAME...`
     assert!(
-        out.stdout.contains(":runbook:(night-restart app-sync "),
+        out.stdout
+            .contains(":runbook -- Runbook name or file:(night-restart app-sync "),
         "{}",
         out.stdout
     );
