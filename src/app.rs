@@ -588,7 +588,9 @@ fn completion_command(root: &Path) -> clap::Command {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         })
         .collect();
-    names.dedup();
+    // `x.yaml` next to `x.yml`: one command (clap refuses two of a name).
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
     let with_envs =
         |a: clap::Arg| a.value_parser(clap::builder::PossibleValuesParser::new(envs.clone()));
     let mut cmd = Cli::command()

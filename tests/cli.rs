@@ -149,6 +149,9 @@ fn completions_to_a_closed_pipe_exit_quietly() {
 fn completions_offer_runbook_names_and_environments() {
     let out = Test::new()
         .write("runbooks/night-restart.yaml", ECHO)
+        // Both extensions of one name, and a name that is a command: no duplicate command.
+        .write("runbooks/night-restart.yml", ECHO)
+        .write("runbooks/check.yaml", ECHO)
         .write("inventories/staging-cn.yaml", typed_inventory())
         .args(["completions", "zsh"])
         .run();
