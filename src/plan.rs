@@ -339,7 +339,7 @@ fn no_host_at_all(
         .any(|(_, p)| pattern::resolve(&p.src, inventory).is_ok_and(|h| !h.is_empty()));
     if let (Some(limit), true) = (&opts.limit, unlimited) {
         return Err(Error::Usage(format!(
-            "--limit {limit} matches none of the hosts runbook `{}` runs on ({quoted} in inventory `{}`): there is nothing to run",
+            "--limit `{limit}` matches none of the hosts runbook `{}` runs on ({quoted} in inventory `{}`): there is nothing to run",
             rb.name, inventory.name
         )));
     }
@@ -1692,6 +1692,14 @@ steps:
         let plan = p.plan().unwrap();
         assert!(plan.steps[0].targets.is_empty());
         assert!(crate::preview::text(&plan).contains("on: lb*\n    no hosts\n"));
+    }
+
+    #[test]
+    fn a_runbook_of_local_steps_only_needs_no_host() {
+        // Runs on no host are refused, but this one runs on the control machine.
+        let rb = "name: l\nhosts: \"web*\"\nsteps:\n  - name: check package\n    local: true\n    run: test -f x\n";
+        let plan = planner(rb, INVENTORY, Some("oa1")).plan().unwrap();
+        assert_eq!(plan.steps.len(), 1);
     }
 
     #[test]

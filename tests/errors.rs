@@ -1666,7 +1666,7 @@ steps:
         ],
         args: &["x", "--env", "test", "--dry-run", "--limit", "dm1"],
         stderr: r#"
-error: --limit dm1 matches none of the hosts runbook `x` runs on (`app` in inventory `test`): there is nothing to run
+error: --limit `dm1` matches none of the hosts runbook `x` runs on (`app` in inventory `test`): there is nothing to run
 "#,
     },
     Case {
@@ -1685,7 +1685,7 @@ steps:
         ],
         args: &["x", "--env", "test", "--yes", "--no-sign", "--limit", "db"],
         stderr: r#"
-error: --limit db matches none of the hosts runbook `x` runs on (`app`, `lb*` in inventory `test`): there is nothing to run
+error: --limit `db` matches none of the hosts runbook `x` runs on (`app`, `lb*` in inventory `test`): there is nothing to run
 "#,
     },
     Case {
