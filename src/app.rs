@@ -102,7 +102,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Rollback(args) => rollback(&args, &cli.log_dir),
         Command::Verify(args) => verify(&args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "opsrun", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut completion_command(root), "opsrun", &mut script);
+            // `opsrun completions zsh | head -1`: a closed pipe ends the output, not the process.
+            let _ = std::io::stdout().write_all(&script);
             Ok(exit::OK)
         }
     }
@@ -593,15 +596,89 @@ fn list(root: &Path) -> Result<i32> {
             Origin::File(p) => p.display().to_string(),
             Origin::Library(_) => "built-in".to_string(),
         };
-        let desc = load::find_runbook(&name, root)
-            .ok()
-            .and_then(|(src, _)| load::runbook_from_source(src).ok())
-            .and_then(|rb| rb.description)
-            .map(|d| d.trim().lines().next().unwrap_or_default().to_string())
-            .unwrap_or_else(|| "(invalid: run `opsrun check`)".to_string());
+        let desc = summary(&name, root).unwrap_or_default();
         outln!("{name:<width$}  {desc}  [{where_}]");
     }
     Ok(exit::OK)
+}
+
+/// What `opsrun list` says of a runbook: its description's first sentence.
+fn summary(name: &str, root: &Path) -> Option<String> {
+    match load::find_runbook(name, root).and_then(|(src, _)| load::runbook_from_source(src)) {
+        Ok(rb) => rb.description.as_deref().map(first_sentence),
+        Err(_) => Some("(invalid: run `opsrun check`)".to_string()),
+    }
+}
+
+/// The command line as completion scripts see it. Runbooks are run as
+/// `opsrun NAME`, so each one found (here and in the library) is offered as a
+/// command with `run`'s flags; `show` and `check` offer the names and `--env`
+/// the inventories. They are those present when the script is generated.
+fn completion_command(root: &Path) -> clap::Command {
+    // clap keeps possible values as `&'static str`; this process ends right after.
+    let leak =
+        |v: Vec<String>| -> Vec<&'static str> { v.into_iter().map(|s| &*s.leak()).collect() };
+    let envs = leak(load::list_envs(root));
+    let mut names: Vec<String> = load::list_runbooks(root)
+        .into_iter()
+        .map(|(n, _)| n)
+        // A name that is a command, or that a shell would split, cannot be completed as one.
+        .filter(|n| {
+            !crate::cli::SUBCOMMANDS.contains(&n.as_str())
+                && !n.starts_with('-')
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+        .collect();
+    // `x.yaml` next to `x.yml`: one command (clap refuses two of a name).
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    let with_envs =
+        |a: clap::Arg| a.value_parser(clap::builder::PossibleValuesParser::new(envs.clone()));
+    let mut cmd = Cli::command()
+        .mut_subcommand("run", |c| c.mut_arg("env", with_envs))
+        .mut_subcommand("inventory", |c| c.mut_arg("env", with_envs))
+        .mut_subcommand("rollback", |c| c.mut_arg("env", with_envs));
+    let books = leak(names);
+    for (sub, arg) in [("show", "runbook"), ("check", "runbooks")] {
+        cmd = cmd.mut_subcommand(sub, |c| {
+            c.mut_arg(arg, |a| {
+                a.value_parser(clap::builder::PossibleValuesParser::new(books.clone()))
+            })
+        });
+    }
+    let run = cmd
+        .find_subcommand("run")
+        .cloned()
+        .unwrap_or_else(|| clap::Command::new("run"));
+    for &name in &books {
+        let about = summary(name, root).unwrap_or_else(|| "Run this runbook".into());
+        cmd = cmd.subcommand(
+            clap::Command::new(name).about(about).args(
+                run.get_arguments()
+                    .filter(|a| a.get_id() != "runbook")
+                    .cloned(),
+            ),
+        );
+    }
+    cmd
+}
+
+/// A description's first sentence, whole even when it runs over several lines
+/// (a cut mid-sentence reads as a different statement), as one line with
+/// control characters escaped: the file could hold anything.
+fn first_sentence(description: &str) -> String {
+    let text = description.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut end = text.len();
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let next_blank = chars.peek().map_or(true, |(_, n)| *n == ' ');
+        if matches!(c, '。' | '！' | '？') || (matches!(c, '.' | '!' | '?') && next_blank) {
+            end = i + c.len_utf8();
+            break;
+        }
+    }
+    crate::sanitize::escape_controls(&text.as_bytes()[..end])
 }
 
 fn show(name: &str, root: &Path) -> Result<i32> {

@@ -44,7 +44,10 @@ pub enum Command {
     /// List the runbooks found here and in the built-in library.
     List,
     /// Show a runbook's params, steps and rollback guide.
-    Show { runbook: String },
+    Show {
+        /// Runbook name or file.
+        runbook: String,
+    },
     /// Validate and lint runbooks and inventories; non-zero on any problem.
     Check {
         /// Runbooks to check (default: every runbook and inventory found).
@@ -52,9 +55,11 @@ pub enum Command {
     },
     /// Show an environment's groups and hosts as a tree.
     Inventory {
+        /// Environment: reads inventories/ENV.yaml.
         #[arg(long, short = 'E')]
         env: Option<String>,
-        #[arg(long, short = 'i')]
+        /// Inventory file (instead of inventories/ENV.yaml).
+        #[arg(long, short = 'i', value_name = "FILE")]
         inventory: Option<PathBuf>,
     },
     /// List past runs: id, runbook, env, operator, result, start, duration.
@@ -71,7 +76,10 @@ pub enum Command {
     /// Check a log's (or plan's) signature and that every output file it cites is unchanged.
     Verify(VerifyArgs),
     /// Print shell completions.
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to write the completion script for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -84,7 +92,7 @@ pub struct RunArgs {
     pub env: Option<String>,
 
     /// Inventory file (instead of inventories/ENV.yaml).
-    #[arg(long, short = 'i')]
+    #[arg(long, short = 'i', value_name = "FILE")]
     pub inventory: Option<PathBuf>,
 
     /// Set a param: -e KEY=VALUE (repeatable). Secret params come from OPSRUN_SECRET_<NAME> or a prompt.
@@ -95,8 +103,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Output format of --dry-run.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    /// With --dry-run: print the plan as text or as JSON for tooling.
+    #[arg(long, value_enum, default_value_t = Format::Text, requires = "dry_run")]
     pub format: Format,
 
     /// Change ticket id, recorded in the log.
@@ -237,9 +245,38 @@ pub fn normalize_args(mut args: Vec<String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn v(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()
+    }
+
+    /// Every argument and command of every subcommand says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if cmd.get_about().is_none() && !path.is_empty() {
+                missing.push(format!("`opsrun{path}` has no about"));
+            }
+            for a in cmd.get_arguments() {
+                match a.get_help() {
+                    None => missing.push(format!("`opsrun{path}`: argument `{}`", a.get_id())),
+                    Some(h) if h.to_string().contains('\n') => missing.push(format!(
+                        "`opsrun{path}`: argument `{}` (not one line)",
+                        a.get_id()
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "without help:\n{}", missing.join("\n"));
     }
 
     #[test]

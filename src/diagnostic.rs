@@ -114,6 +114,10 @@ impl fmt::Display for Diagnostic {
             };
             // Trailing spaces in the caret line would be noise in tests and terminals.
             let width = width.min(shown.chars().count().saturating_sub(col - 1).max(1));
+            // Columns count characters; the caret line counts terminal cells, so
+            // that it stays under a wide (CJK) name like `备注`.
+            let before: String = shown.chars().take(col - 1).collect();
+            let under: String = shown.chars().skip(col - 1).take(width).collect();
             writeln!(f)?;
             writeln!(f, "{:gutter$} |", "")?;
             writeln!(f, "{line_no} | {shown}")?;
@@ -121,8 +125,8 @@ impl fmt::Display for Diagnostic {
                 f,
                 "{:gutter$} | {}{}",
                 "",
-                " ".repeat(col - 1),
-                "^".repeat(width)
+                " ".repeat(console::measure_text_width(&before)),
+                "^".repeat(console::measure_text_width(&under).max(1))
             )?;
         }
         if let Some(help) = &self.help {

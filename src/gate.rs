@@ -85,6 +85,8 @@ pub enum GateError {
     Interrupted { prompt: String },
     #[error("gate \"{prompt}\" needs an answer, but stdin is not a terminal and --yes was not given (opsrun never reads an answer from a pipe)")]
     NoTerminal { prompt: String },
+    #[error("inventory `{env}` asks for its name to be typed (confirm: typed): with --yes, name it explicitly with `--env {env}`")]
+    TypedNeedsEnv { env: String },
     #[error("cannot read the answer to \"{prompt}\": {source}")]
     Read {
         prompt: String,
@@ -145,6 +147,13 @@ impl Gates {
             return Ok(Answer {
                 confirmed: true,
                 text: format!("--yes --env {env}"),
+            });
+        }
+        // --yes alone does not answer a typed gate; without a terminal to type
+        // at, say what does rather than that --yes is missing.
+        if self.yes && !self.interactive {
+            return Err(GateError::TypedNeedsEnv {
+                env: env.to_string(),
             });
         }
         let text = self.ask(

@@ -323,6 +323,69 @@ fn yaml_err(rb: &Runbook, e: yaml::Error) -> Error {
     })
 }
 
+/// A run that would touch no host at all is refused: it would "succeed" and sign
+/// a log of nothing. One step whose glob matches nothing (an optional `lb*`
+/// group) is fine, and so is a runbook of `local: true` steps only.
+fn no_host_at_all(
+    rb: &Runbook,
+    inventory: &Inventory,
+    opts: &Options,
+    targets: &HashMap<(bool, usize), Vec<String>>,
+) -> Result<(), Error> {
+    let remote: Vec<(usize, &crate::runbook::Text)> = rb
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.local)
+        .filter_map(|(i, s)| Some((i, s.on.as_ref().or(rb.hosts.as_ref())?)))
+        .collect();
+    if remote
+        .iter()
+        .any(|(i, _)| targets.get(&(false, *i)).is_some_and(|h| !h.is_empty()))
+    {
+        return Ok(());
+    }
+    let Some(&(_, first)) = remote.first() else {
+        return Ok(());
+    };
+    let mut patterns: Vec<&str> = Vec::new();
+    for (_, p) in &remote {
+        if !patterns.contains(&p.src.as_str()) {
+            patterns.push(&p.src);
+        }
+    }
+    let quoted = patterns
+        .iter()
+        .map(|p| format!("`{p}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Patterns were resolved above, so they are valid: only the limit can be at fault
+    // when they match hosts on their own.
+    let unlimited = remote
+        .iter()
+        .any(|(_, p)| pattern::resolve(&p.src, inventory).is_ok_and(|h| !h.is_empty()));
+    if let (Some(limit), true) = (&opts.limit, unlimited) {
+        return Err(Error::Usage(format!(
+            "--limit `{limit}` matches none of the hosts runbook `{}` runs on ({quoted} in inventory `{}`): there is nothing to run",
+            rb.name, inventory.name
+        )));
+    }
+    Err(Error::from(Diagnostic {
+        level: crate::diagnostic::Level::Error,
+        source: rb.source.clone(),
+        span: first.span,
+        message: format!(
+            "{quoted} {} no host in inventory `{}`: there is nothing to run",
+            if patterns.len() == 1 { "matches" } else { "match" },
+            inventory.name
+        ),
+        help: Some(
+            "a step's `on:` glob may match nothing (an optional group), but a run needs at least one host"
+                .into(),
+        ),
+    }))
+}
+
 impl Planner {
     pub fn new(runbook: Runbook, inventory: Inventory, opts: Options) -> Result<Planner, Error> {
         let rb = Arc::new(runbook);
@@ -411,6 +474,7 @@ impl Planner {
                 targets.insert((guide_list, i), hosts);
             }
         }
+        no_host_at_all(&rb, &inventory, &opts, &targets)?;
         // Batches are cut from the runbook's own hosts: a step on other hosts (a load
         // balancer) takes part in every batch instead of getting a batch of its own.
         let serial_list: Vec<String> = match &rb.hosts {
@@ -1923,6 +1987,14 @@ steps:
         let plan = p.plan().unwrap();
         assert!(plan.steps[0].targets.is_empty());
         assert!(crate::preview::text(&plan).contains("on: lb*\n    no hosts\n"));
+    }
+
+    #[test]
+    fn a_runbook_of_local_steps_only_needs_no_host() {
+        // Runs on no host are refused, but this one runs on the control machine.
+        let rb = "name: l\nhosts: \"web*\"\nsteps:\n  - name: check package\n    local: true\n    run: test -f x\n";
+        let plan = planner(rb, INVENTORY, Some("oa1")).plan().unwrap();
+        assert_eq!(plan.steps.len(), 1);
     }
 
     #[test]

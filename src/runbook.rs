@@ -286,7 +286,7 @@ pub fn check_identifier(node: &Node, name: &str, what: &str) -> yaml::Result<()>
     } else {
         Err(Error::new(
             node.span,
-            format!("invalid {what} name `{name}`: expected letters, digits and `_`, not starting with a digit"),
+            format!("invalid {what} name `{name}`: expected ASCII letters, digits and `_`, not starting with a digit"),
         ))
     }
 }

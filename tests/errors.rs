@@ -1416,7 +1416,7 @@ steps:
         ],
         args: &["x", "--env", "test", "--dry-run"],
         stderr: r#"
-error: invalid capture name `my-var`: expected letters, digits and `_`, not starting with a digit
+error: invalid capture name `my-var`: expected ASCII letters, digits and `_`, not starting with a digit
   --> runbooks/x.yaml:6:14
   |
 6 |     capture: my-var
@@ -1819,6 +1819,97 @@ steps:
         args: &["x", "--dry-run"],
         stderr: r#"
 error: no inventory: give `--env ENV` (reads inventories/ENV.yaml) or `-i FILE`
+"#,
+    },
+    Case {
+        name: "format_json_without_dry_run",
+        files: &[],
+        args: &["ok", "--env", "test", "--format", "json", "--yes"],
+        stderr: r#"
+error: the following required arguments were not provided:
+  --dry-run
+
+Usage: opsrun run --dry-run --env <ENV> --format <FORMAT> --yes <RUNBOOK>
+
+For more information, try '--help'.
+"#,
+    },
+    Case {
+        name: "limit_matches_none_of_the_runbook_hosts",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: echo hi
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run", "--limit", "dm1"],
+        stderr: r#"
+error: --limit `dm1` matches none of the hosts runbook `x` runs on (`app` in inventory `test`): there is nothing to run
+"#,
+    },
+    Case {
+        name: "limit_matches_no_host_in_a_real_run",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: echo hi
+  - name: b
+    on: "lb*"
+    run: echo lb
+"#),
+        ],
+        args: &["x", "--env", "test", "--yes", "--no-sign", "--limit", "db"],
+        stderr: r#"
+error: --limit `db` matches none of the hosts runbook `x` runs on (`app`, `lb*` in inventory `test`): there is nothing to run
+"#,
+    },
+    Case {
+        name: "runbook_hosts_match_no_host",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: "web*"
+steps:
+  - name: a
+    run: echo hi
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: `web*` matches no host in inventory `test`: there is nothing to run
+  --> runbooks/x.yaml:2:8
+  |
+2 | hosts: "web*"
+  |        ^^^^^^
+  = help: a step's `on:` glob may match nothing (an optional group), but a run needs at least one host
+"#,
+    },
+    Case {
+        name: "param_name_not_ascii",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+params:
+  备注: { default: "" }
+steps:
+  - name: a
+    run: echo hi
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: invalid param name `备注`: expected ASCII letters, digits and `_`, not starting with a digit
+  --> runbooks/x.yaml:4:3
+  |
+4 |   备注: { default: "" }
+  |   ^^^^
 "#,
     },
 ];

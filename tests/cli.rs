@@ -1,0 +1,183 @@
+//! The command line around the runs: `list`, `completions`, the typed gate with `--yes`.
+
+mod common;
+
+use common::{Test, BIN};
+use std::process::{Command, Stdio};
+
+/// A `connection: local` host no other test binary uses: host locks are machine-wide.
+fn local_host() -> String {
+    format!("cli{}", std::process::id())
+}
+
+fn typed_inventory() -> String {
+    format!(
+        "name: prod\nconfirm: typed\ngroups:\n  local:\n    hosts:\n      {}: {{ connection: local }}\n",
+        local_host()
+    )
+}
+
+const ECHO: &str = "name: echo\nhosts: local\nsteps:\n  - name: say hi\n    run: echo hi\n";
+
+#[test]
+fn typed_gate_with_yes_but_no_env_says_that_it_needs_env() {
+    let out = Test::new()
+        .write("inventories/prod.yaml", typed_inventory())
+        .write("runbooks/echo.yaml", ECHO)
+        .args(["echo", "-i", "inventories/prod.yaml", "--yes", "--no-sign"])
+        .expect_status(3)
+        .run();
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        "not confirmed: inventory `prod` asks for its name to be typed (confirm: typed): with --yes, name it explicitly with `--env prod`",
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("stdin is not a terminal"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn typed_gate_with_yes_and_env_runs() {
+    Test::new()
+        .write("inventories/prod.yaml", typed_inventory())
+        .write("runbooks/echo.yaml", ECHO)
+        .args(["echo", "--env", "prod", "--yes", "--no-sign"])
+        .expect_status(0)
+        .stderr_contains("succeeded")
+        .run();
+}
+
+/// The `opsrun list` line of runbook `name`, without the padding after the name.
+fn list_entry(stdout: &str, name: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| {
+            let (n, rest) = l.split_once(' ')?;
+            (n == name).then(|| rest.trim_start().to_string())
+        })
+        .unwrap_or_else(|| panic!("no `{name}` in:\n{stdout}"))
+}
+
+#[test]
+fn list_shows_the_first_sentence_whole() {
+    let out = Test::new()
+        .write(
+            "runbooks/restart.yaml",
+            "name: restart\ndescription: |\n  Restart the app on every node, one at a time, keeping the load\n  balancer in step. Follows SOP 004 §5.1; the stop waits 60 s.\nhosts: all\nsteps:\n  - name: a\n    run: echo hi\n",
+        )
+        .write(
+            "runbooks/cn.yaml",
+            "name: cn\ndescription: 重启应用服务。然后检查健康状态。\nhosts: all\nsteps:\n  - name: a\n    run: echo hi\n",
+        )
+        .write(
+            "runbooks/long.yaml",
+            "name: long\ndescription: One sentence without an end\nhosts: all\nsteps:\n  - name: a\n    run: echo hi\n",
+        )
+        .arg("list")
+        .run();
+    assert_eq!(
+        list_entry(&out.stdout, "restart"),
+        "Restart the app on every node, one at a time, keeping the load balancer in step.  [runbooks/restart.yaml]"
+    );
+    assert_eq!(
+        list_entry(&out.stdout, "cn"),
+        "重启应用服务。  [runbooks/cn.yaml]"
+    );
+    assert_eq!(
+        list_entry(&out.stdout, "long"),
+        "One sentence without an end  [runbooks/long.yaml]"
+    );
+    // The report: the built-in app-sync was cut at "keeping the test".
+    assert_eq!(
+        list_entry(&out.stdout, "app-sync"),
+        "Copy the production e-cology tree to the test environment, keeping the test environment's own database and session settings.  [built-in]"
+    );
+}
+
+#[test]
+fn list_escapes_control_characters_of_a_description() {
+    let out = Test::new()
+        .write(
+            "runbooks/esc.yaml",
+            "name: esc\ndescription: \"Paint \\e[31mred\\e[0m.\"\nhosts: all\nsteps:\n  - name: a\n    run: echo hi\n",
+        )
+        .arg("list")
+        .run();
+    let entry = list_entry(&out.stdout, "esc");
+    assert!(!entry.contains('\x1b'), "{entry:?}");
+    assert_eq!(entry, "Paint \\x1b[31mred\\x1b[0m.  [runbooks/esc.yaml]");
+}
+
+/// The write end of a pipe whose read end is already closed.
+fn closed_pipe() -> std::fs::File {
+    use std::os::fd::FromRawFd as _;
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills two new descriptors; the read one is closed at once and
+    // the write one is owned by the File from here on.
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0, "pipe()");
+        libc::close(fds[0]);
+        std::fs::File::from_raw_fd(fds[1])
+    }
+}
+
+#[test]
+fn completions_to_a_closed_pipe_exit_quietly() {
+    for shell in ["zsh", "bash", "fish"] {
+        // The read end is closed before opsrun writes a byte: every write fails with EPIPE,
+        // as with `opsrun completions zsh | head -1`.
+        let writer = closed_pipe();
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run opsrun");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {stderr}");
+        assert_eq!(stderr, "", "{shell}");
+    }
+}
+
+#[test]
+fn completions_offer_runbook_names_and_environments() {
+    let out = Test::new()
+        .write("runbooks/night-restart.yaml", ECHO)
+        // Both extensions of one name, and a name that is a command: no duplicate command.
+        .write("runbooks/night-restart.yml", ECHO)
+        .write("runbooks/check.yaml", ECHO)
+        .write("inventories/staging-cn.yaml", typed_inventory())
+        .args(["completions", "zsh"])
+        .run();
+    // Runbooks are run as `opsrun NAME`: offered as commands, with their description.
+    assert!(
+        out.stdout.contains("'night-restart:Run this runbook'"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("'upgrade:Upgrade e-cology from one or more packages"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("'--env=[Environment\\: reads inventories/ENV.yaml]:ENV:(staging-cn)'"),
+        "{}",
+        out.stdout
+    );
+    // `opsrun show NAME`, `opsrun check NAME...`
+    assert!(
+        out.stdout
+            .contains(":runbook -- Runbook name or file:(night-restart app-sync "),
+        "{}",
+        out.stdout
+    );
+}
