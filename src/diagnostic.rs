@@ -33,9 +33,7 @@ impl SourceFile {
     }
 
     pub fn sha256(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(self.text.as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        crate::digest::sha256_hex(self.text.as_bytes())
     }
 
     fn line_text(&self, line: usize) -> Option<&str> {

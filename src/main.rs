@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(opsrun::app::main());
+    std::process::exit(opsrun::cli::main());
 }

@@ -202,7 +202,7 @@ mod tests {
             1,
             "the part file is removed"
         );
-        let right = crate::record::sha256_hex(b"new release");
+        let right = crate::digest::sha256_hex(b"new release");
         let ok = run(&right);
         assert!(
             ok.status.success(),

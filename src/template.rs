@@ -6,7 +6,7 @@
 //! suggestion rather than as minijinja's generic "undefined value".
 
 use crate::diagnostic::{did_you_mean, Pos, SourceFile, Span};
-use crate::runbook::Text;
+use crate::load::runbook::Text;
 use crate::shell;
 use crate::yaml;
 use minijinja::value::Value;

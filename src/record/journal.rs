@@ -14,7 +14,7 @@
 //! event. Events that record a decision or an end ([`Journal::sync`] callers:
 //! gates, manual steps, start and end of the run) are waited for.
 
-use crate::events::Event;
+use crate::record::events::Event;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -228,7 +228,7 @@ pub fn read(path: &Path) -> Result<Replay, JournalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{now, Outcome};
+    use crate::record::events::{now, Outcome};
 
     fn event(n: usize) -> Event {
         Event::RunFinished {

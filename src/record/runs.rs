@@ -1,9 +1,9 @@
 //! Past runs, read back from their journals: `opsrun runs`, `log`, `rollback`, `--resume`.
 
 use crate::error::Error;
-use crate::events::{Event, Outcome, Phase, Status, Time};
-use crate::journal;
 use crate::plan::{Captures, Completion, RunInfo};
+use crate::record::events::{Event, Outcome, Phase, Status, Time};
+use crate::record::journal;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

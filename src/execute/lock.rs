@@ -39,7 +39,7 @@ pub fn path(ep: &Endpoint) -> String {
                 })
                 .collect();
             let cwd = std::env::current_dir().unwrap_or_default();
-            let digest = crate::record::sha256_hex(cwd.as_os_str().as_encoded_bytes());
+            let digest = crate::digest::sha256_hex(cwd.as_os_str().as_encoded_bytes());
             format!("/tmp/opsrun-lock-local-{name}-{}", &digest[..12])
         }
     }

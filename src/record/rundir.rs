@@ -1,9 +1,9 @@
 //! The run directory: `<log-dir>/<run-id>/` with the journal, full outputs,
 //! copies of the runbook and inventory, and (at the end) the Markdown log.
 
-use crate::events::{Event, Saved};
-use crate::journal::{Journal, JournalError};
-use sha2::{Digest, Sha256};
+use crate::digest::sha256_hex;
+use crate::record::events::{Event, Saved};
+use crate::record::journal::{Journal, JournalError};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -26,33 +26,6 @@ pub enum RecordError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The sha256 of a file, read in chunks (packages can be hundreds of MB).
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 /// File names from step names and hosts: letters and digits of any script (a

@@ -10,8 +10,7 @@
 //! SSHSIG carries no time, so the signer's identity, key and the signing time
 //! are written into the document before it is signed: the signature covers them.
 
-use crate::events::Time;
-use sha2::{Digest, Sha256};
+use crate::record::events::Time;
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 use std::io::{IsTerminal, Write};
 use std::path::{Component, Path, PathBuf};
@@ -455,7 +454,7 @@ impl Signing {
                 Ok(None)
             }
             Signing::Signed(signer) => {
-                let info = signer.info(crate::events::now());
+                let info = signer.info(crate::record::events::now());
                 let text = render(Some(&info));
                 write(path, text.as_bytes())?;
                 let armored = signer.sign(text.as_bytes());
@@ -477,7 +476,7 @@ impl Signing {
 /// the signing time is not recorded in it).
 pub fn sign_file(path: &Path, opts: &SignOptions) -> Result<SignInfo, SignError> {
     let signer = Signer::load(opts)?;
-    let info = signer.info(crate::events::now());
+    let info = signer.info(crate::record::events::now());
     let sig = signer.sign_existing(path)?;
     Ok(SignInfo { signer: info, sig })
 }
@@ -629,13 +628,6 @@ fn contained(rel: &str) -> bool {
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Verifies `<doc>.sig` over `doc`, the signer against an allowed_signers file
 /// when given, and every output file the document cites against its sha256.
 /// `Err` only when the inputs cannot be read at all (a usage error).
@@ -753,7 +745,7 @@ pub fn verify(doc: &Path, opts: &VerifyOptions) -> Result<Verification, SignErro
         }
         match std::fs::read(dir.join(file)) {
             Ok(b) => {
-                let got = hex_sha256(&b);
+                let got = crate::digest::sha256_hex(&b);
                 if got == *want {
                     v.check(&format!("output {file}"), true, "sha256 matches");
                 } else {

@@ -123,7 +123,7 @@ pub enum Event {
         hosts: Vec<String>,
         /// The service this step stops or starts, for the downtime report.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        service: Option<crate::runbook::Service>,
+        service: Option<crate::load::runbook::Service>,
     },
     TargetStarted {
         time: Time,

@@ -1,6 +1,6 @@
 //! Printing a plan: the text a `--dry-run` shows and the JSON it emits for tooling.
 
-use crate::inventory::ConfirmMode;
+use crate::load::inventory::ConfirmMode;
 use crate::plan::{Plan, PlanStep, Target};
 use console::style;
 use std::fmt::Write as _;
@@ -189,7 +189,7 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
     if s.expect_exit != [0] {
         notes.push(format!("exit codes {:?} count as success", s.expect_exit));
     }
-    if s.on_failure != crate::runbook::OnFailure::Rollback {
+    if s.on_failure != crate::load::runbook::OnFailure::Rollback {
         notes.push(format!("on failure: {:?}", s.on_failure).to_lowercase());
     }
     if let Some(svc) = &s.service {
@@ -303,7 +303,7 @@ pub fn json(plan: &Plan) -> String {
 /// escaped like the execution log, with a "How to verify" section naming the
 /// signer (`None`: an UNSIGNED banner instead). `file` is the document's own name.
 pub fn markdown(plan: &Plan, file: &str, signer: Option<&crate::sign::SignerInfo>) -> String {
-    use crate::report::{cell, code};
+    use crate::report::log::{cell, code};
     let mut o = String::new();
     let rb = &plan.runbook;
     let inv = &plan.inventory;
@@ -319,7 +319,7 @@ pub fn markdown(plan: &Plan, file: &str, signer: Option<&crate::sign::SignerInfo
         "> **DRY RUN**: nothing has been executed and no connection was opened. This is exactly what the run will send, host by host.\n"
     );
     if signer.is_none() {
-        let _ = writeln!(o, "> {}\n", crate::report::UNSIGNED_BANNER);
+        let _ = writeln!(o, "> {}\n", crate::report::log::UNSIGNED_BANNER);
     }
     if let Some(d) = &rb.description {
         let _ = writeln!(o, "{}\n", cell(d.trim()));
@@ -433,12 +433,12 @@ pub fn markdown(plan: &Plan, file: &str, signer: Option<&crate::sign::SignerInfo
             md_step(&mut o, s, &format!("R{}", s.number));
         }
     }
-    crate::report::verify_section(&mut o, file, signer, &[]);
+    crate::report::log::verify_section(&mut o, file, signer, &[]);
     o
 }
 
 fn md_step(o: &mut String, s: &PlanStep, number: &str) {
-    use crate::report::{cell, code, fenced};
+    use crate::report::log::{cell, code, fenced};
     let _ = writeln!(o, "\n### {number}. {}\n", cell(&s.name));
     let mut notes = vec![format!("on: {}", code(&s.on))];
     if s.skipped_by_start_at {
@@ -453,7 +453,7 @@ fn md_step(o: &mut String, s: &PlanStep, number: &str) {
     if s.expect_exit != [0] {
         notes.push(format!("exit codes {:?} count as success", s.expect_exit));
     }
-    if s.on_failure != crate::runbook::OnFailure::Rollback {
+    if s.on_failure != crate::load::runbook::OnFailure::Rollback {
         notes.push(format!("on failure: {:?}", s.on_failure).to_lowercase());
     }
     if let Some(svc) = &s.service {

@@ -1,7 +1,7 @@
 //! `opsrun check`: the traps of the source SOPs (PROCEDURES.md) caught before a run.
 
 use crate::diagnostic::{Diagnostic, Level, Span};
-use crate::runbook::{Action, Runbook, ServiceState, Step, Text};
+use crate::load::runbook::{Action, Runbook, ServiceState, Step, Text};
 use regex::Regex;
 use std::sync::OnceLock;
 
@@ -51,7 +51,7 @@ pub fn lint(rb: &Runbook) -> Vec<Diagnostic> {
         .params
         .iter()
         .filter(|p| {
-            !p.secret && p.kind == crate::runbook::ParamType::String && p.choices.is_empty()
+            !p.secret && p.kind == crate::load::runbook::ParamType::String && p.choices.is_empty()
         })
         .map(|p| p.name.as_str())
         .collect();

@@ -2,7 +2,8 @@
 //! lines when stderr is not a terminal (CI, `| tee`). Everything goes to stderr;
 //! stdout carries only the final log path.
 
-use crate::events::Status;
+use crate::plural::count;
+use crate::record::events::Status;
 use crate::sanitize::escape_controls;
 use console::style;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -24,11 +25,6 @@ fn mark(status: Status) -> String {
         Status::TimedOut => style("⏱").red().bold().to_string(),
         Status::Skipped => style("-").dim().to_string(),
     }
-}
-
-/// `1 step`, `2 steps`: a count with its noun agreeing, wherever a number is shown.
-pub fn count(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn secs(d: Duration) -> String {

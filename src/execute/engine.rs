@@ -6,14 +6,14 @@
 //! dry-run printed, once with secrets (to send) and once masked (to record).
 
 use crate::error::exit;
-use crate::events::{self, CheckAttempt, Event, Outcome as RunOutcome, Phase, Status};
-use crate::gate::{Answer, GateError, Gates};
+use crate::execute::gate::{Answer, GateError, Gates};
+use crate::execute::view::Ui;
+use crate::load::runbook::{Action, OnFailure, Step};
 use crate::plan::{Captures, Completion, Planner, Reveal, StepRef, Target};
-use crate::record::{slug, RecordError, Recorder};
-use crate::runbook::{Action, OnFailure, Step};
+use crate::record::events::{self, CheckAttempt, Event, Outcome as RunOutcome, Phase, Status};
+use crate::record::rundir::{slug, RecordError, Recorder};
 use crate::sanitize::{escape_controls, Redactor};
 use crate::transport::{Command, Connection, Stdin};
-use crate::ui::Ui;
 use futures::future::join_all;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -332,7 +332,7 @@ impl Engine<'_> {
                     self.ui.warn(&format!(
                         "step `{}` failed on {}; on_failure: continue",
                         step.name,
-                        crate::ui::count(failed.len(), "host", "hosts")
+                        crate::plural::count(failed.len(), "host", "hosts")
                     ));
                 }
                 continue;
@@ -344,7 +344,7 @@ impl Engine<'_> {
             let message = format!("step `{}` failed on {}", step.name, names.join(", "));
             self.ui.error(&message);
             // One line quoted is a guess: say where the whole output is.
-            let log = self.rec.dir().join(crate::runner::LOG_FILE);
+            let log = self.rec.dir().join(crate::execute::LOG_FILE);
             for d in &failed {
                 if let Some(path) = &d.output {
                     let stream = path
@@ -376,7 +376,7 @@ impl Engine<'_> {
         number: usize,
         step: &Step,
         hosts: &'h [String],
-        service: Option<crate::runbook::Service>,
+        service: Option<crate::load::runbook::Service>,
         each: F,
     ) -> Result<Vec<Done>, ExecError>
     where
@@ -743,7 +743,7 @@ impl Engine<'_> {
                 }
                 return Ok(Verdict::Failed(format!(
                     "check failed after {}",
-                    crate::ui::count(rec.checks.len(), "attempt", "attempts")
+                    crate::plural::count(rec.checks.len(), "attempt", "attempts")
                 )));
             }
         }
@@ -862,8 +862,12 @@ impl Engine<'_> {
         // Undoing a stop is a start (and vice versa): the downtime report follows it.
         let service = step.service.clone().map(|mut s| {
             s.state = match s.state {
-                crate::runbook::ServiceState::Stopped => crate::runbook::ServiceState::Started,
-                crate::runbook::ServiceState::Started => crate::runbook::ServiceState::Stopped,
+                crate::load::runbook::ServiceState::Stopped => {
+                    crate::load::runbook::ServiceState::Started
+                }
+                crate::load::runbook::ServiceState::Started => {
+                    crate::load::runbook::ServiceState::Stopped
+                }
             };
             s
         });

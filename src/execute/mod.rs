@@ -3,18 +3,23 @@
 //! before anything happens on a host, and the log is written however the run
 //! ends; a run killed outright still leaves its journal.
 
+pub mod engine;
+pub mod gate;
+pub mod lock;
+pub mod view;
+
 use crate::error::{exit, Error};
-use crate::events::{self, Event, HostInfo, Outcome};
-use crate::execute::{Engine, ExecError, Finish, Interrupt, Stop};
-use crate::gate::Gates;
-use crate::inventory::ConfirmMode;
-use crate::lock;
+use crate::execute::engine::{Engine, ExecError, Finish, Interrupt, Stop};
+use crate::execute::gate::Gates;
+use crate::execute::view::Ui;
+use crate::load::inventory::ConfirmMode;
 use crate::plan::{Captures, Plan, Planner, Reveal, StepRef};
-use crate::record::Recorder;
-use crate::runs::Recorded;
+use crate::plural::count;
+use crate::record::events::{self, Event, HostInfo, Outcome};
+use crate::record::rundir::Recorder;
+use crate::record::runs::Recorded;
 use crate::sanitize::{escape_controls, Redactor};
 use crate::transport::{self, Command, Connection, ConnectionKind, Endpoint};
-use crate::ui::{count, Ui};
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -78,7 +83,7 @@ pub fn run(planner: &mut Planner, settings: Settings) -> Result<RunResult, Error
     runtime.block_on(run_async(planner, &plan, settings, rec, run_id))
 }
 
-fn record_err(e: crate::record::RecordError) -> Error {
+fn record_err(e: crate::record::rundir::RecordError) -> Error {
     Error::Io(e.to_string())
 }
 
@@ -221,7 +226,7 @@ async fn run_async(
     signals.abort();
     let finish = match finish {
         Ok(f) => f,
-        Err(ExecError::Gate(e @ crate::gate::GateError::Interrupted { .. })) => Finish {
+        Err(ExecError::Gate(e @ crate::execute::gate::GateError::Interrupted { .. })) => Finish {
             outcome: Outcome::Interrupted,
             message: e.to_string(),
             exit_code: exit::INTERRUPTED,
@@ -359,14 +364,14 @@ fn ask_stop(interactive: bool) -> Stop {
     if !interactive {
         return Stop::Now;
     }
-    let mark = crate::gate::sigint_mark();
+    let mark = crate::execute::gate::sigint_mark();
     eprintln!();
     eprintln!("Interrupted. What now?");
     eprintln!("  [w] wait for the running step to finish, then stop");
     eprintln!("  [s] stop now (the running step is left unfinished)");
     eprintln!("  [r] stop now and roll back the completed steps");
     eprint!("Choice [w/s/r] (Ctrl-C again: stop now): ");
-    let Some(Ok(line)) = crate::gate::read_line_or_ctrl_c(mark) else {
+    let Some(Ok(line)) = crate::execute::gate::read_line_or_ctrl_c(mark) else {
         return Stop::Now;
     };
     match line.trim().to_lowercase().as_str() {
@@ -417,7 +422,7 @@ pub const LOG_FILE: &str = "log.md";
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error(transparent)]
-    Journal(#[from] crate::record::RecordError),
+    Journal(#[from] crate::record::rundir::RecordError),
     #[error("cannot write or sign the log `{}`: {source}", path.display())]
     Sign {
         path: PathBuf,
@@ -431,12 +436,12 @@ pub fn write_log(
     dir: &Path,
     signing: &crate::sign::Signing,
 ) -> Result<(PathBuf, Option<crate::sign::SignInfo>), LogError> {
-    let replay = crate::journal::read(&dir.join(crate::journal::FILE))
-        .map_err(crate::record::RecordError::from)?;
+    let replay = crate::record::journal::read(&dir.join(crate::record::journal::FILE))
+        .map_err(crate::record::rundir::RecordError::from)?;
     let log = dir.join(LOG_FILE);
     let signed = signing
         .write_document(&log, |signer| {
-            crate::report::render(&replay.events, dir, signer)
+            crate::report::log::render(&replay.events, dir, signer)
         })
         .map_err(|source| LogError::Sign {
             path: log.clone(),
@@ -832,7 +837,7 @@ async fn rollback_recorded(
 }
 
 /// Says what a rollback restored, and what it could not.
-fn undone_message(planner: &Planner, undone: &crate::execute::Undone) -> String {
+fn undone_message(planner: &Planner, undone: &crate::execute::engine::Undone) -> String {
     if undone.failed.is_empty() {
         return format!("restored {}", undone.summary(planner));
     }
@@ -960,7 +965,7 @@ pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>,
     let mut lines = Vec::new();
     let guide = planner.runbook.rollback.len();
     if guide == 0 {
-        let undo = crate::execute::undoable(planner, &recorded.completed);
+        let undo = crate::execute::engine::undoable(planner, &recorded.completed);
         lines.extend(undo_lines(planner, &recorded.captures, &undo));
         let mut on = std::collections::HashSet::new();
         for c in &undo {
@@ -1072,7 +1077,7 @@ fn guide_step_rendered(
     } else {
         planner.batch_hosts(r, batch)
     };
-    let manual = matches!(step.action, crate::runbook::Action::Manual(_));
+    let manual = matches!(step.action, crate::load::runbook::Action::Manual(_));
     if hosts.is_empty() && !manual {
         return;
     }
@@ -1107,7 +1112,7 @@ fn guide_step_rendered(
         let host = (!step.local).then_some(h.as_str());
         match planner.render(r, host, Some(&recorded.captures), Reveal::Masked, batch) {
             Ok(t) => {
-                let text = crate::preview::target_text(
+                let text = crate::report::preview::target_text(
                     &t,
                     step.retries,
                     &crate::duration::format(step.delay),
@@ -1134,7 +1139,7 @@ fn show_undo(engine: &Engine<'_>) {
 fn undo_lines(
     planner: &Planner,
     caps: &Captures,
-    undo: &[crate::execute::Completed],
+    undo: &[crate::execute::engine::Completed],
 ) -> Vec<String> {
     let mut lines = vec![format!(
         "{} these completed steps will be undone, in this order:",
@@ -1142,7 +1147,7 @@ fn undo_lines(
     )];
     for c in undo {
         let step = &planner.runbook.steps[c.step];
-        for round in crate::execute::undo_rounds(&c.hosts) {
+        for round in crate::execute::engine::undo_rounds(&c.hosts) {
             let hosts: Vec<String> = round.iter().map(ToString::to_string).collect();
             lines.push(format!(
                 "  [{}] {} on {}",
@@ -1161,7 +1166,7 @@ fn undo_lines(
                 ) {
                     for r in &t.rollback {
                         // A command may carry a captured value: what a host printed.
-                        let line = crate::preview::prompt_line(&t.login, r, "      ");
+                        let line = crate::report::preview::prompt_line(&t.login, r, "      ");
                         lines.push(escape_controls(line.as_bytes()));
                     }
                 }
@@ -1181,8 +1186,8 @@ async fn rollback_after_failure(
         .map(|i| engine.planner.runbook.steps[i].on_failure)
         .unwrap_or_default();
     let undoable = engine.undoable();
-    if policy != crate::runbook::OnFailure::Rollback || undoable.is_empty() {
-        let why = if policy == crate::runbook::OnFailure::Abort {
+    if policy != crate::load::runbook::OnFailure::Rollback || undoable.is_empty() {
+        let why = if policy == crate::load::runbook::OnFailure::Abort {
             "on_failure: abort"
         } else {
             "no completed step has a rollback"

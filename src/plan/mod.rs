@@ -5,11 +5,12 @@
 //! through the same `Planner::render`, so a dry-run cannot drift from a run.
 //! Values only known once a step has captured them show as `<captured: NAME>`.
 
+pub mod pattern;
+
 use crate::diagnostic::{did_you_mean, Diagnostic, Span};
 use crate::error::Error;
-use crate::inventory::{ConfirmMode, Host, Inventory};
-use crate::pattern;
-use crate::runbook::{Action, OnFailure, Runbook, Serial, Service, Step};
+use crate::load::inventory::{ConfirmMode, Host, Inventory};
+use crate::load::runbook::{Action, OnFailure, Runbook, Serial, Service, Step};
 use crate::shell::{self, Wrap};
 use crate::template::{self, Context, Kind, RenderError, TemplateId, Templates};
 use crate::transport::{ConnectionKind, Endpoint};
@@ -40,7 +41,7 @@ pub struct Options {
     /// The run's start, with the control machine's UTC offset: the id is in UTC
     /// (ids sort by time whatever the time zone), `run.stamp` and `run.date` in
     /// local time (they name files on the hosts, read by people there).
-    pub now: crate::events::Time,
+    pub now: crate::record::events::Time,
     /// For `opsrun rollback` and `--resume`: templates see the original run's
     /// id, stamp and date, so names built from `run.stamp` match what it created.
     pub original_run: Option<RunInfo>,
@@ -332,7 +333,7 @@ fn no_host_at_all(
     opts: &Options,
     targets: &HashMap<(bool, usize), Vec<String>>,
 ) -> Result<(), Error> {
-    let remote: Vec<(usize, &crate::runbook::Text)> = rb
+    let remote: Vec<(usize, &crate::load::runbook::Text)> = rb
         .steps
         .iter()
         .enumerate()
@@ -438,7 +439,7 @@ impl Planner {
             ),
             None => None,
         };
-        let resolve = |p: &crate::runbook::Text| {
+        let resolve = |p: &crate::load::runbook::Text| {
             let hosts = pattern::resolve(&p.src, &inventory).map_err(|e| {
                 // Point at the term at fault, not the whole pattern.
                 let span = e
@@ -654,7 +655,7 @@ impl Planner {
         let mut cache = self.upload_sums.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .entry(src.to_string())
-            .or_insert_with(|| crate::record::sha256_file(std::path::Path::new(src)).ok())
+            .or_insert_with(|| crate::digest::sha256_file(std::path::Path::new(src)).ok())
             .clone()
     }
 
@@ -737,7 +738,7 @@ impl Planner {
     fn base_map(&self, host: Option<&Host>, reveal: Reveal) -> BTreeMap<String, Value> {
         let mut m: BTreeMap<String, Value> = BTreeMap::new();
         let inv = &self.inventory;
-        let put = |m: &mut BTreeMap<String, Value>, vars: &crate::inventory::Vars| {
+        let put = |m: &mut BTreeMap<String, Value>, vars: &crate::load::inventory::Vars| {
             for (k, v) in vars {
                 m.insert(k.clone(), Value::from_serialize(v.to_json()));
             }
@@ -844,7 +845,7 @@ impl Planner {
                         return Err(Failure {
                             error: RenderError::Other(format!(
                                 "batch {b} does not exist: this run has {}",
-                                crate::ui::count(self.batches.len(), "batch", "batches")
+                                crate::plural::count(self.batches.len(), "batch", "batches")
                             )),
                             span: self.step(r).0.span,
                         })
@@ -1116,7 +1117,7 @@ impl Planner {
                     // A masked secret or a capture not yet known: the sum of this
                     // text is not the sum of the file a run sends.
                     let sha256 = (!(hidden && reveal == Reveal::Masked) && shown == content)
-                        .then(|| crate::record::sha256_hex(content.as_bytes()));
+                        .then(|| crate::digest::sha256_hex(content.as_bytes()));
                     let shown_sum = sha256
                         .clone()
                         .unwrap_or_else(|| format!("<sha256 of {src}, rendered>"));
@@ -1173,7 +1174,7 @@ impl Planner {
                     noted.borrow_mut().push(fail(Failure {
                         error: RenderError::Other(format!(
                             "invalid regular expression for `expect.{field}` once rendered (`{shown}`): {}",
-                            crate::runbook::regex_problem(&e)
+                            crate::load::runbook::regex_problem(&e)
                         )),
                         span: {
                             let text = self.templates.text(id);
@@ -1305,7 +1306,7 @@ impl Planner {
         let source = crate::diagnostic::SourceFile::new(src, text.clone());
         let lines = text.lines().count();
         // The whole file, spanning its lines, so positions are found line by line.
-        let whole = crate::runbook::Text {
+        let whole = crate::load::runbook::Text {
             src: text,
             span: Span {
                 start: crate::diagnostic::Pos { line: 1, col: 1 },
@@ -1699,7 +1700,7 @@ pub fn check_templates(rb: &Runbook) -> Result<(), Error> {
 
 fn compile_step(s: &Step, t: &mut Templates, errs: &mut Vec<yaml::Error>) -> StepTemplates {
     let mut add =
-        |t: &mut Templates, x: &crate::runbook::Text, kind: Kind| t.add_noting(x, kind, errs);
+        |t: &mut Templates, x: &crate::load::runbook::Text, kind: Kind| t.add_noting(x, kind, errs);
     let action = match &s.action {
         Action::Run(x) | Action::Script(x) | Action::Manual(x) => Some(add(t, x, Kind::Text)),
         _ => None,
@@ -1712,7 +1713,7 @@ fn compile_step(s: &Step, t: &mut Templates, errs: &mut Vec<yaml::Error>) -> Ste
         )),
         _ => None,
     };
-    let mut opt = |t: &mut Templates, x: &Option<crate::runbook::Text>| {
+    let mut opt = |t: &mut Templates, x: &Option<crate::load::runbook::Text>| {
         x.as_ref().map(|x| add(t, x, Kind::Text))
     };
     let as_user = opt(t, &s.as_user);
@@ -1962,9 +1963,9 @@ steps:
         );
         assert_eq!(plan.steps[1].targets.len(), 3);
         assert!(plan.steps[1].targets.iter().all(|t| t.batch.is_none()));
-        let json = crate::preview::json(&plan);
+        let json = crate::report::preview::json(&plan);
         assert!(json.contains("\"batch\": 2"), "{json}");
-        let text = crate::preview::text(&plan);
+        let text = crate::report::preview::text(&plan);
         assert!(
             text.contains("batches    [oa1, oa2] [oa3] (the step list runs batch by batch; nginx1 in every batch)"),
             "{text}"
@@ -1986,7 +1987,7 @@ steps:
         assert!(p.batch_hosts(StepRef::Forward(0), Some(1)).is_empty());
         let plan = p.plan().unwrap();
         assert!(plan.steps[0].targets.is_empty());
-        assert!(crate::preview::text(&plan).contains("on: lb*\n    no hosts\n"));
+        assert!(crate::report::preview::text(&plan).contains("on: lb*\n    no hosts\n"));
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! (backticks, `|`, ANSI escapes, NUL bytes, CJK): fences are made longer than
 //! any backtick run inside them, table cells are escaped, controls are shown.
 
-use crate::events::{Event, Outcome, Phase, Status, Time};
-use crate::runbook::ServiceState;
+use crate::load::runbook::ServiceState;
+use crate::record::events::{Event, Outcome, Phase, Status, Time};
 use crate::sanitize::escape_controls;
 use crate::sign::{labels, SignerInfo, NAMESPACE};
 use std::collections::BTreeMap;
@@ -91,7 +91,7 @@ fn truncate(text: &str) -> (String, bool) {
     (
         format!(
             "{out}\n[... {} omitted: see the full output file ...]\n{t}",
-            crate::ui::count(omitted, "line", "lines")
+            crate::plural::count(omitted, "line", "lines")
         ),
         true,
     )
@@ -241,7 +241,7 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
     let id = run_dir
         .file_name()
         .map_or(run_id, |n| n.to_string_lossy().into_owned());
-    for r in crate::runs::rollbacks_of(run_dir.parent().unwrap_or(run_dir), &id) {
+    for r in crate::record::runs::rollbacks_of(run_dir.parent().unwrap_or(run_dir), &id) {
         if r.outcome != Some(Outcome::NotConfirmed) {
             let _ = writeln!(
                 o,
@@ -483,7 +483,7 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
 
     downtime(&mut o, events);
     exceptions(&mut o, events);
-    let outputs: Vec<&crate::events::Saved> = events
+    let outputs: Vec<&crate::record::events::Saved> = events
         .iter()
         .filter_map(|e| match e {
             Event::TargetFinished { stdout, stderr, .. } => Some([stdout, stderr]),
@@ -510,7 +510,7 @@ pub fn verify_section(
     o: &mut String,
     file: &str,
     signer: Option<&SignerInfo>,
-    outputs: &[&crate::events::Saved],
+    outputs: &[&crate::record::events::Saved],
 ) {
     let q = crate::shell::quote;
     let sig = format!("{file}.sig");
@@ -648,7 +648,10 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
                 let _ = write!(
                     o,
                     "{}",
-                    fenced("console", &crate::preview::prompt_line(login, c, ""))
+                    fenced(
+                        "console",
+                        &crate::report::preview::prompt_line(login, c, "")
+                    )
                 );
                 let _ = writeln!(o);
             }
@@ -668,7 +671,7 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
                     let _ = writeln!(
                         o,
                         "{label} ({}{cut_note}; full output {} sha256 {}):\n",
-                        crate::ui::count(s.bytes as usize, "byte", "bytes"),
+                        crate::plural::count(s.bytes as usize, "byte", "bytes"),
                         code(&s.file),
                         code(&s.sha256)
                     );
@@ -700,7 +703,7 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
 
 /// Business-impact downtime per service and host: from a stop to the next start.
 fn downtime(o: &mut String, events: &[Event]) {
-    let mut service_of: BTreeMap<(Phase, usize), crate::runbook::Service> = BTreeMap::new();
+    let mut service_of: BTreeMap<(Phase, usize), crate::load::runbook::Service> = BTreeMap::new();
     for e in events {
         if let Event::StepStarted {
             phase,

@@ -878,19 +878,19 @@ fn decode_lint(n: &Node) -> yaml::Result<Vec<String>> {
         .into_iter()
         .map(|item| {
             let name = item.string("a lint name for `lint.allow`")?;
-            if crate::lint::NAMES.contains(&name.as_str()) {
+            if crate::load::lint::NAMES.contains(&name.as_str()) {
                 Ok(name)
             } else {
                 Err(Error::new(
                     item.span,
                     format!(
                         "unknown lint `{name}`{}",
-                        did_you_mean(&name, crate::lint::NAMES.iter().copied())
+                        did_you_mean(&name, crate::load::lint::NAMES.iter().copied())
                     ),
                 )
                 .help(format!(
                     "expected one of: {}",
-                    crate::lint::NAMES.join(", ")
+                    crate::load::lint::NAMES.join(", ")
                 )))
             }
         })

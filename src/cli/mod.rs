@@ -1,5 +1,7 @@
 //! The binary's edge: parse arguments, dispatch commands, turn errors into exit codes.
 
+pub mod args;
+
 /// Writes a line to stdout, ignoring a closed pipe (`opsrun runs | head`):
 /// the exit code must stay the command's own, never a panic's.
 macro_rules! outln {
@@ -9,17 +11,19 @@ macro_rules! outln {
     }};
 }
 
-use crate::cli::{
+use crate::cli::args::{
     Cli, Color, Command, ExecArgs, Format, RollbackArgs, RunArgs, SignArgs, VerifyArgs,
 };
 use crate::error::{exit, Error};
-use crate::gate::Gates;
-use crate::inventory::Inventory;
+use crate::execute as runner;
+use crate::execute::gate::Gates;
+use crate::load::inventory::Inventory;
+use crate::load::lint;
 use crate::load::{self, Origin};
 use crate::plan::{Options, Planner, StepRef};
-use crate::runs::Recorded;
+use crate::record::runs::Recorded;
+use crate::report::preview;
 use crate::sign::{SignOptions, Signing};
-use crate::{lint, preview, runner};
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use std::collections::HashMap;
@@ -28,7 +32,7 @@ use std::path::Path;
 
 /// Runs opsrun with the process arguments; returns the exit code.
 pub fn main() -> i32 {
-    let args = crate::cli::normalize_args(std::env::args().collect());
+    let args = crate::cli::args::normalize_args(std::env::args().collect());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -78,8 +82,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Runs => runs(&cli.log_dir),
         Command::Log { run, sign } => {
-            let dir = crate::runs::resolve(&cli.log_dir, &run)?;
-            for w in crate::journal::read(&dir.join(crate::journal::FILE))
+            let dir = crate::record::runs::resolve(&cli.log_dir, &run)?;
+            for w in crate::record::journal::read(&dir.join(crate::record::journal::FILE))
                 .map_err(|e| Error::Io(e.to_string()))?
                 .warnings
             {
@@ -151,7 +155,10 @@ fn parse_extra(extra: &[String]) -> Result<Vec<(String, String)>, Error> {
 }
 
 /// Secret values from `OPSRUN_SECRET_<NAME>`, or asked for without echo when `ask` is set.
-fn secrets(runbook: &crate::runbook::Runbook, ask: bool) -> Result<HashMap<String, String>, Error> {
+fn secrets(
+    runbook: &crate::load::runbook::Runbook,
+    ask: bool,
+) -> Result<HashMap<String, String>, Error> {
     let mut out = HashMap::new();
     for p in runbook.params.iter().filter(|p| p.secret) {
         let var = format!("OPSRUN_SECRET_{}", p.name.to_uppercase());
@@ -224,7 +231,7 @@ pub fn planner(args: &RunArgs, root: &Path, resume: Option<&Recorded>) -> Result
             .or_else(|| resume.and_then(|r| r.run.ticket.clone())),
         operator: operator(),
         local_user: local_user(),
-        now: crate::events::now(),
+        now: crate::record::events::now(),
         original_run: resume.map(|r| r.run.clone()),
     };
     if let Some(r) = resume {
@@ -232,7 +239,7 @@ pub fn planner(args: &RunArgs, root: &Path, resume: Option<&Recorded>) -> Result
             .events
             .iter()
             .find_map(|e| match e {
-                crate::events::Event::RunStarted { kind, runbook, .. } => {
+                crate::record::events::Event::RunStarted { kind, runbook, .. } => {
                     Some((kind.clone(), runbook.clone()))
                 }
                 _ => None,
@@ -302,7 +309,9 @@ fn write_plan(plan: &crate::plan::Plan, out: &Path, signing: &Signing) -> Result
 
 fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
     let recorded = match &args.resume {
-        Some(spec) => Some(crate::runs::load(&crate::runs::resolve(log_dir, spec)?)?),
+        Some(spec) => Some(crate::record::runs::load(&crate::record::runs::resolve(
+            log_dir, spec,
+        )?)?),
         None => None,
     };
     if let Some(r) = &recorded {
@@ -369,8 +378,8 @@ fn finish_run(result: runner::RunResult) -> Result<i32> {
 /// `opsrun rollback RUN`: re-plans the recorded runbook and inventory with the
 /// run's params, stamp and captures, then undoes it as a run of its own.
 fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
-    let dir = crate::runs::resolve(log_dir, &args.run)?;
-    let recorded = crate::runs::load(&dir)?;
+    let dir = crate::record::runs::resolve(log_dir, &args.run)?;
+    let recorded = crate::record::runs::load(&dir)?;
     for w in &recorded.warnings {
         eprintln!("warning: {w}");
     }
@@ -387,7 +396,7 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
         .events
         .iter()
         .find_map(|e| match e {
-            crate::events::Event::RunStarted {
+            crate::record::events::Event::RunStarted {
                 runbook_path,
                 inventory_path,
                 ..
@@ -422,7 +431,7 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
         ticket: args.ticket.clone().or_else(|| recorded.run.ticket.clone()),
         operator: operator(),
         local_user: local_user(),
-        now: crate::events::now(),
+        now: crate::record::events::now(),
         original_run: Some(recorded.run.clone()),
     };
     let mut planner = Planner::new(runbook, inventory, opts)?;
@@ -454,7 +463,7 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
 }
 
 fn runs(log_dir: &Path) -> Result<i32> {
-    let all = crate::runs::list(log_dir);
+    let all = crate::record::runs::list(log_dir);
     if all.is_empty() {
         outln!("no runs recorded in {}", log_dir.display());
         return Ok(exit::OK);
@@ -569,7 +578,7 @@ fn verify(args: &VerifyArgs) -> Result<i32> {
             out,
             "result     {} ({} passed{})",
             console::style("VERIFIED").green().bold(),
-            crate::ui::count(v.checks.len(), "check", "checks"),
+            crate::plural::count(v.checks.len(), "check", "checks"),
             if v.authenticated {
                 ", signer authenticated"
             } else {
@@ -582,7 +591,7 @@ fn verify(args: &VerifyArgs) -> Result<i32> {
             out,
             "result     {} ({failed} of {} failed)",
             console::style("FAILED").red().bold(),
-            crate::ui::count(v.checks.len(), "check", "checks")
+            crate::plural::count(v.checks.len(), "check", "checks")
         );
         Ok(exit::STEP_FAILED)
     }
@@ -624,7 +633,7 @@ fn completion_command(root: &Path) -> clap::Command {
         .map(|(n, _)| n)
         // A name that is a command, or that a shell would split, cannot be completed as one.
         .filter(|n| {
-            !crate::cli::SUBCOMMANDS.contains(&n.as_str())
+            !crate::cli::args::SUBCOMMANDS.contains(&n.as_str())
                 && !n.starts_with('-')
                 && n.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -721,7 +730,7 @@ fn show(name: &str, root: &Path) -> Result<i32> {
             attrs.join(", ")
         );
     }
-    let describe = |prefix: &str, steps: &[crate::runbook::Step]| {
+    let describe = |prefix: &str, steps: &[crate::load::runbook::Step]| {
         for (i, s) in steps.iter().enumerate() {
             let mut marks = Vec::new();
             if s.confirm.is_some() {
@@ -771,7 +780,7 @@ fn check(names: &[String], root: &Path) -> Result<i32> {
                 problems += warnings.len();
                 outln!(
                     "warning  {label}: {}",
-                    crate::ui::count(warnings.len(), "lint warning", "lint warnings")
+                    crate::plural::count(warnings.len(), "lint warning", "lint warnings")
                 );
                 for w in warnings {
                     eprintln!("{w}\n");
@@ -809,14 +818,14 @@ fn check(names: &[String], root: &Path) -> Result<i32> {
     if problems > 0 {
         eprintln!(
             "{} in {}",
-            crate::ui::count(problems, "problem", "problems"),
-            crate::ui::count(checked, "file", "files")
+            crate::plural::count(problems, "problem", "problems"),
+            crate::plural::count(checked, "file", "files")
         );
         Ok(exit::INVALID_INPUT)
     } else {
         outln!(
             "{} checked, no problems",
-            crate::ui::count(checked, "file", "files")
+            crate::plural::count(checked, "file", "files")
         );
         Ok(exit::OK)
     }
@@ -830,7 +839,7 @@ fn inventory_tree(inv: &Inventory) -> String {
         "{}  ({}, {})",
         inv.name,
         inv.source.display_path(),
-        crate::ui::count(inv.hosts.len(), "host", "hosts")
+        crate::plural::count(inv.hosts.len(), "host", "hosts")
     );
     for (gi, g) in inv.groups.iter().enumerate() {
         let last_g = gi + 1 == inv.groups.len();

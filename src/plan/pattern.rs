@@ -10,7 +10,7 @@
 //! inventory has one and skip that step where it has none.
 
 use crate::diagnostic::suggest;
-use crate::inventory::Inventory;
+use crate::load::inventory::Inventory;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternError {
@@ -146,7 +146,7 @@ mod tests {
     fn inv() -> Inventory {
         let text = "groups:\n  app:\n    hosts: {oa1: {}, oa2: {}, oa3: {}}\n  db:\n    hosts: {dm1: {}, dm2: {}}\n  primary:\n    hosts: {dm1: , oa1: }\n";
         let src = SourceFile::new("inv.yaml", text);
-        crate::inventory::decode(&crate::yaml::parse(text).unwrap(), src).unwrap()
+        crate::load::inventory::decode(&crate::yaml::parse(text).unwrap(), src).unwrap()
     }
 
     #[test]

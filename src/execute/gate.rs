@@ -4,7 +4,7 @@
 //! an answer from a pipe: with stdin not a terminal and no `--yes`, it fails
 //! at once (exit 3) instead of taking a stray "y" or hanging.
 
-use crate::ui::Ui;
+use crate::execute::view::Ui;
 use std::io::{BufRead, IsTerminal};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

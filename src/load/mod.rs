@@ -3,11 +3,15 @@
 //! Runbook lookup order (DESIGN §4): a path; else `./runbooks/<name>.yaml`;
 //! else the library embedded in the binary at build time.
 
+pub mod inventory;
+pub mod lint;
+pub mod runbook;
+
 use crate::diagnostic::{suggest, Diagnostic, SourceFile};
 use crate::error::Error;
-use crate::inventory::{self, Inventory};
-use crate::runbook::{self, Runbook};
 use crate::yaml;
+use inventory::Inventory;
+use runbook::Runbook;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -1,0 +1,11 @@
+//! Record: what a run did, as it happens.
+//!
+//! Receives the engine's [`events::Event`]s and appends them to the run
+//! directory's journal (`journal.jsonl`, with full outputs under `outputs/`);
+//! reads journals back to list runs (`opsrun runs`) and to pick up a run
+//! again (`--resume`, `rollback`).
+
+pub mod events;
+pub mod journal;
+pub mod rundir;
+pub mod runs;
