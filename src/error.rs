@@ -45,15 +45,10 @@ pub enum Error {
     NotConfirmed(String),
     #[error("error: {0}")]
     Io(String),
-    #[error("error: {0}")]
-    Sign(crate::sign::SignError),
-}
-
-// By hand rather than `#[from]`: as a source the message would be printed twice.
-impl From<crate::sign::SignError> for Error {
-    fn from(e: crate::sign::SignError) -> Self {
-        Error::Sign(e)
-    }
+    /// A later stage's failure (signing), already worded, with its exit code:
+    /// this leaf names no stage, so each stage converts its own error.
+    #[error("error: {message}")]
+    Stage { message: String, exit_code: i32 },
 }
 
 impl Error {
@@ -67,7 +62,7 @@ impl Error {
             | Error::Usage(_) => exit::INVALID_INPUT,
             Error::NotConfirmed(_) => exit::NOT_CONFIRMED,
             Error::Io(_) => exit::STEP_FAILED,
-            Error::Sign(e) => e.exit_code(),
+            Error::Stage { exit_code, .. } => *exit_code,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod report;
 pub mod sign;
 
 // Leaf libraries: they import no stage.
+pub mod clock;
 pub mod diagnostic;
 pub mod digest;
 pub mod duration;
@@ -24,6 +25,9 @@ pub mod shell;
 pub mod template;
 pub mod transport;
 pub mod yaml;
+
+#[cfg(test)]
+mod architecture;
 
 // The API used by the integration tests and benches, under the paths they
 // were written against before the stages became folders.

@@ -1,6 +1,7 @@
 //! What is safe to show: secrets masked, control characters made visible.
 
-use crate::plan::MASK;
+/// What a secret value is shown as, everywhere it would appear.
+pub const MASK: &str = "******";
 
 /// Replaces every secret value (and its shell-quoted form) with `******`.
 #[derive(Debug, Clone, Default)]

@@ -6,13 +6,77 @@
 //! suggestion rather than as minijinja's generic "undefined value".
 
 use crate::diagnostic::{did_you_mean, Pos, SourceFile, Span};
-use crate::load::runbook::Text;
 use crate::shell;
 use crate::yaml;
 use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+
+/// A piece of template text from the file, with where it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Text {
+    pub src: String,
+    pub span: Span,
+}
+
+impl Text {
+    /// Where byte `offset` of the text sits in the file, `width` characters wide.
+    ///
+    /// Exact for plain and block scalars; in a quoted scalar an escape before
+    /// the offset shifts it. When the text cannot be found, the whole value.
+    pub fn locate(&self, source: &SourceFile, offset: usize, width: usize) -> Span {
+        let offset = offset.min(self.src.len());
+        if !self.src.is_char_boundary(offset) {
+            return self.span;
+        }
+        let before = &self.src[..offset];
+        let line_idx = before.matches('\n').count();
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let col_in_line = self.src[line_start..offset].chars().count();
+        let content_line = self.src[line_start..].lines().next().unwrap_or_default();
+        let src_lines: Vec<&str> = source.text.lines().collect();
+        let start = self.span.start;
+        let pos = if self.src.contains('\n') || self.span.end.line > start.line {
+            // A block scalar: find the content line below the key.
+            let guess = start.line
+                + line_idx
+                + usize::from(!first_line_on_key_line(&src_lines, start, &self.src));
+            let indent = content_line.len() - content_line.trim_start().len();
+            match src_lines.get(guess.wrapping_sub(1)).and_then(|l| {
+                l.find(content_line.trim_start())
+                    .filter(|_| !content_line.trim().is_empty())
+                    .map(|byte| (l, byte))
+            }) {
+                Some((l, byte)) => Pos {
+                    line: guess,
+                    col: (l[..byte].chars().count() + 1 + col_in_line).saturating_sub(indent),
+                },
+                None => return self.span,
+            }
+        } else {
+            let line = src_lines
+                .get(start.line.wrapping_sub(1))
+                .copied()
+                .unwrap_or_default();
+            let quoted = line
+                .chars()
+                .nth(start.col.saturating_sub(1))
+                .is_some_and(|c| c == '"' || c == '\'');
+            Pos {
+                line: start.line,
+                col: start.col + col_in_line + usize::from(quoted),
+            }
+        };
+        Span {
+            start: pos,
+            end: Pos {
+                line: pos.line,
+                col: pos.col + width.max(1),
+            },
+        }
+    }
+}
 
 /// Stands in for a value that is only known once a step has captured it.
 /// It passes through `quote` untouched so the plan can show `<captured: NAME>`.
@@ -650,6 +714,14 @@ impl Context {
             .iter()
             .flat_map(|l| l.keys().map(String::as_str))
     }
+}
+
+fn first_line_on_key_line(src_lines: &[&str], start: Pos, text: &str) -> bool {
+    let first = text.lines().next().unwrap_or_default().trim();
+    !first.is_empty()
+        && src_lines
+            .get(start.line.wrapping_sub(1))
+            .is_some_and(|l| l.contains(first))
 }
 
 #[cfg(test)]

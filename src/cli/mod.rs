@@ -231,7 +231,7 @@ pub fn planner(args: &RunArgs, root: &Path, resume: Option<&Recorded>) -> Result
             .or_else(|| resume.and_then(|r| r.run.ticket.clone())),
         operator: operator(),
         local_user: local_user(),
-        now: crate::record::events::now(),
+        now: crate::clock::now(),
         original_run: resume.map(|r| r.run.clone()),
     };
     if let Some(r) = resume {
@@ -431,7 +431,7 @@ fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
         ticket: args.ticket.clone().or_else(|| recorded.run.ticket.clone()),
         operator: operator(),
         local_user: local_user(),
-        now: crate::record::events::now(),
+        now: crate::clock::now(),
         original_run: Some(recorded.run.clone()),
     };
     let mut planner = Planner::new(runbook, inventory, opts)?;

@@ -1,89 +1,19 @@
 //! The runbook: what a YAML runbook file means, decoded with positions.
 
-use crate::diagnostic::{did_you_mean, Pos, SourceFile, Span};
+use crate::diagnostic::{did_you_mean, SourceFile, Span};
 use crate::duration;
 use crate::yaml::{self, Error, Fields, Node, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A piece of template text from the file, with where it was written.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Text {
-    pub src: String,
-    pub span: Span,
-}
+pub use crate::template::Text;
 
-impl Text {
-    fn from(node: &Node, what: &str) -> yaml::Result<Text> {
-        Ok(Text {
-            src: node.string(&format!("a string for {what}"))?,
-            span: node.span,
-        })
-    }
-
-    /// Where byte `offset` of the text sits in the file, `width` characters wide.
-    ///
-    /// Exact for plain and block scalars; in a quoted scalar an escape before
-    /// the offset shifts it. When the text cannot be found, the whole value.
-    pub fn locate(&self, source: &SourceFile, offset: usize, width: usize) -> Span {
-        let offset = offset.min(self.src.len());
-        if !self.src.is_char_boundary(offset) {
-            return self.span;
-        }
-        let before = &self.src[..offset];
-        let line_idx = before.matches('\n').count();
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let col_in_line = self.src[line_start..offset].chars().count();
-        let content_line = self.src[line_start..].lines().next().unwrap_or_default();
-        let src_lines: Vec<&str> = source.text.lines().collect();
-        let start = self.span.start;
-        let pos = if self.src.contains('\n') || self.span.end.line > start.line {
-            // A block scalar: find the content line below the key.
-            let guess = start.line
-                + line_idx
-                + usize::from(!first_line_on_key_line(&src_lines, start, &self.src));
-            let indent = content_line.len() - content_line.trim_start().len();
-            match src_lines.get(guess.wrapping_sub(1)).and_then(|l| {
-                l.find(content_line.trim_start())
-                    .filter(|_| !content_line.trim().is_empty())
-                    .map(|byte| (l, byte))
-            }) {
-                Some((l, byte)) => Pos {
-                    line: guess,
-                    col: (l[..byte].chars().count() + 1 + col_in_line).saturating_sub(indent),
-                },
-                None => return self.span,
-            }
-        } else {
-            let line = src_lines
-                .get(start.line.wrapping_sub(1))
-                .copied()
-                .unwrap_or_default();
-            let quoted = line
-                .chars()
-                .nth(start.col.saturating_sub(1))
-                .is_some_and(|c| c == '"' || c == '\'');
-            Pos {
-                line: start.line,
-                col: start.col + col_in_line + usize::from(quoted),
-            }
-        };
-        Span {
-            start: pos,
-            end: Pos {
-                line: pos.line,
-                col: pos.col + width.max(1),
-            },
-        }
-    }
-}
-
-fn first_line_on_key_line(src_lines: &[&str], start: Pos, text: &str) -> bool {
-    let first = text.lines().next().unwrap_or_default().trim();
-    !first.is_empty()
-        && src_lines
-            .get(start.line.wrapping_sub(1))
-            .is_some_and(|l| l.contains(first))
+/// Decodes a YAML string as template text, keeping where it was written.
+fn text(node: &Node, what: &str) -> yaml::Result<Text> {
+    Ok(Text {
+        src: node.string(&format!("a string for {what}"))?,
+        span: node.span,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -344,10 +274,7 @@ pub fn decode(root: &Node, source: Arc<SourceFile>) -> yaml::Result<Runbook> {
         name,
         description: f.opt_string("description")?,
         version: f.opt_string("version")?,
-        hosts: f
-            .get("hosts")
-            .map(|n| Text::from(n, "`hosts`"))
-            .transpose()?,
+        hosts: f.get("hosts").map(|n| text(n, "`hosts`")).transpose()?,
         serial,
         params,
         vars,
@@ -500,7 +427,7 @@ fn decode_vars(node: &Node) -> yaml::Result<Vec<(String, Text)>> {
         .into_iter()
         .map(|((name, key), v)| {
             check_identifier(key, &name, "variable")?;
-            Ok((name.clone(), Text::from(v, &format!("variable `{name}`"))?))
+            Ok((name.clone(), text(v, &format!("variable `{name}`"))?))
         })
         .collect()
 }
@@ -540,7 +467,7 @@ fn decode_steps(node: &Node, what: &str) -> yaml::Result<Vec<Step>> {
 fn opt_text(f: &Fields, name: &str) -> yaml::Result<Option<Text>> {
     f.get(name)
         .filter(|n| !n.is_null())
-        .map(|n| Text::from(n, &format!("`{name}`")))
+        .map(|n| text(n, &format!("`{name}`")))
         .transpose()
 }
 
@@ -602,9 +529,9 @@ fn decode_step(node: &Node) -> yaml::Result<Step> {
         [one] => {
             let n = f.get(one).unwrap_or(node);
             match *one {
-                "run" => Action::Run(Text::from(n, "`run`")?),
-                "script" => Action::Script(Text::from(n, "`script`")?),
-                "manual" => Action::Manual(Text::from(n, "`manual`")?),
+                "run" => Action::Run(text(n, "`run`")?),
+                "script" => Action::Script(text(n, "`script`")?),
+                "manual" => Action::Manual(text(n, "`manual`")?),
                 _ => Action::Upload(decode_upload(n)?),
             }
         }
@@ -625,7 +552,7 @@ fn decode_step(node: &Node) -> yaml::Result<Step> {
             .into_iter()
             .map(|((k, key), v)| {
                 check_identifier(key, &k, "environment variable")?;
-                Ok((k.clone(), Text::from(v, &format!("`env.{k}`"))?))
+                Ok((k.clone(), text(v, &format!("`env.{k}`"))?))
             })
             .collect::<yaml::Result<_>>()?,
         _ => Vec::new(),
@@ -688,7 +615,7 @@ fn decode_step(node: &Node) -> yaml::Result<Step> {
             if let Some(r) = ef.get(field) {
                 let what = format!("`expect.{field}`");
                 // Without template syntax the pattern is final: check it now, at its place.
-                let text = Text::from(r, &format!("a regular expression for {what}"))?;
+                let text = text(r, &format!("a regular expression for {what}"))?;
                 if !["{{", "{%", "{#"].iter().any(|m| text.src.contains(m)) {
                     regex(r, &what)?;
                 }
@@ -711,7 +638,7 @@ fn decode_step(node: &Node) -> yaml::Result<Step> {
         Some(n) => match &n.value {
             Value::Bool(true) => Some(None),
             Value::Bool(false) | Value::Null => None,
-            Value::Str(_) => Some(Some(Text::from(n, "`confirm`")?)),
+            Value::Str(_) => Some(Some(text(n, "`confirm`")?)),
             _ => {
                 return Err(Error::new(
                     n.span,
@@ -729,13 +656,10 @@ fn decode_step(node: &Node) -> yaml::Result<Step> {
         Some(n) => match &n.value {
             Value::Seq(items) => items
                 .iter()
-                .map(|i| Text::from(i, "`rollback`"))
+                .map(|i| text(i, "`rollback`"))
                 .collect::<yaml::Result<_>>()?,
             Value::Null => Vec::new(),
-            _ => vec![Text::from(
-                n,
-                "`rollback` (a command or a list of commands)",
-            )?],
+            _ => vec![text(n, "`rollback` (a command or a list of commands)")?],
         },
     };
 
@@ -914,8 +838,8 @@ fn decode_upload(n: &Node) -> yaml::Result<Upload> {
         }
     };
     Ok(Upload {
-        src: Text::from(f.require("src")?, "`upload.src`")?,
-        dest: Text::from(f.require("dest")?, "`upload.dest`")?,
+        src: text(f.require("src")?, "`upload.src`")?,
+        dest: text(f.require("dest")?, "`upload.dest`")?,
         mode,
         owner: opt_text(&f, "owner")?,
         template: match f.get("template") {

@@ -11,6 +11,7 @@ use crate::diagnostic::{did_you_mean, Diagnostic, Span};
 use crate::error::Error;
 use crate::load::inventory::{ConfirmMode, Host, Inventory};
 use crate::load::runbook::{Action, OnFailure, Runbook, Serial, Service, Step};
+use crate::sanitize::MASK;
 use crate::shell::{self, Wrap};
 use crate::template::{self, Context, Kind, RenderError, TemplateId, Templates};
 use crate::transport::{ConnectionKind, Endpoint};
@@ -19,8 +20,6 @@ use minijinja::value::Value;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-
-pub const MASK: &str = "******";
 
 /// The source of a param left unset whose value is an inventory var of the same name.
 const FROM_INVENTORY: &str = "inventory var";
@@ -41,7 +40,7 @@ pub struct Options {
     /// The run's start, with the control machine's UTC offset: the id is in UTC
     /// (ids sort by time whatever the time zone), `run.stamp` and `run.date` in
     /// local time (they name files on the hosts, read by people there).
-    pub now: crate::record::events::Time,
+    pub now: crate::clock::Time,
     /// For `opsrun rollback` and `--resume`: templates see the original run's
     /// id, stamp and date, so names built from `run.stamp` match what it created.
     pub original_run: Option<RunInfo>,

@@ -6,12 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A point in time as written in the journal (RFC 3339, local offset).
-pub type Time = chrono::DateTime<chrono::FixedOffset>;
-
-pub fn now() -> Time {
-    chrono::Local::now().fixed_offset()
-}
+pub use crate::clock::{now, Time};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

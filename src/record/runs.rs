@@ -283,7 +283,7 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
                 r.env = inventory.clone();
                 r.params = params
                     .iter()
-                    .filter(|(_, v)| v != crate::plan::MASK && v != "(not set)")
+                    .filter(|(_, v)| v != crate::sanitize::MASK && v != "(not set)")
                     .cloned()
                     .collect();
             }

@@ -7,8 +7,9 @@
 
 use crate::load::runbook::ServiceState;
 use crate::record::events::{Event, Outcome, Phase, Status, Time};
+use crate::report::markdown::{cell, code, fenced};
+use crate::report::signature::{verify_section, SignerInfo, UNSIGNED_BANNER};
 use crate::sanitize::escape_controls;
-use crate::sign::{labels, SignerInfo, NAMESPACE};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -16,48 +17,6 @@ use std::path::Path;
 /// Output longer than this (lines or bytes) is cut in the log; the full text stays in `outputs/`.
 const MAX_LINES: usize = 40;
 const MAX_BYTES: usize = 4000;
-
-/// A table cell: one line, pipes escaped, controls visible.
-pub fn cell(s: &str) -> String {
-    escape_controls(s.as_bytes())
-        .replace('\\', "\\\\")
-        .replace('|', "\\|")
-        .replace(['\n', '\t'], " ")
-        .replace('`', "\\`")
-}
-
-/// Inline code that cannot be broken out of.
-pub fn code(s: &str) -> String {
-    let s = escape_controls(s.as_bytes()).replace('\n', " ");
-    let ticks = longest_run(&s, '`') + 1;
-    let fence = "`".repeat(ticks);
-    let pad = if s.starts_with('`') || s.ends_with('`') {
-        " "
-    } else {
-        ""
-    };
-    format!("{fence}{pad}{s}{pad}{fence}")
-}
-
-fn longest_run(s: &str, c: char) -> usize {
-    let (mut best, mut cur) = (0, 0);
-    for ch in s.chars() {
-        if ch == c {
-            cur += 1;
-            best = best.max(cur);
-        } else {
-            cur = 0;
-        }
-    }
-    best
-}
-
-/// A fenced block whose fence is longer than any backtick run in the text.
-pub fn fenced(lang: &str, text: &str) -> String {
-    let body = escape_controls(text.as_bytes());
-    let fence = "`".repeat(longest_run(&body, '`').max(2) + 1);
-    format!("{fence}{lang}\n{}\n{fence}\n", body.trim_end_matches('\n'))
-}
 
 fn truncate(text: &str) -> (String, bool) {
     let lines: Vec<&str> = text.lines().collect();
@@ -120,10 +79,6 @@ fn read_output(run_dir: &Path, file: &str) -> String {
         .map(|b| escape_controls(&b))
         .unwrap_or_else(|e| format!("(cannot read {file}: {e})"))
 }
-
-/// The banner at the top of a document written with `--no-sign`.
-pub const UNSIGNED_BANNER: &str =
-    "**UNSIGNED**: this document carries no signature (written with `--no-sign`); nothing proves who wrote it or that it is unchanged.";
 
 /// Renders the log. `signer` is who is about to sign it (stamped into the
 /// "How to verify" section); `None` puts the UNSIGNED banner at the top.
@@ -501,94 +456,6 @@ fn with_batch(host: &str, batch: Option<usize>) -> String {
     match batch {
         Some(b) => format!("{host} (batch {b})"),
         None => host.to_string(),
-    }
-}
-
-/// "How to verify": the signer (covered by the signature), the exact stock
-/// OpenSSH commands, `opsrun verify`, and a `sha256sum -c` list of the outputs.
-pub fn verify_section(
-    o: &mut String,
-    file: &str,
-    signer: Option<&SignerInfo>,
-    outputs: &[&crate::record::events::Saved],
-) {
-    let q = crate::shell::quote;
-    let sig = format!("{file}.sig");
-    let _ = writeln!(o, "\n## How to verify\n");
-    match signer {
-        None => {
-            let _ = writeln!(
-                o,
-                "{}: this document was written with `--no-sign`. Re-render and sign it with `opsrun log RUN` to get a signature.\n",
-                labels::UNSIGNED
-            );
-        }
-        Some(s) => {
-            let _ = writeln!(
-                o,
-                "This document is signed with an SSH signature (SSHSIG, namespace `{NAMESPACE}`) in {}, next to it. The signature covers every byte of this file, these lines included.\n",
-                code(&sig)
-            );
-            let _ = writeln!(o, "{}{}", labels::SIGNER, code(&s.identity));
-            let _ = writeln!(
-                o,
-                "{}{} ({})",
-                labels::KEY,
-                code(&s.fingerprint),
-                cell(&s.algorithm)
-            );
-            let _ = writeln!(
-                o,
-                "{}{}",
-                labels::SIGNED_AT,
-                s.time.format(crate::sign::TIME_FORMAT)
-            );
-            let _ = writeln!(o, "{}{}\n", labels::PUBLIC_KEY, code(&s.public_key));
-            let _ = writeln!(
-                o,
-                "With stock OpenSSH: put the signer's public key in an `allowed_signers` file and check the signature. Take the key from a source you trust (the operator's key on record): the line below is only what this document claims, and anyone able to edit it could also re-sign it with their own key.\n"
-            );
-            let cmds = format!(
-                "echo {} >> allowed_signers\nssh-keygen -Y verify -f allowed_signers -I {} -n {NAMESPACE} -s {} < {}",
-                q(&s.allowed_signers_line()),
-                q(&s.identity),
-                q(&sig),
-                q(file)
-            );
-            let _ = write!(o, "{}", fenced("sh", &cmds));
-            let _ = writeln!(
-                o,
-                "\nOr with opsrun, which also checks every output file listed below:\n"
-            );
-            let _ = write!(
-                o,
-                "{}",
-                fenced(
-                    "sh",
-                    &format!(
-                        "opsrun verify {} --allowed-signers allowed_signers",
-                        q(file)
-                    )
-                )
-            );
-        }
-    }
-    if !outputs.is_empty() {
-        let covered = if signer.is_some() {
-            " (the signature covers these digests)"
-        } else {
-            ""
-        };
-        let _ = writeln!(o, "\nThe full outputs, from the run directory{covered}:\n");
-        let list: String = outputs
-            .iter()
-            .map(|s| format!("{}  {}\n", s.sha256, s.file))
-            .collect();
-        let _ = write!(
-            o,
-            "{}",
-            fenced("sh", &format!("sha256sum -c <<'EOF'\n{list}EOF"))
-        );
     }
 }
 

@@ -5,4 +5,6 @@
 //! produces text; signing that text is the `sign` stage's job.
 
 pub mod log;
+pub mod markdown;
 pub mod preview;
+pub mod signature;

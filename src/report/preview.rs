@@ -302,8 +302,12 @@ pub fn json(plan: &Plan) -> String {
 /// The plan as Markdown, for a change request: the same content as `text`,
 /// escaped like the execution log, with a "How to verify" section naming the
 /// signer (`None`: an UNSIGNED banner instead). `file` is the document's own name.
-pub fn markdown(plan: &Plan, file: &str, signer: Option<&crate::sign::SignerInfo>) -> String {
-    use crate::report::log::{cell, code};
+pub fn markdown(
+    plan: &Plan,
+    file: &str,
+    signer: Option<&crate::report::signature::SignerInfo>,
+) -> String {
+    use crate::report::markdown::{cell, code};
     let mut o = String::new();
     let rb = &plan.runbook;
     let inv = &plan.inventory;
@@ -319,7 +323,7 @@ pub fn markdown(plan: &Plan, file: &str, signer: Option<&crate::sign::SignerInfo
         "> **DRY RUN**: nothing has been executed and no connection was opened. This is exactly what the run will send, host by host.\n"
     );
     if signer.is_none() {
-        let _ = writeln!(o, "> {}\n", crate::report::log::UNSIGNED_BANNER);
+        let _ = writeln!(o, "> {}\n", crate::report::signature::UNSIGNED_BANNER);
     }
     if let Some(d) = &rb.description {
         let _ = writeln!(o, "{}\n", cell(d.trim()));
@@ -433,12 +437,12 @@ pub fn markdown(plan: &Plan, file: &str, signer: Option<&crate::sign::SignerInfo
             md_step(&mut o, s, &format!("R{}", s.number));
         }
     }
-    crate::report::log::verify_section(&mut o, file, signer, &[]);
+    crate::report::signature::verify_section(&mut o, file, signer, &[]);
     o
 }
 
 fn md_step(o: &mut String, s: &PlanStep, number: &str) {
-    use crate::report::log::{cell, code, fenced};
+    use crate::report::markdown::{cell, code, fenced};
     let _ = writeln!(o, "\n### {number}. {}\n", cell(&s.name));
     let mut notes = vec![format!("on: {}", code(&s.on))];
     if s.skipped_by_start_at {

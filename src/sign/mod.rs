@@ -10,23 +10,19 @@
 //! SSHSIG carries no time, so the signer's identity, key and the signing time
 //! are written into the document before it is signed: the signature covers them.
 
-use crate::record::events::Time;
+use crate::clock::Time;
+use crate::report::signature::{stated, SignerInfo, NAMESPACE};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 use std::io::{IsTerminal, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The SSHSIG namespace of every opsrun signature.
-pub const NAMESPACE: &str = "opsrun-log";
 /// Environment variable naming the signing key (same as `--sign-key`).
 pub const KEY_ENV: &str = "OPSRUN_SIGN_KEY";
 /// Passphrase of an encrypted signing key, for automation and tests.
 pub const PASSPHRASE_ENV: &str = "OPSRUN_SIGN_PASSPHRASE";
 /// Default keys, in the order they are tried under `~/.ssh/`.
 pub const DEFAULT_KEYS: &[&str] = &["id_ed25519", "id_ecdsa", "id_rsa"];
-/// How the signing time is written in a signed document (and read back by verify).
-pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S %:z";
-
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
     #[error(
@@ -59,6 +55,16 @@ pub enum SignError {
     },
 }
 
+// By hand rather than `#[from]`: as a source the message would be printed twice.
+impl From<SignError> for crate::error::Error {
+    fn from(e: SignError) -> Self {
+        crate::error::Error::Stage {
+            message: e.to_string(),
+            exit_code: e.exit_code(),
+        }
+    }
+}
+
 impl SignError {
     /// Key problems are the operator's input (exit 2); failures to sign or write are not.
     pub fn exit_code(&self) -> i32 {
@@ -83,43 +89,6 @@ pub struct SignOptions {
     pub key: Option<PathBuf>,
     /// The signer identity written into the document: the `-I` of `ssh-keygen -Y verify`.
     pub identity: String,
-}
-
-/// Who signed, with which key and when: written into the document before signing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SignerInfo {
-    pub identity: String,
-    /// `SHA256:...`, as `ssh-keygen -l` prints it.
-    pub fingerprint: String,
-    /// `ssh-ed25519`, `rsa-sha2-512`'s key type `ssh-rsa`, ...
-    pub algorithm: String,
-    /// The public key in OpenSSH form, without comment.
-    pub public_key: String,
-    pub time: Time,
-}
-
-impl SignerInfo {
-    /// The line to put in an `allowed_signers` file for this signer.
-    pub fn allowed_signers_line(&self) -> String {
-        format!(
-            "{} namespaces=\"{NAMESPACE}\" {}",
-            principal(&self.identity),
-            self.public_key
-        )
-    }
-}
-
-/// An identity as an allowed_signers principal: quoted when it holds spaces.
-pub fn principal(identity: &str) -> String {
-    if identity.is_empty()
-        || identity
-            .chars()
-            .any(|c| c.is_whitespace() || c == '"' || c == '#')
-    {
-        format!("\"{}\"", identity.replace('"', ""))
-    } else {
-        identity.to_string()
-    }
 }
 
 /// What `sign_file` did.
@@ -454,7 +423,7 @@ impl Signing {
                 Ok(None)
             }
             Signing::Signed(signer) => {
-                let info = signer.info(crate::record::events::now());
+                let info = signer.info(crate::clock::now());
                 let text = render(Some(&info));
                 write(path, text.as_bytes())?;
                 let armored = signer.sign(text.as_bytes());
@@ -476,7 +445,7 @@ impl Signing {
 /// the signing time is not recorded in it).
 pub fn sign_file(path: &Path, opts: &SignOptions) -> Result<SignInfo, SignError> {
     let signer = Signer::load(opts)?;
-    let info = signer.info(crate::record::events::now());
+    let info = signer.info(crate::clock::now());
     let sig = signer.sign_existing(path)?;
     Ok(SignInfo { signer: info, sig })
 }
@@ -529,95 +498,6 @@ impl Verification {
             detail: detail.into(),
         });
     }
-}
-
-/// What a signed document says about itself, read back from its "How to verify" section.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Stated {
-    pub identity: Option<String>,
-    pub fingerprint: Option<String>,
-    pub signed_at: Option<String>,
-    pub public_key: Option<String>,
-    /// `(file, sha256)` of every output file the document cites.
-    pub outputs: Vec<(String, String)>,
-    pub unsigned: bool,
-}
-
-/// The labels the report writes and `stated` reads: keep them in one place.
-pub mod labels {
-    pub const SIGNER: &str = "- Signer: ";
-    pub const KEY: &str = "- Key: ";
-    pub const SIGNED_AT: &str = "- Signed at: ";
-    pub const PUBLIC_KEY: &str = "- Public key: ";
-    pub const UNSIGNED: &str = "**UNSIGNED**";
-}
-
-/// The text between the first pair of backticks on a line (inline code as `report::code` writes it).
-fn inline_code(s: &str) -> Option<String> {
-    let start = s.find('`')?;
-    let ticks = s[start..].chars().take_while(|c| *c == '`').count();
-    let fence = "`".repeat(ticks);
-    let rest = &s[start + ticks..];
-    let end = rest.find(&fence)?;
-    let inner = &rest[..end];
-    // report::code pads with one space when the text starts or ends with a backtick.
-    let inner = if inner.len() >= 2 && inner.starts_with(' ') && inner.ends_with(' ') {
-        &inner[1..inner.len() - 1]
-    } else {
-        inner
-    };
-    Some(inner.to_string())
-}
-
-/// Reads the signer lines and output references of a document, ignoring
-/// everything inside fenced blocks (that is where host output goes, and it may
-/// imitate any line).
-pub fn stated(text: &str) -> Stated {
-    let mut s = Stated::default();
-    let mut fence: Option<usize> = None;
-    for line in text.lines() {
-        let ticks = line.chars().take_while(|c| *c == '`').count();
-        match fence {
-            Some(open) => {
-                if ticks >= open && line[ticks..].trim().is_empty() {
-                    fence = None;
-                }
-                continue;
-            }
-            None if ticks >= 3 => {
-                fence = Some(ticks);
-                continue;
-            }
-            None => {}
-        }
-        if line.contains(labels::UNSIGNED) && s.identity.is_none() {
-            s.unsigned = true;
-        }
-        if let Some(rest) = line.strip_prefix(labels::SIGNER) {
-            s.identity = inline_code(rest);
-        } else if let Some(rest) = line.strip_prefix(labels::KEY) {
-            s.fingerprint = inline_code(rest);
-        } else if let Some(rest) = line.strip_prefix(labels::SIGNED_AT) {
-            s.signed_at = Some(rest.trim().to_string());
-        } else if let Some(rest) = line.strip_prefix(labels::PUBLIC_KEY) {
-            s.public_key = inline_code(rest);
-        } else if let Some(r) = output_reference(line) {
-            if !s.outputs.contains(&r) {
-                s.outputs.push(r);
-            }
-        }
-    }
-    s
-}
-
-/// `stdout (N bytes; full output `outputs/X` sha256 `HEX`):`
-fn output_reference(line: &str) -> Option<(String, String)> {
-    let at = line.find("full output `")?;
-    let rest = &line[at + "full output ".len()..];
-    let file = inline_code(rest)?;
-    let at = rest.find(" sha256 `")?;
-    let hex = inline_code(&rest[at + " sha256 ".len()..])?;
-    Some((file, hex))
 }
 
 /// A path named in a document must stay inside the document's directory.

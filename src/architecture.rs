@@ -1,0 +1,247 @@
+//! The shape of the crate, checked: stages only use stages before them in the
+//! pipeline (and leaves), leaves use no stage, and nothing forms a cycle.
+//!
+//! It reads every `src/**/*.rs` file's `crate::…` paths (in `use` lines and in
+//! code; comments and `#[cfg(test)] mod tests` blocks are skipped, since tests
+//! may reach anything), maps each to its top-level module, and checks the edge.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Stages, from the edge inwards: each may use only the ones after it.
+const STAGES: &[&str] = &["cli", "execute", "sign", "report", "record", "plan", "load"];
+
+/// Libraries any stage may use; they use no stage (other leaves are fine, without cycles).
+const LEAVES: &[&str] = &[
+    "clock",
+    "diagnostic",
+    "digest",
+    "duration",
+    "error",
+    "plural",
+    "sanitize",
+    "shell",
+    "template",
+    "transport",
+    "yaml",
+];
+
+/// Files that are not modules of the crate graph: the roots and this check.
+const ROOTS: &[&str] = &["lib.rs", "main.rs", "architecture.rs"];
+
+/// One `crate::` reference: which file, which line, which module it names.
+#[derive(Debug, Clone)]
+struct Edge {
+    file: String,
+    line: usize,
+    from: String,
+    to: String,
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The top-level module a file under `src/` belongs to: `plan/mod.rs` → `plan`.
+fn module_of(rel: &Path) -> String {
+    let first = rel.components().next().unwrap().as_os_str();
+    let first = first.to_string_lossy();
+    first.strip_suffix(".rs").unwrap_or(&first).to_string()
+}
+
+/// The modules named after `crate::` on one line, including `use crate::{a, b::c}`.
+fn targets(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("crate::") {
+        let after = &rest[at + "crate::".len()..];
+        if let Some(group) = after.strip_prefix('{') {
+            let inner = group.split('}').next().unwrap_or("");
+            for part in inner.split(',') {
+                let name: String = part
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    out.push(name);
+                }
+            }
+        } else {
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.push(name);
+            }
+        }
+        rest = after;
+    }
+    out
+}
+
+fn edges(src: &Path) -> Vec<Edge> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut out = Vec::new();
+    for path in files {
+        let rel = path.strip_prefix(src).unwrap();
+        if rel.components().count() == 1 && ROOTS.contains(&rel.to_str().unwrap()) {
+            continue;
+        }
+        let from = module_of(rel);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            if t == "#[cfg(test)]"
+                && lines
+                    .get(i + 1)
+                    .is_some_and(|n| n.trim_start().starts_with("mod tests"))
+            {
+                break;
+            }
+            if t.starts_with("//") {
+                continue;
+            }
+            for to in targets(line) {
+                if to != from {
+                    out.push(Edge {
+                        file: format!("src/{}", rel.display()),
+                        line: i + 1,
+                        from: from.clone(),
+                        to,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every broken rule, one line each, naming the file and line of the edge.
+fn problems(edges: &[Edge]) -> Vec<String> {
+    let rank = |m: &str| STAGES.iter().position(|s| *s == m);
+    let leaf = |m: &str| LEAVES.contains(&m);
+    let mut out = Vec::new();
+    for e in edges {
+        for m in [&e.from, &e.to] {
+            if rank(m).is_none() && !leaf(m) {
+                out.push(format!(
+                    "{}:{}: module `{m}` is neither a stage nor a leaf: declare it in src/architecture.rs",
+                    e.file, e.line
+                ));
+            }
+        }
+        match (rank(&e.from), rank(&e.to)) {
+            (None, Some(_)) if leaf(&e.from) => out.push(format!(
+                "{}:{}: leaf `{}` uses stage `{}`",
+                e.file, e.line, e.from, e.to
+            )),
+            (Some(a), Some(b)) if b < a => out.push(format!(
+                "{}:{}: stage `{}` uses `{}`, which comes before it ({})",
+                e.file,
+                e.line,
+                e.from,
+                e.to,
+                STAGES.join(" → ")
+            )),
+            _ => {}
+        }
+    }
+    // Cycles (among leaves; the stage order already rules them out among stages).
+    let mut graph: BTreeMap<&str, BTreeMap<&str, &Edge>> = BTreeMap::new();
+    for e in edges.iter().filter(|e| leaf(&e.from) && leaf(&e.to)) {
+        graph.entry(&e.from).or_default().entry(&e.to).or_insert(e);
+    }
+    let mut reported = BTreeSet::new();
+    for start in graph.keys() {
+        let mut path = vec![*start];
+        if let Some(cycle) = find_cycle(&graph, &mut path, start) {
+            let mut key: Vec<&str> = cycle[1..].to_vec();
+            key.sort();
+            if reported.insert(key) {
+                let steps: Vec<String> = cycle
+                    .windows(2)
+                    .map(|w| {
+                        let e = graph[w[0]][w[1]];
+                        format!("{} → {} ({}:{})", w[0], w[1], e.file, e.line)
+                    })
+                    .collect();
+                out.push(format!("import cycle: {}", steps.join(", ")));
+            }
+        }
+    }
+    out
+}
+
+fn find_cycle<'a>(
+    graph: &BTreeMap<&'a str, BTreeMap<&'a str, &Edge>>,
+    path: &mut Vec<&'a str>,
+    start: &'a str,
+) -> Option<Vec<&'a str>> {
+    let here = *path.last().unwrap();
+    for next in graph.get(here).into_iter().flat_map(|m| m.keys()) {
+        if *next == start {
+            let mut c = path.clone();
+            c.push(start);
+            return Some(c);
+        }
+        if !path.contains(next) {
+            path.push(next);
+            if let Some(c) = find_cycle(graph, path, start) {
+                return Some(c);
+            }
+            path.pop();
+        }
+    }
+    None
+}
+
+#[test]
+fn stages_use_only_earlier_stages_and_leaves_use_none() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let found = problems(&edges(&src));
+    assert!(found.is_empty(), "\n{}\n", found.join("\n"));
+}
+
+#[test]
+fn the_check_sees_grouped_imports_and_paths_in_code() {
+    assert_eq!(
+        targets("use crate::{lint, preview::text}; let x = crate::plan::MASK;"),
+        ["lint", "preview", "plan"]
+    );
+}
+
+#[test]
+fn the_check_reports_a_backward_edge_and_a_cycle() {
+    let e = |from: &str, to: &str| Edge {
+        file: format!("src/{from}.rs"),
+        line: 1,
+        from: from.into(),
+        to: to.into(),
+    };
+    let found = problems(&[e("plan", "execute"), e("shell", "yaml"), e("yaml", "shell")]);
+    assert!(
+        found[0].contains("stage `plan` uses `execute`"),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("import cycle: shell → yaml")),
+        "{found:?}"
+    );
+}

@@ -1,0 +1,215 @@
+//! The "How to verify" block of a document: what it states about its signer.
+//!
+//! The writer ([`verify_section`]) and the verifier's reader ([`stated`]) share
+//! these labels and formats; signing itself is the `sign` stage's job.
+
+use super::markdown::{cell, code, fenced, inline_code};
+use crate::clock::Time;
+use std::fmt::Write as _;
+
+/// The SSHSIG namespace of every opsrun signature.
+pub const NAMESPACE: &str = "opsrun-log";
+
+/// How the signing time is written in a signed document (and read back by verify).
+pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S %:z";
+
+/// Who signed, with which key and when: written into the document before signing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignerInfo {
+    pub identity: String,
+    /// `SHA256:...`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    /// `ssh-ed25519`, `rsa-sha2-512`'s key type `ssh-rsa`, ...
+    pub algorithm: String,
+    /// The public key in OpenSSH form, without comment.
+    pub public_key: String,
+    pub time: Time,
+}
+
+impl SignerInfo {
+    /// The line to put in an `allowed_signers` file for this signer.
+    pub fn allowed_signers_line(&self) -> String {
+        format!(
+            "{} namespaces=\"{NAMESPACE}\" {}",
+            principal(&self.identity),
+            self.public_key
+        )
+    }
+}
+
+/// An identity as an allowed_signers principal: quoted when it holds spaces.
+pub fn principal(identity: &str) -> String {
+    if identity.is_empty()
+        || identity
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '#')
+    {
+        format!("\"{}\"", identity.replace('"', ""))
+    } else {
+        identity.to_string()
+    }
+}
+
+/// What a signed document says about itself, read back from its "How to verify" section.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stated {
+    pub identity: Option<String>,
+    pub fingerprint: Option<String>,
+    pub signed_at: Option<String>,
+    pub public_key: Option<String>,
+    /// `(file, sha256)` of every output file the document cites.
+    pub outputs: Vec<(String, String)>,
+    pub unsigned: bool,
+}
+
+/// The labels the report writes and `stated` reads: keep them in one place.
+pub mod labels {
+    pub const SIGNER: &str = "- Signer: ";
+    pub const KEY: &str = "- Key: ";
+    pub const SIGNED_AT: &str = "- Signed at: ";
+    pub const PUBLIC_KEY: &str = "- Public key: ";
+    pub const UNSIGNED: &str = "**UNSIGNED**";
+}
+
+/// Reads the signer lines and output references of a document, ignoring
+/// everything inside fenced blocks (that is where host output goes, and it may
+/// imitate any line).
+pub fn stated(text: &str) -> Stated {
+    let mut s = Stated::default();
+    let mut fence: Option<usize> = None;
+    for line in text.lines() {
+        let ticks = line.chars().take_while(|c| *c == '`').count();
+        match fence {
+            Some(open) => {
+                if ticks >= open && line[ticks..].trim().is_empty() {
+                    fence = None;
+                }
+                continue;
+            }
+            None if ticks >= 3 => {
+                fence = Some(ticks);
+                continue;
+            }
+            None => {}
+        }
+        if line.contains(labels::UNSIGNED) && s.identity.is_none() {
+            s.unsigned = true;
+        }
+        if let Some(rest) = line.strip_prefix(labels::SIGNER) {
+            s.identity = inline_code(rest);
+        } else if let Some(rest) = line.strip_prefix(labels::KEY) {
+            s.fingerprint = inline_code(rest);
+        } else if let Some(rest) = line.strip_prefix(labels::SIGNED_AT) {
+            s.signed_at = Some(rest.trim().to_string());
+        } else if let Some(rest) = line.strip_prefix(labels::PUBLIC_KEY) {
+            s.public_key = inline_code(rest);
+        } else if let Some(r) = output_reference(line) {
+            if !s.outputs.contains(&r) {
+                s.outputs.push(r);
+            }
+        }
+    }
+    s
+}
+
+/// `stdout (N bytes; full output `outputs/X` sha256 `HEX`):`
+fn output_reference(line: &str) -> Option<(String, String)> {
+    let at = line.find("full output `")?;
+    let rest = &line[at + "full output ".len()..];
+    let file = inline_code(rest)?;
+    let at = rest.find(" sha256 `")?;
+    let hex = inline_code(&rest[at + " sha256 ".len()..])?;
+    Some((file, hex))
+}
+
+/// The banner at the top of a document written with `--no-sign`.
+pub const UNSIGNED_BANNER: &str =
+    "**UNSIGNED**: this document carries no signature (written with `--no-sign`); nothing proves who wrote it or that it is unchanged.";
+
+/// "How to verify": the signer (covered by the signature), the exact stock
+/// OpenSSH commands, `opsrun verify`, and a `sha256sum -c` list of the outputs.
+pub fn verify_section(
+    o: &mut String,
+    file: &str,
+    signer: Option<&SignerInfo>,
+    outputs: &[&crate::record::events::Saved],
+) {
+    let q = crate::shell::quote;
+    let sig = format!("{file}.sig");
+    let _ = writeln!(o, "\n## How to verify\n");
+    match signer {
+        None => {
+            let _ = writeln!(
+                o,
+                "{}: this document was written with `--no-sign`. Re-render and sign it with `opsrun log RUN` to get a signature.\n",
+                labels::UNSIGNED
+            );
+        }
+        Some(s) => {
+            let _ = writeln!(
+                o,
+                "This document is signed with an SSH signature (SSHSIG, namespace `{NAMESPACE}`) in {}, next to it. The signature covers every byte of this file, these lines included.\n",
+                code(&sig)
+            );
+            let _ = writeln!(o, "{}{}", labels::SIGNER, code(&s.identity));
+            let _ = writeln!(
+                o,
+                "{}{} ({})",
+                labels::KEY,
+                code(&s.fingerprint),
+                cell(&s.algorithm)
+            );
+            let _ = writeln!(
+                o,
+                "{}{}",
+                labels::SIGNED_AT,
+                s.time.format(crate::report::signature::TIME_FORMAT)
+            );
+            let _ = writeln!(o, "{}{}\n", labels::PUBLIC_KEY, code(&s.public_key));
+            let _ = writeln!(
+                o,
+                "With stock OpenSSH: put the signer's public key in an `allowed_signers` file and check the signature. Take the key from a source you trust (the operator's key on record): the line below is only what this document claims, and anyone able to edit it could also re-sign it with their own key.\n"
+            );
+            let cmds = format!(
+                "echo {} >> allowed_signers\nssh-keygen -Y verify -f allowed_signers -I {} -n {NAMESPACE} -s {} < {}",
+                q(&s.allowed_signers_line()),
+                q(&s.identity),
+                q(&sig),
+                q(file)
+            );
+            let _ = write!(o, "{}", fenced("sh", &cmds));
+            let _ = writeln!(
+                o,
+                "\nOr with opsrun, which also checks every output file listed below:\n"
+            );
+            let _ = write!(
+                o,
+                "{}",
+                fenced(
+                    "sh",
+                    &format!(
+                        "opsrun verify {} --allowed-signers allowed_signers",
+                        q(file)
+                    )
+                )
+            );
+        }
+    }
+    if !outputs.is_empty() {
+        let covered = if signer.is_some() {
+            " (the signature covers these digests)"
+        } else {
+            ""
+        };
+        let _ = writeln!(o, "\nThe full outputs, from the run directory{covered}:\n");
+        let list: String = outputs
+            .iter()
+            .map(|s| format!("{}  {}\n", s.sha256, s.file))
+            .collect();
+        let _ = write!(
+            o,
+            "{}",
+            fenced("sh", &format!("sha256sum -c <<'EOF'\n{list}EOF"))
+        );
+    }
+}
