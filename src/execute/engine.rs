@@ -7,6 +7,7 @@
 
 use crate::error::exit;
 use crate::execute::gate::{Answer, GateError, Gates};
+use crate::execute::interrupt::Interrupt;
 use crate::execute::view::Ui;
 use crate::load::runbook::{Action, OnFailure, Step};
 use crate::plan::{Captures, Completion, Planner, Reveal, StepRef, Target};
@@ -67,38 +68,6 @@ pub struct Engine<'a> {
     pub interrupt: &'a Interrupt,
     /// The forward step that stopped the run, whose `on_failure` decides what follows.
     pub failed_step: Mutex<Option<usize>>,
-}
-
-/// What the operator asked for with Ctrl-C.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// Let the running step finish, then stop.
-    AfterStep,
-    /// Stop now, leaving the running step unfinished.
-    Now,
-    /// Stop now and undo the completed steps.
-    NowAndRollback,
-}
-
-/// Ctrl-C state shared between the signal handler and the engine.
-#[derive(Debug, Default)]
-pub struct Interrupt {
-    choice: Mutex<Option<Stop>>,
-    pub now: tokio::sync::Notify,
-}
-
-impl Interrupt {
-    pub fn set(&self, stop: Stop) {
-        *self.choice.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop);
-        if stop != Stop::AfterStep {
-            self.now.notify_waiters();
-            self.now.notify_one();
-        }
-    }
-
-    pub fn get(&self) -> Option<Stop> {
-        *self.choice.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// What one host did in one step.

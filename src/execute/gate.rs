@@ -4,9 +4,9 @@
 //! an answer from a pipe: with stdin not a terminal and no `--yes`, it fails
 //! at once (exit 3) instead of taking a stray "y" or hanging.
 
+use crate::execute::interrupt::{count_sigints, read_line_or_ctrl_c, sigint_mark};
 use crate::execute::view::Ui;
-use std::io::{BufRead, IsTerminal};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::io::IsTerminal;
 
 #[derive(Debug, Clone)]
 pub struct Gates {
@@ -21,62 +21,6 @@ pub struct Gates {
 pub struct Answer {
     pub confirmed: bool,
     pub text: String,
-}
-
-/// Set by the Ctrl-C handler; a prompt waiting for an answer gives up on it.
-pub static CTRL_C: AtomicBool = AtomicBool::new(false);
-
-/// SIGINTs received, counted by a plain signal handler: a prompt blocks the
-/// thread that would otherwise run tokio's signal driver, so it cannot rely on
-/// the async handler to notice a Ctrl-C typed at the prompt.
-static SIGINTS: AtomicUsize = AtomicUsize::new(0);
-
-/// Starts counting SIGINTs (idempotent); call before any prompt can be shown.
-pub fn count_sigints() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: the action only does an atomic add, which is async-signal-safe;
-        // the registry chains it with tokio's own SIGINT handler.
-        let _ = unsafe {
-            signal_hook_registry::register(libc::SIGINT, || {
-                SIGINTS.fetch_add(1, Ordering::SeqCst);
-            })
-        };
-    });
-}
-
-/// The SIGINT count now, to compare against while waiting for an answer.
-pub fn sigint_mark() -> usize {
-    count_sigints();
-    SIGINTS.load(Ordering::SeqCst)
-}
-
-/// Reads a line from the terminal; `None` if Ctrl-C is pressed meanwhile.
-///
-/// The line is read on its own thread so that Ctrl-C at a prompt is noticed at
-/// once (a blocked read_line would not return until Enter).
-/// `mark` is `sigint_mark()` taken before the prompt was printed, so a Ctrl-C
-/// typed the moment the prompt appears is not missed.
-pub fn read_line_or_ctrl_c(mark: usize) -> Option<std::io::Result<String>> {
-    let sigints = mark;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let r = std::io::stdin().lock().read_line(&mut line).map(|_| line);
-        let _ = tx.send(r);
-    });
-    tokio::task::block_in_place(|| loop {
-        if CTRL_C.load(Ordering::SeqCst) || SIGINTS.load(Ordering::SeqCst) != sigints {
-            return None;
-        }
-        match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-            Ok(r) => return Some(r),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Some(Err(std::io::Error::other("the reader stopped")))
-            }
-        }
-    })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,12 +5,14 @@
 
 pub mod engine;
 pub mod gate;
+pub mod interrupt;
 pub mod lock;
 pub mod view;
 
 use crate::error::{exit, Error};
-use crate::execute::engine::{Engine, ExecError, Finish, Interrupt, Stop};
+use crate::execute::engine::{Engine, ExecError, Finish};
 use crate::execute::gate::Gates;
+use crate::execute::interrupt::{interruptible, Interrupt, Stop};
 use crate::execute::view::Ui;
 use crate::load::inventory::ConfirmMode;
 use crate::plan::{Captures, Plan, Planner, Reveal, StepRef};
@@ -21,9 +23,8 @@ use crate::record::runs::Recorded;
 use crate::sanitize::{escape_controls, Redactor};
 use crate::transport::{self, Command, Connection, ConnectionKind, Endpoint};
 use std::collections::{BTreeMap, HashMap};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// What kind of run this is.
 pub enum Mode {
@@ -193,7 +194,7 @@ async fn run_async(
         failed_step: Mutex::new(None),
     };
 
-    let signals = tokio::spawn(watch_signals(Arc::new(s.gates.interactive)));
+    let signals = tokio::spawn(interrupt::watch_signals());
     let mut held: Vec<(Endpoint, String)> = Vec::new();
     // A bug (a panic) in the engine must not strand host locks or the record:
     // it ends the run like a failure, and the cleanup below still happens.
@@ -204,25 +205,18 @@ async fn run_async(
         &run_id,
         &mut held,
     )));
-    let finish = tokio::select! {
-        f = guarded => f.unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Ok(Finish {
-                outcome: Outcome::Failed,
-                message: format!("internal error, a bug in opsrun (please report it): {what}"),
-                exit_code: exit::STEP_FAILED,
-            })
-        }),
-        _ = HARD_STOP.notified() => Ok(Finish {
-            outcome: Outcome::Interrupted,
-            message: "interrupted by the operator (Ctrl-C) before or between steps".into(),
-            exit_code: exit::INTERRUPTED,
-        }),
-    };
+    let finish = guarded.await.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Ok(Finish {
+            outcome: Outcome::Failed,
+            message: format!("internal error, a bug in opsrun (please report it): {what}"),
+            exit_code: exit::STEP_FAILED,
+        })
+    });
     signals.abort();
     let finish = match finish {
         Ok(f) => f,
@@ -337,84 +331,6 @@ impl Drop for RunTmp {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
-}
-
-/// The Ctrl-C handler's state lives in a global so the signal task can reach the
-/// engine's `Interrupt` without borrowing across the spawn.
-static INTERRUPT_TX: Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>> = Mutex::new(None);
-static HARD_STOP: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-async fn watch_signals(_interactive: Arc<bool>) {
-    loop {
-        if tokio::signal::ctrl_c().await.is_err() {
-            return;
-        }
-        let tx = INTERRUPT_TX
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(tx) = tx {
-            let _ = tx.send(());
-        }
-    }
-}
-
-/// Asks what to do after a Ctrl-C (on a terminal); a pipe gets "stop now".
-fn ask_stop(interactive: bool) -> Stop {
-    if !interactive {
-        return Stop::Now;
-    }
-    let mark = crate::execute::gate::sigint_mark();
-    eprintln!();
-    eprintln!("Interrupted. What now?");
-    eprintln!("  [w] wait for the running step to finish, then stop");
-    eprintln!("  [s] stop now (the running step is left unfinished)");
-    eprintln!("  [r] stop now and roll back the completed steps");
-    eprint!("Choice [w/s/r] (Ctrl-C again: stop now): ");
-    let Some(Ok(line)) = crate::execute::gate::read_line_or_ctrl_c(mark) else {
-        return Stop::Now;
-    };
-    match line.trim().to_lowercase().as_str() {
-        "w" | "wait" => Stop::AfterStep,
-        "r" | "rollback" => Stop::NowAndRollback,
-        _ => Stop::Now,
-    }
-}
-
-/// Runs `fut` while listening for Ctrl-C; returns `None` if told to stop now.
-async fn interruptible<F: std::future::Future<Output = Result<Option<Finish>, ExecError>>>(
-    engine: &Engine<'_>,
-    fut: F,
-) -> Option<Result<Option<Finish>, ExecError>> {
-    // The channel is installed per call: the signal task reaches whichever step list is running.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    *INTERRUPT_TX.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
-    tokio::pin!(fut);
-    let interactive = engine.gates.interactive && std::io::stderr().is_terminal();
-    let mut presses = 0;
-    let result = loop {
-        tokio::select! {
-            r = &mut fut => break Some(r),
-            Some(()) = rx.recv() => {
-                presses += 1;
-                if presses > 1 || !interactive {
-                    engine.interrupt.set(Stop::Now);
-                } else {
-                    let choice = engine.ui.suspend(|| ask_stop(true));
-                    // A second Ctrl-C while the question was open counts as "stop now".
-                    let choice = if rx.try_recv().is_ok() { Stop::Now } else { choice };
-                    engine.interrupt.set(choice);
-                }
-                let choice = engine.interrupt.get().unwrap_or(Stop::Now);
-                let _ = engine.rec.emit(&Event::Interrupt { time: events::now(), choice: format!("{choice:?}") });
-                if choice != Stop::AfterStep {
-                    break None;
-                }
-            }
-        }
-    };
-    *INTERRUPT_TX.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    result
 }
 
 pub const LOG_FILE: &str = "log.md";
