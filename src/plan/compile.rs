@@ -1,0 +1,172 @@
+//! Template compilation: every template of a runbook compiled once, all syntax
+//! errors reported together, and the vars each one reads.
+
+use super::*;
+
+pub(super) struct StepTemplates {
+    pub(super) action: Option<TemplateId>,
+    pub(super) upload: Option<(TemplateId, TemplateId, Option<TemplateId>)>,
+    pub(super) as_user: Option<TemplateId>,
+    pub(super) cwd: Option<TemplateId>,
+    pub(super) env: Vec<(String, TemplateId)>,
+    pub(super) stdin: Option<TemplateId>,
+    pub(super) when: Option<TemplateId>,
+    pub(super) check: Option<TemplateId>,
+    pub(super) rollback: Vec<TemplateId>,
+    pub(super) confirm: Option<TemplateId>,
+    pub(super) expect_stdout: Option<TemplateId>,
+    pub(super) expect_stdout_not: Option<TemplateId>,
+}
+
+/// A file uploaded with `template: true`, compiled once however many hosts render it.
+pub(super) struct FileTemplate {
+    pub(super) templates: Templates,
+    pub(super) id: TemplateId,
+    pub(super) source: Arc<crate::diagnostic::SourceFile>,
+}
+
+/// Per runbook var, every name it reads, through the vars it reads in turn.
+pub(super) fn var_reads(
+    templates: &Templates,
+    vars: &[(String, TemplateId)],
+) -> HashMap<String, HashSet<String>> {
+    let mut reads: HashMap<String, HashSet<String>> = vars
+        .iter()
+        .map(|(n, id)| (n.clone(), templates.variables(*id).clone()))
+        .collect();
+    // A handful of vars: iterate to the fixed point rather than order them.
+    loop {
+        let mut grew = false;
+        for (name, _) in vars {
+            let inner: HashSet<String> = reads[name]
+                .iter()
+                .filter(|v| *v != name)
+                .filter_map(|v| reads.get(v))
+                .flatten()
+                .cloned()
+                .collect();
+            let mine = reads.get_mut(name).expect("every var has an entry");
+            for v in inner {
+                grew |= mine.insert(v);
+            }
+        }
+        if !grew {
+            return reads;
+        }
+    }
+}
+
+impl StepTemplates {
+    pub(super) fn ids(&self) -> Vec<TemplateId> {
+        let mut v: Vec<TemplateId> = [
+            self.action,
+            self.as_user,
+            self.cwd,
+            self.stdin,
+            self.when,
+            self.check,
+            self.confirm,
+            self.expect_stdout,
+            self.expect_stdout_not,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if let Some((a, b, c)) = self.upload {
+            v.extend([a, b]);
+            v.extend(c);
+        }
+        v.extend(self.env.iter().map(|(_, id)| *id));
+        v.extend(self.rollback.iter().copied());
+        v
+    }
+}
+
+pub(super) type Compiled = (
+    Templates,
+    Vec<(String, TemplateId)>,
+    Vec<StepTemplates>,
+    Vec<StepTemplates>,
+);
+
+/// Compiles every template of a runbook, reporting all syntax errors at once.
+pub(super) fn compile_templates(rb: &Runbook) -> Result<Compiled, Error> {
+    let mut t = Templates::for_source(rb.source.clone());
+    let mut errs = Vec::new();
+    let vars = rb
+        .vars
+        .iter()
+        .map(|(n, x)| (n.clone(), t.add_noting(x, Kind::Text, &mut errs)))
+        .collect();
+    let forward = rb
+        .steps
+        .iter()
+        .map(|s| compile_step(s, &mut t, &mut errs))
+        .collect();
+    let guide = rb
+        .rollback
+        .iter()
+        .map(|s| compile_step(s, &mut t, &mut errs))
+        .collect();
+    match Error::merge(errs.into_iter().map(|e| yaml_err(rb, e)).collect()) {
+        Some(e) => Err(e),
+        None => Ok((t, vars, forward, guide)),
+    }
+}
+
+/// `opsrun check`: the runbook's templates compile (no inventory is needed for that).
+pub fn check_templates(rb: &Runbook) -> Result<(), Error> {
+    compile_templates(rb).map(|_| ())
+}
+
+pub(super) fn compile_step(
+    s: &Step,
+    t: &mut Templates,
+    errs: &mut Vec<yaml::Error>,
+) -> StepTemplates {
+    let mut add =
+        |t: &mut Templates, x: &crate::load::runbook::Text, kind: Kind| t.add_noting(x, kind, errs);
+    let action = match &s.action {
+        Action::Run(x) | Action::Script(x) | Action::Manual(x) => Some(add(t, x, Kind::Text)),
+        _ => None,
+    };
+    let upload = match &s.action {
+        Action::Upload(u) => Some((
+            add(t, &u.src, Kind::Text),
+            add(t, &u.dest, Kind::Text),
+            u.owner.as_ref().map(|x| add(t, x, Kind::Text)),
+        )),
+        _ => None,
+    };
+    let mut opt = |t: &mut Templates, x: &Option<crate::load::runbook::Text>| {
+        x.as_ref().map(|x| add(t, x, Kind::Text))
+    };
+    let as_user = opt(t, &s.as_user);
+    let cwd = opt(t, &s.cwd);
+    let stdin = opt(t, &s.stdin);
+    let check = opt(t, &s.check);
+    let expect_stdout = opt(t, &s.expect.stdout);
+    let expect_stdout_not = opt(t, &s.expect.stdout_not);
+    let confirm = match &s.confirm {
+        Some(p) => opt(t, p),
+        None => None,
+    };
+    StepTemplates {
+        action,
+        upload,
+        as_user,
+        cwd,
+        env: s
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), add(t, v, Kind::Text)))
+            .collect(),
+        stdin,
+        when: s.when.as_ref().map(|w| add(t, w, Kind::Condition)),
+        check,
+        rollback: s.rollback.iter().map(|r| add(t, r, Kind::Text)).collect(),
+        confirm,
+        expect_stdout,
+        expect_stdout_not,
+    }
+}
