@@ -3,10 +3,12 @@
 //! before anything happens on a host, and the log is written however the run
 //! ends; a run killed outright still leaves its journal.
 
+mod attempt;
 pub mod engine;
 pub mod gate;
 pub mod interrupt;
 pub mod lock;
+mod undo;
 pub mod view;
 
 use crate::error::{exit, Error};
@@ -753,7 +755,7 @@ async fn rollback_recorded(
 }
 
 /// Says what a rollback restored, and what it could not.
-fn undone_message(planner: &Planner, undone: &crate::execute::engine::Undone) -> String {
+fn undone_message(planner: &Planner, undone: &crate::execute::undo::Undone) -> String {
     if undone.failed.is_empty() {
         return format!("restored {}", undone.summary(planner));
     }
@@ -881,7 +883,7 @@ pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>,
     let mut lines = Vec::new();
     let guide = planner.runbook.rollback.len();
     if guide == 0 {
-        let undo = crate::execute::engine::undoable(planner, &recorded.completed);
+        let undo = crate::execute::undo::undoable(planner, &recorded.completed);
         lines.extend(undo_lines(planner, &recorded.captures, &undo));
         let mut on = std::collections::HashSet::new();
         for c in &undo {
@@ -1063,7 +1065,7 @@ fn undo_lines(
     )];
     for c in undo {
         let step = &planner.runbook.steps[c.step];
-        for round in crate::execute::engine::undo_rounds(&c.hosts) {
+        for round in crate::execute::undo::undo_rounds(&c.hosts) {
             let hosts: Vec<String> = round.iter().map(ToString::to_string).collect();
             lines.push(format!(
                 "  [{}] {} on {}",

@@ -1,0 +1,520 @@
+//! One host's attempt at one step: render the command (real and masked), run
+//! it with its timeout and retries, check `expect`, save the output, and turn
+//! the result into a [`Done`] for the step loop.
+
+use super::engine::*;
+use crate::load::runbook::Step;
+use crate::plan::{Completion, Reveal, StepRef, Target};
+use crate::record::events::{self, CheckAttempt, Event, Phase, Status};
+use crate::record::rundir::slug;
+use crate::sanitize::escape_controls;
+use crate::transport::{Command, Connection, Stdin};
+use std::time::{Duration, Instant};
+
+/// Extra time past a step's `timeout` before the control side gives up on the
+/// channel: the remote `timeout` wrapper normally ends the command first.
+pub(super) const TIMEOUT_GRACE: Duration = Duration::from_secs(20);
+
+/// Words of a line that says what went wrong (`tar (child): x: Cannot open: No such
+/// file or directory`), as opposed to the summary a program prints after it.
+pub(super) const ERROR_WORDS: &[&str] = &[
+    "error",
+    "fail",
+    "fatal",
+    "cannot",
+    "can't",
+    "could not",
+    "couldn't",
+    "unable",
+    "not found",
+    "no such",
+    "denied",
+    "not permitted",
+    "refused",
+    "invalid",
+    "exception",
+    "severe",
+    "panic",
+    "timed out",
+];
+
+/// The lines to quote for a failed command: the first that looks like an error
+/// (the cause: `tar (child): ...: Cannot open`), then the last line when it is
+/// another one (often the summary: "exiting now", "no healthy answer after 3
+/// tries"); the last line alone when none looks like an error.
+pub(super) fn error_line(b: &[u8]) -> String {
+    let s = escape_controls(b);
+    let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let cut = |l: &str| -> String { l.chars().take(160).collect() };
+    let first = lines.iter().find(|l| {
+        let l = l.to_lowercase();
+        ERROR_WORDS.iter().any(|w| l.contains(w))
+    });
+    match (first, lines.last()) {
+        (Some(f), Some(l)) if f != l => format!("{} … {}", cut(f), cut(l)),
+        (Some(f), _) => cut(f),
+        (None, Some(l)) => cut(l),
+        (None, None) => String::new(),
+    }
+}
+
+/// Stdin for a command of the step: the secret env lines first, then `rest`.
+pub(super) fn with_env_lines(t: &Target, rest: Option<&str>) -> Option<String> {
+    match (&t.env_stdin, rest) {
+        (None, rest) => rest.map(str::to_string),
+        (Some(lines), rest) => Some(format!("{lines}{}", rest.unwrap_or_default())),
+    }
+}
+
+pub(super) fn env_stdin(t: &Target) -> Stdin {
+    t.env_stdin
+        .as_ref()
+        .map_or(Stdin::None, |l| Stdin::Bytes(l.clone().into_bytes()))
+}
+
+/// How one host's part of a step ended.
+pub(super) enum Verdict {
+    Ok,
+    Skipped(String),
+    Failed(String),
+    TimedOut(String),
+}
+
+/// What one host did in one step, gathered as it happens and recorded once.
+pub(super) struct Record<'s> {
+    pub(super) phase: Phase,
+    pub(super) number: usize,
+    pub(super) step: &'s Step,
+    pub(super) host: &'s str,
+    /// The batch the step runs (or is undone) for.
+    pub(super) batch: Option<usize>,
+    pub(super) shown: Target,
+    pub(super) started: events::Time,
+    pub(super) clock: Instant,
+    pub(super) exit_code: Option<i32>,
+    pub(super) out: Vec<u8>,
+    pub(super) err: Vec<u8>,
+    pub(super) checks: Vec<CheckAttempt>,
+    pub(super) capture: Option<(String, String)>,
+    upload_sha256: Option<String>,
+}
+
+impl<'s> Record<'s> {
+    pub(super) fn new(
+        phase: Phase,
+        number: usize,
+        step: &'s Step,
+        host: &'s str,
+        batch: Option<usize>,
+    ) -> Record<'s> {
+        Record {
+            phase,
+            number,
+            step,
+            host,
+            batch,
+            shown: Target::default(),
+            started: events::now(),
+            clock: Instant::now(),
+            exit_code: None,
+            out: Vec::new(),
+            err: Vec::new(),
+            checks: Vec::new(),
+            capture: None,
+            upload_sha256: None,
+        }
+    }
+}
+
+/// Why a finished command does not count as success: exit code, expected
+/// output, or an upload whose checksum on the host differs.
+pub(super) fn unexpected(step: &Step, rec: &Record<'_>, real: &Target) -> Option<String> {
+    let upload = real.upload.is_some();
+    if !rec.exit_code.is_some_and(|c| step.expect.exit.contains(&c)) {
+        let tail = error_line(if rec.err.is_empty() {
+            &rec.out
+        } else {
+            &rec.err
+        });
+        return Some(match rec.exit_code {
+            Some(c) if tail.is_empty() => format!("exit {c}"),
+            Some(c) => format!("exit {c}: {tail}"),
+            None => "killed by a signal".to_string(),
+        });
+    }
+    let stdout = String::from_utf8_lossy(&rec.out);
+    // The patterns were rendered for this host (and checked when rendered);
+    // messages show them as recorded, secrets masked.
+    let expectations = [
+        (&real.expect_stdout, &rec.shown.expect_stdout, true),
+        (&real.expect_stdout_not, &rec.shown.expect_stdout_not, false),
+    ];
+    for (pattern, shown, must_match) in expectations {
+        let Some(pattern) = pattern else { continue };
+        let shown = shown.as_deref().unwrap_or_default();
+        let re = match regex::Regex::new(pattern) {
+            Ok(re) => re,
+            Err(_) => return Some(format!("invalid regular expression /{shown}/")),
+        };
+        match (must_match, re.is_match(&stdout)) {
+            (true, false) => return Some(format!("stdout does not match /{shown}/")),
+            (false, true) => return Some(format!("stdout matches /{shown}/")),
+            _ => {}
+        }
+    }
+    if let (true, Some(sum)) = (upload, &rec.upload_sha256) {
+        if stdout.split_whitespace().next() != Some(sum.as_str()) {
+            return Some(format!(
+                "sha256 on the host does not match the local file ({sum})"
+            ));
+        }
+    }
+    None
+}
+
+impl Engine<'_> {
+    pub(super) fn render(
+        &self,
+        r: StepRef,
+        host: Option<&str>,
+        reveal: Reveal,
+        batch: Option<usize>,
+    ) -> Result<Target, String> {
+        let mut caps = self
+            .captures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if reveal == Reveal::Masked {
+            // A host may print a secret into a captured value: the recorded command
+            // must not carry it back in.
+            let values = caps
+                .global
+                .values_mut()
+                .chain(caps.hosts.values_mut().flat_map(|m| m.values_mut()));
+            for v in values {
+                *v = self.redactor.redact(v);
+            }
+        }
+        let mut target = self
+            .planner
+            .render(r, host, Some(&caps), reveal, batch)
+            .map_err(|e| self.redactor.redact(&e.to_string()))?;
+        if reveal == Reveal::Masked {
+            // Belt and braces: a filter (`upper`, `replace`) could still have carried a secret through.
+            for text in [&mut target.command, &mut target.stdin, &mut target.check]
+                .into_iter()
+                .flatten()
+            {
+                *text = self.redactor.redact(text);
+            }
+            for text in &mut target.rollback {
+                *text = self.redactor.redact(text);
+            }
+        }
+        Ok(target)
+    }
+
+    /// The command to send (secrets in) and the command to record (secrets masked).
+    pub(super) fn render_pair(
+        &self,
+        r: StepRef,
+        host: Option<&str>,
+        batch: Option<usize>,
+    ) -> Result<(Target, Target), String> {
+        Ok((
+            self.render(r, host, Reveal::Real, batch)?,
+            self.render(r, host, Reveal::Masked, batch)?,
+        ))
+    }
+
+    pub(super) async fn exec(
+        &self,
+        conn: &Connection,
+        line: &str,
+        stdin: Stdin,
+        host: &str,
+        timeout: Option<Duration>,
+    ) -> Result<crate::transport::Outcome, String> {
+        let cmd = Command {
+            line: line.to_string(),
+            stdin,
+        };
+        let redactor = &self.redactor;
+        let ui = self.ui;
+        // The live view (-v) shows whole lines only: a command that writes a secret
+        // in two pieces arrives in two chunks, and masking each chunk alone would
+        // show both halves. A very long line without a newline is let through in
+        // pieces so that output stays live.
+        const MAX_PENDING: usize = 64 * 1024;
+        let mut pending = (Vec::new(), Vec::new());
+        let result = {
+            let mut sink = |s: crate::transport::Stream, chunk: &[u8]| {
+                let buf = match s {
+                    crate::transport::Stream::Stdout => &mut pending.0,
+                    crate::transport::Stream::Stderr => &mut pending.1,
+                };
+                buf.extend_from_slice(chunk);
+                let upto = if buf.len() > MAX_PENDING {
+                    Some(buf.len())
+                } else {
+                    buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1)
+                };
+                if let Some(end) = upto {
+                    let lines: Vec<u8> = buf.drain(..end).collect();
+                    ui.output(host, &redactor.redact_bytes(&lines));
+                }
+            };
+            let fut = conn.exec(&cmd, &mut sink);
+            match timeout {
+                Some(t) => match tokio::time::timeout(t.saturating_add(TIMEOUT_GRACE), fut).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!(
+                        "no answer within {} (timeout + grace)",
+                        crate::duration::format(t.saturating_add(TIMEOUT_GRACE))
+                    )),
+                },
+                None => fut.await.map_err(|e| e.to_string()),
+            }
+        };
+        for rest in [pending.0, pending.1] {
+            if !rest.is_empty() {
+                ui.output(host, &redactor.redact_bytes(&rest));
+            }
+        }
+        result
+    }
+
+    /// One step on one host: action, expectations, capture, check; recorded once.
+    pub(super) async fn run_target(
+        &self,
+        phase: Phase,
+        r: StepRef,
+        number: usize,
+        step: &Step,
+        host: &str,
+        batch: Option<usize>,
+    ) -> Result<Done, ExecError> {
+        let mut rec = Record::new(phase, number, step, host, batch);
+        let verdict = self.attempt(r, &mut rec).await?;
+        self.finish(rec, verdict).await
+    }
+
+    pub(super) async fn attempt(
+        &self,
+        r: StepRef,
+        rec: &mut Record<'_>,
+    ) -> Result<Verdict, ExecError> {
+        let (step, host) = (rec.step, rec.host);
+        let host_opt = (!step.local).then_some(host);
+        let (real, shown) = match self.render_pair(r, host_opt, rec.batch) {
+            Ok(pair) => pair,
+            Err(e) => return Ok(Verdict::Failed(e)),
+        };
+        rec.shown = Target {
+            stdin: with_env_lines(&shown, shown.stdin.as_deref()),
+            ..shown
+        };
+        if let Some(why) = &real.skipped {
+            return Ok(Verdict::Skipped(why.clone()));
+        }
+        self.ui.host_started(host);
+        self.rec.emit(&Event::TargetStarted {
+            time: rec.started,
+            phase: rec.phase,
+            number: rec.number,
+            step: step.name.clone(),
+            host: host.to_string(),
+            command: rec.shown.command.clone(),
+        })?;
+        let Some(conn) = self.conn(step, host) else {
+            return Ok(Verdict::Failed("no connection to this host".into()));
+        };
+
+        if let Some(line) = &real.command {
+            let stdin = match (&real.upload, with_env_lines(&real, real.stdin.as_deref())) {
+                // A templated upload sends the text rendered for this host.
+                (Some(u), _) => match &u.content {
+                    Some(text) => Stdin::Bytes(text.clone().into_bytes()),
+                    None => Stdin::File(u.src.clone().into()),
+                },
+                (None, Some(s)) => Stdin::Bytes(s.into_bytes()),
+                _ => Stdin::None,
+            };
+            if let Some(u) = &real.upload {
+                // Hashed while rendering; the host checks the copy against it.
+                match &u.sha256 {
+                    Some(sum) => rec.upload_sha256 = Some(sum.clone()),
+                    None => {
+                        return Ok(Verdict::Failed(format!(
+                            "cannot read upload source `{}`",
+                            u.src
+                        )))
+                    }
+                }
+            }
+            match self.exec(conn, line, stdin, host, step.timeout).await {
+                Ok(o) => {
+                    rec.exit_code = o.exit_code;
+                    rec.out = o.stdout;
+                    rec.err = o.stderr;
+                }
+                Err(e) if e.contains("grace") => return Ok(Verdict::TimedOut(e)),
+                Err(e) => return Ok(Verdict::Failed(e)),
+            }
+            if step.timeout.is_some() && matches!(rec.exit_code, Some(124) | Some(137)) {
+                return Ok(Verdict::TimedOut(format!(
+                    "timed out after {}: the command was killed on the host",
+                    crate::duration::format(step.timeout.unwrap_or_default())
+                )));
+            }
+            if let Some(problem) = unexpected(step, rec, &real) {
+                return Ok(Verdict::Failed(problem));
+            }
+        }
+
+        if let (Some(c), Phase::Forward) = (&step.capture, rec.phase) {
+            let text = String::from_utf8_lossy(&rec.out).trim().to_string();
+            let value = match &c.regex {
+                Some(re) => re.captures(&text).map(|m| {
+                    m.get(1)
+                        .or_else(|| m.get(0))
+                        .map_or(String::new(), |g| g.as_str().to_string())
+                }),
+                None => Some(text),
+            };
+            let Some(value) = value else {
+                return Ok(Verdict::Failed(format!(
+                    "capture `{}`: /{}/ does not match the output",
+                    c.name,
+                    c.regex.as_ref().map_or("", |r| r.as_str())
+                )));
+            };
+            let mut caps = self.captures.lock().unwrap_or_else(|p| p.into_inner());
+            if step.local {
+                caps.global.insert(c.name.clone(), value.clone());
+            } else {
+                caps.hosts
+                    .entry(host.to_string())
+                    .or_default()
+                    .insert(c.name.clone(), value.clone());
+            }
+            rec.capture = Some((c.name.clone(), self.redactor.redact(&value)));
+        }
+
+        if step.check.is_some() {
+            // The check may read this very step's capture: render it now.
+            let line = match self.render(r, host_opt, Reveal::Real, rec.batch) {
+                Ok(t) => t.check,
+                Err(e) => return Ok(Verdict::Failed(e)),
+            };
+            if let Some(line) = line {
+                for attempt in 1..=step.retries + 1 {
+                    let (code, output) = match self
+                        .exec(conn, &line, env_stdin(&real), host, step.timeout)
+                        .await
+                    {
+                        Ok(o) => {
+                            let mut text = o.stdout;
+                            text.extend_from_slice(&o.stderr);
+                            (
+                                o.exit_code,
+                                escape_controls(&self.redactor.redact_bytes(&text)),
+                            )
+                        }
+                        Err(e) => (None, e),
+                    };
+                    let ok = code == Some(0);
+                    rec.checks.push(CheckAttempt {
+                        attempt,
+                        exit_code: code,
+                        ok,
+                        output: output.chars().take(2000).collect(),
+                    });
+                    if ok {
+                        return Ok(Verdict::Ok);
+                    }
+                    if attempt <= step.retries {
+                        tokio::time::sleep(step.delay).await;
+                    }
+                }
+                return Ok(Verdict::Failed(format!(
+                    "check failed after {}",
+                    crate::plural::count(rec.checks.len(), "attempt", "attempts")
+                )));
+            }
+        }
+        Ok(Verdict::Ok)
+    }
+
+    /// Saves the outputs, records the result, updates the view and what a rollback would undo.
+    pub(super) async fn finish(
+        &self,
+        rec: Record<'_>,
+        verdict: Verdict,
+    ) -> Result<Done, ExecError> {
+        let took = rec.clock.elapsed();
+        let (status, reason) = match verdict {
+            Verdict::Ok => (Status::Ok, None),
+            Verdict::Skipped(why) => (Status::Skipped, Some(why)),
+            Verdict::Failed(why) => (Status::Failed, Some(why)),
+            Verdict::TimedOut(why) => (Status::TimedOut, Some(why)),
+        };
+        let prefix = match rec.phase {
+            Phase::Forward => format!("{:02}", rec.number),
+            Phase::Rollback => format!("rb{:02}", rec.number),
+        };
+        let stem = match rec.shown.batch {
+            Some(b) => format!("{prefix}-{}-{}-b{b}", slug(&rec.step.name), slug(rec.host)),
+            None => format!("{prefix}-{}-{}", slug(&rec.step.name), slug(rec.host)),
+        };
+        let stdout = self
+            .rec
+            .save(&stem, "stdout", &self.redactor.redact_bytes(&rec.out))?;
+        let stderr = self
+            .rec
+            .save(&stem, "stderr", &self.redactor.redact_bytes(&rec.err))?;
+        let reason = reason.map(|r| self.redactor.redact(&r));
+        // A failure quotes stderr when there is any, else stdout (see `unexpected`).
+        let output = stderr
+            .as_ref()
+            .or(stdout.as_ref())
+            .map(|saved| self.rec.dir().join(&saved.file));
+        self.rec.emit(&Event::TargetFinished {
+            time: events::now(),
+            phase: rec.phase,
+            number: rec.number,
+            step: rec.step.name.clone(),
+            host: rec.host.to_string(),
+            login: rec.shown.login.clone(),
+            status,
+            started: rec.started,
+            millis: took.as_millis() as u64,
+            exit_code: rec.exit_code,
+            command: rec.shown.command.clone(),
+            stdin: rec.shown.stdin.clone(),
+            stdout,
+            stderr,
+            checks: rec.checks,
+            capture: rec.capture,
+            upload_sha256: rec.upload_sha256,
+            reason: reason.clone(),
+            batch: rec.shown.batch,
+        })?;
+        if let (Phase::Forward, Status::Ok) = (rec.phase, status) {
+            let mut done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
+            done.entry(rec.number - 1).or_default().push(Completion {
+                host: rec.host.to_string(),
+                batch: rec.shown.batch,
+            });
+        }
+        let detail = reason.unwrap_or_default();
+        self.ui.host_finished(rec.host, status, took, &detail);
+        Ok(Done {
+            host: rec.host.to_string(),
+            status,
+            detail,
+            output,
+        })
+    }
+}

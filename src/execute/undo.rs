@@ -1,0 +1,263 @@
+//! Undo: the `rollback:` of each completed step, run latest first, batch by
+//! batch (a step that read `batch` is undone with the batch it ran for).
+
+use super::attempt::{error_line, with_env_lines, Record, Verdict};
+use super::engine::*;
+use crate::load::runbook::Action;
+use crate::load::runbook::Step;
+use crate::plan::Target;
+use crate::plan::{Completion, Planner, StepRef};
+use crate::record::events::{Phase, Status};
+use crate::transport::Stdin;
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+
+/// What a rollback did: the (step, host) pairs undone, in the order they were,
+/// and the (step, host) pairs whose undo failed.
+#[derive(Debug, Default)]
+pub struct Undone {
+    pub ok: Vec<(String, Completion)>,
+    pub failed: Vec<(String, String)>,
+}
+
+impl Undone {
+    /// What was undone, per host in inventory order: `oa1 (`Stop`, `Back up`); lb1
+    /// (`Drain` of batch 1)`. Hosts that had the same steps undone share one entry,
+    /// so a large estate stays one line.
+    pub fn summary(&self, planner: &Planner) -> String {
+        let mut per_host: Vec<(&str, Vec<String>)> = Vec::new();
+        for (step, c) in &self.ok {
+            let what = match c.batch {
+                Some(b) => format!("`{step}` of batch {b}"),
+                None => format!("`{step}`"),
+            };
+            match per_host.iter_mut().find(|(h, _)| *h == c.host) {
+                Some((_, steps)) => steps.push(what),
+                None => per_host.push((&c.host, vec![what])),
+            }
+        }
+        // Hosts finish in any order: the message must not depend on it.
+        let order: Vec<&str> = planner
+            .run_hosts()
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        per_host.sort_by_key(|(h, _)| order.iter().position(|o| o == h).unwrap_or(usize::MAX));
+        let mut groups: Vec<(Vec<&str>, Vec<String>)> = Vec::new();
+        for (host, steps) in per_host {
+            match groups.iter_mut().find(|(_, s)| *s == steps) {
+                Some((hosts, _)) => hosts.push(host),
+                None => groups.push((vec![host], steps)),
+            }
+        }
+        groups
+            .iter()
+            .map(|(hosts, steps)| format!("{} ({})", hosts.join(", "), steps.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Completed steps that have a rollback, last first: what an undo would run.
+pub fn undoable(planner: &Planner, done: &BTreeMap<usize, Vec<Completion>>) -> Vec<Completed> {
+    done.iter()
+        .rev()
+        .filter(|(i, _)| {
+            planner
+                .runbook
+                .steps
+                .get(**i)
+                .is_some_and(|s| !s.rollback.is_empty())
+        })
+        .map(|(i, hosts)| Completed {
+            step: *i,
+            hosts: hosts.clone(),
+        })
+        .collect()
+}
+
+/// Splits a step's completions into rounds to undo one after the other: a host
+/// that completed the step in several batches (a load balancer, drained once
+/// per batch) is undone once per round, latest batch first; every other host
+/// is undone in the first round, all in parallel as before.
+pub fn undo_rounds(done: &[Completion]) -> Vec<Vec<Completion>> {
+    let mut rounds: Vec<Vec<Completion>> = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for c in done.iter().rev() {
+        let k = seen.entry(c.host.as_str()).or_insert(0);
+        if rounds.len() <= *k {
+            rounds.push(Vec::new());
+        }
+        rounds[*k].push(c.clone());
+        *k += 1;
+    }
+    // Within a round, hosts in the order they completed.
+    for r in &mut rounds {
+        r.reverse();
+    }
+    rounds
+}
+
+impl Engine<'_> {
+    /// Completed steps that have a rollback, last first.
+    pub fn undoable(&self) -> Vec<Completed> {
+        let done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
+        undoable(self.planner, &done)
+    }
+
+    /// Undoes completed steps in reverse order, on the hosts where each completed;
+    /// a failed undo does not stop the others.
+    pub async fn rollback(&mut self) -> Result<Undone, ExecError> {
+        let mut undone = Undone::default();
+        for c in self.undoable() {
+            let r = StepRef::Forward(c.step);
+            let step = self.step_def(r).clone();
+            for round in undo_rounds(&c.hosts) {
+                let failures = self.undo_round(r, c.step, &step, &round).await?;
+                for h in &round {
+                    if !failures.iter().any(|(_, f)| *f == h.host) {
+                        undone.ok.push((step.name.clone(), h.clone()));
+                    }
+                }
+                undone.failed.extend(failures);
+            }
+        }
+        Ok(undone)
+    }
+
+    /// Undoes one step on hosts that each completed it once (in one batch).
+    pub(super) async fn undo_round(
+        &self,
+        r: StepRef,
+        index: usize,
+        step: &Step,
+        round: &[Completion],
+    ) -> Result<Vec<(String, String)>, ExecError> {
+        let mut failures = Vec::new();
+        let hosts: Vec<String> = round.iter().map(|c| c.host.clone()).collect();
+        let batch_of = |h: &str| round.iter().find(|c| c.host == h).and_then(|c| c.batch);
+        let label = match round.iter().find_map(|c| c.batch) {
+            Some(b) => format!("[undo {} batch {b}]", index + 1),
+            None => format!("[undo {}]", index + 1),
+        };
+        self.ui.step(&label, &step.name, hosts.len());
+        // Undoing a stop is a start (and vice versa): the downtime report follows it.
+        let service = step.service.clone().map(|mut s| {
+            s.state = match s.state {
+                crate::load::runbook::ServiceState::Stopped => {
+                    crate::load::runbook::ServiceState::Started
+                }
+                crate::load::runbook::ServiceState::Started => {
+                    crate::load::runbook::ServiceState::Stopped
+                }
+            };
+            s
+        });
+        let results = self
+            .on_hosts(Phase::Rollback, index + 1, step, &hosts, service, |h| {
+                self.undo_target(r, index + 1, step, h, batch_of(h))
+            })
+            .await?;
+        for d in results
+            .into_iter()
+            .filter(|d| d.status != Status::Ok && d.status != Status::Skipped)
+        {
+            self.ui.error(&format!(
+                "ROLLBACK FAILED: `{}` on {}: {}",
+                step.name, d.host, d.detail
+            ));
+            failures.push((step.name.clone(), d.host));
+        }
+        Ok(failures)
+    }
+
+    pub(super) async fn undo_target(
+        &self,
+        r: StepRef,
+        number: usize,
+        step: &Step,
+        host: &str,
+        batch: Option<usize>,
+    ) -> Result<Done, ExecError> {
+        let mut rec = Record::new(Phase::Rollback, number, step, host, batch);
+        let verdict = self.undo(r, &mut rec).await?;
+        self.finish(rec, verdict).await
+    }
+
+    pub(super) async fn undo(
+        &self,
+        r: StepRef,
+        rec: &mut Record<'_>,
+    ) -> Result<Verdict, ExecError> {
+        let (step, host) = (rec.step, rec.host);
+        let (real, shown) = match self.render_pair(r, (!step.local).then_some(host), rec.batch) {
+            Ok(pair) => pair,
+            Err(e) => return Ok(Verdict::Failed(e)),
+        };
+        // A `run` step's rollback gets the step's stdin too: undoing a step that needed a
+        // secret (reloading the previous license) needs it again, and argv is no place for it.
+        let stdin_of = |t: &Target| match &step.action {
+            Action::Run(_) => with_env_lines(t, t.stdin.as_deref()),
+            _ => with_env_lines(t, None),
+        };
+        rec.shown = Target {
+            command: Some(shown.rollback.join("\n")),
+            stdin: stdin_of(&shown),
+            ..shown.clone()
+        };
+        let stdin = stdin_of(&real);
+        self.ui.host_started(host);
+        let Some(conn) = self.conn(step, host) else {
+            return Ok(Verdict::Failed("no connection to this host".into()));
+        };
+        rec.exit_code = Some(0);
+        for line in &real.rollback {
+            let input = stdin
+                .as_ref()
+                .map_or(Stdin::None, |s| Stdin::Bytes(s.clone().into_bytes()));
+            match self.exec(conn, line, input, host, step.timeout).await {
+                Ok(o) => {
+                    rec.out.extend_from_slice(&o.stdout);
+                    rec.err.extend_from_slice(&o.stderr);
+                    rec.exit_code = o.exit_code;
+                    if o.exit_code != Some(0) {
+                        return Ok(Verdict::Failed(format!(
+                            "rollback exit {}: {}",
+                            o.exit_code.map_or("signal".into(), |c| c.to_string()),
+                            error_line(&rec.err)
+                        )));
+                    }
+                }
+                Err(e) => return Ok(Verdict::Failed(e)),
+            }
+        }
+        Ok(Verdict::Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(host: &str, batch: Option<usize>) -> Completion {
+        Completion {
+            host: host.into(),
+            batch,
+        }
+    }
+
+    #[test]
+    fn a_host_in_every_batch_is_undone_once_per_batch_latest_first() {
+        let done = [c("lb1", Some(1)), c("lb2", Some(1)), c("lb1", Some(2))];
+        assert_eq!(
+            undo_rounds(&done),
+            [
+                vec![c("lb2", Some(1)), c("lb1", Some(2))],
+                vec![c("lb1", Some(1))]
+            ]
+        );
+        // Hosts that completed once are all undone together, as before batches mattered.
+        let done = [c("oa1", None), c("oa2", None)];
+        assert_eq!(undo_rounds(&done), [done.to_vec()]);
+    }
+}
