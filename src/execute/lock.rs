@@ -6,7 +6,12 @@
 //! process is gone (on this control machine) is stale and can be broken with
 //! `--break-lock`, which the journal records.
 
+use super::engine::{Engine, ExecError};
+use super::{control_host, Settings};
+use crate::plan::Plan;
+use crate::record::events::{self, Event};
 use crate::shell::quote;
+use crate::transport::Command;
 use crate::transport::{ConnectionKind, Endpoint};
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +119,128 @@ pub fn describe(owner: &Option<Owner>) -> String {
             o.run_id, o.operator, o.control_host, o.pid, o.started
         ),
         None => "an unknown owner (no readable owner file)".to_string(),
+    }
+}
+
+pub(super) fn lock_event(
+    engine: &Engine<'_>,
+    host: &str,
+    path: &str,
+    action: &str,
+    detail: String,
+) -> Result<(), ExecError> {
+    engine.rec.emit(&Event::Lock {
+        time: events::now(),
+        host: host.into(),
+        path: path.into(),
+        action: action.into(),
+        detail,
+    })?;
+    Ok(())
+}
+
+/// Takes every host's lock, or none: refuses (naming the holder) if one is held.
+pub(super) async fn take_locks(
+    engine: &Engine<'_>,
+    plan: &Plan,
+    s: &Settings,
+    run_id: &str,
+    held: &mut Vec<(Endpoint, String)>,
+) -> Result<Option<String>, ExecError> {
+    let me = Owner {
+        run_id: run_id.to_string(),
+        operator: s.operator.clone(),
+        control_host: control_host(),
+        pid: std::process::id(),
+        started: events::now().to_rfc3339(),
+    };
+    let mut refused = Vec::new();
+    for h in &plan.hosts {
+        let Some(conn) = engine.conns.get(&h.name) else {
+            continue;
+        };
+        let path = path(&h.endpoint);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let out = conn
+                .exec(&Command::new(acquire_command(&path, &me)), &mut |_, _| {})
+                .await;
+            let stdout = match out {
+                Ok(o) => String::from_utf8_lossy(&o.stdout).to_string(),
+                Err(e) => {
+                    refused.push(format!("{}: cannot take the lock: {e}", h.name));
+                    break;
+                }
+            };
+            match parse_acquire(&stdout) {
+                Acquired::Taken => {
+                    lock_event(engine, &h.name, &path, "taken", String::new())?;
+                    held.push((h.endpoint.clone(), path.clone()));
+                    break;
+                }
+                Acquired::Held(owner) => {
+                    let who = describe(&owner);
+                    let stale = owner.as_ref().is_some_and(|o| is_stale(o, &control_host()));
+                    // Only a lock known to be dead is broken: its owner's pid is gone on
+                    // this machine, or it has no readable owner. A run from another
+                    // control machine cannot be checked from here.
+                    let elsewhere = owner
+                        .as_ref()
+                        .is_some_and(|o| o.control_host != control_host());
+                    if s.break_lock && attempt == 1 && (stale || owner.is_none()) {
+                        let _ = conn
+                            .exec(&Command::new(break_command(&path)), &mut |_, _| {})
+                            .await;
+                        lock_event(
+                            engine,
+                            &h.name,
+                            &path,
+                            "broken",
+                            format!("--break-lock by {}: was held by {who}", s.operator),
+                        )?;
+                        engine
+                            .ui
+                            .warn(&format!("{}: broke the lock held by {who}", h.name));
+                        continue;
+                    }
+                    lock_event(engine, &h.name, &path, "held", who.clone())?;
+                    let remove = format!("ssh {} rm -rf {path}", h.endpoint.address);
+                    let advice = if stale {
+                        "that process is gone: the lock is stale; rerun with --break-lock to break it".to_string()
+                    } else if elsewhere {
+                        format!("it was taken from another control machine, which opsrun cannot check from here; if that run is dead, remove the lock by hand ({remove})")
+                    } else if s.break_lock {
+                        "its owner is still running: --break-lock only breaks a stale lock"
+                            .to_string()
+                    } else {
+                        "wait for it to finish, or if that run is dead, rerun with --break-lock"
+                            .to_string()
+                    };
+                    refused.push(format!("{} is locked ({path}) by {who}: {advice}", h.name));
+                    break;
+                }
+            }
+        }
+    }
+    Ok((!refused.is_empty()).then(|| refused.join("\n")))
+}
+
+pub(super) async fn release_locks(engine: &Engine<'_>, held: &[(Endpoint, String)], run_id: &str) {
+    for (ep, path) in held {
+        if let Some(conn) = engine.conns.get(&ep.host) {
+            let ok = conn
+                .exec(&Command::new(release_command(path, run_id)), &mut |_, _| {})
+                .await
+                .is_ok_and(|o| o.success());
+            let _ = lock_event(
+                engine,
+                &ep.host,
+                path,
+                if ok { "released" } else { "release failed" },
+                String::new(),
+            );
+        }
     }
 }
 

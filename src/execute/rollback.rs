@@ -1,0 +1,491 @@
+//! Rollback policy: what is undone after a failure (`on_failure`), by
+//! `opsrun rollback` of a recorded run, and the rollback guide, with the
+//! preview the operator confirms first.
+
+use super::*;
+
+/// `opsrun rollback RUN`: the runbook's rollback guide, or the completed steps' own rollbacks.
+pub(super) async fn rollback_recorded(
+    engine: &mut Engine<'_>,
+    recorded: &Recorded,
+) -> Result<Finish, ExecError> {
+    let guide = engine.planner.runbook.rollback.len();
+    if guide > 0 {
+        engine.ui.line(&format!(
+            "running the rollback guide of `{}` for run {}",
+            engine.planner.runbook.name, recorded.id
+        ));
+        let refs: Vec<StepRef> = (0..guide).map(StepRef::Guide).collect();
+        let label = |r: StepRef| match r {
+            StepRef::Forward(i) | StepRef::Guide(i) => format!("[R{}/{guide}]", i + 1),
+        };
+        let batches = guide_batches(engine.planner, recorded);
+        if batches.is_empty() {
+            return Ok(Finish {
+                outcome: Outcome::Succeeded,
+                message: format!(
+                    "run {} reached no node: its rollback guide has nothing to restore",
+                    recorded.id
+                ),
+                exit_code: exit::OK,
+            });
+        }
+        for b in &batches {
+            if let Some(b) = b {
+                engine.ui.line(&batch_line(engine.planner, *b));
+            }
+            let fut = engine.run_steps(&refs, *b, &label);
+            if let Some(f) = fut.await? {
+                return Ok(Finish {
+                    message: format!(
+                        "rollback guide stopped: {}; run {} is NOT fully restored",
+                        f.message, recorded.id
+                    ),
+                    ..f
+                });
+            }
+        }
+        return Ok(Finish {
+            outcome: Outcome::Succeeded,
+            message: format!(
+                "rolled back run {} with the rollback guide ({}{})",
+                recorded.id,
+                count(guide, "step", "steps"),
+                guide_where(engine.planner, &batches)
+            ),
+            exit_code: exit::OK,
+        });
+    }
+    let undo = engine.undoable();
+    if undo.is_empty() {
+        return Ok(Finish {
+            outcome: Outcome::Succeeded,
+            message: format!("run {} has no completed step left to undo", recorded.id),
+            exit_code: exit::OK,
+        });
+    }
+    let undone = engine.rollback().await?;
+    Ok(Finish {
+        outcome: if undone.failed.is_empty() {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed
+        },
+        message: if undone.failed.is_empty() {
+            format!(
+                "rolled back {} of run {}: {}",
+                count(undo.len(), "step", "steps"),
+                recorded.id,
+                undone_message(engine.planner, &undone)
+            )
+        } else {
+            undone_message(engine.planner, &undone)
+        },
+        exit_code: if undone.failed.is_empty() {
+            exit::OK
+        } else {
+            exit::STEP_FAILED
+        },
+    })
+}
+
+/// Says what a rollback restored, and what it could not.
+pub(super) fn undone_message(planner: &Planner, undone: &crate::execute::undo::Undone) -> String {
+    if undone.failed.is_empty() {
+        return format!("restored {}", undone.summary(planner));
+    }
+    let list: Vec<String> = undone
+        .failed
+        .iter()
+        .map(|(s, h)| format!("`{s}` on {h}"))
+        .collect();
+    let done = if undone.ok.is_empty() {
+        String::new()
+    } else {
+        format!("; undone: {}", undone.summary(planner))
+    };
+    format!(
+        "ROLLBACK INCOMPLETE: not restored: {}{done}",
+        list.join(", ")
+    )
+}
+
+/// `batch 1/2: oa1 (with lb1 in every batch)`: the line that opens a batch.
+pub(super) fn batch_line(planner: &Planner, batch: usize) -> String {
+    let all = planner.batches();
+    let serial: std::collections::HashSet<&String> = all.iter().flatten().collect();
+    let every: Vec<&str> = planner
+        .run_hosts()
+        .into_iter()
+        .filter(|h| !serial.contains(&h.name))
+        .map(|h| h.name.as_str())
+        .collect();
+    let also = if every.is_empty() {
+        String::new()
+    } else {
+        format!(" (with {} in every batch)", every.join(", "))
+    };
+    let members = batch
+        .checked_sub(1)
+        .and_then(|i| all.get(i))
+        .map_or(String::new(), |m| m.join(", "));
+    format!("batch {batch}/{}: {members}{also}", all.len())
+}
+
+/// The batches the rollback guide runs for: with `serial`, the guide is rolling like
+/// the run, one batch after the other, and only for the batches the run reached (a
+/// node the run never touched has no backup to restore); `None`: all hosts at once.
+pub(super) fn guide_batches(planner: &Planner, recorded: &Recorded) -> Vec<Option<usize>> {
+    let all = planner.batches();
+    if all.len() <= 1 {
+        return vec![None];
+    }
+    let touched: std::collections::HashSet<&str> = recorded
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TargetStarted {
+                phase: events::Phase::Forward,
+                host,
+                ..
+            } => Some(host.as_str()),
+            _ => None,
+        })
+        .collect();
+    (1..=all.len())
+        .filter(|b| all[b - 1].iter().any(|h| touched.contains(h.as_str())))
+        .map(Some)
+        .collect()
+}
+
+/// The hosts the guide's steps run on, in inventory order.
+pub(super) fn guide_hosts(planner: &Planner, batches: &[Option<usize>]) -> Vec<String> {
+    let mut on = std::collections::HashSet::new();
+    for i in 0..planner.runbook.rollback.len() {
+        let r = StepRef::Guide(i);
+        if planner.runbook.rollback[i].local {
+            continue;
+        }
+        for b in batches {
+            on.extend(planner.batch_hosts(r, *b));
+        }
+    }
+    planner
+        .run_hosts()
+        .into_iter()
+        .filter(|h| on.contains(&h.name))
+        .map(|h| h.name.clone())
+        .collect()
+}
+
+/// ` on oa1, oa2`, or with batches `, batch by batch: [oa1] [oa2], lb1 in every batch`.
+pub(super) fn guide_where(planner: &Planner, batches: &[Option<usize>]) -> String {
+    let hosts = guide_hosts(planner, batches);
+    if !batches.iter().any(Option::is_some) {
+        return if hosts.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", hosts.join(", "))
+        };
+    }
+    let all = planner.batches();
+    let shown: Vec<String> = batches
+        .iter()
+        .flatten()
+        .filter_map(|b| all.get(b.checked_sub(1)?))
+        .map(|m| format!("[{}]", m.join(", ")))
+        .collect();
+    let serial: std::collections::HashSet<&String> = all.iter().flatten().collect();
+    let every: Vec<&str> = hosts
+        .iter()
+        .filter(|h| !serial.contains(h))
+        .map(String::as_str)
+        .collect();
+    let also = if every.is_empty() {
+        String::new()
+    } else {
+        format!(", {} in every batch", every.join(", "))
+    };
+    format!(", batch by batch: {}{also}", shown.join(" "))
+}
+
+/// What `opsrun rollback RUN` will do, as shown before its gate and by `--dry-run`:
+/// each step, where, with the exact commands (secrets masked); and the gate's question.
+pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>, String) {
+    let redactor = Redactor::new(planner.secret_values().iter().map(String::as_str));
+    let inv = &planner.inventory.name;
+    let name = &planner.runbook.name;
+    let mut lines = Vec::new();
+    let guide = planner.runbook.rollback.len();
+    if guide == 0 {
+        let undo = crate::execute::undo::undoable(planner, &recorded.completed);
+        lines.extend(undo_lines(planner, &recorded.captures, &undo));
+        let mut on = std::collections::HashSet::new();
+        for c in &undo {
+            on.extend(c.hosts.iter().map(|h| h.host.clone()));
+        }
+        let mut hosts: Vec<String> = planner
+            .run_hosts()
+            .into_iter()
+            .filter(|h| on.contains(&h.name))
+            .map(|h| h.name.clone())
+            .collect();
+        if on.contains("localhost") {
+            hosts.push("this machine".into());
+        }
+        let question = if undo.is_empty() {
+            format!(
+                "Roll back run `{}` ({name} on `{inv}`)? It has no completed step left to undo.",
+                recorded.id
+            )
+        } else {
+            format!(
+                "Roll back run `{}` ({name} on `{inv}`): undo {} on {}?",
+                recorded.id,
+                count(undo.len(), "step", "steps"),
+                hosts.join(", ")
+            )
+        };
+        return (lines.iter().map(|l| redactor.redact(l)).collect(), question);
+    }
+    let batches = guide_batches(planner, recorded);
+    let rolling = planner.batches().len() > 1;
+    lines.push(format!(
+        "{} the rollback guide of `{name}` for run {}{}:",
+        console::style("rollback:").yellow().bold(),
+        recorded.id,
+        if rolling {
+            ", batch by batch as the run went"
+        } else {
+            ""
+        }
+    ));
+    for b in &batches {
+        if let Some(b) = b {
+            lines.push(batch_line(planner, *b));
+        }
+        for i in 0..guide {
+            guide_step_lines(planner, recorded, StepRef::Guide(i), *b, &mut lines);
+        }
+    }
+    for b in 1..=planner.batches().len() {
+        if rolling && !batches.contains(&Some(b)) {
+            lines.push(format!(
+                "{}: not reached by run {}, left as it is",
+                batch_line(planner, b),
+                recorded.id
+            ));
+        }
+    }
+    let hosts = guide_hosts(planner, &batches).join(", ");
+    let question = if batches.is_empty() {
+        format!(
+            "Roll back run `{}` ({name} on `{inv}`)? It reached no node: its rollback guide has nothing to restore.",
+            recorded.id
+        )
+    } else if recorded.rolled_back_by.is_empty() {
+        format!(
+            "Roll back run `{}` ({name} on `{inv}`) with its rollback guide, on {hosts}?",
+            recorded.id
+        )
+    } else {
+        format!(
+            "Run `{}` was already rolled back (by {}). Run its rollback guide again, on {hosts}?",
+            recorded.id,
+            recorded.rolled_back_by.join(", by ")
+        )
+    };
+    (lines.iter().map(|l| redactor.redact(l)).collect(), question)
+}
+
+/// One guide step in one batch: its name and hosts, gate, manual text and commands.
+pub(super) fn guide_step_lines(
+    planner: &Planner,
+    recorded: &Recorded,
+    r: StepRef,
+    batch: Option<usize>,
+    lines: &mut Vec<String>,
+) {
+    let StepRef::Guide(i) = r else { return };
+    // Everything below is rendered, and may carry captured values: what a host printed.
+    let start = lines.len();
+    guide_step_rendered(planner, recorded, r, i, batch, lines);
+    for l in &mut lines[start..] {
+        *l = escape_controls(l.as_bytes());
+    }
+}
+
+pub(super) fn guide_step_rendered(
+    planner: &Planner,
+    recorded: &Recorded,
+    r: StepRef,
+    i: usize,
+    batch: Option<usize>,
+    lines: &mut Vec<String>,
+) {
+    let step = &planner.runbook.rollback[i];
+    let total = planner.runbook.rollback.len();
+    let hosts: Vec<String> = if step.local {
+        vec!["localhost".into()]
+    } else {
+        planner.batch_hosts(r, batch)
+    };
+    let manual = matches!(step.action, crate::load::runbook::Action::Manual(_));
+    if hosts.is_empty() && !manual {
+        return;
+    }
+    let on = if hosts.is_empty() {
+        String::new()
+    } else {
+        format!(" on {}", hosts.join(", "))
+    };
+    lines.push(format!("  [R{}/{total}] {}{on}", i + 1, step.name));
+    let fail = |e: &dyn std::fmt::Display| format!("      (cannot render: {e})");
+    match planner.confirm_prompt(r) {
+        Ok(Some(q)) => lines.push(format!(
+            "      gate: {q} {} [y/N]",
+            planner.gate_hosts(step, &hosts, batch)
+        )),
+        Ok(None) => {}
+        Err(e) => lines.push(fail(&e)),
+    }
+    if manual {
+        match planner.manual_text(r) {
+            Ok(text) => {
+                lines.push("      manual: the operator does this by hand and confirms:".into());
+                for l in text.unwrap_or_default().lines() {
+                    lines.push(format!("        | {l}"));
+                }
+            }
+            Err(e) => lines.push(fail(&e)),
+        }
+        return;
+    }
+    for h in &hosts {
+        let host = (!step.local).then_some(h.as_str());
+        match planner.render(r, host, Some(&recorded.captures), Reveal::Masked, batch) {
+            Ok(t) => {
+                let text = crate::report::preview::target_text(
+                    &t,
+                    step.retries,
+                    &crate::duration::format(step.delay),
+                );
+                lines.extend(text.lines().map(|l| format!("  {l}")));
+            }
+            Err(e) => lines.push(fail(&e)),
+        }
+    }
+}
+
+pub(super) fn show_undo(engine: &Engine<'_>) {
+    let caps = engine
+        .captures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for l in undo_lines(engine.planner, &caps, &engine.undoable()) {
+        engine.ui.line(&engine.redactor.redact(&l));
+    }
+}
+
+/// The completed steps an undo will run, in order, with their rollback commands.
+pub(super) fn undo_lines(
+    planner: &Planner,
+    caps: &Captures,
+    undo: &[crate::execute::engine::Completed],
+) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{} these completed steps will be undone, in this order:",
+        console::style("rollback:").yellow().bold()
+    )];
+    for c in undo {
+        let step = &planner.runbook.steps[c.step];
+        for round in crate::execute::undo::undo_rounds(&c.hosts) {
+            let hosts: Vec<String> = round.iter().map(ToString::to_string).collect();
+            lines.push(format!(
+                "  [{}] {} on {}",
+                c.step + 1,
+                step.name,
+                hosts.join(", ")
+            ));
+            for h in &round {
+                let host = (!step.local).then_some(h.host.as_str());
+                if let Ok(t) = planner.render(
+                    StepRef::Forward(c.step),
+                    host,
+                    Some(caps),
+                    Reveal::Masked,
+                    h.batch,
+                ) {
+                    for r in &t.rollback {
+                        // A command may carry a captured value: what a host printed.
+                        let line = crate::report::preview::prompt_line(&t.login, r, "      ");
+                        lines.push(escape_controls(line.as_bytes()));
+                    }
+                }
+            }
+        }
+    }
+    lines
+}
+
+/// After a failed step: show what will be undone, gate it, run it, say what is restored.
+pub(super) async fn rollback_after_failure(
+    engine: &mut Engine<'_>,
+    failed: Finish,
+) -> Result<Finish, ExecError> {
+    let failed_step = *engine.failed_step.lock().unwrap_or_else(|p| p.into_inner());
+    let policy = failed_step
+        .map(|i| engine.planner.runbook.steps[i].on_failure)
+        .unwrap_or_default();
+    let undoable = engine.undoable();
+    if policy != crate::load::runbook::OnFailure::Rollback || undoable.is_empty() {
+        let why = if policy == crate::load::runbook::OnFailure::Abort {
+            "on_failure: abort"
+        } else {
+            "no completed step has a rollback"
+        };
+        return Ok(Finish {
+            message: format!("{}; nothing rolled back ({why})", failed.message),
+            ..failed
+        });
+    }
+    engine.ui.line("");
+    show_undo(engine);
+    if !engine.confirm(
+        Some("(rollback)"),
+        &format!(
+            "Roll back {}?",
+            count(undoable.len(), "completed step", "completed steps")
+        ),
+    )? {
+        return Ok(Finish {
+            outcome: Outcome::Failed,
+            message: format!(
+                "{}; rollback declined by the operator: nothing restored",
+                failed.message
+            ),
+            exit_code: exit::STEP_FAILED,
+        });
+    }
+    let undone = engine.rollback().await?;
+    let message = if undone.failed.is_empty() {
+        format!(
+            "{}; rolled back {}: {}",
+            failed.message,
+            count(undoable.len(), "step", "steps"),
+            undone_message(engine.planner, &undone)
+        )
+    } else {
+        format!(
+            "{}; {}",
+            failed.message,
+            undone_message(engine.planner, &undone)
+        )
+    };
+    Ok(Finish {
+        outcome: Outcome::Failed,
+        message,
+        exit_code: exit::STEP_FAILED,
+    })
+}
