@@ -1,0 +1,91 @@
+//! `opsrun rollback RUN`: re-plan a recorded run, preview what would be undone, and undo it.
+
+use super::run::{finish_run, secrets, settings};
+use super::*;
+
+/// `opsrun rollback RUN`: re-plans the recorded runbook and inventory with the
+/// run's params, stamp and captures, then undoes it as a run of its own.
+pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
+    let dir = crate::record::runs::resolve(log_dir, &args.run)?;
+    let recorded = crate::record::runs::load(&dir)?;
+    for w in &recorded.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(env) = &args.env {
+        if env != &recorded.env {
+            return Err(Error::Usage(format!(
+                "--env {env}: run {} ran on `{}`",
+                recorded.id, recorded.env
+            ))
+            .into());
+        }
+    }
+    let (runbook_path, inventory_path) = recorded
+        .events
+        .iter()
+        .find_map(|e| match e {
+            crate::record::events::Event::RunStarted {
+                runbook_path,
+                inventory_path,
+                ..
+            } => Some((runbook_path.clone(), inventory_path.clone())),
+            _ => None,
+        })
+        .unwrap_or_default();
+    // The copies kept in the run directory are what ran; their original paths keep
+    // relative `ssh:` paths (known_hosts_file, ...) resolving as they did.
+    let copy = |name: &str,
+                original: &str|
+     -> Result<std::sync::Arc<crate::diagnostic::SourceFile>, Error> {
+        let text = std::fs::read_to_string(dir.join(name)).map_err(|reason| Error::Read {
+            path: dir.join(name),
+            reason,
+        })?;
+        Ok(crate::diagnostic::SourceFile::new(original, text))
+    };
+    let runbook = load::runbook_from_source(copy("runbook.yaml", &runbook_path)?)?;
+    let inventory = load::inventory_from_source(copy("inventory.yaml", &inventory_path)?)?;
+    let opts = Options {
+        params: recorded
+            .params
+            .iter()
+            .filter(|(k, _)| runbook.params.iter().any(|p| &p.name == k && !p.secret))
+            .cloned()
+            .collect(),
+        secrets: secrets(&runbook, !args.dry_run)?,
+        // The rollback touches the hosts the run touched, not every host the runbook names.
+        limit: recorded.limit.clone(),
+        start_at: None,
+        ticket: args.ticket.clone().or_else(|| recorded.run.ticket.clone()),
+        operator: operator(),
+        local_user: local_user(),
+        now: crate::clock::now(),
+        original_run: Some(recorded.run.clone()),
+    };
+    let mut planner = Planner::new(runbook, inventory, opts)?;
+    // Planning errors are reported before the run directory is made.
+    planner.plan()?;
+    if args.dry_run {
+        // The same preview the gate shows, from the record alone: no run, no connection.
+        let (lines, question) = runner::rollback_preview(&planner, &recorded);
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(
+            stdout,
+            "{}\n",
+            console::style("DRY RUN: nothing is executed and no connection is opened.").bold()
+        );
+        for l in &lines {
+            let _ = writeln!(stdout, "{l}");
+        }
+        let _ = writeln!(
+            stdout,
+            "\n{} {question} [y/N]",
+            console::style("gate:").yellow().bold()
+        );
+        return Ok(exit::OK);
+    }
+    let signing = signing(&args.sign)?;
+    let mode = runner::Mode::Rollback(Box::new(recorded));
+    let settings = settings(&args.exec, args.env.is_some(), log_dir, mode, signing);
+    finish_run(runner::run(&mut planner, settings)?)
+}

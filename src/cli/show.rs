@@ -1,0 +1,82 @@
+//! `opsrun show RUNBOOK`: what a runbook asks for and does, without an inventory.
+
+use super::*;
+
+pub(super) fn show(name: &str, root: &Path) -> Result<i32> {
+    let rb = load::load_runbook(name, root)?;
+    outln!("{}  ({})", rb.name, rb.source.display_path());
+    if let Some(v) = &rb.version {
+        outln!("version: {v}");
+    }
+    if let Some(d) = &rb.description {
+        outln!("\n{}", d.trim());
+    }
+    if let Some(h) = &rb.hosts {
+        outln!("\nhosts: {}", h.src);
+    }
+    outln!("\nparams:");
+    if rb.params.is_empty() {
+        outln!("  (none)");
+    }
+    for p in &rb.params {
+        let mut attrs = vec![format!("{:?}", p.kind).to_lowercase()];
+        if p.required {
+            attrs.push("required".into());
+        }
+        if p.secret {
+            attrs.push(format!(
+                "secret, from OPSRUN_SECRET_{} or a prompt",
+                p.name.to_uppercase()
+            ));
+        }
+        if let Some(d) = &p.default {
+            attrs.push(format!("default {d}"));
+        }
+        if !p.choices.is_empty() {
+            attrs.push(format!("one of {}", p.choices.join("|")));
+        }
+        outln!(
+            "  {:<14} {}  ({})",
+            p.name,
+            p.description.as_deref().unwrap_or(""),
+            attrs.join(", ")
+        );
+    }
+    let describe = |prefix: &str, steps: &[crate::load::runbook::Step]| {
+        for (i, s) in steps.iter().enumerate() {
+            let mut marks = Vec::new();
+            if s.confirm.is_some() {
+                marks.push("gate");
+            }
+            if !s.rollback.is_empty() {
+                marks.push("has rollback");
+            }
+            if s.local {
+                marks.push("local");
+            }
+            let on =
+                s.on.as_ref()
+                    .map(|o| format!(" on {}", o.src))
+                    .unwrap_or_default();
+            let marks = if marks.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", marks.join(", "))
+            };
+            outln!(
+                "  {prefix}{:<3} {}  ({}{on}){marks}",
+                i + 1,
+                s.name,
+                s.action.kind()
+            );
+        }
+    };
+    outln!("\nsteps:");
+    describe("", &rb.steps);
+    outln!("\nrollback guide:");
+    if rb.rollback.is_empty() {
+        outln!("  (none: `opsrun rollback` undoes completed steps with their own `rollback`)");
+    }
+    describe("R", &rb.rollback);
+    Ok(exit::OK)
+}
