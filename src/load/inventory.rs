@@ -2,7 +2,7 @@
 
 use crate::diagnostic::{SourceFile, Span};
 use crate::duration;
-use crate::load::runbook::check_identifier;
+use crate::load::decode::check_identifier;
 use crate::shell::Become;
 use crate::transport::ConnectionKind;
 use crate::yaml::{self, Error, Fields, Node, Value};

@@ -3,6 +3,7 @@
 //! Runbook lookup order (DESIGN §4): a path; else `./runbooks/<name>.yaml`;
 //! else the library embedded in the binary at build time.
 
+pub(crate) mod decode;
 pub mod inventory;
 pub mod lint;
 pub mod runbook;
@@ -66,7 +67,7 @@ fn read(path: &Path) -> Result<Arc<SourceFile>, Error> {
 /// Parses and decodes runbook text; the building block for every lookup.
 pub fn runbook_from_source(source: Arc<SourceFile>) -> Result<Runbook, Error> {
     let root = yaml::parse(&source.text).map_err(|e| attach(&source, e))?;
-    runbook::decode(&root, source.clone()).map_err(|e| attach(&source, e))
+    decode::decode(&root, source.clone()).map_err(|e| attach(&source, e))
 }
 
 pub fn inventory_from_source(source: Arc<SourceFile>) -> Result<Inventory, Error> {

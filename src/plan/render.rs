@@ -234,7 +234,7 @@ impl Planner {
                     noted.borrow_mut().push(fail(Failure {
                         error: RenderError::Other(format!(
                             "invalid regular expression for `expect.{field}` once rendered (`{shown}`): {}",
-                            crate::load::runbook::regex_problem(&e)
+                            crate::load::decode::regex_problem(&e)
                         )),
                         span: {
                             let text = self.templates.text(id);
