@@ -146,7 +146,9 @@ pub(super) fn write_plan(plan: &crate::plan::Plan, out: &Path, signing: &Signing
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "plan.md".into());
     let signed = signing
-        .write_document(out, |signer| preview::markdown(plan, &name, signer))
+        .write_document(out, |signer| {
+            crate::report::plan_document::markdown(plan, &name, signer)
+        })
         .map_err(Error::from)?;
     if let Some(s) = signed {
         eprintln!(

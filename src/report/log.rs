@@ -5,58 +5,16 @@
 //! (backticks, `|`, ANSI escapes, NUL bytes, CJK): fences are made longer than
 //! any backtick run inside them, table cells are escaped, controls are shown.
 
-use crate::load::runbook::ServiceState;
 use crate::record::events::{Event, Outcome, Phase, Status, Time};
+use crate::report::excerpt::{read_output, truncate};
 use crate::report::markdown::{cell, code, fenced};
+use crate::report::sections::{downtime, exceptions};
 use crate::report::signature::{verify_section, SignerInfo, UNSIGNED_BANNER};
-use crate::sanitize::escape_controls;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// Output longer than this (lines or bytes) is cut in the log; the full text stays in `outputs/`.
-const MAX_LINES: usize = 40;
-const MAX_BYTES: usize = 4000;
-
-fn truncate(text: &str) -> (String, bool) {
-    let lines: Vec<&str> = text.lines().collect();
-    if lines.len() <= MAX_LINES && text.len() <= MAX_BYTES {
-        return (text.to_string(), false);
-    }
-    let head: Vec<&str> = lines.iter().take(MAX_LINES / 2).copied().collect();
-    let tail: Vec<&str> = lines
-        .iter()
-        .rev()
-        .take(MAX_LINES / 2)
-        .rev()
-        .copied()
-        .collect();
-    let mut out = head.join("\n");
-    if out.len() > MAX_BYTES / 2 {
-        out = out.chars().take(MAX_BYTES / 2).collect();
-    }
-    let omitted = lines.len().saturating_sub(head.len() + tail.len());
-    let mut t = tail.join("\n");
-    if t.len() > MAX_BYTES / 2 {
-        t = t
-            .chars()
-            .rev()
-            .take(MAX_BYTES / 2)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-    }
-    (
-        format!(
-            "{out}\n[... {} omitted: see the full output file ...]\n{t}",
-            crate::plural::count(omitted, "line", "lines")
-        ),
-        true,
-    )
-}
-
-fn fmt_time(t: &Time) -> String {
+pub(super) fn fmt_time(t: &Time) -> String {
     t.format("%Y-%m-%d %H:%M:%S %:z").to_string()
 }
 
@@ -71,13 +29,6 @@ fn status_word(s: Status) -> &'static str {
         Status::Skipped => "skipped",
         Status::TimedOut => "TIMED OUT",
     }
-}
-
-/// Reads a saved output file back (it is the full, redacted text).
-fn read_output(run_dir: &Path, file: &str) -> String {
-    std::fs::read(run_dir.join(file))
-        .map(|b| escape_controls(&b))
-        .unwrap_or_else(|e| format!("(cannot read {file}: {e})"))
 }
 
 /// Renders the log. `signer` is who is about to sign it (stamped into the
@@ -565,116 +516,5 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
             }
         }
         _ => {}
-    }
-}
-
-/// Business-impact downtime per service and host: from a stop to the next start.
-fn downtime(o: &mut String, events: &[Event]) {
-    let mut service_of: BTreeMap<(Phase, usize), crate::load::runbook::Service> = BTreeMap::new();
-    for e in events {
-        if let Event::StepStarted {
-            phase,
-            number,
-            service: Some(s),
-            ..
-        } = e
-        {
-            service_of.insert((*phase, *number), s.clone());
-        }
-    }
-    if service_of.is_empty() {
-        return;
-    }
-    let mut open: BTreeMap<(String, String), Time> = BTreeMap::new();
-    let mut rows = Vec::new();
-    for e in events {
-        if let Event::TargetFinished {
-            phase,
-            number,
-            host,
-            status: Status::Ok,
-            time,
-            ..
-        } = e
-        {
-            let Some(svc) = service_of.get(&(*phase, *number)) else {
-                continue;
-            };
-            let key = (svc.name.clone(), host.clone());
-            match svc.state {
-                ServiceState::Stopped => {
-                    open.entry(key).or_insert(*time);
-                }
-                ServiceState::Started => {
-                    if let Some(stopped) = open.remove(&key) {
-                        rows.push((key.0, key.1, stopped, Some(*time)));
-                    }
-                }
-            }
-        }
-    }
-    for ((svc, host), stopped) in open {
-        rows.push((svc, host, stopped, None));
-    }
-    let _ = writeln!(o, "\n## Business-impact downtime\n\n| service | host | stopped | started | downtime |\n|---|---|---|---|---|");
-    for (svc, host, stopped, started) in rows {
-        let (s, d) = match started {
-            Some(t) => (
-                fmt_time(&t),
-                crate::duration::format((t - stopped).to_std().unwrap_or_default()),
-            ),
-            None => ("**still down**".into(), "open".into()),
-        };
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | {s} | {d} |",
-            cell(&svc),
-            cell(&host),
-            fmt_time(&stopped)
-        );
-    }
-}
-
-/// The exception table SOP 003 asks for: every failure in one place.
-fn exceptions(o: &mut String, events: &[Event]) {
-    let rows: Vec<String> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::TargetFinished {
-                phase,
-                number,
-                step,
-                host,
-                status: s @ (Status::Failed | Status::TimedOut),
-                reason,
-                ..
-            } => Some(format!(
-                "| {} | {} | {number}. {} | {} |",
-                match (phase, s) {
-                    (Phase::Rollback, _) => "rollback failed",
-                    (_, Status::TimedOut) => "timeout",
-                    _ => "step failed",
-                },
-                cell(host),
-                cell(step),
-                cell(reason.as_deref().unwrap_or(""))
-            )),
-            Event::ConnectFailed { host, error, .. } => Some(format!(
-                "| connection | {} | - | {} |",
-                cell(host),
-                cell(error)
-            )),
-            _ => None,
-        })
-        .collect();
-    if rows.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        o,
-        "\n## Exceptions\n\n| type | host | step | message |\n|---|---|---|---|"
-    );
-    for r in rows {
-        let _ = writeln!(o, "{r}");
     }
 }

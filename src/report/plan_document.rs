@@ -1,0 +1,253 @@
+//! The plan as a Markdown document (`--dry-run --format markdown --output`),
+//! signable like a log, for approval before the run.
+
+use super::preview::*;
+use crate::load::inventory::ConfirmMode;
+use crate::plan::{Plan, PlanStep};
+use std::fmt::Write as _;
+
+/// The plan as Markdown, for a change request: the same content as `text`,
+/// escaped like the execution log, with a "How to verify" section naming the
+/// signer (`None`: an UNSIGNED banner instead). `file` is the document's own name.
+pub fn markdown(
+    plan: &Plan,
+    file: &str,
+    signer: Option<&crate::report::signature::SignerInfo>,
+) -> String {
+    use crate::report::markdown::{cell, code};
+    let mut o = String::new();
+    let rb = &plan.runbook;
+    let inv = &plan.inventory;
+    let r = &plan.run;
+    let _ = writeln!(
+        o,
+        "# opsrun plan: {} on {}\n",
+        cell(&rb.name),
+        cell(&inv.name)
+    );
+    let _ = writeln!(
+        o,
+        "> **DRY RUN**: nothing has been executed and no connection was opened. This is exactly what the run will send, host by host.\n"
+    );
+    if signer.is_none() {
+        let _ = writeln!(o, "> {}\n", crate::report::signature::UNSIGNED_BANNER);
+    }
+    if let Some(d) = &rb.description {
+        let _ = writeln!(o, "{}\n", cell(d.trim()));
+    }
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "Runbook",
+            format!(
+                "{}{}",
+                cell(&rb.name),
+                rb.version
+                    .as_ref()
+                    .map(|v| format!(" (version {})", cell(v)))
+                    .unwrap_or_default()
+            ),
+        ),
+        ("Runbook file", code(&rb.path)),
+        ("Runbook sha256", code(&rb.sha256)),
+        (
+            "Inventory",
+            format!("{} ({})", cell(&inv.name), code(&inv.path)),
+        ),
+        ("Inventory sha256", code(&inv.sha256)),
+        ("Environment", cell(&inv.name)),
+        ("Operator", cell(&r.operator)),
+        (
+            "Ticket",
+            r.ticket
+                .as_deref()
+                .map(cell)
+                .unwrap_or_else(|| "none".into()),
+        ),
+        ("opsrun version", cell(env!("CARGO_PKG_VERSION"))),
+        ("Planned run id", code(&r.id)),
+        ("Dry run", "**yes**".into()),
+    ];
+    let _ = writeln!(o, "| | |\n|---|---|");
+    for (k, v) in rows {
+        let _ = writeln!(o, "| {k} | {v} |");
+    }
+    if !plan.params.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n## Parameters\n\n| name | value | from |\n|---|---|---|"
+        );
+        for p in &plan.params {
+            let value = match &p.value {
+                Some(v) => code(v),
+                None if p.secret => "(asked for at run time)".into(),
+                None => "(not set)".into(),
+            };
+            let _ = writeln!(o, "| {} | {value} | {} |", cell(&p.name), cell(p.source));
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n## Hosts\n\n| host | address | login | groups |\n|---|---|---|---|"
+    );
+    for h in &plan.hosts {
+        let port = h.endpoint.port.map(|p| format!(":{p}")).unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} |",
+            cell(&h.name),
+            cell(&format!("{}{port}", h.endpoint.address)),
+            cell(&h.login),
+            cell(&h.groups.join(", "))
+        );
+    }
+    if plan.batches.len() > 1 {
+        let b: Vec<String> = plan
+            .batches
+            .iter()
+            .map(|b| format!("[{}]", cell(&b.join(", "))))
+            .collect();
+        let _ = writeln!(
+            o,
+            "\nBatches: {} (the step list runs batch by batch).",
+            b.join(" ")
+        );
+    }
+    match plan.start_gate {
+        ConfirmMode::Typed => {
+            let _ = writeln!(
+                o,
+                "\n**Gate at the start**: the operator types {} before anything runs.",
+                code(&inv.name)
+            );
+        }
+        ConfirmMode::Yes => {
+            let _ = writeln!(
+                o,
+                "\n**Gate at the start**: the operator confirms before anything runs."
+            );
+        }
+        ConfirmMode::None => {}
+    }
+    let _ = writeln!(o, "\n## Steps");
+    for s in &plan.steps {
+        md_step(&mut o, s, &s.number.to_string());
+    }
+    let _ = writeln!(o, "\n## Rollback guide\n");
+    if plan.rollback_guide.is_empty() {
+        let _ = writeln!(
+            o,
+            "None: `opsrun rollback RUN` undoes the completed steps with their own `rollback`."
+        );
+    } else {
+        let _ = writeln!(o, "Run later with `opsrun rollback RUN`.");
+        for s in &plan.rollback_guide {
+            md_step(&mut o, s, &format!("R{}", s.number));
+        }
+    }
+    crate::report::signature::verify_section(&mut o, file, signer, &[]);
+    o
+}
+
+pub(super) fn md_step(o: &mut String, s: &PlanStep, number: &str) {
+    use crate::report::markdown::{cell, code, fenced};
+    let _ = writeln!(o, "\n### {number}. {}\n", cell(&s.name));
+    let mut notes = vec![format!("on: {}", code(&s.on))];
+    if s.skipped_by_start_at {
+        notes.push("**skipped: before --start-at**".into());
+    }
+    if let Some(t) = &s.timeout {
+        notes.push(format!("timeout {}", cell(t)));
+    }
+    if let Some(c) = &s.capture {
+        notes.push(format!("captures {}", code(c)));
+    }
+    if s.expect_exit != [0] {
+        notes.push(format!("exit codes {:?} count as success", s.expect_exit));
+    }
+    if s.on_failure != crate::load::runbook::OnFailure::Rollback {
+        notes.push(format!("on failure: {:?}", s.on_failure).to_lowercase());
+    }
+    if let Some(svc) = &s.service {
+        notes.push(format!(
+            "service {} {}",
+            code(&svc.name),
+            format!("{:?}", svc.state).to_lowercase()
+        ));
+    }
+    let _ = writeln!(o, "{}\n", notes.join("; "));
+    if let Some(q) = &s.confirm {
+        let _ = writeln!(o, "**Gate**: {} [y/N]\n", cell(q));
+    }
+    if let Some(m) = &s.manual {
+        let _ = writeln!(
+            o,
+            "**Manual**: the operator does this by hand, confirms and may note a ticket id:\n"
+        );
+        let _ = writeln!(o, "{}", fenced("text", m));
+    }
+    if s.targets.is_empty() && s.manual.is_none() {
+        let _ = writeln!(o, "No hosts.\n");
+    }
+    for t in &s.targets {
+        if let Some(why) = &t.skipped {
+            let _ = writeln!(o, "- {}: skipped ({})\n", cell(&t.host), cell(why));
+            continue;
+        }
+        let _ = writeln!(o, "#### {}\n", cell(&t.host));
+        if let Some(w) = &t.when_at_run_time {
+            let _ = writeln!(
+                o,
+                "Runs only if {} (decided at run time: it reads a capture).\n",
+                code(w)
+            );
+        }
+        if let Some(u) = &t.upload {
+            let _ = writeln!(
+                o,
+                "Upload {}{} to {}.\n",
+                code(&u.src),
+                if u.templated {
+                    ", rendered as a template for this host,"
+                } else {
+                    ""
+                },
+                code(&format!("{}:{}", t.host, u.dest))
+            );
+            if let Some(text) = &u.content {
+                let _ = writeln!(o, "Rendered file:\n\n{}", fenced("text", text));
+            }
+        }
+        if let Some(c) = &t.command {
+            let _ = writeln!(o, "{}", fenced("console", &prompt_line(&t.login, c, "")));
+        }
+        if let (Some(stdin), None) = (&t.stdin, &t.upload) {
+            let _ = writeln!(o, "Standard input:\n\n{}", fenced("text", stdin));
+        }
+        for (label, re) in expectations(t) {
+            let _ = writeln!(o, "Expect {label}: {}\n", code(&format!("/{re}/")));
+        }
+        if let Some(c) = &t.check {
+            let label = if s.retries > 0 {
+                format!(
+                    "Check (up to {} tries, {} apart):",
+                    s.retries + 1,
+                    cell(&s.delay)
+                )
+            } else {
+                "Check:".to_string()
+            };
+            let _ = writeln!(
+                o,
+                "{label}\n\n{}",
+                fenced("console", &prompt_line(&t.login, c, ""))
+            );
+        }
+        for r in &t.rollback {
+            let _ = writeln!(
+                o,
+                "Rollback:\n\n{}",
+                fenced("console", &prompt_line(&t.login, r, ""))
+            );
+        }
+    }
+}
