@@ -82,6 +82,22 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// An error at `span` of `source`: how every stage reports a located problem.
+    pub fn error(
+        source: Arc<SourceFile>,
+        span: Span,
+        message: String,
+        help: Option<String>,
+    ) -> Self {
+        Diagnostic {
+            level: Level::Error,
+            source,
+            span,
+            message,
+            help,
+        }
+    }
+
     pub fn location(&self) -> String {
         format!(
             "{}:{}:{}",

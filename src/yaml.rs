@@ -42,6 +42,14 @@ pub struct Error {
 }
 
 impl Error {
+    /// This error as a diagnostic of `source`: the one way a YAML problem is reported.
+    pub fn in_file(
+        self,
+        source: &std::sync::Arc<crate::diagnostic::SourceFile>,
+    ) -> crate::diagnostic::Diagnostic {
+        crate::diagnostic::Diagnostic::error(source.clone(), self.span, self.message, self.help)
+    }
+
     pub fn new(span: Span, message: impl Into<String>) -> Error {
         Error {
             span,

@@ -8,7 +8,7 @@ pub mod inventory;
 pub mod lint;
 pub mod runbook;
 
-use crate::diagnostic::{suggest, Diagnostic, SourceFile};
+use crate::diagnostic::{suggest, SourceFile};
 use crate::error::Error;
 use crate::yaml;
 use inventory::Inventory;
@@ -37,13 +37,7 @@ pub enum Origin {
 }
 
 fn attach(source: &Arc<SourceFile>, e: yaml::Error) -> Error {
-    Error::from(Diagnostic {
-        level: crate::diagnostic::Level::Error,
-        source: source.clone(),
-        span: e.span,
-        message: e.message,
-        help: e.help,
-    })
+    Error::from(e.in_file(source))
 }
 
 fn read(path: &Path) -> Result<Arc<SourceFile>, Error> {

@@ -100,23 +100,11 @@ fn step_key(r: StepRef) -> (bool, usize) {
 }
 
 fn diag(rb: &Runbook, span: Span, message: String) -> Error {
-    Error::from(Diagnostic {
-        level: crate::diagnostic::Level::Error,
-        source: rb.source.clone(),
-        span,
-        message,
-        help: None,
-    })
+    Error::from(Diagnostic::error(rb.source.clone(), span, message, None))
 }
 
 fn yaml_err(rb: &Runbook, e: yaml::Error) -> Error {
-    Error::from(Diagnostic {
-        level: crate::diagnostic::Level::Error,
-        source: rb.source.clone(),
-        span: e.span,
-        message: e.message,
-        help: e.help,
-    })
+    Error::from(e.in_file(&rb.source))
 }
 
 impl Planner {

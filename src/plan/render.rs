@@ -325,13 +325,7 @@ impl Planner {
                         Some((offset, width)) => text.locate(&ft.source, offset, width),
                         None => text.span,
                     };
-                    Error::from(Diagnostic {
-                        level: crate::diagnostic::Level::Error,
-                        source: ft.source.clone(),
-                        span,
-                        message,
-                        help: None,
-                    })
+                    Error::from(Diagnostic::error(ft.source.clone(), span, message, None))
                 }
             }
         })?;
@@ -348,13 +342,12 @@ impl Planner {
                 Action::Upload(u) => u.src.span,
                 _ => step.span,
             };
-            Diagnostic {
-                level: crate::diagnostic::Level::Error,
-                source: self.runbook.source.clone(),
+            Diagnostic::error(
+                self.runbook.source.clone(),
                 span,
-                message: format!("in step `{}`: {message}", step.name),
-                help: None,
-            }
+                format!("in step `{}`: {message}", step.name),
+                None,
+            )
         };
         let bytes = std::fs::read(src)
             .map_err(|e| at_src(format!("cannot read upload template `{src}`: {e}")))?;
@@ -377,13 +370,9 @@ impl Planner {
             },
         };
         let mut templates = Templates::for_source(source.clone());
-        let id = templates.add(&whole, Kind::Text).map_err(|e| Diagnostic {
-            level: crate::diagnostic::Level::Error,
-            source: source.clone(),
-            span: e.span,
-            message: e.message,
-            help: e.help,
-        })?;
+        let id = templates
+            .add(&whole, Kind::Text)
+            .map_err(|e| e.in_file(&source))?;
         Ok(Arc::new(FileTemplate {
             templates,
             id,

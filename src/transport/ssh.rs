@@ -296,7 +296,7 @@ impl JumpConfig {
 
         let (last, earlier) = ep.jump.split_last().expect("only used with jump hosts");
         // ProxyCommand is run by /bin/sh after ssh expands %-tokens in it.
-        let arg = |s: &str| sh_quote(&s.replace('%', "%%"));
+        let arg = |s: &str| crate::shell::quote(&s.replace('%', "%%"));
         let mut proxy = format!("ssh -F {}", arg(&files.hop.to_string_lossy()));
         if !earlier.is_empty() {
             proxy.push_str(&format!(" -J {}", arg(&earlier.join(","))));
@@ -444,8 +444,12 @@ fn classify_connect_error(ep: &Endpoint, e: openssh::Error, hop_log: &str) -> Tr
             .unwrap_or_else(|| keyscan_target(ep, &port_or_default()));
         let file = offending_file(&text);
         let keygen_r = match file {
-            Some(f) => format!("ssh-keygen -R {} -f {}", sh_quote(&target), sh_quote(&f)),
-            None => format!("ssh-keygen -R {}", sh_quote(&target)),
+            Some(f) => format!(
+                "ssh-keygen -R {} -f {}",
+                crate::shell::quote(&target),
+                crate::shell::quote(&f)
+            ),
+            None => format!("ssh-keygen -R {}", crate::shell::quote(&target)),
         };
         return TransportError::HostKeyChanged {
             host,
@@ -555,20 +559,9 @@ fn keyscan_target(ep: &Endpoint, port: &str) -> String {
 
 fn keyscan_command(target: &str) -> String {
     if let Some((addr, port)) = target.strip_prefix('[').and_then(|t| t.split_once("]:")) {
-        format!("ssh-keyscan -p {port} {}", sh_quote(addr))
+        format!("ssh-keyscan -p {port} {}", crate::shell::quote(addr))
     } else {
-        format!("ssh-keyscan {}", sh_quote(target))
-    }
-}
-
-fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
+        format!("ssh-keyscan {}", crate::shell::quote(target))
     }
 }
 
@@ -657,7 +650,7 @@ mod tests {
     #[test]
     fn config_quoting() {
         assert_eq!(ssh_config_quote(r#"/a b/"c"\d"#), r#""/a b/\"c\"\\d""#);
-        assert_eq!(sh_quote("[h]:22"), "'[h]:22'");
-        assert_eq!(sh_quote("10.0.0.5"), "10.0.0.5");
+        assert_eq!(crate::shell::quote("[h]:22"), "'[h]:22'");
+        assert_eq!(crate::shell::quote("10.0.0.5"), "10.0.0.5");
     }
 }
