@@ -4,6 +4,7 @@
 //! It reads every `src/**/*.rs` file's `crate::…` paths (in `use` lines and in
 //! code; comments and `#[cfg(test)] mod tests` blocks are skipped, since tests
 //! may reach anything), maps each to its top-level module, and checks the edge.
+//! It also checks that comments cite only documents the repository has.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -215,6 +216,55 @@ fn stages_use_only_earlier_stages_and_leaves_use_none() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let found = problems(&edges(&src));
     assert!(found.is_empty(), "\n{}\n", found.join("\n"));
+}
+
+/// Documents a comment names: `README.md`, `docs/procedures.md`, `DESIGN §4`.
+/// Run artefacts (`log.md`, `plan.md`) are lower case and are not checked.
+fn cited_documents(comment: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for word in comment.split(|c: char| c.is_whitespace() || "()[]`,;:\"'".contains(c)) {
+        let word = word.trim_end_matches('.');
+        let named_doc = word.ends_with(".md")
+            && (word.starts_with("docs/") || word.starts_with(|c: char| c.is_ascii_uppercase()));
+        if named_doc || word == "DESIGN" || word == "PROCEDURES" {
+            out.push(word.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn comments_cite_only_documents_in_the_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let mut missing = Vec::new();
+    // This file names the forbidden citations itself.
+    files.retain(|p| !p.ends_with("architecture.rs"));
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let Some(at) = line.find("//") else { continue };
+            for doc in cited_documents(&line[at..]) {
+                if !root.join(&doc).is_file() {
+                    missing.push(format!(
+                        "{}:{}: cites `{doc}`, which is not in the repository",
+                        path.strip_prefix(root).unwrap().display(),
+                        i + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "\n{}\n", missing.join("\n"));
+}
+
+#[test]
+fn cited_documents_are_found_in_comments() {
+    assert_eq!(
+        cited_documents("//! see DESIGN §4 and (PROCEDURES.md), docs/procedures.md; not log.md"),
+        ["DESIGN", "PROCEDURES.md", "docs/procedures.md"]
+    );
 }
 
 #[test]

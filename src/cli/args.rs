@@ -1,4 +1,4 @@
-//! The command line, as DESIGN §4 specifies it.
+//! The command line, as the README's "Command line" section documents it.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `opsrun check`: the traps of the source SOPs (PROCEDURES.md) caught before a run.
+//! `opsrun check`: the traps of the source SOPs (docs/procedures.md) caught before a run.
 
 use crate::diagnostic::{Diagnostic, Level, Span};
 use crate::load::runbook::{Action, Runbook, ServiceState, Step, Text};

@@ -1,6 +1,6 @@
 //! Finding and reading runbooks and inventories: the first stage of the pipeline.
 //!
-//! Runbook lookup order (DESIGN §4): a path; else `./runbooks/<name>.yaml`;
+//! Runbook lookup order (README, "Runbook format"): a path; else `./runbooks/<name>.yaml`;
 //! else the library embedded in the binary at build time.
 
 pub(crate) mod decode;
