@@ -6,25 +6,25 @@
 
 // Stages, from the edge inwards.
 pub mod cli;
-pub mod execute;
+pub(crate) mod execute;
 pub mod load;
 pub mod plan;
-pub mod record;
-pub mod report;
+pub(crate) mod record;
+pub(crate) mod report;
 pub mod sign;
 
 // Leaf libraries: they import no stage.
-pub mod clock;
+pub(crate) mod clock;
 pub mod diagnostic;
-pub mod digest;
-pub mod duration;
-pub mod error;
-pub mod plural;
-pub mod sanitize;
-pub mod shell;
-pub mod template;
+pub(crate) mod digest;
+pub(crate) mod duration;
+pub(crate) mod error;
+pub(crate) mod plural;
+pub(crate) mod sanitize;
+pub(crate) mod shell;
+pub(crate) mod template;
 pub mod transport;
-pub mod yaml;
+pub(crate) mod yaml;
 
 #[cfg(test)]
 mod architecture;

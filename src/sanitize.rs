@@ -29,10 +29,6 @@ impl Redactor {
         Redactor { needles }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.needles.is_empty()
-    }
-
     pub fn redact(&self, s: &str) -> String {
         let mut out = s.to_string();
         for n in &self.needles {

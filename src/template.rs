@@ -397,10 +397,6 @@ impl Templates {
         }
     }
 
-    pub fn span(&self, id: TemplateId) -> Span {
-        self.meta[id.0].1.span
-    }
-
     /// The template as written in the file.
     pub fn text(&self, id: TemplateId) -> &Text {
         &self.meta[id.0].1

@@ -1,6 +1,6 @@
 //! The binary's edge: parse arguments, dispatch commands, turn errors into exit codes.
 
-pub mod args;
+pub(crate) mod args;
 
 /// Writes a line to stdout, ignoring a closed pipe (`opsrun runs | head`):
 /// the exit code must stay the command's own, never a panic's.
@@ -137,7 +137,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
 }
 
 /// Who runs opsrun: recorded in the run and shown in the log.
-pub fn operator() -> String {
+pub(crate) fn operator() -> String {
     std::env::var("OPSRUN_OPERATOR")
         .ok()
         .filter(|s| !s.is_empty())
@@ -145,7 +145,7 @@ pub fn operator() -> String {
 }
 
 /// The login name on the control machine.
-pub fn local_user() -> String {
+pub(crate) fn local_user() -> String {
     for var in ["USER", "LOGNAME"] {
         if let Ok(u) = std::env::var(var) {
             if !u.is_empty() {
@@ -167,7 +167,7 @@ pub fn local_user() -> String {
 
 /// The key that signs what this invocation writes, as the current operator.
 /// Loaded up front: no key (without `--no-sign`) or no passphrase stops before anything runs.
-pub fn signing(args: &SignArgs) -> Result<Signing, Error> {
+pub(crate) fn signing(args: &SignArgs) -> Result<Signing, Error> {
     let opts = SignOptions {
         key: args.sign_key.clone(),
         identity: operator(),

@@ -2,6 +2,13 @@
 //! execute → roll back if needed → unlock → report. The record is written
 //! before anything happens on a host, and the log is written however the run
 //! ends; a run killed outright still leaves its journal.
+//!
+//! Receives a [`Planner`] (and its [`Plan`]) with the run's [`Settings`];
+//! produces the events the record stage journals, the signed log, and a
+//! [`RunResult`] with the exit code. Files: `engine` (the step loop),
+//! `attempt` (one host's try at one step), `undo` and `rollback` (what is
+//! undone and when), `interrupt` (Ctrl-C), `gate` (confirmations), `lock`
+//! (host locks), `view` (the terminal), `logfile` (log.md at the end).
 
 mod attempt;
 pub mod engine;
@@ -12,7 +19,7 @@ mod logfile;
 mod rollback;
 
 use lock::{release_locks, take_locks};
-pub use logfile::{write_log, LogError, LOG_FILE};
+pub use logfile::{write_log, LOG_FILE};
 pub use rollback::rollback_preview;
 use rollback::{batch_line, rollback_after_failure, rollback_recorded};
 mod undo;
@@ -60,7 +67,6 @@ pub struct Settings {
 pub struct RunResult {
     pub exit_code: i32,
     pub log: Option<PathBuf>,
-    pub run_dir: PathBuf,
 }
 
 pub fn control_host() -> String {
@@ -289,7 +295,6 @@ async fn run_async(
     Ok(RunResult {
         exit_code: finish.exit_code,
         log: Some(log),
-        run_dir: rec.dir().to_path_buf(),
     })
 }
 

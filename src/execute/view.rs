@@ -43,15 +43,6 @@ impl Ui {
         }
     }
 
-    /// A view that prints plain lines whatever stderr is (for tests and `--yes` in scripts).
-    pub fn plain(verbose: bool) -> Ui {
-        Ui {
-            live: None,
-            bars: Mutex::new(HashMap::new()),
-            verbose,
-        }
-    }
-
     pub fn line(&self, text: &str) {
         match &self.live {
             Some(m) => {

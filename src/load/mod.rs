@@ -1,5 +1,10 @@
 //! Finding and reading runbooks and inventories: the first stage of the pipeline.
 //!
+//! Receives a runbook name or path and an environment; produces the
+//! [`runbook::Runbook`] and [`inventory::Inventory`] models, every value with
+//! its position in its file. `decode` turns YAML into the runbook model,
+//! `lint` finds the SOP traps in it (`opsrun check`).
+//!
 //! Runbook lookup order (README, "Runbook format"): a path; else `./runbooks/<name>.yaml`;
 //! else the library embedded in the binary at build time.
 

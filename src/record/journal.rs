@@ -124,10 +124,6 @@ impl Journal {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn sync_error(&self, s: &SyncState) -> Result<(), JournalError> {
         match &s.error {
             Some((kind, msg)) => Err(JournalError::Write {

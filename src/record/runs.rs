@@ -32,7 +32,6 @@ pub fn resolve(log_dir: &Path, spec: &str) -> Result<PathBuf, Error> {
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub id: String,
-    pub dir: PathBuf,
     pub kind: String,
     pub runbook: String,
     pub env: String,
@@ -98,7 +97,6 @@ pub fn summarize(dir: &Path) -> Option<Summary> {
     let replay = journal::read(&dir.join(journal::FILE)).ok()?;
     let mut s = Summary {
         id: dir.file_name()?.to_string_lossy().into_owned(),
-        dir: dir.to_path_buf(),
         kind: String::new(),
         runbook: String::new(),
         env: String::new(),
@@ -211,7 +209,6 @@ fn first_event(path: &Path) -> Option<Event> {
 /// What a recorded run left behind, as needed to undo or resume it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
-    pub dir: PathBuf,
     pub id: String,
     pub events: Vec<Event>,
     pub warnings: Vec<String>,
@@ -235,7 +232,6 @@ pub struct Recorded {
 pub fn load(dir: &Path) -> Result<Recorded, Error> {
     let replay = journal::read(&dir.join(journal::FILE)).map_err(|e| Error::Io(e.to_string()))?;
     let mut r = Recorded {
-        dir: dir.to_path_buf(),
         id: dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
