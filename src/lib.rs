@@ -1,8 +1,8 @@
 //! opsrun: load → plan → execute → record → report → sign.
 //!
-//! Each stage is a folder and may use only the stages before it in
-//! [`architecture`]'s order and the leaf libraries below; the leaves use no
-//! stage. `src/architecture.rs` checks this on every `cargo test`.
+//! Each stage is a folder and may use only the stages declared after it below
+//! (and the leaf libraries); the leaves use no stage. `src/architecture.rs`
+//! checks this on every `cargo test`.
 
 // Stages, from the edge inwards.
 pub mod cli;

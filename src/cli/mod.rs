@@ -1,4 +1,8 @@
 //! The binary's edge: parse arguments, dispatch commands, turn errors into exit codes.
+//!
+//! Receives the process arguments and environment; drives the stages
+//! (load → plan → execute, or record/report/sign for `runs`, `log`, `verify`)
+//! and produces output and an exit code. One file per subcommand.
 
 pub(crate) mod args;
 

@@ -4,6 +4,12 @@
 //! time). `--dry-run` prints the plan, and execution renders every command
 //! through the same `Planner::render`, so a dry-run cannot drift from a run.
 //! Values only known once a step has captured them show as `<captured: NAME>`.
+//!
+//! Receives the load stage's runbook and inventory and the operator's
+//! [`Options`]; produces a [`Planner`] (renders any step on any host) and the
+//! [`Plan`] it prints. One file per concept: `model`, `run_id`, `params`,
+//! `targets` (with `pattern`), `batches`, `compile`, `context`, `render`,
+//! `document`.
 
 mod batches;
 mod compile;
@@ -13,6 +19,7 @@ mod model;
 mod params;
 pub mod pattern;
 mod render;
+mod run_id;
 mod targets;
 
 use batches::cut_batches;
@@ -110,24 +117,7 @@ fn yaml_err(rb: &Runbook, e: yaml::Error) -> Error {
 impl Planner {
     pub fn new(runbook: Runbook, inventory: Inventory, opts: Options) -> Result<Planner, Error> {
         let rb = Arc::new(runbook);
-        let stamp = opts.now.format("%Y%m%d-%H%M%S").to_string();
-        let utc = opts.now.naive_utc().format("%Y%m%d-%H%M%SZ");
-        let run = RunInfo {
-            id: format!("{utc}-{}-{}", rb.name, inventory.name)
-                .chars()
-                .map(|c| {
-                    if c.is_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect(),
-            date: opts.now.format("%Y%m%d").to_string(),
-            stamp,
-            operator: opts.operator.clone(),
-            ticket: opts.ticket.clone(),
-        };
+        let run = run_id::mint(&rb.name, &inventory.name, &opts);
         let mut params = bind_params(&rb, &opts)?;
         // A param left unset falls back to an inventory var of the same name
         // (precedence: inventory vars < params): say so instead of "not set".

@@ -9,6 +9,10 @@
 //!
 //! SSHSIG carries no time, so the signer's identity, key and the signing time
 //! are written into the document before it is signed: the signature covers them.
+//!
+//! Receives a document the report stage rendered; produces `<doc>.sig`, or a
+//! [`Verification`] of a signed one. The signer block's wording is shared
+//! with the writer in `report/signature.rs`.
 
 mod allowed_signers;
 mod key;
