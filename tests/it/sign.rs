@@ -1,10 +1,8 @@
 //! Signing logs and plans (SSHSIG, namespace `opsrun-log`) and verifying them
 //! with `opsrun verify` and with stock `ssh-keygen -Y verify`.
 
-#[path = "support/local_run.rs"]
-mod local_run;
-
-use local_run::{expect_code, fingerprint, keygen_verify, text, Sandbox, OPERATOR};
+#[allow(unused_imports)]
+use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
 use std::path::Path;
 
 const SIMPLE: &str = r#"name: simple
@@ -36,7 +34,7 @@ fn run_signed(sb: &Sandbox, key: &Path, env: &[(&str, &str)]) -> std::path::Path
     dir
 }
 
-fn verify(sb: &Sandbox, log: &Path, extra: &[&str]) -> std::process::Output {
+fn verify(sb: &Sandbox, log: &Path, extra: &[&str]) -> Run {
     let log = log.display().to_string();
     let mut args = vec!["verify", log.as_str()];
     args.extend(extra);
@@ -268,9 +266,9 @@ fn dry_run_plan_is_markdown_signed_the_same_way() {
         body.contains(&format!("[root@{}]# echo hello", sb.hosts[0])),
         "{body}"
     );
-    assert!(body.contains(
-        "ssh-keygen -Y verify -f allowed_signers -I alice -n opsrun-log -s plan.md.sig < plan.md"
-    ));
+    assert!(body.contains(&format!(
+        "ssh-keygen -Y verify -f allowed_signers -I {OPERATOR} -n opsrun-log -s plan.md.sig < plan.md"
+    )));
     let allowed = sb.allowed_signers("allowed", OPERATOR, &key.with_extension("pub"));
     assert!(keygen_verify(&allowed, OPERATOR, &plan));
     let out = verify(&sb, &plan, &[]);
@@ -424,7 +422,7 @@ steps:
 
     let mut seen = 0;
     let mut masked = 0;
-    let mut haystacks: Vec<(String, Vec<u8>)> = local_run::files(&dir)
+    let mut haystacks: Vec<(String, Vec<u8>)> = files(&dir)
         .into_iter()
         .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
         .collect();
@@ -433,8 +431,8 @@ steps:
         std::fs::read(sb.work().join("plan.md")).unwrap(),
     ));
     for (name, o) in [("run", &out), ("plan", &plan), ("text plan", &text_plan)] {
-        haystacks.push((format!("{name} stdout"), o.stdout.clone()));
-        haystacks.push((format!("{name} stderr"), o.stderr.clone()));
+        haystacks.push((format!("{name} stdout"), o.stdout.clone().into_bytes()));
+        haystacks.push((format!("{name} stderr"), o.stderr.clone().into_bytes()));
     }
     for (name, bytes) in &haystacks {
         seen += 1;

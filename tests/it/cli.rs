@@ -1,9 +1,8 @@
 //! The command line around the runs: `list`, `completions`, the typed gate with `--yes`.
 
-mod common;
-
-use common::{Test, BIN};
-use std::process::{Command, Stdio};
+#[allow(unused_imports)]
+use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use std::process::Stdio;
 
 /// A `connection: local` host no other test binary uses: host locks are machine-wide.
 fn local_host() -> String {
@@ -132,8 +131,9 @@ fn completions_to_a_closed_pipe_exit_quietly() {
         // The read end is closed before opsrun writes a byte: every write fails with EPIPE,
         // as with `opsrun completions zsh | head -1`.
         let writer = closed_pipe();
-        let out = Command::new(BIN)
+        let out = Test::new()
             .args(["completions", shell])
+            .command()
             .stdin(Stdio::null())
             .stdout(writer)
             .stderr(Stdio::piped())

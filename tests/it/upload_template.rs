@@ -2,9 +2,8 @@
 //! secrets masked everywhere but in the uploaded file), and what is uploaded and
 //! sha256-checked is the rendered text.
 
-mod common;
-
-use common::Test;
+#[allow(unused_imports)]
+use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 

@@ -1,8 +1,6 @@
 //! `opsrun check`: lint names, `lint: { allow: [...] }`, and what is not a trap.
-
-mod common;
-
-use common::Test;
+#[allow(unused_imports)]
+use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
 
 fn runbook(steps: &str) -> String {
     format!("name: x\nhosts: app\nsteps:\n{steps}")

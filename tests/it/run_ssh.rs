@@ -9,18 +9,12 @@
 //! exit code, the last stdout line (the log's path), the journal, the log, and the
 //! hosts themselves.
 
-mod support;
-
+#[allow(unused_imports)]
+use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use support::lab::{
-    app_group, pids_with, pty_run, run_on_pty, run_on_pty_sized, ssh_inventory, yaml_str, Lab, Run,
-};
-use support::library::{ensure_dm_user, DM_USER};
-use support::sshd::SshFleet;
 
 // ---------------------------------------------------------------------------------
 // cwd, env, stdin and secrets
@@ -248,7 +242,7 @@ fn hung_command_is_killed_at_its_timeout_and_gone_from_the_host() {
     }
     let out = child.wait_with_output().unwrap();
     let took = started.elapsed();
-    let run = Run::new(out, lab.path());
+    let run = Run::from_output(out, lab.path()).expect_log();
     assert!(seen, "the hanging command never showed up:\n{}", run.stderr);
     run.expect_code(1);
     // ...and the control side did not wait for the 20 s grace.
@@ -648,7 +642,7 @@ fn upgrade_on_the_local_demo_inventory_succeeds_and_rolls_back() {
             .arg(&backup)
             .output()
             .unwrap();
-        let list = String::from_utf8_lossy(&list.stdout);
+        let list = String::from_utf8_lossy(&list.stdout).into_owned();
         assert!(list.contains("app/VERSION"), "{list}");
         assert!(!list.contains("app/log/app.log"), "{list}");
     }

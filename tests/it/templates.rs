@@ -1,8 +1,6 @@
 //! Which fields are templates, run for real on `connection: local` hosts.
-
-mod common;
-
-use common::Test;
+#[allow(unused_imports)]
+use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
 
 const INVENTORY: &str = "groups:\n  app:\n    hosts:\n      a1: { connection: local }\n";
 
