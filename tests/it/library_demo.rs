@@ -249,10 +249,7 @@ fn every_command_of_the_readme_tour_works_as_written() {
 
     let dir = fresh_clone();
     let home = dir.path().join("home");
-    let bin = dir.path().join("bin");
     std::fs::create_dir_all(home.join(".ssh")).unwrap();
-    std::fs::create_dir(&bin).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_opsrun"), bin.join("opsrun")).unwrap();
     let keygen = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(home.join(".ssh/id_ed25519"))
@@ -260,31 +257,21 @@ fn every_command_of_the_readme_tour_works_as_written() {
         .status()
         .unwrap();
     assert!(keygen.success());
-    let mut bash = std::process::Command::new("bash");
-    bash.args(["--norc", "--noprofile", "-c", &script])
-        .current_dir(dir.path())
-        .env("HOME", &home)
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("NO_COLOR", "1");
-    // The operator is the login name, as for a reader of the README.
-    for var in [
-        "OPSRUN_OPERATOR",
-        "USER",
-        "LOGNAME",
-        "OPSRUN_SIGN_KEY",
-        "OPSRUN_LOG_DIR",
-    ] {
-        bash.env_remove(var);
-    }
+    // A reader of the README: `opsrun` on PATH, the key in ~/.ssh, and the
+    // operator their login name, so the suite's operator and key are left out.
+    let tour = Test::in_dir(dir.path())
+        .home_dir(&home)
+        .no_sign_key()
+        .shell(&script)
+        .env_remove("OPSRUN_OPERATOR")
+        .env_remove("USER")
+        .env_remove("LOGNAME");
     // Two batch gates of the run; the rollback's start gate; then per node (the
     // guide is rolling) its restore gate and its manual step, whose note is left empty.
     let mut answers = vec![("[y/N]", "y"); 5];
     answers.push(("Note or ticket id", ""));
     answers.extend([("[y/N]", "y"), ("[y/N]", "y"), ("Note or ticket id", "")]);
-    let (code, screen) = run_on_pty(bash, &answers);
+    let (code, screen) = run_on_pty(tour.command(), &answers);
     assert_eq!(code, 0, "{screen}");
     for (i, c) in commands.iter().enumerate() {
         let expected = if c.contains("broken.zip") { 1 } else { 0 };

@@ -1,5 +1,5 @@
 //! Rollback, resume, interruption and host locks, end to end against real OpenSSH
-//! servers on loopback (tests/support/sshd.rs): the acceptance of issue 4.
+//! servers on loopback (tests/it/support/fleet.rs): the acceptance of issue 4.
 //!
 //! The hosts run a simulated service (`svc`, written into each host's work dir) that
 //! keeps its state in a file and appends every call to one event log shared by all

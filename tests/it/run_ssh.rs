@@ -1,8 +1,8 @@
 //! Whole runs of the real `opsrun` binary against real OpenSSH servers on loopback
-//! (tests/support/sshd.rs): the CLI, gates, engine, journal and Markdown log together.
+//! (tests/it/support/fleet.rs): the CLI, gates, engine, journal and Markdown log together.
 //! The cross-host order of the Dameng stop (watchers, primary, standby) is tested
 //! with the shipped runbook in library_dameng.rs; `as:` here uses the same `dmdba`
-//! account and sudo rule (tests/support/library.rs).
+//! account and sudo rule (tests/it/support/sim.rs).
 //!
 //! Every test writes an operator's directory (runbooks/, inventories/) into a temp
 //! dir, runs `opsrun` there with NO_COLOR=1 and checks what an operator would: the

@@ -1,4 +1,4 @@
-//! The transports against real OpenSSH servers on loopback (see tests/support/sshd.rs)
+//! The transports against real OpenSSH servers on loopback (see tests/it/support/fleet.rs)
 //! and against local subprocesses.
 
 #[allow(unused_imports)]

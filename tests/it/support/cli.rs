@@ -110,6 +110,8 @@ pub struct Test {
     current_dir: PathBuf,
     home: HomeDir,
     sign_key: SignKey,
+    /// A bash script to run instead of the binary, with the binary first on PATH.
+    shell: Option<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     env_remove: Vec<String>,
@@ -160,6 +162,7 @@ impl Test {
             current_dir: PathBuf::new(),
             home: HomeDir::Owned(Home::new()),
             sign_key: SignKey::PerTest,
+            shell: None,
             args: Vec::new(),
             env: Vec::new(),
             env_remove: Vec::new(),
@@ -201,6 +204,14 @@ impl Test {
     /// Sets no `OPSRUN_SIGN_KEY`.
     pub fn no_sign_key(mut self) -> Test {
         self.sign_key = SignKey::None;
+        self
+    }
+
+    /// Runs `bash -c SCRIPT` instead of the binary, with `opsrun` (a link to the
+    /// binary in `bin/` of the test dir) first on PATH: how the README tour runs
+    /// its commands as written, under the same environment policy.
+    pub fn shell(mut self, script: impl Into<String>) -> Test {
+        self.shell = Some(script.into());
         self
     }
 
@@ -291,7 +302,22 @@ impl Test {
     /// `Command` of the binary in the suite. Stdio is left to the caller; the
     /// returned command borrows this test's directories, so keep the `Test` alive.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.shell {
+            None => Command::new(BIN),
+            Some(script) => {
+                let bin = self.path().join("bin");
+                if !bin.join("opsrun").exists() {
+                    fs::create_dir_all(&bin).expect("mkdir bin");
+                    std::os::unix::fs::symlink(BIN, bin.join("opsrun")).expect("link opsrun");
+                }
+                let mut c = Command::new("bash");
+                c.args(["--norc", "--noprofile", "-c", script]).env(
+                    "PATH",
+                    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+                );
+                c
+            }
+        };
         cmd.args(&self.args)
             .current_dir(self.path().join(&self.current_dir));
         // The developer's own settings and agent must not leak into expectations.
