@@ -1,10 +1,11 @@
 //! The command line around the runs: `list`, `completions`, the typed gate with `--yes`.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::cli::Test;
 use std::process::Stdio;
 
-/// A `connection: local` host no other test binary uses: host locks are machine-wide.
+/// A `connection: local` host no other test process uses: host locks of local
+/// hosts are machine-wide, keyed by host name and the directory opsrun runs in
+/// (each test has its own).
 fn local_host() -> String {
     format!("cli{}", std::process::id())
 }

@@ -4,8 +4,7 @@
 //! as much a bug as a wrong message, because the operator fixing a runbook at
 //! 2 a.m. goes where the error points. Every case must exit 2 (invalid input),
 //! print nothing on stdout, and never panic.
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::cli::{diff, Test};
 
 /// The inventory every case can use with `--env test`; cases about inventories bring their own.
 const INVENTORY: &str = r#"

@@ -4,8 +4,7 @@
 //! hosts; the damage is done by hand to a copy of one: a last line cut off in the
 //! middle (the crash came during a write), or an unreadable line in the middle.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{cli::Run, lab::Lab};
 use chrono::Timelike;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -26,7 +25,7 @@ steps:
 
 /// A lab with two local hosts whose names are unique to this process and `test`:
 /// host locks of local hosts live in /tmp under the host's name, shared with other
-/// tests and test binaries.
+/// tests of this process and with other processes.
 fn local_lab(test: &str) -> (Lab, Vec<String>) {
     let lab = Lab::new();
     let pid = std::process::id();

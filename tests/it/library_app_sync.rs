@@ -2,8 +2,12 @@
 //! node (h2) with a real `scp` from h1 to h2, as the SOP does, using a key the
 //! test gives the login user. Both nodes run the ApusicAS simulator.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{
+    cli::Run,
+    fleet::{chown_to_test_user, host_entry, Ssh, SshFleet, TEST_USER},
+    lab::{opsrun, scratch, tree_digest},
+    sim::{events, install_sim, seed_node, sim_vars},
+};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;

@@ -1,8 +1,12 @@
 //! `apusic-stop` and `apusic-start` (SOP 004 §5.1) over real sshd, against the
 //! ApusicAS simulator (examples/demo/sim/asadmin) on two nodes.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{
+    cli::Run,
+    fleet::SshFleet,
+    lab::{opsrun, scratch},
+    sim::{app_inventory, events, install_sim, seed_node},
+};
 use std::fs;
 use std::path::PathBuf;
 

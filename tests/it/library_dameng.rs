@@ -7,8 +7,15 @@
 //! disql and the dmserver process itself. They keep state in files and append every
 //! call to one event log shared by the nodes, which is what the order assertions read.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{
+    cli::Run,
+    fleet::{host_entry, ssh_section, FleetOptions, Ssh, SshFleet},
+    lab::opsrun,
+    sim::{
+        dmserver_procs, ensure_dm_user, install_dameng, last_run, new_event_log, read_events,
+        run_text, seq_of, show, start_dameng, DmNode, DB_PASS,
+    },
+};
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -2,8 +2,11 @@
 //! repository, and its documented failing variant. No sshd: the demo hosts are
 //! `connection: local`. Also: every shipped runbook passes `opsrun check`.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{
+    cli::{Run, Test},
+    lab::{copy_tree, opsrun, repo, scratch, tree_digest},
+    pty::run_on_pty,
+};
 use std::path::Path;
 
 /// A fresh "clone": the demo inventory and examples/, without any sandbox state.

@@ -8,8 +8,15 @@
 //! when `sp_load_lic_info` is called, and refuses a dm.key it could not read as
 //! dmdba:dinstall). Both append to one shared event log.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{
+    cli::Run,
+    fleet::{chown_r, host_entry, ssh_section, FleetOptions, Ssh, SshFleet, TEST_USER},
+    lab::opsrun,
+    sim::{
+        ensure_dm_user, install_dameng, last_run, new_event_log, read_events, run_text, seq_of,
+        show, start_dameng, DmNode, DB_PASS, DM_GROUP, DM_USER, FIXTURES,
+    },
+};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -14,8 +14,12 @@
 //!   lvextend grows the loop device's backing file and runs `losetup -c`, which is
 //!   what a grown LV looks like to the filesystem above it.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{
+    cli::Run,
+    fleet::{host_entry, ssh_section, FleetOptions, Ssh, SshFleet},
+    lab::opsrun,
+    sim::{install_lvm, last_run, new_event_log, read_events, run_text, SimEvent, G},
+};
 use std::fs;
 
 use std::path::{Path, PathBuf};

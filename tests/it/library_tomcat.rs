@@ -3,8 +3,11 @@
 //! reached over a real sshd as the unprivileged login user. Each test runs a
 //! private CATALINA_BASE on free ports, owned by that user.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{
+    cli::Run,
+    fleet::{chown_to_test_user, free_port, host_entry, Ssh, SshFleet},
+    lab::{opsrun, scratch},
+};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;

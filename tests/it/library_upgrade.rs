@@ -4,8 +4,12 @@
 //! load balancer (h3) with the nginx simulator (examples/demo/sim/nginx), from
 //! which each node is drained while it is upgraded (SOP 004 §5.3).
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{
+    cli::Run,
+    fleet::{chown_to_test_user, host_entry, Ssh, SshFleet},
+    lab::{opsrun, repo, scratch, tree_digest},
+    sim::{app_inventory, events, install_nginx_sim, install_sim, seed_node},
+};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;

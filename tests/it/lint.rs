@@ -1,6 +1,5 @@
 //! `opsrun check`: lint names, `lint: { allow: [...] }`, and what is not a trap.
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::cli::Test;
 
 fn runbook(steps: &str) -> String {
     format!("name: x\nhosts: app\nsteps:\n{steps}")

@@ -2,8 +2,10 @@
 //! parsed with pulldown-cmark, its headings, tables and fenced blocks must be
 //! exactly the ones opsrun wrote.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{
+    cli::OPERATOR,
+    lab::{expect_code, fingerprint, text, Sandbox},
+};
 use pulldown_cmark::{CodeBlockKind, Event, HeadingLevel, Options, Parser, Tag, TagEnd};
 
 /// Hostile output: fences of 3 and 4 backticks, ANSI colours, NUL, a bidi

@@ -7,8 +7,12 @@
 //! codes. Every test checks what an operator would see: the exit code, the last
 //! stdout line (the log's path), the journal, `log.md`, and the hosts themselves.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{
+    cli::Run,
+    fleet::{app_group, pids_with, ssh_inventory, SshFleet},
+    lab::Lab,
+    pty::{pty_run, run_on_pty, CTRL_C},
+};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -9,8 +9,13 @@
 //! exit code, the last stdout line (the log's path), the journal, the log, and the
 //! hosts themselves.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{
+    cli::Run,
+    fleet::{app_group, pids_with, ssh_inventory, yaml_str, SshFleet},
+    lab::Lab,
+    pty::{pty_run, run_on_pty, run_on_pty_sized},
+    sim::{ensure_dm_user, DM_USER},
+};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};

@@ -1,8 +1,7 @@
 //! Secrets stay out of the record even when a host hands them back: in captured
 //! values, through template filters, or by posing as a capture placeholder.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::cli::Test;
 use std::path::Path;
 
 const SECRET: &str = "Sup3r-s3cret-pw";

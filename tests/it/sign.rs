@@ -1,8 +1,10 @@
 //! Signing logs and plans (SSHSIG, namespace `opsrun-log`) and verifying them
 //! with `opsrun verify` and with stock `ssh-keygen -Y verify`.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::{
+    cli::{Run, OPERATOR},
+    lab::{expect_code, files, fingerprint, keygen_verify, text, Sandbox},
+};
 use std::path::Path;
 
 const SIMPLE: &str = r#"name: simple

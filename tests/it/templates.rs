@@ -1,6 +1,5 @@
 //! Which fields are templates, run for real on `connection: local` hosts.
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::cli::Test;
 
 const INVENTORY: &str = "groups:\n  app:\n    hosts:\n      a1: { connection: local }\n";
 

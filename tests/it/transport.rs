@@ -1,8 +1,7 @@
 //! The transports against real OpenSSH servers on loopback (see tests/it/support/fleet.rs)
 //! and against local subprocesses.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::fleet::{free_port, SshFleet, TEST_USER};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;

@@ -2,8 +2,7 @@
 //! secrets masked everywhere but in the uploaded file), and what is uploaded and
 //! sha256-checked is the rendered text.
 
-#[allow(unused_imports)]
-use crate::support::{cli::*, fleet::*, lab::*, pty::*, sim::*};
+use crate::support::cli::Test;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 

@@ -8,7 +8,6 @@
 //!   fresh clones), signed with a key kept in that directory.
 //! - [`Sandbox`]: `connection: local` hosts and a `HOME` whose `~/.ssh` the test
 //!   fills, for the key discovery and signing tests; no key is set for it.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs;

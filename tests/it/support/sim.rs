@@ -7,7 +7,6 @@
 //! operations across hosts, not only exit codes. The Dameng and LVM tools write
 //! `SEQ TIME HOST PROGRAM ARGS` ([`read_events`]); ApusicAS and nginx write
 //! `TIME HOST COMMAND RESULT` ([`events`]).
-#![allow(dead_code)]
 
 use std::fs;
 use std::os::unix::fs::symlink;
