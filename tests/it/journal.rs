@@ -279,7 +279,7 @@ fn output_files_of_a_chinese_step_name_keep_the_name() {
     assert!(md.contains(&files[0].1), "{md}");
     let v = lab.test(&["verify", run.log.to_str().unwrap()]).output();
     let out = v.stdout.clone();
-    assert!((v.code == 0), "{out}");
+    assert_eq!(v.code, 0, "{out}");
     assert!(!out.contains("FAILED"), "{out}");
 }
 

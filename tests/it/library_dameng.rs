@@ -167,7 +167,7 @@ fn assert_start_order(p: &Pair, primary: &str, standby: &str) {
 fn stop_then_start_in_watcher_order() {
     let p = pair(["PRIMARY", "STANDBY"]);
     let out = run(&p, "dameng-stop", &[]);
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     assert_stop_order(&p, "h1", "h2");
     for i in 0..2 {
         assert_eq!(
@@ -190,7 +190,7 @@ fn stop_then_start_in_watcher_order() {
 
     fs::write(&p.events, "").unwrap();
     let out = run(&p, "dameng-start", &[]);
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     assert_start_order(&p, "h1", "h2");
     for (i, home) in p.homes.iter().enumerate() {
         assert!(
@@ -211,12 +211,12 @@ fn roles_come_from_the_hosts_not_the_inventory() {
     // After a failover the inventory's "primary" h1 is the standby.
     let p = pair(["STANDBY", "PRIMARY"]);
     let out = run(&p, "dameng-stop", &[]);
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     assert_stop_order(&p, "h2", "h1");
 
     fs::write(&p.events, "").unwrap();
     let out = run(&p, "dameng-start", &[]);
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     assert_start_order(&p, "h2", "h1");
     let journal = fs::read_to_string(last_run(p.dir.path()).join("journal.jsonl")).unwrap();
     assert!(journal.contains("PRIMARY"), "{journal}");
@@ -229,7 +229,7 @@ fn failed_stop_rolls_back_and_failed_start_rolls_back() {
     // The standby's server refuses to stop: the primary is already down by then.
     fs::write(p.homes[1].join("sim/fail/DmServiceDMSERVER.stop"), "").unwrap();
     let out = run(&p, "dameng-stop", &[]);
-    assert_eq!(Some(out.code), Some(1), "{}", run_text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     let ev = read_events(&p.events);
     let failed = seq_of(&ev, "h2", "DmServiceDMSERVER", "stop");
     let restart_primary = seq_of(&ev, "h1", "DmServiceDMSERVER", "start");
@@ -250,11 +250,11 @@ fn failed_stop_rolls_back_and_failed_start_rolls_back() {
     // Now stop cleanly, then make the standby's server fail to start.
     fs::remove_file(p.homes[1].join("sim/fail/DmServiceDMSERVER.stop")).unwrap();
     let out = run(&p, "dameng-stop", &[]);
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     fs::write(p.homes[1].join("sim/fail/DmServiceDMSERVER.start"), "").unwrap();
     fs::write(&p.events, "").unwrap();
     let out = run(&p, "dameng-start", &[]);
-    assert_eq!(Some(out.code), Some(1), "{}", run_text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     let ev = read_events(&p.events);
     let failed = seq_of(&ev, "h2", "DmServiceDMSERVER", "start");
     let undo_watcher = seq_of(&ev, "h1", "DmWatcherServiceDMSERVER", "stop");
@@ -283,7 +283,7 @@ fn dry_runs_show_order_roles_at_run_time_and_no_password() {
         &["dameng-stop", "--env", "simdb", "--dry-run"],
         &env,
     );
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     let s = out.stdout.clone();
     let order = [
         "Find the running dmserver",
@@ -312,7 +312,7 @@ fn dry_runs_show_order_roles_at_run_time_and_no_password() {
         &["dameng-start", "--env", "simdb", "--dry-run"],
         &env,
     );
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     let s = out.stdout.clone();
     let order = [
         "Read the role each node had at shutdown",

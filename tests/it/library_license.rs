@@ -176,7 +176,7 @@ fn swaps_the_application_license_and_the_dm_key() {
             "dm_expiry=2026-06-30".into(),
         ],
     );
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
 
     // Application: the old file kept under a stamped name, the new one in place, and the
     // restarted server loaded the new one.
@@ -255,7 +255,7 @@ fn a_key_that_loads_another_expiry_is_rolled_back_and_reloaded() {
             "dm_expiry=2026-06-30".into(),
         ],
     );
-    assert_eq!(Some(out.code), Some(1), "{}", run_text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     assert!(
         run_text(&out).contains("does not expire on"),
         "{}",
@@ -289,7 +289,7 @@ fn a_failed_application_start_restores_the_previous_license() {
     let e = estate();
     fs::write(e.weaver.join("ApusicAS/sim/fail/start-domain"), "").unwrap();
     let out = swap(&e, &[format!("license={}", e.new_license.display())]);
-    assert_eq!(Some(out.code), Some(1), "{}", run_text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     let ev = read_events(&e.events);
     let failed = seq_of(&ev, "h1", "asadmin", "start-domain -> FAILED");
     let restarted = seq_of(&ev, "h1", "asadmin", "start-domain license=LICENSE OLD");
@@ -312,7 +312,7 @@ fn refuses_a_key_that_expires_sooner_unless_forced() {
         "dm_expiry=2025-06-30".to_string(),
     ];
     let out = swap(&e, &params);
-    assert_eq!(Some(out.code), Some(1), "{}", run_text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     assert!(
         run_text(&out).contains("expires sooner"),
         "{}",
@@ -329,7 +329,7 @@ fn refuses_a_key_that_expires_sooner_unless_forced() {
     let mut forced = params.to_vec();
     forced.push("force=true".into());
     let out = swap(&e, &forced);
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     assert_eq!(loaded(&e), "2025-06-30");
     assert_no_leaks(&e);
 }
@@ -363,7 +363,7 @@ fn dry_run_shows_both_parts_in_order_without_the_password() {
         ],
         &[("OPSRUN_SECRET_DB_PASS", DB_PASS)],
     );
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     let s = out.stdout.clone();
     let backup = format!("mv {ID}.license {ID}.license_bak");
     let ordered = [

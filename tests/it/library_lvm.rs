@@ -101,7 +101,7 @@ fn extends_xfs_and_ext4_in_order_over_ssh() {
     let lab = lab();
     // Two hosts selected: refused before anything runs on them.
     let out = extend(&lab, None, "+10G");
-    assert_eq!(Some(out.code), Some(1), "{}", run_text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     assert!(
         run_text(&out).contains("--limit HOST"),
         "{}",
@@ -110,7 +110,7 @@ fn extends_xfs_and_ext4_in_order_over_ssh() {
     assert!(read_events(&lab.events).is_empty());
 
     let out = extend(&lab, Some("h1"), "+10G");
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     assert_eq!(
         programs(&read_events(&lab.events), "h1"),
         [
@@ -142,7 +142,7 @@ fn extends_xfs_and_ext4_in_order_over_ssh() {
 
     fs::write(&lab.events, "").unwrap();
     let out = extend(&lab, Some("h2"), "+100%FREE");
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     let h2 = programs(&read_events(&lab.events), "h2");
     assert!(h2.contains(&"lvextend -l +100%FREE /dev/peppa/data".to_string()));
     assert_eq!(h2.last().unwrap(), "resize2fs /dev/peppa/data");
@@ -158,7 +158,7 @@ fn failed_lvextend_undoes_vgextend_pvcreate_and_the_partition() {
         .collect();
     // 30G more than the VG's free space with a 20G disk: lvextend refuses.
     let out = extend(&lab, Some("h1"), "+100G");
-    assert_eq!(Some(out.code), Some(1), "{}", run_text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     assert!(
         run_text(&out).contains("Insufficient free space"),
         "{}",
@@ -191,7 +191,7 @@ fn prechecks_refuse_a_used_disk_and_a_non_lvm_target() {
     let parts = state(&lab.roots[0], "parts") + &format!("sdb1 sdb {} 8300\n", 20 * G - 2097152);
     fs::write(lab.roots[0].join("state/parts"), parts).unwrap();
     let out = extend(&lab, Some("h1"), "+10G");
-    assert_eq!(Some(out.code), Some(1), "{}", run_text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     assert!(
         run_text(&out).contains("has partitions"),
         "{}",
@@ -220,7 +220,7 @@ fn prechecks_refuse_a_used_disk_and_a_non_lvm_target() {
         ],
         &[],
     );
-    assert_eq!(Some(out.code), Some(1), "{}", run_text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     assert!(run_text(&out).contains("not /srv"), "{}", run_text(&out));
     // An invalid VG name never reaches a host.
     let out = opsrun(
@@ -243,7 +243,7 @@ fn prechecks_refuse_a_used_disk_and_a_non_lvm_target() {
         ],
         &[],
     );
-    assert_eq!(Some(out.code), Some(1), "{}", run_text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     assert!(
         run_text(&out).contains("invalid VG or LV name"),
         "{}",
@@ -273,7 +273,7 @@ fn dry_run_shows_the_gate_the_steps_and_the_rollbacks() {
     ];
     args.extend_from_slice(PARAMS);
     let out = opsrun(dir.path(), &args, &[]);
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     let s = out.stdout.clone();
     for line in [
         "manual: the operator does this by hand",
@@ -405,7 +405,7 @@ fn xfs_grows_a_real_filesystem() {
         ],
         &[("PATH", &path)],
     );
-    assert_eq!(Some(out.code), Some(0), "{}", run_text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     let after = df_bytes(&mnt);
     assert!(
         after > before + (150 << 20),
