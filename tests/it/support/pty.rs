@@ -27,34 +27,13 @@ pub fn run_on_pty(cmd: Command, script: &[(&str, &str)]) -> (i32, String) {
 
 /// [`run_on_pty`] on a terminal `cols` columns wide.
 pub fn run_on_pty_sized(mut cmd: Command, cols: u16, script: &[(&str, &str)]) -> (i32, String) {
-    let (mut master, mut slave) = (0, 0);
     let size = libc::winsize {
         ws_row: 40,
         ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: out-pointers to two ints; name and termios may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &size,
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: openpty returned two fresh descriptors that nothing else owns.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    // SAFETY: fcntl on a valid fd; the child must not inherit the master.
-    unsafe {
-        libc::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&master),
-            libc::F_SETFD,
-            libc::FD_CLOEXEC,
-        )
-    };
+    let (master, slave) = open_pty(&size);
     cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave));
@@ -142,4 +121,41 @@ pub fn run_on_pty_sized(mut cmd: Command, cols: u16, script: &[(&str, &str)]) ->
 /// What a run on a pty printed last: the log's path (terminal lines end with CRLF).
 pub fn pty_run(code: i32, screen: &str, cwd: &std::path::Path) -> Run {
     Run::from_screen(code, screen, cwd)
+}
+
+/// A new pty pair, both ends close-on-exec from the start: the other tests of this
+/// process spawn children at any moment, and one that inherited the slave would
+/// hold the terminal open after our run ended (`openpty` has no such flag).
+fn open_pty(size: &libc::winsize) -> (OwnedFd, OwnedFd) {
+    let os_err = std::io::Error::last_os_error;
+    // SAFETY: posix_openpt returns a fresh descriptor or -1.
+    let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(m >= 0, "posix_openpt: {}", os_err());
+    // SAFETY: `m` is a valid descriptor that nothing else owns.
+    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: grantpt/unlockpt on the master; ptsname_r writes at most `name.len()` bytes.
+    unsafe {
+        assert_eq!(libc::grantpt(m), 0, "grantpt: {}", os_err());
+        assert_eq!(libc::unlockpt(m), 0, "unlockpt: {}", os_err());
+        assert_eq!(
+            libc::ptsname_r(m, name.as_mut_ptr(), name.len()),
+            0,
+            "ptsname_r"
+        );
+    }
+    // SAFETY: `name` is the NUL-terminated path ptsname_r wrote.
+    let s = unsafe {
+        libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    assert!(s >= 0, "open the pty slave: {}", os_err());
+    // SAFETY: `s` is a valid descriptor that nothing else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(s) };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer.
+    let rc = unsafe { libc::ioctl(s, libc::TIOCSWINSZ, size as *const libc::winsize) };
+    assert_eq!(rc, 0, "TIOCSWINSZ: {}", os_err());
+    (master, slave)
 }
