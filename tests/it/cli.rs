@@ -1,11 +1,11 @@
 //! The command line around the runs: `list`, `completions`, the typed gate with `--yes`.
 
-mod common;
+use crate::support::cli::Test;
+use std::process::Stdio;
 
-use common::{Test, BIN};
-use std::process::{Command, Stdio};
-
-/// A `connection: local` host no other test binary uses: host locks are machine-wide.
+/// A `connection: local` host no other test process uses: host locks of local
+/// hosts are machine-wide, keyed by host name and the directory opsrun runs in
+/// (each test has its own).
 fn local_host() -> String {
     format!("cli{}", std::process::id())
 }
@@ -126,23 +126,37 @@ fn closed_pipe() -> std::fs::File {
     }
 }
 
+/// `opsrun completions SHELL` into a pipe nobody reads.
+fn completions_to_a_closed_pipe_exit_quietly(shell: &str) {
+    // The read end is closed before opsrun writes a byte: every write fails with EPIPE,
+    // as with `opsrun completions zsh | head -1`.
+    let writer = closed_pipe();
+    let out = Test::new()
+        .args(["completions", shell])
+        .command()
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run opsrun");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{shell}: {stderr}");
+    assert_eq!(stderr, "", "{shell}");
+}
+
 #[test]
-fn completions_to_a_closed_pipe_exit_quietly() {
-    for shell in ["zsh", "bash", "fish"] {
-        // The read end is closed before opsrun writes a byte: every write fails with EPIPE,
-        // as with `opsrun completions zsh | head -1`.
-        let writer = closed_pipe();
-        let out = Command::new(BIN)
-            .args(["completions", shell])
-            .stdin(Stdio::null())
-            .stdout(writer)
-            .stderr(Stdio::piped())
-            .output()
-            .expect("run opsrun");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{shell}: {stderr}");
-        assert_eq!(stderr, "", "{shell}");
-    }
+fn zsh_completions_to_a_closed_pipe_exit_quietly() {
+    completions_to_a_closed_pipe_exit_quietly("zsh");
+}
+
+#[test]
+fn bash_completions_to_a_closed_pipe_exit_quietly() {
+    completions_to_a_closed_pipe_exit_quietly("bash");
+}
+
+#[test]
+fn fish_completions_to_a_closed_pipe_exit_quietly() {
+    completions_to_a_closed_pipe_exit_quietly("fish");
 }
 
 #[test]

@@ -1,8 +1,7 @@
-//! The transports against real OpenSSH servers on loopback (see tests/support/sshd.rs)
+//! The transports against real OpenSSH servers on loopback (see tests/it/support/fleet.rs)
 //! and against local subprocesses.
 
-mod support;
-
+use crate::support::fleet::{free_port, SshFleet, TEST_USER};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +11,6 @@ use opsrun::transport::{
     connect_all, Command, Connection, Endpoint, Stdin, Stream, TransportError,
 };
 use sha2::{Digest, Sha256};
-use support::sshd::{free_port, SshFleet, TEST_USER};
 
 async fn run(conn: &Connection, line: &str) -> opsrun::transport::Outcome {
     conn.exec(&Command::new(line), &mut |_, _| {})

@@ -4,14 +4,11 @@
 //! hosts; the damage is done by hand to a copy of one: a last line cut off in the
 //! middle (the crash came during a write), or an unreadable line in the middle.
 
-mod support;
-
+use crate::support::{cli::Run, lab::Lab};
 use chrono::Timelike;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use support::lab::{Lab, Run};
 
 const THREE: &str = r#"name: three
 hosts: app
@@ -28,7 +25,7 @@ steps:
 
 /// A lab with two local hosts whose names are unique to this process and `test`:
 /// host locks of local hosts live in /tmp under the host's name, shared with other
-/// tests and test binaries.
+/// tests of this process and with other processes.
 fn local_lab(test: &str) -> (Lab, Vec<String>) {
     let lab = Lab::new();
     let pid = std::process::id();
@@ -280,12 +277,9 @@ fn output_files_of_a_chinese_step_name_keep_the_name() {
     // The log cites them, and `opsrun verify` finds them by those names.
     let md = run.log_md();
     assert!(md.contains(&files[0].1), "{md}");
-    let v = lab
-        .command(&["verify", run.log.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&v.stdout);
-    assert!(v.status.success(), "{out}");
+    let v = lab.test(&["verify", run.log.to_str().unwrap()]).output();
+    let out = v.stdout.clone();
+    assert_eq!(v.code, 0, "{out}");
     assert!(!out.contains("FAILED"), "{out}");
 }
 

@@ -2,19 +2,16 @@
 //! node (h2) with a real `scp` from h1 to h2, as the SOP does, using a key the
 //! test gives the login user. Both nodes run the ApusicAS simulator.
 
-mod library_support;
-mod support;
-
+use crate::support::{
+    cli::Run,
+    fleet::{chown_to_test_user, host_entry, Ssh, SshFleet, TEST_USER},
+    lab::{opsrun, scratch, tree_digest},
+    sim::{events, install_sim, seed_node, sim_vars},
+};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
-
-use library_support::{
-    chown_to_test_user, events, host_entry, install_sim, opsrun, scratch, seed_node, sim_vars,
-    tree_digest, Run,
-};
-use support::sshd::{SshFleet, TEST_USER};
 
 struct Sync {
     _fleet: SshFleet,
@@ -78,14 +75,16 @@ fn setup() -> Sync {
         key.display(),
         keys.join("known_hosts").display()
     );
+    let mut from_vars = sim_vars(&fleet, 0, &sim, &events);
+    from_vars.push((
+        "sync_dest",
+        format!("{TEST_USER}@{}:{}/", fleet.address(1), test.display()),
+    ));
+    from_vars.push(("sync_scp_options", scp_options));
     let inv = format!(
-        "name: sync-test\nconfirm: none\ngroups:\n  sync-from:\n    hosts:\n      h1:\n        {}        vars:\n{}          sync_dest: {TEST_USER}@{}:{}/\n          sync_scp_options: {scp_options}\n  sync-to:\n    hosts:\n      h2:\n        {}        vars:\n{}",
-        host_entry(&fleet, 0),
-        sim_vars(&fleet, 0, &sim, &events),
-        fleet.address(1),
-        test.display(),
-        host_entry(&fleet, 1),
-        sim_vars(&fleet, 1, &sim, &events),
+        "name: sync-test\nconfirm: none\ngroups:\n  sync-from:\n    hosts:\n{}  sync-to:\n    hosts:\n{}",
+        host_entry(&fleet, 0, "h1", Ssh::PerHost, &from_vars),
+        host_entry(&fleet, 1, "h2", Ssh::PerHost, &sim_vars(&fleet, 1, &sim, &events)),
     );
     let dir = scratch();
     let inventory = dir.path().join("inventory.yaml");
@@ -104,7 +103,7 @@ impl Sync {
     fn run(&self, extra: &[&str]) -> Run {
         let mut args = vec!["app-sync", "-i", self.inventory.to_str().unwrap()];
         args.extend_from_slice(extra);
-        opsrun(self.dir.path(), &args)
+        opsrun(self.dir.path(), &args, &[])
     }
 
     fn changes(&self, host: &str) -> Vec<String> {
@@ -164,7 +163,7 @@ fn production_is_copied_to_test_keeping_test_settings() {
     let ev = events(&s.events);
     let at = |h: &str, c: &str| ev.iter().position(|e| e.0 == h && e.1 == c).unwrap();
     assert!(at("h1", "start-domain") < at("h2", "stop-domain"), "{ev:?}");
-    assert!(r.log.contains("Business-impact downtime"), "{r:?}");
+    assert!(r.log_md().contains("Business-impact downtime"), "{r:?}");
 }
 
 #[test]

@@ -1,26 +1,25 @@
 //! Whole runs of the real `opsrun` binary against real OpenSSH servers on loopback
-//! (tests/support/sshd.rs): the CLI, gates, engine, journal and Markdown log together.
+//! (tests/it/support/fleet.rs): the CLI, gates, engine, journal and Markdown log together.
 //! The cross-host order of the Dameng stop (watchers, primary, standby) is tested
 //! with the shipped runbook in library_dameng.rs; `as:` here uses the same `dmdba`
-//! account and sudo rule (tests/support/library.rs).
+//! account and sudo rule (tests/it/support/sim.rs).
 //!
 //! Every test writes an operator's directory (runbooks/, inventories/) into a temp
 //! dir, runs `opsrun` there with NO_COLOR=1 and checks what an operator would: the
 //! exit code, the last stdout line (the log's path), the journal, the log, and the
 //! hosts themselves.
 
-mod support;
-
+use crate::support::{
+    cli::Run,
+    fleet::{app_group, pids_with, ssh_inventory, yaml_str, SshFleet},
+    lab::Lab,
+    pty::{pty_run, run_on_pty, run_on_pty_sized},
+    sim::{ensure_dm_user, DM_USER},
+};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use support::lab::{
-    app_group, pids_with, pty_run, run_on_pty, run_on_pty_sized, ssh_inventory, yaml_str, Lab, Run,
-};
-use support::library::{ensure_dm_user, DM_USER};
-use support::sshd::SshFleet;
 
 // ---------------------------------------------------------------------------------
 // cwd, env, stdin and secrets
@@ -248,7 +247,7 @@ fn hung_command_is_killed_at_its_timeout_and_gone_from_the_host() {
     }
     let out = child.wait_with_output().unwrap();
     let took = started.elapsed();
-    let run = Run::new(out, lab.path());
+    let run = Run::from_output(out, lab.path()).expect_log();
     assert!(seen, "the hanging command never showed up:\n{}", run.stderr);
     run.expect_code(1);
     // ...and the control side did not wait for the 20 s grace.
@@ -648,7 +647,7 @@ fn upgrade_on_the_local_demo_inventory_succeeds_and_rolls_back() {
             .arg(&backup)
             .output()
             .unwrap();
-        let list = String::from_utf8_lossy(&list.stdout);
+        let list = String::from_utf8_lossy(&list.stdout).into_owned();
         assert!(list.contains("app/VERSION"), "{list}");
         assert!(!list.contains("app/log/app.log"), "{list}");
     }

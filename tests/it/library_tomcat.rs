@@ -3,15 +3,14 @@
 //! reached over a real sshd as the unprivileged login user. Each test runs a
 //! private CATALINA_BASE on free ports, owned by that user.
 
-mod library_support;
-mod support;
-
+use crate::support::{
+    cli::Run,
+    fleet::{chown_to_test_user, free_port, host_entry, Ssh, SshFleet},
+    lab::{opsrun, scratch},
+};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use library_support::{chown_to_test_user, host_entry, opsrun, scratch, Run};
-use support::sshd::{free_port, SshFleet};
 
 const CATALINA_HOME: &str = "/usr/share/tomcat10";
 
@@ -75,11 +74,18 @@ impl Tomcat {
 
     fn inventory(&self, fleet: &SshFleet, dir: &Path) -> PathBuf {
         let inv = format!(
-            "name: tomcat-test\nconfirm: none\ngroups:\n  tomcat:\n    hosts:\n      {}:\n        {}        vars:\n          tomcat_home: {CATALINA_HOME}\n          tomcat_base: {}\n          tomcat_http_port: {}\n",
-            fleet.name(0),
-            host_entry(fleet, 0),
-            self.base.display(),
-            self.http_port
+            "name: tomcat-test\nconfirm: none\ngroups:\n  tomcat:\n    hosts:\n{}",
+            host_entry(
+                fleet,
+                0,
+                fleet.name(0),
+                Ssh::PerHost,
+                &[
+                    ("tomcat_home", CATALINA_HOME.to_string()),
+                    ("tomcat_base", self.base.display().to_string()),
+                    ("tomcat_http_port", self.http_port.to_string()),
+                ]
+            )
         );
         let path = dir.join("inventory.yaml");
         fs::write(&path, inv).unwrap();
@@ -130,7 +136,7 @@ impl Drop for Tomcat {
 fn run(dir: &Path, inv: &Path, args: &[&str]) -> Run {
     let mut all = vec![args[0], "-i", inv.to_str().unwrap()];
     all.extend_from_slice(&args[1..]);
-    opsrun(dir, &all)
+    opsrun(dir, &all, &[])
 }
 
 #[test]
@@ -171,13 +177,13 @@ fn start_status_restart_and_stop_a_real_tomcat() {
         down.code, 1,
         "status of a stopped Tomcat must fail: {down:?}"
     );
-    assert!(down.log.contains("process  FAIL"), "{down:?}");
-    assert!(down.log.contains("port     FAIL"), "{down:?}");
+    assert!(down.log_md().contains("process  FAIL"), "{down:?}");
+    assert!(down.log_md().contains("port     FAIL"), "{down:?}");
 
     let start = run(dir.path(), &inv, &["tomcat-start", "--yes"]);
     assert_eq!(start.code, 0, "{start:?}");
-    assert!(start.log.contains("Tomcat started"), "{start:?}");
-    assert!(start.log.contains("Server startup in"), "{start:?}");
+    assert!(start.log_md().contains("Tomcat started"), "{start:?}");
+    assert!(start.log_md().contains("Server startup in"), "{start:?}");
     assert!(tomcat.http_answers());
     let first = tomcat.pids();
     assert_eq!(first.len(), 1, "one JVM: {first:?}");
@@ -200,7 +206,7 @@ fn start_status_restart_and_stop_a_real_tomcat() {
         "Apache Tomcat/10",
     ] {
         assert!(
-            status.log.contains(line),
+            status.log_md().contains(line),
             "status lacks {line:?}: {status:?}"
         );
     }
@@ -210,7 +216,7 @@ fn start_status_restart_and_stop_a_real_tomcat() {
     let second = tomcat.pids();
     assert_eq!(second.len(), 1, "{second:?}");
     assert_ne!(second, first, "restart gives a new JVM");
-    assert!(restart.log.contains("stopped after"), "{restart:?}");
+    assert!(restart.log_md().contains("stopped after"), "{restart:?}");
     assert!(tomcat.http_answers());
 
     // A Tomcat that ignores shutdown.sh (here: its server.xml now names a port nothing
@@ -223,7 +229,7 @@ fn start_status_restart_and_stop_a_real_tomcat() {
     );
     assert_eq!(stop.code, 0, "{stop:?}");
     assert!(
-        stop.log.contains(&format!("kill -9 {}", second[0])),
+        stop.log_md().contains(&format!("kill -9 {}", second[0])),
         "the exact PID is killed: {stop:?}"
     );
     assert!(tomcat.pids().is_empty(), "no JVM left");
@@ -253,8 +259,11 @@ fn a_start_that_logs_errors_is_rolled_back() {
     );
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("Check the startup log"), "{r:?}");
-    assert!(r.log.contains("errors logged during this start"), "{r:?}");
-    assert!(r.log.contains("SEVERE"), "{r:?}");
+    assert!(
+        r.log_md().contains("errors logged during this start"),
+        "{r:?}"
+    );
+    assert!(r.log_md().contains("SEVERE"), "{r:?}");
     assert!(r.stderr.contains("rolled back 1 step: restored"), "{r:?}");
     assert!(
         tomcat.pids().is_empty(),

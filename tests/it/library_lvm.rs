@@ -14,67 +14,16 @@
 //!   lvextend grows the loop device's backing file and runs `losetup -c`, which is
 //!   what a grown LV looks like to the filesystem above it.
 
-mod support;
-
+use crate::support::{
+    cli::Run,
+    fleet::{host_entry, ssh_section, FleetOptions, Ssh, SshFleet},
+    lab::opsrun,
+    sim::{install_lvm, last_run, new_event_log, read_events, run_text, SimEvent, G},
+};
 use std::fs;
-use std::os::unix::fs::symlink;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::library::*;
-use support::sshd::{FleetOptions, SshFleet};
-
-const TOOLS: &[&str] = &[
-    "lsblk",
-    "pvs",
-    "vgs",
-    "lvs",
-    "pvcreate",
-    "pvremove",
-    "vgextend",
-    "vgreduce",
-    "lvextend",
-    "lvresize",
-    "sgdisk",
-    "partprobe",
-];
-/// Only in the fully simulated setup: filesystem tools.
-const FS_TOOLS: &[&str] = &["resize2fs", "xfs_growfs", "df"];
-
-const G: u64 = 1 << 30;
-
-/// Installs the simulated tools under `root/bin` and writes their initial state: a
-/// 100G system disk whose sda3 is the VG `peppa` with LV `data` (75G, 85% used,
-/// mounted on /data, `fstype`), and an unused 20G disk sdb.
-fn install_lvm(root: &Path, host: &str, events: &Path, fstype: &str, fs_tools: bool) {
-    let bin = root.join("bin");
-    let state = root.join("state");
-    fs::create_dir_all(&bin).unwrap();
-    fs::create_dir_all(state.join("fail")).unwrap();
-    let sim = Path::new(FIXTURES).join("lvm/lvmsim");
-    for t in TOOLS.iter().chain(if fs_tools { FS_TOOLS } else { &[] }) {
-        symlink(&sim, bin.join(t)).unwrap();
-    }
-    let lv = 75 * G;
-    fs::write(
-        state.join("disks"),
-        format!("sda {}\nsdb {}\n", 100 * G, 20 * G),
-    )
-    .unwrap();
-    fs::write(
-        state.join("parts"),
-        format!("sda1 sda 209715200 ef00\nsda2 sda {G} 8300\nsda3 sda 84557365248 8e00\n"),
-    )
-    .unwrap();
-    fs::write(state.join("pvs"), "/dev/sda3 peppa 84557365248\n").unwrap();
-    fs::write(
-        state.join("lvs"),
-        format!("peppa data {lv} /data {fstype} {lv} {}\n", lv / 100 * 85),
-    )
-    .unwrap();
-    fs::write(state.join("host"), format!("{host}\n")).unwrap();
-    fs::write(state.join("events"), format!("{}\n", events.display())).unwrap();
-    chown_r(root, support::sshd::TEST_USER);
-}
 
 fn state(root: &Path, file: &str) -> String {
     fs::read_to_string(root.join("state").join(file)).unwrap()
@@ -105,8 +54,8 @@ fn lab() -> Lab {
     let inv = format!(
         "name: lab\nconfirm: none\n{ssh}groups:\n  servers:\n    hosts:\n{h1}{h2}",
         ssh = ssh_section(&fleet, false),
-        h1 = host_entry(&fleet, 0, ""),
-        h2 = host_entry(&fleet, 1, ""),
+        h1 = host_entry(&fleet, 0, fleet.name(0), Ssh::FromInventory, &[]),
+        h2 = host_entry(&fleet, 1, fleet.name(1), Ssh::FromInventory, &[]),
     );
     fs::write(dir.path().join("inventories/lab.yaml"), inv).unwrap();
     Lab {
@@ -128,7 +77,7 @@ const PARAMS: &[&str] = &[
     "disk=/dev/sdb",
 ];
 
-fn extend(lab: &Lab, limit: Option<&str>, size: &str) -> std::process::Output {
+fn extend(lab: &Lab, limit: Option<&str>, size: &str) -> Run {
     let size = format!("size={size}");
     let mut args = vec!["lvm-extend", "--env", "lab", "--yes"];
     if let Some(l) = limit {
@@ -152,12 +101,16 @@ fn extends_xfs_and_ext4_in_order_over_ssh() {
     let lab = lab();
     // Two hosts selected: refused before anything runs on them.
     let out = extend(&lab, None, "+10G");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("--limit HOST"), "{}", text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
+    assert!(
+        run_text(&out).contains("--limit HOST"),
+        "{}",
+        run_text(&out)
+    );
     assert!(read_events(&lab.events).is_empty());
 
     let out = extend(&lab, Some("h1"), "+10G");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     assert_eq!(
         programs(&read_events(&lab.events), "h1"),
         [
@@ -189,7 +142,7 @@ fn extends_xfs_and_ext4_in_order_over_ssh() {
 
     fs::write(&lab.events, "").unwrap();
     let out = extend(&lab, Some("h2"), "+100%FREE");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     let h2 = programs(&read_events(&lab.events), "h2");
     assert!(h2.contains(&"lvextend -l +100%FREE /dev/peppa/data".to_string()));
     assert_eq!(h2.last().unwrap(), "resize2fs /dev/peppa/data");
@@ -205,11 +158,11 @@ fn failed_lvextend_undoes_vgextend_pvcreate_and_the_partition() {
         .collect();
     // 30G more than the VG's free space with a 20G disk: lvextend refuses.
     let out = extend(&lab, Some("h1"), "+100G");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     assert!(
-        text(&out).contains("Insufficient free space"),
+        run_text(&out).contains("Insufficient free space"),
         "{}",
-        text(&out)
+        run_text(&out)
     );
     assert_eq!(
         programs(&read_events(&lab.events), "h1"),
@@ -238,8 +191,12 @@ fn prechecks_refuse_a_used_disk_and_a_non_lvm_target() {
     let parts = state(&lab.roots[0], "parts") + &format!("sdb1 sdb {} 8300\n", 20 * G - 2097152);
     fs::write(lab.roots[0].join("state/parts"), parts).unwrap();
     let out = extend(&lab, Some("h1"), "+10G");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("has partitions"), "{}", text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
+    assert!(
+        run_text(&out).contains("has partitions"),
+        "{}",
+        run_text(&out)
+    );
     assert!(read_events(&lab.events).is_empty(), "nothing changed");
 
     // A mount point that is not the LV: wrong target.
@@ -263,8 +220,8 @@ fn prechecks_refuse_a_used_disk_and_a_non_lvm_target() {
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("not /srv"), "{}", text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
+    assert!(run_text(&out).contains("not /srv"), "{}", run_text(&out));
     // An invalid VG name never reaches a host.
     let out = opsrun(
         lab.dir.path(),
@@ -286,11 +243,11 @@ fn prechecks_refuse_a_used_disk_and_a_non_lvm_target() {
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     assert!(
-        text(&out).contains("invalid VG or LV name"),
+        run_text(&out).contains("invalid VG or LV name"),
         "{}",
-        text(&out)
+        run_text(&out)
     );
     assert!(read_events(&lab.events).is_empty());
 }
@@ -316,8 +273,8 @@ fn dry_run_shows_the_gate_the_steps_and_the_rollbacks() {
     ];
     args.extend_from_slice(PARAMS);
     let out = opsrun(dir.path(), &args, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let s = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.code, 0, "{}", run_text(&out));
+    let s = out.stdout.clone();
     for line in [
         "manual: the operator does this by hand",
         "snapshot ticket",
@@ -448,7 +405,7 @@ fn xfs_grows_a_real_filesystem() {
         ],
         &[("PATH", &path)],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     let after = df_bytes(&mnt);
     assert!(
         after > before + (150 << 20),

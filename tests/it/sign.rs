@@ -1,10 +1,10 @@
 //! Signing logs and plans (SSHSIG, namespace `opsrun-log`) and verifying them
 //! with `opsrun verify` and with stock `ssh-keygen -Y verify`.
 
-#[path = "support/local_run.rs"]
-mod local_run;
-
-use local_run::{expect_code, fingerprint, keygen_verify, text, Sandbox, OPERATOR};
+use crate::support::{
+    cli::{Run, OPERATOR},
+    lab::{expect_code, files, fingerprint, keygen_verify, text, Sandbox},
+};
 use std::path::Path;
 
 const SIMPLE: &str = r#"name: simple
@@ -36,73 +36,81 @@ fn run_signed(sb: &Sandbox, key: &Path, env: &[(&str, &str)]) -> std::path::Path
     dir
 }
 
-fn verify(sb: &Sandbox, log: &Path, extra: &[&str]) -> std::process::Output {
+fn verify(sb: &Sandbox, log: &Path, extra: &[&str]) -> Run {
     let log = log.display().to_string();
     let mut args = vec!["verify", log.as_str()];
     args.extend(extra);
     sb.opsrun(&args, &[])
 }
 
+/// A log signed with a `kind` key verifies with opsrun and with stock ssh-keygen.
+fn logs_verify_with_opsrun_and_stock_ssh_keygen(kind: &str) {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let key = sb.keygen(&format!("id_{kind}"), kind, "", false);
+    let pubkey = key.with_extension("pub");
+    let dir = run_signed(&sb, &key, &[]);
+    let log = dir.join("log.md");
+    let fp = fingerprint(&pubkey);
+
+    let body = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !body.contains("UNSIGNED"),
+        "{kind}: signed log says UNSIGNED"
+    );
+    assert!(body.contains(&format!("- Signer: `{OPERATOR}`")), "{kind}");
+    assert!(body.contains(&fp), "{kind}: the log names the key");
+    assert!(
+        body.contains(&format!(
+            "ssh-keygen -Y verify -f allowed_signers -I {OPERATOR} -n opsrun-log -s log.md.sig < log.md"
+        )),
+        "{kind}: the stock command is in the log"
+    );
+
+    // Trust only in the key: reports the signer but says it is not authenticated.
+    let out = verify(&sb, &log, &[]);
+    expect_code(&out, 0, &format!("{kind}: opsrun verify"));
+    let s = text(&out.stdout);
+    assert!(s.contains(&fp), "{kind}: fingerprint printed:\n{s}");
+    assert!(s.contains("signed at  20"), "{kind}: signing time:\n{s}");
+    assert!(s.contains("NOT AUTHENTICATED"), "{kind}:\n{s}");
+    assert!(s.contains("VERIFIED"), "{kind}:\n{s}");
+
+    // With allowed_signers: opsrun and stock ssh-keygen agree.
+    let allowed = sb.allowed_signers("allowed_signers", OPERATOR, &pubkey);
+    assert!(
+        keygen_verify(&allowed, OPERATOR, &log),
+        "{kind}: ssh-keygen -Y verify rejects the log"
+    );
+    let a = allowed.display().to_string();
+    let out = verify(&sb, &log, &["--allowed-signers", &a]);
+    expect_code(&out, 0, &format!("{kind}: verify --allowed-signers"));
+    assert!(text(&out.stdout).contains("signer authenticated"));
+
+    // Wrong identity, or a file trusting another key: both tools refuse.
+    let out = verify(
+        &sb,
+        &log,
+        &["--allowed-signers", &a, "--identity", "mallory"],
+    );
+    expect_code(&out, 1, &format!("{kind}: wrong identity"));
+    assert!(!keygen_verify(&allowed, "mallory", &log));
+    let other = sb.keygen("other", "ed25519", "", false);
+    let wrong = sb.allowed_signers("wrong_signers", OPERATOR, &other.with_extension("pub"));
+    let w = wrong.display().to_string();
+    let out = verify(&sb, &log, &["--allowed-signers", &w]);
+    expect_code(&out, 1, &format!("{kind}: untrusted key"));
+    assert!(!keygen_verify(&wrong, OPERATOR, &log));
+}
+
 #[test]
-fn ed25519_and_rsa_logs_verify_with_opsrun_and_stock_ssh_keygen() {
-    for kind in ["ed25519", "rsa"] {
-        let sb = Sandbox::new();
-        sb.runbook("simple", SIMPLE);
-        let key = sb.keygen(&format!("id_{kind}"), kind, "", false);
-        let pubkey = key.with_extension("pub");
-        let dir = run_signed(&sb, &key, &[]);
-        let log = dir.join("log.md");
-        let fp = fingerprint(&pubkey);
+fn ed25519_logs_verify_with_opsrun_and_stock_ssh_keygen() {
+    logs_verify_with_opsrun_and_stock_ssh_keygen("ed25519");
+}
 
-        let body = std::fs::read_to_string(&log).unwrap();
-        assert!(
-            !body.contains("UNSIGNED"),
-            "{kind}: signed log says UNSIGNED"
-        );
-        assert!(body.contains(&format!("- Signer: `{OPERATOR}`")), "{kind}");
-        assert!(body.contains(&fp), "{kind}: the log names the key");
-        assert!(
-            body.contains(&format!(
-                "ssh-keygen -Y verify -f allowed_signers -I {OPERATOR} -n opsrun-log -s log.md.sig < log.md"
-            )),
-            "{kind}: the stock command is in the log"
-        );
-
-        // Trust only in the key: reports the signer but says it is not authenticated.
-        let out = verify(&sb, &log, &[]);
-        expect_code(&out, 0, &format!("{kind}: opsrun verify"));
-        let s = text(&out.stdout);
-        assert!(s.contains(&fp), "{kind}: fingerprint printed:\n{s}");
-        assert!(s.contains("signed at  20"), "{kind}: signing time:\n{s}");
-        assert!(s.contains("NOT AUTHENTICATED"), "{kind}:\n{s}");
-        assert!(s.contains("VERIFIED"), "{kind}:\n{s}");
-
-        // With allowed_signers: opsrun and stock ssh-keygen agree.
-        let allowed = sb.allowed_signers("allowed_signers", OPERATOR, &pubkey);
-        assert!(
-            keygen_verify(&allowed, OPERATOR, &log),
-            "{kind}: ssh-keygen -Y verify rejects the log"
-        );
-        let a = allowed.display().to_string();
-        let out = verify(&sb, &log, &["--allowed-signers", &a]);
-        expect_code(&out, 0, &format!("{kind}: verify --allowed-signers"));
-        assert!(text(&out.stdout).contains("signer authenticated"));
-
-        // Wrong identity, or a file trusting another key: both tools refuse.
-        let out = verify(
-            &sb,
-            &log,
-            &["--allowed-signers", &a, "--identity", "mallory"],
-        );
-        expect_code(&out, 1, &format!("{kind}: wrong identity"));
-        assert!(!keygen_verify(&allowed, "mallory", &log));
-        let other = sb.keygen("other", "ed25519", "", false);
-        let wrong = sb.allowed_signers("wrong_signers", OPERATOR, &other.with_extension("pub"));
-        let w = wrong.display().to_string();
-        let out = verify(&sb, &log, &["--allowed-signers", &w]);
-        expect_code(&out, 1, &format!("{kind}: untrusted key"));
-        assert!(!keygen_verify(&wrong, OPERATOR, &log));
-    }
+#[test]
+fn rsa_logs_verify_with_opsrun_and_stock_ssh_keygen() {
+    logs_verify_with_opsrun_and_stock_ssh_keygen("rsa");
 }
 
 #[test]
@@ -268,9 +276,9 @@ fn dry_run_plan_is_markdown_signed_the_same_way() {
         body.contains(&format!("[root@{}]# echo hello", sb.hosts[0])),
         "{body}"
     );
-    assert!(body.contains(
-        "ssh-keygen -Y verify -f allowed_signers -I alice -n opsrun-log -s plan.md.sig < plan.md"
-    ));
+    assert!(body.contains(&format!(
+        "ssh-keygen -Y verify -f allowed_signers -I {OPERATOR} -n opsrun-log -s plan.md.sig < plan.md"
+    )));
     let allowed = sb.allowed_signers("allowed", OPERATOR, &key.with_extension("pub"));
     assert!(keygen_verify(&allowed, OPERATOR, &plan));
     let out = verify(&sb, &plan, &[]);
@@ -424,7 +432,7 @@ steps:
 
     let mut seen = 0;
     let mut masked = 0;
-    let mut haystacks: Vec<(String, Vec<u8>)> = local_run::files(&dir)
+    let mut haystacks: Vec<(String, Vec<u8>)> = files(&dir)
         .into_iter()
         .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
         .collect();
@@ -433,8 +441,8 @@ steps:
         std::fs::read(sb.work().join("plan.md")).unwrap(),
     ));
     for (name, o) in [("run", &out), ("plan", &plan), ("text plan", &text_plan)] {
-        haystacks.push((format!("{name} stdout"), o.stdout.clone()));
-        haystacks.push((format!("{name} stderr"), o.stderr.clone()));
+        haystacks.push((format!("{name} stdout"), o.stdout.clone().into_bytes()));
+        haystacks.push((format!("{name} stderr"), o.stderr.clone().into_bytes()));
     }
     for (name, bytes) in &haystacks {
         seen += 1;

@@ -1,8 +1,5 @@
 //! `opsrun check`: lint names, `lint: { allow: [...] }`, and what is not a trap.
-
-mod common;
-
-use common::Test;
+use crate::support::cli::Test;
 
 fn runbook(steps: &str) -> String {
     format!("name: x\nhosts: app\nsteps:\n{steps}")

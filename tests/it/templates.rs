@@ -1,8 +1,5 @@
 //! Which fields are templates, run for real on `connection: local` hosts.
-
-mod common;
-
-use common::Test;
+use crate::support::cli::Test;
 
 const INVENTORY: &str = "groups:\n  app:\n    hosts:\n      a1: { connection: local }\n";
 

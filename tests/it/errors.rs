@@ -4,10 +4,7 @@
 //! as much a bug as a wrong message, because the operator fixing a runbook at
 //! 2 a.m. goes where the error points. Every case must exit 2 (invalid input),
 //! print nothing on stdout, and never panic.
-
-mod common;
-
-use common::{diff, Test};
+use crate::support::cli::{diff, Test};
 
 /// The inventory every case can use with `--env test`; cases about inventories bring their own.
 const INVENTORY: &str = r#"
@@ -1914,39 +1911,159 @@ error: invalid param name `备注`: expected ASCII letters, digits and `_`, not 
     },
 ];
 
-#[test]
-fn every_malformed_input_gets_its_exact_diagnostic() {
-    let mut failures = Vec::new();
-    for case in CASES {
-        let mut test = Test::new()
-            .write("inventories/test.yaml", text(INVENTORY))
-            .write("runbooks/ok.yaml", text(OK_RUNBOOK));
-        for (path, contents) in case.files {
-            test = test.write(path, text(contents));
-        }
-        let out = test.args(case.args.iter().copied()).output();
-        let want = text(case.stderr);
-        let mut problems = Vec::new();
-        if out.status != 2 {
-            problems.push(format!("exit status {}, expected 2", out.status));
-        }
-        if !out.stdout.is_empty() {
-            problems.push(format!("unexpected stdout:\n{}", out.stdout));
-        }
-        if out.stderr != want {
-            problems.push(format!("stderr differs:\n{}", diff(want, &out.stderr)));
-        }
-        if !problems.is_empty() {
-            failures.push(format!("case `{}`:\n{}", case.name, problems.join("\n")));
-        }
+/// Checks the case `name` of the table: exit 2, nothing on stdout, exactly its stderr.
+fn check(name: &str) {
+    let case = CASES
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no case `{name}` in CASES"));
+    // No signing key: clap names an argument set from the environment in its usage
+    // line, and the table pins what an operator without a key configured sees.
+    let mut test = Test::new()
+        .no_sign_key()
+        .write("inventories/test.yaml", text(INVENTORY))
+        .write("runbooks/ok.yaml", text(OK_RUNBOOK));
+    for (path, contents) in case.files {
+        test = test.write(path, text(contents));
+    }
+    let out = test.args(case.args.iter().copied()).output();
+    let want = text(case.stderr);
+    let mut problems = Vec::new();
+    if out.code != 2 {
+        problems.push(format!("exit status {}, expected 2", out.code));
+    }
+    if !out.stdout.is_empty() {
+        problems.push(format!("unexpected stdout:\n{}", out.stdout));
+    }
+    if out.stderr != want {
+        problems.push(format!("stderr differs:\n{}", diff(want, &out.stderr)));
     }
     assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n\n{}",
-        failures.len(),
-        CASES.len(),
-        failures.join("\n\n")
+        problems.is_empty(),
+        "case `{name}`:\n{}",
+        problems.join("\n")
     );
+}
+
+/// One `#[test]` per case of the table, named after it, so a failure names the
+/// case and `cargo test --test it errors::case::NAME` runs one.
+macro_rules! cases {
+    ($($name:ident)*) => {
+        mod case {
+            $(
+                #[test]
+                fn $name() {
+                    super::check(stringify!($name));
+                }
+            )*
+        }
+
+        /// The cases that have a `#[test]` above.
+        const TESTED: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+cases! {
+    yaml_bad_indentation
+    yaml_unclosed_quote
+    yaml_unclosed_flow_sequence
+    yaml_unclosed_flow_mapping
+    yaml_tab_indentation
+    yaml_unknown_alias
+    yaml_duplicate_key
+    yaml_duplicate_key_in_step
+    yaml_second_document
+    empty_runbook
+    comment_only_runbook
+    unknown_step_field_rollbak
+    unknown_step_field_tiemout
+    unknown_top_level_field
+    steps_not_a_list
+    steps_empty_list
+    retries_is_a_string
+    name_is_a_list
+    missing_runbook_name
+    step_without_name
+    step_without_action
+    step_with_two_actions
+    duplicate_step_names
+    unknown_host_group_with_suggestion
+    unknown_host_in_on_pattern
+    on_pattern_dangling_ampersand
+    on_pattern_empty
+    no_hosts_anywhere
+    missing_required_param
+    extra_param_not_declared
+    extra_param_without_value
+    param_value_not_in_choices
+    int_param_given_text
+    secret_param_given_with_e
+    default_not_in_choices
+    param_required_given_as_yes
+    unknown_param_type
+    unknown_lint_name
+    template_comment_opened_by_shell_length
+    template_comment_opened_in_a_script
+    every_template_syntax_error_of_a_file_at_once
+    every_undefined_variable_of_a_file_at_once
+    expect_is_a_template
+    expect_invalid_once_rendered
+    template_syntax_error
+    template_syntax_error_in_block
+    when_syntax_error
+    when_written_as_template
+    undefined_variable_with_suggestion
+    undefined_variable_in_block
+    undefined_variable_in_var
+    attribute_typo
+    bad_duration
+    bad_serial_zero
+    bad_serial_percent
+    bad_on_failure
+    bad_regex_in_capture
+    bad_regex_in_expect
+    exit_code_out_of_range
+    invalid_file_mode
+    upload_without_dest
+    script_with_stdin
+    retries_without_check
+    confirm_is_a_number
+    invalid_capture_name
+    bad_service_state
+    local_step_with_as
+    param_also_a_var
+    start_at_unknown_step
+    limit_unknown_host
+    inventory_port_out_of_range
+    inventory_port_quoted
+    inventory_invalid_become
+    inventory_invalid_connection
+    inventory_host_defined_twice_differently
+    inventory_group_and_host_same_name
+    inventory_bad_confirm
+    inventory_unknown_field
+    inventory_host_field_typo
+    inventory_bad_connect_timeout
+    inventory_host_name_with_space
+    inventory_missing_groups
+    unknown_inventory_env
+    unknown_runbook_name
+    run_file_not_found
+    no_env_given
+    format_json_without_dry_run
+    limit_matches_none_of_the_runbook_hosts
+    limit_matches_no_host_in_a_real_run
+    runbook_hosts_match_no_host
+    param_name_not_ascii
+}
+
+#[test]
+fn every_case_has_its_own_test() {
+    let mut table: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+    let mut tested = TESTED.to_vec();
+    table.sort_unstable();
+    tested.sort_unstable();
+    assert_eq!(table, tested, "add each new case of CASES to `cases!`");
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Rollback, resume, interruption and host locks, end to end against real OpenSSH
-//! servers on loopback (tests/support/sshd.rs): the acceptance of issue 4.
+//! servers on loopback (tests/it/support/fleet.rs): the acceptance of issue 4.
 //!
 //! The hosts run a simulated service (`svc`, written into each host's work dir) that
 //! keeps its state in a file and appends every call to one event log shared by all
@@ -7,8 +7,12 @@
 //! codes. Every test checks what an operator would see: the exit code, the last
 //! stdout line (the log's path), the journal, `log.md`, and the hosts themselves.
 
-mod support;
-
+use crate::support::{
+    cli::Run,
+    fleet::{app_group, pids_with, ssh_inventory, SshFleet},
+    lab::Lab,
+    pty::{pty_run, run_on_pty, CTRL_C},
+};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -16,8 +20,6 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::lab::{app_group, pids_with, pty_run, run_on_pty, ssh_inventory, Lab, Run, CTRL_C};
-use support::sshd::SshFleet;
 
 // ---------------------------------------------------------------------------------
 // The simulated service and its shared event log
@@ -465,12 +467,8 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
 
     // --dry-run prints the same and connects to nothing: no run is recorded, no host touched.
     let runs = fs::read_dir(lab.path().join("runs")).unwrap().count();
-    let dry = lab
-        .command(&["rollback", &original, "--dry-run"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let (code, stdout) = (dry.status.code(), String::from_utf8_lossy(&dry.stdout));
+    let dry = lab.test(&["rollback", &original, "--dry-run"]).output();
+    let (code, stdout) = (Some(dry.code), dry.stdout.clone());
     assert_eq!(code, Some(0), "{dry:?}");
     for needle in &preview {
         assert!(stdout.contains(needle.as_str()), "{needle:?}:\n{stdout}");
@@ -796,7 +794,7 @@ fn a_second_run_on_a_locked_host_is_refused_naming_the_holder() {
     assert!(owner.contains(&first_id), "{owner}");
 
     site.put(1, "release", "", 0o644);
-    let first = Run::new(first.wait_with_output().unwrap(), lab.path());
+    let first = Run::from_output(first.wait_with_output().unwrap(), lab.path()).expect_log();
     first.expect_code(0);
     let actions: Vec<String> = first
         .events("lock")
@@ -1089,7 +1087,7 @@ fn sigint_without_a_terminal_stops_at_once_without_rolling_back() {
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     kill_leftovers(&site.fleet, &sleep);
-    let run = Run::new(out, lab.path());
+    let run = Run::from_output(out, lab.path()).expect_log();
     run.expect_code(130);
     assert_eq!(run.events("interrupt")[0]["choice"], "Now");
     assert!(!run.stderr.contains("Choice [w/s/r]"), "{}", run.stderr);

@@ -1,18 +1,23 @@
-//! Shared by the runbook-library tests (`library_*.rs`): running the opsrun binary,
-//! installing the simulated tools of `tests/fixtures/` on fleet hosts, reading the
-//! shared event log the simulators append to.
+//! The simulated products the runbook library drives, installed on fleet hosts:
+//! Dameng (`tests/fixtures/dameng`), ApusicAS and nginx (`examples/demo/sim`), LVM
+//! (`tests/fixtures/lvm`), and the event log they share.
 //!
 //! The simulators are POSIX sh scripts that keep their state in files and append
-//! `SEQ TIME HOST PROGRAM ARGS` to one event log per test, so a test can assert the
-//! order of operations across hosts, not only exit codes.
+//! one line per call to one event log per test, so a test can assert the order of
+//! operations across hosts, not only exit codes. The Dameng and LVM tools write
+//! `SEQ TIME HOST PROGRAM ARGS` ([`read_events`]); ApusicAS and nginx write
+//! `TIME HOST COMMAND RESULT` ([`events`]).
 
 use std::fs;
+use std::os::unix::fs::symlink;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use super::sshd::SshFleet;
+use super::cli::Run;
+use super::fleet::{chown_r, chown_to_test_user, host_entry, ssh, Ssh, SshFleet, TEST_USER};
+use super::lab::{copy_tree, repo};
 
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -21,44 +26,11 @@ pub const DM_USER: &str = "dmdba";
 pub const DM_GROUP: &str = "dinstall";
 pub const DB_PASS: &str = "Dm#Sim-pass1";
 
-/// A signing key for the runs of one test, kept in its directory: a run without
-/// a key (or `--no-sign`) is refused, and the logs these tests read are signed ones.
-pub fn sign_key(dir: &Path) -> PathBuf {
-    let key = dir.join(".sign-key");
-    if !key.exists() {
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "opsrun-test", "-f"])
-            .arg(&key)
-            .stdin(Stdio::null())
-            .status()
-            .expect("ssh-keygen");
-        assert!(st.success(), "ssh-keygen failed");
-    }
-    key
-}
-
-/// Runs `opsrun ARGS` in `dir` with NO_COLOR=1, a signing key, and extra environment.
-pub fn opsrun(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opsrun"));
-    cmd.args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .env("OPSRUN_SIGN_KEY", sign_key(dir))
-        .env_remove("OPSRUN_SIGN_PASSPHRASE")
-        .env_remove("OPSRUN_LOG_DIR")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run opsrun")
-}
-
-pub fn text(o: &Output) -> String {
+/// A run's exit code and streams, for assertion messages.
+pub fn run_text(o: &Run) -> String {
     format!(
         "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+        o.code, o.stdout, o.stderr
     )
 }
 
@@ -133,20 +105,6 @@ pub fn new_event_log(fleet_root: &Path) -> PathBuf {
     log
 }
 
-/// Runs a command on fleet host `i` through the fleet's own ssh client config.
-pub fn ssh(fleet: &SshFleet, i: usize, command: &str) -> Output {
-    Command::new("ssh")
-        .arg("-F")
-        .arg(fleet.ssh_config())
-        .arg("-p")
-        .arg(fleet.port(i).to_string())
-        .arg(fleet.address(i))
-        .arg(command)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ssh")
-}
-
 fn run(cmd: &mut Command) {
     let out = cmd
         .output()
@@ -183,10 +141,7 @@ pub fn ensure_dm_user() {
     if !exists {
         run(Command::new("useradd").args(["-m", "-s", "/bin/sh", "-g", DM_GROUP, DM_USER]));
     }
-    let rule = format!(
-        "{login} ALL=({DM_USER}) NOPASSWD: ALL\n",
-        login = super::sshd::TEST_USER
-    );
+    let rule = format!("{login} ALL=({DM_USER}) NOPASSWD: ALL\n", login = TEST_USER);
     let path = Path::new("/etc/sudoers.d/opsrun-test-dmdba");
     if fs::read_to_string(path).ok().as_deref() != Some(rule.as_str()) {
         assert!(
@@ -196,10 +151,6 @@ pub fn ensure_dm_user() {
         fs::write(path, &rule).unwrap();
         fs::set_permissions(path, fs::Permissions::from_mode(0o440)).unwrap();
     }
-}
-
-pub fn chown_r(path: &Path, owner: &str) {
-    run(Command::new("chown").arg("-R").arg(owner).arg(path));
 }
 
 /// Copies the simulated Dameng tools into `dm_home/bin` of a host and writes its state.
@@ -271,22 +222,153 @@ pub fn dmserver_procs(fleet: &SshFleet, i: usize) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The inventory's `ssh:` section and a host entry for fleet host `i`.
-pub fn ssh_section(fleet: &SshFleet, become_sudo: bool) -> String {
-    format!(
-        "ssh:\n  config_file: {}\n  known_hosts_file: {}\n{}",
-        fleet.ssh_config().display(),
-        fleet.known_hosts().display(),
-        if become_sudo { "  become: sudo\n" } else { "" }
-    )
+// ---------------------------------------------------------------------------------
+// ApusicAS and nginx
+
+/// The ApusicAS simulator, installed where the login user can run it, plus a shared
+/// event log it can append to. Returns (asadmin path, events log path).
+pub fn install_sim(fleet: &SshFleet) -> (PathBuf, PathBuf) {
+    let dir = fleet.root().join("sim");
+    fs::create_dir_all(&dir).unwrap();
+    let sim = dir.join("asadmin");
+    fs::copy(repo().join("examples/demo/sim/asadmin"), &sim).unwrap();
+    fs::set_permissions(&sim, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let events = fleet.root().join("events.log");
+    fs::write(&events, "").unwrap();
+    chown_to_test_user(&events);
+    (sim, events)
 }
 
-pub fn host_entry(fleet: &SshFleet, i: usize, vars: &str) -> String {
-    format!(
-        "      {}: {{ address: {}, port: {}, user: {}, vars: {{ {vars} }} }}\n",
-        fleet.name(i),
-        fleet.address(i),
-        fleet.port(i),
-        super::sshd::TEST_USER
+/// The nginx simulator, next to the ApusicAS one (it logs to the same event log).
+pub fn install_nginx_sim(fleet: &SshFleet) -> PathBuf {
+    let sim = fleet.root().join("sim").join("nginx");
+    fs::create_dir_all(sim.parent().unwrap()).unwrap();
+    fs::copy(repo().join("examples/demo/sim/nginx"), &sim).unwrap();
+    fs::set_permissions(&sim, fs::Permissions::from_mode(0o755)).unwrap();
+    sim
+}
+
+/// A simulated e-cology node in fleet host `i`'s work dir: WEAVER (ecology + a
+/// running ApusicAS domain) and sharedata, from examples/demo/seed. Returns WEAVER.
+pub fn seed_node(fleet: &SshFleet, i: usize) -> PathBuf {
+    let root = fleet.work_dir(i).to_path_buf();
+    copy_tree(&repo().join("examples/demo/seed"), &root);
+    chown_to_test_user(&root);
+    root.join("WEAVER")
+}
+
+/// An inventory named `name` whose `app` group is simulated ApusicAS nodes 0 and 1.
+pub fn app_inventory(name: &str, fleet: &SshFleet, sim: &Path, events: &Path) -> String {
+    let mut inv = format!("name: {name}\nconfirm: none\ngroups:\n  app:\n    hosts:\n");
+    for i in 0..2 {
+        inv.push_str(&host_entry(
+            fleet,
+            i,
+            fleet.name(i),
+            Ssh::PerHost,
+            &sim_vars(fleet, i, sim, events),
+        ));
+    }
+    inv
+}
+
+/// Inventory vars of a simulated node on fleet host `i`: where WEAVER is and how to
+/// call its ApusicAS simulator.
+pub fn sim_vars(
+    fleet: &SshFleet,
+    i: usize,
+    sim: &Path,
+    events: &Path,
+) -> Vec<(&'static str, String)> {
+    let w = fleet.work_dir(i).join("WEAVER").display().to_string();
+    let name = fleet.name(i);
+    let s = sim.display();
+    let e = events.display();
+    vec![
+        ("weaver_home", w.clone()),
+        (
+            "asadmin",
+            format!("{s} --host {name} --home {w} --events {e}"),
+        ),
+        (
+            "health_check",
+            format!("{s} --host {name} --home {w} http-get /login.jsp"),
+        ),
+        ("health_retries", "2".to_string()),
+        ("health_delay", "1".to_string()),
+    ]
+}
+
+/// The simulator's event log as (host, command, result) triples, in order.
+pub fn events(path: &Path) -> Vec<(String, String, String)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let _time = f.next()?;
+            Some((
+                f.next()?.to_string(),
+                f.next()?.to_string(),
+                f.next().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// LVM
+
+const TOOLS: &[&str] = &[
+    "lsblk",
+    "pvs",
+    "vgs",
+    "lvs",
+    "pvcreate",
+    "pvremove",
+    "vgextend",
+    "vgreduce",
+    "lvextend",
+    "lvresize",
+    "sgdisk",
+    "partprobe",
+];
+/// Only in the fully simulated setup: filesystem tools.
+const FS_TOOLS: &[&str] = &["resize2fs", "xfs_growfs", "df"];
+
+pub const G: u64 = 1 << 30;
+
+/// Installs the simulated tools under `root/bin` and writes their initial state: a
+/// 100G system disk whose sda3 is the VG `peppa` with LV `data` (75G, 85% used,
+/// mounted on /data, `fstype`), and an unused 20G disk sdb.
+pub fn install_lvm(root: &Path, host: &str, events: &Path, fstype: &str, fs_tools: bool) {
+    let bin = root.join("bin");
+    let state = root.join("state");
+    fs::create_dir_all(&bin).unwrap();
+    fs::create_dir_all(state.join("fail")).unwrap();
+    let sim = Path::new(FIXTURES).join("lvm/lvmsim");
+    for t in TOOLS.iter().chain(if fs_tools { FS_TOOLS } else { &[] }) {
+        symlink(&sim, bin.join(t)).unwrap();
+    }
+    let lv = 75 * G;
+    fs::write(
+        state.join("disks"),
+        format!("sda {}\nsdb {}\n", 100 * G, 20 * G),
     )
+    .unwrap();
+    fs::write(
+        state.join("parts"),
+        format!("sda1 sda 209715200 ef00\nsda2 sda {G} 8300\nsda3 sda 84557365248 8e00\n"),
+    )
+    .unwrap();
+    fs::write(state.join("pvs"), "/dev/sda3 peppa 84557365248\n").unwrap();
+    fs::write(
+        state.join("lvs"),
+        format!("peppa data {lv} /data {fstype} {lv} {}\n", lv / 100 * 85),
+    )
+    .unwrap();
+    fs::write(state.join("host"), format!("{host}\n")).unwrap();
+    fs::write(state.join("events"), format!("{}\n", events.display())).unwrap();
+    chown_r(root, TEST_USER);
 }

@@ -2,12 +2,12 @@
 //! repository, and its documented failing variant. No sshd: the demo hosts are
 //! `connection: local`. Also: every shipped runbook passes `opsrun check`.
 
-mod library_support;
-mod support;
-
+use crate::support::{
+    cli::{Run, Test},
+    lab::{copy_tree, opsrun, repo, scratch, tree_digest},
+    pty::run_on_pty,
+};
 use std::path::Path;
-
-use library_support::{copy_tree, opsrun, opsrun_env, repo, scratch, tree_digest};
 
 /// A fresh "clone": the demo inventory and examples/, without any sandbox state.
 fn fresh_clone() -> tempfile::TempDir {
@@ -42,7 +42,7 @@ fn ecology(dir: &Path, host: &str) -> std::path::PathBuf {
 #[test]
 fn the_demo_upgrade_runs_and_its_failing_variant_rolls_back() {
     let dir = fresh_clone();
-    let ok = opsrun(dir.path(), &["upgrade", "--env", "demo", "--yes"]);
+    let ok = opsrun(dir.path(), &["upgrade", "--env", "demo", "--yes"], &[]);
     assert_eq!(ok.code, 0, "{ok:?}");
     for host in ["oa1", "oa2"] {
         let v =
@@ -87,6 +87,7 @@ fn the_demo_upgrade_runs_and_its_failing_variant_rolls_back() {
             "-e",
             "package=examples/demo/packages/broken.zip",
         ],
+        &[],
     );
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(
@@ -121,7 +122,7 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 /// The `Check the packages` results of a run, from its journal: (captured bundle, stdout).
-fn package_checks(dir: &Path, run: &library_support::Run) -> Vec<(String, String)> {
+fn package_checks(dir: &Path, run: &Run) -> Vec<(String, String)> {
     let log = run.stdout.lines().last().expect("the log's path");
     let run_dir = dir.join(log).parent().unwrap().to_path_buf();
     std::fs::read_to_string(run_dir.join("journal.jsonl"))
@@ -148,10 +149,10 @@ fn the_upgrade_leaves_no_temporary_files_and_builds_its_bundle_once() {
     let dir = fresh_clone();
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
-    let env = [("TMPDIR", tmp.as_path())];
+    let env = [("TMPDIR", tmp.to_str().unwrap())];
     let none: Vec<String> = Vec::new();
 
-    let ok = opsrun_env(dir.path(), &["upgrade", "--env", "demo", "--yes"], &env);
+    let ok = opsrun(dir.path(), &["upgrade", "--env", "demo", "--yes"], &env);
     assert_eq!(ok.code, 0, "{ok:?}");
     assert_eq!(entries(&tmp), none, "{ok:?}");
     let checks = package_checks(dir.path(), &ok);
@@ -177,7 +178,7 @@ fn the_upgrade_leaves_no_temporary_files_and_builds_its_bundle_once() {
     );
 
     next_second();
-    let missing = opsrun_env(
+    let missing = opsrun(
         dir.path(),
         &[
             "upgrade",
@@ -199,7 +200,7 @@ fn the_upgrade_leaves_no_temporary_files_and_builds_its_bundle_once() {
     assert_eq!(entries(&tmp), none, "{missing:?}");
 
     next_second();
-    let bad = opsrun_env(
+    let bad = opsrun(
         dir.path(),
         &[
             "upgrade",
@@ -251,10 +252,7 @@ fn every_command_of_the_readme_tour_works_as_written() {
 
     let dir = fresh_clone();
     let home = dir.path().join("home");
-    let bin = dir.path().join("bin");
     std::fs::create_dir_all(home.join(".ssh")).unwrap();
-    std::fs::create_dir(&bin).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_opsrun"), bin.join("opsrun")).unwrap();
     let keygen = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(home.join(".ssh/id_ed25519"))
@@ -262,31 +260,21 @@ fn every_command_of_the_readme_tour_works_as_written() {
         .status()
         .unwrap();
     assert!(keygen.success());
-    let mut bash = std::process::Command::new("bash");
-    bash.args(["--norc", "--noprofile", "-c", &script])
-        .current_dir(dir.path())
-        .env("HOME", &home)
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("NO_COLOR", "1");
-    // The operator is the login name, as for a reader of the README.
-    for var in [
-        "OPSRUN_OPERATOR",
-        "USER",
-        "LOGNAME",
-        "OPSRUN_SIGN_KEY",
-        "OPSRUN_LOG_DIR",
-    ] {
-        bash.env_remove(var);
-    }
+    // A reader of the README: `opsrun` on PATH, the key in ~/.ssh, and the
+    // operator their login name, so the suite's operator and key are left out.
+    let tour = Test::in_dir(dir.path())
+        .home_dir(&home)
+        .no_sign_key()
+        .shell(&script)
+        .env_remove("OPSRUN_OPERATOR")
+        .env_remove("USER")
+        .env_remove("LOGNAME");
     // Two batch gates of the run; the rollback's start gate; then per node (the
     // guide is rolling) its restore gate and its manual step, whose note is left empty.
     let mut answers = vec![("[y/N]", "y"); 5];
     answers.push(("Note or ticket id", ""));
     answers.extend([("[y/N]", "y"), ("[y/N]", "y"), ("Note or ticket id", "")]);
-    let (code, screen) = support::lab::run_on_pty(bash, &answers);
+    let (code, screen) = run_on_pty(tour.command(), &answers);
     assert_eq!(code, 0, "{screen}");
     for (i, c) in commands.iter().enumerate() {
         let expected = if c.contains("broken.zip") { 1 } else { 0 };
@@ -309,7 +297,7 @@ fn every_command_of_the_readme_tour_works_as_written() {
 #[test]
 fn every_shipped_runbook_passes_check_without_warnings() {
     let dir = scratch();
-    let r = opsrun(dir.path(), &["check"]);
+    let r = opsrun(dir.path(), &["check"], &[]);
     assert_eq!(r.code, 0, "{r:?}");
     for name in [
         "tomcat-start",
@@ -329,7 +317,7 @@ fn every_shipped_runbook_passes_check_without_warnings() {
 }
 
 /// The run id of a run, from the log path it printed last.
-fn run_id(r: &library_support::Run) -> String {
+fn run_id(r: &Run) -> String {
     let last = r.stdout.lines().last().unwrap_or_default();
     Path::new(last)
         .parent()
@@ -369,6 +357,7 @@ fn the_failing_demo_says_what_it_restored_and_its_gates_name_their_batch() {
             "-e",
             "package=examples/demo/packages/broken.zip",
         ],
+        &[],
     );
     assert_eq!(bad.code, 1, "{bad:?}");
     let last = bad.stderr.lines().rev().find(|l| !l.is_empty()).unwrap();
@@ -383,7 +372,7 @@ fn the_failing_demo_says_what_it_restored_and_its_gates_name_their_batch() {
     );
     // The per-batch gate names its batch and node, in the log too.
     assert!(
-        bad.log.contains(
+        bad.log_md().contains(
             "| Record the application server state (batch 1) | Upgrade this batch of nodes? After the checks and the upload, each is drained from the load balancer (if any) and stopped: its users are cut off until the health check passes. (batch 1/2: oa1) | yes (--yes) |"
         ),
         "{bad:?}"
@@ -392,7 +381,7 @@ fn the_failing_demo_says_what_it_restored_and_its_gates_name_their_batch() {
     // Its rollback guide would restore only the node the run reached, and says
     // the run was rolled back already.
     let id = run_id(&bad);
-    let dry = opsrun(dir.path(), &["rollback", &id, "--dry-run"]);
+    let dry = opsrun(dir.path(), &["rollback", &id, "--dry-run"], &[]);
     assert_eq!(dry.code, 0, "{dry:?}");
     assert!(
         dry.stdout
@@ -415,14 +404,14 @@ fn the_failing_demo_says_what_it_restored_and_its_gates_name_their_batch() {
 #[test]
 fn the_demo_rollback_guide_is_previewed_gated_with_its_commands_and_rolling() {
     let dir = fresh_clone();
-    let ok = opsrun(dir.path(), &["upgrade", "--env", "demo", "--yes"]);
+    let ok = opsrun(dir.path(), &["upgrade", "--env", "demo", "--yes"], &[]);
     assert_eq!(ok.code, 0, "{ok:?}");
     let id = run_id(&ok);
     let runs_before = std::fs::read_dir(dir.path().join("runs")).unwrap().count();
     let events_before = event_count(dir.path());
 
     // --dry-run: the guide, batch by batch, with each command; nothing runs or is recorded.
-    let dry = opsrun(dir.path(), &["rollback", &id, "--dry-run"]);
+    let dry = opsrun(dir.path(), &["rollback", &id, "--dry-run"], &[]);
     assert_eq!(dry.code, 0, "{dry:?}");
     let out = &dry.stdout;
     for needle in [
@@ -451,7 +440,7 @@ fn the_demo_rollback_guide_is_previewed_gated_with_its_commands_and_rolling() {
     );
 
     // Without --yes (stdin not a terminal): the same preview, then the gate refuses.
-    let no = opsrun(dir.path(), &["rollback", &id]);
+    let no = opsrun(dir.path(), &["rollback", &id], &[]);
     assert_eq!(no.code, 3, "{no:?}");
     assert!(
         no.stderr.contains(
@@ -467,7 +456,7 @@ fn the_demo_rollback_guide_is_previewed_gated_with_its_commands_and_rolling() {
 
     // The guide runs node by node, each drained first and put back once healthy.
     let skip = event_count(dir.path());
-    let rb = opsrun(dir.path(), &["rollback", &id, "--yes"]);
+    let rb = opsrun(dir.path(), &["rollback", &id, "--yes"], &[]);
     assert_eq!(rb.code, 0, "{rb:?}");
     assert_eq!(
         reloads_since(dir.path(), skip),
@@ -508,7 +497,7 @@ fn the_demo_rollback_guide_is_previewed_gated_with_its_commands_and_rolling() {
     );
 
     // A second guide run says the run was rolled back already, and asks.
-    let again = opsrun(dir.path(), &["rollback", &id]);
+    let again = opsrun(dir.path(), &["rollback", &id], &[]);
     assert_eq!(again.code, 3, "{again:?}");
     let by = run_id(&rb);
     assert!(
@@ -531,10 +520,11 @@ fn a_rollback_guide_leaves_alone_the_nodes_a_run_never_reached() {
             "-e",
             "package=examples/demo/packages/none.zip",
         ],
+        &[],
     );
     assert_eq!(bad.code, 1, "{bad:?}");
     let id = run_id(&bad);
-    let dry = opsrun(dir.path(), &["rollback", &id, "--dry-run"]);
+    let dry = opsrun(dir.path(), &["rollback", &id, "--dry-run"], &[]);
     assert_eq!(dry.code, 0, "{dry:?}");
     for b in ["batch 1/2: oa1", "batch 2/2: oa2"] {
         assert!(
@@ -546,7 +536,7 @@ fn a_rollback_guide_leaves_alone_the_nodes_a_run_never_reached() {
     }
     assert!(!dry.stdout.contains("[R1/8]"), "{dry:?}");
     let events = event_count(dir.path());
-    let rb = opsrun(dir.path(), &["rollback", &id, "--yes"]);
+    let rb = opsrun(dir.path(), &["rollback", &id, "--yes"], &[]);
     assert_eq!(rb.code, 0, "{rb:?}");
     assert_eq!(event_count(dir.path()), events, "no node touched");
     let last = rb.stderr.lines().rev().find(|l| !l.is_empty()).unwrap();

@@ -1,14 +1,14 @@
 //! `apusic-stop` and `apusic-start` (SOP 004 §5.1) over real sshd, against the
 //! ApusicAS simulator (examples/demo/sim/asadmin) on two nodes.
 
-mod library_support;
-mod support;
-
+use crate::support::{
+    cli::Run,
+    fleet::SshFleet,
+    lab::{opsrun, scratch},
+    sim::{app_inventory, events, install_sim, seed_node},
+};
 use std::fs;
 use std::path::PathBuf;
-
-use library_support::{app_inventory, events, install_sim, opsrun, scratch, seed_node, Run};
-use support::sshd::SshFleet;
 
 struct Nodes {
     _fleet: SshFleet,
@@ -39,7 +39,7 @@ impl Nodes {
     fn run(&self, runbook: &str, extra: &[&str]) -> Run {
         let mut args = vec![runbook, "-i", self.inventory.to_str().unwrap()];
         args.extend_from_slice(extra);
-        opsrun(self.dir.path(), &args)
+        opsrun(self.dir.path(), &args, &[])
     }
 
     fn state(&self, i: usize) -> String {
@@ -68,7 +68,7 @@ fn stop_then_start_both_nodes() {
         ("stopped".into(), "stopped".into())
     );
     assert!(
-        stop.log
+        stop.log_md()
             .contains("Command stop-domain executed successfully."),
         "{stop:?}"
     );
@@ -79,7 +79,10 @@ fn stop_then_start_both_nodes() {
         (n.state(0), n.state(1)),
         ("running".into(), "running".into())
     );
-    assert!(start.log.contains("healthy after 1 tries"), "{start:?}");
+    assert!(
+        start.log_md().contains("healthy after 1 tries"),
+        "{start:?}"
+    );
 
     // Starting a running domain is skipped, not an error (asadmin itself would fail).
     let before = n.changes().len();
@@ -90,7 +93,7 @@ fn stop_then_start_both_nodes() {
         before,
         "no start-domain on a running domain"
     );
-    assert!(again.log.contains("skipped"), "{again:?}");
+    assert!(again.log_md().contains("skipped"), "{again:?}");
 }
 
 #[test]

@@ -4,18 +4,15 @@
 //! load balancer (h3) with the nginx simulator (examples/demo/sim/nginx), from
 //! which each node is drained while it is upgraded (SOP 004 §5.3).
 
-mod library_support;
-mod support;
-
+use crate::support::{
+    cli::Run,
+    fleet::{chown_to_test_user, host_entry, Ssh, SshFleet},
+    lab::{opsrun, repo, scratch, tree_digest},
+    sim::{app_inventory, events, install_nginx_sim, install_sim, seed_node},
+};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use library_support::{
-    app_inventory, chown_to_test_user, events, host_entry, install_nginx_sim, install_sim, opsrun,
-    repo, scratch, seed_node, tree_digest, Run,
-};
-use support::sshd::SshFleet;
 
 struct Estate {
     _fleet: SshFleet,
@@ -81,13 +78,26 @@ fn estate_with(lb: Option<&str>) -> Estate {
         .unwrap();
         chown_to_test_user(fleet.work_dir(2));
         inv.push_str(&format!(
-            "  lb:\n    hosts:\n      {}:\n        {}        vars:\n          nginx_conf: {}\n          nginx_cmd: {} --host {} --events {}\n          lb_drain_wait: 4\n",
-            fleet.name(2),
-            host_entry(&fleet, 2),
-            conf.display(),
-            nginx.display(),
-            fleet.name(2),
-            events.display()
+            "  lb:\n    hosts:\n{}",
+            host_entry(
+                &fleet,
+                2,
+                fleet.name(2),
+                Ssh::PerHost,
+                &[
+                    ("nginx_conf", conf.display().to_string()),
+                    (
+                        "nginx_cmd",
+                        format!(
+                            "{} --host {} --events {}",
+                            nginx.display(),
+                            fleet.name(2),
+                            events.display()
+                        )
+                    ),
+                    ("lb_drain_wait", "4".to_string()),
+                ]
+            )
         ));
         conf
     });
@@ -126,7 +136,7 @@ impl Estate {
     fn upgrade(&self, extra: &[&str]) -> Run {
         let mut args = vec!["upgrade", "-i", self.inventory.to_str().unwrap(), "--yes"];
         args.extend_from_slice(extra);
-        opsrun(self.dir.path(), &args)
+        opsrun(self.dir.path(), &args, &[])
     }
 }
 
@@ -205,11 +215,11 @@ fn upgrade_rolls_out_node_by_node_with_a_verified_backup() {
     );
     assert!(pos("h2", "stop-domain") < pos("h2", "start-domain"));
     assert!(
-        r.log
+        r.log_md()
             .contains("package 001  ecology-20260301-001.zip  sha256 a25e9673"),
         "{r:?}"
     );
-    assert!(r.log.contains("Business-impact downtime"), "{r:?}");
+    assert!(r.log_md().contains("Business-impact downtime"), "{r:?}");
 
     // Each node leaves the load balancer before it stops and comes back once healthy;
     // the other node serves throughout.
@@ -237,14 +247,17 @@ fn upgrade_rolls_out_node_by_node_with_a_verified_backup() {
     assert!(lb_backups[0].to_string_lossy().ends_with("-h1"));
     assert!(lb_backups[1].to_string_lossy().ends_with("-h2"));
     assert!(
-        r.log
+        r.log_md()
             .contains("| 5 | Drain the node from the load balancer | h3 (batch 1) | ok |"),
         "{r:?}"
     );
-    assert!(r.log.contains("| h3 (batch 2) | ok |"), "{r:?}");
-    assert!(r.log.contains(&format!("drained:  server {n1};")), "{r:?}");
+    assert!(r.log_md().contains("| h3 (batch 2) | ok |"), "{r:?}");
     assert!(
-        r.log
+        r.log_md().contains(&format!("drained:  server {n1};")),
+        "{r:?}"
+    );
+    assert!(
+        r.log_md()
             .contains(&format!("put back: server {n2} max_fails=3;")),
         "{r:?}"
     );
@@ -300,7 +313,7 @@ fn failed_health_check_restores_the_tree_byte_for_byte() {
         "{ev:?}"
     );
     assert_eq!(tree_digest(&e.weaver[1].join("ecology")), before[1]);
-    assert!(r.log.contains("restored "), "{r:?}");
+    assert!(r.log_md().contains("restored "), "{r:?}");
 
     // h1 went back into the load balancer with the restored conf; h2 was never drained.
     let (n1, n2) = (&e.backend[0], &e.backend[1]);
@@ -321,7 +334,7 @@ fn failed_health_check_restores_the_tree_byte_for_byte() {
         conf_before
     );
     assert!(
-        r.log
+        r.log_md()
             .contains("| 5 | Drain the node from the load balancer | h3 (batch 1) | ok |"),
         "undone: {r:?}"
     );
@@ -339,7 +352,7 @@ fn the_last_node_serving_is_never_drained() {
             .contains("step `Drain the node from the load balancer` failed on h3"),
         "{r:?}"
     );
-    assert!(r.log.contains("with no server: refused"), "{r:?}");
+    assert!(r.log_md().contains("with no server: refused"), "{r:?}");
     assert_eq!(
         fs::read_to_string(e.lb_conf.as_ref().unwrap()).unwrap(),
         conf_before
@@ -367,7 +380,7 @@ fn without_a_load_balancer_the_drain_steps_have_no_hosts() {
         "{r:?}"
     );
     assert!(
-        r.log
+        r.log_md()
             .contains("| 12 | Put the node back in the load balancer | (no hosts) | skipped |"),
         "{r:?}"
     );
@@ -388,7 +401,7 @@ fn a_bad_checksum_stops_before_anything_changes() {
         r.stderr.contains("step `Check the packages` failed"),
         "{r:?}"
     );
-    assert!(r.log.contains("expected 0000"), "{r:?}");
+    assert!(r.log_md().contains("expected 0000"), "{r:?}");
     assert!(events(&e.events).is_empty(), "no host was touched");
     assert_eq!(tree_digest(&e.weaver[0]), before);
 }
@@ -407,6 +420,7 @@ fn dry_run_shows_batches_backup_options_and_the_rollback_guide() {
             "-e",
             "package=/srv/pkgs",
         ],
+        &[],
     );
     assert_eq!(r.code, 0, "{r:?}");
     let out = &r.stdout;
@@ -490,7 +504,7 @@ fn a_failure_in_the_second_batch_undoes_both_drains_latest_first() {
     );
     assert!(b2 < b1, "{r:?}");
     assert!(
-        r.log
+        r.log_md()
             .contains("left in the load balancer: it is the last node serving"),
         "{r:?}"
     );

@@ -2,10 +2,10 @@
 //! parsed with pulldown-cmark, its headings, tables and fenced blocks must be
 //! exactly the ones opsrun wrote.
 
-#[path = "support/local_run.rs"]
-mod local_run;
-
-use local_run::{expect_code, text, Sandbox, OPERATOR};
+use crate::support::{
+    cli::OPERATOR,
+    lab::{expect_code, fingerprint, text, Sandbox},
+};
 use pulldown_cmark::{CodeBlockKind, Event, HeadingLevel, Options, Parser, Tag, TagEnd};
 
 /// Hostile output: fences of 3 and 4 backticks, ANSI colours, NUL, a bidi
@@ -307,7 +307,7 @@ fn hostile_output_keeps_the_log_structure() {
     expect_code(&v, 0, "verify");
     let s = text(&v.stdout);
     assert!(s.contains(&format!("signer     {OPERATOR} ")), "{s}");
-    assert!(s.contains(&local_run::fingerprint(&key.with_extension("pub"))));
+    assert!(s.contains(&fingerprint(&key.with_extension("pub"))));
 }
 
 #[test]

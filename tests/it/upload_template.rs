@@ -2,9 +2,7 @@
 //! secrets masked everywhere but in the uploaded file), and what is uploaded and
 //! sha256-checked is the rendered text.
 
-mod common;
-
-use common::Test;
+use crate::support::cli::Test;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 

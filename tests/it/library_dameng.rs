@@ -7,12 +7,17 @@
 //! disql and the dmserver process itself. They keep state in files and append every
 //! call to one event log shared by the nodes, which is what the order assertions read.
 
-mod support;
-
+use crate::support::{
+    cli::Run,
+    fleet::{host_entry, ssh_section, FleetOptions, Ssh, SshFleet},
+    lab::opsrun,
+    sim::{
+        dmserver_procs, ensure_dm_user, install_dameng, last_run, new_event_log, read_events,
+        run_text, seq_of, show, start_dameng, DmNode, DB_PASS,
+    },
+};
 use std::fs;
 use std::path::{Path, PathBuf};
-use support::library::*;
-use support::sshd::{FleetOptions, SshFleet};
 
 struct Pair {
     fleet: SshFleet,
@@ -55,12 +60,22 @@ fn pair(roles: [&str; 2]) -> Pair {
         h1 = host_entry(
             &fleet,
             0,
-            &format!("dm_home: {}, dm_role_hint: primary", homes[0].display())
+            fleet.name(0),
+            Ssh::FromInventory,
+            &[
+                ("dm_home", homes[0].display().to_string()),
+                ("dm_role_hint", "primary".to_string())
+            ]
         ),
         h2 = host_entry(
             &fleet,
             1,
-            &format!("dm_home: {}, dm_role_hint: standby", homes[1].display())
+            fleet.name(1),
+            Ssh::FromInventory,
+            &[
+                ("dm_home", homes[1].display().to_string()),
+                ("dm_role_hint", "standby".to_string())
+            ]
         ),
     );
     fs::write(dir.path().join("inventories/simdb.yaml"), inv).unwrap();
@@ -72,7 +87,7 @@ fn pair(roles: [&str; 2]) -> Pair {
     }
 }
 
-fn run(p: &Pair, runbook: &str, extra: &[&str]) -> std::process::Output {
+fn run(p: &Pair, runbook: &str, extra: &[&str]) -> Run {
     let mut args = vec![runbook, "--env", "simdb", "--yes"];
     args.extend_from_slice(extra);
     opsrun(p.dir.path(), &args, &[("OPSRUN_SECRET_DB_PASS", DB_PASS)])
@@ -152,7 +167,7 @@ fn assert_start_order(p: &Pair, primary: &str, standby: &str) {
 fn stop_then_start_in_watcher_order() {
     let p = pair(["PRIMARY", "STANDBY"]);
     let out = run(&p, "dameng-stop", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     assert_stop_order(&p, "h1", "h2");
     for i in 0..2 {
         assert_eq!(
@@ -175,7 +190,7 @@ fn stop_then_start_in_watcher_order() {
 
     fs::write(&p.events, "").unwrap();
     let out = run(&p, "dameng-start", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     assert_start_order(&p, "h1", "h2");
     for (i, home) in p.homes.iter().enumerate() {
         assert!(
@@ -196,12 +211,12 @@ fn roles_come_from_the_hosts_not_the_inventory() {
     // After a failover the inventory's "primary" h1 is the standby.
     let p = pair(["STANDBY", "PRIMARY"]);
     let out = run(&p, "dameng-stop", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     assert_stop_order(&p, "h2", "h1");
 
     fs::write(&p.events, "").unwrap();
     let out = run(&p, "dameng-start", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     assert_start_order(&p, "h2", "h1");
     let journal = fs::read_to_string(last_run(p.dir.path()).join("journal.jsonl")).unwrap();
     assert!(journal.contains("PRIMARY"), "{journal}");
@@ -214,7 +229,7 @@ fn failed_stop_rolls_back_and_failed_start_rolls_back() {
     // The standby's server refuses to stop: the primary is already down by then.
     fs::write(p.homes[1].join("sim/fail/DmServiceDMSERVER.stop"), "").unwrap();
     let out = run(&p, "dameng-stop", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     let ev = read_events(&p.events);
     let failed = seq_of(&ev, "h2", "DmServiceDMSERVER", "stop");
     let restart_primary = seq_of(&ev, "h1", "DmServiceDMSERVER", "start");
@@ -235,11 +250,11 @@ fn failed_stop_rolls_back_and_failed_start_rolls_back() {
     // Now stop cleanly, then make the standby's server fail to start.
     fs::remove_file(p.homes[1].join("sim/fail/DmServiceDMSERVER.stop")).unwrap();
     let out = run(&p, "dameng-stop", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     fs::write(p.homes[1].join("sim/fail/DmServiceDMSERVER.start"), "").unwrap();
     fs::write(&p.events, "").unwrap();
     let out = run(&p, "dameng-start", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     let ev = read_events(&p.events);
     let failed = seq_of(&ev, "h2", "DmServiceDMSERVER", "start");
     let undo_watcher = seq_of(&ev, "h1", "DmWatcherServiceDMSERVER", "stop");
@@ -268,8 +283,8 @@ fn dry_runs_show_order_roles_at_run_time_and_no_password() {
         &["dameng-stop", "--env", "simdb", "--dry-run"],
         &env,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let s = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.code, 0, "{}", run_text(&out));
+    let s = out.stdout.clone();
     let order = [
         "Find the running dmserver",
         "Detect each node's current role",
@@ -297,8 +312,8 @@ fn dry_runs_show_order_roles_at_run_time_and_no_password() {
         &["dameng-start", "--env", "simdb", "--dry-run"],
         &env,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let s = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.code, 0, "{}", run_text(&out));
+    let s = out.stdout.clone();
     let order = [
         "Read the role each node had at shutdown",
         "Start the primary database",

@@ -8,13 +8,18 @@
 //! when `sp_load_lic_info` is called, and refuses a dm.key it could not read as
 //! dmdba:dinstall). Both append to one shared event log.
 
-mod support;
-
+use crate::support::{
+    cli::Run,
+    fleet::{chown_r, host_entry, ssh_section, FleetOptions, Ssh, SshFleet, TEST_USER},
+    lab::opsrun,
+    sim::{
+        ensure_dm_user, install_dameng, last_run, new_event_log, read_events, run_text, seq_of,
+        show, start_dameng, DmNode, DB_PASS, DM_GROUP, DM_USER, FIXTURES,
+    },
+};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use support::library::*;
-use support::sshd::{FleetOptions, SshFleet};
 
 const ID: &str = "305581B9F987A2EE301A8777B23A3ACB";
 
@@ -63,7 +68,7 @@ fn estate() -> Estate {
         "LICENSE OLD users=50000 end=2023-05-26\n",
     )
     .unwrap();
-    chown_r(&weaver, support::sshd::TEST_USER);
+    chown_r(&weaver, TEST_USER);
 
     let dm_home = fleet.work_dir(1).join("dmdbms");
     install_dameng(&DmNode {
@@ -94,8 +99,8 @@ fn estate() -> Estate {
         ssh = ssh_section(&fleet, true),
         w = weaver.display(),
         st = stage.display(),
-        h1 = host_entry(&fleet, 0, ""),
-        h2 = host_entry(&fleet, 1, ""),
+        h1 = host_entry(&fleet, 0, fleet.name(0), Ssh::FromInventory, &[]),
+        h2 = host_entry(&fleet, 1, fleet.name(1), Ssh::FromInventory, &[]),
     );
     fs::write(dir.path().join("inventories/lic.yaml"), inv).unwrap();
     let new_license = dir.path().join(format!("{ID}.license"));
@@ -117,7 +122,7 @@ fn new_key(e: &Estate, expiry: &str) -> PathBuf {
     p
 }
 
-fn swap(e: &Estate, params: &[String]) -> std::process::Output {
+fn swap(e: &Estate, params: &[String]) -> Run {
     let mut args: Vec<&str> = vec!["license-swap", "--env", "lic", "--yes"];
     for p in params {
         args.extend(["-e", p.as_str()]);
@@ -171,7 +176,7 @@ fn swaps_the_application_license_and_the_dm_key() {
             "dm_expiry=2026-06-30".into(),
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
 
     // Application: the old file kept under a stamped name, the new one in place, and the
     // restarted server loaded the new one.
@@ -250,8 +255,12 @@ fn a_key_that_loads_another_expiry_is_rolled_back_and_reloaded() {
             "dm_expiry=2026-06-30".into(),
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("does not expire on"), "{}", text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
+    assert!(
+        run_text(&out).contains("does not expire on"),
+        "{}",
+        run_text(&out)
+    );
     let ev = read_events(&e.events);
     let bad = seq_of(
         &ev,
@@ -280,7 +289,7 @@ fn a_failed_application_start_restores_the_previous_license() {
     let e = estate();
     fs::write(e.weaver.join("ApusicAS/sim/fail/start-domain"), "").unwrap();
     let out = swap(&e, &[format!("license={}", e.new_license.display())]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
     let ev = read_events(&e.events);
     let failed = seq_of(&ev, "h1", "asadmin", "start-domain -> FAILED");
     let restarted = seq_of(&ev, "h1", "asadmin", "start-domain license=LICENSE OLD");
@@ -303,8 +312,12 @@ fn refuses_a_key_that_expires_sooner_unless_forced() {
         "dm_expiry=2025-06-30".to_string(),
     ];
     let out = swap(&e, &params);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("expires sooner"), "{}", text(&out));
+    assert_eq!(out.code, 1, "{}", run_text(&out));
+    assert!(
+        run_text(&out).contains("expires sooner"),
+        "{}",
+        run_text(&out)
+    );
     let ev = read_events(&e.events);
     assert!(
         !ev.iter().any(|x| x.args.contains("sp_load_lic_info")),
@@ -316,7 +329,7 @@ fn refuses_a_key_that_expires_sooner_unless_forced() {
     let mut forced = params.to_vec();
     forced.push("force=true".into());
     let out = swap(&e, &forced);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.code, 0, "{}", run_text(&out));
     assert_eq!(loaded(&e), "2025-06-30");
     assert_no_leaks(&e);
 }
@@ -350,8 +363,8 @@ fn dry_run_shows_both_parts_in_order_without_the_password() {
         ],
         &[("OPSRUN_SECRET_DB_PASS", DB_PASS)],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let s = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.code, 0, "{}", run_text(&out));
+    let s = out.stdout.clone();
     let backup = format!("mv {ID}.license {ID}.license_bak");
     let ordered = [
         "Upload the new application license",

@@ -1,9 +1,7 @@
 //! Secrets stay out of the record even when a host hands them back: in captured
 //! values, through template filters, or by posing as a capture placeholder.
 
-mod common;
-
-use common::Test;
+use crate::support::cli::Test;
 use std::path::Path;
 
 const SECRET: &str = "Sup3r-s3cret-pw";

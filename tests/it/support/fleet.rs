@@ -6,9 +6,11 @@
 //! 120–300 ms to every command. The generated ssh_config pins known_hosts, the client
 //! key and strict checking, so nothing from `~/.ssh` leaks in.
 //!
+//! Also the inventories that reach the fleet ([`ssh_inventory`], [`ssh_section`],
+//! the one [`host_entry`]), and commands run on its hosts ([`ssh`], [`pids_with`]).
+//!
 //! ```ignore
-//! mod support;
-//! use support::sshd::SshFleet;
+//! use crate::support::fleet::SshFleet;
 //!
 //! let fleet = SshFleet::start(3);
 //! let eps = fleet.endpoints(); // Vec<opsrun::transport::Endpoint>, hosts h1..h3
@@ -22,7 +24,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use opsrun::transport::Endpoint;
@@ -174,10 +176,6 @@ impl SshFleet {
         &self.known_hosts
     }
 
-    pub fn client_key(&self) -> &Path {
-        &self.client_key
-    }
-
     pub fn name(&self, i: usize) -> &str {
         &self.hosts[i].name
     }
@@ -239,6 +237,8 @@ impl SshFleet {
     }
 
     /// What host `i`'s sshd wrote to stderr so far (for assertion messages).
+    // Kept for debugging a failing fleet test; no assertion prints it today.
+    #[allow(dead_code)]
     pub fn sshd_log(&self, i: usize) -> String {
         fs::read_to_string(&self.hosts[i].log).unwrap_or_default()
     }
@@ -466,4 +466,138 @@ fn output(cmd: &mut Command) -> String {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------------
+// Inventories for the fleet
+
+pub fn yaml_str(s: impl AsRef<str>) -> String {
+    serde_json::to_string(s.as_ref()).unwrap()
+}
+
+/// `inventories/lab.yaml` reaching fleet hosts as the login user, `as:` through sudo.
+pub fn ssh_inventory(fleet: &SshFleet, confirm: &str, groups: &str) -> String {
+    format!(
+        "name: lab\n\
+         confirm: {confirm}\n\
+         ssh:\n\
+         \x20 user: {TEST_USER}\n\
+         \x20 become: sudo\n\
+         \x20 config_file: {}\n\
+         \x20 known_hosts_file: {}\n\
+         \x20 connect_timeout: 10s\n\
+         groups:\n{groups}",
+        yaml_str(fleet.ssh_config().to_string_lossy()),
+        yaml_str(fleet.known_hosts().to_string_lossy()),
+    )
+}
+
+/// An inventory's top-level `ssh:` section for the fleet (the login user is per host).
+pub fn ssh_section(fleet: &SshFleet, become_sudo: bool) -> String {
+    format!(
+        "ssh:\n  config_file: {}\n  known_hosts_file: {}\n{}",
+        fleet.ssh_config().display(),
+        fleet.known_hosts().display(),
+        if become_sudo { "  become: sudo\n" } else { "" }
+    )
+}
+
+/// Whether a host entry carries the fleet's client config itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ssh {
+    /// The inventory has an `ssh:` section ([`ssh_inventory`], [`ssh_section`]).
+    FromInventory,
+    /// No `ssh:` section: the entry names `config_file` and `known_hosts_file`.
+    PerHost,
+}
+
+/// One entry of a group's `hosts:` (indented for it): fleet host `i` as `name`,
+/// with its address, port and login user, and `vars` as `key: value` lines (values
+/// are YAML as written).
+pub fn host_entry(
+    fleet: &SshFleet,
+    i: usize,
+    name: &str,
+    ssh: Ssh,
+    vars: &[(&str, String)],
+) -> String {
+    let mut e = format!(
+        "      {name}:\n        address: {}\n        port: {}\n        user: {TEST_USER}\n",
+        fleet.address(i),
+        fleet.port(i),
+    );
+    if ssh == Ssh::PerHost {
+        e.push_str(&format!(
+            "        ssh: {{ config_file: {}, known_hosts_file: {} }}\n",
+            fleet.ssh_config().display(),
+            fleet.known_hosts().display()
+        ));
+    }
+    if !vars.is_empty() {
+        e.push_str("        vars:\n");
+        for (k, v) in vars {
+            e.push_str(&format!("          {k}: {v}\n"));
+        }
+    }
+    e
+}
+
+/// Group `app` with every fleet host, named `web1`, `web2`, …, each with its writable dir as `work`.
+pub fn app_group(fleet: &SshFleet) -> String {
+    let mut g = String::from("  app:\n    hosts:\n");
+    for i in 0..fleet.len() {
+        g.push_str(&host_entry(
+            fleet,
+            i,
+            &format!("web{}", i + 1),
+            Ssh::FromInventory,
+            &[("work", yaml_str(fleet.work_dir(i).to_string_lossy()))],
+        ));
+    }
+    g
+}
+
+// ---------------------------------------------------------------------------------
+// Commands on the (local) hosts
+
+/// Runs a command on fleet host `i` through the fleet's own ssh client config.
+pub fn ssh(fleet: &SshFleet, i: usize, command: &str) -> Output {
+    Command::new("ssh")
+        .arg("-F")
+        .arg(fleet.ssh_config())
+        .arg("-p")
+        .arg(fleet.port(i).to_string())
+        .arg(fleet.address(i))
+        .arg(command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh")
+}
+
+/// Pids whose command line contains `needle` (argv joined with spaces).
+pub fn pids_with(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if line.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// `chown -R OWNER PATH`.
+pub fn chown_r(path: &Path, owner: &str) {
+    run(Command::new("chown").arg("-R").arg(owner).arg(path));
+}
+
+/// Gives `path` (recursively) to the login user, so runbooks can change it.
+pub fn chown_to_test_user(path: &Path) {
+    chown_r(path, &format!("{TEST_USER}:{TEST_USER}"));
 }
