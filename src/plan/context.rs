@@ -37,7 +37,11 @@ impl Planner {
         }
         let (name, address, groups) = match host {
             Some(h) => (h.name.clone(), h.address.clone(), h.groups.clone()),
-            None => ("localhost".into(), "localhost".into(), Vec::new()),
+            None => (
+                HostRef::CONTROL_NAME.into(),
+                HostRef::CONTROL_NAME.into(),
+                Vec::new(),
+            ),
         };
         m.insert(
             "host".into(),

@@ -22,31 +22,42 @@ impl Planner {
                 }
             }
         }
-        let on = step
-            .on
-            .as_ref()
-            .or(self.runbook.hosts.as_ref())
-            .map(|t| t.src.clone())
-            .unwrap_or_else(|| "localhost".into());
+        let on = match step.on.as_ref().or(self.runbook.hosts.as_ref()) {
+            _ if step.local => On::Control,
+            Some(t) => On::Pattern(t.src.clone()),
+            None => On::Unset,
+        };
         Ok(PlanStep {
+            id: r,
             number,
             name: step.name.clone(),
-            action: step.action.kind(),
-            on: if step.local {
-                "localhost (local)".into()
-            } else {
-                on
+            action: match step.action {
+                Action::Run(_) => ActionKind::Run,
+                Action::Script(_) => ActionKind::Script,
+                Action::Upload(_) => ActionKind::Upload,
+                Action::Manual(_) => ActionKind::Manual,
+                Action::CheckOnly => ActionKind::Check,
             },
+            on,
             local: step.local,
             confirm: self.confirm_prompt(r)?,
             manual: self.manual_text(r)?,
-            timeout: step.timeout.map(crate::duration::format),
+            timeout: step.timeout,
             retries: step.retries,
-            delay: crate::duration::format(step.delay),
+            delay: step.delay,
             on_failure: step.on_failure,
-            capture: step.capture.as_ref().map(|c| c.name.clone()),
-            expect_exit: step.expect.exit.clone(),
+            capture: step.capture.as_ref().map(|c| Capture {
+                name: c.name.clone(),
+                regex: c.regex.clone(),
+            }),
+            expect: Expect {
+                exit: step.expect.exit.clone(),
+            },
             service: step.service.clone(),
+            undo: Undo {
+                commands: step.rollback.len(),
+                with_stdin: matches!(step.action, Action::Run(_)),
+            },
             skipped_by_start_at: matches!(r, StepRef::Forward(i) if i < self.start_at),
             targets,
         })

@@ -26,8 +26,9 @@ use batches::cut_batches;
 pub use compile::check_templates;
 use compile::{compile_templates, var_reads, FileTemplate, StepTemplates};
 pub use model::{
-    Captures, Completion, InventoryInfo, Options, ParamValue, Plan, PlanHost, PlanStep, Reveal,
-    RunInfo, RunbookInfo, StepRef, Target, UploadTarget,
+    ActionKind, Capture, Captures, Completion, Expect, HostRef, InventoryInfo, On, OnFailure,
+    Options, ParamValue, Plan, PlanHost, PlanStep, Reveal, RunInfo, RunbookInfo, Service,
+    ServiceState, StepRef, Target, Undo, UploadTarget,
 };
 use params::{bind_params, FROM_INVENTORY};
 use targets::no_host_at_all;
@@ -35,7 +36,7 @@ use targets::no_host_at_all;
 use crate::diagnostic::{did_you_mean, Diagnostic, Span};
 use crate::error::Error;
 use crate::load::inventory::{ConfirmMode, Host, Inventory};
-use crate::load::runbook::{Action, OnFailure, Runbook, Serial, Service, Step};
+use crate::load::runbook::{Action, Runbook, Serial, Step};
 use crate::sanitize::MASK;
 use crate::shell::{self, Wrap};
 use crate::template::{self, Context, Kind, RenderError, TemplateId, Templates};

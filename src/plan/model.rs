@@ -4,6 +4,7 @@
 use super::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 /// What the operator asked for, with the clock already read.
 #[derive(Debug, Clone, Default)]
@@ -80,7 +81,7 @@ pub struct UploadTarget {
 /// One step on one host, rendered.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct Target {
-    pub host: String,
+    pub host: HostRef,
     /// `user@host`, as shown in `[user@host]# command`.
     pub login: String,
     /// The batch (1-based) this rendering is for, when the step reads `batch`:
@@ -113,30 +114,209 @@ pub struct Target {
     pub expect_stdout_not: Option<String>,
 }
 
+/// What to do when a step fails, and a service a step stops or starts: the
+/// runbook's own words, which the plan carries unchanged.
+pub use crate::load::runbook::{OnFailure, Service, ServiceState};
+
+/// The machine a rendered command runs on: a host of the inventory, or the
+/// control machine (a `local: true` step).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRef {
+    Named(String),
+    Control,
+}
+
+impl HostRef {
+    /// The name the control machine has in the plan and the records (journal,
+    /// log, output files): journals written by earlier builds use it too.
+    pub const CONTROL_NAME: &'static str = "localhost";
+
+    pub fn name(&self) -> &str {
+        match self {
+            HostRef::Named(n) => n,
+            HostRef::Control => HostRef::CONTROL_NAME,
+        }
+    }
+
+    /// The host a record names: the control machine's name means the control machine.
+    pub fn of_recorded(name: &str) -> HostRef {
+        match name {
+            HostRef::CONTROL_NAME => HostRef::Control,
+            n => HostRef::Named(n.to_string()),
+        }
+    }
+}
+
+impl Default for HostRef {
+    fn default() -> Self {
+        HostRef::Named(String::new())
+    }
+}
+
+impl std::fmt::Display for HostRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for HostRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// Where a step runs, as the runbook says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum On {
+    /// A host pattern (`on:`, else the runbook's `hosts:`).
+    Pattern(String),
+    /// Neither the step nor the runbook names hosts.
+    Unset,
+    /// `local: true`: the control machine.
+    Control,
+}
+
+impl On {
+    /// The pattern the step's hosts were matched with; empty when there is none.
+    pub fn pattern(&self) -> &str {
+        match self {
+            On::Pattern(p) => p,
+            On::Unset | On::Control => "",
+        }
+    }
+}
+
+impl std::fmt::Display for On {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            On::Pattern(p) => f.write_str(p),
+            On::Unset => f.write_str(HostRef::CONTROL_NAME),
+            On::Control => write!(f, "{} (local)", HostRef::CONTROL_NAME),
+        }
+    }
+}
+
+impl Serialize for On {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What a step does, by kind; the commands themselves are in its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    Run,
+    Script,
+    Upload,
+    Manual,
+    /// A step that only verifies: its `check` is the action.
+    Check,
+}
+
+/// `capture:`: the name a step's output is kept under, and the expression that
+/// picks the value out of it (the whole trimmed output when there is none).
+#[derive(Debug, Clone)]
+pub struct Capture {
+    pub name: String,
+    pub regex: Option<regex::Regex>,
+}
+
+/// The exit codes that count as success. The `stdout`/`stdout_not` patterns
+/// differ per host: each target carries its own, rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expect {
+    pub exit: Vec<i32>,
+}
+
+/// How a completed step is undone: its `rollback:` commands (rendered per
+/// host in its targets), and whether they get the step's own stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Undo {
+    /// How many `rollback:` commands the step has; none: nothing to undo.
+    pub commands: usize,
+    /// A `run` step's rollback gets the step's stdin too: undoing a step that
+    /// needed a secret (reloading the previous license) needs it again, and
+    /// argv is no place for it.
+    pub with_stdin: bool,
+}
+
+impl Undo {
+    pub fn is_empty(&self) -> bool {
+        self.commands == 0
+    }
+}
+
+fn duration_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::duration::format(*d))
+}
+
+fn timeout_text<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => duration_text(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn capture_name<S: serde::Serializer>(c: &Option<Capture>, s: S) -> Result<S::Ok, S::Error> {
+    match c {
+        Some(c) => s.serialize_str(&c.name),
+        None => s.serialize_none(),
+    }
+}
+
+fn expect_exit<S: serde::Serializer>(e: &Expect, s: S) -> Result<S::Ok, S::Error> {
+    e.exit.serialize(s)
+}
+
+/// One step as it will run: everything the engine reads, typed. Its display
+/// strings (`timeout: 5m`) are made from these values by the preview, and the
+/// dry-run JSON keeps the names and forms of earlier builds.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanStep {
+    /// Which list the step is in, and where: how the engine asks the planner to render it.
+    #[serde(skip)]
+    pub id: StepRef,
     pub number: usize,
     pub name: String,
-    pub action: &'static str,
-    pub on: String,
+    pub action: ActionKind,
+    pub on: On,
     pub local: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confirm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manual: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    /// `timeout:` of the runbook step: the remote `timeout` wrapper's limit, and
+    /// (plus a grace) how long the control side waits for an answer.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "timeout_text"
+    )]
+    pub timeout: Option<Duration>,
     pub retries: u32,
-    pub delay: String,
+    #[serde(serialize_with = "duration_text")]
+    pub delay: Duration,
     pub on_failure: OnFailure,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub capture: Option<String>,
-    pub expect_exit: Vec<i32>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "capture_name"
+    )]
+    pub capture: Option<Capture>,
+    #[serde(rename = "expect_exit", serialize_with = "expect_exit")]
+    pub expect: Expect,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<Service>,
+    #[serde(skip)]
+    pub undo: Undo,
     /// Set when `--start-at` skips this step.
     pub skipped_by_start_at: bool,
     pub targets: Vec<Target>,
+}
+
+impl PlanStep {
+    pub fn is_manual(&self) -> bool {
+        self.action == ActionKind::Manual
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

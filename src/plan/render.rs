@@ -59,7 +59,7 @@ impl Planner {
             .context(host, reveal, r, scope_before, captures, batch)
             .map_err(fail)?;
         let mut target = Target {
-            host: host_name.unwrap_or("localhost").to_string(),
+            host: host_name.map_or(HostRef::Control, |h| HostRef::Named(h.to_string())),
             login: self.login(host),
             batch: batch.filter(|_| self.reads_batch(r)),
             ..Target::default()

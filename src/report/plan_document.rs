@@ -151,20 +151,20 @@ pub fn markdown(
 pub(super) fn md_step(o: &mut String, s: &PlanStep, number: &str) {
     use crate::report::markdown::{cell, code, fenced};
     let _ = writeln!(o, "\n### {number}. {}\n", cell(&s.name));
-    let mut notes = vec![format!("on: {}", code(&s.on))];
+    let mut notes = vec![format!("on: {}", code(&s.on.to_string()))];
     if s.skipped_by_start_at {
         notes.push("**skipped: before --start-at**".into());
     }
-    if let Some(t) = &s.timeout {
-        notes.push(format!("timeout {}", cell(t)));
+    if let Some(t) = s.timeout {
+        notes.push(format!("timeout {}", cell(&crate::duration::format(t))));
     }
     if let Some(c) = &s.capture {
-        notes.push(format!("captures {}", code(c)));
+        notes.push(format!("captures {}", code(&c.name)));
     }
-    if s.expect_exit != [0] {
-        notes.push(format!("exit codes {:?} count as success", s.expect_exit));
+    if s.expect.exit != [0] {
+        notes.push(format!("exit codes {:?} count as success", s.expect.exit));
     }
-    if s.on_failure != crate::load::runbook::OnFailure::Rollback {
+    if s.on_failure != crate::plan::OnFailure::Rollback {
         notes.push(format!("on failure: {:?}", s.on_failure).to_lowercase());
     }
     if let Some(svc) = &s.service {
@@ -190,10 +190,10 @@ pub(super) fn md_step(o: &mut String, s: &PlanStep, number: &str) {
     }
     for t in &s.targets {
         if let Some(why) = &t.skipped {
-            let _ = writeln!(o, "- {}: skipped ({})\n", cell(&t.host), cell(why));
+            let _ = writeln!(o, "- {}: skipped ({})\n", cell(t.host.name()), cell(why));
             continue;
         }
-        let _ = writeln!(o, "#### {}\n", cell(&t.host));
+        let _ = writeln!(o, "#### {}\n", cell(t.host.name()));
         if let Some(w) = &t.when_at_run_time {
             let _ = writeln!(
                 o,
@@ -231,7 +231,7 @@ pub(super) fn md_step(o: &mut String, s: &PlanStep, number: &str) {
                 format!(
                     "Check (up to {} tries, {} apart):",
                     s.retries + 1,
-                    cell(&s.delay)
+                    cell(&crate::duration::format(s.delay))
                 )
             } else {
                 "Check:".to_string()

@@ -180,16 +180,16 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
     }
     let _ = writeln!(o, "{head}");
     let mut notes = Vec::new();
-    if let Some(t) = &s.timeout {
-        notes.push(format!("timeout {t}"));
+    if let Some(t) = s.timeout {
+        notes.push(format!("timeout {}", crate::duration::format(t)));
     }
     if let Some(c) = &s.capture {
-        notes.push(format!("captures `{c}`"));
+        notes.push(format!("captures `{}`", c.name));
     }
-    if s.expect_exit != [0] {
-        notes.push(format!("exit codes {:?} count as success", s.expect_exit));
+    if s.expect.exit != [0] {
+        notes.push(format!("exit codes {:?} count as success", s.expect.exit));
     }
-    if s.on_failure != crate::load::runbook::OnFailure::Rollback {
+    if s.on_failure != crate::plan::OnFailure::Rollback {
         notes.push(format!("on failure: {:?}", s.on_failure).to_lowercase());
     }
     if let Some(svc) = &s.service {
@@ -212,6 +212,7 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
     if s.targets.is_empty() && s.manual.is_none() {
         let _ = writeln!(o, "    no hosts");
     }
+    let delay = crate::duration::format(s.delay);
     for t in &s.targets {
         // A step that reads `batch` is shown once per batch, each under its batch.
         if let Some(b) = t.batch {
@@ -221,11 +222,11 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
                 .map_or(String::new(), |m| m.join(", "));
             let _ = writeln!(o, "    batch {b} ({members}):");
             let mut one = String::new();
-            target(&mut one, t, s.retries, &s.delay);
+            target(&mut one, t, s.retries, &delay);
             let _ = write!(o, "{}", indented(&one, "  "));
             let _ = writeln!(o);
         } else {
-            target(o, t, s.retries, &s.delay);
+            target(o, t, s.retries, &delay);
         }
     }
 }
