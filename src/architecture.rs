@@ -93,7 +93,9 @@ fn targets(line: &str) -> Vec<String> {
     out
 }
 
-fn edges(src: &Path) -> Vec<Edge> {
+/// Every line of code under `src/` (comments and test modules left out): file,
+/// line number, top-level module and text.
+fn code_lines(src: &Path) -> Vec<(String, usize, String, String)> {
     let mut files = Vec::new();
     rust_files(src, &mut files);
     let mut out = Vec::new();
@@ -117,19 +119,66 @@ fn edges(src: &Path) -> Vec<Edge> {
             if t.starts_with("//") {
                 continue;
             }
-            for to in targets(line) {
-                if to != from {
-                    out.push(Edge {
-                        file: format!("src/{}", rel.display()),
-                        line: i + 1,
-                        from: from.clone(),
-                        to,
-                    });
-                }
+            out.push((
+                format!("src/{}", rel.display()),
+                i + 1,
+                from.clone(),
+                line.to_string(),
+            ));
+        }
+    }
+    out
+}
+
+fn edges(src: &Path) -> Vec<Edge> {
+    let mut out = Vec::new();
+    for (file, line, from, text) in code_lines(src) {
+        for to in targets(&text) {
+            if to != from {
+                out.push(Edge {
+                    file: file.clone(),
+                    line,
+                    from: from.clone(),
+                    to,
+                });
             }
         }
     }
     out
+}
+
+/// Modules a stage must not use although the stage order allows it, and why.
+const FORBIDDEN: &[(&str, &str, &str)] = &[(
+    "execute",
+    "runbook",
+    "the engine runs the plan (src/plan/model.rs), never the runbook it was made from",
+)];
+
+/// Lines of `module` that name `forbidden` as a path (`load::runbook::Step`,
+/// `load::{runbook, ...}`, `runbook::Action`).
+fn forbidden_uses(
+    lines: &[(String, usize, String, String)],
+    module: &str,
+    forbidden: &str,
+) -> Vec<String> {
+    let named = |text: &str| {
+        let code: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        code.contains(&format!("{forbidden}::"))
+            || code.contains(&format!("::{forbidden};"))
+            || code.split("::{").skip(1).any(|group| {
+                group
+                    .split('}')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .any(|p| p == forbidden || p.starts_with(&format!("{forbidden}::")))
+            })
+    };
+    lines
+        .iter()
+        .filter(|(_, _, from, text)| from == module && named(text))
+        .map(|(file, line, _, _)| format!("{file}:{line}: `{module}` uses `{forbidden}`"))
+        .collect()
 }
 
 /// Every broken rule, one line each, naming the file and line of the edge.
@@ -216,6 +265,44 @@ fn stages_use_only_earlier_stages_and_leaves_use_none() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let found = problems(&edges(&src));
     assert!(found.is_empty(), "\n{}\n", found.join("\n"));
+}
+
+#[test]
+fn the_engine_uses_the_plan_and_never_the_runbook() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lines = code_lines(&src);
+    let mut found = Vec::new();
+    for (module, forbidden, why) in FORBIDDEN {
+        for p in forbidden_uses(&lines, module, forbidden) {
+            found.push(format!("{p}: {why}"));
+        }
+    }
+    assert!(found.is_empty(), "\n{}\n", found.join("\n"));
+}
+
+#[test]
+fn the_forbidden_check_sees_every_way_to_name_a_module() {
+    let line = |text: &str| {
+        (
+            "src/execute/x.rs".to_string(),
+            3,
+            "execute".to_string(),
+            text.to_string(),
+        )
+    };
+    let lines = [
+        line("use crate::load::runbook::Step;"),
+        line("use crate::load::{inventory, runbook};"),
+        line("use crate::load::runbook;"),
+        line("let r = planner.runbook.name.clone();"),
+        (
+            "src/plan/x.rs".into(),
+            1,
+            "plan".into(),
+            "use crate::load::runbook::Step;".into(),
+        ),
+    ];
+    assert_eq!(forbidden_uses(&lines, "execute", "runbook").len(), 3);
 }
 
 /// Documents a comment names: `README.md`, `docs/procedures.md`, `DESIGN §4`.

@@ -64,10 +64,10 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     };
     let mut planner = Planner::new(runbook, inventory, opts)?;
     // Planning errors are reported before the run directory is made.
-    planner.plan()?;
+    let plan = planner.plan()?;
     if args.dry_run {
         // The same preview the gate shows, from the record alone: no run, no connection.
-        let (lines, question) = runner::rollback_preview(&planner, &recorded);
+        let (lines, question) = runner::rollback_preview(&planner, &plan, &recorded);
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(
             stdout,

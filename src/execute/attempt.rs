@@ -3,8 +3,8 @@
 //! the result into a [`Done`] for the step loop.
 
 use super::engine::*;
-use crate::load::runbook::Step;
-use crate::plan::{Completion, Reveal, StepRef, Target};
+use super::failure::Failure;
+use crate::plan::{Completion, PlanStep, Reveal, StepRef, Target};
 use crate::record::events::{self, CheckAttempt, Event, Phase, Status};
 use crate::record::rundir::slug;
 use crate::sanitize::escape_controls;
@@ -75,16 +75,17 @@ pub(super) fn env_stdin(t: &Target) -> Stdin {
 /// How one host's part of a step ended.
 pub(super) enum Verdict {
     Ok,
+    /// The plan skips this host (`when:`); the reason as the plan says it.
     Skipped(String),
-    Failed(String),
-    TimedOut(String),
+    /// Failed, or timed out when the failure is the step's timeout.
+    Failed(Failure),
 }
 
 /// What one host did in one step, gathered as it happens and recorded once.
 pub(super) struct Record<'s> {
     pub(super) phase: Phase,
     pub(super) number: usize,
-    pub(super) step: &'s Step,
+    pub(super) step: &'s PlanStep,
     pub(super) host: &'s str,
     /// The batch the step runs (or is undone) for.
     pub(super) batch: Option<usize>,
@@ -103,7 +104,7 @@ impl<'s> Record<'s> {
     pub(super) fn new(
         phase: Phase,
         number: usize,
-        step: &'s Step,
+        step: &'s PlanStep,
         host: &'s str,
         batch: Option<usize>,
     ) -> Record<'s> {
@@ -128,18 +129,17 @@ impl<'s> Record<'s> {
 
 /// Why a finished command does not count as success: exit code, expected
 /// output, or an upload whose checksum on the host differs.
-pub(super) fn unexpected(step: &Step, rec: &Record<'_>, real: &Target) -> Option<String> {
+pub(super) fn unexpected(step: &PlanStep, rec: &Record<'_>, real: &Target) -> Option<Failure> {
     let upload = real.upload.is_some();
     if !rec.exit_code.is_some_and(|c| step.expect.exit.contains(&c)) {
-        let tail = error_line(if rec.err.is_empty() {
+        let quote = error_line(if rec.err.is_empty() {
             &rec.out
         } else {
             &rec.err
         });
-        return Some(match rec.exit_code {
-            Some(c) if tail.is_empty() => format!("exit {c}"),
-            Some(c) => format!("exit {c}: {tail}"),
-            None => "killed by a signal".to_string(),
+        return Some(Failure::UnexpectedExit {
+            code: rec.exit_code,
+            quote,
         });
     }
     let stdout = String::from_utf8_lossy(&rec.out);
@@ -151,22 +151,22 @@ pub(super) fn unexpected(step: &Step, rec: &Record<'_>, real: &Target) -> Option
     ];
     for (pattern, shown, must_match) in expectations {
         let Some(pattern) = pattern else { continue };
-        let shown = shown.as_deref().unwrap_or_default();
+        let shown = shown.clone().unwrap_or_default();
         let re = match regex::Regex::new(pattern) {
             Ok(re) => re,
-            Err(_) => return Some(format!("invalid regular expression /{shown}/")),
+            Err(_) => return Some(Failure::InvalidPattern { shown }),
         };
         match (must_match, re.is_match(&stdout)) {
-            (true, false) => return Some(format!("stdout does not match /{shown}/")),
-            (false, true) => return Some(format!("stdout matches /{shown}/")),
+            (true, false) => return Some(Failure::OutputMissing { shown }),
+            (false, true) => return Some(Failure::OutputForbidden { shown }),
             _ => {}
         }
     }
     if let (true, Some(sum)) = (upload, &rec.upload_sha256) {
         if stdout.split_whitespace().next() != Some(sum.as_str()) {
-            return Some(format!(
-                "sha256 on the host does not match the local file ({sum})"
-            ));
+            return Some(Failure::ChecksumMismatch {
+                sha256: sum.clone(),
+            });
         }
     }
     None
@@ -179,7 +179,7 @@ impl Engine<'_> {
         host: Option<&str>,
         reveal: Reveal,
         batch: Option<usize>,
-    ) -> Result<Target, String> {
+    ) -> Result<Target, Failure> {
         let mut caps = self
             .captures
             .lock()
@@ -199,7 +199,7 @@ impl Engine<'_> {
         let mut target = self
             .planner
             .render(r, host, Some(&caps), reveal, batch)
-            .map_err(|e| self.redactor.redact(&e.to_string()))?;
+            .map_err(Failure::Render)?;
         if reveal == Reveal::Masked {
             // Belt and braces: a filter (`upper`, `replace`) could still have carried a secret through.
             for text in [&mut target.command, &mut target.stdin, &mut target.check]
@@ -221,7 +221,7 @@ impl Engine<'_> {
         r: StepRef,
         host: Option<&str>,
         batch: Option<usize>,
-    ) -> Result<(Target, Target), String> {
+    ) -> Result<(Target, Target), Failure> {
         Ok((
             self.render(r, host, Reveal::Real, batch)?,
             self.render(r, host, Reveal::Masked, batch)?,
@@ -235,7 +235,7 @@ impl Engine<'_> {
         stdin: Stdin,
         host: &str,
         timeout: Option<Duration>,
-    ) -> Result<crate::transport::Outcome, String> {
+    ) -> Result<crate::transport::Outcome, Failure> {
         let cmd = Command {
             line: line.to_string(),
             stdin,
@@ -268,13 +268,12 @@ impl Engine<'_> {
             let fut = conn.exec(&cmd, &mut sink);
             match timeout {
                 Some(t) => match tokio::time::timeout(t.saturating_add(TIMEOUT_GRACE), fut).await {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => Err(format!(
-                        "no answer within {} (timeout + grace)",
-                        crate::duration::format(t.saturating_add(TIMEOUT_GRACE))
-                    )),
+                    Ok(r) => r.map_err(Failure::from),
+                    Err(_) => Err(Failure::NoAnswer {
+                        waited: t.saturating_add(TIMEOUT_GRACE),
+                    }),
                 },
-                None => fut.await.map_err(|e| e.to_string()),
+                None => fut.await.map_err(Failure::from),
             }
         };
         for rest in [pending.0, pending.1] {
@@ -291,7 +290,7 @@ impl Engine<'_> {
         phase: Phase,
         r: StepRef,
         number: usize,
-        step: &Step,
+        step: &PlanStep,
         host: &str,
         batch: Option<usize>,
     ) -> Result<Done, ExecError> {
@@ -328,7 +327,7 @@ impl Engine<'_> {
             command: rec.shown.command.clone(),
         })?;
         let Some(conn) = self.conn(step, host) else {
-            return Ok(Verdict::Failed("no connection to this host".into()));
+            return Ok(Verdict::Failed(Failure::NoConnection));
         };
 
         if let Some(line) = &real.command {
@@ -346,10 +345,9 @@ impl Engine<'_> {
                 match &u.sha256 {
                     Some(sum) => rec.upload_sha256 = Some(sum.clone()),
                     None => {
-                        return Ok(Verdict::Failed(format!(
-                            "cannot read upload source `{}`",
-                            u.src
-                        )))
+                        return Ok(Verdict::Failed(Failure::UploadUnreadable {
+                            src: u.src.clone(),
+                        }))
                     }
                 }
             }
@@ -359,14 +357,10 @@ impl Engine<'_> {
                     rec.out = o.stdout;
                     rec.err = o.stderr;
                 }
-                Err(e) if e.contains("grace") => return Ok(Verdict::TimedOut(e)),
                 Err(e) => return Ok(Verdict::Failed(e)),
             }
-            if step.timeout.is_some() && matches!(rec.exit_code, Some(124) | Some(137)) {
-                return Ok(Verdict::TimedOut(format!(
-                    "timed out after {}: the command was killed on the host",
-                    crate::duration::format(step.timeout.unwrap_or_default())
-                )));
+            if let (Some(timeout), Some(124 | 137)) = (step.timeout, rec.exit_code) {
+                return Ok(Verdict::Failed(Failure::KilledOnHost { timeout }));
             }
             if let Some(problem) = unexpected(step, rec, &real) {
                 return Ok(Verdict::Failed(problem));
@@ -384,11 +378,10 @@ impl Engine<'_> {
                 None => Some(text),
             };
             let Some(value) = value else {
-                return Ok(Verdict::Failed(format!(
-                    "capture `{}`: /{}/ does not match the output",
-                    c.name,
-                    c.regex.as_ref().map_or("", |r| r.as_str())
-                )));
+                return Ok(Verdict::Failed(Failure::CaptureMissing {
+                    name: c.name.clone(),
+                    regex: c.regex.as_ref().map_or("", |r| r.as_str()).to_string(),
+                }));
             };
             let mut caps = self.captures.lock().unwrap_or_else(|p| p.into_inner());
             if step.local {
@@ -402,7 +395,7 @@ impl Engine<'_> {
             rec.capture = Some((c.name.clone(), self.redactor.redact(&value)));
         }
 
-        if step.check.is_some() {
+        if real.check.is_some() {
             // The check may read this very step's capture: render it now.
             let line = match self.render(r, host_opt, Reveal::Real, rec.batch) {
                 Ok(t) => t.check,
@@ -422,7 +415,7 @@ impl Engine<'_> {
                                 escape_controls(&self.redactor.redact_bytes(&text)),
                             )
                         }
-                        Err(e) => (None, e),
+                        Err(e) => (None, e.to_string()),
                     };
                     let ok = code == Some(0);
                     rec.checks.push(CheckAttempt {
@@ -438,10 +431,9 @@ impl Engine<'_> {
                         tokio::time::sleep(step.delay).await;
                     }
                 }
-                return Ok(Verdict::Failed(format!(
-                    "check failed after {}",
-                    crate::plural::count(rec.checks.len(), "attempt", "attempts")
-                )));
+                return Ok(Verdict::Failed(Failure::CheckFailed {
+                    attempts: rec.checks.len(),
+                }));
             }
         }
         Ok(Verdict::Ok)
@@ -457,8 +449,8 @@ impl Engine<'_> {
         let (status, reason) = match verdict {
             Verdict::Ok => (Status::Ok, None),
             Verdict::Skipped(why) => (Status::Skipped, Some(why)),
-            Verdict::Failed(why) => (Status::Failed, Some(why)),
-            Verdict::TimedOut(why) => (Status::TimedOut, Some(why)),
+            Verdict::Failed(f) if f.is_timeout() => (Status::TimedOut, Some(f.to_string())),
+            Verdict::Failed(f) => (Status::Failed, Some(f.to_string())),
         };
         let prefix = match rec.phase {
             Phase::Forward => format!("{:02}", rec.number),

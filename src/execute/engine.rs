@@ -9,8 +9,9 @@ use crate::error::exit;
 use crate::execute::gate::{Answer, GateError, Gates};
 use crate::execute::interrupt::Interrupt;
 use crate::execute::view::Ui;
-use crate::load::runbook::{Action, OnFailure, Step};
-use crate::plan::{Captures, Completion, Planner, StepRef};
+use crate::plan::{
+    Captures, Completion, HostRef, OnFailure, Plan, PlanStep, Planner, Service, StepRef,
+};
 use crate::record::events::{self, Event, Outcome as RunOutcome, Phase, Status};
 use crate::record::rundir::{RecordError, Recorder};
 use crate::sanitize::Redactor;
@@ -26,8 +27,6 @@ pub enum ExecError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Gate(#[from] GateError),
-    #[error("{0}")]
-    Render(String),
 }
 
 /// A step that completed on some hosts: what a rollback undoes.
@@ -46,7 +45,10 @@ pub struct Finish {
 }
 
 pub struct Engine<'a> {
+    /// Renders commands at run time (with the captures so far, secrets revealed).
     pub planner: &'a Planner,
+    /// What runs: every step's settings, read from here only.
+    pub plan: &'a Plan,
     pub conns: HashMap<String, Connection>,
     pub local: Connection,
     pub rec: &'a Recorder,
@@ -75,10 +77,10 @@ pub(super) struct Done {
 }
 
 impl Engine<'_> {
-    pub(super) fn step_def(&self, r: StepRef) -> &Step {
+    pub(super) fn step(&self, r: StepRef) -> &PlanStep {
         match r {
-            StepRef::Forward(i) => &self.planner.runbook.steps[i],
-            StepRef::Guide(i) => &self.planner.runbook.rollback[i],
+            StepRef::Forward(i) => &self.plan.steps[i],
+            StepRef::Guide(i) => &self.plan.rollback_guide[i],
         }
     }
 
@@ -147,7 +149,7 @@ impl Engine<'_> {
         }
     }
 
-    pub(super) fn conn(&self, step: &Step, host: &str) -> Option<&Connection> {
+    pub(super) fn conn(&self, step: &PlanStep, host: &str) -> Option<&Connection> {
         if step.local {
             Some(&self.local)
         } else {
@@ -175,28 +177,24 @@ impl Engine<'_> {
             let i = match r {
                 StepRef::Forward(i) | StepRef::Guide(i) => i,
             };
-            let step = self.step_def(r).clone();
+            let step = self.step(r);
             let hosts: Vec<String> = if step.local {
-                vec!["localhost".to_string()]
+                vec![HostRef::Control.to_string()]
             } else {
                 self.planner.batch_hosts(r, batch)
             };
-            if hosts.is_empty() && !matches!(step.action, Action::Manual(_)) {
+            if hosts.is_empty() && !step.is_manual() {
                 // A step with no host at all (an optional group the inventory lacks)
                 // is said so in the record; one whose hosts are all in other batches
                 // simply has nothing to do in this one.
                 if self.planner.step_hosts(r).is_empty() {
-                    self.no_hosts(r, i + 1, &step, &label_of(r))?;
+                    self.no_hosts(r, i + 1, step, &label_of(r))?;
                 }
                 continue;
             }
             self.ui.step(&label_of(r), &step.name, hosts.len());
-            if let Some(q) = self
-                .planner
-                .confirm_prompt(r)
-                .map_err(|e| ExecError::Render(e.to_string()))?
-            {
-                let q = format!("{q} {}", self.planner.gate_hosts(&step, &hosts, batch));
+            if let Some(q) = &step.confirm {
+                let q = format!("{q} {}", self.planner.gate_hosts(step.local, &hosts, batch));
                 if !self.confirm_in(Some(&step.name), batch, &q)? {
                     return Ok(Some(Finish {
                         outcome: RunOutcome::NotConfirmed,
@@ -205,12 +203,8 @@ impl Engine<'_> {
                     }));
                 }
             }
-            if let Action::Manual(_) = step.action {
-                let text = self
-                    .planner
-                    .manual_text(r)
-                    .map_err(|e| ExecError::Render(e.to_string()))?
-                    .unwrap_or_default();
+            if step.is_manual() {
+                let text = step.manual.clone().unwrap_or_default();
                 let (a, note) = self.gates.manual(self.ui, &text)?;
                 self.rec.emit(&Event::Manual {
                     time: events::now(),
@@ -239,7 +233,7 @@ impl Engine<'_> {
                     },
                     r,
                     i + 1,
-                    &step,
+                    step,
                     &hosts,
                     batch,
                 )
@@ -295,9 +289,9 @@ impl Engine<'_> {
         &self,
         phase: Phase,
         number: usize,
-        step: &Step,
+        step: &PlanStep,
         hosts: &'h [String],
-        service: Option<crate::load::runbook::Service>,
+        service: Option<Service>,
         each: F,
     ) -> Result<Vec<Done>, ExecError>
     where
@@ -346,14 +340,10 @@ impl Engine<'_> {
         &self,
         r: StepRef,
         number: usize,
-        step: &Step,
+        step: &PlanStep,
         label: &str,
     ) -> Result<(), ExecError> {
-        let on = step
-            .on
-            .as_ref()
-            .or(self.planner.runbook.hosts.as_ref())
-            .map_or(String::new(), |p| p.src.clone());
+        let on = step.on.pattern();
         let phase = match r {
             StepRef::Forward(_) => Phase::Forward,
             StepRef::Guide(_) => Phase::Rollback,
@@ -391,7 +381,7 @@ impl Engine<'_> {
         phase: Phase,
         r: StepRef,
         number: usize,
-        step: &Step,
+        step: &PlanStep,
         hosts: &[String],
         batch: Option<usize>,
     ) -> Result<Vec<Done>, ExecError> {

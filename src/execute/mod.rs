@@ -12,6 +12,7 @@
 
 mod attempt;
 pub mod engine;
+pub mod failure;
 pub mod gate;
 pub mod interrupt;
 pub mod lock;
@@ -31,7 +32,7 @@ use crate::execute::gate::Gates;
 use crate::execute::interrupt::{interruptible, Interrupt, Stop};
 use crate::execute::view::Ui;
 use crate::load::inventory::ConfirmMode;
-use crate::plan::{Captures, Plan, Planner, Reveal, StepRef};
+use crate::plan::{Captures, HostRef, OnFailure, Plan, Planner, Reveal, StepRef};
 use crate::plural::count;
 use crate::record::events::{self, Event, HostInfo, Outcome};
 use crate::record::rundir::Recorder;
@@ -150,8 +151,7 @@ fn run_started(planner: &Planner, plan: &Plan, s: &Settings, run_id: &str) -> Ev
                 connection: format!("{:?}", h.endpoint.kind).to_lowercase(),
             })
             .collect(),
-        start_at: (planner.start_at() > 0)
-            .then(|| planner.runbook.steps[planner.start_at()].name.clone()),
+        start_at: (planner.start_at() > 0).then(|| plan.steps[planner.start_at()].name.clone()),
         limit: planner.limit_pattern().map(str::to_string),
     }
 }
@@ -192,9 +192,10 @@ async fn run_async(
     };
     let mut engine = Engine {
         planner,
+        plan,
         conns: HashMap::new(),
         local: Connection::Local(transport::local::LocalConnection::with_tmpdir(
-            &Endpoint::local("localhost"),
+            &Endpoint::local(HostRef::CONTROL_NAME),
             tmp.path().to_path_buf(),
         )),
         rec: &rec,
@@ -392,11 +393,11 @@ async fn drive(
     let (what, again) = match &s.mode {
         Mode::Rollback(r) => {
             // What will be undone, where, with the commands: before the gate that allows it.
-            let (lines, question) = rollback_preview(engine.planner, r);
+            let (lines, question) = rollback_preview(engine.planner, plan, r);
             for l in &lines {
                 engine.ui.line(l);
             }
-            let again = !engine.planner.runbook.rollback.is_empty() && !r.rolled_back_by.is_empty();
+            let again = !plan.rollback_guide.is_empty() && !r.rolled_back_by.is_empty();
             (question, again)
         }
         _ => (
@@ -448,7 +449,7 @@ async fn drive(
         return rollback_recorded(engine, recorded).await;
     }
 
-    let total = engine.planner.runbook.steps.len();
+    let total = engine.plan.steps.len();
     let label = |r: StepRef| match r {
         StepRef::Forward(i) => format!("[{}/{total}]", i + 1),
         StepRef::Guide(i) => format!("[R{}]", i + 1),

@@ -9,11 +9,11 @@ pub(super) async fn rollback_recorded(
     engine: &mut Engine<'_>,
     recorded: &Recorded,
 ) -> Result<Finish, ExecError> {
-    let guide = engine.planner.runbook.rollback.len();
+    let guide = engine.plan.rollback_guide.len();
     if guide > 0 {
         engine.ui.line(&format!(
             "running the rollback guide of `{}` for run {}",
-            engine.planner.runbook.name, recorded.id
+            engine.plan.runbook.name, recorded.id
         ));
         let refs: Vec<StepRef> = (0..guide).map(StepRef::Guide).collect();
         let label = |r: StepRef| match r {
@@ -51,7 +51,7 @@ pub(super) async fn rollback_recorded(
                 "rolled back run {} with the rollback guide ({}{})",
                 recorded.id,
                 count(guide, "step", "steps"),
-                guide_where(engine.planner, &batches)
+                guide_where(engine.planner, engine.plan, &batches)
             ),
             exit_code: exit::OK,
         });
@@ -159,11 +159,15 @@ pub(super) fn guide_batches(planner: &Planner, recorded: &Recorded) -> Vec<Optio
 }
 
 /// The hosts the guide's steps run on, in inventory order.
-pub(super) fn guide_hosts(planner: &Planner, batches: &[Option<usize>]) -> Vec<String> {
+pub(super) fn guide_hosts(
+    planner: &Planner,
+    plan: &Plan,
+    batches: &[Option<usize>],
+) -> Vec<String> {
     let mut on = std::collections::HashSet::new();
-    for i in 0..planner.runbook.rollback.len() {
+    for (i, step) in plan.rollback_guide.iter().enumerate() {
         let r = StepRef::Guide(i);
-        if planner.runbook.rollback[i].local {
+        if step.local {
             continue;
         }
         for b in batches {
@@ -179,8 +183,8 @@ pub(super) fn guide_hosts(planner: &Planner, batches: &[Option<usize>]) -> Vec<S
 }
 
 /// ` on oa1, oa2`, or with batches `, batch by batch: [oa1] [oa2], lb1 in every batch`.
-pub(super) fn guide_where(planner: &Planner, batches: &[Option<usize>]) -> String {
-    let hosts = guide_hosts(planner, batches);
+pub(super) fn guide_where(planner: &Planner, plan: &Plan, batches: &[Option<usize>]) -> String {
+    let hosts = guide_hosts(planner, plan, batches);
     if !batches.iter().any(Option::is_some) {
         return if hosts.is_empty() {
             String::new()
@@ -211,15 +215,19 @@ pub(super) fn guide_where(planner: &Planner, batches: &[Option<usize>]) -> Strin
 
 /// What `opsrun rollback RUN` will do, as shown before its gate and by `--dry-run`:
 /// each step, where, with the exact commands (secrets masked); and the gate's question.
-pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>, String) {
+pub fn rollback_preview(
+    planner: &Planner,
+    plan: &Plan,
+    recorded: &Recorded,
+) -> (Vec<String>, String) {
     let redactor = Redactor::new(planner.secret_values().iter().map(String::as_str));
     let inv = &planner.inventory.name;
-    let name = &planner.runbook.name;
+    let name = &plan.runbook.name;
     let mut lines = Vec::new();
-    let guide = planner.runbook.rollback.len();
+    let guide = plan.rollback_guide.len();
     if guide == 0 {
-        let undo = crate::execute::undo::undoable(planner, &recorded.completed);
-        lines.extend(undo_lines(planner, &recorded.captures, &undo));
+        let undo = crate::execute::undo::undoable(plan, &recorded.completed);
+        lines.extend(undo_lines(planner, plan, &recorded.captures, &undo));
         let mut on = std::collections::HashSet::new();
         for c in &undo {
             on.extend(c.hosts.iter().map(|h| h.host.clone()));
@@ -230,7 +238,7 @@ pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>,
             .filter(|h| on.contains(&h.name))
             .map(|h| h.name.clone())
             .collect();
-        if on.contains("localhost") {
+        if on.contains(HostRef::CONTROL_NAME) {
             hosts.push("this machine".into());
         }
         let question = if undo.is_empty() {
@@ -265,7 +273,7 @@ pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>,
             lines.push(batch_line(planner, *b));
         }
         for i in 0..guide {
-            guide_step_lines(planner, recorded, StepRef::Guide(i), *b, &mut lines);
+            guide_step_lines(planner, plan, recorded, StepRef::Guide(i), *b, &mut lines);
         }
     }
     for b in 1..=planner.batches().len() {
@@ -277,7 +285,7 @@ pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>,
             ));
         }
     }
-    let hosts = guide_hosts(planner, &batches).join(", ");
+    let hosts = guide_hosts(planner, plan, &batches).join(", ");
     let question = if batches.is_empty() {
         format!(
             "Roll back run `{}` ({name} on `{inv}`)? It reached no node: its rollback guide has nothing to restore.",
@@ -301,6 +309,7 @@ pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>,
 /// One guide step in one batch: its name and hosts, gate, manual text and commands.
 pub(super) fn guide_step_lines(
     planner: &Planner,
+    plan: &Plan,
     recorded: &Recorded,
     r: StepRef,
     batch: Option<usize>,
@@ -309,7 +318,7 @@ pub(super) fn guide_step_lines(
     let StepRef::Guide(i) = r else { return };
     // Everything below is rendered, and may carry captured values: what a host printed.
     let start = lines.len();
-    guide_step_rendered(planner, recorded, r, i, batch, lines);
+    guide_step_rendered(planner, plan, recorded, r, i, batch, lines);
     for l in &mut lines[start..] {
         *l = escape_controls(l.as_bytes());
     }
@@ -317,20 +326,21 @@ pub(super) fn guide_step_lines(
 
 pub(super) fn guide_step_rendered(
     planner: &Planner,
+    plan: &Plan,
     recorded: &Recorded,
     r: StepRef,
     i: usize,
     batch: Option<usize>,
     lines: &mut Vec<String>,
 ) {
-    let step = &planner.runbook.rollback[i];
-    let total = planner.runbook.rollback.len();
+    let step = &plan.rollback_guide[i];
+    let total = plan.rollback_guide.len();
     let hosts: Vec<String> = if step.local {
-        vec!["localhost".into()]
+        vec![HostRef::Control.to_string()]
     } else {
         planner.batch_hosts(r, batch)
     };
-    let manual = matches!(step.action, crate::load::runbook::Action::Manual(_));
+    let manual = step.is_manual();
     if hosts.is_empty() && !manual {
         return;
     }
@@ -341,23 +351,16 @@ pub(super) fn guide_step_rendered(
     };
     lines.push(format!("  [R{}/{total}] {}{on}", i + 1, step.name));
     let fail = |e: &dyn std::fmt::Display| format!("      (cannot render: {e})");
-    match planner.confirm_prompt(r) {
-        Ok(Some(q)) => lines.push(format!(
+    if let Some(q) = &step.confirm {
+        lines.push(format!(
             "      gate: {q} {} [y/N]",
-            planner.gate_hosts(step, &hosts, batch)
-        )),
-        Ok(None) => {}
-        Err(e) => lines.push(fail(&e)),
+            planner.gate_hosts(step.local, &hosts, batch)
+        ));
     }
     if manual {
-        match planner.manual_text(r) {
-            Ok(text) => {
-                lines.push("      manual: the operator does this by hand and confirms:".into());
-                for l in text.unwrap_or_default().lines() {
-                    lines.push(format!("        | {l}"));
-                }
-            }
-            Err(e) => lines.push(fail(&e)),
+        lines.push("      manual: the operator does this by hand and confirms:".into());
+        for l in step.manual.as_deref().unwrap_or_default().lines() {
+            lines.push(format!("        | {l}"));
         }
         return;
     }
@@ -383,7 +386,7 @@ pub(super) fn show_undo(engine: &Engine<'_>) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    for l in undo_lines(engine.planner, &caps, &engine.undoable()) {
+    for l in undo_lines(engine.planner, engine.plan, &caps, &engine.undoable()) {
         engine.ui.line(&engine.redactor.redact(&l));
     }
 }
@@ -391,6 +394,7 @@ pub(super) fn show_undo(engine: &Engine<'_>) {
 /// The completed steps an undo will run, in order, with their rollback commands.
 pub(super) fn undo_lines(
     planner: &Planner,
+    plan: &Plan,
     caps: &Captures,
     undo: &[crate::execute::engine::Completed],
 ) -> Vec<String> {
@@ -399,7 +403,7 @@ pub(super) fn undo_lines(
         console::style("rollback:").yellow().bold()
     )];
     for c in undo {
-        let step = &planner.runbook.steps[c.step];
+        let step = &plan.steps[c.step];
         for round in crate::execute::undo::undo_rounds(&c.hosts) {
             let hosts: Vec<String> = round.iter().map(ToString::to_string).collect();
             lines.push(format!(
@@ -436,11 +440,11 @@ pub(super) async fn rollback_after_failure(
 ) -> Result<Finish, ExecError> {
     let failed_step = *engine.failed_step.lock().unwrap_or_else(|p| p.into_inner());
     let policy = failed_step
-        .map(|i| engine.planner.runbook.steps[i].on_failure)
+        .map(|i| engine.plan.steps[i].on_failure)
         .unwrap_or_default();
     let undoable = engine.undoable();
-    if policy != crate::load::runbook::OnFailure::Rollback || undoable.is_empty() {
-        let why = if policy == crate::load::runbook::OnFailure::Abort {
+    if policy != OnFailure::Rollback || undoable.is_empty() {
+        let why = if policy == OnFailure::Abort {
             "on_failure: abort"
         } else {
             "no completed step has a rollback"

@@ -3,10 +3,9 @@
 
 use super::attempt::{error_line, with_env_lines, Record, Verdict};
 use super::engine::*;
-use crate::load::runbook::Action;
-use crate::load::runbook::Step;
+use super::failure::Failure;
 use crate::plan::Target;
-use crate::plan::{Completion, Planner, StepRef};
+use crate::plan::{Completion, Plan, PlanStep, Planner, ServiceState, StepRef};
 use crate::record::events::{Phase, Status};
 use crate::transport::Stdin;
 use std::collections::BTreeMap;
@@ -59,16 +58,10 @@ impl Undone {
 }
 
 /// Completed steps that have a rollback, last first: what an undo would run.
-pub fn undoable(planner: &Planner, done: &BTreeMap<usize, Vec<Completion>>) -> Vec<Completed> {
+pub fn undoable(plan: &Plan, done: &BTreeMap<usize, Vec<Completion>>) -> Vec<Completed> {
     done.iter()
         .rev()
-        .filter(|(i, _)| {
-            planner
-                .runbook
-                .steps
-                .get(**i)
-                .is_some_and(|s| !s.rollback.is_empty())
-        })
+        .filter(|(i, _)| plan.steps.get(**i).is_some_and(|s| !s.undo.is_empty()))
         .map(|(i, hosts)| Completed {
             step: *i,
             hosts: hosts.clone(),
@@ -102,7 +95,7 @@ impl Engine<'_> {
     /// Completed steps that have a rollback, last first.
     pub fn undoable(&self) -> Vec<Completed> {
         let done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
-        undoable(self.planner, &done)
+        undoable(self.plan, &done)
     }
 
     /// Undoes completed steps in reverse order, on the hosts where each completed;
@@ -111,9 +104,9 @@ impl Engine<'_> {
         let mut undone = Undone::default();
         for c in self.undoable() {
             let r = StepRef::Forward(c.step);
-            let step = self.step_def(r).clone();
+            let step = self.step(r);
             for round in undo_rounds(&c.hosts) {
-                let failures = self.undo_round(r, c.step, &step, &round).await?;
+                let failures = self.undo_round(r, c.step, step, &round).await?;
                 for h in &round {
                     if !failures.iter().any(|(_, f)| *f == h.host) {
                         undone.ok.push((step.name.clone(), h.clone()));
@@ -130,7 +123,7 @@ impl Engine<'_> {
         &self,
         r: StepRef,
         index: usize,
-        step: &Step,
+        step: &PlanStep,
         round: &[Completion],
     ) -> Result<Vec<(String, String)>, ExecError> {
         let mut failures = Vec::new();
@@ -144,12 +137,8 @@ impl Engine<'_> {
         // Undoing a stop is a start (and vice versa): the downtime report follows it.
         let service = step.service.clone().map(|mut s| {
             s.state = match s.state {
-                crate::load::runbook::ServiceState::Stopped => {
-                    crate::load::runbook::ServiceState::Started
-                }
-                crate::load::runbook::ServiceState::Started => {
-                    crate::load::runbook::ServiceState::Stopped
-                }
+                ServiceState::Stopped => ServiceState::Started,
+                ServiceState::Started => ServiceState::Stopped,
             };
             s
         });
@@ -175,7 +164,7 @@ impl Engine<'_> {
         &self,
         r: StepRef,
         number: usize,
-        step: &Step,
+        step: &PlanStep,
         host: &str,
         batch: Option<usize>,
     ) -> Result<Done, ExecError> {
@@ -194,11 +183,10 @@ impl Engine<'_> {
             Ok(pair) => pair,
             Err(e) => return Ok(Verdict::Failed(e)),
         };
-        // A `run` step's rollback gets the step's stdin too: undoing a step that needed a
-        // secret (reloading the previous license) needs it again, and argv is no place for it.
-        let stdin_of = |t: &Target| match &step.action {
-            Action::Run(_) => with_env_lines(t, t.stdin.as_deref()),
-            _ => with_env_lines(t, None),
+        // The plan says whether the rollback gets the step's stdin (`Undo::with_stdin`).
+        let stdin_of = |t: &Target| match step.undo.with_stdin {
+            true => with_env_lines(t, t.stdin.as_deref()),
+            false => with_env_lines(t, None),
         };
         rec.shown = Target {
             command: Some(shown.rollback.join("\n")),
@@ -208,7 +196,7 @@ impl Engine<'_> {
         let stdin = stdin_of(&real);
         self.ui.host_started(host);
         let Some(conn) = self.conn(step, host) else {
-            return Ok(Verdict::Failed("no connection to this host".into()));
+            return Ok(Verdict::Failed(Failure::NoConnection));
         };
         rec.exit_code = Some(0);
         for line in &real.rollback {
@@ -221,11 +209,10 @@ impl Engine<'_> {
                     rec.err.extend_from_slice(&o.stderr);
                     rec.exit_code = o.exit_code;
                     if o.exit_code != Some(0) {
-                        return Ok(Verdict::Failed(format!(
-                            "rollback exit {}: {}",
-                            o.exit_code.map_or("signal".into(), |c| c.to_string()),
-                            error_line(&rec.err)
-                        )));
+                        return Ok(Verdict::Failed(Failure::RollbackExit {
+                            code: o.exit_code,
+                            quote: error_line(&rec.err),
+                        }));
                     }
                 }
                 Err(e) => return Ok(Verdict::Failed(e)),

@@ -44,7 +44,7 @@ impl Planner {
     /// Where a step's gate applies, said with its question: `(on oa1, oa2)`, or
     /// with `serial` `(batch 1/2: oa1)` (`(on lb1; batch 1/2: oa1)` for a step on
     /// other hosts), so the operator knows which hosts the answer is for.
-    pub fn gate_hosts(&self, step: &Step, hosts: &[String], batch: Option<usize>) -> String {
+    pub fn gate_hosts(&self, local: bool, hosts: &[String], batch: Option<usize>) -> String {
         // A long list is cut: the dry-run and the log name every host.
         const SHOWN: usize = 20;
         let list = |names: &[String]| {
@@ -59,7 +59,7 @@ impl Planner {
             }
             s
         };
-        let on = if step.local {
+        let on = if local {
             "on this machine".to_string()
         } else {
             format!("on {}", list(hosts))
@@ -69,7 +69,7 @@ impl Planner {
             .and_then(|b| Some((b, self.batches.get(b.checked_sub(1)?)?)));
         match members {
             None => format!("({on})"),
-            Some((b, m)) if !step.local && m.as_slice() == hosts => {
+            Some((b, m)) if !local && m.as_slice() == hosts => {
                 format!("(batch {b}/{}: {})", self.batches.len(), list(m))
             }
             Some((b, m)) => format!("({on}; batch {b}/{}: {})", self.batches.len(), list(m)),

@@ -548,3 +548,40 @@ steps:
         )
     );
 }
+
+/// A timeout was once told by the word "grace" in the failure's message, and every
+/// transport message names its host: a command that could not start on a host
+/// called `grace…` was recorded as timed out. It failed, and is recorded so.
+#[test]
+fn a_failure_on_a_host_named_grace_is_a_failure_not_a_timeout() {
+    let lab = Lab::new();
+    let host = format!("grace-{}", std::process::id());
+    lab.write(
+        "inventories/local.yaml",
+        &format!(
+            "name: local\ngroups:\n  app:\n    hosts:\n      {host}: {{ connection: local }}\n"
+        ),
+    );
+    // A NUL byte cannot be put on a command line: the command does not start.
+    lab.write(
+        "runbooks/nul.yaml",
+        "name: nul\nhosts: app\nsteps:\n  - name: One\n    run: \"echo a\\0b\"\n",
+    );
+    let run = lab.run(&["nul", "--env", "local", "--yes"], &[], None);
+    run.expect_code(1);
+    let reason =
+        format!("host {host}: could not start the command: nul byte found in provided data");
+    assert!(
+        run.stderr.contains(&format!("✗ {host}")) && run.stderr.contains(&reason),
+        "{}",
+        run.stderr
+    );
+    let journal = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
+    let finished = journal
+        .lines()
+        .find(|l| l.contains(r#""event":"target_finished""#))
+        .unwrap();
+    assert!(finished.contains(r#""status":"failed""#), "{finished}");
+    let log = fs::read_to_string(run.dir().join("log.md")).unwrap();
+    assert!(log.contains(&format!("#### {host}: FAILED")), "{log}");
+}
