@@ -104,10 +104,57 @@ pub(super) fn signer_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     }
 }
 
+/// Why the signing key is not allowed for the identity, line by line of the
+/// allowed_signers file (no line: the key is not in it at all).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SignerError {
+    #[error("the signing key {fingerprint} is not in the allowed_signers file")]
+    NotListed { fingerprint: String },
+    #[error(
+        "the signing key {fingerprint} is not allowed: {}",
+        refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    NotAllowed {
+        fingerprint: String,
+        refusals: Vec<Refusal>,
+    },
+}
+
+/// One allowed_signers line that does not allow the key, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {why}")]
+pub(super) struct Refusal {
+    line: usize,
+    why: Refused,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refused {
+    #[error("cannot parse the key")]
+    Unparsable,
+    #[error("the key is listed for `{listed}`, not `{identity}`")]
+    OtherIdentity { listed: String, identity: String },
+    #[error("the key is limited to namespaces {namespaces}")]
+    Namespaces { namespaces: String },
+    #[error("bad time `{value}`")]
+    BadTime { value: String },
+    /// `valid-after`/`valid-before` excludes now; `option` as written.
+    #[error("the key is not valid now ({option})")]
+    NotValidNow { option: String },
+    /// CA-signed certificates are not what opsrun writes; such a line allows nothing here.
+    #[error("unsupported option `{name}`")]
+    Unsupported { name: String },
+}
+
 /// Finds a line allowing `key` for `identity` in our namespace, now. Returns its line number.
-pub(super) fn allowed_signer(file: &str, identity: &str, key: &PublicKey) -> Result<usize, String> {
+pub(super) fn allowed_signer(
+    file: &str,
+    identity: &str,
+    key: &PublicKey,
+) -> Result<usize, SignerError> {
     let now = chrono::Utc::now();
     let mut reasons = Vec::new();
+    let refuse = |line: usize, why: Refused| Refusal { line, why };
     for (i, raw) in file.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -123,7 +170,7 @@ pub(super) fn allowed_signer(file: &str, identity: &str, key: &PublicKey) -> Res
             Err(_) => match PublicKey::from_openssh(&rest(2)) {
                 Ok(k) => (toks[1].clone(), k),
                 Err(_) => {
-                    reasons.push(format!("line {}: cannot parse the key", i + 1));
+                    reasons.push(refuse(i + 1, Refused::Unparsable));
                     continue;
                 }
             },
@@ -132,10 +179,12 @@ pub(super) fn allowed_signer(file: &str, identity: &str, key: &PublicKey) -> Res
             continue;
         }
         if !pattern_list(unquote(principals), identity) {
-            reasons.push(format!(
-                "line {}: the key is listed for `{}`, not `{identity}`",
+            reasons.push(refuse(
                 i + 1,
-                unquote(principals)
+                Refused::OtherIdentity {
+                    listed: unquote(principals).to_string(),
+                    identity: identity.to_string(),
+                },
             ));
             continue;
         }
@@ -145,16 +194,23 @@ pub(super) fn allowed_signer(file: &str, identity: &str, key: &PublicKey) -> Res
             let value = unquote(value);
             match name.to_ascii_lowercase().as_str() {
                 "namespaces" if !pattern_list(value, NAMESPACE) => {
-                    reasons.push(format!(
-                        "line {}: the key is limited to namespaces {value}",
-                        i + 1
+                    reasons.push(refuse(
+                        i + 1,
+                        Refused::Namespaces {
+                            namespaces: value.to_string(),
+                        },
                     ));
                     ok = false;
                 }
                 "namespaces" => {}
                 "valid-after" | "valid-before" => {
                     let Some(t) = signer_time(value) else {
-                        reasons.push(format!("line {}: bad time `{value}`", i + 1));
+                        reasons.push(refuse(
+                            i + 1,
+                            Refused::BadTime {
+                                value: value.to_string(),
+                            },
+                        ));
                         ok = false;
                         continue;
                     };
@@ -164,13 +220,17 @@ pub(super) fn allowed_signer(file: &str, identity: &str, key: &PublicKey) -> Res
                         now > t
                     };
                     if expired {
-                        reasons.push(format!("line {}: the key is not valid now ({o})", i + 1));
+                        reasons.push(refuse(i + 1, Refused::NotValidNow { option: o.clone() }));
                         ok = false;
                     }
                 }
-                // CA-signed certificates are not what opsrun writes; such a line allows nothing here.
                 _ => {
-                    reasons.push(format!("line {}: unsupported option `{name}`", i + 1));
+                    reasons.push(refuse(
+                        i + 1,
+                        Refused::Unsupported {
+                            name: name.to_string(),
+                        },
+                    ));
                     ok = false;
                 }
             }
@@ -179,14 +239,14 @@ pub(super) fn allowed_signer(file: &str, identity: &str, key: &PublicKey) -> Res
             return Ok(i + 1);
         }
     }
-    let fp = fingerprint_of(key);
+    let fingerprint = fingerprint_of(key);
     Err(if reasons.is_empty() {
-        format!("the signing key {fp} is not in the allowed_signers file")
+        SignerError::NotListed { fingerprint }
     } else {
-        format!(
-            "the signing key {fp} is not allowed: {}",
-            reasons.join("; ")
-        )
+        SignerError::NotAllowed {
+            fingerprint,
+            refusals: reasons,
+        }
     })
 }
 
@@ -244,8 +304,26 @@ stdout (3 bytes; full output `outputs/evil` sha256 `11`):
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFL3MmrAMJu1xDhGwgbQTndO2tBrk89q6zMWic3rOvA4";
         let key = PublicKey::from_openssh(KEY).unwrap();
         let ok = |file: &str, id: &str| allowed_signer(file, id, &key);
-        assert_eq!(ok(&format!("# comment\n\nalice {KEY} c"), "alice"), Ok(3));
-        assert!(ok(&format!("bob,carol {KEY}"), "alice").is_err());
+        let refused = |file: &str, id: &str| ok(file, id).unwrap_err().to_string();
+        let fp = fingerprint_of(&key);
+        assert_eq!(
+            ok(&format!("# comment\n\nalice {KEY} c"), "alice").ok(),
+            Some(3)
+        );
+        assert_eq!(
+            refused(
+                &format!("bob,carol {KEY}\nalice cert-authority {KEY}"),
+                "alice"
+            ),
+            format!(
+                "the signing key {fp} is not allowed: line 1: the key is listed for `bob,carol`, \
+                 not `alice`; line 2: unsupported option `cert-authority`"
+            )
+        );
+        assert_eq!(
+            refused("", "alice"),
+            format!("the signing key {fp} is not in the allowed_signers file")
+        );
         assert!(ok(&format!("*@ops.example {KEY}"), "alice@ops.example").is_ok());
         assert!(ok(&format!("alice namespaces=\"git,opsrun-*\" {KEY}"), "alice").is_ok());
         assert!(ok(&format!("alice namespaces=\"git\" {KEY}"), "alice").is_err());

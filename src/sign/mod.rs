@@ -24,7 +24,7 @@ use allowed_signers::allowed_signer;
 use key::{fingerprint_of, in_process};
 pub use key::{Signer, DEFAULT_KEYS, KEY_ENV, PASSPHRASE_ENV};
 use keygen::keygen;
-use sshsig::{check_signature, parse_sig, rsa_sshsig};
+use sshsig::{check_signature, parse_sig, rsa_sshsig, SigError};
 pub use verify::{verify, Check, Verification, VerifyOptions};
 
 use crate::clock::Time;

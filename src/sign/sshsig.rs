@@ -40,24 +40,49 @@ pub(super) fn rsa_sshsig(k: &ssh_key::private::RsaKeypair, msg: &[u8]) -> ssh_ke
     )
 }
 
+/// Why a log's signature does not hold, as `opsrun verify` reports it.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SigError {
+    #[error("no signature: the document says it is UNSIGNED")]
+    Unsigned,
+    #[error("no signature file `{}`", path.display())]
+    Missing { path: PathBuf },
+    #[error("cannot read `{}`: {reason}", path.display())]
+    Read {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    #[error("the signature file is not text")]
+    NotText,
+    #[error("malformed signature: {reason}")]
+    Malformed { reason: ssh_key::Error },
+    /// Decodes, but is not byte for byte what its content encodes to.
+    #[error("malformed signature: the file is not a canonical SSH SIGNATURE block")]
+    NotCanonical,
+    #[error("wrong namespace `{found}` (expected {NAMESPACE})")]
+    WrongNamespace { found: String },
+    #[error("BAD signature: the document or the signature was changed")]
+    Bad,
+    /// `ssh-keygen -Y check-novalidate` refused it (keys checked outside the process).
+    #[error("BAD signature: {reason}")]
+    BadForKeygen { reason: SignError },
+}
+
 /// Parses an armored signature, and insists it is exactly the canonical
 /// encoding: a byte changed anywhere in the file (even in padding bits or
 /// whitespace a lenient decoder would skip) then fails.
-pub(super) fn parse_sig(bytes: &[u8]) -> Result<SshSig, String> {
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| "the signature file is not text".to_string())?;
-    let sig = SshSig::from_pem(text).map_err(|e| format!("malformed signature: {e}"))?;
-    let canonical = sig
-        .to_pem(LineEnding::LF)
-        .map_err(|e| format!("malformed signature: {e}"))?;
+pub(super) fn parse_sig(bytes: &[u8]) -> Result<SshSig, SigError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| SigError::NotText)?;
+    let malformed = |reason| SigError::Malformed { reason };
+    let sig = SshSig::from_pem(text).map_err(malformed)?;
+    let canonical = sig.to_pem(LineEnding::LF).map_err(malformed)?;
     if canonical != text {
-        return Err("malformed signature: the file is not a canonical SSH SIGNATURE block".into());
+        return Err(SigError::NotCanonical);
     }
     if sig.namespace() != NAMESPACE {
-        return Err(format!(
-            "wrong namespace `{}` (expected {NAMESPACE})",
-            sig.namespace()
-        ));
+        return Err(SigError::WrongNamespace {
+            found: sig.namespace().to_string(),
+        });
     }
     Ok(sig)
 }
@@ -67,15 +92,15 @@ pub(super) fn check_signature(
     sig: &SshSig,
     sig_file: &Path,
     msg: &[u8],
-) -> Result<&'static str, String> {
+) -> Result<&'static str, SigError> {
     if in_process(&key.algorithm()) {
         return key
             .verify(NAMESPACE, msg, sig)
             .map(|()| "checked by opsrun")
-            .map_err(|_| "BAD signature: the document or the signature was changed".to_string());
+            .map_err(|_| SigError::Bad);
     }
     let s = sig_file.display().to_string();
     keygen(&["-Y", "check-novalidate", "-n", NAMESPACE, "-s", &s], msg)
         .map(|_| "checked by ssh-keygen")
-        .map_err(|e| format!("BAD signature: {e}"))
+        .map_err(|reason| SigError::BadForKeygen { reason })
 }

@@ -88,14 +88,19 @@ pub fn verify(doc: &Path, opts: &VerifyOptions) -> Result<Verification, SignErro
     let sig = match std::fs::read(&sig_file) {
         Ok(b) => parse_sig(&b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(if stated.unsigned {
-            "no signature: the document says it is UNSIGNED".to_string()
+            SigError::Unsigned
         } else {
-            format!("no signature file `{}`", sig_file.display())
+            SigError::Missing {
+                path: sig_file.clone(),
+            }
         }),
-        Err(e) => Err(format!("cannot read `{}`: {e}", sig_file.display())),
+        Err(reason) => Err(SigError::Read {
+            path: sig_file.clone(),
+            reason,
+        }),
     };
     match sig {
-        Err(e) => v.check("signature", false, e),
+        Err(e) => v.check("signature", false, e.to_string()),
         Ok(sig) => {
             let key = PublicKey::new(sig.public_key().clone(), "");
             v.fingerprint = Some(fingerprint_of(&key));
@@ -109,7 +114,7 @@ pub fn verify(doc: &Path, opts: &VerifyOptions) -> Result<Verification, SignErro
                         key.algorithm()
                     ),
                 ),
-                Err(e) => v.check("signature", false, e),
+                Err(e) => v.check("signature", false, e.to_string()),
             }
             let fp = fingerprint_of(&key);
             match (&stated.fingerprint, &stated.public_key) {
@@ -156,7 +161,7 @@ pub fn verify(doc: &Path, opts: &VerifyOptions) -> Result<Verification, SignErro
                             format!("key allowed for `{id}` in namespace {NAMESPACE} (allowed_signers line {line})"),
                         );
                     }
-                    Err(e) => v.check("signer", false, e),
+                    Err(e) => v.check("signer", false, e.to_string()),
                 },
                 (None, _) => {}
             }
