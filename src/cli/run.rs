@@ -120,7 +120,7 @@ pub(super) fn planner(
         let first = (0..runbook.steps.len()).find(|i| {
             let hosts = probe.step_hosts(StepRef::Forward(*i));
             let hosts: Vec<&str> = if runbook.steps[*i].local {
-                vec!["localhost"]
+                vec![crate::plan::HostRef::CONTROL_NAME]
             } else {
                 hosts.iter().map(String::as_str).collect()
             };

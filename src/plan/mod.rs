@@ -569,6 +569,47 @@ steps:
         assert_eq!(plan.steps.len(), 1);
     }
 
+    /// `timeout` goes from the YAML to the plan as a duration, the one the engine
+    /// waits on; the dry-run shows it (and the JSON writes it) as the runbook did.
+    #[test]
+    fn a_step_s_settings_are_typed_in_the_plan_and_shown_as_written() {
+        let rb = "name: t\nhosts: app\nsteps:\n  - name: wait\n    run: sleep 1\n    timeout: 90s\n    check: test -f x\n    retries: 2\n    delay: 5s\n    capture: { name: pid, regex: 'pid (\\d+)' }\n    expect: { exit: [0, 3] }\n    rollback: kill 1\n  - name: here\n    local: true\n    run: date\n";
+        let plan = planner(rb, INVENTORY, Some("oa1")).plan().unwrap();
+        let (wait, here) = (&plan.steps[0], &plan.steps[1]);
+        assert_eq!(wait.timeout, Some(std::time::Duration::from_secs(90)));
+        assert_eq!(wait.delay, std::time::Duration::from_secs(5));
+        assert_eq!(wait.expect.exit, [0, 3]);
+        assert_eq!(wait.capture.as_ref().map(|c| c.name.as_str()), Some("pid"));
+        assert_eq!(wait.undo.commands, 1);
+        assert_eq!(
+            (wait.id, wait.action),
+            (StepRef::Forward(0), ActionKind::Run)
+        );
+        assert_eq!(wait.targets[0].host, HostRef::Named("oa1".into()));
+        assert_eq!(
+            (&here.on, &here.targets[0].host),
+            (&On::Control, &HostRef::Control)
+        );
+        let json = serde_json::to_value(wait).unwrap();
+        assert_eq!(json["timeout"], "1m30s");
+        assert_eq!(json["delay"], "5s");
+        assert_eq!(json["capture"], "pid");
+        assert_eq!(json["expect_exit"], serde_json::json!([0, 3]));
+        assert_eq!(
+            serde_json::to_value(here).unwrap()["on"],
+            "localhost (local)"
+        );
+        assert_eq!(
+            serde_json::to_value(&here.targets[0]).unwrap()["host"],
+            "localhost"
+        );
+        let text = crate::report::preview::text(&plan);
+        assert!(
+            text.contains("(timeout 1m30s; captures `pid`; exit codes [0, 3] count as success)"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn limit_narrows_the_batches_to_the_serial_hosts_left() {
         let p = planner(ROLLING, INVENTORY, Some("oa3:nginx1"));
