@@ -522,3 +522,68 @@ fn a_failed_undo_is_reported_and_the_other_undos_still_run() {
          ROLLBACK INCOMPLETE: not restored: `deploy` on oa2; undone: oa1 (`deploy`, `stop`); oa2 (`stop`)"
     );
 }
+
+#[test]
+fn a_secret_on_stdin_reaches_the_step_and_its_undo_and_never_the_record() {
+    const LICENSE: &str = "\
+name: license
+hosts: app
+params:
+  key:
+    secret: true
+steps:
+  - name: fetch
+    local: true
+    run: cat /srv/license/serial
+    capture: serial
+  - name: install
+    run: install-license --serial {{ serial }}
+    stdin: \"{{ key }}\"
+    rollback: restore-license
+  - name: verify
+    run: verify
+";
+    let fleet = fleet();
+    fleet
+        .on_host("localhost", "serial", Reply::ok().stdout("SN-0042\n"))
+        .on_host("oa2", "verify", failing("error: license rejected"));
+    let opts = Options {
+        secrets: [("key".to_string(), "k3y-s3cret".to_string())].into(),
+        ..options()
+    };
+    let ran = Lab::new().run(
+        &mut planner(LICENSE, opts),
+        &fleet,
+        Mode::Run,
+        Interrupt::default(),
+    );
+    let received: Vec<(String, String, Option<String>)> = fleet
+        .received()
+        .into_iter()
+        .filter(|r| !r.line.contains("/tmp/opsrun-lock-"))
+        .map(|r| {
+            let stdin = r.stdin.map(|b| String::from_utf8(b).unwrap());
+            (r.host, r.line, stdin)
+        })
+        .collect();
+    let secret = Some("k3y-s3cret".to_string());
+    let line = |h: &str, l: &str, s: &Option<String>| (h.to_string(), l.to_string(), s.clone());
+    assert_eq!(
+        received,
+        [
+            // A `local` step runs once, on the control machine; its capture is everyone's.
+            line("localhost", "cat /srv/license/serial", &None),
+            line("oa1", "install-license --serial SN-0042", &secret),
+            line("oa2", "install-license --serial SN-0042", &secret),
+            line("oa1", "verify", &None),
+            line("oa2", "verify", &None),
+            // Undoing a step that needed the secret needs it again: on stdin, not argv.
+            line("oa1", "restore-license", &secret),
+            line("oa2", "restore-license", &secret),
+        ]
+    );
+    assert_eq!(ran.exit_code, exit::STEP_FAILED);
+    let journal = std::fs::read_to_string(ran.dir.join(journal::FILE)).unwrap();
+    assert!(!journal.contains("k3y-s3cret"), "{journal}");
+    assert!(journal.contains(crate::sanitize::MASK));
+}
