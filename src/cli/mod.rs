@@ -45,7 +45,7 @@ use crate::execute::gate::Gates;
 use crate::load::inventory::Inventory;
 use crate::load::lint;
 use crate::load::{self, Origin};
-use crate::plan::{Options, Planner, StepRef};
+use crate::plan::{Options, Planner};
 use crate::record::runs::Recorded;
 use crate::report::preview;
 use crate::sign::{SignOptions, Signing};

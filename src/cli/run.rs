@@ -117,16 +117,7 @@ pub(super) fn planner(
     }
     if let (Some(r), None) = (resume, &args.start_at) {
         let probe = Planner::new(runbook.clone(), inventory.clone(), opts.clone())?;
-        let first = (0..runbook.steps.len()).find(|i| {
-            let hosts = probe.step_hosts(StepRef::Forward(*i));
-            let hosts: Vec<&str> = if runbook.steps[*i].local {
-                vec![crate::plan::HostRef::CONTROL_NAME]
-            } else {
-                hosts.iter().map(String::as_str).collect()
-            };
-            hosts.iter().any(|h| !r.done.contains(&(*i, h.to_string())))
-        });
-        match first {
+        match runner::resume_start(&probe, r) {
             Some(i) => opts.start_at = Some(runbook.steps[i].name.clone()),
             None => {
                 return Err(Error::Usage(format!(

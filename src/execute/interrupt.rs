@@ -1,5 +1,5 @@
 //! Ctrl-C, in one place: the SIGINT count that prompts watch, the signal task
-//! that wakes the step loop, the question the operator is asked, and the
+//! that presses Ctrl-C on the run, the question the operator is asked, and the
 //! choice the engine reads back between steps.
 //!
 //! A first Ctrl-C on a terminal asks [`Stop`]; a second one, or one without a
@@ -22,19 +22,91 @@ pub enum Stop {
     NowAndRollback,
 }
 
-/// Ctrl-C state shared between the signal handler and the engine.
-#[derive(Debug, Default)]
+/// Ctrl-C state of one run: the presses the step loop listens for, who answers
+/// "What now?", and the choice the engine reads back between steps.
+///
+/// Presses arrive through a [`CtrlC`] handle: the signal task holds one (see
+/// [`watch_signals`]); the engine tests hold another and press it from a
+/// scripted host, with a scripted answer, instead of sending real signals.
 pub struct Interrupt {
     choice: Mutex<Option<Stop>>,
+    presses: tokio::sync::mpsc::UnboundedSender<()>,
+    /// Taken by [`interruptible`] while a step list runs: presses are heard only then.
+    heard: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<()>>>,
+    asker: Asker,
+}
+
+/// Who answers "What now?" after a first Ctrl-C.
+enum Asker {
+    /// The operator, when stdin and stderr are a terminal; otherwise "stop now".
+    Terminal,
+    /// A test's answer, as if typed at a terminal.
+    #[cfg(test)]
+    Scripted(Box<dyn Fn() -> Stop + Send + Sync>),
+}
+
+/// Presses Ctrl-C on a run, as SIGINT does.
+#[derive(Debug, Clone)]
+pub struct CtrlC(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl CtrlC {
+    pub fn press(&self) {
+        // The run has ended when nobody listens any more: nothing left to stop.
+        let _ = self.0.send(());
+    }
+}
+
+impl Default for Interrupt {
+    fn default() -> Interrupt {
+        Interrupt::with(Asker::Terminal)
+    }
 }
 
 impl Interrupt {
+    fn with(asker: Asker) -> Interrupt {
+        let (presses, heard) = tokio::sync::mpsc::unbounded_channel();
+        Interrupt {
+            choice: Mutex::new(None),
+            presses,
+            heard: Mutex::new(Some(heard)),
+            asker,
+        }
+    }
+
+    /// A run whose "What now?" is answered by `answer` (engine tests).
+    #[cfg(test)]
+    pub(crate) fn scripted(answer: impl Fn() -> Stop + Send + Sync + 'static) -> Interrupt {
+        Interrupt::with(Asker::Scripted(Box::new(answer)))
+    }
+
+    /// A handle that presses Ctrl-C on this run.
+    pub fn ctrl_c(&self) -> CtrlC {
+        CtrlC(self.presses.clone())
+    }
+
     pub fn set(&self, stop: Stop) {
         *self.choice.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop);
     }
 
     pub fn get(&self) -> Option<Stop> {
         *self.choice.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a first Ctrl-C asks "What now?" rather than stopping at once.
+    fn asks(&self, gates_interactive: bool) -> bool {
+        match self.asker {
+            Asker::Terminal => gates_interactive && std::io::stderr().is_terminal(),
+            #[cfg(test)]
+            Asker::Scripted(_) => true,
+        }
+    }
+
+    fn ask(&self) -> Stop {
+        match &self.asker {
+            Asker::Terminal => ask_stop(true),
+            #[cfg(test)]
+            Asker::Scripted(answer) => answer(),
+        }
     }
 }
 
@@ -91,22 +163,11 @@ pub fn read_line_or_ctrl_c(mark: usize) -> Option<std::io::Result<String>> {
     })
 }
 
-/// The Ctrl-C handler's state lives in a global so the signal task can reach the
-/// engine's `Interrupt` without borrowing across the spawn.
-static INTERRUPT_TX: Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>> = Mutex::new(None);
-
-pub(crate) async fn watch_signals() {
-    loop {
-        if tokio::signal::ctrl_c().await.is_err() {
-            return;
-        }
-        let tx = INTERRUPT_TX
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(tx) = tx {
-            let _ = tx.send(());
-        }
+/// Turns each SIGINT into a press on the run (tokio's handler replaces the
+/// default one, so Ctrl-C never kills opsrun outright).
+pub(crate) async fn watch_signals(ctrl_c: CtrlC) {
+    while tokio::signal::ctrl_c().await.is_ok() {
+        ctrl_c.press();
     }
 }
 
@@ -139,11 +200,21 @@ pub(crate) async fn interruptible<
     engine: &Engine<'_>,
     fut: F,
 ) -> Option<Result<Option<Finish>, ExecError>> {
-    // The channel is installed per call: the signal task reaches whichever step list is running.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    *INTERRUPT_TX.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    let Some(mut rx) = engine
+        .interrupt
+        .heard
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    else {
+        // Already listened to by an enclosing call.
+        return Some(fut.await);
+    };
+    // A Ctrl-C while no step list ran (between batches) was not heard then: as
+    // before, it is not answered now either.
+    while rx.try_recv().is_ok() {}
     tokio::pin!(fut);
-    let interactive = engine.gates.interactive && std::io::stderr().is_terminal();
+    let interactive = engine.interrupt.asks(engine.gates.interactive);
     let mut presses = 0;
     let result = loop {
         tokio::select! {
@@ -153,7 +224,7 @@ pub(crate) async fn interruptible<
                 if presses > 1 || !interactive {
                     engine.interrupt.set(Stop::Now);
                 } else {
-                    let choice = engine.ui.suspend(|| ask_stop(true));
+                    let choice = engine.ui.suspend(|| engine.interrupt.ask());
                     // A second Ctrl-C while the question was open counts as "stop now".
                     let choice = if rx.try_recv().is_ok() { Stop::Now } else { choice };
                     engine.interrupt.set(choice);
@@ -166,6 +237,10 @@ pub(crate) async fn interruptible<
             }
         }
     };
-    *INTERRUPT_TX.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    *engine
+        .interrupt
+        .heard
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(rx);
     result
 }

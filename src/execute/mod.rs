@@ -8,7 +8,8 @@
 //! [`RunResult`] with the exit code. Files: `engine` (the step loop),
 //! `attempt` (one host's try at one step), `undo` and `rollback` (what is
 //! undone and when), `interrupt` (Ctrl-C), `gate` (confirmations), `lock`
-//! (host locks), `view` (the terminal), `logfile` (log.md at the end).
+//! (host locks), `view` (the terminal), `logfile` (log.md at the end),
+//! `wiring` (what a run's connections and Ctrl-C come from; scripted in `tests`).
 
 mod attempt;
 pub mod engine;
@@ -25,11 +26,13 @@ pub use rollback::rollback_preview;
 use rollback::{batch_line, rollback_after_failure, rollback_recorded};
 mod undo;
 pub mod view;
+mod wiring;
+pub(crate) use wiring::Wiring;
 
 use crate::error::{exit, Error};
 use crate::execute::engine::{Engine, ExecError, Finish};
 use crate::execute::gate::Gates;
-use crate::execute::interrupt::{interruptible, Interrupt, Stop};
+use crate::execute::interrupt::{interruptible, Stop};
 use crate::execute::view::Ui;
 use crate::load::inventory::ConfirmMode;
 use crate::plan::{Captures, HostRef, OnFailure, Plan, Planner, Reveal, StepRef};
@@ -38,7 +41,7 @@ use crate::record::events::{self, Event, HostInfo, Outcome};
 use crate::record::rundir::Recorder;
 use crate::record::runs::Recorded;
 use crate::sanitize::{escape_controls, Redactor};
-use crate::transport::{self, Connection, ConnectionKind, Endpoint};
+use crate::transport::{ConnectionKind, Endpoint};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -50,6 +53,20 @@ pub enum Mode {
     Resume(Box<Recorded>),
     /// `opsrun rollback RUN`: undo a recorded run.
     Rollback(Box<Recorded>),
+}
+
+/// Where `--resume` starts: the first step not completed on every host it runs
+/// on (an undone step counts as not completed); `None` when every step was.
+/// `probe` is planned with the resumed run's params and `--limit`.
+pub fn resume_start(probe: &Planner, recorded: &Recorded) -> Option<usize> {
+    (0..probe.runbook.steps.len()).find(|&i| {
+        let hosts = if probe.runbook.steps[i].local {
+            vec![HostRef::CONTROL_NAME.to_string()]
+        } else {
+            probe.step_hosts(StepRef::Forward(i)).to_vec()
+        };
+        hosts.into_iter().any(|h| !recorded.done.contains(&(i, h)))
+    })
 }
 
 pub struct Settings {
@@ -83,6 +100,15 @@ pub fn control_host() -> String {
 /// made again with its id, so `run.id` in templates is the id on record, unique
 /// even for two runs started in the same second.
 pub fn run(planner: &mut Planner, settings: Settings) -> Result<RunResult, Error> {
+    run_wired(planner, settings, Wiring::default())
+}
+
+/// [`run`], wired to `wiring`.
+pub(crate) fn run_wired(
+    planner: &mut Planner,
+    settings: Settings,
+    wiring: Wiring,
+) -> Result<RunResult, Error> {
     let base = planner.run_info().id.clone();
     let base_id = match &settings.mode {
         Mode::Run => base,
@@ -97,7 +123,7 @@ pub fn run(planner: &mut Planner, settings: Settings) -> Result<RunResult, Error
         .enable_all()
         .build()
         .map_err(|e| Error::Io(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(run_async(planner, &plan, settings, rec, run_id))
+    runtime.block_on(run_async(planner, &plan, settings, rec, run_id, &wiring))
 }
 
 fn record_err(e: crate::record::rundir::RecordError) -> Error {
@@ -162,6 +188,7 @@ async fn run_async(
     s: Settings,
     rec: Recorder,
     run_id: String,
+    wiring: &Wiring,
 ) -> Result<RunResult, Error> {
     let ui = Ui::new(s.verbose);
     let tmp = RunTmp::create(&run_id).map_err(|e| {
@@ -184,7 +211,7 @@ async fn run_async(
     ));
 
     let redactor = Redactor::new(planner.secret_values().iter().map(String::as_str));
-    let interrupt = Interrupt::default();
+    let interrupt = &wiring.interrupt;
     let (captures, completed) = match &s.mode {
         Mode::Run => (Captures::default(), BTreeMap::new()),
         Mode::Resume(r) => (r.captures.clone(), r.completed.clone()),
@@ -194,10 +221,7 @@ async fn run_async(
         planner,
         plan,
         conns: HashMap::new(),
-        local: Connection::Local(transport::local::LocalConnection::with_tmpdir(
-            &Endpoint::local(HostRef::CONTROL_NAME),
-            tmp.path().to_path_buf(),
-        )),
+        local: wiring.control_machine(tmp.path()),
         rec: &rec,
         ui: &ui,
         gates: s.gates.clone(),
@@ -206,11 +230,11 @@ async fn run_async(
         redactor,
         captures: Mutex::new(captures),
         completed: Mutex::new(completed),
-        interrupt: &interrupt,
+        interrupt,
         failed_step: Mutex::new(None),
     };
 
-    let signals = tokio::spawn(interrupt::watch_signals());
+    let signals = tokio::spawn(interrupt::watch_signals(interrupt.ctrl_c()));
     let mut held: Vec<(Endpoint, String)> = Vec::new();
     // A bug (a panic) in the engine must not strand host locks or the record:
     // it ends the run like a failure, and the cleanup below still happens.
@@ -220,6 +244,7 @@ async fn run_async(
         &s,
         &run_id,
         &mut held,
+        wiring,
     )));
     let finish = guarded.await.unwrap_or_else(|panic| {
         let what = panic
@@ -350,10 +375,14 @@ impl Drop for RunTmp {
 
 /// Opens one master connection per host, all before the first step: a host
 /// that cannot be reached fails the run before anything changes.
-async fn connect(engine: &mut Engine<'_>, plan: &Plan) -> Result<Vec<String>, ExecError> {
+async fn connect(
+    engine: &mut Engine<'_>,
+    plan: &Plan,
+    wiring: &Wiring,
+) -> Result<Vec<String>, ExecError> {
     let endpoints: Vec<Endpoint> = plan.hosts.iter().map(|h| h.endpoint.clone()).collect();
     let clock = std::time::Instant::now();
-    let results = transport::connect_all(&endpoints, 8).await;
+    let results = wiring.connect_all(&endpoints).await;
     let mut failures = Vec::new();
     for (ep, res) in endpoints.iter().zip(results) {
         match res {
@@ -388,6 +417,7 @@ async fn drive(
     s: &Settings,
     run_id: &str,
     held: &mut Vec<(Endpoint, String)>,
+    wiring: &Wiring,
 ) -> Result<Finish, ExecError> {
     let inv = &engine.planner.inventory;
     let (what, again) = match &s.mode {
@@ -426,7 +456,7 @@ async fn drive(
             exit_code: exit::NOT_CONFIRMED,
         });
     }
-    let failures = connect(engine, plan).await?;
+    let failures = connect(engine, plan, wiring).await?;
     if !failures.is_empty() {
         return Ok(Finish {
             outcome: Outcome::Failed,
@@ -518,3 +548,6 @@ async fn stopped(engine: &mut Engine<'_>) -> Result<Finish, ExecError> {
         ..f
     })
 }
+
+#[cfg(test)]
+mod tests;

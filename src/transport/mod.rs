@@ -1,10 +1,13 @@
-//! How commands reach a host: SSH (one native-mux master per host) or a local subprocess.
+//! How commands reach a host: SSH (one native-mux master per host) or a local
+//! subprocess; in the crate's own tests, also a scripted host (`fake`).
 //!
 //! Both transports share the same contract: a [`Command`] is one complete POSIX sh
 //! command line, its stdin is fed (and then closed) while stdout and stderr are
 //! drained concurrently, every chunk is handed to a sink as it arrives, and the full
 //! output comes back in an [`Outcome`].
 
+#[cfg(test)]
+pub mod fake;
 pub mod local;
 pub mod ssh;
 
@@ -130,6 +133,9 @@ impl Outcome {
 pub enum Connection {
     Ssh(ssh::SshConnection),
     Local(local::LocalConnection),
+    /// A scripted host (engine tests); no endpoint dials it.
+    #[cfg(test)]
+    Fake(fake::FakeConnection),
 }
 
 impl Connection {
@@ -145,6 +151,8 @@ impl Connection {
         match self {
             Connection::Ssh(c) => c.host(),
             Connection::Local(c) => c.host(),
+            #[cfg(test)]
+            Connection::Fake(c) => c.host(),
         }
     }
 
@@ -158,6 +166,8 @@ impl Connection {
         match self {
             Connection::Ssh(c) => c.exec(cmd, sink).await,
             Connection::Local(c) => c.exec(cmd, sink).await,
+            #[cfg(test)]
+            Connection::Fake(c) => c.exec(cmd, sink).await,
         }
     }
 
@@ -165,6 +175,8 @@ impl Connection {
         match self {
             Connection::Ssh(c) => c.close().await,
             Connection::Local(_) => Ok(()),
+            #[cfg(test)]
+            Connection::Fake(_) => Ok(()),
         }
     }
 }

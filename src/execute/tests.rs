@@ -1,0 +1,589 @@
+//! The engine end to end, without root or sshd: plans run over scripted hosts
+//! (`transport::fake`) wired in through [`run_wired`]; each test reads what the
+//! hosts received, in order across hosts, and how the journal says the run ended.
+
+use super::*;
+use crate::diagnostic::SourceFile;
+use crate::execute::interrupt::Interrupt;
+use crate::load::{inventory_from_source, runbook_from_source};
+use crate::plan::Options;
+use crate::record::journal;
+use crate::transport::fake::{Fleet, Reply};
+use std::time::Duration;
+
+const INVENTORY: &str = "\
+name: t
+groups:
+  app:
+    hosts:
+      oa1: { address: 10.0.0.1 }
+      oa2: { address: 10.0.0.2 }
+";
+
+/// Stop, deploy (both undoable), then verify: what most tests run.
+const DEPLOY: &str = "\
+name: deploy
+hosts: app
+steps:
+  - name: stop
+    run: stop app
+    rollback: start app
+  - name: deploy
+    run: deploy v2
+    rollback: deploy v1
+  - name: verify
+    run: verify
+";
+
+/// Long enough for a Ctrl-C pressed when a command arrives to be answered
+/// while that command still runs; short enough not to slow the suite.
+const RUNNING: Duration = Duration::from_millis(20);
+
+/// Hosts that take their lock and answer every other command with success.
+fn fleet() -> Fleet {
+    let fleet = Fleet::new();
+    fleet.on(
+        "OPSRUN-LOCK-TAKEN",
+        Reply::ok().stdout("OPSRUN-LOCK-TAKEN\n"),
+    );
+    fleet
+}
+
+fn failing(reason: &str) -> Reply {
+    Reply::exit(1).stderr(&format!("{reason}\n"))
+}
+
+fn options() -> Options {
+    Options {
+        operator: "tester".into(),
+        local_user: "tester".into(),
+        ..Options::default()
+    }
+}
+
+fn planner(runbook: &str, opts: Options) -> Planner {
+    let rb = runbook_from_source(SourceFile::new("rb.yaml", runbook)).unwrap();
+    let inv = inventory_from_source(SourceFile::new("inv.yaml", INVENTORY)).unwrap();
+    Planner::new(rb, inv, opts).unwrap()
+}
+
+/// A log directory that runs (and the resume of a run) share; it lasts as long
+/// as the last run that recorded in it.
+#[derive(Clone)]
+struct Lab {
+    logs: std::sync::Arc<tempfile::TempDir>,
+}
+
+/// One finished run: what its hosts received and what it recorded.
+struct Ran {
+    fleet: Fleet,
+    exit_code: i32,
+    dir: PathBuf,
+    _lab: Lab,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        Lab {
+            logs: std::sync::Arc::new(tempfile::tempdir().unwrap()),
+        }
+    }
+
+    /// Runs `planner` with `--yes` (every gate answered yes, none asked).
+    fn run(&self, planner: &mut Planner, fleet: &Fleet, mode: Mode, interrupt: Interrupt) -> Ran {
+        let settings = Settings {
+            gates: Gates {
+                yes: true,
+                env_explicit: true,
+                interactive: false,
+            },
+            forks: 4,
+            verbose: false,
+            log_dir: self.logs.path().to_path_buf(),
+            operator: "tester".into(),
+            break_lock: false,
+            mode,
+            signing: crate::sign::Signing::Unsigned,
+        };
+        let wiring = Wiring {
+            interrupt,
+            fleet: Some(fleet.clone()),
+        };
+        let result = run_wired(planner, settings, wiring).unwrap();
+        let log = result.log.expect("every run writes its log");
+        Ran {
+            fleet: fleet.clone(),
+            exit_code: result.exit_code,
+            dir: log.parent().unwrap().to_path_buf(),
+            _lab: self.clone(),
+        }
+    }
+}
+
+/// Runs `runbook` as a fresh run over `fleet`.
+fn run(runbook: &str, fleet: &Fleet) -> Ran {
+    Lab::new().run(
+        &mut planner(runbook, options()),
+        fleet,
+        Mode::Run,
+        Interrupt::default(),
+    )
+}
+
+impl Ran {
+    /// `host: command` for every command the hosts received, in order; the lock
+    /// taken before the first step and released after the last are left out.
+    fn commands(&self) -> Vec<String> {
+        self.fleet
+            .received()
+            .into_iter()
+            .filter(|r| !r.line.contains("/tmp/opsrun-lock-"))
+            .map(|r| format!("{}: {}", r.host, r.line))
+            .collect()
+    }
+
+    fn events(&self) -> Vec<Event> {
+        journal::read(&self.dir.join(journal::FILE)).unwrap().events
+    }
+
+    /// The verdict the run recorded last.
+    fn message(&self) -> String {
+        match self.events().last() {
+            Some(Event::RunFinished { message, .. }) => message.clone(),
+            other => panic!("the journal ends with {other:?}, not the end of the run"),
+        }
+    }
+}
+
+#[test]
+fn a_failure_undoes_the_completed_steps_latest_first_batch_by_batch() {
+    // Today's order: each step is undone on every host that completed it, latest
+    // step first. Batch by batch, failed batch first, lands with R1's change.
+    let rolling = DEPLOY.replace("hosts: app\n", "hosts: app\nserial: 1\n");
+    let fleet = fleet();
+    fleet.on_host("oa2", "verify", failing("error: health check failed"));
+    let ran = run(&rolling, &fleet);
+    assert_eq!(
+        ran.commands(),
+        [
+            "oa1: stop app",
+            "oa1: deploy v2",
+            "oa1: verify",
+            "oa2: stop app",
+            "oa2: deploy v2",
+            "oa2: verify",
+            "oa1: deploy v1",
+            "oa2: deploy v1",
+            "oa1: start app",
+            "oa2: start app",
+        ]
+    );
+    assert_eq!(ran.exit_code, exit::STEP_FAILED);
+    assert_eq!(
+        ran.message(),
+        "step `verify` failed on oa2 (exit 1: error: health check failed); \
+         rolled back 2 steps: restored oa1, oa2 (`deploy`, `stop`)"
+    );
+}
+
+#[test]
+fn on_failure_abort_stops_at_the_failed_step_and_undoes_nothing() {
+    let abort = DEPLOY.replace(
+        "    run: verify\n",
+        "    run: verify\n    on_failure: abort\n",
+    );
+    let fleet = fleet();
+    fleet.on_host("oa1", "verify", failing("error: health check failed"));
+    let ran = run(&abort, &fleet);
+    assert_eq!(
+        ran.commands(),
+        [
+            "oa1: stop app",
+            "oa2: stop app",
+            "oa1: deploy v2",
+            "oa2: deploy v2",
+            "oa1: verify",
+            "oa2: verify",
+        ]
+    );
+    assert_eq!(ran.exit_code, exit::STEP_FAILED);
+    assert_eq!(
+        ran.message(),
+        "step `verify` failed on oa1 (exit 1: error: health check failed); \
+         nothing rolled back (on_failure: abort)"
+    );
+}
+
+#[test]
+fn on_failure_continue_goes_on_to_the_next_step_on_every_host() {
+    let go_on = DEPLOY.replace(
+        "    run: deploy v2\n",
+        "    run: deploy v2\n    on_failure: continue\n",
+    );
+    let fleet = fleet();
+    fleet.on_host("oa1", "deploy v2", failing("error: disk full"));
+    let ran = run(&go_on, &fleet);
+    assert_eq!(
+        ran.commands(),
+        [
+            "oa1: stop app",
+            "oa2: stop app",
+            "oa1: deploy v2",
+            "oa2: deploy v2",
+            "oa1: verify",
+            "oa2: verify",
+        ]
+    );
+    assert_eq!(ran.exit_code, exit::OK);
+    assert_eq!(ran.message(), "3 steps done");
+}
+
+/// Captures a version per host, deploys from it, and undoes to it.
+const CAPTURING: &str = "\
+name: upgrade
+hosts: app
+steps:
+  - name: version
+    run: cat /opt/app/VERSION
+    capture: old_version
+  - name: deploy
+    run: deploy v2 --from {{ old_version }}
+    rollback: deploy {{ old_version }}
+  - name: verify
+    run: verify {{ old_version }}
+";
+
+fn versioned() -> Fleet {
+    let fleet = fleet();
+    fleet
+        .on_host("oa1", "VERSION", Reply::ok().stdout("1.4.2\n"))
+        .on_host("oa2", "VERSION", Reply::ok().stdout("1.4.1\n"));
+    fleet
+}
+
+#[test]
+fn a_capture_reaches_later_steps_and_their_undo_on_its_own_host() {
+    let fleet = versioned();
+    fleet.on_host("oa2", "verify", failing("error: 1.4.1 is still running"));
+    let ran = run(CAPTURING, &fleet);
+    assert_eq!(
+        ran.commands(),
+        [
+            "oa1: cat /opt/app/VERSION",
+            "oa2: cat /opt/app/VERSION",
+            "oa1: deploy v2 --from 1.4.2",
+            "oa2: deploy v2 --from 1.4.1",
+            "oa1: verify 1.4.2",
+            "oa2: verify 1.4.1",
+            "oa1: deploy 1.4.2",
+            "oa2: deploy 1.4.1",
+        ]
+    );
+    assert_eq!(ran.exit_code, exit::STEP_FAILED);
+}
+
+#[test]
+fn a_resume_starts_at_the_first_step_not_done_everywhere_with_the_run_s_captures() {
+    let lab = Lab::new();
+    let abort = CAPTURING.replace(
+        "    rollback: deploy {{ old_version }}\n",
+        "    rollback: deploy {{ old_version }}\n    on_failure: abort\n",
+    );
+    let hosts = versioned();
+    hosts.on_host("oa2", "deploy v2", failing("error: disk full"));
+    let first = lab.run(
+        &mut planner(&abort, options()),
+        &hosts,
+        Mode::Run,
+        Interrupt::default(),
+    );
+    assert_eq!(first.exit_code, exit::STEP_FAILED);
+
+    let recorded = crate::record::runs::load(&first.dir).unwrap();
+    let probe = planner(&abort, options());
+    // `version` ran everywhere; `deploy` did on oa1 only.
+    assert_eq!(resume_start(&probe, &recorded), Some(1));
+    let mut resumed = planner(
+        &abort,
+        Options {
+            start_at: Some("deploy".into()),
+            original_run: Some(recorded.run.clone()),
+            ..options()
+        },
+    );
+    // The disk was cleaned up; the versions are not read again.
+    let again = fleet();
+    let ran = lab.run(
+        &mut resumed,
+        &again,
+        Mode::Resume(Box::new(recorded)),
+        Interrupt::default(),
+    );
+    assert_eq!(
+        ran.commands(),
+        [
+            "oa1: deploy v2 --from 1.4.2",
+            "oa2: deploy v2 --from 1.4.1",
+            "oa1: verify 1.4.2",
+            "oa2: verify 1.4.1",
+        ]
+    );
+    assert_eq!(
+        (ran.exit_code, ran.message()),
+        (exit::OK, "2 steps done".to_string())
+    );
+
+    // Resumed to the end: nothing is left to resume.
+    let done = crate::record::runs::load(&ran.dir).unwrap();
+    let mut all = crate::record::runs::load(&first.dir).unwrap();
+    all.done.extend(done.done);
+    assert_eq!(resume_start(&probe, &all), None);
+}
+
+/// A fleet where oa1's `deploy v2` presses Ctrl-C as it starts and is still
+/// running when the operator answers; oa2's finishes at once.
+fn interrupted_at_deploy(interrupt: &Interrupt) -> Fleet {
+    let fleet = fleet();
+    let ctrl_c = interrupt.ctrl_c();
+    fleet.answer(move |r| {
+        (r.host == "oa1" && r.line == "deploy v2").then(|| {
+            ctrl_c.press();
+            Reply::ok().after(RUNNING)
+        })
+    });
+    fleet
+}
+
+fn ctrl_c(answer: Stop) -> Ran {
+    let interrupt = Interrupt::scripted(move || answer);
+    let fleet = interrupted_at_deploy(&interrupt);
+    Lab::new().run(
+        &mut planner(DEPLOY, options()),
+        &fleet,
+        Mode::Run,
+        interrupt,
+    )
+}
+
+fn interrupts(ran: &Ran) -> usize {
+    ran.events()
+        .iter()
+        .filter(|e| matches!(e, Event::Interrupt { .. }))
+        .count()
+}
+
+#[test]
+fn ctrl_c_wait_lets_the_running_step_finish_then_stops() {
+    let ran = ctrl_c(Stop::AfterStep);
+    assert_eq!(
+        ran.commands(),
+        [
+            "oa1: stop app",
+            "oa2: stop app",
+            "oa1: deploy v2",
+            "oa2: deploy v2"
+        ]
+    );
+    assert_eq!(ran.exit_code, exit::INTERRUPTED);
+    assert_eq!(
+        ran.message(),
+        "stopped by the operator (Ctrl-C) after the running step"
+    );
+    assert_eq!(interrupts(&ran), 1);
+    // The step finished on both hosts: a resume would start after it.
+    let recorded = crate::record::runs::load(&ran.dir).unwrap();
+    assert_eq!(
+        resume_start(&planner(DEPLOY, options()), &recorded),
+        Some(2)
+    );
+}
+
+#[test]
+fn ctrl_c_stop_now_leaves_the_running_step_unfinished_and_undoes_nothing() {
+    let ran = ctrl_c(Stop::Now);
+    assert_eq!(
+        ran.commands(),
+        [
+            "oa1: stop app",
+            "oa2: stop app",
+            "oa1: deploy v2",
+            "oa2: deploy v2"
+        ]
+    );
+    assert_eq!(ran.exit_code, exit::INTERRUPTED);
+    assert_eq!(
+        ran.message(),
+        "interrupted by the operator (Ctrl-C); the running step was left unfinished"
+    );
+    assert_eq!(interrupts(&ran), 1);
+    // oa1's deploy never finished: a resume runs it again.
+    let recorded = crate::record::runs::load(&ran.dir).unwrap();
+    assert_eq!(
+        resume_start(&planner(DEPLOY, options()), &recorded),
+        Some(1)
+    );
+}
+
+#[test]
+fn ctrl_c_stop_and_roll_back_undoes_what_completed_and_not_the_unfinished_step() {
+    let ran = ctrl_c(Stop::NowAndRollback);
+    assert_eq!(
+        ran.commands(),
+        [
+            "oa1: stop app",
+            "oa2: stop app",
+            "oa1: deploy v2",
+            "oa2: deploy v2",
+            // oa1's deploy was cut off: only oa2's is undone.
+            "oa2: deploy v1",
+            "oa1: start app",
+            "oa2: start app",
+        ]
+    );
+    assert_eq!(ran.exit_code, exit::INTERRUPTED);
+    assert_eq!(
+        ran.message(),
+        "interrupted by the operator (Ctrl-C); the running step was left unfinished; \
+         rolled back 2 steps: restored oa1 (`stop`); oa2 (`deploy`, `stop`)"
+    );
+}
+
+#[test]
+fn a_second_ctrl_c_while_the_question_is_open_stops_now() {
+    // The operator presses Ctrl-C again instead of answering (the answer "wait" is never typed).
+    let handle = std::sync::Arc::new(std::sync::Mutex::new(None::<interrupt::CtrlC>));
+    let interrupt = Interrupt::scripted({
+        let handle = std::sync::Arc::clone(&handle);
+        move || {
+            if let Some(c) = &*handle.lock().unwrap() {
+                c.press();
+            }
+            Stop::AfterStep
+        }
+    });
+    *handle.lock().unwrap() = Some(interrupt.ctrl_c());
+    let fleet = interrupted_at_deploy(&interrupt);
+    let ran = Lab::new().run(
+        &mut planner(DEPLOY, options()),
+        &fleet,
+        Mode::Run,
+        interrupt,
+    );
+    assert_eq!(
+        ran.commands(),
+        [
+            "oa1: stop app",
+            "oa2: stop app",
+            "oa1: deploy v2",
+            "oa2: deploy v2"
+        ]
+    );
+    assert_eq!(
+        (ran.exit_code, ran.message()),
+        (
+            exit::INTERRUPTED,
+            "interrupted by the operator (Ctrl-C); the running step was left unfinished".into()
+        )
+    );
+    // One choice recorded: the second press answered the question, it did not ask again.
+    assert_eq!(interrupts(&ran), 1);
+}
+
+#[test]
+fn a_failed_undo_is_reported_and_the_other_undos_still_run() {
+    let fleet = fleet();
+    fleet
+        .on_host("oa1", "verify", failing("error: health check failed"))
+        .on_host(
+            "oa2",
+            "deploy v1",
+            Reply::exit(2).stderr("error: no space left on device\n"),
+        );
+    let ran = run(DEPLOY, &fleet);
+    assert_eq!(
+        ran.commands(),
+        [
+            "oa1: stop app",
+            "oa2: stop app",
+            "oa1: deploy v2",
+            "oa2: deploy v2",
+            "oa1: verify",
+            "oa2: verify",
+            "oa1: deploy v1",
+            "oa2: deploy v1",
+            "oa1: start app",
+            "oa2: start app",
+        ]
+    );
+    assert_eq!(ran.exit_code, exit::STEP_FAILED);
+    assert_eq!(
+        ran.message(),
+        "step `verify` failed on oa1 (exit 1: error: health check failed); \
+         ROLLBACK INCOMPLETE: not restored: `deploy` on oa2; undone: oa1 (`deploy`, `stop`); oa2 (`stop`)"
+    );
+}
+
+#[test]
+fn a_secret_on_stdin_reaches_the_step_and_its_undo_and_never_the_record() {
+    const LICENSE: &str = "\
+name: license
+hosts: app
+params:
+  key:
+    secret: true
+steps:
+  - name: fetch
+    local: true
+    run: cat /srv/license/serial
+    capture: serial
+  - name: install
+    run: install-license --serial {{ serial }}
+    stdin: \"{{ key }}\"
+    rollback: restore-license
+  - name: verify
+    run: verify
+";
+    let fleet = fleet();
+    fleet
+        .on_host("localhost", "serial", Reply::ok().stdout("SN-0042\n"))
+        .on_host("oa2", "verify", failing("error: license rejected"));
+    let opts = Options {
+        secrets: [("key".to_string(), "k3y-s3cret".to_string())].into(),
+        ..options()
+    };
+    let ran = Lab::new().run(
+        &mut planner(LICENSE, opts),
+        &fleet,
+        Mode::Run,
+        Interrupt::default(),
+    );
+    let received: Vec<(String, String, Option<String>)> = fleet
+        .received()
+        .into_iter()
+        .filter(|r| !r.line.contains("/tmp/opsrun-lock-"))
+        .map(|r| {
+            let stdin = r.stdin.map(|b| String::from_utf8(b).unwrap());
+            (r.host, r.line, stdin)
+        })
+        .collect();
+    let secret = Some("k3y-s3cret".to_string());
+    let line = |h: &str, l: &str, s: &Option<String>| (h.to_string(), l.to_string(), s.clone());
+    assert_eq!(
+        received,
+        [
+            // A `local` step runs once, on the control machine; its capture is everyone's.
+            line("localhost", "cat /srv/license/serial", &None),
+            line("oa1", "install-license --serial SN-0042", &secret),
+            line("oa2", "install-license --serial SN-0042", &secret),
+            line("oa1", "verify", &None),
+            line("oa2", "verify", &None),
+            // Undoing a step that needed the secret needs it again: on stdin, not argv.
+            line("oa1", "restore-license", &secret),
+            line("oa2", "restore-license", &secret),
+        ]
+    );
+    assert_eq!(ran.exit_code, exit::STEP_FAILED);
+    let journal = std::fs::read_to_string(ran.dir.join(journal::FILE)).unwrap();
+    assert!(!journal.contains("k3y-s3cret"), "{journal}");
+    assert!(journal.contains(crate::sanitize::MASK));
+}
