@@ -235,7 +235,7 @@ impl Engine<'_> {
                     // forward steps that a resume or a rollback would count as done.
                     match r {
                         StepRef::Forward(_) => Phase::Forward,
-                        StepRef::Guide(_) => Phase::Rollback,
+                        StepRef::Guide(_) => Phase::Guide,
                     },
                     r,
                     i + 1,
@@ -356,7 +356,7 @@ impl Engine<'_> {
             .map_or(String::new(), |p| p.src.clone());
         let phase = match r {
             StepRef::Forward(_) => Phase::Forward,
-            StepRef::Guide(_) => Phase::Rollback,
+            StepRef::Guide(_) => Phase::Guide,
         };
         self.ui.line(&format!(
             "{label} {}: no hosts (`{on}` matches none{})",
