@@ -112,3 +112,31 @@ fn resume_dry_run_reads_a_v0_journal() {
         .stdout_contains("[1/12] Check the packages  on: localhost (local)  (skipped: before --start-at)")
         .run();
 }
+
+/// `opsrun log RUN` run inside the log directory finds the run by a relative
+/// path; its later rollbacks are in that same (current) directory.
+#[test]
+fn log_inside_the_log_dir_names_later_rollbacks() {
+    let (test, runs) = with_runs();
+    let _run = test
+        .current_dir("runs")
+        .args(["log", SUCCEEDED, "--no-sign"])
+        .run();
+    let rendered = fs::read_to_string(runs.join(SUCCEEDED).join("log.md")).unwrap();
+    assert!(
+        rendered.contains(&format!("| Rolled back by | `{ROLLBACK}` (succeeded) |\n")),
+        "{rendered}"
+    );
+}
+
+/// So does `opsrun rollback RUN` there: the run was rolled back already.
+#[test]
+fn rollback_inside_the_log_dir_sees_earlier_rollbacks() {
+    let (test, _runs) = with_runs();
+    test.current_dir("runs")
+        .args(["rollback", SUCCEEDED, "--dry-run"])
+        .stdout_contains(format!(
+            "Run `{SUCCEEDED}` was already rolled back (by run {ROLLBACK})."
+        ))
+        .run();
+}
