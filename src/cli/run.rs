@@ -103,7 +103,7 @@ pub(super) fn planner(
             .iter()
             .find_map(|e| match e {
                 crate::record::events::Event::RunStarted { kind, runbook, .. } => {
-                    Some((kind.clone(), runbook.clone()))
+                    Some((kind.word(), runbook.clone()))
                 }
                 _ => None,
             })

@@ -29,10 +29,9 @@ pub(super) fn runs(log_dir: &Path) -> Result<i32> {
             (Some(a), Some(b)) => crate::duration::format((b - a).to_std().unwrap_or_default()),
             _ => "-".into(),
         };
-        let runbook = if r.kind == "run" || r.kind.is_empty() {
-            r.runbook.clone()
-        } else {
-            format!("{} ({})", r.runbook, r.kind)
+        let runbook = match r.kind {
+            Some(crate::record::events::RunKind::Run) | None => r.runbook.clone(),
+            Some(kind) => format!("{} ({})", r.runbook, kind.word()),
         };
         rows.push([
             shown(&r.id),

@@ -454,7 +454,7 @@ impl Engine<'_> {
         };
         let prefix = match rec.phase {
             Phase::Forward => format!("{:02}", rec.number),
-            Phase::Rollback => format!("rb{:02}", rec.number),
+            Phase::Undo | Phase::Guide => format!("rb{:02}", rec.number),
         };
         let stem = match rec.shown.batch {
             Some(b) => format!("{prefix}-{}-{}-b{b}", slug(&rec.step.name), slug(rec.host)),

@@ -229,7 +229,7 @@ impl Engine<'_> {
                     // forward steps that a resume or a rollback would count as done.
                     match r {
                         StepRef::Forward(_) => Phase::Forward,
-                        StepRef::Guide(_) => Phase::Rollback,
+                        StepRef::Guide(_) => Phase::Guide,
                     },
                     r,
                     i + 1,
@@ -346,7 +346,7 @@ impl Engine<'_> {
         let on = step.on.pattern();
         let phase = match r {
             StepRef::Forward(_) => Phase::Forward,
-            StepRef::Guide(_) => Phase::Rollback,
+            StepRef::Guide(_) => Phase::Guide,
         };
         self.ui.line(&format!(
             "{label} {}: no hosts (`{on}` matches none{})",

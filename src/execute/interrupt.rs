@@ -11,16 +11,8 @@ use std::io::{BufRead, IsTerminal};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// What the operator asked for with Ctrl-C.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// Let the running step finish, then stop.
-    AfterStep,
-    /// Stop now, leaving the running step unfinished.
-    Now,
-    /// Stop now and undo the completed steps.
-    NowAndRollback,
-}
+/// What the operator asked for with Ctrl-C: the journal's own vocabulary.
+pub use crate::record::events::Stop;
 
 /// Ctrl-C state of one run: the presses the step loop listens for, who answers
 /// "What now?", and the choice the engine reads back between steps.
@@ -230,7 +222,7 @@ pub(crate) async fn interruptible<
                     engine.interrupt.set(choice);
                 }
                 let choice = engine.interrupt.get().unwrap_or(Stop::Now);
-                let _ = engine.rec.emit(&Event::Interrupt { time: events::now(), choice: format!("{choice:?}") });
+                let _ = engine.rec.emit(&Event::Interrupt { time: events::now(), choice });
                 if choice != Stop::AfterStep {
                     break None;
                 }

@@ -9,7 +9,7 @@
 use super::engine::{Engine, ExecError};
 use super::{control_host, Settings};
 use crate::plan::Plan;
-use crate::record::events::{self, Event};
+use crate::record::events::{self, Event, LockAction};
 use crate::shell::quote;
 use crate::transport::Command;
 use crate::transport::{ConnectionKind, Endpoint};
@@ -126,14 +126,14 @@ pub(super) fn lock_event(
     engine: &Engine<'_>,
     host: &str,
     path: &str,
-    action: &str,
+    action: LockAction,
     detail: String,
 ) -> Result<(), ExecError> {
     engine.rec.emit(&Event::Lock {
         time: events::now(),
         host: host.into(),
         path: path.into(),
-        action: action.into(),
+        action,
         detail,
     })?;
     Ok(())
@@ -175,7 +175,7 @@ pub(super) async fn take_locks(
             };
             match parse_acquire(&stdout) {
                 Acquired::Taken => {
-                    lock_event(engine, &h.name, &path, "taken", String::new())?;
+                    lock_event(engine, &h.name, &path, LockAction::Taken, String::new())?;
                     held.push((h.endpoint.clone(), path.clone()));
                     break;
                 }
@@ -196,7 +196,7 @@ pub(super) async fn take_locks(
                             engine,
                             &h.name,
                             &path,
-                            "broken",
+                            LockAction::Broken,
                             format!("--break-lock by {}: was held by {who}", s.operator),
                         )?;
                         engine
@@ -204,7 +204,7 @@ pub(super) async fn take_locks(
                             .warn(&format!("{}: broke the lock held by {who}", h.name));
                         continue;
                     }
-                    lock_event(engine, &h.name, &path, "held", who.clone())?;
+                    lock_event(engine, &h.name, &path, LockAction::Held, who.clone())?;
                     let remove = format!("ssh {} rm -rf {path}", h.endpoint.address);
                     let advice = if stale {
                         "that process is gone: the lock is stale; rerun with --break-lock to break it".to_string()
@@ -237,7 +237,11 @@ pub(super) async fn release_locks(engine: &Engine<'_>, held: &[(Endpoint, String
                 engine,
                 &ep.host,
                 path,
-                if ok { "released" } else { "release failed" },
+                if ok {
+                    LockAction::Released
+                } else {
+                    LockAction::ReleaseFailed
+                },
                 String::new(),
             );
         }

@@ -37,7 +37,7 @@ use crate::execute::view::Ui;
 use crate::load::inventory::ConfirmMode;
 use crate::plan::{Captures, HostRef, OnFailure, Plan, Planner, Reveal, StepRef};
 use crate::plural::count;
-use crate::record::events::{self, Event, HostInfo, Outcome};
+use crate::record::events::{self, Event, HostInfo, Outcome, ParamRecord, RunKind};
 use crate::record::rundir::Recorder;
 use crate::record::runs::Recorded;
 use crate::sanitize::{escape_controls, Redactor};
@@ -132,14 +132,15 @@ fn record_err(e: crate::record::rundir::RecordError) -> Error {
 
 fn run_started(planner: &Planner, plan: &Plan, s: &Settings, run_id: &str) -> Event {
     let (kind, rollback_of, resume_of) = match &s.mode {
-        Mode::Run => ("run", None, None),
-        Mode::Resume(r) => ("resume", None, Some(r.id.clone())),
-        Mode::Rollback(r) => ("rollback", Some(r.id.clone()), None),
+        Mode::Run => (RunKind::Run, None, None),
+        Mode::Resume(r) => (RunKind::Resume, None, Some(r.id.clone())),
+        Mode::Rollback(r) => (RunKind::Rollback, Some(r.id.clone()), None),
     };
     Event::RunStarted {
         time: events::now(),
+        version: events::JOURNAL_VERSION,
         run_id: run_id.to_string(),
-        kind: kind.into(),
+        kind,
         rollback_of,
         resume_of,
         runbook: plan.runbook.name.clone(),
@@ -157,11 +158,12 @@ fn run_started(planner: &Planner, plan: &Plan, s: &Settings, run_id: &str) -> Ev
         params: plan
             .params
             .iter()
-            .map(|p| {
-                (
-                    p.name.clone(),
-                    p.value.clone().unwrap_or_else(|| "(not set)".into()),
-                )
+            .map(|p| ParamRecord {
+                name: p.name.clone(),
+                secret: p.secret,
+                set: p.value.is_some(),
+                // A secret's value is masked in the plan already; the journal keeps none.
+                value: if p.secret { None } else { p.value.clone() },
             })
             .collect(),
         hosts: plan

@@ -143,7 +143,7 @@ impl Engine<'_> {
             s
         });
         let results = self
-            .on_hosts(Phase::Rollback, index + 1, step, &hosts, service, |h| {
+            .on_hosts(Phase::Undo, index + 1, step, &hosts, service, |h| {
                 self.undo_target(r, index + 1, step, h, batch_of(h))
             })
             .await?;
@@ -168,7 +168,7 @@ impl Engine<'_> {
         host: &str,
         batch: Option<usize>,
     ) -> Result<Done, ExecError> {
-        let mut rec = Record::new(Phase::Rollback, number, step, host, batch);
+        let mut rec = Record::new(Phase::Undo, number, step, host, batch);
         let verdict = self.undo(r, &mut rec).await?;
         self.finish(rec, verdict).await
     }

@@ -27,11 +27,103 @@ pub enum Outcome {
     Interrupted,
 }
 
+/// The journal format [`Event::RunStarted`] records. Version 0 (no `version`
+/// field) is what opsrun wrote before the format had one; `record::legacy`
+/// reads it.
+pub const JOURNAL_VERSION: u32 = 1;
+
+/// What a step's events are part of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Forward,
+    /// A forward step's own `rollback`, recorded under that step's number and name.
+    /// Version 0 wrote `rollback` for this and for [`Phase::Guide`]; it is read as
+    /// this, and `record::legacy` tells the guide's steps apart.
+    #[serde(alias = "rollback")]
+    Undo,
+    /// A step of the runbook's rollback guide (`opsrun rollback`), numbered in the guide.
+    Guide,
+}
+
+impl Phase {
+    /// Undo and guide steps: what the log's Rollback section and a run's
+    /// "rolled back" state are made of.
+    pub fn is_rollback(self) -> bool {
+        matches!(self, Phase::Undo | Phase::Guide)
+    }
+}
+
+/// Why a run was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    Run,
+    /// `opsrun run --resume` of an earlier run.
+    Resume,
+    /// `opsrun rollback` of an earlier run.
     Rollback,
+}
+
+impl RunKind {
+    pub fn word(self) -> &'static str {
+        match self {
+            RunKind::Run => "run",
+            RunKind::Resume => "resume",
+            RunKind::Rollback => "rollback",
+        }
+    }
+}
+
+/// One param of the run. A secret's value never reaches the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamRecord {
+    pub name: String,
+    pub secret: bool,
+    /// Whether the param had a value (given, or its default).
+    pub set: bool,
+    /// The value; `None` for a secret and for a param without one.
+    pub value: Option<String>,
+}
+
+impl ParamRecord {
+    /// The value as the log shows it.
+    pub fn shown(&self) -> &str {
+        match (&self.value, self.secret, self.set) {
+            (Some(v), false, _) => v,
+            (_, true, true) => crate::sanitize::MASK,
+            _ => "(not set)",
+        }
+    }
+}
+
+/// What happened to a host lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockAction {
+    Taken,
+    /// Held by someone else: the run refused to start.
+    Held,
+    /// Broken with `--break-lock`.
+    Broken,
+    Released,
+    #[serde(alias = "release failed")]
+    ReleaseFailed,
+}
+
+/// What the operator chose at Ctrl-C. Version 0 wrote the variant names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stop {
+    /// Let the running step finish, then stop.
+    #[serde(alias = "AfterStep")]
+    AfterStep,
+    /// Stop now, leaving the running step unfinished.
+    #[serde(alias = "Now")]
+    Now,
+    /// Stop now and undo the completed steps.
+    #[serde(alias = "NowAndRollback")]
+    NowAndRollback,
 }
 
 /// One saved output stream: where the full text is and its digest.
@@ -64,9 +156,11 @@ pub struct HostInfo {
 pub enum Event {
     RunStarted {
         time: Time,
+        /// [`JOURNAL_VERSION`] when written; 0 for journals from before it existed.
+        #[serde(default)]
+        version: u32,
         run_id: String,
-        /// `run` for a runbook run; `rollback` for `opsrun rollback` of an earlier run.
-        kind: String,
+        kind: RunKind,
         rollback_of: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume_of: Option<String>,
@@ -82,7 +176,9 @@ pub enum Event {
         ticket: Option<String>,
         opsrun_version: String,
         stamp: String,
-        params: Vec<(String, String)>,
+        /// Version 0 wrote `[name, value]` pairs: `record::legacy` reads them.
+        #[serde(deserialize_with = "crate::record::legacy::params")]
+        params: Vec<ParamRecord>,
         hosts: Vec<HostInfo>,
         start_at: Option<String>,
         /// `--limit`, so a later rollback or resume touches the same hosts.
@@ -173,11 +269,11 @@ pub enum Event {
         time: Time,
         host: String,
         path: String,
-        action: String,
+        action: LockAction,
         detail: String,
     },
     /// The operator pressed Ctrl-C, and what they chose.
-    Interrupt { time: Time, choice: String },
+    Interrupt { time: Time, choice: Stop },
     RunFinished {
         time: Time,
         outcome: Outcome,

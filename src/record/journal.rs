@@ -187,7 +187,16 @@ pub struct Replay {
     pub warnings: Vec<String>,
 }
 
+/// Reads a journal of any version, in the current vocabulary.
 pub fn read(path: &Path) -> Result<Replay, JournalError> {
+    let mut replay = read_raw(path)?;
+    crate::record::legacy::upgrade(&mut replay.events, path.parent().unwrap_or(path));
+    Ok(replay)
+}
+
+/// Reads a journal as its lines decode, without the version 0 upgrade that
+/// needs other runs' journals.
+pub(crate) fn read_raw(path: &Path) -> Result<Replay, JournalError> {
     let file = File::open(path).map_err(|source| JournalError::Read {
         path: path.to_path_buf(),
         source,

@@ -7,5 +7,7 @@
 
 pub mod events;
 pub mod journal;
+pub(crate) mod legacy;
 pub mod rundir;
 pub mod runs;
+pub mod view;

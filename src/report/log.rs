@@ -5,7 +5,8 @@
 //! (backticks, `|`, ANSI escapes, NUL bytes, CJK): fences are made longer than
 //! any backtick run inside them, table cells are escaped, controls are shown.
 
-use crate::record::events::{Event, Outcome, Phase, Status, Time};
+use crate::record::events::{Event, Outcome, RunKind, Status, Time};
+use crate::record::view::{Identity, RunView};
 use crate::report::excerpt::{read_output, truncate};
 use crate::report::markdown::{cell, code, fenced};
 use crate::report::sections::{downtime, exceptions};
@@ -35,19 +36,9 @@ fn status_word(s: Status) -> &'static str {
 /// "How to verify" section); `None` puts the UNSIGNED banner at the top.
 pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> String {
     let mut o = String::new();
-    let started = events.iter().find_map(|e| match e {
-        Event::RunStarted { .. } => Some(e.clone()),
-        _ => None,
-    });
-    let finished = events.iter().rev().find_map(|e| match e {
-        Event::RunFinished {
-            time,
-            outcome,
-            message,
-        } => Some((*time, *outcome, message.clone())),
-        _ => None,
-    });
-    let Some(Event::RunStarted {
+    let id = crate::record::view::dir_name(run_dir);
+    let view = RunView::fold(&id, events);
+    let Some(Identity {
         time: start,
         run_id,
         kind,
@@ -67,12 +58,13 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
         hosts,
         start_at,
         ..
-    }) = started
+    }) = view.start
     else {
         return "# opsrun execution log\n\n**INCOMPLETE**: the journal has no start event.\n"
             .to_string();
     };
-    let title = if kind == "rollback" {
+    let finished = view.finish.map(|f| (f.time, f.outcome, f.message));
+    let title = if kind == RunKind::Rollback {
         "rollback"
     } else {
         "execution log"
@@ -92,7 +84,7 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
             "> **INCOMPLETE**: the run ended without a final event (killed or crashed). Everything up to the last recorded event is below.\n"
         );
     }
-    let last_time = events.last().map(Event::time).unwrap_or(start);
+    let last_time = view.last.unwrap_or(start);
     let end = finished.as_ref().map_or(last_time, |f| f.0);
     let result = match &finished {
         Some((_, Outcome::Succeeded, _)) => "SUCCEEDED".to_string(),
@@ -144,10 +136,8 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
     }
     // Undone later by `opsrun rollback`: a run on record as succeeded may no longer
     // be in place. Rollbacks name the run by its directory.
-    let id = run_dir
-        .file_name()
-        .map_or(run_id, |n| n.to_string_lossy().into_owned());
-    for r in crate::record::runs::rollbacks_of(run_dir.parent().unwrap_or(run_dir), &id) {
+    let id = if id.is_empty() { run_id } else { id };
+    for r in crate::record::runs::rollbacks_of(crate::record::view::log_dir_of(run_dir), &id) {
         if r.outcome != Some(Outcome::NotConfirmed) {
             let _ = writeln!(
                 o,
@@ -162,8 +152,8 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
     }
     if !params.is_empty() {
         let _ = writeln!(o, "\n## Parameters\n\n| name | value |\n|---|---|");
-        for (k, v) in &params {
-            let _ = writeln!(o, "| {} | {} |", cell(k), code(v));
+        for p in &params {
+            let _ = writeln!(o, "| {} | {} |", cell(&p.name), code(p.shown()));
         }
     }
     let _ = writeln!(
@@ -254,7 +244,9 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
         }
     }
 
-    for phase in [Phase::Forward, Phase::Rollback] {
+    // The forward steps, then the rollback (undo or guide steps: one run has only
+    // one kind).
+    for rollback in [false, true] {
         // Finished targets, and steps that had no host at all, step by step in the
         // order they ran; within a step, hosts in inventory order (the Hosts table's),
         // not in the order they happened to finish.
@@ -272,7 +264,7 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
                     number,
                     hosts,
                     ..
-                } if *p == phase => {
+                } if p.is_rollback() == rollback => {
                     step_start.insert(*number, at);
                     if hosts.is_empty() {
                         finished.push(((at, 0), e));
@@ -283,7 +275,7 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
                     number,
                     host,
                     ..
-                } if *p == phase => {
+                } if p.is_rollback() == rollback => {
                     let step = step_start.get(number).copied().unwrap_or(at);
                     let rank = host_order.get(host.as_str()).copied().unwrap_or(usize::MAX);
                     finished.push(((step, rank), e));
@@ -297,13 +289,13 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
         let mut running: Vec<&Event> = Vec::new();
         for e in events {
             match e {
-                Event::TargetStarted { phase: p, .. } if *p == phase => running.push(e),
+                Event::TargetStarted { phase: p, .. } if p.is_rollback() == rollback => running.push(e),
                 Event::TargetFinished {
                     phase: p,
                     number,
                     host,
                     ..
-                } if *p == phase => {
+                } if p.is_rollback() == rollback => {
                     if let Some(at) = running.iter().position(|s| {
                         matches!(s, Event::TargetStarted { number: n, host: h, .. } if n == number && h == host)
                     }) {
@@ -314,16 +306,13 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
             }
         }
         if finished.is_empty() && running.is_empty() {
-            if phase == Phase::Rollback {
+            if rollback {
                 continue;
             }
             let _ = writeln!(o, "\n## Steps\n\nNo step ran.");
             continue;
         }
-        let heading = match phase {
-            Phase::Forward => "Steps",
-            Phase::Rollback => "Rollback",
-        };
+        let heading = if rollback { "Rollback" } else { "Steps" };
         let _ = writeln!(o, "\n## {heading}\n\n| # | step | host | status | start | duration | exit |\n|---|---|---|---|---|---|---|");
         for e in &finished {
             match e {

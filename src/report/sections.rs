@@ -92,7 +92,7 @@ pub(super) fn exceptions(o: &mut String, events: &[Event]) {
             } => Some(format!(
                 "| {} | {} | {number}. {} | {} |",
                 match (phase, s) {
-                    (Phase::Rollback, _) => "rollback failed",
+                    (Phase::Undo | Phase::Guide, _) => "rollback failed",
                     (_, Status::TimedOut) => "timeout",
                     _ => "step failed",
                 },

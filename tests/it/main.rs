@@ -14,6 +14,7 @@ mod support;
 mod cli;
 mod errors;
 mod journal;
+mod journals_v0;
 mod library_app_sync;
 mod library_apusic;
 mod library_dameng;

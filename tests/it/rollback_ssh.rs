@@ -213,7 +213,7 @@ fn targets(run: &Run) -> Vec<(String, String, String, String)> {
 fn rollback_steps(run: &Run) -> Vec<(String, Vec<String>)> {
     run.events("step_started")
         .iter()
-        .filter(|e| e["phase"] == "rollback")
+        .filter(|e| e["phase"] == "undo")
         .map(|e| {
             let mut hosts: Vec<String> = e["hosts"]
                 .as_array()
@@ -349,7 +349,7 @@ fn failure_at_step_four_on_one_host_rolls_back_in_reverse_where_each_step_comple
         let undo = run
             .events("target_finished")
             .into_iter()
-            .find(|e| e["phase"] == "rollback" && e["step"] == "Write config" && e["host"] == h)
+            .find(|e| e["phase"] == "undo" && e["step"] == "Write config" && e["host"] == h)
             .unwrap();
         assert!(
             undo["command"].as_str().unwrap().contains(&backup),
@@ -502,7 +502,7 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
             .into_iter()
             .find(|e| e["step"] == "Write config" && e["host"] == format!("web{}", i + 1))
             .unwrap();
-        assert_eq!(restore["phase"], "rollback");
+        assert_eq!(restore["phase"], "undo");
         assert!(
             restore["command"]
                 .as_str()
@@ -844,7 +844,7 @@ steps:
     );
     let undone: Vec<(String, String, String)> = targets(&run)
         .into_iter()
-        .filter(|t| t.0 == "rollback")
+        .filter(|t| t.0 == "undo")
         .map(|t| (t.1, t.2, t.3))
         .collect();
     assert!(undone.contains(&("Two".into(), "web1".into(), "failed".into())));
@@ -930,7 +930,7 @@ fn ctrl_c_then_r_stops_and_rolls_back_the_completed_steps() {
     assert!(screen.contains("[r] stop now and roll back"), "{screen}");
     let interrupts = run.events("interrupt");
     assert_eq!(interrupts.len(), 1);
-    assert_eq!(interrupts[0]["choice"], "NowAndRollback");
+    assert_eq!(interrupts[0]["choice"], "now_and_rollback");
     assert_eq!(
         site.event_groups(),
         groups(&[
@@ -974,7 +974,7 @@ fn ctrl_c_then_w_waits_for_the_running_step_then_stops() {
         ])
     );
     let interrupt = &run.events("interrupt")[0];
-    assert_eq!(interrupt["choice"], "AfterStep");
+    assert_eq!(interrupt["choice"], "after_step");
     for h in ["web1", "web2"] {
         assert_eq!(run.status("Slow", h), "ok");
         // The Ctrl-C came while the step ran.
@@ -1089,7 +1089,7 @@ fn sigint_without_a_terminal_stops_at_once_without_rolling_back() {
     kill_leftovers(&site.fleet, &sleep);
     let run = Run::from_output(out, lab.path()).expect_log();
     run.expect_code(130);
-    assert_eq!(run.events("interrupt")[0]["choice"], "Now");
+    assert_eq!(run.events("interrupt")[0]["choice"], "now");
     assert!(!run.stderr.contains("Choice [w/s/r]"), "{}", run.stderr);
     assert_eq!(
         site.event_groups(),

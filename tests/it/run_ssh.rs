@@ -693,7 +693,7 @@ fn upgrade_on_the_local_demo_inventory_succeeds_and_rolls_back() {
     let undone: Vec<String> = run
         .events("step_started")
         .iter()
-        .filter(|e| e["phase"] == "rollback")
+        .filter(|e| e["phase"] == "undo")
         .map(|e| e["step"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(

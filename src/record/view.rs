@@ -1,0 +1,384 @@
+//! One fold of a journal into what the run was and what it left behind. `opsrun
+//! runs` (record/runs.rs `summarize`), the log (report/log.rs), `opsrun rollback`
+//! and `--resume` (record/runs.rs `load`) all read a [`RunView`], so they agree
+//! on what a run completed, undid and how it ended.
+
+use crate::plan::{Captures, Completion};
+use crate::record::events::{Event, HostInfo, Outcome, ParamRecord, Phase, RunKind, Status, Time};
+use crate::record::journal::{self, JournalError, Replay};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Who started the run, on what, with which params: its `RunStarted` event.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub time: Time,
+    pub run_id: String,
+    pub kind: RunKind,
+    pub rollback_of: Option<String>,
+    pub runbook: String,
+    pub runbook_version: Option<String>,
+    pub runbook_path: String,
+    pub runbook_sha256: String,
+    pub inventory: String,
+    pub inventory_path: String,
+    pub inventory_sha256: String,
+    pub operator: String,
+    pub control_host: String,
+    pub ticket: Option<String>,
+    pub opsrun_version: String,
+    pub stamp: String,
+    pub params: Vec<ParamRecord>,
+    pub hosts: Vec<HostInfo>,
+    pub start_at: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// How the run ended: its `RunFinished` event.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub time: Time,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+/// One undo that finished ok: forward step index (0-based), host, batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undid {
+    pub step: usize,
+    pub host: String,
+    pub batch: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunView {
+    /// The run directory's name: what other runs (`rollback_of`) call it.
+    pub id: String,
+    /// `None`: the journal has no start event.
+    pub start: Option<Identity>,
+    /// `None`: the run never recorded its end (killed, crashed).
+    pub finish: Option<Finish>,
+    /// The time of the last event.
+    pub last: Option<Time>,
+    /// Forward steps (0-based) and where each completed and was not undone by this run.
+    pub completed: BTreeMap<usize, Vec<Completion>>,
+    /// Every forward (step, host) that finished ok or skipped and was not undone:
+    /// where a resume starts.
+    pub done: BTreeSet<(usize, String)>,
+    pub captures: Captures,
+    /// The run's rollback steps: `Some(true)` if every one restored its host,
+    /// `Some(false)` if one failed, `None` if none ran.
+    pub restored: Option<bool>,
+    /// Undos that finished ok, in order.
+    pub undid: Vec<Undid>,
+    /// Whether any undo or guide step finished ok: the run changed hosts back.
+    pub rolled_back: bool,
+}
+
+impl RunView {
+    pub fn fold(id: &str, events: &[Event]) -> RunView {
+        let mut v = RunView {
+            id: id.to_string(),
+            start: None,
+            finish: None,
+            last: events.last().map(Event::time),
+            completed: BTreeMap::new(),
+            done: BTreeSet::new(),
+            captures: Captures::default(),
+            restored: None,
+            undid: Vec::new(),
+            rolled_back: false,
+        };
+        for e in events {
+            v.apply(e);
+        }
+        v.completed.retain(|_, hosts| !hosts.is_empty());
+        v
+    }
+
+    fn apply(&mut self, e: &Event) {
+        match e {
+            Event::RunStarted {
+                time,
+                run_id,
+                kind,
+                rollback_of,
+                runbook,
+                runbook_version,
+                runbook_path,
+                runbook_sha256,
+                inventory,
+                inventory_path,
+                inventory_sha256,
+                operator,
+                control_host,
+                ticket,
+                opsrun_version,
+                stamp,
+                params,
+                hosts,
+                start_at,
+                limit,
+                ..
+            } if self.start.is_none() => {
+                self.start = Some(Identity {
+                    time: *time,
+                    run_id: run_id.clone(),
+                    kind: *kind,
+                    rollback_of: rollback_of.clone(),
+                    runbook: runbook.clone(),
+                    runbook_version: runbook_version.clone(),
+                    runbook_path: runbook_path.clone(),
+                    runbook_sha256: runbook_sha256.clone(),
+                    inventory: inventory.clone(),
+                    inventory_path: inventory_path.clone(),
+                    inventory_sha256: inventory_sha256.clone(),
+                    operator: operator.clone(),
+                    control_host: control_host.clone(),
+                    ticket: ticket.clone(),
+                    opsrun_version: opsrun_version.clone(),
+                    stamp: stamp.clone(),
+                    params: params.clone(),
+                    hosts: hosts.clone(),
+                    start_at: start_at.clone(),
+                    limit: limit.clone(),
+                })
+            }
+            Event::TargetFinished {
+                phase,
+                number,
+                host,
+                status,
+                capture,
+                batch,
+                ..
+            } => {
+                let step = number.saturating_sub(1);
+                if phase.is_rollback() {
+                    let ok = matches!(status, Status::Ok | Status::Skipped);
+                    self.restored = Some(self.restored.unwrap_or(true) && ok);
+                }
+                match (phase, status) {
+                    (Phase::Forward, Status::Ok) => {
+                        self.completed.entry(step).or_default().push(Completion {
+                            host: host.clone(),
+                            batch: *batch,
+                        });
+                        self.done.insert((step, host.clone()));
+                        if let Some((name, value)) = capture {
+                            if host == "localhost" {
+                                self.captures.global.insert(name.clone(), value.clone());
+                            } else {
+                                self.captures
+                                    .hosts
+                                    .entry(host.clone())
+                                    .or_default()
+                                    .insert(name.clone(), value.clone());
+                            }
+                        }
+                    }
+                    (Phase::Forward, Status::Skipped) => {
+                        self.done.insert((step, host.clone()));
+                    }
+                    (Phase::Undo, Status::Ok) => {
+                        self.rolled_back = true;
+                        let undid = Undid {
+                            step,
+                            host: host.clone(),
+                            batch: *batch,
+                        };
+                        // Undone here: a resume must run it again.
+                        self.done.remove(&(step, host.clone()));
+                        self.uncomplete(&undid, false);
+                        self.undid.push(undid);
+                    }
+                    (Phase::Guide, Status::Ok) => self.rolled_back = true,
+                    _ => {}
+                }
+            }
+            Event::RunFinished {
+                time,
+                outcome,
+                message,
+            } => {
+                self.finish = Some(Finish {
+                    time: *time,
+                    outcome: *outcome,
+                    message: message.clone(),
+                })
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes an undone completion off `completed`. The run's own undo takes off
+    /// one completion: a load balancer drained in two batches and undone in one
+    /// still has the other. A later `opsrun rollback` (`all`) takes off every
+    /// completion of that host and batch.
+    fn uncomplete(&mut self, undid: &Undid, all: bool) {
+        if let Some(hosts) = self.completed.get_mut(&undid.step) {
+            let same = |c: &Completion| c.host == undid.host && c.batch == undid.batch;
+            if all {
+                hosts.retain(|c| !same(c));
+            } else if let Some(at) = hosts.iter().rposition(same) {
+                hosts.remove(at);
+            }
+        }
+    }
+
+    /// What later `opsrun rollback` runs undid is no longer completed.
+    pub fn apply_rollbacks(&mut self, later: &[RunView]) {
+        for r in later {
+            for u in &r.undid {
+                self.uncomplete(u, true);
+            }
+        }
+        self.completed.retain(|_, hosts| !hosts.is_empty());
+    }
+
+    pub fn kind(&self) -> Option<RunKind> {
+        self.start.as_ref().map(|s| s.kind)
+    }
+
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.finish.as_ref().map(|f| f.outcome)
+    }
+
+    pub fn rollback_of(&self) -> Option<&str> {
+        self.start.as_ref()?.rollback_of.as_deref()
+    }
+}
+
+/// The run directory's name.
+pub fn dir_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The log directory a run directory is in. `opsrun log RUN` run inside the log
+/// directory names the run by a relative path whose parent is empty.
+pub fn log_dir_of(dir: &Path) -> &Path {
+    match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        Some(_) => Path::new("."),
+        None => dir,
+    }
+}
+
+/// Reads and folds the journal of the run directory `dir`.
+pub fn read(dir: &Path) -> Result<(RunView, Replay), JournalError> {
+    let replay = journal::read(&dir.join(journal::FILE))?;
+    Ok((RunView::fold(&dir_name(dir), &replay.events), replay))
+}
+
+/// The run directories in a log directory.
+pub fn run_dirs(log_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(log_dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join(journal::FILE).is_file())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Orders runs by their recorded start, then id: ids made by older versions are
+/// in the control machine's local time, which sorts wrong across time zones.
+pub fn sort(views: &mut [RunView]) {
+    views.sort_by(|a, b| {
+        let key = |v: &RunView| v.start.as_ref().map(|s| s.time);
+        (key(a), &a.id).cmp(&(key(b), &b.id))
+    });
+}
+
+/// The `opsrun rollback` runs of run `id` in the log directory, oldest first.
+/// Only each journal's first line is read to find them: this runs whenever a log
+/// is rendered, and a log directory holds many runs.
+pub fn rollbacks_of(log_dir: &Path, id: &str) -> Vec<RunView> {
+    let mut found: Vec<RunView> = run_dirs(log_dir)
+        .iter()
+        .filter(|d| {
+            first_event(&d.join(journal::FILE)).is_some_and(
+                |e| matches!(e, Event::RunStarted { rollback_of: Some(of), .. } if of == id),
+            )
+        })
+        .filter_map(|d| read(d).ok().map(|(v, _)| v))
+        .collect();
+    sort(&mut found);
+    found
+}
+
+fn first_event(path: &Path) -> Option<Event> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).ok()?;
+    let mut line = String::new();
+    // A start event is a few kB (more with many hosts); a first line far longer is
+    // no journal of ours.
+    std::io::BufReader::new(std::io::Read::take(file, 1 << 22))
+        .read_line(&mut line)
+        .ok()?;
+    serde_json::from_str(&line).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::events::{now, JOURNAL_VERSION};
+
+    fn started(params: Vec<ParamRecord>) -> Event {
+        Event::RunStarted {
+            time: now(),
+            version: JOURNAL_VERSION,
+            run_id: "r".into(),
+            kind: RunKind::Run,
+            rollback_of: None,
+            resume_of: None,
+            runbook: "rb".into(),
+            runbook_version: None,
+            runbook_path: "rb.yaml".into(),
+            runbook_sha256: String::new(),
+            inventory: "inv".into(),
+            inventory_path: "inv.yaml".into(),
+            inventory_sha256: String::new(),
+            operator: "op".into(),
+            control_host: "vm".into(),
+            ticket: None,
+            opsrun_version: "0".into(),
+            stamp: "20261202-000000".into(),
+            params,
+            hosts: Vec::new(),
+            start_at: None,
+            limit: None,
+        }
+    }
+
+    /// A param whose real value is `******` is a value like any other: the
+    /// journal says which params are secret, so a resume keeps it.
+    #[test]
+    fn a_param_whose_value_is_the_mask_is_kept_on_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("r");
+        std::fs::create_dir(&run).unwrap();
+        let mut j = journal::Journal::create(&run).unwrap();
+        let param = |name: &str, secret: bool, value: Option<&str>| ParamRecord {
+            name: name.into(),
+            secret,
+            set: secret || value.is_some(),
+            value: value.map(str::to_string),
+        };
+        j.append(&started(vec![
+            param("pattern", false, Some("******")),
+            param("token", true, None),
+            param("note", false, None),
+        ]))
+        .unwrap();
+        j.sync().unwrap();
+        drop(j);
+        let recorded = crate::record::runs::load(&run).unwrap();
+        assert_eq!(
+            recorded.params,
+            [("pattern".to_string(), "******".to_string())]
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! Journals written before the journal format had a version (v0: kinds, lock
+//! actions and Ctrl-C choices as strings, `"(not set)"`/`"******"` param values,
+//! one `rollback` phase for undo and guide steps) stay readable. The fixtures in
+//! `tests/fixtures/journals-v0/` are three runs recorded by that binary: a
+//! succeeded `upgrade` on the demo inventory, a failed one that rolled itself
+//! back, and an `opsrun rollback` of the first. `rollback-dry-run.txt` is what
+//! that binary previewed for `opsrun rollback` of the first.
+
+use crate::support::cli::Test;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/journals-v0");
+const SUCCEEDED: &str = "20261202-071314Z-upgrade-demo";
+const FAILED: &str = "20261202-071315Z-upgrade-demo";
+const ROLLBACK: &str = "20261202-071318Z-upgrade-demo-rollback";
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A test whose log directory is a private copy of the three v0 runs.
+fn with_runs() -> (Test, PathBuf) {
+    let test = Test::new();
+    let runs = test.path().join("runs");
+    for id in [SUCCEEDED, FAILED, ROLLBACK] {
+        copy_dir(&Path::new(FIXTURES).join(id), &runs.join(id));
+    }
+    let test = test.env("OPSRUN_LOG_DIR", &runs).env("TZ", "UTC");
+    (test, runs)
+}
+
+fn stored_log(id: &str) -> String {
+    fs::read_to_string(Path::new(FIXTURES).join(id).join("log.md")).unwrap()
+}
+
+#[test]
+fn runs_lists_v0_journals_with_their_results() {
+    let (test, _runs) = with_runs();
+    test.arg("runs").expect_stdout(
+        "\
+id                                      runbook             env   ticket    operator     result                  start                       duration
+20261202-071314Z-upgrade-demo           upgrade             demo  CHG-2041  ops-fixture  succeeded, rolled back  2026-12-02 07:13:14 +00:00  840ms
+20261202-071315Z-upgrade-demo           upgrade             demo  -         ops-fixture  failed, rolled back     2026-12-02 07:13:15 +00:00  2.6s
+20261202-071318Z-upgrade-demo-rollback  upgrade (rollback)  demo  CHG-2041  ops-fixture  succeeded               2026-12-02 07:13:18 +00:00  659ms
+",
+    )
+    .run();
+}
+
+/// The failed run and the rollback run re-render byte for byte. The succeeded
+/// run's stored log was written before it was rolled back; its re-render gains
+/// the "Rolled back by" row that says so, and nothing else.
+#[test]
+fn log_rerenders_v0_journals_byte_identical() {
+    for id in [FAILED, ROLLBACK, SUCCEEDED] {
+        let (test, runs) = with_runs();
+        let _run = test.args(["log", id, "--no-sign"]).run();
+        let rendered = fs::read_to_string(runs.join(id).join("log.md")).unwrap();
+        let mut want = stored_log(id);
+        if id == SUCCEEDED {
+            let row = "| Dry run | no |\n";
+            let at = want.find(row).unwrap() + row.len();
+            want.insert_str(
+                at,
+                &format!("| Rolled back by | `{ROLLBACK}` (succeeded) |\n"),
+            );
+        }
+        assert!(
+            rendered == want,
+            "{id}: log.md differs:\n{}",
+            crate::support::cli::diff(&want, &rendered)
+        );
+    }
+}
+
+#[test]
+fn rollback_dry_run_previews_from_a_v0_journal() {
+    let (test, _runs) = with_runs();
+    let want = fs::read_to_string(Path::new(FIXTURES).join("rollback-dry-run.txt")).unwrap();
+    test.args(["rollback", SUCCEEDED, "--dry-run"])
+        .expect_stdout(want)
+        .run();
+}
+
+/// A resume of the failed v0 run takes back its params (none of them secret)
+/// and starts at the step that failed.
+#[test]
+fn resume_dry_run_reads_a_v0_journal() {
+    let (test, _runs) = with_runs();
+    let root = env!("CARGO_MANIFEST_DIR");
+    test.current_dir(root)
+        .args([
+            "run",
+            "runbooks/upgrade.yaml",
+            "-i",
+            "inventories/demo.yaml",
+            "--resume",
+            FAILED,
+            "--dry-run",
+        ])
+        .stdout_contains("params     package=examples/demo/packages/broken.zip  (-e)\n           sha256=  (-e)\n           sql_done=false  (-e)\n")
+        .stdout_contains("[1/12] Check the packages  on: localhost (local)  (skipped: before --start-at)")
+        .run();
+}
+
+/// `opsrun log RUN` run inside the log directory finds the run by a relative
+/// path; its later rollbacks are in that same (current) directory.
+#[test]
+fn log_inside_the_log_dir_names_later_rollbacks() {
+    let (test, runs) = with_runs();
+    let _run = test
+        .current_dir("runs")
+        .args(["log", SUCCEEDED, "--no-sign"])
+        .run();
+    let rendered = fs::read_to_string(runs.join(SUCCEEDED).join("log.md")).unwrap();
+    assert!(
+        rendered.contains(&format!("| Rolled back by | `{ROLLBACK}` (succeeded) |\n")),
+        "{rendered}"
+    );
+}
+
+/// So does `opsrun rollback RUN` there: the run was rolled back already.
+#[test]
+fn rollback_inside_the_log_dir_sees_earlier_rollbacks() {
+    let (test, _runs) = with_runs();
+    test.current_dir("runs")
+        .args(["rollback", SUCCEEDED, "--dry-run"])
+        .stdout_contains(format!(
+            "Run `{SUCCEEDED}` was already rolled back (by run {ROLLBACK})."
+        ))
+        .run();
+}
