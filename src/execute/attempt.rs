@@ -7,7 +7,7 @@ use crate::load::runbook::Step;
 use crate::plan::{Completion, Reveal, StepRef, Target};
 use crate::record::events::{self, CheckAttempt, Event, Phase, Status};
 use crate::record::rundir::slug;
-use crate::sanitize::escape_controls;
+use crate::sanitize::{escape_controls, Redactor};
 use crate::transport::{Command, Connection, Stdin};
 use std::time::{Duration, Instant};
 
@@ -42,8 +42,11 @@ pub(super) const ERROR_WORDS: &[&str] = &[
 /// (the cause: `tar (child): ...: Cannot open`), then the last line when it is
 /// another one (often the summary: "exiting now", "no healthy answer after 3
 /// tries"); the last line alone when none looks like an error.
-pub(super) fn error_line(b: &[u8]) -> String {
-    let s = escape_controls(b);
+///
+/// Masked before it is cut: a secret crossing the cut would otherwise leave its
+/// first characters in the failure line, the journal and the log.
+pub(super) fn error_line(b: &[u8], redactor: &Redactor) -> String {
+    let s = escape_controls(&redactor.redact_bytes(b));
     let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let cut = |l: &str| -> String { l.chars().take(160).collect() };
     let first = lines.iter().find(|l| {
@@ -128,14 +131,22 @@ impl<'s> Record<'s> {
 
 /// Why a finished command does not count as success: exit code, expected
 /// output, or an upload whose checksum on the host differs.
-pub(super) fn unexpected(step: &Step, rec: &Record<'_>, real: &Target) -> Option<String> {
+pub(super) fn unexpected(
+    step: &Step,
+    rec: &Record<'_>,
+    real: &Target,
+    redactor: &Redactor,
+) -> Option<String> {
     let upload = real.upload.is_some();
     if !rec.exit_code.is_some_and(|c| step.expect.exit.contains(&c)) {
-        let tail = error_line(if rec.err.is_empty() {
-            &rec.out
-        } else {
-            &rec.err
-        });
+        let tail = error_line(
+            if rec.err.is_empty() {
+                &rec.out
+            } else {
+                &rec.err
+            },
+            redactor,
+        );
         return Some(match rec.exit_code {
             Some(c) if tail.is_empty() => format!("exit {c}"),
             Some(c) => format!("exit {c}: {tail}"),
@@ -256,7 +267,7 @@ impl Engine<'_> {
                 };
                 buf.extend_from_slice(chunk);
                 let upto = if buf.len() > MAX_PENDING {
-                    Some(buf.len())
+                    Some(redactor.complete_prefix(buf)).filter(|n| *n > 0)
                 } else {
                     buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1)
                 };
@@ -368,7 +379,7 @@ impl Engine<'_> {
                     crate::duration::format(step.timeout.unwrap_or_default())
                 )));
             }
-            if let Some(problem) = unexpected(step, rec, &real) {
+            if let Some(problem) = unexpected(step, rec, &real, &self.redactor) {
                 return Ok(Verdict::Failed(problem));
             }
         }

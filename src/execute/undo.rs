@@ -224,7 +224,7 @@ impl Engine<'_> {
                         return Ok(Verdict::Failed(format!(
                             "rollback exit {}: {}",
                             o.exit_code.map_or("signal".into(), |c| c.to_string()),
-                            error_line(&rec.err)
+                            error_line(&rec.err, &self.redactor)
                         )));
                     }
                 }
