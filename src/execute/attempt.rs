@@ -61,6 +61,9 @@ pub(super) fn error_line(b: &[u8], redactor: &Redactor) -> String {
     }
 }
 
+/// Why a templated upload that reads a secret has no sha256 on record.
+const SUM_WITHHELD: &str = "the file was rendered with a secret, and its sha256 would let anyone holding the template test guesses of the secret offline; the host checked the copy against it";
+
 /// Stdin for a command of the step: the secret env lines first, then `rest`.
 pub(super) fn with_env_lines(t: &Target, rest: Option<&str>) -> Option<String> {
     match (&t.env_stdin, rest) {
@@ -100,6 +103,7 @@ pub(super) struct Record<'s> {
     pub(super) checks: Vec<CheckAttempt>,
     pub(super) capture: Option<(String, String)>,
     upload_sha256: Option<String>,
+    upload_sha256_withheld: Option<String>,
 }
 
 impl<'s> Record<'s> {
@@ -125,6 +129,7 @@ impl<'s> Record<'s> {
             checks: Vec::new(),
             capture: None,
             upload_sha256: None,
+            upload_sha256_withheld: None,
         }
     }
 }
@@ -355,6 +360,10 @@ impl Engine<'_> {
             if let Some(u) = &real.upload {
                 // Hashed while rendering; the host checks the copy against it.
                 match &u.sha256 {
+                    // The host's `sha256sum -c` is the check; the sum stays off the record.
+                    Some(_) if u.sum_withheld => {
+                        rec.upload_sha256_withheld = Some(SUM_WITHHELD.to_string())
+                    }
                     Some(sum) => rec.upload_sha256 = Some(sum.clone()),
                     None => {
                         return Ok(Verdict::Failed(format!(
@@ -509,6 +518,7 @@ impl Engine<'_> {
             checks: rec.checks,
             capture: rec.capture,
             upload_sha256: rec.upload_sha256,
+            upload_sha256_withheld: rec.upload_sha256_withheld,
             reason: reason.clone(),
             batch: rec.shown.batch,
         })?;

@@ -447,6 +447,7 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
             checks,
             capture,
             upload_sha256,
+            upload_sha256_withheld,
             reason,
             batch,
             ..
@@ -480,6 +481,9 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
             }
             if let Some(sum) = upload_sha256 {
                 let _ = writeln!(o, "Uploaded file sha256: {}\n", code(sum));
+            }
+            if let Some(why) = upload_sha256_withheld {
+                let _ = writeln!(o, "Uploaded file sha256: withheld: {}\n", cell(why));
             }
             for (label, saved) in [("stdout", stdout), ("stderr", stderr)] {
                 if let Some(s) = saved {
