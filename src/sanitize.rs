@@ -113,6 +113,15 @@ pub fn escape_controls(bytes: &[u8]) -> String {
     out
 }
 
+/// Text that must stay one line on a terminal (a step name, a gate's question,
+/// a header): [`escape_controls`], with newlines and tabs escaped too, so a
+/// runbook's name cannot pose as another line of what the operator reads.
+pub fn escape_line(text: &str) -> String {
+    escape_controls(text.as_bytes())
+        .replace('\n', "\\x0a")
+        .replace('\t', "\\x09")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +151,10 @@ mod tests {
         assert_eq!(
             escape_controls(b"a\x1b[31mred\x00\r\nok\t"),
             "a\\x1b[31mred\\x00\\x0d\nok\t"
+        );
+        assert_eq!(
+            escape_line("a\rb\nc\td\u{202e}"),
+            "a\\x0db\\x0ac\\x09d\\u{202e}"
         );
     }
 }

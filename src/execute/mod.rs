@@ -36,7 +36,7 @@ use crate::plural::count;
 use crate::record::events::{self, Event, HostInfo, Outcome};
 use crate::record::rundir::Recorder;
 use crate::record::runs::Recorded;
-use crate::sanitize::{escape_controls, Redactor};
+use crate::sanitize::{escape_controls, escape_line, Redactor};
 use crate::transport::{self, Connection, ConnectionKind, Endpoint};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -176,10 +176,11 @@ async fn run_async(
         .map_err(record_err)?;
     rec.emit(&run_started(planner, plan, &s, &run_id))
         .map_err(record_err)?;
+    // Names come from files anyone may have edited: shown escaped, like host output.
     ui.line(&format!(
         "run {run_id}: {} on {} ({})",
-        plan.runbook.name,
-        plan.inventory.name,
+        escape_line(&plan.runbook.name),
+        escape_line(&plan.inventory.name),
         count(plan.hosts.len(), "host", "hosts")
     ));
 
@@ -269,6 +270,11 @@ async fn run_async(
         // The run happened whatever the log's fate: report it, keep the run's own exit code.
         ui.error(&e.to_string());
     }
+    // It quotes step names and host output.
+    let finish = Finish {
+        message: escape_controls(finish.message.as_bytes()),
+        ..finish
+    };
     match finish.outcome {
         Outcome::Succeeded => ui.line(&format!(
             "{} {}",

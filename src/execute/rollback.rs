@@ -13,7 +13,8 @@ pub(super) async fn rollback_recorded(
     if guide > 0 {
         engine.ui.line(&format!(
             "running the rollback guide of `{}` for run {}",
-            engine.planner.runbook.name, recorded.id
+            crate::sanitize::escape_line(&engine.planner.runbook.name),
+            recorded.id
         ));
         let refs: Vec<StepRef> = (0..guide).map(StepRef::Guide).collect();
         let label = |r: StepRef| match r {
@@ -213,8 +214,9 @@ pub(super) fn guide_where(planner: &Planner, batches: &[Option<usize>]) -> Strin
 /// each step, where, with the exact commands (secrets masked); and the gate's question.
 pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>, String) {
     let redactor = Redactor::new(planner.secret_values().iter().map(String::as_str));
-    let inv = &planner.inventory.name;
-    let name = &planner.runbook.name;
+    // Shown on the terminal (and the question asked there): escaped like host output.
+    let inv = &crate::sanitize::escape_line(&planner.inventory.name);
+    let name = &crate::sanitize::escape_line(&planner.runbook.name);
     let mut lines = Vec::new();
     let guide = planner.runbook.rollback.len();
     if guide == 0 {
@@ -405,7 +407,7 @@ pub(super) fn undo_lines(
             lines.push(format!(
                 "  [{}] {} on {}",
                 c.step + 1,
-                step.name,
+                crate::sanitize::escape_line(&step.name),
                 hosts.join(", ")
             ));
             for h in &round {

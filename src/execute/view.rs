@@ -4,7 +4,7 @@
 
 use crate::plural::count;
 use crate::record::events::Status;
-use crate::sanitize::escape_controls;
+use crate::sanitize::{escape_controls, escape_line};
 use console::style;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
@@ -60,12 +60,13 @@ impl Ui {
         }
     }
 
+    /// A step's header; its name is the runbook's text, shown escaped.
     pub fn step(&self, label: &str, name: &str, hosts: usize) {
         let n = count(hosts, "host", "hosts");
         self.line(&format!(
             "{} {}  {}",
             style(label).cyan().bold(),
-            style(name).bold(),
+            style(escape_line(name)).bold(),
             style(n).dim()
         ));
     }
@@ -145,11 +146,14 @@ impl Ui {
         }
     }
 
+    /// Warnings and errors quote step names and host output: shown escaped.
     pub fn warn(&self, text: &str) {
+        let text = escape_controls(text.as_bytes());
         self.line(&format!("{} {text}", style("warning:").yellow().bold()));
     }
 
     pub fn error(&self, text: &str) {
+        let text = escape_controls(text.as_bytes());
         self.line(&format!("{} {text}", style("error:").red().bold()));
     }
 }

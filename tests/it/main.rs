@@ -29,5 +29,6 @@ mod run_ssh;
 mod secrets;
 mod sign;
 mod templates;
+mod terminal;
 mod transport;
 mod upload_template;
