@@ -254,7 +254,15 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
         }
     }
 
+    let guide = ran_the_guide(&kind, run_dir);
     for phase in [Phase::Forward, Phase::Rollback] {
+        // Rows of the Rollback section undo a forward step of the same number and
+        // name, or are steps of the guide: labelled so, never as the forward row.
+        let label = |number: usize| match (phase, guide) {
+            (Phase::Forward, _) => number.to_string(),
+            (Phase::Rollback, false) => format!("undo {number}"),
+            (Phase::Rollback, true) => format!("R{number}"),
+        };
         // Finished targets, and steps that had no host at all, step by step in the
         // order they ran; within a step, hosts in inventory order (the Hosts table's),
         // not in the order they happened to finish.
@@ -340,7 +348,8 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
                 } => {
                     let _ = writeln!(
                         o,
-                        "| {number} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} |",
+                        label(*number),
                         cell(step),
                         cell(&with_batch(host, *batch)),
                         status_word(*status),
@@ -354,7 +363,8 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
                 } => {
                     let _ = writeln!(
                         o,
-                        "| {number} | {} | (no hosts) | skipped | {} | - | - |",
+                        "| {} | {} | (no hosts) | skipped | {} | - | - |",
+                        label(*number),
                         cell(step),
                         time.format("%H:%M:%S"),
                     );
@@ -373,7 +383,8 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
             {
                 let _ = writeln!(
                     o,
-                    "| {number} | {} | {} | **INTERRUPTED** | {} | - | - |",
+                    "| {} | {} | {} | **INTERRUPTED** | {} | - | - |",
+                    label(*number),
                     cell(step),
                     cell(host),
                     time.format("%H:%M:%S")
@@ -383,7 +394,7 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
         let _ = writeln!(o);
         let mut last_step = None;
         for e in finished.iter().chain(running.iter()) {
-            details(&mut o, e, run_dir, &mut last_step);
+            details(&mut o, e, run_dir, &label, &mut last_step);
         }
     }
 
@@ -410,7 +421,28 @@ fn with_batch(host: &str, batch: Option<usize>) -> String {
     }
 }
 
-fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, String)>) {
+/// Whether the Rollback rows of this run are steps of the rollback guide rather
+/// than undos of forward steps. The journal records both as `Phase::Rollback`; a
+/// guide only runs in an `opsrun rollback` run, and then instead of any undo, when
+/// the runbook has one: the copy of the runbook kept with the run says.
+fn ran_the_guide(kind: &str, run_dir: &Path) -> bool {
+    if kind != "rollback" {
+        return false;
+    }
+    let Ok(text) = std::fs::read_to_string(run_dir.join("runbook.yaml")) else {
+        return false;
+    };
+    crate::load::runbook_from_source(crate::diagnostic::SourceFile::new("runbook.yaml", text))
+        .is_ok_and(|rb| !rb.rollback.is_empty())
+}
+
+fn details(
+    o: &mut String,
+    e: &Event,
+    run_dir: &Path,
+    label: &dyn Fn(usize) -> String,
+    last: &mut Option<(usize, String)>,
+) {
     let (number, step) = match e {
         Event::TargetFinished { number, step, .. }
         | Event::TargetStarted { number, step, .. }
@@ -418,7 +450,7 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
         _ => return,
     };
     if last.as_ref() != Some(&(number, step.clone())) {
-        let _ = writeln!(o, "### {number}. {}\n", cell(&step));
+        let _ = writeln!(o, "### {}. {}\n", label(number), cell(&step));
         *last = Some((number, step));
     }
     match e {

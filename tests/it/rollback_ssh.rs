@@ -173,7 +173,7 @@ steps:
 "#;
 
 /// The rows of one table section of `log.md` (`## Steps` or `## Rollback`):
-/// (step number, step, host, status).
+/// (step number, step, host, status); a Rollback row's `undo 2` or `R1` is its number.
 fn log_rows(log: &str, section: &str) -> Vec<(usize, String, String, String)> {
     let start = log
         .find(&format!("\n## {section}\n"))
@@ -186,7 +186,10 @@ fn log_rows(log: &str, section: &str) -> Vec<(usize, String, String, String)> {
         .map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
             (
-                cells[1].parse().unwrap(),
+                cells[1]
+                    .trim_start_matches(|c: char| !c.is_ascii_digit())
+                    .parse()
+                    .unwrap(),
                 cells[2].to_string(),
                 cells[3].to_string(),
                 cells[4].to_string(),
