@@ -6,7 +6,7 @@ use super::engine::*;
 use crate::load::runbook::Step;
 use crate::plan::{Completion, Reveal, StepRef, Target};
 use crate::record::events::{self, CheckAttempt, Event, Phase, Status};
-use crate::record::rundir::slug;
+use crate::record::rundir::output_stem;
 use crate::sanitize::{escape_controls, Redactor};
 use crate::transport::{Command, Connection, Stdin};
 use std::time::{Duration, Instant};
@@ -480,14 +480,19 @@ impl Engine<'_> {
             Verdict::Failed(why) => (Status::Failed, Some(why)),
             Verdict::TimedOut(why) => (Status::TimedOut, Some(why)),
         };
-        let prefix = match rec.phase {
-            Phase::Forward => format!("{:02}", rec.number),
-            Phase::Rollback => format!("rb{:02}", rec.number),
-        };
-        let stem = match rec.shown.batch {
-            Some(b) => format!("{prefix}-{}-{}-b{b}", slug(&rec.step.name), slug(rec.host)),
-            None => format!("{prefix}-{}-{}", slug(&rec.step.name), slug(rec.host)),
-        };
+        // Every step of a rolling run names its batch, whether or not it reads
+        // `batch`: a host in every batch (a load balancer, `local`) runs it in each.
+        let batch = rec
+            .shown
+            .batch
+            .or(rec.batch.filter(|_| self.planner.batches().len() > 1));
+        let stem = output_stem(
+            rec.phase == Phase::Rollback,
+            rec.number,
+            &rec.step.name,
+            rec.host,
+            batch,
+        );
         let stdout = self
             .rec
             .save(&stem, "stdout", &self.redactor.redact_bytes(&rec.out))?;
