@@ -234,6 +234,7 @@ async fn run_async(
         })
     });
     signals.abort();
+    ui.clear_spinners();
     let finish = match finish {
         Ok(f) => f,
         Err(ExecError::Gate(e @ crate::execute::gate::GateError::Interrupted { .. })) => Finish {
@@ -492,6 +493,8 @@ async fn drive(
 
 /// After Ctrl-C: stop, and roll back if the operator asked for it.
 async fn stopped(engine: &mut Engine<'_>) -> Result<Finish, ExecError> {
+    // The stopped step's hosts never finish: their spinners go before the undo list.
+    engine.ui.clear_spinners();
     let choice = engine.interrupt.get().unwrap_or(Stop::Now);
     let base = Finish {
         outcome: Outcome::Interrupted,

@@ -90,10 +90,12 @@ pub(super) async fn rollback_recorded(
     })
 }
 
-/// Says what a rollback restored, and what it could not.
+/// Says what a rollback undid, and what it could not: `undone on oa1: `Start the
+/// application`, ...` names the steps undone ("restored oa1 (`Start ...`)" read as
+/// if the application had been started again).
 pub(super) fn undone_message(planner: &Planner, undone: &crate::execute::undo::Undone) -> String {
     if undone.failed.is_empty() {
-        return format!("restored {}", undone.summary(planner));
+        return format!("undone {}", undone.summary(planner));
     }
     let list: Vec<String> = undone
         .failed
@@ -103,7 +105,7 @@ pub(super) fn undone_message(planner: &Planner, undone: &crate::execute::undo::U
     let done = if undone.ok.is_empty() {
         String::new()
     } else {
-        format!("; undone: {}", undone.summary(planner))
+        format!("; undone {}", undone.summary(planner))
     };
     format!(
         "ROLLBACK INCOMPLETE: not restored: {}{done}",

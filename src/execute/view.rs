@@ -110,6 +110,22 @@ impl Ui {
         }
     }
 
+    /// Removes the spinners still drawn: those of hosts whose command was stopped
+    /// (Ctrl-C, "stop now") and never finished. They would otherwise tick on under
+    /// the lines that follow, down to the verdict.
+    pub fn clear_spinners(&self) {
+        let bars: Vec<ProgressBar> = match self.bars.lock() {
+            Ok(mut b) => b.drain().map(|(_, bar)| bar).collect(),
+            Err(_) => return,
+        };
+        for bar in bars {
+            bar.finish_and_clear();
+            if let Some(m) = &self.live {
+                m.remove(&bar);
+            }
+        }
+    }
+
     /// Remote output, shown with `-v`, else its last line next to the host's spinner;
     /// control characters escaped so a host cannot drive the terminal.
     pub fn output(&self, host: &str, chunk: &[u8]) {

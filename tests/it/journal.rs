@@ -315,7 +315,7 @@ fn runs_lists_ticket_and_what_became_of_each_run_in_aligned_columns() {
     undo_ok.expect_code(1);
     assert_eq!(
         undo_ok.outcome().1,
-        format!("step `Two` failed on {a} (exit 1); rolled back 1 step: restored {a} (`One`)")
+        format!("step `Two` failed on {a} (exit 1); rolled back 1 step: undone on {a}: `One`")
     );
     lab.run(&["undo-bad", "--env", "local", "--yes"], &[], None)
         .expect_code(1);
@@ -327,7 +327,7 @@ fn runs_lists_ticket_and_what_became_of_each_run_in_aligned_columns() {
     assert_eq!(
         later.outcome().1,
         format!(
-            "rolled back 2 steps of run {}: restored {a}, {} (`Two`, `One`)",
+            "rolled back 2 steps of run {}: undone on {a}, {}: `Two`, `One`",
             ok.id(),
             hosts[1]
         )
@@ -542,7 +542,7 @@ steps:
     assert_eq!(
         undo.outcome().1,
         format!(
-            "rolled back 1 step of run {}: restored {} (`Only`)",
+            "rolled back 1 step of run {}: undone on {}: `Only`",
             one.id(),
             hosts[0]
         )

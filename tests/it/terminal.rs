@@ -100,3 +100,31 @@ fn a_gate_asks_its_question_escaped() {
     assert!(!screen.contains("h1\rnothing"), "{screen:?}");
     assert!(!screen.contains('\u{202E}'), "{screen:?}");
 }
+
+/// The live view is cleared before the verdict: no spinner of the step that was
+/// stopped is drawn again under the last line.
+#[test]
+fn no_spinner_is_drawn_after_the_final_line() {
+    let runbook = "name: ticker\nhosts: app\nsteps:\n\
+        \x20 - name: Tick\n    run: \"for i in $(seq 1 60); do echo tick $i; sleep 0.2; done\"\n";
+    let t = Test::new()
+        .write("runbooks/ticker.yaml", runbook)
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["ticker", "--env", "lab", "--yes", "--no-sign"]);
+    let (code, screen) = run_on_pty(
+        t.command(),
+        &[
+            ("tick 3", crate::support::pty::CTRL_C),
+            ("Choice [w/s/r]", "s"),
+        ],
+    );
+    pty_run(code, &screen, t.path()).expect_code(130);
+    let end = screen
+        .rfind("interrupted:")
+        .unwrap_or_else(|| panic!("no verdict:\n{screen}"));
+    let after = &screen[end..];
+    assert!(
+        !after.contains("tick "),
+        "a spinner after the verdict:\n{after:?}"
+    );
+}
