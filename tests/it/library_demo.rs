@@ -94,7 +94,10 @@ fn the_demo_upgrade_runs_and_its_failing_variant_rolls_back() {
         bad.stderr.contains("step `Health check` failed on oa1"),
         "{bad:?}"
     );
-    assert!(bad.stderr.contains("restored"), "{bad:?}");
+    assert!(
+        bad.stderr.contains("rolled back 5 steps: undone on oa1: "),
+        "{bad:?}"
+    );
     assert_eq!(tree_digest(&ecology(dir.path(), "oa1")), before);
     assert_eq!(
         std::fs::read_to_string(&conf).unwrap(),

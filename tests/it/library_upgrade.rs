@@ -278,7 +278,7 @@ fn failed_health_check_restores_the_tree_byte_for_byte() {
         r.stderr.contains("step `Health check` failed on h1"),
         "{r:?}"
     );
-    assert!(r.stderr.contains("restored"), "{r:?}");
+    assert!(r.stderr.contains(": undone on h1: "), "{r:?}");
     assert!(!r.stderr.contains("ROLLBACK INCOMPLETE"), "{r:?}");
 
     // The application tree is exactly what it was, logs (left out of the backup) included.
