@@ -49,6 +49,30 @@ impl Redactor {
         }
         out
     }
+
+    /// How much of `b` can be masked and shown now when more of it is still to come:
+    /// everything but a tail where a secret starts and may not have arrived whole (or
+    /// has, but runs past the cut). Masking the two pieces separately would show both
+    /// halves of a secret that straddles them.
+    pub fn complete_prefix(&self, b: &[u8]) -> usize {
+        // A secret starting at `p` that reaches past `cut` (or past the end).
+        let spans = |p: usize, cut: usize| {
+            self.needles.iter().map(String::as_bytes).any(|n| {
+                let rest = &b[p..];
+                p + n.len() > cut
+                    && match rest.len() >= n.len() {
+                        true => rest.starts_with(n),
+                        false => n.starts_with(rest),
+                    }
+            })
+        };
+        let longest = self.needles.first().map_or(0, String::len);
+        let mut cut = b.len();
+        while let Some(p) = (cut.saturating_sub(longest)..cut).find(|p| spans(*p, cut)) {
+            cut = p;
+        }
+        cut
+    }
 }
 
 fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
@@ -89,6 +113,15 @@ pub fn escape_controls(bytes: &[u8]) -> String {
     out
 }
 
+/// Text that must stay one line on a terminal (a step name, a gate's question,
+/// a header): [`escape_controls`], with newlines and tabs escaped too, so a
+/// runbook's name cannot pose as another line of what the operator reads.
+pub fn escape_line(text: &str) -> String {
+    escape_controls(text.as_bytes())
+        .replace('\n', "\\x0a")
+        .replace('\t', "\\x09")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,10 +137,24 @@ mod tests {
     }
 
     #[test]
+    fn a_piece_to_show_never_ends_inside_a_secret() {
+        let r = Redactor::new(["hunter22"]);
+        assert_eq!(r.complete_prefix(b"abc hunt"), 4);
+        assert_eq!(r.complete_prefix(b"abc hunter22 x"), 14);
+        assert_eq!(r.complete_prefix(b"abc hunter2"), 4);
+        assert_eq!(r.complete_prefix(b"abc"), 3);
+        assert_eq!(Redactor::default().complete_prefix(b"abc hunt"), 8);
+    }
+
+    #[test]
     fn escapes_terminal_controls() {
         assert_eq!(
             escape_controls(b"a\x1b[31mred\x00\r\nok\t"),
             "a\\x1b[31mred\\x00\\x0d\nok\t"
+        );
+        assert_eq!(
+            escape_line("a\rb\nc\td\u{202e}"),
+            "a\\x0db\\x0ac\\x09d\\u{202e}"
         );
     }
 }

@@ -96,13 +96,15 @@ pub fn wrap(cmd: &str, w: &Wrap) -> String {
 /// It is written under a temporary name and, when the local file's sha256 is
 /// known, compared on the host before it replaces anything: a broken or
 /// altered transfer never lands under the real name. The last line prints the
-/// installed file's sha256 for the record.
+/// installed file's sha256 for the record, unless `print_sum` is false: the sum
+/// of a file rendered with a secret is not for the record (see `UploadTarget`).
 pub fn upload_command(
     dest: &str,
     mode: Option<&str>,
     owner: Option<&str>,
     tag: &str,
     sha256: Option<&str>,
+    print_sum: bool,
 ) -> String {
     let part = quote(&format!("{dest}.opsrun-{tag}.part"));
     let mut s = format!("umask 077 && cat > {part}");
@@ -117,10 +119,10 @@ pub fn upload_command(
     if let Some(o) = owner {
         s.push_str(&format!(" && chown {} {part}", quote(o)));
     }
-    s.push_str(&format!(
-        " && mv -f {part} {d} && sha256sum {d}",
-        d = quote(dest)
-    ));
+    s.push_str(&format!(" && mv -f {part} {}", quote(dest)));
+    if print_sum {
+        s.push_str(&format!(" && sha256sum {}", quote(dest)));
+    }
     s
 }
 
@@ -185,6 +187,7 @@ mod tests {
                     None,
                     "t",
                     Some(sum),
+                    true,
                 ))
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())

@@ -4,15 +4,20 @@ use super::*;
 
 pub(super) fn show(name: &str, root: &Path) -> Result<i32> {
     let rb = load::load_runbook(name, root)?;
-    outln!("{}  ({})", rb.name, rb.source.display_path());
+    // The runbook's text, shown escaped like host output (a name must not redraw the terminal).
+    let esc = crate::sanitize::escape_line;
+    outln!("{}  ({})", esc(&rb.name), rb.source.display_path());
     if let Some(v) = &rb.version {
-        outln!("version: {v}");
+        outln!("version: {}", esc(v));
     }
     if let Some(d) = &rb.description {
-        outln!("\n{}", d.trim());
+        outln!(
+            "\n{}",
+            crate::sanitize::escape_controls(d.trim().as_bytes())
+        );
     }
     if let Some(h) = &rb.hosts {
-        outln!("\nhosts: {}", h.src);
+        outln!("\nhosts: {}", esc(&h.src));
     }
     outln!("\nparams:");
     if rb.params.is_empty() {
@@ -38,7 +43,7 @@ pub(super) fn show(name: &str, root: &Path) -> Result<i32> {
         outln!(
             "  {:<14} {}  ({})",
             p.name,
-            p.description.as_deref().unwrap_or(""),
+            esc(p.description.as_deref().unwrap_or("")),
             attrs.join(", ")
         );
     }
@@ -56,7 +61,7 @@ pub(super) fn show(name: &str, root: &Path) -> Result<i32> {
             }
             let on =
                 s.on.as_ref()
-                    .map(|o| format!(" on {}", o.src))
+                    .map(|o| format!(" on {}", esc(&o.src)))
                     .unwrap_or_default();
             let marks = if marks.is_empty() {
                 String::new()
@@ -66,7 +71,7 @@ pub(super) fn show(name: &str, root: &Path) -> Result<i32> {
             outln!(
                 "  {prefix}{:<3} {}  ({}{on}){marks}",
                 i + 1,
-                s.name,
+                esc(&s.name),
                 s.action.kind()
             );
         }

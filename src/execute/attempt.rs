@@ -6,8 +6,8 @@ use super::engine::*;
 use super::failure::Failure;
 use crate::plan::{Completion, PlanStep, Reveal, StepRef, Target};
 use crate::record::events::{self, CheckAttempt, Event, Phase, Status};
-use crate::record::rundir::slug;
-use crate::sanitize::escape_controls;
+use crate::record::rundir::output_stem;
+use crate::sanitize::{escape_controls, Redactor};
 use crate::transport::{Command, Connection, Stdin};
 use std::time::{Duration, Instant};
 
@@ -42,8 +42,11 @@ pub(super) const ERROR_WORDS: &[&str] = &[
 /// (the cause: `tar (child): ...: Cannot open`), then the last line when it is
 /// another one (often the summary: "exiting now", "no healthy answer after 3
 /// tries"); the last line alone when none looks like an error.
-pub(super) fn error_line(b: &[u8]) -> String {
-    let s = escape_controls(b);
+///
+/// Masked before it is cut: a secret crossing the cut would otherwise leave its
+/// first characters in the failure line, the journal and the log.
+pub(super) fn error_line(b: &[u8], redactor: &Redactor) -> String {
+    let s = escape_controls(&redactor.redact_bytes(b));
     let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let cut = |l: &str| -> String { l.chars().take(160).collect() };
     let first = lines.iter().find(|l| {
@@ -57,6 +60,9 @@ pub(super) fn error_line(b: &[u8]) -> String {
         (None, None) => String::new(),
     }
 }
+
+/// Why a templated upload that reads a secret has no sha256 on record.
+const SUM_WITHHELD: &str = "the file was rendered with a secret, and its sha256 would let anyone holding the template test guesses of the secret offline; the host checked the copy against it";
 
 /// Stdin for a command of the step: the secret env lines first, then `rest`.
 pub(super) fn with_env_lines(t: &Target, rest: Option<&str>) -> Option<String> {
@@ -98,6 +104,7 @@ pub(super) struct Record<'s> {
     pub(super) checks: Vec<CheckAttempt>,
     pub(super) capture: Option<(String, String)>,
     upload_sha256: Option<String>,
+    upload_sha256_withheld: Option<String>,
 }
 
 impl<'s> Record<'s> {
@@ -123,20 +130,29 @@ impl<'s> Record<'s> {
             checks: Vec::new(),
             capture: None,
             upload_sha256: None,
+            upload_sha256_withheld: None,
         }
     }
 }
 
 /// Why a finished command does not count as success: exit code, expected
 /// output, or an upload whose checksum on the host differs.
-pub(super) fn unexpected(step: &PlanStep, rec: &Record<'_>, real: &Target) -> Option<Failure> {
+pub(super) fn unexpected(
+    step: &PlanStep,
+    rec: &Record<'_>,
+    real: &Target,
+    redactor: &Redactor,
+) -> Option<Failure> {
     let upload = real.upload.is_some();
     if !rec.exit_code.is_some_and(|c| step.expect.exit.contains(&c)) {
-        let quote = error_line(if rec.err.is_empty() {
-            &rec.out
-        } else {
-            &rec.err
-        });
+        let quote = error_line(
+            if rec.err.is_empty() {
+                &rec.out
+            } else {
+                &rec.err
+            },
+            redactor,
+        );
         return Some(Failure::UnexpectedExit {
             code: rec.exit_code,
             quote,
@@ -256,7 +272,7 @@ impl Engine<'_> {
                 };
                 buf.extend_from_slice(chunk);
                 let upto = if buf.len() > MAX_PENDING {
-                    Some(buf.len())
+                    Some(redactor.complete_prefix(buf)).filter(|n| *n > 0)
                 } else {
                     buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1)
                 };
@@ -343,6 +359,10 @@ impl Engine<'_> {
             if let Some(u) = &real.upload {
                 // Hashed while rendering; the host checks the copy against it.
                 match &u.sha256 {
+                    // The host's `sha256sum -c` is the check; the sum stays off the record.
+                    Some(_) if u.sum_withheld => {
+                        rec.upload_sha256_withheld = Some(SUM_WITHHELD.to_string())
+                    }
                     Some(sum) => rec.upload_sha256 = Some(sum.clone()),
                     None => {
                         return Ok(Verdict::Failed(Failure::UploadUnreadable {
@@ -362,7 +382,7 @@ impl Engine<'_> {
             if let (Some(timeout), Some(124 | 137)) = (step.timeout, rec.exit_code) {
                 return Ok(Verdict::Failed(Failure::KilledOnHost { timeout }));
             }
-            if let Some(problem) = unexpected(step, rec, &real) {
+            if let Some(problem) = unexpected(step, rec, &real, &self.redactor) {
                 return Ok(Verdict::Failed(problem));
             }
         }
@@ -452,14 +472,19 @@ impl Engine<'_> {
             Verdict::Failed(f) if f.is_timeout() => (Status::TimedOut, Some(f.to_string())),
             Verdict::Failed(f) => (Status::Failed, Some(f.to_string())),
         };
-        let prefix = match rec.phase {
-            Phase::Forward => format!("{:02}", rec.number),
-            Phase::Undo | Phase::Guide => format!("rb{:02}", rec.number),
-        };
-        let stem = match rec.shown.batch {
-            Some(b) => format!("{prefix}-{}-{}-b{b}", slug(&rec.step.name), slug(rec.host)),
-            None => format!("{prefix}-{}-{}", slug(&rec.step.name), slug(rec.host)),
-        };
+        // Every step of a rolling run names its batch, whether or not it reads
+        // `batch`: a host in every batch (a load balancer, `local`) runs it in each.
+        let batch = rec
+            .shown
+            .batch
+            .or(rec.batch.filter(|_| self.planner.batches().len() > 1));
+        let stem = output_stem(
+            rec.phase.is_rollback(),
+            rec.number,
+            &rec.step.name,
+            rec.host,
+            batch,
+        );
         let stdout = self
             .rec
             .save(&stem, "stdout", &self.redactor.redact_bytes(&rec.out))?;
@@ -490,6 +515,7 @@ impl Engine<'_> {
             checks: rec.checks,
             capture: rec.capture,
             upload_sha256: rec.upload_sha256,
+            upload_sha256_withheld: rec.upload_sha256_withheld,
             reason: reason.clone(),
             batch: rec.shown.batch,
         })?;

@@ -349,8 +349,9 @@ impl Engine<'_> {
             StepRef::Guide(_) => Phase::Guide,
         };
         self.ui.line(&format!(
-            "{label} {}: no hosts (`{on}` matches none{})",
-            step.name,
+            "{label} {}: no hosts (`{}` matches none{})",
+            crate::sanitize::escape_line(&step.name),
+            crate::sanitize::escape_line(&on),
             if self.planner.is_limited() {
                 " within --limit"
             } else {

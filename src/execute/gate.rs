@@ -6,6 +6,7 @@
 
 use crate::execute::interrupt::{count_sigints, read_line_or_ctrl_c, sigint_mark};
 use crate::execute::view::Ui;
+use crate::sanitize::{escape_controls, escape_line};
 use std::io::IsTerminal;
 
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ impl Gates {
         }
     }
 
+    /// Asks `prompt` (a runbook's question, with its step's hosts) on the terminal,
+    /// escaped: a carriage return in it could otherwise draw another question over it.
     fn ask(&self, ui: &Ui, prompt: &str) -> Result<String, GateError> {
         if !self.interactive {
             return Err(GateError::NoTerminal {
@@ -56,7 +59,7 @@ impl Gates {
         }
         let mark = sigint_mark();
         let read = ui.suspend(|| {
-            eprint!("{prompt} ");
+            eprint!("{} ", escape_line(prompt));
             read_line_or_ctrl_c(mark)
         });
         match read {
@@ -118,7 +121,8 @@ impl Gates {
     ) -> Result<(Answer, Option<String>), GateError> {
         ui.suspend(|| {
             eprintln!("  manual step, do this by hand:");
-            for line in instructions.lines() {
+            // Escaped before it is split, so a carriage return shows as in the dry-run.
+            for line in escape_controls(instructions.as_bytes()).lines() {
                 eprintln!("  | {line}");
             }
         });

@@ -40,7 +40,7 @@ use crate::plural::count;
 use crate::record::events::{self, Event, HostInfo, Outcome, ParamRecord, RunKind};
 use crate::record::rundir::Recorder;
 use crate::record::runs::Recorded;
-use crate::sanitize::{escape_controls, Redactor};
+use crate::sanitize::{escape_controls, escape_line, Redactor};
 use crate::transport::{ConnectionKind, Endpoint};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -205,10 +205,11 @@ async fn run_async(
         .map_err(record_err)?;
     rec.emit(&run_started(planner, plan, &s, &run_id))
         .map_err(record_err)?;
+    // Names come from files anyone may have edited: shown escaped, like host output.
     ui.line(&format!(
         "run {run_id}: {} on {} ({})",
-        plan.runbook.name,
-        plan.inventory.name,
+        escape_line(&plan.runbook.name),
+        escape_line(&plan.inventory.name),
         count(plan.hosts.len(), "host", "hosts")
     ));
 
@@ -261,6 +262,7 @@ async fn run_async(
         })
     });
     signals.abort();
+    ui.clear_spinners();
     let finish = match finish {
         Ok(f) => f,
         Err(ExecError::Gate(e @ crate::execute::gate::GateError::Interrupted { .. })) => Finish {
@@ -297,6 +299,11 @@ async fn run_async(
         // The run happened whatever the log's fate: report it, keep the run's own exit code.
         ui.error(&e.to_string());
     }
+    // It quotes step names and host output.
+    let finish = Finish {
+        message: escape_controls(finish.message.as_bytes()),
+        ..finish
+    };
     match finish.outcome {
         Outcome::Succeeded => ui.line(&format!(
             "{} {}",
@@ -519,6 +526,8 @@ async fn drive(
 
 /// After Ctrl-C: stop, and roll back if the operator asked for it.
 async fn stopped(engine: &mut Engine<'_>) -> Result<Finish, ExecError> {
+    // The stopped step's hosts never finish: their spinners go before the undo list.
+    engine.ui.clear_spinners();
     let choice = engine.interrupt.get().unwrap_or(Stop::Now);
     let base = Finish {
         outcome: Outcome::Interrupted,

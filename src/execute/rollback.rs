@@ -13,7 +13,8 @@ pub(super) async fn rollback_recorded(
     if guide > 0 {
         engine.ui.line(&format!(
             "running the rollback guide of `{}` for run {}",
-            engine.plan.runbook.name, recorded.id
+            crate::sanitize::escape_line(&engine.plan.runbook.name),
+            recorded.id
         ));
         let refs: Vec<StepRef> = (0..guide).map(StepRef::Guide).collect();
         let label = |r: StepRef| match r {
@@ -89,10 +90,12 @@ pub(super) async fn rollback_recorded(
     })
 }
 
-/// Says what a rollback restored, and what it could not.
+/// Says what a rollback undid, and what it could not: `undone on oa1: `Start the
+/// application`, ...` names the steps undone ("restored oa1 (`Start ...`)" read as
+/// if the application had been started again).
 pub(super) fn undone_message(planner: &Planner, undone: &crate::execute::undo::Undone) -> String {
     if undone.failed.is_empty() {
-        return format!("restored {}", undone.summary(planner));
+        return format!("undone {}", undone.summary(planner));
     }
     let list: Vec<String> = undone
         .failed
@@ -102,7 +105,7 @@ pub(super) fn undone_message(planner: &Planner, undone: &crate::execute::undo::U
     let done = if undone.ok.is_empty() {
         String::new()
     } else {
-        format!("; undone: {}", undone.summary(planner))
+        format!("; undone {}", undone.summary(planner))
     };
     format!(
         "ROLLBACK INCOMPLETE: not restored: {}{done}",
@@ -221,8 +224,9 @@ pub fn rollback_preview(
     recorded: &Recorded,
 ) -> (Vec<String>, String) {
     let redactor = Redactor::new(planner.secret_values().iter().map(String::as_str));
-    let inv = &planner.inventory.name;
-    let name = &plan.runbook.name;
+    // Shown on the terminal (and the question asked there): escaped like host output.
+    let inv = &crate::sanitize::escape_line(&planner.inventory.name);
+    let name = &crate::sanitize::escape_line(&plan.runbook.name);
     let mut lines = Vec::new();
     let guide = plan.rollback_guide.len();
     if guide == 0 {
@@ -409,7 +413,7 @@ pub(super) fn undo_lines(
             lines.push(format!(
                 "  [{}] {} on {}",
                 c.step + 1,
-                step.name,
+                crate::sanitize::escape_line(&step.name),
                 hosts.join(", ")
             ));
             for h in &round {

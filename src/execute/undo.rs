@@ -20,9 +20,9 @@ pub struct Undone {
 }
 
 impl Undone {
-    /// What was undone, per host in inventory order: `oa1 (`Stop`, `Back up`); lb1
-    /// (`Drain` of batch 1)`. Hosts that had the same steps undone share one entry,
-    /// so a large estate stays one line.
+    /// What was undone, per host in inventory order: `on oa1: `Stop`, `Back up`; on
+    /// lb1: `Drain` of batch 1`. Hosts that had the same steps undone share one
+    /// entry, so a large estate stays one line.
     pub fn summary(&self, planner: &Planner) -> String {
         let mut per_host: Vec<(&str, Vec<String>)> = Vec::new();
         for (step, c) in &self.ok {
@@ -51,7 +51,7 @@ impl Undone {
         }
         groups
             .iter()
-            .map(|(hosts, steps)| format!("{} ({})", hosts.join(", "), steps.join(", ")))
+            .map(|(hosts, steps)| format!("on {}: {}", hosts.join(", "), steps.join(", ")))
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -211,7 +211,7 @@ impl Engine<'_> {
                     if o.exit_code != Some(0) {
                         return Ok(Verdict::Failed(Failure::RollbackExit {
                             code: o.exit_code,
-                            quote: error_line(&rec.err),
+                            quote: error_line(&rec.err, &self.redactor),
                         }));
                     }
                 }

@@ -4,7 +4,7 @@
 
 use crate::plural::count;
 use crate::record::events::Status;
-use crate::sanitize::escape_controls;
+use crate::sanitize::{escape_controls, escape_line};
 use console::style;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
@@ -60,12 +60,13 @@ impl Ui {
         }
     }
 
+    /// A step's header; its name is the runbook's text, shown escaped.
     pub fn step(&self, label: &str, name: &str, hosts: usize) {
         let n = count(hosts, "host", "hosts");
         self.line(&format!(
             "{} {}  {}",
             style(label).cyan().bold(),
-            style(name).bold(),
+            style(escape_line(name)).bold(),
             style(n).dim()
         ));
     }
@@ -109,6 +110,22 @@ impl Ui {
         }
     }
 
+    /// Removes the spinners still drawn: those of hosts whose command was stopped
+    /// (Ctrl-C, "stop now") and never finished. They would otherwise tick on under
+    /// the lines that follow, down to the verdict.
+    pub fn clear_spinners(&self) {
+        let bars: Vec<ProgressBar> = match self.bars.lock() {
+            Ok(mut b) => b.drain().map(|(_, bar)| bar).collect(),
+            Err(_) => return,
+        };
+        for bar in bars {
+            bar.finish_and_clear();
+            if let Some(m) = &self.live {
+                m.remove(&bar);
+            }
+        }
+    }
+
     /// Remote output, shown with `-v`, else its last line next to the host's spinner;
     /// control characters escaped so a host cannot drive the terminal.
     pub fn output(&self, host: &str, chunk: &[u8]) {
@@ -145,11 +162,14 @@ impl Ui {
         }
     }
 
+    /// Warnings and errors quote step names and host output: shown escaped.
     pub fn warn(&self, text: &str) {
+        let text = escape_controls(text.as_bytes());
         self.line(&format!("{} {text}", style("warning:").yellow().bold()));
     }
 
     pub fn error(&self, text: &str) {
+        let text = escape_controls(text.as_bytes());
         self.line(&format!("{} {text}", style("error:").red().bold()));
     }
 }

@@ -72,6 +72,12 @@ pub struct UploadTarget {
     /// `template: true`: the file is rendered for this host.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub templated: bool,
+    /// The rendered file reads a secret: its sha256 is checked on the host but
+    /// never recorded or shown, since with the template anyone could test guesses
+    /// of the secret against it offline (a keyed hash would need a key kept from
+    /// the verifier, and then it verifies nothing).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sum_withheld: bool,
     /// A templated upload's rendered text: what is sent (secrets revealed) or
     /// shown (masked). Never serialized, so the revealed one cannot reach a record.
     #[serde(skip)]

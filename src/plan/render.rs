@@ -168,11 +168,13 @@ impl Planner {
                     dest.push_str(src.trim_end_matches('/').rsplit('/').next().unwrap_or(&src));
                 }
                 let owner = owner_id.map(|id| render(id, &ctx)).transpose()?;
+                let mut withheld = false;
                 let (sha256, shown_sum, content) = if u.template {
                     // The file's name must have rendered before the file can be read.
                     so_far()?;
                     let (content, hidden) =
                         self.render_upload_template(step, host_name, &src, &ctx)?;
+                    withheld = hidden;
                     let shown = template::show_placeholders(content.clone());
                     // A masked secret or a capture not yet known: the sum of this
                     // text is not the sum of the file a run sends.
@@ -196,6 +198,7 @@ impl Planner {
                     owner.as_deref(),
                     &self.template_run.stamp,
                     shown_sum.as_deref(),
+                    !withheld,
                 );
                 target.command = Some(shell::wrap(&line, &wrap));
                 target.stdin = Some(match u.template {
@@ -207,6 +210,7 @@ impl Planner {
                     dest,
                     sha256,
                     templated: u.template,
+                    sum_withheld: withheld,
                     content,
                 });
             }

@@ -242,6 +242,9 @@ pub enum Event {
         checks: Vec<CheckAttempt>,
         capture: Option<(String, String)>,
         upload_sha256: Option<String>,
+        /// Why `upload_sha256` is absent although the host checked one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        upload_sha256_withheld: Option<String>,
         reason: Option<String>,
         /// The batch this was for, when the step reads `batch` (a load balancer
         /// drains a different node in each): undoing it needs the same batch.

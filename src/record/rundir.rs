@@ -55,6 +55,38 @@ pub fn slug(s: &str) -> String {
     }
 }
 
+/// A host's part of an output file name: the name itself when it is already a
+/// slug (`web1`, `app-2`), else its slug and a short digest of the exact name, so
+/// hosts that differ only in case or punctuation (`AB1`, `ab1`, `a.b1`) never
+/// share a name, whatever the file system's case rules; the same host is always
+/// named the same way.
+pub fn host_slug(host: &str) -> String {
+    let s = slug(host);
+    if s == host {
+        return s;
+    }
+    format!("{s}-{}", &sha256_hex(host.as_bytes())[..6])
+}
+
+/// The name (without extension) of one host's output of one step:
+/// `01-back-up-ecology-oa1`, `-b2` for the batch in a rolling run, `rb` before
+/// the number for a rollback.
+pub fn output_stem(
+    rollback: bool,
+    number: usize,
+    step: &str,
+    host: &str,
+    batch: Option<usize>,
+) -> String {
+    let phase = if rollback { "rb" } else { "" };
+    let batch = batch.map(|b| format!("-b{b}")).unwrap_or_default();
+    format!(
+        "{phase}{number:02}-{}-{}{batch}",
+        slug(step),
+        host_slug(host)
+    )
+}
+
 impl Recorder {
     /// Creates a fresh run directory; a clash (two runs in the same second) gets a suffix.
     pub fn create(log_dir: &Path, run_id: &str) -> Result<(Recorder, String), RecordError> {
@@ -121,8 +153,10 @@ impl Recorder {
         if bytes.is_empty() {
             return Ok(None);
         }
-        // A step that runs on a host once per batch (a `local: true` step, a load
-        // balancer) must not overwrite what an earlier batch saved and recorded.
+        // Stems are unique per step, host and batch (`output_stem`); what runs twice
+        // under one stem all the same (the undo of a load balancer drained in two
+        // batches, by a step that does not read `batch`) must not overwrite what was
+        // saved and recorded first: it gets `.2`.
         let mut n = 1;
         let (rel, path) = loop {
             let rel = match n {
@@ -157,5 +191,15 @@ mod tests {
         // 3 bytes a character: cut at 80 bytes, not 40 characters.
         assert_eq!(slug(&"长".repeat(50)), "长".repeat(26));
         assert_eq!(slug(&"a".repeat(50)), "a".repeat(40));
+    }
+
+    #[test]
+    fn host_names_that_slug_alike_stay_apart() {
+        use super::host_slug;
+        assert_eq!(host_slug("ab1"), "ab1");
+        assert_ne!(host_slug("AB1"), host_slug("ab1"));
+        assert_ne!(host_slug("a.b1"), host_slug("a_b1"));
+        assert!(host_slug("AB1").starts_with("ab1-"));
+        assert_eq!(host_slug("AB1"), host_slug("AB1"));
     }
 }

@@ -5,7 +5,7 @@
 //! (backticks, `|`, ANSI escapes, NUL bytes, CJK): fences are made longer than
 //! any backtick run inside them, table cells are escaped, controls are shown.
 
-use crate::record::events::{Event, Outcome, RunKind, Status, Time};
+use crate::record::events::{Event, Outcome, Phase, RunKind, Status, Time};
 use crate::record::view::{Identity, RunView};
 use crate::report::excerpt::{read_output, truncate};
 use crate::report::markdown::{cell, code, fenced};
@@ -245,8 +245,23 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
     }
 
     // The forward steps, then the rollback (undo or guide steps: one run has only
-    // one kind).
+    // one kind). Rows of the Rollback section undo a forward step of the same
+    // number and name, or are steps of the guide: labelled so, never as the forward row.
+    let guide = events.iter().any(|e| {
+        matches!(
+            e,
+            Event::StepStarted {
+                phase: Phase::Guide,
+                ..
+            }
+        )
+    });
     for rollback in [false, true] {
+        let label = |number: usize| match (rollback, guide) {
+            (false, _) => number.to_string(),
+            (true, false) => format!("undo {number}"),
+            (true, true) => format!("R{number}"),
+        };
         // Finished targets, and steps that had no host at all, step by step in the
         // order they ran; within a step, hosts in inventory order (the Hosts table's),
         // not in the order they happened to finish.
@@ -329,7 +344,8 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
                 } => {
                     let _ = writeln!(
                         o,
-                        "| {number} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} |",
+                        label(*number),
                         cell(step),
                         cell(&with_batch(host, *batch)),
                         status_word(*status),
@@ -343,7 +359,8 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
                 } => {
                     let _ = writeln!(
                         o,
-                        "| {number} | {} | (no hosts) | skipped | {} | - | - |",
+                        "| {} | {} | (no hosts) | skipped | {} | - | - |",
+                        label(*number),
                         cell(step),
                         time.format("%H:%M:%S"),
                     );
@@ -362,7 +379,8 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
             {
                 let _ = writeln!(
                     o,
-                    "| {number} | {} | {} | **INTERRUPTED** | {} | - | - |",
+                    "| {} | {} | {} | **INTERRUPTED** | {} | - | - |",
+                    label(*number),
                     cell(step),
                     cell(host),
                     time.format("%H:%M:%S")
@@ -372,7 +390,7 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
         let _ = writeln!(o);
         let mut last_step = None;
         for e in finished.iter().chain(running.iter()) {
-            details(&mut o, e, run_dir, &mut last_step);
+            details(&mut o, e, run_dir, &label, &mut last_step);
         }
     }
 
@@ -399,7 +417,13 @@ fn with_batch(host: &str, batch: Option<usize>) -> String {
     }
 }
 
-fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, String)>) {
+fn details(
+    o: &mut String,
+    e: &Event,
+    run_dir: &Path,
+    label: &dyn Fn(usize) -> String,
+    last: &mut Option<(usize, String)>,
+) {
     let (number, step) = match e {
         Event::TargetFinished { number, step, .. }
         | Event::TargetStarted { number, step, .. }
@@ -407,7 +431,7 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
         _ => return,
     };
     if last.as_ref() != Some(&(number, step.clone())) {
-        let _ = writeln!(o, "### {number}. {}\n", cell(&step));
+        let _ = writeln!(o, "### {}. {}\n", label(number), cell(&step));
         *last = Some((number, step));
     }
     match e {
@@ -436,6 +460,7 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
             checks,
             capture,
             upload_sha256,
+            upload_sha256_withheld,
             reason,
             batch,
             ..
@@ -469,6 +494,9 @@ fn details(o: &mut String, e: &Event, run_dir: &Path, last: &mut Option<(usize, 
             }
             if let Some(sum) = upload_sha256 {
                 let _ = writeln!(o, "Uploaded file sha256: {}\n", code(sum));
+            }
+            if let Some(why) = upload_sha256_withheld {
+                let _ = writeln!(o, "Uploaded file sha256: withheld: {}\n", cell(why));
             }
             for (label, saved) in [("stdout", stdout), ("stderr", stderr)] {
                 if let Some(s) = saved {

@@ -2,6 +2,7 @@
 
 use crate::load::inventory::ConfirmMode;
 use crate::plan::{Plan, PlanStep, Target};
+use crate::sanitize::{escape_controls, escape_line};
 use console::style;
 use std::fmt::Write as _;
 
@@ -31,6 +32,9 @@ fn indented(text: &str, indent: &str) -> String {
         .join("\n")
 }
 
+/// The dry-run for a person. What comes from the runbook, the inventory or the
+/// command line (names, questions, commands) is escaped like host output: this
+/// is printed on a terminal, and a name must not redraw it.
 pub fn text(plan: &Plan) -> String {
     let mut o = String::new();
     let rb = &plan.runbook;
@@ -48,7 +52,7 @@ pub fn text(plan: &Plan) -> String {
     let _ = writeln!(
         o,
         "runbook    {}{version}  {}  sha256:{}",
-        style(&rb.name).bold(),
+        style(escape_line(&rb.name)).bold(),
         rb.path,
         rb.sha256
     );
@@ -56,14 +60,14 @@ pub fn text(plan: &Plan) -> String {
         let _ = writeln!(
             o,
             "           {}",
-            d.trim().lines().next().unwrap_or_default()
+            escape_line(d.trim().lines().next().unwrap_or_default())
         );
     }
     let inv = &plan.inventory;
     let _ = writeln!(
         o,
         "inventory  {}  {}  sha256:{}",
-        style(&inv.name).bold(),
+        style(escape_line(&inv.name)).bold(),
         inv.path,
         inv.sha256
     );
@@ -73,8 +77,8 @@ pub fn text(plan: &Plan) -> String {
         "run        {}  (stamp {}, operator {}, ticket {})",
         r.id,
         r.stamp,
-        r.operator,
-        r.ticket.as_deref().unwrap_or("none")
+        escape_line(&r.operator),
+        escape_line(r.ticket.as_deref().unwrap_or("none"))
     );
     for (i, p) in plan.params.iter().enumerate() {
         let label = if i == 0 { "params" } else { "" };
@@ -83,6 +87,7 @@ pub fn text(plan: &Plan) -> String {
             None if p.secret => "(asked for at run time)".into(),
             None => "(not set)".into(),
         };
+        let value = escape_line(&value);
         let _ = writeln!(o, "{label:<10} {}={value}  ({})", p.name, p.source);
     }
     let hosts: Vec<String> = plan
@@ -132,7 +137,7 @@ pub fn text(plan: &Plan) -> String {
                 o,
                 "\n{} the operator types `{}` before anything runs",
                 style("gate:").yellow().bold(),
-                inv.name
+                escape_line(&inv.name)
             );
         }
         ConfirmMode::Yes => {
@@ -172,8 +177,8 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
     let mut head = format!(
         "{} {}  on: {}",
         style(format!("[{number}]")).cyan().bold(),
-        style(&s.name).bold(),
-        s.on
+        style(escape_line(&s.name)).bold(),
+        escape_line(&s.on.to_string())
     );
     if s.skipped_by_start_at {
         head.push_str("  (skipped: before --start-at)");
@@ -199,6 +204,7 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
         let _ = writeln!(o, "    ({})", notes.join("; "));
     }
     if let Some(q) = &s.confirm {
+        let q = escape_line(q);
         let _ = writeln!(o, "    {} {q} [y/N]", style("gate:").yellow().bold());
     }
     if let Some(m) = &s.manual {
@@ -207,7 +213,11 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
             "    {} the operator does this by hand, confirms and may note a ticket id:",
             style("manual:").yellow().bold()
         );
-        let _ = writeln!(o, "{}", indented(m, "      | "));
+        let _ = writeln!(
+            o,
+            "{}",
+            indented(&escape_controls(m.as_bytes()), "      | ")
+        );
     }
     if s.targets.is_empty() && s.manual.is_none() {
         let _ = writeln!(o, "    no hosts");
@@ -221,12 +231,11 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
                 .and_then(|i| batches.get(i))
                 .map_or(String::new(), |m| m.join(", "));
             let _ = writeln!(o, "    batch {b} ({members}):");
-            let mut one = String::new();
-            target(&mut one, t, s.retries, &delay);
+            let one = target_text(t, s.retries, &delay);
             let _ = write!(o, "{}", indented(&one, "  "));
             let _ = writeln!(o);
         } else {
-            target(o, t, s.retries, &delay);
+            o.push_str(&target_text(t, s.retries, &delay));
         }
     }
 }
@@ -241,11 +250,12 @@ pub(super) fn expectations(t: &Target) -> impl Iterator<Item = (&'static str, &s
     .filter_map(|(label, re)| Some((label, re.as_deref()?)))
 }
 
-/// One target as the dry-run shows it: command, stdin, check, rollback.
+/// One target as the dry-run shows it: command, stdin, check, rollback; escaped
+/// (commands and rendered files carry runbook text and captured host output).
 pub fn target_text(t: &Target, retries: u32, delay: &str) -> String {
     let mut o = String::new();
     target(&mut o, t, retries, delay);
-    o
+    escape_controls(o.as_bytes())
 }
 
 fn target(o: &mut String, t: &Target, retries: u32, delay: &str) {

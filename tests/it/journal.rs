@@ -315,7 +315,7 @@ fn runs_lists_ticket_and_what_became_of_each_run_in_aligned_columns() {
     undo_ok.expect_code(1);
     assert_eq!(
         undo_ok.outcome().1,
-        format!("step `Two` failed on {a} (exit 1); rolled back 1 step: restored {a} (`One`)")
+        format!("step `Two` failed on {a} (exit 1); rolled back 1 step: undone on {a}: `One`")
     );
     lab.run(&["undo-bad", "--env", "local", "--yes"], &[], None)
         .expect_code(1);
@@ -327,7 +327,7 @@ fn runs_lists_ticket_and_what_became_of_each_run_in_aligned_columns() {
     assert_eq!(
         later.outcome().1,
         format!(
-            "rolled back 2 steps of run {}: restored {a}, {} (`Two`, `One`)",
+            "rolled back 2 steps of run {}: undone on {a}, {}: `Two`, `One`",
             ok.id(),
             hosts[1]
         )
@@ -542,7 +542,7 @@ steps:
     assert_eq!(
         undo.outcome().1,
         format!(
-            "rolled back 1 step of run {}: restored {} (`Only`)",
+            "rolled back 1 step of run {}: undone on {}: `Only`",
             one.id(),
             hosts[0]
         )
@@ -584,4 +584,57 @@ fn a_failure_on_a_host_named_grace_is_a_failure_not_a_timeout() {
     assert!(finished.contains(r#""status":"failed""#), "{finished}");
     let log = fs::read_to_string(run.dir().join("log.md")).unwrap();
     assert!(log.contains(&format!("#### {host}: FAILED")), "{log}");
+}
+
+/// Output file names are unique (hosts differing only in case or punctuation get
+/// their own), stable (the same run names them the same way) and say the batch in
+/// one way for every step of a rolling run: `-b2`, never a bare `.2`.
+#[test]
+fn output_files_are_unique_per_host_and_name_their_batch() {
+    use crate::support::cli::Test;
+    use sha2::{Digest, Sha256};
+    let inventory = "groups:\n  app:\n    hosts:\n      AB1: { connection: local }\n      ab1: { connection: local }\n  lb:\n    hosts:\n      lb1: { connection: local }\n";
+    let runbook = "name: names\nhosts: app\nserial: 1\nsteps:\n\
+        \x20 - name: Check the packages\n    local: true\n    run: echo checked\n\
+        \x20 - name: Drain\n    on: lb\n    run: echo drained\n\
+        \x20 - name: Drain one\n    on: lb\n    run: echo {{ batch[0].name }}\n\
+        \x20 - name: Upgrade\n    run: echo {{ host.name }}\n";
+    let run = Test::new()
+        .write("runbooks/names.yaml", runbook)
+        .write("inventories/lab.yaml", inventory)
+        .args(["names", "--env", "lab", "--yes", "--no-sign"])
+        .expect_status(0)
+        .run();
+    let digest: String = Sha256::digest(b"AB1")[..3]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut files: Vec<String> = std::fs::read_dir(run.dir().join("outputs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut expected = vec![
+        "01-check-the-packages-localhost-b1.stdout".to_string(),
+        "01-check-the-packages-localhost-b2.stdout".into(),
+        "02-drain-lb1-b1.stdout".into(),
+        "02-drain-lb1-b2.stdout".into(),
+        "03-drain-one-lb1-b1.stdout".into(),
+        "03-drain-one-lb1-b2.stdout".into(),
+        format!("04-upgrade-ab1-{digest}-b1.stdout"),
+        "04-upgrade-ab1-b2.stdout".into(),
+    ];
+    expected.sort();
+    assert_eq!(files, expected);
+    assert_eq!(
+        run.read(
+            run.dir()
+                .join(format!("outputs/04-upgrade-ab1-{digest}-b1.stdout"))
+        ),
+        "AB1\n"
+    );
+    assert_eq!(
+        run.read(run.dir().join("outputs/04-upgrade-ab1-b2.stdout")),
+        "ab1\n"
+    );
 }

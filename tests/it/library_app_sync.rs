@@ -178,7 +178,10 @@ fn a_failed_test_start_puts_the_old_test_tree_back() {
             .contains("step `Health check the test application` failed on h2"),
         "{r:?}"
     );
-    assert!(r.stderr.contains("restored"), "{r:?}");
+    assert!(
+        r.stderr.contains("rolled back 4 steps: undone on h1: "),
+        "{r:?}"
+    );
     assert!(!r.stderr.contains("ROLLBACK INCOMPLETE"), "{r:?}");
     assert_eq!(tree_digest(&s.test.join("ecology")), test_before);
     assert_eq!(s.status(&s.test), "running");

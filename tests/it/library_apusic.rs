@@ -107,7 +107,7 @@ fn an_unhealthy_start_is_stopped_again() {
         r.stderr.contains("step `Health check` failed on h1"),
         "{r:?}"
     );
-    assert!(r.stderr.contains("rolled back 1 step: restored"), "{r:?}");
+    assert!(r.stderr.contains("rolled back 1 step: undone on "), "{r:?}");
     // The rollback undoes the start wherever it completed: a half-working node takes no traffic.
     assert_eq!(n.state(0), "stopped");
     let h1: Vec<String> = n

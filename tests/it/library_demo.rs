@@ -94,7 +94,10 @@ fn the_demo_upgrade_runs_and_its_failing_variant_rolls_back() {
         bad.stderr.contains("step `Health check` failed on oa1"),
         "{bad:?}"
     );
-    assert!(bad.stderr.contains("restored"), "{bad:?}");
+    assert!(
+        bad.stderr.contains("rolled back 5 steps: undone on oa1: "),
+        "{bad:?}"
+    );
     assert_eq!(tree_digest(&ecology(dir.path(), "oa1")), before);
     assert_eq!(
         std::fs::read_to_string(&conf).unwrap(),
@@ -365,9 +368,9 @@ fn the_failing_demo_says_what_it_restored_and_its_gates_name_their_batch() {
         last,
         "failed: step `Health check` failed on oa1 (exit 1: curl: (22) The requested URL returned error: 500 … \
          no healthy answer after 3 tries); \
-         rolled back 5 steps: restored oa1 (`Start the application`, `Back up ecology`, \
-         `Stop the application`, `Upload the packages`); lb1 (`Drain the node from the load \
-         balancer` of batch 1)",
+         rolled back 5 steps: undone on oa1: `Start the application`, `Back up ecology`, \
+         `Stop the application`, `Upload the packages`; on lb1: `Drain the node from the load \
+         balancer` of batch 1",
         "{bad:?}"
     );
     // The per-batch gate names its batch and node, in the log too.

@@ -264,7 +264,7 @@ fn a_start_that_logs_errors_is_rolled_back() {
         "{r:?}"
     );
     assert!(r.log_md().contains("SEVERE"), "{r:?}");
-    assert!(r.stderr.contains("rolled back 1 step: restored"), "{r:?}");
+    assert!(r.stderr.contains("rolled back 1 step: undone on "), "{r:?}");
     assert!(
         tomcat.pids().is_empty(),
         "the rollback stopped the broken Tomcat"

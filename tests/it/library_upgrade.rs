@@ -278,7 +278,7 @@ fn failed_health_check_restores_the_tree_byte_for_byte() {
         r.stderr.contains("step `Health check` failed on h1"),
         "{r:?}"
     );
-    assert!(r.stderr.contains("restored"), "{r:?}");
+    assert!(r.stderr.contains(": undone on h1: "), "{r:?}");
     assert!(!r.stderr.contains("ROLLBACK INCOMPLETE"), "{r:?}");
 
     // The application tree is exactly what it was, logs (left out of the backup) included.
@@ -313,7 +313,7 @@ fn failed_health_check_restores_the_tree_byte_for_byte() {
         "{ev:?}"
     );
     assert_eq!(tree_digest(&e.weaver[1].join("ecology")), before[1]);
-    assert!(r.log_md().contains("restored "), "{r:?}");
+    assert!(r.log_md().contains("undone on "), "{r:?}");
 
     // h1 went back into the load balancer with the restored conf; h2 was never drained.
     let (n1, n2) = (&e.backend[0], &e.backend[1]);

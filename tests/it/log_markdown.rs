@@ -381,3 +381,38 @@ fn the_rollback_preview_escapes_what_a_host_printed() {
         "{stdout}"
     );
 }
+
+const ROWS: &str = "name: rows\nhosts: app\nsteps:\n\
+    \x20 - name: Long remote\n    run: echo forward\n    rollback: echo undone\n\
+    \x20 - name: Break\n    run: exit 1\n\
+    rollback:\n\
+    \x20 - name: Restore\n    run: echo restore\n";
+
+/// An undo row and a guide row are labelled as such, never with the bare number
+/// of the forward step they share a name with.
+#[test]
+fn undo_and_guide_rows_are_labelled_in_the_log() {
+    use crate::support::cli::Test;
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = "groups:\n  app:\n    hosts:\n      a1: { connection: local }\n";
+    let failed = Test::in_dir(dir.path())
+        .write("runbooks/rows.yaml", ROWS)
+        .write("inventories/lab.yaml", inventory)
+        .args(["rows", "--env", "lab", "--yes", "--no-sign"])
+        .expect_status(1)
+        .run();
+    let log = failed.log_md();
+    assert!(log.contains("\n| 1 | Long remote | a1 | ok |"), "{log}");
+    assert!(
+        log.contains("\n| undo 1 | Long remote | a1 | ok |"),
+        "{log}"
+    );
+    assert!(log.contains("\n### undo 1. Long remote\n"), "{log}");
+    let guide = Test::in_dir(dir.path())
+        .args(["rollback", &failed.id(), "--yes", "--no-sign"])
+        .expect_status(0)
+        .run();
+    let log = guide.log_md();
+    assert!(log.contains("\n| R1 | Restore | a1 | ok |"), "{log}");
+    assert!(log.contains("\n### R1. Restore\n"), "{log}");
+}

@@ -30,5 +30,6 @@ mod run_ssh;
 mod secrets;
 mod sign;
 mod templates;
+mod terminal;
 mod transport;
 mod upload_template;

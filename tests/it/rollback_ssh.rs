@@ -173,7 +173,7 @@ steps:
 "#;
 
 /// The rows of one table section of `log.md` (`## Steps` or `## Rollback`):
-/// (step number, step, host, status).
+/// (step number, step, host, status); a Rollback row's `undo 2` or `R1` is its number.
 fn log_rows(log: &str, section: &str) -> Vec<(usize, String, String, String)> {
     let start = log
         .find(&format!("\n## {section}\n"))
@@ -186,7 +186,10 @@ fn log_rows(log: &str, section: &str) -> Vec<(usize, String, String, String)> {
         .map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
             (
-                cells[1].parse().unwrap(),
+                cells[1]
+                    .trim_start_matches(|c: char| !c.is_ascii_digit())
+                    .parse()
+                    .unwrap(),
                 cells[2].to_string(),
                 cells[3].to_string(),
                 cells[4].to_string(),
@@ -363,7 +366,7 @@ fn failure_at_step_four_on_one_host_rolls_back_in_reverse_where_each_step_comple
         "{message}"
     );
     assert!(
-        message.contains("rolled back 4 steps: restored"),
+        message.contains("rolled back 4 steps: undone on "),
         "{message}"
     );
 
@@ -380,7 +383,7 @@ fn failure_at_step_four_on_one_host_rolls_back_in_reverse_where_each_step_comple
     assert_eq!(numbers, [4, 3, 3, 2, 2, 1, 1], "{log}");
     assert_eq!(undo[0].2, "web1");
     assert!(undo.iter().all(|r| r.3 == "ok"), "{undo:?}");
-    assert!(log.contains("rolled back 4 steps: restored"));
+    assert!(log.contains("rolled back 4 steps: undone on "));
 }
 
 // ---------------------------------------------------------------------------------
@@ -518,7 +521,7 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
         undo.outcome(),
         (
             "succeeded".to_string(),
-            format!("rolled back 5 steps of run {original}: restored web1, web2 (`Start app`, `Migrate`, `Write config`, `Back up config`, `Stop app`)")
+            format!("rolled back 5 steps of run {original}: undone on web1, web2: `Start app`, `Migrate`, `Write config`, `Back up config`, `Stop app`")
         )
     );
     let log = undo.log_md();
@@ -863,7 +866,7 @@ steps:
     let not_restored = message.split("not restored:").nth(1).unwrap();
     assert_eq!(
         not_restored.trim(),
-        "`Two` on web1; undone: web1 (`Three`, `One`); web2 (`Three`, `Two`, `One`)",
+        "`Two` on web1; undone on web1: `Three`, `One`; on web2: `Three`, `Two`, `One`",
         "{message}"
     );
     // Loudly: when it happens, and again in the last words of the run.
@@ -881,7 +884,7 @@ steps:
     assert_eq!(
         last_error,
         "failed: step `Four` failed on web1 (exit 1), web2 (exit 1); ROLLBACK INCOMPLETE: \
-         not restored: `Two` on web1; undone: web1 (`Three`, `One`); web2 (`Three`, `Two`, `One`)",
+         not restored: `Two` on web1; undone on web1: `Three`, `One`; on web2: `Three`, `Two`, `One`",
         "{}",
         run.stderr
     );
@@ -943,7 +946,7 @@ fn ctrl_c_then_r_stops_and_rolls_back_the_completed_steps() {
     let (outcome, message) = run.outcome();
     assert_eq!(outcome, "interrupted");
     assert!(
-        message.contains("rolled back 2 steps: restored"),
+        message.contains("rolled back 2 steps: undone on "),
         "{message}"
     );
     let numbers: Vec<usize> = log_rows(&run.log_md(), "Rollback")

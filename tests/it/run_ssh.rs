@@ -673,7 +673,7 @@ fn upgrade_on_the_local_demo_inventory_succeeds_and_rolls_back() {
     let (outcome, message) = run.outcome();
     assert_eq!(outcome, "failed");
     assert!(
-        message.contains("rolled back 3 steps: restored"),
+        message.contains("rolled back 3 steps: undone on "),
         "{message}"
     );
     for s in ["sandbox1", "sandbox2"] {

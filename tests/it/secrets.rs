@@ -93,3 +93,47 @@ fn a_secret_in_env_reaches_the_command_on_stdin_never_on_its_command_line() {
     assert!(!journal.contains(SECRET));
     assert!(!everything_under(&out.path().join("runs")).contains(SECRET));
 }
+
+/// Lines are cut for the failure message after masking: a secret that crosses the
+/// cut must not leave its first characters behind.
+#[test]
+fn a_secret_crossing_the_failure_line_cut_is_masked_whole() {
+    let runbook = "name: cut1\nhosts: app\nparams:\n  tok: { secret: true }\nsteps:\n\
+        \x20 - name: Log in\n    stdin: \"{{ tok }}\"\n    run: \"read -r t || true; printf 'error: login failed %0120d password=%s rest\\\\n' 0 \\\"$t\\\" >&2; exit 1\"\n";
+    let out = Test::new()
+        .write("runbooks/cut1.yaml", runbook)
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["cut1", "--env", "lab", "--yes", "--no-sign"])
+        .env("OPSRUN_SECRET_TOK", "hunter22secret")
+        .expect_status(1)
+        .run();
+    let record = everything_under(&out.path().join("runs"));
+    for text in [&record, &out.stdout, &out.stderr] {
+        assert!(
+            !text.contains("hunter"),
+            "part of the secret leaked:\n{text}"
+        );
+    }
+    let line = format!("exit 1: error: login failed {:0120} password=******", 0);
+    assert!(out.stderr.contains(&line), "{}", out.stderr);
+}
+
+/// `-v` streams output line by line, and lets a very long line through in pieces:
+/// a piece must never end inside a secret.
+#[test]
+fn a_secret_split_across_streamed_pieces_is_masked() {
+    let runbook = "name: long\nhosts: app\nparams:\n  tok: { secret: true }\nsteps:\n\
+        \x20 - name: Long line\n    stdin: \"{{ tok }}\"\n    run: \"read -r t || true; printf '%065530d' 0; printf '%s' \\\"$t\\\" | head -c 9; sleep 1; printf '%s' \\\"$t\\\" | tail -c +10; echo\"\n";
+    let out = Test::new()
+        .write("runbooks/long.yaml", runbook)
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["long", "--env", "lab", "--yes", "--no-sign", "-v"])
+        .env("OPSRUN_SECRET_TOK", "hunter22secret")
+        .expect_status(0)
+        .run();
+    assert!(!out.stderr.contains("hunter"), "part of the secret leaked");
+    assert!(
+        out.stderr.contains("a1 | ******\n"),
+        "the masked secret is shown"
+    );
+}
