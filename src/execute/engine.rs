@@ -351,7 +351,7 @@ impl Engine<'_> {
         self.ui.line(&format!(
             "{label} {}: no hosts (`{}` matches none{})",
             crate::sanitize::escape_line(&step.name),
-            crate::sanitize::escape_line(&on),
+            crate::sanitize::escape_line(on),
             if self.planner.is_limited() {
                 " within --limit"
             } else {
