@@ -94,10 +94,27 @@ pub(super) fn undone_message(planner: &Planner, undone: &crate::execute::undo::U
     if undone.failed.is_empty() {
         return format!("restored {}", undone.summary(planner));
     }
-    let list: Vec<String> = undone
-        .failed
+    // One entry per step, in the order they were undone, hosts in inventory order:
+    // not in the order the hosts happened to fail.
+    let order: Vec<&str> = planner
+        .run_hosts()
         .iter()
-        .map(|(s, h)| format!("`{s}` on {h}"))
+        .map(|h| h.name.as_str())
+        .collect();
+    let mut per_step: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (s, h) in &undone.failed {
+        match per_step.iter_mut().find(|(n, _)| n == s) {
+            Some((_, hosts)) => hosts.push(h),
+            None => per_step.push((s, vec![h])),
+        }
+    }
+    let list: Vec<String> = per_step
+        .iter_mut()
+        .map(|(s, hosts)| {
+            hosts.sort_by_key(|h| order.iter().position(|o| o == h).unwrap_or(usize::MAX));
+            hosts.dedup();
+            format!("`{s}` on {}", hosts.join(", "))
+        })
         .collect();
     let done = if undone.ok.is_empty() {
         String::new()
@@ -219,20 +236,9 @@ pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>,
     let guide = planner.runbook.rollback.len();
     if guide == 0 {
         let undo = crate::execute::undo::undoable(planner, &recorded.completed);
-        lines.extend(undo_lines(planner, &recorded.captures, &undo));
-        let mut on = std::collections::HashSet::new();
-        for c in &undo {
-            on.extend(c.hosts.iter().map(|h| h.host.clone()));
-        }
-        let mut hosts: Vec<String> = planner
-            .run_hosts()
-            .into_iter()
-            .filter(|h| on.contains(&h.name))
-            .map(|h| h.name.clone())
-            .collect();
-        if on.contains("localhost") {
-            hosts.push("this machine".into());
-        }
+        let batches = crate::execute::undo::undo_batches(planner, &recorded.completed);
+        lines.extend(undo_lines(planner, &recorded.captures, &batches));
+        let hosts = crate::execute::undo::undo_hosts(planner, &batches);
         let question = if undo.is_empty() {
             format!(
                 "Roll back run `{}` ({name} on `{inv}`)? It has no completed step left to undo.",
@@ -383,35 +389,45 @@ pub(super) fn show_undo(engine: &Engine<'_>) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    for l in undo_lines(engine.planner, &caps, &engine.undoable()) {
+    for l in undo_lines(engine.planner, &caps, &engine.undo_batches()) {
         engine.ui.line(&engine.redactor.redact(&l));
     }
 }
 
-/// The completed steps an undo will run, in order, with their rollback commands.
+/// The completed steps an undo will run, in order (batch by batch for a rolling
+/// run), with their rollback commands.
 pub(super) fn undo_lines(
     planner: &Planner,
     caps: &Captures,
-    undo: &[crate::execute::engine::Completed],
+    batches: &[crate::execute::undo::UndoBatch],
 ) -> Vec<String> {
+    let rolling = batches.iter().any(|b| b.batch.is_some());
     let mut lines = vec![format!(
-        "{} these completed steps will be undone, in this order:",
-        console::style("rollback:").yellow().bold()
+        "{} these completed steps will be undone, in this order{}:",
+        console::style("rollback:").yellow().bold(),
+        if rolling {
+            ", batch by batch, the last batch first"
+        } else {
+            ""
+        }
     )];
-    for c in undo {
-        let step = &planner.runbook.steps[c.step];
-        for round in crate::execute::undo::undo_rounds(&c.hosts) {
-            let hosts: Vec<String> = round.iter().map(ToString::to_string).collect();
+    for part in batches {
+        if let Some(b) = part.batch {
+            lines.push(format!("  undo {}", batch_line(planner, b)));
+        }
+        for (index, round) in &part.steps {
+            let step = &planner.runbook.steps[*index];
+            let hosts: Vec<String> = round.iter().map(|h| h.host.clone()).collect();
             lines.push(format!(
                 "  [{}] {} on {}",
-                c.step + 1,
+                index + 1,
                 step.name,
                 hosts.join(", ")
             ));
-            for h in &round {
+            for h in round {
                 let host = (!step.local).then_some(h.host.as_str());
                 if let Ok(t) = planner.render(
-                    StepRef::Forward(c.step),
+                    StepRef::Forward(*index),
                     host,
                     Some(caps),
                     Reveal::Masked,
@@ -452,11 +468,13 @@ pub(super) async fn rollback_after_failure(
     }
     engine.ui.line("");
     show_undo(engine);
+    let hosts = crate::execute::undo::undo_hosts(engine.planner, &engine.undo_batches());
     if !engine.confirm(
         Some("(rollback)"),
         &format!(
-            "Roll back {}?",
-            count(undoable.len(), "completed step", "completed steps")
+            "Roll back {} on {}?",
+            count(undoable.len(), "completed step", "completed steps"),
+            hosts.join(", ")
         ),
     )? {
         return Ok(Finish {
