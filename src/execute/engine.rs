@@ -191,12 +191,16 @@ impl Engine<'_> {
                 continue;
             }
             self.ui.step(&label_of(r), &step.name, hosts.len());
+            let caps = self
+                .captures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             if let Some(q) = self
                 .planner
-                .confirm_prompt(r)
+                .gate_question(r, batch, Some(&caps))
                 .map_err(|e| ExecError::Render(e.to_string()))?
             {
-                let q = format!("{q} {}", self.planner.gate_hosts(&step, &hosts, batch));
                 if !self.confirm_in(Some(&step.name), batch, &q)? {
                     return Ok(Some(Finish {
                         outcome: RunOutcome::NotConfirmed,

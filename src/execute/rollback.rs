@@ -347,11 +347,8 @@ pub(super) fn guide_step_rendered(
     };
     lines.push(format!("  [R{}/{total}] {}{on}", i + 1, step.name));
     let fail = |e: &dyn std::fmt::Display| format!("      (cannot render: {e})");
-    match planner.confirm_prompt(r) {
-        Ok(Some(q)) => lines.push(format!(
-            "      gate: {q} {} [y/N]",
-            planner.gate_hosts(step, &hosts, batch)
-        )),
+    match planner.gate_question(r, batch, Some(&recorded.captures)) {
+        Ok(Some(q)) => lines.push(format!("      gate: {q} [y/N]")),
         Ok(None) => {}
         Err(e) => lines.push(fail(&e)),
     }

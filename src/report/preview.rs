@@ -198,7 +198,7 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
     if !notes.is_empty() {
         let _ = writeln!(o, "    ({})", notes.join("; "));
     }
-    if let Some(q) = &s.confirm {
+    for q in &s.gates {
         let _ = writeln!(o, "    {} {q} [y/N]", style("gate:").yellow().bold());
     }
     if let Some(m) = &s.manual {

@@ -181,3 +181,47 @@ fn short_text(text: &str, hosts: &[String]) -> String {
     }
     text
 }
+
+const GATES: &str = r#"name: gates
+hosts: app
+steps:
+  - name: 停止服务
+    confirm: "停止服务？"
+    run: "true"
+  - name: 重启主库
+    when: broken | default('no') == 'yes'
+    confirm: "重启主库？"
+    run: "true"
+"#;
+
+#[test]
+fn gates_name_the_hosts_that_run_the_step_in_the_dry_run_and_the_run() {
+    let (lab, hosts) = lab("gates", &[1]);
+    lab.write("runbooks/gates.yaml", GATES);
+    let dry = lab.test(&["gates", "--env", "local", "--dry-run"]).output();
+    let out = short(&dry, &hosts);
+    assert!(
+        out.contains("    gate: 停止服务？ (on web1, web2, web3) [y/N]\n"),
+        "{out}"
+    );
+    // Only web1 passes the `when:`: the gate is for it alone.
+    assert!(
+        out.contains("    gate: 重启主库？ (on web1) [y/N]\n"),
+        "{out}"
+    );
+    let run = lab.run(
+        &["gates", "--env", "local", "--yes", "--no-sign"],
+        &[],
+        None,
+    );
+    run.expect_code(0);
+    let prompts: Vec<String> = run
+        .events("gate")
+        .iter()
+        .map(|g| short_text(g["prompt"].as_str().unwrap(), &hosts))
+        .collect();
+    assert_eq!(
+        prompts,
+        ["停止服务？ (on web1, web2, web3)", "重启主库？ (on web1)"]
+    );
+}
