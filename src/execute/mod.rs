@@ -397,6 +397,15 @@ async fn drive(
                 engine.ui.line(l);
             }
             let again = !engine.planner.runbook.rollback.is_empty() && !r.rolled_back_by.is_empty();
+            if again && engine.gates.yes {
+                // `--yes` answers the gate without showing it: what it would have asked
+                // about must still reach the operator, not only the journal.
+                engine.ui.warn(&format!(
+                    "run {} was already rolled back (by {}); --yes runs its rollback guide again",
+                    r.id,
+                    r.rolled_back_by.join(", by ")
+                ));
+            }
             (question, again)
         }
         _ => (

@@ -225,3 +225,36 @@ fn gates_name_the_hosts_that_run_the_step_in_the_dry_run_and_the_run() {
         ["停止服务？ (on web1, web2, web3)", "重启主库？ (on web1)"]
     );
 }
+
+const GUIDED: &str = r#"name: guided
+hosts: app
+steps:
+  - name: Deploy
+    run: echo "deploy {{ host.name }}" >> {{ events }}
+rollback:
+  - name: Restore
+    run: echo "restore {{ host.name }}" >> {{ events }}
+"#;
+
+#[test]
+fn a_guide_run_again_with_yes_warns_on_the_terminal() {
+    let (lab, hosts) = lab("again", &[]);
+    lab.write("runbooks/guided.yaml", GUIDED);
+    let run = lab.run(
+        &["guided", "--env", "local", "--yes", "--no-sign"],
+        &[],
+        None,
+    );
+    run.expect_code(0);
+    let first = lab.run(&["rollback", &run.id(), "--yes", "--no-sign"], &[], None);
+    first.expect_code(0);
+    assert!(!first.stderr.contains("already rolled back"), "{first:?}");
+    let again = lab.run(&["rollback", &run.id(), "--yes", "--no-sign"], &[], None);
+    again.expect_code(0);
+    let line = format!(
+        "warning: run {} was already rolled back (by run {}); --yes runs its rollback guide again\n",
+        run.id(),
+        first.id()
+    );
+    assert!(short(&again, &hosts).contains(&line), "{again:?}");
+}
