@@ -34,15 +34,21 @@ pub(super) async fn rollback_recorded(
             if let Some(b) = b {
                 engine.ui.line(&batch_line(engine.planner, *b));
             }
-            let fut = engine.run_steps(&refs, *b, &label);
-            if let Some(f) = fut.await? {
-                return Ok(Finish {
-                    message: format!(
-                        "rollback guide stopped: {}; run {} is NOT fully restored",
-                        f.message, recorded.id
-                    ),
-                    ..f
-                });
+            // Step by step, so that a stop says what the guide had already done to
+            // this batch: a node left drained and stopped must not go unsaid.
+            for (n, r) in refs.iter().enumerate() {
+                let fut = engine.run_steps(std::slice::from_ref(r), *b, &label);
+                if let Some(f) = fut.await? {
+                    return Ok(Finish {
+                        message: format!(
+                            "rollback guide stopped: {}; run {} is NOT fully restored{}",
+                            f.message,
+                            recorded.id,
+                            guide_done(engine.planner, &refs[..n], *b)
+                        ),
+                        ..f
+                    });
+                }
             }
         }
         return Ok(Finish {
@@ -87,6 +93,50 @@ pub(super) async fn rollback_recorded(
             exit::STEP_FAILED
         },
     })
+}
+
+/// What the guide steps `done` did in `batch` before the guide stopped, as the
+/// state a node is left in: `; batch 1/2 (oa1) is left as [R1] `Drain` (lb1) and
+/// [R2] `Stop` (oa1) made it`. Empty when none had run there.
+fn guide_done(planner: &Planner, done: &[StepRef], batch: Option<usize>) -> String {
+    let mut did = Vec::new();
+    for r in done {
+        let StepRef::Guide(i) = *r else { continue };
+        let step = &planner.runbook.rollback[i];
+        if matches!(step.action, crate::load::runbook::Action::Manual(_)) {
+            continue;
+        }
+        let hosts = if step.local {
+            vec!["this machine".to_string()]
+        } else {
+            planner.batch_hosts(*r, batch)
+        };
+        if !hosts.is_empty() {
+            did.push(format!(
+                "[R{}] `{}` ({})",
+                i + 1,
+                step.name,
+                hosts.join(", ")
+            ));
+        }
+    }
+    if did.is_empty() {
+        return String::new();
+    }
+    let which = match batch.and_then(|b| Some((b, planner.batches().get(b.checked_sub(1)?)?))) {
+        Some((b, m)) if planner.batches().len() > 1 => {
+            format!(
+                "batch {b}/{} ({}) is",
+                planner.batches().len(),
+                m.join(", ")
+            )
+        }
+        _ => "its hosts are".to_string(),
+    };
+    format!(
+        "; {which} left as the guide's completed steps made it: {}",
+        did.join(", ")
+    )
 }
 
 /// Says what a rollback restored, and what it could not.
