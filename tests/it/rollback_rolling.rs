@@ -258,3 +258,46 @@ fn a_guide_run_again_with_yes_warns_on_the_terminal() {
     );
     assert!(short(&again, &hosts).contains(&line), "{again:?}");
 }
+
+const STAGED: &str = r#"name: staged
+hosts: app
+steps:
+  - name: Stage
+    local: true
+    capture: { name: staged, regex: "(?m)^staged: (.+)$" }
+    script: |
+      mkdir "$TMPDIR/work"
+      echo payload > "$TMPDIR/work/file"
+      echo "staged: $TMPDIR/work/file"
+  - name: Use
+    run: cat {{ staged | quote }} && test -e {{ events }}.go
+"#;
+
+#[test]
+fn a_resume_runs_again_the_local_steps_whose_captures_were_in_the_removed_temporary_directory() {
+    let (lab, hosts) = lab("resume", &[]);
+    lab.write("runbooks/staged.yaml", STAGED);
+    let hosts = &hosts[..1];
+    let args = [
+        "staged",
+        "--env",
+        "local",
+        "--yes",
+        "--no-sign",
+        "--limit",
+        &hosts[0],
+    ];
+    let run = lab.run(&args, &[], None);
+    run.expect_code(1);
+    fs::write(lab.path().join("events.go"), "").unwrap();
+    let id = run.id();
+    let resumed = lab.run(&[&args[..], &["--resume", &id]].concat(), &[], None);
+    resumed.expect_code(0);
+    assert!(
+        resumed.stderr.contains(
+            "re-running step 1 `Stage`: its capture `staged` was in the temporary directory of an earlier run, removed when that run ended\n"
+        ),
+        "{resumed:?}"
+    );
+    assert_eq!(resumed.saved_stdout("Use", &hosts[0]), "payload\n");
+}
