@@ -20,8 +20,8 @@ mod rollback;
 
 use lock::{release_locks, take_locks};
 pub use logfile::{write_log, LOG_FILE};
-pub use rollback::rollback_preview;
 use rollback::{batch_line, rollback_after_failure, rollback_recorded};
+pub use rollback::{rollback_preview, rollback_steps};
 mod undo;
 pub mod view;
 

@@ -276,6 +276,18 @@ pub(super) fn guide_where(planner: &Planner, batches: &[Option<usize>]) -> Strin
     format!(", batch by batch: {}{also}", shown.join(" "))
 }
 
+/// The steps `opsrun rollback RUN` runs: the guide's, or the completed steps it undoes.
+pub fn rollback_steps(planner: &Planner, recorded: &Recorded) -> Vec<StepRef> {
+    let guide = planner.runbook.rollback.len();
+    if guide > 0 {
+        return (0..guide).map(StepRef::Guide).collect();
+    }
+    crate::execute::undo::undoable(planner, &recorded.completed)
+        .iter()
+        .map(|c| StepRef::Forward(c.step))
+        .collect()
+}
+
 /// What `opsrun rollback RUN` will do, as shown before its gate and by `--dry-run`:
 /// each step, where, with the exact commands (secrets masked); and the gate's question.
 pub fn rollback_preview(planner: &Planner, recorded: &Recorded) -> (Vec<String>, String) {

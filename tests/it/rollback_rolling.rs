@@ -301,3 +301,86 @@ fn a_resume_runs_again_the_local_steps_whose_captures_were_in_the_removed_tempor
     );
     assert_eq!(resumed.saved_stdout("Use", &hosts[0]), "payload\n");
 }
+
+const SECRET: &str = r#"name: deploy
+hosts: app
+params:
+  token: { secret: true, required: true, description: "API token" }
+steps:
+  - name: Register
+    run: echo "register {{ host.name }}" >> {{ events }}
+    rollback: echo "unregister {{ host.name }}" >> {{ events }}
+  - name: Call the API
+    run: test -n "$T"
+    env: { T: "{{ token }}" }
+"#;
+
+#[test]
+fn opsrun_rollback_asks_for_no_secret_its_steps_do_not_read() {
+    let (lab, hosts) = lab("secret", &[]);
+    lab.write("runbooks/deploy.yaml", SECRET);
+    let run = lab.run(
+        &["deploy", "--env", "local", "--yes", "--no-sign"],
+        &[("OPSRUN_SECRET_TOKEN", "s3cr3t-value")],
+        None,
+    );
+    run.expect_code(0);
+    // No OPSRUN_SECRET_TOKEN and no terminal: the undo of `Register` does not read it.
+    let back = lab.run(&["rollback", &run.id(), "--yes", "--no-sign"], &[], None);
+    back.expect_code(0);
+    assert!(!back.stderr.contains("token"), "{back:?}");
+    assert_eq!(
+        events(&lab, &hosts)[3..],
+        ["unregister web1", "unregister web2", "unregister web3"]
+    );
+}
+
+#[test]
+fn a_secret_that_is_part_of_the_run_names_is_refused_before_anything_runs() {
+    let (lab, _) = lab("named", &[]);
+    lab.write("runbooks/deploy.yaml", SECRET);
+    let run = lab
+        .test(&["deploy", "--env", "local", "--yes", "--no-sign"])
+        .env("OPSRUN_SECRET_TOKEN", "loc")
+        .output();
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(
+        run.stderr,
+        "error: secret param `token`: its value occurs in the environment name (part of every run id); opsrun masks secrets by value, so it would mask that name wherever it is shown and tell the value to anyone who knows the name: use a secret that is not part of those names\n"
+    );
+    assert!(!lab.path().join("events").exists());
+}
+
+#[test]
+fn opsrun_rollback_asks_for_a_secret_its_steps_read_after_the_preview_saying_why() {
+    let (lab, _) = lab("needs", &[]);
+    lab.write(
+        "runbooks/deploy.yaml",
+        &SECRET.replace(
+            "    rollback: echo \"unregister {{ host.name }}\" >> {{ events }}",
+            "    rollback: T={{ token | quote }} true",
+        ),
+    );
+    let run = lab.run(
+        &["deploy", "--env", "local", "--yes", "--no-sign"],
+        &[("OPSRUN_SECRET_TOKEN", "s3cr3t-value")],
+        None,
+    );
+    run.expect_code(0);
+    let back = lab
+        .test(&["rollback", &run.id(), "--yes", "--no-sign"])
+        .output();
+    assert_eq!(back.code, 2, "{back:?}");
+    assert!(
+        back.stderr
+            .starts_with("rollback: these completed steps will be undone"),
+        "{back:?}"
+    );
+    assert!(
+        back.stderr.ends_with(
+            "the steps above read secret param `token`: asked now (or set OPSRUN_SECRET_TOKEN)\n\
+             error: secret param `token` is not set: export OPSRUN_SECRET_TOKEN=... or run from a terminal to be asked for it\n"
+        ),
+        "{back:?}"
+    );
+}
