@@ -1,6 +1,6 @@
 //! `opsrun rollback RUN`: re-plan a recorded run, preview what would be undone, and undo it.
 
-use super::run::{finish_run, secrets, settings};
+use super::run::{finish_run, secrets_of, settings};
 use super::*;
 
 /// `opsrun rollback RUN`: re-plans the recorded runbook and inventory with the
@@ -45,14 +45,15 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     };
     let runbook = load::runbook_from_source(copy("runbook.yaml", &runbook_path)?)?;
     let inventory = load::inventory_from_source(copy("inventory.yaml", &inventory_path)?)?;
-    let opts = Options {
+    let mut opts = Options {
         params: recorded
             .params
             .iter()
             .filter(|(k, _)| runbook.params.iter().any(|p| &p.name == k && !p.secret))
             .cloned()
             .collect(),
-        secrets: secrets(&runbook, !args.dry_run)?,
+        // Asked below, once the preview shows which steps run: only what they read.
+        secrets: secrets_of(&runbook, false, &|_| false)?,
         // The rollback touches the hosts the run touched, not every host the runbook names.
         limit: recorded.limit.clone(),
         start_at: None,
@@ -62,9 +63,45 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
         now: crate::clock::now(),
         original_run: Some(recorded.run.clone()),
     };
-    let mut planner = Planner::new(runbook, inventory, opts)?;
+    let mut planner = Planner::new(runbook.clone(), inventory.clone(), opts.clone())?;
     // Planning errors are reported before the run directory is made.
-    let plan = planner.plan()?;
+    let mut plan = planner.plan()?;
+    let steps = runner::rollback_steps(&plan, &recorded);
+    let missing: Vec<String> = planner
+        .secrets_read(&steps)
+        .into_iter()
+        .filter(|s| !opts.secrets.contains_key(s))
+        .collect();
+    if !args.dry_run && !missing.is_empty() {
+        // What the secrets are for, before they are asked; the run shows it again at its gate.
+        let (lines, _) = runner::rollback_preview(&planner, &plan, &recorded);
+        for l in &lines {
+            eprintln!("{l}");
+        }
+        eprintln!(
+            "the steps above read {} {}: asked now (or set {})",
+            if missing.len() == 1 {
+                "secret param"
+            } else {
+                "secret params"
+            },
+            missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            missing
+                .iter()
+                .map(|m| format!("OPSRUN_SECRET_{}", m.to_uppercase()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        opts.secrets.extend(secrets_of(&runbook, true, &|p| {
+            missing.iter().any(|m| m == p)
+        })?);
+        planner = Planner::new(runbook, inventory, opts)?;
+        plan = planner.plan()?;
+    }
     if args.dry_run {
         // The same preview the gate shows, from the record alone: no run, no connection.
         let (lines, question) = runner::rollback_preview(&planner, &plan, &recorded);

@@ -18,6 +18,15 @@ pub(super) fn secrets(
     runbook: &crate::load::runbook::Runbook,
     ask: bool,
 ) -> Result<HashMap<String, String>, Error> {
+    secrets_of(runbook, ask, &|_| true)
+}
+
+/// [`secrets`], asking only for those `wanted` says (the others: from the environment or not at all).
+pub(super) fn secrets_of(
+    runbook: &crate::load::runbook::Runbook,
+    ask: bool,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<HashMap<String, String>, Error> {
     let mut out = HashMap::new();
     for p in runbook.params.iter().filter(|p| p.secret) {
         let var = format!("OPSRUN_SECRET_{}", p.name.to_uppercase());
@@ -25,7 +34,7 @@ pub(super) fn secrets(
             out.insert(p.name.clone(), check_secret(&p.name, v)?);
             continue;
         }
-        if !ask || p.default.is_some() {
+        if !ask || p.default.is_some() || !wanted(&p.name) {
             continue;
         }
         let term = console::Term::stderr();

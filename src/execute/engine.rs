@@ -27,6 +27,10 @@ pub enum ExecError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Gate(#[from] GateError),
+    /// A gate's question could not be rendered with the run's captures: the run
+    /// stops before asking, rather than asking something else.
+    #[error(transparent)]
+    Question(Box<crate::error::Error>),
 }
 
 /// A step that completed on some hosts: what a rollback undoes.
@@ -193,8 +197,16 @@ impl Engine<'_> {
                 continue;
             }
             self.ui.step(&label_of(r), &step.name, hosts.len());
-            if let Some(q) = &step.confirm {
-                let q = format!("{q} {}", self.planner.gate_hosts(step.local, &hosts, batch));
+            let caps = self
+                .captures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(q) = self
+                .planner
+                .gate_question(r, batch, Some(&caps))
+                .map_err(|e| ExecError::Question(Box::new(e)))?
+            {
                 if !self.confirm_in(Some(&step.name), batch, &q)? {
                     return Ok(Some(Finish {
                         outcome: RunOutcome::NotConfirmed,

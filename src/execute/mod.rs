@@ -22,8 +22,8 @@ mod rollback;
 
 use lock::{release_locks, take_locks};
 pub use logfile::{write_log, LOG_FILE};
-pub use rollback::rollback_preview;
 use rollback::{batch_line, rollback_after_failure, rollback_recorded};
+pub use rollback::{rollback_preview, rollback_steps};
 mod undo;
 pub mod view;
 mod wiring;
@@ -333,6 +333,27 @@ async fn run_async(
     })
 }
 
+/// The `local: true` steps before a resume's start whose capture points into a run's
+/// temporary directory: that directory was removed when its run ended (what the
+/// upgrade's package check bundled there is gone), so the resume runs them again
+/// first, and later steps read a capture that exists.
+fn stale_local_steps(planner: &Planner, plan: &Plan, recorded: &Recorded) -> Vec<usize> {
+    let prefix = RunTmp::prefix();
+    (0..planner.start_at())
+        .filter(|&i| {
+            let step = &plan.steps[i];
+            step.local
+                && step.capture.as_ref().is_some_and(|c| {
+                    recorded
+                        .captures
+                        .global
+                        .get(&c.name)
+                        .is_some_and(|v| v.starts_with(&prefix))
+                })
+        })
+        .collect()
+}
+
 /// The run's private temporary directory on the control machine, given to `local`
 /// steps as `TMPDIR`: what they stage there (an upgrade's copy of its packages, GBs)
 /// is removed when the run ends, however it ends, short of SIGKILL.
@@ -343,7 +364,7 @@ impl RunTmp {
     /// mkdtemp: mode 0700, and a name no other user can have prepared.
     fn create(run_id: &str) -> std::io::Result<RunTmp> {
         use std::os::unix::ffi::{OsStrExt, OsStringExt};
-        let template = std::env::temp_dir().join(format!("opsrun-{run_id}.XXXXXX"));
+        let template = PathBuf::from(format!("{}{run_id}.XXXXXX", Self::prefix()));
         let mut bytes =
             std::ffi::CString::new(template.as_os_str().as_bytes())?.into_bytes_with_nul();
         // SAFETY: a NUL-terminated buffer that mkdtemp rewrites in place, within its length.
@@ -354,6 +375,14 @@ impl RunTmp {
         Ok(RunTmp(Some(PathBuf::from(std::ffi::OsString::from_vec(
             bytes,
         )))))
+    }
+
+    /// How every run's directory name starts (`/tmp/opsrun-`).
+    fn prefix() -> String {
+        std::env::temp_dir()
+            .join("opsrun-")
+            .to_string_lossy()
+            .into_owned()
     }
 
     fn path(&self) -> &Path {
@@ -437,6 +466,15 @@ async fn drive(
                 engine.ui.line(l);
             }
             let again = !plan.rollback_guide.is_empty() && !r.rolled_back_by.is_empty();
+            if again && engine.gates.yes {
+                // `--yes` answers the gate without showing it: what it would have asked
+                // about must still reach the operator, not only the journal.
+                engine.ui.warn(&format!(
+                    "run {} was already rolled back (by {}); --yes runs its rollback guide again",
+                    r.id,
+                    r.rolled_back_by.join(", by ")
+                ));
+            }
             (question, again)
         }
         _ => (
@@ -493,7 +531,23 @@ async fn drive(
         StepRef::Forward(i) => format!("[{}/{total}]", i + 1),
         StepRef::Guide(i) => format!("[R{}]", i + 1),
     };
-    let refs: Vec<StepRef> = (engine.planner.start_at()..total)
+    let rerun = match &s.mode {
+        Mode::Resume(r) => stale_local_steps(engine.planner, engine.plan, r),
+        _ => Vec::new(),
+    };
+    for &i in &rerun {
+        let step = &engine.plan.steps[i];
+        engine.ui.line(&format!(
+            "re-running step {} `{}`: its capture `{}` was in the temporary directory of an earlier run, removed when that run ended",
+            i + 1,
+            step.name,
+            step.capture.as_ref().map_or("", |c| c.name.as_str())
+        ));
+    }
+    let reran = rerun.len();
+    let refs: Vec<StepRef> = rerun
+        .into_iter()
+        .chain(engine.planner.start_at()..total)
         .map(StepRef::Forward)
         .collect();
     for bi in 0..plan.batches.len() {
@@ -518,7 +572,7 @@ async fn drive(
         outcome: Outcome::Succeeded,
         message: format!(
             "{} done",
-            count(total - engine.planner.start_at(), "step", "steps")
+            count(total - engine.planner.start_at() + reran, "step", "steps")
         ),
         exit_code: exit::OK,
     })

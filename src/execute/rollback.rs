@@ -35,15 +35,21 @@ pub(super) async fn rollback_recorded(
             if let Some(b) = b {
                 engine.ui.line(&batch_line(engine.planner, *b));
             }
-            let fut = engine.run_steps(&refs, *b, &label);
-            if let Some(f) = fut.await? {
-                return Ok(Finish {
-                    message: format!(
-                        "rollback guide stopped: {}; run {} is NOT fully restored",
-                        f.message, recorded.id
-                    ),
-                    ..f
-                });
+            // Step by step, so that a stop says what the guide had already done to
+            // this batch: a node left drained and stopped must not go unsaid.
+            for (n, r) in refs.iter().enumerate() {
+                let fut = engine.run_steps(std::slice::from_ref(r), *b, &label);
+                if let Some(f) = fut.await? {
+                    return Ok(Finish {
+                        message: format!(
+                            "rollback guide stopped: {}; run {} is NOT fully restored{}",
+                            f.message,
+                            recorded.id,
+                            guide_done(engine.planner, engine.plan, &refs[..n], *b)
+                        ),
+                        ..f
+                    });
+                }
             }
         }
         return Ok(Finish {
@@ -90,6 +96,50 @@ pub(super) async fn rollback_recorded(
     })
 }
 
+/// What the guide steps `done` did in `batch` before the guide stopped, as the
+/// state a node is left in: `; batch 1/2 (oa1) is left as [R1] `Drain` (lb1) and
+/// [R2] `Stop` (oa1) made it`. Empty when none had run there.
+fn guide_done(planner: &Planner, plan: &Plan, done: &[StepRef], batch: Option<usize>) -> String {
+    let mut did = Vec::new();
+    for r in done {
+        let StepRef::Guide(i) = *r else { continue };
+        let step = &plan.rollback_guide[i];
+        if step.is_manual() {
+            continue;
+        }
+        let hosts = if step.local {
+            vec!["this machine".to_string()]
+        } else {
+            planner.batch_hosts(*r, batch)
+        };
+        if !hosts.is_empty() {
+            did.push(format!(
+                "[R{}] `{}` ({})",
+                i + 1,
+                crate::sanitize::escape_line(&step.name),
+                hosts.join(", ")
+            ));
+        }
+    }
+    if did.is_empty() {
+        return String::new();
+    }
+    let which = match batch.and_then(|b| Some((b, planner.batches().get(b.checked_sub(1)?)?))) {
+        Some((b, m)) if planner.batches().len() > 1 => {
+            format!(
+                "batch {b}/{} ({}) is",
+                planner.batches().len(),
+                m.join(", ")
+            )
+        }
+        _ => "its hosts are".to_string(),
+    };
+    format!(
+        "; {which} left as the guide's completed steps made it: {}",
+        did.join(", ")
+    )
+}
+
 /// Says what a rollback undid, and what it could not: `undone on oa1: `Start the
 /// application`, ...` names the steps undone ("restored oa1 (`Start ...`)" read as
 /// if the application had been started again).
@@ -97,10 +147,27 @@ pub(super) fn undone_message(planner: &Planner, undone: &crate::execute::undo::U
     if undone.failed.is_empty() {
         return format!("undone {}", undone.summary(planner));
     }
-    let list: Vec<String> = undone
-        .failed
+    // One entry per step, in the order they were undone, hosts in inventory order:
+    // not in the order the hosts happened to fail.
+    let order: Vec<&str> = planner
+        .run_hosts()
         .iter()
-        .map(|(s, h)| format!("`{s}` on {h}"))
+        .map(|h| h.name.as_str())
+        .collect();
+    let mut per_step: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (s, h) in &undone.failed {
+        match per_step.iter_mut().find(|(n, _)| n == s) {
+            Some((_, hosts)) => hosts.push(h),
+            None => per_step.push((s, vec![h])),
+        }
+    }
+    let list: Vec<String> = per_step
+        .iter_mut()
+        .map(|(s, hosts)| {
+            hosts.sort_by_key(|h| order.iter().position(|o| o == h).unwrap_or(usize::MAX));
+            hosts.dedup();
+            format!("`{s}` on {}", hosts.join(", "))
+        })
         .collect();
     let done = if undone.ok.is_empty() {
         String::new()
@@ -216,6 +283,18 @@ pub(super) fn guide_where(planner: &Planner, plan: &Plan, batches: &[Option<usiz
     format!(", batch by batch: {}{also}", shown.join(" "))
 }
 
+/// The steps `opsrun rollback RUN` runs: the guide's, or the completed steps it undoes.
+pub fn rollback_steps(plan: &Plan, recorded: &Recorded) -> Vec<StepRef> {
+    let guide = plan.rollback_guide.len();
+    if guide > 0 {
+        return (0..guide).map(StepRef::Guide).collect();
+    }
+    crate::execute::undo::undoable(plan, &recorded.completed)
+        .iter()
+        .map(|c| StepRef::Forward(c.step))
+        .collect()
+}
+
 /// What `opsrun rollback RUN` will do, as shown before its gate and by `--dry-run`:
 /// each step, where, with the exact commands (secrets masked); and the gate's question.
 pub fn rollback_preview(
@@ -231,20 +310,9 @@ pub fn rollback_preview(
     let guide = plan.rollback_guide.len();
     if guide == 0 {
         let undo = crate::execute::undo::undoable(plan, &recorded.completed);
-        lines.extend(undo_lines(planner, plan, &recorded.captures, &undo));
-        let mut on = std::collections::HashSet::new();
-        for c in &undo {
-            on.extend(c.hosts.iter().map(|h| h.host.clone()));
-        }
-        let mut hosts: Vec<String> = planner
-            .run_hosts()
-            .into_iter()
-            .filter(|h| on.contains(&h.name))
-            .map(|h| h.name.clone())
-            .collect();
-        if on.contains(HostRef::CONTROL_NAME) {
-            hosts.push("this machine".into());
-        }
+        let batches = crate::execute::undo::undo_batches(planner, plan, &recorded.completed);
+        lines.extend(undo_lines(planner, plan, &recorded.captures, &batches));
+        let hosts = crate::execute::undo::undo_hosts(planner, &batches);
         let question = if undo.is_empty() {
             format!(
                 "Roll back run `{}` ({name} on `{inv}`)? It has no completed step left to undo.",
@@ -355,11 +423,10 @@ pub(super) fn guide_step_rendered(
     };
     lines.push(format!("  [R{}/{total}] {}{on}", i + 1, step.name));
     let fail = |e: &dyn std::fmt::Display| format!("      (cannot render: {e})");
-    if let Some(q) = &step.confirm {
-        lines.push(format!(
-            "      gate: {q} {} [y/N]",
-            planner.gate_hosts(step.local, &hosts, batch)
-        ));
+    match planner.gate_question(r, batch, Some(&recorded.captures)) {
+        Ok(Some(q)) => lines.push(format!("      gate: {q} [y/N]")),
+        Ok(None) => {}
+        Err(e) => lines.push(fail(&e)),
     }
     if manual {
         lines.push("      manual: the operator does this by hand and confirms:".into());
@@ -390,36 +457,46 @@ pub(super) fn show_undo(engine: &Engine<'_>) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    for l in undo_lines(engine.planner, engine.plan, &caps, &engine.undoable()) {
+    for l in undo_lines(engine.planner, engine.plan, &caps, &engine.undo_batches()) {
         engine.ui.line(&engine.redactor.redact(&l));
     }
 }
 
-/// The completed steps an undo will run, in order, with their rollback commands.
+/// The completed steps an undo will run, in order (batch by batch for a rolling
+/// run), with their rollback commands.
 pub(super) fn undo_lines(
     planner: &Planner,
     plan: &Plan,
     caps: &Captures,
-    undo: &[crate::execute::engine::Completed],
+    batches: &[crate::execute::undo::UndoBatch],
 ) -> Vec<String> {
+    let rolling = batches.iter().any(|b| b.batch.is_some());
     let mut lines = vec![format!(
-        "{} these completed steps will be undone, in this order:",
-        console::style("rollback:").yellow().bold()
+        "{} these completed steps will be undone, in this order{}:",
+        console::style("rollback:").yellow().bold(),
+        if rolling {
+            ", batch by batch, the last batch first"
+        } else {
+            ""
+        }
     )];
-    for c in undo {
-        let step = &plan.steps[c.step];
-        for round in crate::execute::undo::undo_rounds(&c.hosts) {
-            let hosts: Vec<String> = round.iter().map(ToString::to_string).collect();
+    for part in batches {
+        if let Some(b) = part.batch {
+            lines.push(format!("  undo {}", batch_line(planner, b)));
+        }
+        for (index, round) in &part.steps {
+            let step = &plan.steps[*index];
+            let hosts: Vec<String> = round.iter().map(|h| h.host.clone()).collect();
             lines.push(format!(
                 "  [{}] {} on {}",
-                c.step + 1,
+                index + 1,
                 crate::sanitize::escape_line(&step.name),
                 hosts.join(", ")
             ));
-            for h in &round {
+            for h in round {
                 let host = (!step.local).then_some(h.host.as_str());
                 if let Ok(t) = planner.render(
-                    StepRef::Forward(c.step),
+                    StepRef::Forward(*index),
                     host,
                     Some(caps),
                     Reveal::Masked,
@@ -460,11 +537,13 @@ pub(super) async fn rollback_after_failure(
     }
     engine.ui.line("");
     show_undo(engine);
+    let hosts = crate::execute::undo::undo_hosts(engine.planner, &engine.undo_batches());
     if !engine.confirm(
         Some("(rollback)"),
         &format!(
-            "Roll back {}?",
-            count(undoable.len(), "completed step", "completed steps")
+            "Roll back {} on {}?",
+            count(undoable.len(), "completed step", "completed steps"),
+            hosts.join(", ")
         ),
     )? {
         return Ok(Finish {

@@ -157,8 +157,8 @@ impl Ran {
 
 #[test]
 fn a_failure_undoes_the_completed_steps_latest_first_batch_by_batch() {
-    // Today's order: each step is undone on every host that completed it, latest
-    // step first. Batch by batch, failed batch first, lands with R1's change.
+    // Batch by batch, the failed batch first, each batch's steps latest first:
+    // only one node of a rolling run is ever down at a time.
     let rolling = DEPLOY.replace("hosts: app\n", "hosts: app\nserial: 1\n");
     let fleet = fleet();
     fleet.on_host("oa2", "verify", failing("error: health check failed"));
@@ -172,17 +172,18 @@ fn a_failure_undoes_the_completed_steps_latest_first_batch_by_batch() {
             "oa2: stop app",
             "oa2: deploy v2",
             "oa2: verify",
-            "oa1: deploy v1",
+            // The failed batch first, then the earlier one: one node down at a time.
             "oa2: deploy v1",
-            "oa1: start app",
             "oa2: start app",
+            "oa1: deploy v1",
+            "oa1: start app",
         ]
     );
     assert_eq!(ran.exit_code, exit::STEP_FAILED);
     assert_eq!(
         ran.message(),
         "step `verify` failed on oa2 (exit 1: error: health check failed); \
-         rolled back 2 steps: restored oa1, oa2 (`deploy`, `stop`)"
+         rolled back 2 steps: undone on oa1, oa2: `deploy`, `stop`"
     );
 }
 
@@ -444,7 +445,7 @@ fn ctrl_c_stop_and_roll_back_undoes_what_completed_and_not_the_unfinished_step()
     assert_eq!(
         ran.message(),
         "interrupted by the operator (Ctrl-C); the running step was left unfinished; \
-         rolled back 2 steps: restored oa1 (`stop`); oa2 (`deploy`, `stop`)"
+         rolled back 2 steps: undone on oa1: `stop`; on oa2: `deploy`, `stop`"
     );
 }
 
@@ -519,7 +520,7 @@ fn a_failed_undo_is_reported_and_the_other_undos_still_run() {
     assert_eq!(
         ran.message(),
         "step `verify` failed on oa1 (exit 1: error: health check failed); \
-         ROLLBACK INCOMPLETE: not restored: `deploy` on oa2; undone: oa1 (`deploy`, `stop`); oa2 (`stop`)"
+         ROLLBACK INCOMPLETE: not restored: `deploy` on oa2; undone on oa1: `deploy`, `stop`; on oa2: `stop`"
     );
 }
 

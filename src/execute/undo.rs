@@ -1,5 +1,7 @@
-//! Undo: the `rollback:` of each completed step, run latest first, batch by
-//! batch (a step that read `batch` is undone with the batch it ran for).
+//! Undo: the `rollback:` of each completed step, run latest first. A rolling
+//! run (`serial`) is undone rolling too: batch by batch, the last batch the run
+//! reached first (after a failure: the failed one), each batch's steps latest
+//! first, so a node is never undone together with the others.
 
 use super::attempt::{error_line, with_env_lines, Record, Verdict};
 use super::engine::*;
@@ -91,23 +93,131 @@ pub fn undo_rounds(done: &[Completion]) -> Vec<Vec<Completion>> {
     rounds
 }
 
+/// One batch's share of an undo: its steps latest first, each with the hosts that
+/// completed it in that batch (each once), in inventory order. `batch` is `None`
+/// for a run without batches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UndoBatch {
+    pub batch: Option<usize>,
+    pub steps: Vec<(usize, Vec<Completion>)>,
+}
+
+/// The order an undo runs in. Without batches: each step latest first (a host that
+/// completed a step several times is undone once per round, see [`undo_rounds`]).
+/// With batches: the batches latest first, each one's steps latest first. A
+/// completion's batch is the one it recorded (a step that read `batch`), else the
+/// batch its host belongs to, else (a host in every batch: a load balancer, or this
+/// machine) the n-th time it completed the step is batch n.
+pub fn undo_batches(
+    planner: &Planner,
+    plan: &Plan,
+    done: &BTreeMap<usize, Vec<Completion>>,
+) -> Vec<UndoBatch> {
+    let order: Vec<&str> = planner
+        .run_hosts()
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    let rank = |c: &Completion| {
+        order
+            .iter()
+            .position(|o| *o == c.host)
+            .unwrap_or(usize::MAX)
+    };
+    let undo = undoable(plan, done);
+    let all = planner.batches();
+    if all.len() <= 1 {
+        let steps = undo
+            .iter()
+            .flat_map(|c| {
+                undo_rounds(&c.hosts).into_iter().map(|mut round| {
+                    round.sort_by_key(|h| rank(h));
+                    (c.step, round)
+                })
+            })
+            .collect();
+        return vec![UndoBatch { batch: None, steps }];
+    }
+    let mut per_batch: BTreeMap<usize, Vec<(usize, Vec<Completion>)>> = BTreeMap::new();
+    for c in &undo {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for h in &c.hosts {
+            let nth = seen.entry(h.host.as_str()).or_insert(0);
+            *nth += 1;
+            let b = h
+                .batch
+                .or_else(|| all.iter().position(|m| m.contains(&h.host)).map(|i| i + 1))
+                .unwrap_or((*nth).min(all.len()));
+            let steps = per_batch.entry(b).or_default();
+            match steps.iter_mut().find(|(s, _)| *s == c.step) {
+                Some((_, hosts)) => hosts.push(h.clone()),
+                None => steps.push((c.step, vec![h.clone()])),
+            }
+        }
+    }
+    per_batch
+        .into_iter()
+        .rev()
+        .map(|(b, mut steps)| {
+            for (_, hosts) in &mut steps {
+                hosts.sort_by_key(|h| rank(h));
+            }
+            UndoBatch {
+                batch: Some(b),
+                steps,
+            }
+        })
+        .collect()
+}
+
+/// The hosts an undo touches, in inventory order (`this machine` last).
+pub fn undo_hosts(planner: &Planner, batches: &[UndoBatch]) -> Vec<String> {
+    let on: std::collections::HashSet<&str> = batches
+        .iter()
+        .flat_map(|b| b.steps.iter())
+        .flat_map(|(_, hosts)| hosts.iter().map(|h| h.host.as_str()))
+        .collect();
+    let mut hosts: Vec<String> = planner
+        .run_hosts()
+        .into_iter()
+        .filter(|h| on.contains(h.name.as_str()))
+        .map(|h| h.name.clone())
+        .collect();
+    if on.contains("localhost") {
+        hosts.push("this machine".into());
+    }
+    hosts
+}
+
 impl Engine<'_> {
+    /// The order this run's completed steps would be undone in.
+    pub fn undo_batches(&self) -> Vec<UndoBatch> {
+        let done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
+        undo_batches(self.planner, self.plan, &done)
+    }
+
     /// Completed steps that have a rollback, last first.
     pub fn undoable(&self) -> Vec<Completed> {
         let done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
         undoable(self.plan, &done)
     }
 
-    /// Undoes completed steps in reverse order, on the hosts where each completed;
-    /// a failed undo does not stop the others.
+    /// Undoes completed steps in reverse order, on the hosts where each completed,
+    /// batch by batch for a rolling run; a failed undo does not stop the others.
     pub async fn rollback(&mut self) -> Result<Undone, ExecError> {
         let mut undone = Undone::default();
-        for c in self.undoable() {
-            let r = StepRef::Forward(c.step);
-            let step = self.step(r);
-            for round in undo_rounds(&c.hosts) {
-                let failures = self.undo_round(r, c.step, step, &round).await?;
-                for h in &round {
+        for part in self.undo_batches() {
+            if let Some(b) = part.batch {
+                self.ui.line(&format!(
+                    "undo {}",
+                    super::rollback::batch_line(self.planner, b)
+                ));
+            }
+            for (index, round) in &part.steps {
+                let r = StepRef::Forward(*index);
+                let step = self.step(r).clone();
+                let failures = self.undo_round(r, *index, &step, round, part.batch).await?;
+                for h in round {
                     if !failures.iter().any(|(_, f)| *f == h.host) {
                         undone.ok.push((step.name.clone(), h.clone()));
                     }
@@ -125,11 +235,12 @@ impl Engine<'_> {
         index: usize,
         step: &PlanStep,
         round: &[Completion],
+        batch: Option<usize>,
     ) -> Result<Vec<(String, String)>, ExecError> {
         let mut failures = Vec::new();
         let hosts: Vec<String> = round.iter().map(|c| c.host.clone()).collect();
         let batch_of = |h: &str| round.iter().find(|c| c.host == h).and_then(|c| c.batch);
-        let label = match round.iter().find_map(|c| c.batch) {
+        let label = match batch.or_else(|| round.iter().find_map(|c| c.batch)) {
             Some(b) => format!("[undo {} batch {b}]", index + 1),
             None => format!("[undo {}]", index + 1),
         };

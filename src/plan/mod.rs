@@ -115,11 +115,38 @@ fn yaml_err(rb: &Runbook, e: yaml::Error) -> Error {
     Error::from(e.in_file(&rb.source))
 }
 
+/// Output is masked by secret value: a secret that occurs in the run's own names
+/// (the runbook and the environment, which make up every run id) would mask them
+/// wherever they are shown, and the masked name would tell the secret to anyone
+/// who knows the name; leaving those names unmasked would tell it too. Such a value
+/// is refused before anything runs.
+fn secrets_apart_from_names(runbook: &str, env: &str, opts: &Options) -> Result<(), Error> {
+    let names = [
+        ("the runbook name (part of every run id)", runbook),
+        ("the environment name (part of every run id)", env),
+    ];
+    let mut secrets: Vec<(&String, &String)> = opts.secrets.iter().collect();
+    secrets.sort();
+    for (param, value) in secrets {
+        if value.is_empty() {
+            continue;
+        }
+        // Says which name, never the name itself: that would narrow the value down.
+        if let Some((what, _)) = names.iter().find(|(_, n)| n.contains(value.as_str())) {
+            return Err(Error::Usage(format!(
+                "secret param `{param}`: its value occurs in {what}; opsrun masks secrets by value, so it would mask that name wherever it is shown and tell the value to anyone who knows the name: use a secret that is not part of those names"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Planner {
     pub fn new(runbook: Runbook, inventory: Inventory, opts: Options) -> Result<Planner, Error> {
         let rb = Arc::new(runbook);
         let run = run_id::mint(&rb.name, &inventory.name, &opts);
         let mut params = bind_params(&rb, &opts)?;
+        secrets_apart_from_names(&rb.name, &inventory.name, &opts)?;
         // A param left unset falls back to an inventory var of the same name
         // (precedence: inventory vars < params): say so instead of "not set".
         for p in params.iter_mut().filter(|p| p.value.is_none() && !p.secret) {
@@ -397,6 +424,27 @@ impl Planner {
             StepRef::Forward(i) => (&self.runbook.steps[i], &self.forward[i]),
             StepRef::Guide(i) => (&self.runbook.rollback[i], &self.guide[i]),
         }
+    }
+
+    /// The secret params these steps read (any of their templates, directly or
+    /// through runbook vars), in the runbook's order: what running just them needs.
+    pub fn secrets_read(&self, refs: &[StepRef]) -> Vec<String> {
+        let var_reads = compile::var_reads(&self.templates, &self.vars);
+        let mut read: HashSet<&String> = HashSet::new();
+        for r in refs {
+            for id in self.step(*r).1.ids() {
+                for v in self.templates.variables(id) {
+                    read.insert(v);
+                    read.extend(var_reads.get(v).into_iter().flatten());
+                }
+            }
+        }
+        self.runbook
+            .params
+            .iter()
+            .filter(|p| p.secret && read.contains(&p.name))
+            .map(|p| p.name.clone())
+            .collect()
     }
 
     pub fn start_at(&self) -> usize {

@@ -290,6 +290,9 @@ pub struct PlanStep {
     pub local: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confirm: Option<String>,
+    /// The gate as it is asked, with its hosts: once per batch that runs the step.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manual: Option<String>,
     /// `timeout:` of the runbook step: the remote `timeout` wrapper's limit, and

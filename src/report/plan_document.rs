@@ -175,7 +175,7 @@ pub(super) fn md_step(o: &mut String, s: &PlanStep, number: &str) {
         ));
     }
     let _ = writeln!(o, "{}\n", notes.join("; "));
-    if let Some(q) = &s.confirm {
+    for q in &s.gates {
         let _ = writeln!(o, "**Gate**: {} [y/N]\n", cell(q));
     }
     if let Some(m) = &s.manual {

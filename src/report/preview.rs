@@ -203,7 +203,7 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
     if !notes.is_empty() {
         let _ = writeln!(o, "    ({})", notes.join("; "));
     }
-    if let Some(q) = &s.confirm {
+    for q in &s.gates {
         let q = escape_line(q);
         let _ = writeln!(o, "    {} {q} [y/N]", style("gate:").yellow().bold());
     }

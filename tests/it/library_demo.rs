@@ -388,7 +388,7 @@ fn the_failing_demo_says_what_it_restored_and_its_gates_name_their_batch() {
     assert_eq!(dry.code, 0, "{dry:?}");
     assert!(
         dry.stdout
-            .contains("batch 1/2: oa1 (with lb1 in every batch)\n  [R1/8] Drain"),
+            .contains("batch 1/2: oa1 (with lb1 in every batch)\n  [R1/9] Check the pre-upgrade backup on oa1\n"),
         "{dry:?}"
     );
     assert!(!dry.stdout.contains("on oa2"), "{dry:?}");
@@ -420,12 +420,13 @@ fn the_demo_rollback_guide_is_previewed_gated_with_its_commands_and_rolling() {
     for needle in [
         "DRY RUN: nothing is executed and no connection is opened.\n",
         &format!("rollback: the rollback guide of `upgrade` for run {id}, batch by batch as the run went:\n"),
-        "batch 1/2: oa1 (with lb1 in every batch)\n  [R1/8] Drain the node from the load balancer on lb1\n      [root@lb1]# sh -e\n",
+        "batch 1/2: oa1 (with lb1 in every batch)\n  [R1/9] Check the pre-upgrade backup on oa1\n",
+        "  [R2/9] Drain the node from the load balancer on lb1\n      [root@lb1]# sh -e\n",
         "        | servers=127.0.0.11:6888\n",
-        "  [R2/8] Stop the application on oa1\n      [root@oa1]# examples/demo/sim/asadmin --host oa1 --home examples/demo/hosts/oa1/WEAVER --events examples/demo/hosts/events.log stop-domain domain1\n",
-        "  [R3/8] Restore the pre-upgrade backup on oa1\n      gate: Replace the live ecology tree with the pre-upgrade backup? The replaced tree is kept as ecology.failed-STAMP. (batch 1/2: oa1) [y/N]\n",
-        "  [R7/8] Put the node back in the load balancer on lb1\n",
-        "batch 2/2: oa2 (with lb1 in every batch)\n  [R1/8] Drain the node from the load balancer on lb1\n",
+        "  [R3/9] Stop the application on oa1\n      [root@oa1]# examples/demo/sim/asadmin --host oa1 --home examples/demo/hosts/oa1/WEAVER --events examples/demo/hosts/events.log stop-domain domain1\n",
+        "  [R4/9] Restore the pre-upgrade backup on oa1\n      gate: Replace the live ecology tree with the pre-upgrade backup? The replaced tree is kept as ecology.failed-STAMP. (batch 1/2: oa1) [y/N]\n",
+        "  [R8/9] Put the node back in the load balancer on lb1\n",
+        "batch 2/2: oa2 (with lb1 in every batch)\n  [R1/9] Check the pre-upgrade backup on oa2\n",
         "        | servers=127.0.0.12:6888\n",
         &format!("gate: Roll back run `{id}` (upgrade on `demo`) with its rollback guide, on oa1, oa2, lb1? [y/N]\n"),
     ] {
@@ -447,7 +448,7 @@ fn the_demo_rollback_guide_is_previewed_gated_with_its_commands_and_rolling() {
     assert_eq!(no.code, 3, "{no:?}");
     assert!(
         no.stderr.contains(
-            "  [R2/8] Stop the application on oa1\n      [root@oa1]# examples/demo/sim/asadmin"
+            "  [R3/9] Stop the application on oa1\n      [root@oa1]# examples/demo/sim/asadmin"
         ),
         "{no:?}"
     );
@@ -495,7 +496,7 @@ fn the_demo_rollback_guide_is_previewed_gated_with_its_commands_and_rolling() {
     let last = rb.stderr.lines().rev().find(|l| !l.is_empty()).unwrap();
     assert_eq!(
         last,
-        format!("succeeded: rolled back run {id} with the rollback guide (8 steps, batch by batch: [oa1] [oa2], lb1 in every batch)"),
+        format!("succeeded: rolled back run {id} with the rollback guide (9 steps, batch by batch: [oa1] [oa2], lb1 in every batch)"),
         "{rb:?}"
     );
 
@@ -537,7 +538,7 @@ fn a_rollback_guide_leaves_alone_the_nodes_a_run_never_reached() {
             "{dry:?}"
         );
     }
-    assert!(!dry.stdout.contains("[R1/8]"), "{dry:?}");
+    assert!(!dry.stdout.contains("[R1/9]"), "{dry:?}");
     let events = event_count(dir.path());
     let rb = opsrun(dir.path(), &["rollback", &id, "--yes"], &[]);
     assert_eq!(rb.code, 0, "{rb:?}");
@@ -546,5 +547,64 @@ fn a_rollback_guide_leaves_alone_the_nodes_a_run_never_reached() {
     assert_eq!(
         last,
         format!("succeeded: run {id} reached no node: its rollback guide has nothing to restore")
+    );
+}
+
+#[test]
+fn a_rollback_guide_checks_the_backup_before_draining_or_stopping_the_node() {
+    let dir = fresh_clone();
+    let ok = opsrun(dir.path(), &["upgrade", "--env", "demo", "--yes"], &[]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let id = run_id(&ok);
+    let weaver = dir.path().join("examples/demo/hosts/oa1/WEAVER");
+    for e in std::fs::read_dir(&weaver).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("bakecology-") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let skip = event_count(dir.path());
+    let rb = opsrun(dir.path(), &["rollback", &id, "--yes"], &[]);
+    assert_eq!(rb.code, 1, "{rb:?}");
+    // oa1 is neither drained nor stopped: nothing happened on any host.
+    assert_eq!(event_count(dir.path()), skip, "{rb:?}");
+    assert!(reloads_since(dir.path(), skip).is_empty(), "{rb:?}");
+    let last = rb.stderr.lines().rev().find(|l| !l.is_empty()).unwrap();
+    assert!(
+        last.starts_with("failed: rollback guide stopped: step `Check the pre-upgrade backup` failed on oa1 (exit 1: no backup "),
+        "{rb:?}"
+    );
+    assert!(
+        last.ends_with(&format!(
+            ": this node is left as it is (running, in the load balancer)); run {id} is NOT fully restored"
+        )),
+        "{rb:?}"
+    );
+}
+
+#[test]
+fn a_rollback_guide_that_stops_mid_batch_says_what_state_the_node_is_left_in() {
+    let dir = fresh_clone();
+    let ok = opsrun(dir.path(), &["upgrade", "--env", "demo", "--yes"], &[]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let id = run_id(&ok);
+    // The backup verifies and is restored, but oa1 then fails its health check: it is
+    // left drained, and the verdict says so, step by step.
+    std::fs::write(
+        dir.path()
+            .join("examples/demo/hosts/oa1/WEAVER/ApusicAS/state/fault"),
+        "http500",
+    )
+    .unwrap();
+    let rb = opsrun(dir.path(), &["rollback", &id, "--yes"], &[]);
+    assert_eq!(rb.code, 1, "{rb:?}");
+    let last = rb.stderr.lines().rev().find(|l| !l.is_empty()).unwrap();
+    assert!(
+        last.ends_with(&format!(
+            "run {id} is NOT fully restored; batch 1/2 (oa1) is left as the guide's completed steps made it: \
+             [R1] `Check the pre-upgrade backup` (oa1), [R2] `Drain the node from the load balancer` (lb1), \
+             [R3] `Stop the application` (oa1), [R4] `Restore the pre-upgrade backup` (oa1), \
+             [R5] `Check the symlinks in ecology` (oa1), [R6] `Start the application` (oa1)"
+        )),
+        "{rb:?}"
     );
 }

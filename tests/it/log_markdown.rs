@@ -356,7 +356,12 @@ fn the_plan_is_valid_markdown_too() {
     assert!(doc.blocks.iter().any(|(i, b, _)| i == "console"
         && b.contains("printf 'a ```` b")
         && b.starts_with(&format!("[root@{}]# ", sb.hosts[0]))));
-    assert!(md.contains("**Gate**: Print hostile \\| output? [y/N]"));
+    // The gate names its hosts, as the run asks it.
+    let gate = format!(
+        "**Gate**: Print hostile \\| output? (on {}, {}) [y/N]",
+        sb.hosts[0], sb.hosts[1]
+    );
+    assert!(md.contains(&gate), "{md}");
 }
 
 /// `opsrun rollback --dry-run` shows commands rendered with values a host printed:
