@@ -72,7 +72,7 @@ fn a_dry_run_and_show_print_runbook_text_escaped() {
         "runbook    nm2\\x1b[2J  ",
         "           Paints\\x1b[31m red\n",
         "[1/3] Stop service on h1\\x0dRead-only status check  on: app\n",
-        "    gate: Really\\u{202e} stop h1\\x0dnothing? [y/N]\n",
+        "    gate: Really\\u{202e} stop h1\\x0dnothing? (on a1) [y/N]\n",
         "      | Do this\\x1b[2J by hand\\x0d\n      | then that\\u{2066}\n",
         "        [root@a1]# echo 'start\\x1b[5m again'\n",
     ] {
