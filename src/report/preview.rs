@@ -1,7 +1,7 @@
 //! Printing a plan: the text a `--dry-run` shows and the JSON it emits for tooling.
 
 use crate::load::inventory::ConfirmMode;
-use crate::plan::{Plan, PlanStep, Target};
+use crate::plan::{AnswerKind, Plan, PlanStep, Target};
 use console::style;
 use std::fmt::Write as _;
 
@@ -198,18 +198,27 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
     if !notes.is_empty() {
         let _ = writeln!(o, "    ({})", notes.join("; "));
     }
-    if let Some(q) = &s.confirm {
-        let _ = writeln!(o, "    {} {q} [y/N]", style("gate:").yellow().bold());
+    for gate in &s.gates.0 {
+        match gate.answer {
+            AnswerKind::YesNo => {
+                let _ = writeln!(
+                    o,
+                    "    {} {} [y/N]",
+                    style("gate:").yellow().bold(),
+                    gate.text
+                );
+            }
+            AnswerKind::Done => {
+                let _ = writeln!(
+                    o,
+                    "    {} the operator does this by hand, confirms and may note a ticket id:",
+                    style("manual:").yellow().bold()
+                );
+                let _ = writeln!(o, "{}", indented(&gate.text, "      | "));
+            }
+        }
     }
-    if let Some(m) = &s.manual {
-        let _ = writeln!(
-            o,
-            "    {} the operator does this by hand, confirms and may note a ticket id:",
-            style("manual:").yellow().bold()
-        );
-        let _ = writeln!(o, "{}", indented(m, "      | "));
-    }
-    if s.targets.is_empty() && s.manual.is_none() {
+    if s.targets.is_empty() && s.gates.of(AnswerKind::Done).is_none() {
         let _ = writeln!(o, "    no hosts");
     }
     let delay = crate::duration::format(s.delay);
