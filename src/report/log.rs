@@ -181,6 +181,9 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
 
     // The forward steps, then the rollback (undo or guide steps: one run has only
     // one kind).
+    if history.steps.is_empty() {
+        let _ = writeln!(o, "\n## Steps\n\nNo step ran.");
+    }
     for (heading, table) in [("Steps", &history.steps), ("Rollback", &history.rollback)] {
         steps_table(&mut o, heading, table, run_dir);
     }
@@ -252,13 +255,10 @@ fn gates(o: &mut String, prompts: &[Prompt]) {
     }
 }
 
-/// One steps table (`Steps` or `Rollback`) and the per-host details under it. An
-/// empty rollback has no section; an empty forward table says no step ran.
+/// One steps table (`Steps` or `Rollback`) and the per-host details under it;
+/// nothing for an empty table.
 fn steps_table(o: &mut String, heading: &str, table: &StepTable, run_dir: &Path) {
     if table.is_empty() {
-        if heading == "Steps" {
-            let _ = writeln!(o, "\n## Steps\n\nNo step ran.");
-        }
         return;
     }
     let _ = writeln!(o, "\n## {heading}\n\n| # | step | host | status | start | duration | exit |\n|---|---|---|---|---|---|---|");
