@@ -10,7 +10,7 @@ use crate::execute::gate::{Answer, GateError, Gates};
 use crate::execute::interrupt::Interrupt;
 use crate::execute::view::Ui;
 use crate::plan::{
-    Captures, Completion, HostRef, OnFailure, Plan, PlanStep, Planner, Service, StepRef,
+    AnswerKind, Captures, Completion, HostRef, OnFailure, Plan, PlanStep, Planner, Service, StepRef,
 };
 use crate::record::events::{self, Event, Outcome as RunOutcome, Phase, Status};
 use crate::record::rundir::{RecordError, Recorder};
@@ -27,10 +27,6 @@ pub enum ExecError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Gate(#[from] GateError),
-    /// A gate's question could not be rendered with the run's captures: the run
-    /// stops before asking, rather than asking something else.
-    #[error(transparent)]
-    Question(Box<crate::error::Error>),
 }
 
 /// A step that completed on some hosts: what a rollback undoes.
@@ -197,42 +193,39 @@ impl Engine<'_> {
                 continue;
             }
             self.ui.step(&label_of(r), &step.name, hosts.len());
-            let caps = self
-                .captures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            if let Some(q) = self
-                .planner
-                .gate_question(r, batch, Some(&caps))
-                .map_err(|e| ExecError::Question(Box::new(e)))?
-            {
-                if !self.confirm_in(Some(&step.name), batch, &q)? {
-                    return Ok(Some(Finish {
-                        outcome: RunOutcome::NotConfirmed,
-                        message: format!("not confirmed at step `{}`", step.name),
-                        exit_code: exit::NOT_CONFIRMED,
-                    }));
-                }
+            // The plan says what to ask and how it is answered; this only asks.
+            for gate in &step.gates.0 {
+                let message = match gate.answer {
+                    AnswerKind::YesNo => {
+                        let q = gate.question(batch);
+                        if self.confirm_in(Some(&step.name), batch, &q)? {
+                            continue;
+                        }
+                        format!("not confirmed at step `{}`", step.name)
+                    }
+                    AnswerKind::Done => {
+                        let (a, note) = self.gates.manual(self.ui, &gate.text)?;
+                        self.rec.emit(&Event::Manual {
+                            time: events::now(),
+                            step: step.name.clone(),
+                            instructions: gate.text.clone(),
+                            confirmed: a.confirmed,
+                            note,
+                            by: self.operator.clone(),
+                        })?;
+                        if a.confirmed {
+                            continue;
+                        }
+                        format!("manual step `{}` not confirmed", step.name)
+                    }
+                };
+                return Ok(Some(Finish {
+                    outcome: RunOutcome::NotConfirmed,
+                    message,
+                    exit_code: exit::NOT_CONFIRMED,
+                }));
             }
             if step.is_manual() {
-                let text = step.manual.clone().unwrap_or_default();
-                let (a, note) = self.gates.manual(self.ui, &text)?;
-                self.rec.emit(&Event::Manual {
-                    time: events::now(),
-                    step: step.name.clone(),
-                    instructions: text,
-                    confirmed: a.confirmed,
-                    note,
-                    by: self.operator.clone(),
-                })?;
-                if !a.confirmed {
-                    return Ok(Some(Finish {
-                        outcome: RunOutcome::NotConfirmed,
-                        message: format!("manual step `{}` not confirmed", step.name),
-                        exit_code: exit::NOT_CONFIRMED,
-                    }));
-                }
                 continue;
             }
             let results = self

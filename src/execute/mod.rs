@@ -18,10 +18,12 @@ pub mod gate;
 pub mod interrupt;
 pub mod lock;
 mod logfile;
+mod resume;
 mod rollback;
 
 use lock::{release_locks, take_locks};
 pub use logfile::{write_log, LOG_FILE};
+pub use resume::resume_start;
 use rollback::{batch_line, rollback_after_failure, rollback_recorded};
 pub use rollback::{rollback_preview, rollback_steps};
 mod undo;
@@ -53,20 +55,6 @@ pub enum Mode {
     Resume(Box<Recorded>),
     /// `opsrun rollback RUN`: undo a recorded run.
     Rollback(Box<Recorded>),
-}
-
-/// Where `--resume` starts: the first step not completed on every host it runs
-/// on (an undone step counts as not completed); `None` when every step was.
-/// `probe` is planned with the resumed run's params and `--limit`.
-pub fn resume_start(probe: &Planner, recorded: &Recorded) -> Option<usize> {
-    (0..probe.runbook.steps.len()).find(|&i| {
-        let hosts = if probe.runbook.steps[i].local {
-            vec![HostRef::CONTROL_NAME.to_string()]
-        } else {
-            probe.step_hosts(StepRef::Forward(i)).to_vec()
-        };
-        hosts.into_iter().any(|h| !recorded.done.contains(&(i, h)))
-    })
 }
 
 pub struct Settings {
@@ -333,31 +321,10 @@ async fn run_async(
     })
 }
 
-/// The `local: true` steps before a resume's start whose capture points into a run's
-/// temporary directory: that directory was removed when its run ended (what the
-/// upgrade's package check bundled there is gone), so the resume runs them again
-/// first, and later steps read a capture that exists.
-fn stale_local_steps(planner: &Planner, plan: &Plan, recorded: &Recorded) -> Vec<usize> {
-    let prefix = RunTmp::prefix();
-    (0..planner.start_at())
-        .filter(|&i| {
-            let step = &plan.steps[i];
-            step.local
-                && step.capture.as_ref().is_some_and(|c| {
-                    recorded
-                        .captures
-                        .global
-                        .get(&c.name)
-                        .is_some_and(|v| v.starts_with(&prefix))
-                })
-        })
-        .collect()
-}
-
 /// The run's private temporary directory on the control machine, given to `local`
 /// steps as `TMPDIR`: what they stage there (an upgrade's copy of its packages, GBs)
 /// is removed when the run ends, however it ends, short of SIGKILL.
-struct RunTmp(Option<PathBuf>);
+pub(super) struct RunTmp(Option<PathBuf>);
 
 impl RunTmp {
     /// `opsrun-RUN.XXXXXX` in the system temp dir (`$TMPDIR` or /tmp), made by
@@ -378,7 +345,7 @@ impl RunTmp {
     }
 
     /// How every run's directory name starts (`/tmp/opsrun-`).
-    fn prefix() -> String {
+    pub(super) fn prefix() -> String {
         std::env::temp_dir()
             .join("opsrun-")
             .to_string_lossy()
@@ -532,7 +499,7 @@ async fn drive(
         StepRef::Guide(i) => format!("[R{}]", i + 1),
     };
     let rerun = match &s.mode {
-        Mode::Resume(r) => stale_local_steps(engine.planner, engine.plan, r),
+        Mode::Resume(r) => resume::stale_local_steps(engine.planner, engine.plan, r),
         _ => Vec::new(),
     };
     for &i in &rerun {

@@ -3,6 +3,7 @@
 //! preview the operator confirms first.
 
 use super::*;
+use crate::plan::AnswerKind;
 
 /// `opsrun rollback RUN`: the runbook's rollback guide, or the completed steps' own rollbacks.
 pub(super) async fn rollback_recorded(
@@ -423,14 +424,16 @@ pub(super) fn guide_step_rendered(
     };
     lines.push(format!("  [R{}/{total}] {}{on}", i + 1, step.name));
     let fail = |e: &dyn std::fmt::Display| format!("      (cannot render: {e})");
-    match planner.gate_question(r, batch, Some(&recorded.captures)) {
-        Ok(Some(q)) => lines.push(format!("      gate: {q} [y/N]")),
-        Ok(None) => {}
-        Err(e) => lines.push(fail(&e)),
+    if let Some(gate) = step.gates.of(AnswerKind::YesNo) {
+        lines.push(format!("      gate: {} [y/N]", gate.question(batch)));
     }
     if manual {
         lines.push("      manual: the operator does this by hand and confirms:".into());
-        for l in step.manual.as_deref().unwrap_or_default().lines() {
+        let text = step
+            .gates
+            .of(AnswerKind::Done)
+            .map_or("", |g| g.text.as_str());
+        for l in text.lines() {
             lines.push(format!("        | {l}"));
         }
         return;

@@ -588,3 +588,53 @@ steps:
     assert!(!journal.contains("k3y-s3cret"), "{journal}");
     assert!(journal.contains(crate::sanitize::MASK));
 }
+
+/// The engine asks the plan's gates as the plan words them: per batch, naming
+/// that batch's hosts; a manual step's instructions are recorded as planned.
+#[test]
+fn the_engine_asks_each_gate_as_the_plan_words_it_for_the_batch() {
+    let rb = "\
+name: gated
+hosts: app
+serial: 1
+steps:
+  - name: stop
+    run: stop app
+    confirm: Stop the app?
+  - name: tell
+    manual: Tell the duty officer
+";
+    let mut p = planner(rb, options());
+    let plan = p.plan().unwrap();
+    let gate = plan.steps[0]
+        .gates
+        .of(crate::plan::AnswerKind::YesNo)
+        .unwrap()
+        .clone();
+    let ran = Lab::new().run(&mut p, &fleet(), Mode::Run, Interrupt::default());
+    assert_eq!(ran.exit_code, 0, "{}", ran.message());
+    let asked: Vec<(Option<String>, Option<usize>, String)> = ran
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Gate {
+                step: step @ Some(_),
+                batch,
+                prompt,
+                ..
+            } => Some((step, batch, prompt)),
+            Event::Manual {
+                step, instructions, ..
+            } => Some((Some(step), None, instructions)),
+            _ => None,
+        })
+        .collect();
+    let stop = |b: usize| (Some("stop".to_string()), Some(b), gate.question(Some(b)));
+    let tell = (
+        Some("tell".to_string()),
+        None,
+        "Tell the duty officer".to_string(),
+    );
+    assert_eq!(asked, [stop(1), tell.clone(), stop(2), tell]);
+    assert_eq!(gate.question(Some(2)), "Stop the app? (batch 2/2: oa2)");
+}

@@ -76,48 +76,6 @@ impl Planner {
         }
     }
 
-    /// A step's gate question with the hosts it is for, as the run asks it, the
-    /// dry-run shows it and the log records it; `None` without a gate, or when no
-    /// host of the batch runs the step. Hosts a `when:` excludes are not named: the
-    /// answer is for the hosts that will run (a `when:` that reads a capture is
-    /// decided with `captures`, the values captured so far; the dry-run has none and
-    /// names those hosts).
-    pub fn gate_question(
-        &self,
-        r: StepRef,
-        batch: Option<usize>,
-        captures: Option<&Captures>,
-    ) -> Result<Option<String>, Error> {
-        let Some(q) = self.confirm_prompt(r)? else {
-            return Ok(None);
-        };
-        let (step, _) = self.step(r);
-        let manual = matches!(step.action, Action::Manual(_));
-        let hosts: Vec<String> = if step.local {
-            vec![HostRef::CONTROL_NAME.into()]
-        } else if step.when.is_none() || manual {
-            self.batch_hosts(r, batch)
-        } else {
-            self.batch_hosts(r, batch)
-                .into_iter()
-                .filter(|h| {
-                    // A host whose rendering fails is named: the run reports the error there.
-                    !matches!(
-                        self.render(r, Some(h), captures, Reveal::Masked, batch),
-                        Ok(t) if t.skipped.is_some()
-                    )
-                })
-                .collect()
-        };
-        if hosts.is_empty() && !manual {
-            return Ok(None);
-        }
-        Ok(Some(format!(
-            "{q} {}",
-            self.gate_hosts(step.local, &hosts, batch)
-        )))
-    }
-
     /// Whether a step's templates read `batch`: it is then rendered per batch.
     pub fn reads_batch(&self, r: StepRef) -> bool {
         self.reads_batch.contains(&step_key(r))

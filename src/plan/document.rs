@@ -40,15 +40,7 @@ impl Planner {
             },
             on,
             local: step.local,
-            confirm: self.confirm_prompt(r)?,
-            // The run walks every batch (the one batch without `serial`).
-            gates: (1..=self.batches.len())
-                .map(|b| self.gate_question(r, Some(b), None))
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .flatten()
-                .collect(),
-            manual: self.manual_text(r)?,
+            gates: self.gates(r)?,
             timeout: step.timeout,
             retries: step.retries,
             delay: step.delay,

@@ -15,6 +15,7 @@ mod batches;
 mod compile;
 mod context;
 mod document;
+mod gate;
 mod model;
 mod params;
 pub mod pattern;
@@ -25,6 +26,7 @@ mod targets;
 use batches::cut_batches;
 pub use compile::check_templates;
 use compile::{compile_templates, var_reads, FileTemplate, StepTemplates};
+pub use gate::{AnswerKind, Gate, GateAsk, Gates};
 pub use model::{
     ActionKind, Capture, Captures, Completion, Expect, HostRef, InventoryInfo, On, OnFailure,
     Options, ParamValue, Plan, PlanHost, PlanStep, Reveal, RunInfo, RunbookInfo, Service,
@@ -501,6 +503,55 @@ steps:
     on: app
     run: "echo {{ hosts | length }}"
 "#;
+
+    /// The plan carries each gate whole: the question, how it is answered, and
+    /// per batch the hosts it names; the dry-run and its JSON print the same text.
+    #[test]
+    fn a_step_s_gate_names_the_hosts_of_each_batch_in_the_plan() {
+        let rb = r#"
+name: gated
+hosts: app
+serial: 2
+steps:
+  - name: stop
+    run: "stop {{ host.name }}"
+    confirm: "Stop {{ hosts | length }} servers?"
+  - name: tell
+    on: "lb*"
+    manual: "Tell the duty officer"
+"#;
+        let p = planner(rb, INVENTORY, None);
+        let plan = p.plan().unwrap();
+        let stop = &plan.steps[0].gates;
+        let gate = stop.of(AnswerKind::YesNo).unwrap();
+        assert_eq!(gate.text, "Stop 3 servers?");
+        assert_eq!(
+            gate.question(Some(1)),
+            "Stop 3 servers? (batch 1/2: oa1, oa2)"
+        );
+        assert_eq!(gate.question(Some(2)), "Stop 3 servers? (batch 2/2: oa3)");
+        assert_eq!(gate.question(None), "Stop 3 servers? (on oa1, oa2, oa3)");
+        assert!(stop.of(AnswerKind::Done).is_none());
+        let tell = &plan.steps[1].gates;
+        assert_eq!(tell.0.len(), 1);
+        let manual = tell.of(AnswerKind::Done).unwrap();
+        assert_eq!(manual.text, "Tell the duty officer");
+        assert!(manual.asks.is_empty(), "manual instructions name no hosts");
+        let json = crate::report::preview::json(&plan);
+        assert!(json.contains("\"confirm\": \"Stop 3 servers?\""), "{json}");
+        assert!(
+            json.contains("\"manual\": \"Tell the duty officer\""),
+            "{json}"
+        );
+        let text = crate::report::preview::text(&plan);
+        // Once per batch, naming the batch's hosts.
+        assert!(
+            text.contains(
+                "gate: Stop 3 servers? (batch 1/2: oa1, oa2) [y/N]\n    gate: Stop 3 servers? (batch 2/2: oa3) [y/N]\n"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn batches_are_cut_from_the_runbook_hosts_and_other_hosts_join_every_batch() {

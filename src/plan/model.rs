@@ -288,13 +288,9 @@ pub struct PlanStep {
     pub action: ActionKind,
     pub on: On,
     pub local: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub confirm: Option<String>,
-    /// The gate as it is asked, with its hosts: once per batch that runs the step.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub gates: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub manual: Option<String>,
+    /// What the step asks before it acts (`confirm`, `manual` in the JSON).
+    #[serde(flatten)]
+    pub gates: Gates,
     /// `timeout:` of the runbook step: the remote `timeout` wrapper's limit, and
     /// (plus a grace) how long the control side waits for an answer.
     #[serde(

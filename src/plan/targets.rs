@@ -76,6 +76,16 @@ impl Planner {
         self.targets.get(&key).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// How many forward steps the runbook has.
+    pub fn step_count(&self) -> usize {
+        self.runbook.steps.len()
+    }
+
+    /// Whether step `r` runs on the control machine (`local: true`).
+    pub fn is_local(&self, r: StepRef) -> bool {
+        self.step(r).0.local
+    }
+
     /// Every host the run touches, in inventory order.
     pub fn run_hosts(&self) -> Vec<&Host> {
         let used: HashSet<&String> = self.targets.values().flatten().collect();

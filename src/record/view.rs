@@ -3,6 +3,12 @@
 //! and `--resume` (record/runs.rs `load`) all read a [`RunView`], so they agree
 //! on what a run completed, undid and how it ended.
 
+mod history;
+
+pub use history::{
+    Downtime, Exception, ExceptionKind, History, Prompt, Row, StepTable, TargetResult,
+};
+
 use crate::plan::{Captures, Completion};
 use crate::record::events::{Event, HostInfo, Outcome, ParamRecord, Phase, RunKind, Status, Time};
 use crate::record::journal::{self, JournalError, Replay};
@@ -73,6 +79,8 @@ pub struct RunView {
     pub undid: Vec<Undid>,
     /// Whether any undo or guide step finished ok: the run changed hosts back.
     pub rolled_back: bool,
+    /// Everything else the log shows, step by step and host by host.
+    pub history: History,
 }
 
 impl RunView {
@@ -88,10 +96,18 @@ impl RunView {
             restored: None,
             undid: Vec::new(),
             rolled_back: false,
+            history: History::default(),
         };
         for e in events {
             v.apply(e);
         }
+        let hosts: Vec<String> = v
+            .start
+            .iter()
+            .flat_map(|s| &s.hosts)
+            .map(|h| h.name.clone())
+            .collect();
+        v.history = History::fold(events, &hosts);
         v.completed.retain(|_, hosts| !hosts.is_empty());
         v
     }

@@ -5,13 +5,12 @@
 //! (backticks, `|`, ANSI escapes, NUL bytes, CJK): fences are made longer than
 //! any backtick run inside them, table cells are escaped, controls are shown.
 
-use crate::record::events::{Event, Outcome, Phase, RunKind, Status, Time};
-use crate::record::view::{Identity, RunView};
+use crate::record::events::{Event, Outcome, RunKind, Saved, Status, Time};
+use crate::record::view::{Identity, Prompt, Row, RunView, StepTable, TargetResult};
 use crate::report::excerpt::{read_output, truncate};
 use crate::report::markdown::{cell, code, fenced};
 use crate::report::sections::{downtime, exceptions};
 use crate::report::signature::{verify_section, SignerInfo, UNSIGNED_BANNER};
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -171,242 +170,190 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
         );
     }
 
-    let gates: Vec<&Event> = events
-        .iter()
-        .filter(|e| matches!(e, Event::Gate { .. } | Event::Manual { .. }))
-        .collect();
-    if !gates.is_empty() {
-        let _ = writeln!(o, "\n## Gates and manual steps\n\n| time | step | question | answer | by |\n|---|---|---|---|---|");
-        for g in gates {
-            match g {
-                Event::Gate {
-                    time,
-                    step,
-                    batch,
-                    prompt,
-                    answer,
-                    confirmed,
-                    by,
-                } => {
-                    let verdict = if *confirmed { "yes" } else { "**no**" };
-                    let _ = writeln!(
-                        o,
-                        "| {} | {} | {} | {verdict} ({}) | {} |",
-                        fmt_time(time),
-                        match (step.as_deref(), batch) {
-                            (Some(s), Some(b)) => format!("{} (batch {b})", cell(s)),
-                            (Some(s), None) => cell(s),
-                            (None, _) => "(start)".into(),
-                        },
-                        cell(prompt),
-                        cell(answer),
-                        cell(by)
-                    );
-                }
-                Event::Manual {
-                    time,
-                    step,
-                    instructions,
-                    confirmed,
-                    note,
-                    by,
-                } => {
-                    let verdict = if *confirmed { "done" } else { "**not done**" };
-                    let note = note
-                        .as_deref()
-                        .map(|n| format!(", note: {}", cell(n)))
-                        .unwrap_or_default();
-                    let _ = writeln!(
-                        o,
-                        "| {} | {} | manual: {} | {verdict}{note} | {} |",
-                        fmt_time(time),
-                        cell(step),
-                        cell(instructions),
-                        cell(by)
-                    );
-                }
-                _ => {}
-            }
-        }
-    }
-
-    let conn_failures: Vec<(&String, &String)> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::ConnectFailed { host, error, .. } => Some((host, error)),
-            _ => None,
-        })
-        .collect();
-    if !conn_failures.is_empty() {
+    let history = &view.history;
+    gates(&mut o, &history.prompts);
+    if !history.connect_failures.is_empty() {
         let _ = writeln!(o, "\n## Connection failures\n\n| host | error |\n|---|---|");
-        for (h, e) in conn_failures {
-            let _ = writeln!(o, "| {} | {} |", cell(h), cell(e));
+        for f in &history.connect_failures {
+            let _ = writeln!(o, "| {} | {} |", cell(&f.host), cell(&f.error));
         }
     }
 
     // The forward steps, then the rollback (undo or guide steps: one run has only
-    // one kind). Rows of the Rollback section undo a forward step of the same
-    // number and name, or are steps of the guide: labelled so, never as the forward row.
-    let guide = events.iter().any(|e| {
-        matches!(
-            e,
-            Event::StepStarted {
-                phase: Phase::Guide,
-                ..
-            }
-        )
-    });
-    for rollback in [false, true] {
-        let label = |number: usize| match (rollback, guide) {
-            (false, _) => number.to_string(),
-            (true, false) => format!("undo {number}"),
-            (true, true) => format!("R{number}"),
-        };
-        // Finished targets, and steps that had no host at all, step by step in the
-        // order they ran; within a step, hosts in inventory order (the Hosts table's),
-        // not in the order they happened to finish.
-        let host_order: BTreeMap<&str, usize> = hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.name.as_str(), i))
-            .collect();
-        let mut step_start: BTreeMap<usize, usize> = BTreeMap::new();
-        let mut finished: Vec<((usize, usize), &Event)> = Vec::new();
-        for (at, e) in events.iter().enumerate() {
-            match e {
-                Event::StepStarted {
-                    phase: p,
-                    number,
-                    hosts,
-                    ..
-                } if p.is_rollback() == rollback => {
-                    step_start.insert(*number, at);
-                    if hosts.is_empty() {
-                        finished.push(((at, 0), e));
-                    }
-                }
-                Event::TargetFinished {
-                    phase: p,
-                    number,
-                    host,
-                    ..
-                } if p.is_rollback() == rollback => {
-                    let step = step_start.get(number).copied().unwrap_or(at);
-                    let rank = host_order.get(host.as_str()).copied().unwrap_or(usize::MAX);
-                    finished.push(((step, rank), e));
-                }
-                _ => {}
-            }
-        }
-        finished.sort_by_key(|(key, _)| *key);
-        let finished: Vec<&Event> = finished.into_iter().map(|(_, e)| e).collect();
-        // A start without its finish; a host in every batch starts a step once per batch.
-        let mut running: Vec<&Event> = Vec::new();
-        for e in events {
-            match e {
-                Event::TargetStarted { phase: p, .. } if p.is_rollback() == rollback => running.push(e),
-                Event::TargetFinished {
-                    phase: p,
-                    number,
-                    host,
-                    ..
-                } if p.is_rollback() == rollback => {
-                    if let Some(at) = running.iter().position(|s| {
-                        matches!(s, Event::TargetStarted { number: n, host: h, .. } if n == number && h == host)
-                    }) {
-                        running.remove(at);
-                    }
-                }
-                _ => {}
-            }
-        }
-        if finished.is_empty() && running.is_empty() {
-            if rollback {
-                continue;
-            }
-            let _ = writeln!(o, "\n## Steps\n\nNo step ran.");
-            continue;
-        }
-        let heading = if rollback { "Rollback" } else { "Steps" };
-        let _ = writeln!(o, "\n## {heading}\n\n| # | step | host | status | start | duration | exit |\n|---|---|---|---|---|---|---|");
-        for e in &finished {
-            match e {
-                Event::TargetFinished {
-                    number,
-                    step,
-                    host,
-                    status,
-                    started,
-                    millis,
-                    exit_code,
-                    batch,
-                    ..
-                } => {
-                    let _ = writeln!(
-                        o,
-                        "| {} | {} | {} | {} | {} | {} | {} |",
-                        label(*number),
-                        cell(step),
-                        cell(&with_batch(host, *batch)),
-                        status_word(*status),
-                        started.format("%H:%M:%S"),
-                        fmt_ms(*millis),
-                        exit_code.map_or("-".into(), |c| c.to_string())
-                    );
-                }
-                Event::StepStarted {
-                    number, step, time, ..
-                } => {
-                    let _ = writeln!(
-                        o,
-                        "| {} | {} | (no hosts) | skipped | {} | - | - |",
-                        label(*number),
-                        cell(step),
-                        time.format("%H:%M:%S"),
-                    );
-                }
-                _ => {}
-            }
-        }
-        for e in &running {
-            if let Event::TargetStarted {
-                number,
-                step,
-                host,
+    // one kind).
+    if history.steps.is_empty() {
+        let _ = writeln!(o, "\n## Steps\n\nNo step ran.");
+    }
+    // Rows of the Rollback section undo a forward step of the same number and
+    // name, or are steps of the guide: labelled so, never as the forward row.
+    let rollback_label = if history.rollback_is_guide {
+        "R"
+    } else {
+        "undo "
+    };
+    for (heading, table, label) in [
+        ("Steps", &history.steps, ""),
+        ("Rollback", &history.rollback, rollback_label),
+    ] {
+        steps_table(&mut o, heading, table, label, run_dir);
+    }
+
+    if let Some(rows) = &history.downtime {
+        downtime(&mut o, rows);
+    }
+    exceptions(&mut o, &history.exceptions);
+    let outputs: Vec<&Saved> = history.outputs.iter().collect();
+    verify_section(&mut o, "log.md", signer, &outputs);
+    o
+}
+
+/// The "Gates and manual steps" section: every question asked, and its answer.
+fn gates(o: &mut String, prompts: &[Prompt]) {
+    if prompts.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "\n## Gates and manual steps\n\n| time | step | question | answer | by |\n|---|---|---|---|---|");
+    for p in prompts {
+        match p {
+            Prompt::Gate {
                 time,
-                ..
-            } = e
-            {
+                step,
+                batch,
+                prompt,
+                answer,
+                confirmed,
+                by,
+            } => {
+                let verdict = if *confirmed { "yes" } else { "**no**" };
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | **INTERRUPTED** | {} | - | - |",
-                    label(*number),
+                    "| {} | {} | {} | {verdict} ({}) | {} |",
+                    fmt_time(time),
+                    match (step.as_deref(), batch) {
+                        (Some(s), Some(b)) => format!("{} (batch {b})", cell(s)),
+                        (Some(s), None) => cell(s),
+                        (None, _) => "(start)".into(),
+                    },
+                    cell(prompt),
+                    cell(answer),
+                    cell(by)
+                );
+            }
+            Prompt::Manual {
+                time,
+                step,
+                instructions,
+                confirmed,
+                note,
+                by,
+            } => {
+                let verdict = if *confirmed { "done" } else { "**not done**" };
+                let note = note
+                    .as_deref()
+                    .map(|n| format!(", note: {}", cell(n)))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | manual: {} | {verdict}{note} | {} |",
+                    fmt_time(time),
                     cell(step),
-                    cell(host),
-                    time.format("%H:%M:%S")
+                    cell(instructions),
+                    cell(by)
                 );
             }
         }
-        let _ = writeln!(o);
-        let mut last_step = None;
-        for e in finished.iter().chain(running.iter()) {
-            details(&mut o, e, run_dir, &label, &mut last_step);
+    }
+}
+
+/// One steps table (`Steps` or `Rollback`) and the per-host details under it;
+/// nothing for an empty table.
+fn steps_table(o: &mut String, heading: &str, table: &StepTable, label: &str, run_dir: &Path) {
+    if table.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "\n## {heading}\n\n| # | step | host | status | start | duration | exit |\n|---|---|---|---|---|---|---|");
+    for row in &table.rows {
+        let _ = writeln!(o, "{}", table_row(row, label));
+    }
+    for u in &table.interrupted {
+        let _ = writeln!(
+            o,
+            "| {label}{} | {} | {} | **INTERRUPTED** | {} | - | - |",
+            u.number,
+            cell(&u.step),
+            cell(&u.host),
+            u.time.format("%H:%M:%S")
+        );
+    }
+    let _ = writeln!(o);
+    let mut last_step = None;
+    for row in &table.rows {
+        let (number, step) = match row {
+            Row::NoHosts { number, step, .. } => (*number, step),
+            Row::Target(t) => (t.number, &t.step),
+        };
+        step_heading(o, label, number, step, &mut last_step);
+        match row {
+            Row::NoHosts { .. } => {
+                let _ = writeln!(
+                    o,
+                    "No hosts: the step's host pattern matches none in this inventory; skipped.\n"
+                );
+            }
+            Row::Target(t) => target_details(o, t, run_dir),
         }
     }
+    for u in &table.interrupted {
+        step_heading(o, label, u.number, &u.step, &mut last_step);
+        let _ = writeln!(
+            o,
+            "#### {}: INTERRUPTED (no result recorded)\n",
+            cell(&u.host)
+        );
+        if let Some(c) = &u.command {
+            let _ = write!(o, "{}", fenced("console", &format!("[?@{}]# {c}", u.host)));
+        }
+    }
+}
 
-    downtime(&mut o, events);
-    exceptions(&mut o, events);
-    let outputs: Vec<&crate::record::events::Saved> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::TargetFinished { stdout, stderr, .. } => Some([stdout, stderr]),
-            _ => None,
-        })
-        .flatten()
-        .flatten()
-        .collect();
-    verify_section(&mut o, "log.md", signer, &outputs);
-    o
+/// One row of a steps table: a host's result of a step, or a step with no host;
+/// `label` goes before the step's number (`undo 2`, `R1`).
+fn table_row(row: &Row, label: &str) -> String {
+    match row {
+        Row::Target(t) => format!(
+            "| {label}{} | {} | {} | {} | {} | {} | {} |",
+            t.number,
+            cell(&t.step),
+            cell(&with_batch(&t.host, t.batch)),
+            status_word(t.status),
+            t.started.format("%H:%M:%S"),
+            fmt_ms(t.millis),
+            t.exit_code.map_or("-".into(), |c| c.to_string())
+        ),
+        Row::NoHosts { number, step, time } => format!(
+            "| {label}{number} | {} | (no hosts) | skipped | {} | - | - |",
+            cell(step),
+            time.format("%H:%M:%S"),
+        ),
+    }
+}
+
+/// `### N. step` (`### undo N. step`, ...) before the first detail of each step.
+fn step_heading(
+    o: &mut String,
+    label: &str,
+    number: usize,
+    step: &str,
+    last: &mut Option<(usize, String)>,
+) {
+    if last
+        .as_ref()
+        .is_some_and(|(n, s)| *n == number && s == step)
+    {
+        return;
+    }
+    let _ = writeln!(o, "### {label}{number}. {}\n", cell(step));
+    *last = Some((number, step.to_string()));
 }
 
 /// A host, and the batch when the step was rendered for one (`lb1 (batch 2)`).
@@ -417,121 +364,90 @@ fn with_batch(host: &str, batch: Option<usize>) -> String {
     }
 }
 
-fn details(
-    o: &mut String,
-    e: &Event,
-    run_dir: &Path,
-    label: &dyn Fn(usize) -> String,
-    last: &mut Option<(usize, String)>,
-) {
-    let (number, step) = match e {
-        Event::TargetFinished { number, step, .. }
-        | Event::TargetStarted { number, step, .. }
-        | Event::StepStarted { number, step, .. } => (*number, step.clone()),
-        _ => return,
-    };
-    if last.as_ref() != Some(&(number, step.clone())) {
-        let _ = writeln!(o, "### {}. {}\n", label(number), cell(&step));
-        *last = Some((number, step));
+/// A host's result of a step: command, input, outputs (cut), checks, capture.
+fn target_details(o: &mut String, t: &TargetResult, run_dir: &Path) {
+    let TargetResult {
+        host,
+        login,
+        status,
+        millis,
+        exit_code,
+        command,
+        stdin,
+        stdout,
+        stderr,
+        checks,
+        capture,
+        upload_sha256,
+        upload_sha256_withheld,
+        reason,
+        batch,
+        ..
+    } = t;
+    let exit = exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "#### {}: {}{exit}, {}\n",
+        cell(&with_batch(host, *batch)),
+        status_word(*status),
+        fmt_ms(*millis)
+    );
+    if let Some(r) = reason {
+        let _ = writeln!(o, "Reason: {}\n", cell(r));
     }
-    match e {
-        Event::StepStarted { .. } => {
+    if let Some(c) = command {
+        let _ = write!(
+            o,
+            "{}",
+            fenced(
+                "console",
+                &crate::report::preview::prompt_line(login, c, "")
+            )
+        );
+        let _ = writeln!(o);
+    }
+    if let Some(s) = stdin {
+        let _ = writeln!(o, "Standard input:\n");
+        let _ = write!(o, "{}", fenced("text", s));
+        let _ = writeln!(o);
+    }
+    if let Some(sum) = upload_sha256 {
+        let _ = writeln!(o, "Uploaded file sha256: {}\n", code(sum));
+    }
+    if let Some(why) = upload_sha256_withheld {
+        let _ = writeln!(o, "Uploaded file sha256: withheld: {}\n", cell(why));
+    }
+    for (label, saved) in [("stdout", stdout), ("stderr", stderr)] {
+        if let Some(s) = saved {
+            let text = read_output(run_dir, &s.file);
+            let (shown, cut) = truncate(&text);
+            let cut_note = if cut { ", truncated here" } else { "" };
             let _ = writeln!(
                 o,
-                "No hosts: the step's host pattern matches none in this inventory; skipped.\n"
+                "{label} ({}{cut_note}; full output {} sha256 {}):\n",
+                crate::plural::count(s.bytes as usize, "byte", "bytes"),
+                code(&s.file),
+                code(&s.sha256)
             );
+            let _ = write!(o, "{}", fenced("text", &shown));
+            let _ = writeln!(o);
         }
-        Event::TargetStarted { host, command, .. } => {
-            let _ = writeln!(o, "#### {}: INTERRUPTED (no result recorded)\n", cell(host));
-            if let Some(c) = command {
-                let _ = write!(o, "{}", fenced("console", &format!("[?@{host}]# {c}")));
+    }
+    for c in checks {
+        let verdict = if c.ok { "passed" } else { "failed" };
+        let _ = writeln!(
+            o,
+            "Check attempt {}: {verdict} (exit {}){}\n",
+            c.attempt,
+            c.exit_code.map_or("-".into(), |x| x.to_string()),
+            if c.output.trim().is_empty() {
+                String::new()
+            } else {
+                format!(": {}", code(c.output.trim()))
             }
-        }
-        Event::TargetFinished {
-            host,
-            login,
-            status,
-            millis,
-            exit_code,
-            command,
-            stdin,
-            stdout,
-            stderr,
-            checks,
-            capture,
-            upload_sha256,
-            upload_sha256_withheld,
-            reason,
-            batch,
-            ..
-        } => {
-            let exit = exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
-            let _ = writeln!(
-                o,
-                "#### {}: {}{exit}, {}\n",
-                cell(&with_batch(host, *batch)),
-                status_word(*status),
-                fmt_ms(*millis)
-            );
-            if let Some(r) = reason {
-                let _ = writeln!(o, "Reason: {}\n", cell(r));
-            }
-            if let Some(c) = command {
-                let _ = write!(
-                    o,
-                    "{}",
-                    fenced(
-                        "console",
-                        &crate::report::preview::prompt_line(login, c, "")
-                    )
-                );
-                let _ = writeln!(o);
-            }
-            if let Some(s) = stdin {
-                let _ = writeln!(o, "Standard input:\n");
-                let _ = write!(o, "{}", fenced("text", s));
-                let _ = writeln!(o);
-            }
-            if let Some(sum) = upload_sha256 {
-                let _ = writeln!(o, "Uploaded file sha256: {}\n", code(sum));
-            }
-            if let Some(why) = upload_sha256_withheld {
-                let _ = writeln!(o, "Uploaded file sha256: withheld: {}\n", cell(why));
-            }
-            for (label, saved) in [("stdout", stdout), ("stderr", stderr)] {
-                if let Some(s) = saved {
-                    let text = read_output(run_dir, &s.file);
-                    let (shown, cut) = truncate(&text);
-                    let cut_note = if cut { ", truncated here" } else { "" };
-                    let _ = writeln!(
-                        o,
-                        "{label} ({}{cut_note}; full output {} sha256 {}):\n",
-                        crate::plural::count(s.bytes as usize, "byte", "bytes"),
-                        code(&s.file),
-                        code(&s.sha256)
-                    );
-                    let _ = write!(o, "{}", fenced("text", &shown));
-                    let _ = writeln!(o);
-                }
-            }
-            for c in checks {
-                let verdict = if c.ok { "passed" } else { "failed" };
-                let _ = writeln!(
-                    o,
-                    "Check attempt {}: {verdict} (exit {}){}\n",
-                    c.attempt,
-                    c.exit_code.map_or("-".into(), |x| x.to_string()),
-                    if c.output.trim().is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", code(c.output.trim()))
-                    }
-                );
-            }
-            if let Some((name, value)) = capture {
-                let _ = writeln!(o, "Captured {} = {}\n", code(name), code(value));
-            }
-        }
-        _ => {}
+        );
+    }
+    if let Some((name, value)) = capture {
+        let _ = writeln!(o, "Captured {} = {}\n", code(name), code(value));
     }
 }

@@ -3,7 +3,7 @@
 
 use super::preview::*;
 use crate::load::inventory::ConfirmMode;
-use crate::plan::{Plan, PlanStep};
+use crate::plan::{AnswerKind, Plan, PlanStep};
 use std::fmt::Write as _;
 
 /// The plan as Markdown, for a change request: the same content as `text`,
@@ -175,17 +175,24 @@ pub(super) fn md_step(o: &mut String, s: &PlanStep, number: &str) {
         ));
     }
     let _ = writeln!(o, "{}\n", notes.join("; "));
-    for q in &s.gates {
-        let _ = writeln!(o, "**Gate**: {} [y/N]\n", cell(q));
+    for gate in &s.gates.0 {
+        match gate.answer {
+            AnswerKind::YesNo => {
+                for ask in gate.asks.iter().filter(|a| a.batch.is_some()) {
+                    let q = format!("{} {}", gate.text, ask.hosts);
+                    let _ = writeln!(o, "**Gate**: {} [y/N]\n", cell(&q));
+                }
+            }
+            AnswerKind::Done => {
+                let _ = writeln!(
+                    o,
+                    "**Manual**: the operator does this by hand, confirms and may note a ticket id:\n"
+                );
+                let _ = writeln!(o, "{}", fenced("text", &gate.text));
+            }
+        }
     }
-    if let Some(m) = &s.manual {
-        let _ = writeln!(
-            o,
-            "**Manual**: the operator does this by hand, confirms and may note a ticket id:\n"
-        );
-        let _ = writeln!(o, "{}", fenced("text", m));
-    }
-    if s.targets.is_empty() && s.manual.is_none() {
+    if s.targets.is_empty() && s.gates.of(AnswerKind::Done).is_none() {
         let _ = writeln!(o, "No hosts.\n");
     }
     for t in &s.targets {

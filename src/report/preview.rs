@@ -1,7 +1,7 @@
 //! Printing a plan: the text a `--dry-run` shows and the JSON it emits for tooling.
 
 use crate::load::inventory::ConfirmMode;
-use crate::plan::{Plan, PlanStep, Target};
+use crate::plan::{AnswerKind, Plan, PlanStep, Target};
 use crate::sanitize::{escape_controls, escape_line};
 use console::style;
 use std::fmt::Write as _;
@@ -203,23 +203,30 @@ fn step(o: &mut String, s: &PlanStep, number: &str, batches: &[Vec<String>]) {
     if !notes.is_empty() {
         let _ = writeln!(o, "    ({})", notes.join("; "));
     }
-    for q in &s.gates {
-        let q = escape_line(q);
-        let _ = writeln!(o, "    {} {q} [y/N]", style("gate:").yellow().bold());
+    for gate in &s.gates.0 {
+        match gate.answer {
+            AnswerKind::YesNo => {
+                // Once per batch that runs the step, naming the hosts it is for.
+                for ask in gate.asks.iter().filter(|a| a.batch.is_some()) {
+                    let q = escape_line(&format!("{} {}", gate.text, ask.hosts));
+                    let _ = writeln!(o, "    {} {q} [y/N]", style("gate:").yellow().bold());
+                }
+            }
+            AnswerKind::Done => {
+                let _ = writeln!(
+                    o,
+                    "    {} the operator does this by hand, confirms and may note a ticket id:",
+                    style("manual:").yellow().bold()
+                );
+                let _ = writeln!(
+                    o,
+                    "{}",
+                    indented(&escape_controls(gate.text.as_bytes()), "      | ")
+                );
+            }
+        }
     }
-    if let Some(m) = &s.manual {
-        let _ = writeln!(
-            o,
-            "    {} the operator does this by hand, confirms and may note a ticket id:",
-            style("manual:").yellow().bold()
-        );
-        let _ = writeln!(
-            o,
-            "{}",
-            indented(&escape_controls(m.as_bytes()), "      | ")
-        );
-    }
-    if s.targets.is_empty() && s.manual.is_none() {
+    if s.targets.is_empty() && s.gates.of(AnswerKind::Done).is_none() {
         let _ = writeln!(o, "    no hosts");
     }
     let delay = crate::duration::format(s.delay);

@@ -1,0 +1,233 @@
+//! How the master is started: its private control directory, the ssh_config files
+//! for jump hosts, and the known_hosts list handed to ssh.
+
+use std::ffi::OsString;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::transport::{Endpoint, TransportError};
+
+/// A private 0700 directory for control sockets. `$XDG_RUNTIME_DIR` (a per-user tmpfs)
+/// is preferred over the crate's default `~/.local/state`, so sockets of a killed run
+/// do not pile up in the home directory. The `openssh` crate creates a random 0700
+/// subdirectory per master inside it.
+pub(super) fn control_dir(host: &str) -> Result<PathBuf, TransportError> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute() && p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let dir = base.join(format!("opsrun-{uid}"));
+    let fail = |reason: String| TransportError::ControlDir {
+        host: host.to_string(),
+        path: dir.clone(),
+        reason,
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    // The name is predictable (it may sit in a shared /tmp): refuse one that someone
+    // else created or that others can enter.
+    let md = std::fs::symlink_metadata(&dir).map_err(|e| fail(e.to_string()))?;
+    if !md.is_dir() || md.uid() != uid || md.mode() & 0o077 != 0 {
+        return Err(fail(format!(
+            "must be a directory owned by uid {uid} with mode 0700; remove it and retry"
+        )));
+    }
+    Ok(dir)
+}
+
+/// The ssh_config files used when the endpoint has jump hosts.
+///
+/// The crate's `jump_hosts()` (`ssh -J`) is not used: ssh starts each hop as
+/// `ssh -l USER -p PORT -F CONFIG -W HOST:PORT HOP` without our `-o` settings, so a
+/// hop's host key would be checked per the user's config (maybe accept-new, or a
+/// prompt on the terminal), and a ControlPersist master sends the hops' stderr to
+/// /dev/null, losing "host key unknown" for a bastion. Instead:
+/// - `hop.ssh_config` forces strict checking and batch mode, then includes the
+///   configuration ssh would have read anyway (ssh keeps the first value it finds);
+/// - `master.ssh_config` adds a `ProxyCommand` that runs the last hop with
+///   `-F hop.ssh_config` (earlier hops via its own `-J`, which passes `-F` on) and
+///   appends every hop's stderr to `hop.log`, read back if the connection fails.
+pub(super) struct JumpConfig {
+    pub(super) master: PathBuf,
+    hop: PathBuf,
+    log: PathBuf,
+}
+
+impl JumpConfig {
+    pub(super) fn write(
+        control_dir: &Path,
+        ep: &Endpoint,
+        known_hosts: Option<&std::ffi::OsStr>,
+    ) -> Result<JumpConfig, TransportError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+
+        let stem = format!(
+            "jump-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let files = JumpConfig {
+            master: control_dir.join(format!("{stem}.master.ssh_config")),
+            hop: control_dir.join(format!("{stem}.hop.ssh_config")),
+            log: control_dir.join(format!("{stem}.hop.log")),
+        };
+
+        let mut hop = String::from(
+            "# Written by opsrun for one connection; removed once connected.\n\
+             StrictHostKeyChecking yes\n\
+             BatchMode yes\n",
+        );
+        if let Some(files) = known_hosts {
+            hop.push_str(&format!("UserKnownHostsFile {}\n", files.to_string_lossy()));
+        }
+        match &ep.config_file {
+            // `-F FILE` semantics: that file only, no system-wide config.
+            Some(config) => {
+                let config = std::path::absolute(config).unwrap_or_else(|_| config.clone());
+                hop.push_str(&format!(
+                    "Include {}\n",
+                    ssh_config_quote(&config.to_string_lossy())
+                ));
+            }
+            None => hop.push_str("Include ~/.ssh/config\nInclude /etc/ssh/ssh_config\n"),
+        }
+
+        let (last, earlier) = ep.jump.split_last().expect("only used with jump hosts");
+        // ProxyCommand is run by /bin/sh after ssh expands %-tokens in it.
+        let arg = |s: &str| crate::shell::quote(&s.replace('%', "%%"));
+        let mut proxy = format!("ssh -F {}", arg(&files.hop.to_string_lossy()));
+        if !earlier.is_empty() {
+            proxy.push_str(&format!(" -J {}", arg(&earlier.join(","))));
+        }
+        proxy.push_str(&format!(
+            " -W '[%h]:%p' -- {} 2>>{}",
+            arg(&jump_destination(last)),
+            arg(&files.log.to_string_lossy())
+        ));
+        let master = format!(
+            "# Written by opsrun for one connection; removed once connected.\n\
+             ProxyCommand {proxy}\n\
+             Include {}\n",
+            ssh_config_quote(&files.hop.to_string_lossy())
+        );
+
+        let written = private_file(&files.hop, &hop)
+            .and_then(|()| private_file(&files.master, &master))
+            .and_then(|()| private_file(&files.log, ""));
+        match written {
+            Ok(()) => Ok(files),
+            Err(e) => Err(TransportError::ControlDir {
+                host: ep.host.clone(),
+                path: control_dir.to_path_buf(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    pub(super) fn hop_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for JumpConfig {
+    fn drop(&mut self) {
+        for path in [&self.master, &self.hop, &self.log] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn private_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
+/// A `-J` hop (`[user@]host[:port]`) as an ssh destination argument.
+fn jump_destination(hop: &str) -> String {
+    let bare_ipv6 = !hop.contains('[') && hop.matches(':').count() > 1;
+    if hop.starts_with("ssh://") || bare_ipv6 {
+        hop.to_string()
+    } else {
+        format!("ssh://{hop}")
+    }
+}
+
+/// The value for `UserKnownHostsFile`: the files ssh would use anyway, plus `extra`.
+///
+/// Why this and not `GlobalKnownHostsFile`: `SessionBuilder` has no generic `-o`, only
+/// `user_known_hosts_file`, and a command-line `UserKnownHostsFile` *replaces* the
+/// configured list. ssh accepts several files in that option, so the current list is
+/// asked from `ssh -G` (same -F/-p/-l, so `~/.ssh/config` settings are kept) and the
+/// extra file is appended; if `ssh -G` fails, OpenSSH's defaults are used.
+pub(super) async fn known_hosts_option(ep: &Endpoint, extra: &Path) -> OsString {
+    let mut files = resolved_user_known_hosts(ep)
+        .await
+        .unwrap_or_else(|| vec!["~/.ssh/known_hosts".into(), "~/.ssh/known_hosts2".into()]);
+    let extra = std::path::absolute(extra).unwrap_or_else(|_| extra.to_path_buf());
+    files.push(extra.to_string_lossy().replace('%', "%%"));
+    let quoted: Vec<String> = files.iter().map(|f| ssh_config_quote(f)).collect();
+    OsString::from(quoted.join(" "))
+}
+
+fn ssh_config_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+async fn resolved_user_known_hosts(ep: &Endpoint) -> Option<Vec<String>> {
+    let mut g = tokio::process::Command::new("ssh");
+    g.arg("-G");
+    if let Some(config) = &ep.config_file {
+        g.arg("-F").arg(config);
+    }
+    if let Some(port) = ep.port {
+        g.arg("-p").arg(port.to_string());
+    }
+    if let Some(user) = &ep.user {
+        g.arg("-l").arg(user);
+    }
+    g.arg("--").arg(&ep.address);
+    g.stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = g.output().await.ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("userknownhostsfile "))
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .filter(|v: &Vec<String>| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_quoting() {
+        assert_eq!(ssh_config_quote(r#"/a b/"c"\d"#), r#""/a b/\"c\"\\d""#);
+        assert_eq!(crate::shell::quote("[h]:22"), "'[h]:22'");
+        assert_eq!(crate::shell::quote("10.0.0.5"), "10.0.0.5");
+    }
+}
