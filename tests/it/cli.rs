@@ -195,3 +195,58 @@ fn completions_offer_runbook_names_and_environments() {
         out.stdout
     );
 }
+
+/// Completes `words` (the last one being completed) with the script of `opsrun completions bash`,
+/// in a real bash run in `dir`: the words offered.
+fn bash_complete(dir: &std::path::Path, script: &str, words: &[&str]) -> Vec<String> {
+    let script_path = dir.join("c.bash");
+    std::fs::write(&script_path, script).expect("write c.bash");
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', r"'\''")))
+        .collect();
+    // What bash itself does on <TAB>: set COMP_* and call the function `complete` registered.
+    let driver = format!(
+        "source ./c.bash\nCOMP_WORDS=({words})\nCOMP_CWORD={cword}\nCOMP_LINE=\"${{COMP_WORDS[*]}}\"\nCOMP_POINT=${{#COMP_LINE}}\nf=$(complete -p opsrun | sed -n 's/.*-F \\([^ ]*\\) .*/\\1/p')\n\"$f\" opsrun \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        words = quoted.join(" "),
+        cword = words.len() - 1,
+    );
+    let out = std::process::Command::new("bash")
+        .arg("--norc")
+        .arg("-c")
+        .arg(driver)
+        .current_dir(dir)
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn bash_completion_of_env_never_runs_an_inventory_file_name() {
+    let out = Test::new()
+        .write("inventories/staging.yaml", typed_inventory())
+        .write("inventories/p$(touch PWNED4).yaml", typed_inventory())
+        .write("inventories/q`touch PWNED5`.yaml", typed_inventory())
+        .write("inventories/r\";touch PWNED6;\".yaml", typed_inventory())
+        .args(["completions", "bash"])
+        .run();
+    let dir = out.path().to_path_buf();
+    let offered = bash_complete(&dir, &out.stdout, &["opsrun", "upgrade", "--env", ""]);
+    for pwned in ["PWNED4", "PWNED5", "PWNED6"] {
+        assert!(
+            !dir.join(pwned).exists(),
+            "completing ran a file name: {pwned}"
+        );
+    }
+    // The names a shell can carry as one word are still offered.
+    assert_eq!(offered, ["staging"]);
+}
