@@ -250,3 +250,33 @@ fn bash_completion_of_env_never_runs_an_inventory_file_name() {
     // The names a shell can carry as one word are still offered.
     assert_eq!(offered, ["staging"]);
 }
+
+#[test]
+fn a_step_of_an_optional_group_that_matches_nothing_is_not_counted_as_done() {
+    // A local step plus an `on:` glob that matches nothing: the local step runs
+    // (as a runbook of local steps only does), and the Result does not call the
+    // other step done.
+    let out = Test::new()
+        .write("inventories/prod.yaml", typed_inventory())
+        .write(
+            "runbooks/opt.yaml",
+            "name: opt\nsteps:\n  - name: check\n    local: true\n    run: echo hi\n  - name: drain\n    on: \"lb*\"\n    run: echo drain\n",
+        )
+        .args(["opt", "--env", "prod", "--yes", "--no-sign"])
+        .expect_status(0)
+        .run();
+    assert!(
+        out.stderr.starts_with(&format!(
+            "run {}: opt on prod (this machine only)\n",
+            out.id()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("\nsucceeded: 1 step done, 1 on no host\n"),
+        "{}",
+        out.stderr
+    );
+}

@@ -24,6 +24,18 @@ groups:
       dm1: { address: 10.0.0.3 }
 "#;
 
+/// An inventory with a load balancer, for cases about steps on other hosts than the runbook's.
+const LB_INVENTORY: &str = r#"
+name: lb
+groups:
+  app:
+    hosts:
+      oa1: { address: 10.0.0.1 }
+  lb:
+    hosts:
+      lb1: { address: 10.0.0.9 }
+"#;
+
 /// A valid runbook, for cases where only the inventory or the arguments are wrong.
 const OK_RUNBOOK: &str = r#"
 name: ok
@@ -1888,6 +1900,74 @@ error: `web*` matches no host in inventory `test`: there is nothing to run
 "#,
     },
     Case {
+        // The serial upgrade with `--limit lb1`: only the load balancer steps were left,
+        // which edited nginx with no node drained, no batch gate, and "succeeded".
+        name: "limit_leaves_only_the_steps_on_other_hosts",
+        files: &[
+            ("inventories/lb.yaml", LB_INVENTORY),
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+serial: 1
+steps:
+  - name: check
+    local: true
+    run: "true"
+  - name: drain
+    on: "lb*"
+    run: echo drain
+  - name: stop
+    run: echo stop
+"#),
+        ],
+        args: &["x", "--env", "lb", "--yes", "--no-sign", "--limit", "lb1"],
+        stderr: r#"
+error: --limit `lb1` matches none of the hosts runbook `x` runs on (`app` in inventory `lb`): only its steps on `lb*` would run
+"#,
+    },
+    Case {
+        name: "runbook_hosts_match_no_host_but_other_steps_do",
+        files: &[
+            ("inventories/lb.yaml", LB_INVENTORY),
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: "web*"
+steps:
+  - name: drain
+    on: "lb*"
+    run: echo drain
+  - name: stop
+    run: echo stop
+"#),
+        ],
+        args: &["x", "--env", "lb", "--dry-run"],
+        stderr: r#"
+error: `web*` matches no host in inventory `lb`: only its steps on `lb*` would run
+  --> runbooks/x.yaml:2:8
+  |
+2 | hosts: "web*"
+  |        ^^^^^^
+  = help: a step's `on:` glob may match nothing (an optional group), but the runbook's `hosts:` must match a host
+"#,
+    },
+    Case {
+        // A local-only runbook ran with "(0 hosts)" under a limit that matched nothing.
+        name: "limit_matches_no_host_of_the_inventory",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+steps:
+  - name: a
+    local: true
+    run: echo hi
+"#),
+        ],
+        args: &["x", "--env", "test", "--yes", "--no-sign", "--limit", "q*"],
+        stderr: r#"
+error: --limit `q*` matches no host in inventory `test`
+"#,
+    },
+    Case {
         name: "param_name_not_ascii",
         files: &[
             ("runbooks/x.yaml", r#"
@@ -2054,6 +2134,9 @@ cases! {
     limit_matches_none_of_the_runbook_hosts
     limit_matches_no_host_in_a_real_run
     runbook_hosts_match_no_host
+    limit_leaves_only_the_steps_on_other_hosts
+    runbook_hosts_match_no_host_but_other_steps_do
+    limit_matches_no_host_of_the_inventory
     param_name_not_ascii
 }
 
