@@ -554,6 +554,12 @@ fn check_combinations(f: &Fields, s: &Step) -> yaml::Result<()> {
             ] {
                 conflict(field, "does not apply to a `manual` step")?;
             }
+            // A rollback would never run: the step completes by an operator's answer,
+            // not a command opsrun could undo, and was silently dropped.
+            conflict(
+                "rollback",
+                "cannot be used with `manual`: opsrun never undoes a step done by hand; write the way back in the `manual` text, or in a step of its own",
+            )?;
         }
         Action::Upload(_) => {
             for field in ["stdin", "capture", "expect"] {

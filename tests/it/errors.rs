@@ -1477,6 +1477,27 @@ error: step `a`: `as` cannot be used with `local: true` (opsrun does not switch 
 "#,
     },
     Case {
+        name: "manual_step_with_rollback",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    manual: Take the snapshot in the console.
+    rollback: echo undo
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: step `a`: `rollback` cannot be used with `manual`: opsrun never undoes a step done by hand; write the way back in the `manual` text, or in a step of its own
+  --> runbooks/x.yaml:6:5
+  |
+6 |     rollback: echo undo
+  |     ^^^^^^^^
+"#,
+    },
+    Case {
         name: "param_also_a_var",
         files: &[
             ("runbooks/x.yaml", r#"
@@ -2111,6 +2132,7 @@ cases! {
     invalid_capture_name
     bad_service_state
     local_step_with_as
+    manual_step_with_rollback
     param_also_a_var
     start_at_unknown_step
     limit_unknown_host
