@@ -280,3 +280,55 @@ fn a_step_of_an_optional_group_that_matches_nothing_is_not_counted_as_done() {
         out.stderr
     );
 }
+
+#[test]
+fn dry_run_output_replaces_an_existing_file_only_with_force() {
+    let out = Test::new()
+        .write("inventories/prod.yaml", typed_inventory())
+        .write("runbooks/echo.yaml", ECHO)
+        .write("plan.md", "the plan the change board signed\n")
+        .args([
+            "echo",
+            "--env",
+            "prod",
+            "--dry-run",
+            "--output",
+            "plan.md",
+            "--no-sign",
+        ])
+        .expect_status(2)
+        .run();
+    assert_eq!(out.read("plan.md"), "the plan the change board signed\n");
+    let out = Test::in_dir(out.path())
+        .args([
+            "echo",
+            "--env",
+            "prod",
+            "--dry-run",
+            "--output",
+            "plan.md",
+            "--no-sign",
+            "--force",
+        ])
+        .expect_status(0)
+        .run();
+    assert!(out
+        .read("plan.md")
+        .starts_with("# opsrun plan: echo on prod"));
+}
+
+#[test]
+fn top_level_help_lists_what_runs_shows() {
+    let out = Test::new().arg("--help").run();
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("runs "))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        line.ends_with(
+            "List past runs: id, runbook, env, ticket, operator, result, start, duration"
+        ),
+        "{line}"
+    );
+}

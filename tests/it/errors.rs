@@ -1856,12 +1856,41 @@ error: no inventory: give `--env ENV` (reads inventories/ENV.yaml) or `-i FILE`
         files: &[],
         args: &["ok", "--env", "test", "--format", "json", "--yes"],
         stderr: r#"
-error: the following required arguments were not provided:
-  --dry-run
-
-Usage: opsrun run --dry-run --env <ENV> --format <FORMAT> --yes <RUNBOOK>
-
-For more information, try '--help'.
+error: --format only applies to --dry-run: add --dry-run
+"#,
+    },
+    Case {
+        name: "output_without_dry_run",
+        files: &[],
+        args: &["ok", "--env", "test", "--output", "plan.md", "--yes"],
+        stderr: r#"
+error: --output only applies to --dry-run: add --dry-run
+"#,
+    },
+    Case {
+        // `--format json` was silently ignored: the file got the Markdown plan.
+        name: "format_json_with_output",
+        files: &[],
+        args: &["ok", "--env", "test", "--dry-run", "--format", "json", "--output", "plan.json"],
+        stderr: r#"
+error: --format json cannot go with --output, which writes the signed Markdown plan: to keep the JSON, redirect it (`--format json > plan.json`)
+"#,
+    },
+    Case {
+        name: "output_overwrites_an_existing_file",
+        files: &[("plan.md", "the plan the change board signed\n")],
+        args: &["ok", "--env", "test", "--dry-run", "--output", "plan.md"],
+        stderr: r#"
+error: --output plan.md: the file exists: add --force to replace it
+"#,
+    },
+    Case {
+        // A past run's log, replaced by a plan: not even with --force.
+        name: "output_into_the_log_directory",
+        files: &[("runs/20261122-173005Z-ok-test/log.md", "# opsrun log\n")],
+        args: &["ok", "--env", "test", "--dry-run", "--force", "--output", "runs/20261122-173005Z-ok-test/log.md"],
+        stderr: r#"
+error: --output runs/20261122-173005Z-ok-test/log.md is inside the log directory `runs`, which holds the records of runs: write the plan elsewhere
 "#,
     },
     Case {
@@ -2153,6 +2182,10 @@ cases! {
     run_file_not_found
     no_env_given
     format_json_without_dry_run
+    output_without_dry_run
+    format_json_with_output
+    output_overwrites_an_existing_file
+    output_into_the_log_directory
     limit_matches_none_of_the_runbook_hosts
     limit_matches_no_host_in_a_real_run
     runbook_hosts_match_no_host
