@@ -260,6 +260,32 @@ fn dirname_filter(v: String) -> String {
     }
 }
 
+/// `{{ v | regex_escape }}`: a value matched as text inside an `expect` pattern.
+///
+/// Unescaped, a captured `v1.2|` turns `installed {{ want }}` into an alternation
+/// that matches anything. A value of several lines is refused rather than
+/// escaped: `(?m)^pid {{ old }}$` would then match no line, and a `stdout_not`
+/// would pass while the old pid still runs.
+fn regex_escape_filter(v: Value) -> Result<String, minijinja::Error> {
+    if v.is_undefined() {
+        return Err(minijinja::Error::new(
+            ErrorKind::UndefinedError,
+            "undefined value passed to `regex_escape`",
+        ));
+    }
+    let s = v.to_string();
+    if let Some(p) = placeholder_with(&s, "regex_escape") {
+        return Ok(p);
+    }
+    if s.contains('\n') {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "`regex_escape` was given a value of more than one line: capture one line (`| head -n 1`), or match each line in a step of its own",
+        ));
+    }
+    Ok(regex::escape(&s))
+}
+
 impl Templates {
     pub fn new() -> Templates {
         let mut env = Environment::new();
@@ -270,6 +296,7 @@ impl Templates {
         env.add_filter("quote", quote_filter);
         env.add_filter("basename", basename_filter);
         env.add_filter("dirname", dirname_filter);
+        env.add_filter("regex_escape", regex_escape_filter);
         Templates {
             env,
             source: None,
