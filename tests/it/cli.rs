@@ -332,3 +332,37 @@ fn top_level_help_lists_what_runs_shows() {
         "{line}"
     );
 }
+
+/// A `y` typed while batch 1's step ran answered the batch 2 gate the moment it
+/// appeared: each gate now discards what was typed before it was asked.
+#[test]
+fn a_gate_ignores_what_was_typed_before_it_was_asked() {
+    use crate::support::pty::{pty_run, run_on_pty};
+    let (one, two) = (format!("{}a", local_host()), format!("{}b", local_host()));
+    let test = Test::new()
+        .write(
+            "inventories/lab.yaml",
+            format!("name: lab\ngroups:\n  app:\n    hosts:\n      {one}: {{ connection: local }}\n      {two}: {{ connection: local }}\n"),
+        )
+        .write(
+            "runbooks/ta.yaml",
+            "name: ta\nhosts: app\nserial: 1\nsteps:\n  - name: Work\n    confirm: \"Go on?\"\n    run: \"echo begun && sleep 2\"\n",
+        )
+        .args(["ta", "--env", "lab", "--no-sign"]);
+    let (code, screen) = run_on_pty(
+        test.command(),
+        &[
+            (&format!("(batch 1/2: {one}) [y/N]"), "y"),
+            // Typed ahead while batch 1 runs, before the batch 2 gate is asked.
+            ("begun", "y"),
+            (&format!("(batch 2/2: {two}) [y/N]"), "n"),
+        ],
+    );
+    let run = pty_run(code, &screen, test.path());
+    run.expect_code(3);
+    assert_eq!(run.status("Work", &one), "ok");
+    assert!(
+        run.events("step_started").len() == 1,
+        "batch 2 ran on a typed-ahead answer:\n{screen}"
+    );
+}
