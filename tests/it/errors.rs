@@ -828,7 +828,7 @@ error: unknown lint `ps-grpe`, did you mean `ps-grep`?
   |
 6 |     lint: { allow: [ps-grpe] }
   |                     ^^^^^^^
-  = help: expected one of: interactive, tail-f, bare-su, ps-grep, tar-exclude-order, date-drift, password-argv, non-ascii, unquoted-param, secret-argv, service-not-restarted, service-without-rollback
+  = help: expected one of: interactive, tail-f, bare-su, ps-grep, tar-exclude-order, date-drift, password-argv, non-ascii, unquoted-param, secret-argv, service-not-restarted, service-without-rollback, unescaped-expect
 "#,
     },
     Case {
@@ -2018,6 +2018,66 @@ error: --limit `q*` matches no host in inventory `test`
 "#,
     },
     Case {
+        // Each was reported alone, one per pass: `备注`, then `1abc`, then `名字`, then the steps.
+        name: "every_structural_error_of_a_file_at_once",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+params:
+  备注: { default: "" }
+  1abc: {}
+  名字: {}
+steps:
+  - name: a
+    run: echo hi
+    retries: 3
+  - name: b
+  - name: c
+    manual: Do it by hand.
+    rollback: echo undo
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: invalid param name `备注`: expected ASCII letters, digits and `_`, not starting with a digit
+  --> runbooks/x.yaml:4:3
+  |
+4 |   备注: { default: "" }
+  |   ^^^^
+
+error: invalid param name `1abc`: expected ASCII letters, digits and `_`, not starting with a digit
+  --> runbooks/x.yaml:5:3
+  |
+5 |   1abc: {}
+  |   ^^^^
+
+error: invalid param name `名字`: expected ASCII letters, digits and `_`, not starting with a digit
+  --> runbooks/x.yaml:6:3
+  |
+6 |   名字: {}
+  |   ^^^^
+
+error: step `a`: `retries` only applies to a `check`: add one, or remove `retries`
+  --> runbooks/x.yaml:10:5
+   |
+10 |     retries: 3
+   |     ^^^^^^^
+
+error: step `b` has no action: expected one of `run`, `script`, `upload`, `manual` (or only a `check`)
+  --> runbooks/x.yaml:11:5
+   |
+11 |   - name: b
+   |     ^
+
+error: step `c`: `rollback` cannot be used with `manual`: opsrun never undoes a step done by hand; write the way back in the `manual` text, or in a step of its own
+  --> runbooks/x.yaml:14:5
+   |
+14 |     rollback: echo undo
+   |     ^^^^^^^^
+"#,
+    },
+    Case {
         name: "param_name_not_ascii",
         files: &[
             ("runbooks/x.yaml", r#"
@@ -2193,6 +2253,7 @@ cases! {
     runbook_hosts_match_no_host_but_other_steps_do
     limit_matches_no_host_of_the_inventory
     param_name_not_ascii
+    every_structural_error_of_a_file_at_once
 }
 
 #[test]
