@@ -487,13 +487,16 @@ impl Templates {
                 // Every missing name at once: fixing one to be told of the next is slow.
                 (ErrorKind::UndefinedError, Some(_)) => {
                     let required = required_names(&tmpl, ctx, &missing);
+                    // A typo of an attribute (`host.nmae`) next to an undefined name is
+                    // one more problem of the same pass, not one for the next run.
                     let mut all: Vec<(usize, RenderError)> = required
                         .iter()
-                        .map(|v| {
-                            let err = RenderError::Undefined {
-                                name: v.to_string(),
-                                hint: did_you_mean(v, ctx.keys()),
-                            };
+                        .map(|v| RenderError::Undefined {
+                            name: v.to_string(),
+                            hint: did_you_mean(v, ctx.keys()),
+                        })
+                        .chain(self.missing_attributes(id, ctx))
+                        .map(|err| {
                             let at = self.locate_error(id, &err).map_or(usize::MAX, |(o, _)| o);
                             (at, err)
                         })
@@ -506,16 +509,22 @@ impl Templates {
                         RenderError::Many(all)
                     }
                 }
-                (ErrorKind::UndefinedError, None) => self
-                    .missing_attribute(id, ctx)
-                    .unwrap_or_else(|| RenderError::Other(format!("undefined value: {detail}"))),
+                (ErrorKind::UndefinedError, None) => {
+                    let mut all = self.missing_attributes(id, ctx);
+                    match all.len() {
+                        0 => RenderError::Other(format!("undefined value: {detail}")),
+                        1 => all.remove(0),
+                        _ => RenderError::Many(all),
+                    }
+                }
                 _ => RenderError::Other(detail),
             }
         })
     }
 
-    /// minijinja says only "undefined value"; find the `object.attr` that has no such attribute.
-    fn missing_attribute(&self, id: TemplateId, ctx: &Context) -> Option<RenderError> {
+    /// minijinja says only "undefined value"; find every `object.attr` that has no such attribute.
+    fn missing_attributes(&self, id: TemplateId, ctx: &Context) -> Vec<RenderError> {
+        let mut found = Vec::new();
         let src = &self.meta[id.0].1.src;
         let kind = self.meta[id.0].2;
         for (offset, _) in src.match_indices('.') {
@@ -533,6 +542,18 @@ impl Templates {
             let Some(attr) = ident_after(src, offset + 1) else {
                 continue;
             };
+            // `host.vars.x | default('')` and `host.x is defined` read an optional attribute.
+            let after = src[offset + 1..]
+                .trim_start()
+                .get(attr.len()..)
+                .unwrap_or("")
+                .trim_start();
+            let filter = after.strip_prefix('|').map(str::trim_start);
+            if after.starts_with("is ")
+                || filter.is_some_and(|f| f.starts_with("default") || f.starts_with("d("))
+            {
+                continue;
+            }
             let Some(value) = ctx.get(object) else {
                 continue;
             };
@@ -544,14 +565,14 @@ impl Templates {
                     .try_iter()
                     .map(|it| it.map(|k| k.to_string()).collect())
                     .unwrap_or_default();
-                return Some(RenderError::NoAttribute {
+                found.push(RenderError::NoAttribute {
                     object: object.to_string(),
                     attr: attr.to_string(),
                     hint: did_you_mean(attr, keys.iter().map(String::as_str)),
                 });
             }
         }
-        None
+        found
     }
 
     /// Byte offset and width (in characters) of the name a render error is about.

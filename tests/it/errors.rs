@@ -1161,6 +1161,33 @@ error: in step `a` on host `oa1`: `host` has no attribute `nmae`, did you mean `
 "#,
     },
     Case {
+        // Only `undefined_one` was reported; an optional attribute read with `default` is fine.
+        name: "attribute_typo_next_to_an_undefined_variable",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: echo {{ host.nmae }} {{ undefined_one }} {{ host.opt | default('') }}
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: in step `a` on host `oa1`: `host` has no attribute `nmae`, did you mean `name`?
+  --> runbooks/x.yaml:5:18
+  |
+5 |     run: echo {{ host.nmae }} {{ undefined_one }} {{ host.opt | default('') }}
+  |                  ^^^^^^^^^
+
+error: in step `a` on host `oa1`: undefined variable `undefined_one`
+  --> runbooks/x.yaml:5:34
+  |
+5 |     run: echo {{ host.nmae }} {{ undefined_one }} {{ host.opt | default('') }}
+  |                                  ^^^^^^^^^^^^^
+"#,
+    },
+    Case {
         name: "bad_duration",
         files: &[
             ("runbooks/x.yaml", r#"
@@ -2206,6 +2233,7 @@ cases! {
     undefined_variable_in_block
     undefined_variable_in_var
     attribute_typo
+    attribute_typo_next_to_an_undefined_variable
     bad_duration
     bad_serial_zero
     bad_serial_percent
