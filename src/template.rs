@@ -415,10 +415,21 @@ impl Templates {
             Err(e) => {
                 errors.push(e);
                 let id = self.meta.len();
+                // It renders as empty text (a `when` as false), so the other templates
+                // can still be rendered for their own errors; the planner never hands
+                // out templates of which one failed (see `Planner::new`).
+                let name = format!("t{id}");
+                let stand_in = match kind {
+                    Kind::Text => "",
+                    Kind::Condition => "false",
+                };
+                let _ = self
+                    .env
+                    .add_template_owned(name.clone(), stand_in.to_string());
                 self.sorted_vars.push(Vec::new());
                 self.memo.push(Default::default());
                 self.meta.push((HashSet::new(), text.clone(), kind));
-                self.names.push(format!("t{id}"));
+                self.names.push(name);
                 TemplateId(id)
             }
         }

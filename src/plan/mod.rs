@@ -138,7 +138,7 @@ impl Planner {
             }
         }
 
-        let (templates, vars, forward, guide) = compile_templates(&rb)?;
+        let ((templates, vars, forward, guide), syntax_errors) = compile_templates(&rb);
 
         let limit = match &opts.limit {
             Some(l) => {
@@ -350,6 +350,18 @@ impl Planner {
             upload_templates: Mutex::new(HashMap::new()),
             secret_names,
         };
+        if let Some(syntax) = syntax_errors {
+            // A syntax error must not hide the undefined variables of the templates
+            // that compiled: plan them too, and report everything in one pass. A
+            // planner with a failed template is never returned.
+            let rendered = planner
+                .plan()
+                .err()
+                .filter(|e| matches!(e, Error::Invalid(_) | Error::InvalidAll(_)));
+            let all: Vec<Error> = std::iter::once(syntax).chain(rendered).collect();
+            return Err(Error::merge(all)
+                .unwrap_or_else(|| Error::Usage("the runbook's templates do not compile".into())));
+        }
         Ok(planner)
     }
 

@@ -1188,6 +1188,42 @@ error: in step `a` on host `oa1`: undefined variable `undefined_one`
 "#,
     },
     Case {
+        // The `{#` syntax error hid the undefined variables of the other templates.
+        name: "template_syntax_error_with_undefined_variables_elsewhere",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: echo ${#TOKEN}
+  - name: b
+    run: echo {{ undefined_b }} {{ host.nmae }}
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: template syntax error: unexpected end of comment
+  --> runbooks/x.yaml:5:16
+  |
+5 |     run: echo ${#TOKEN}
+  |                ^^
+  = help: `{#` opens a template comment: for the shell's `${#VAR}` write `${{ '{#' }}VAR}`, or wrap the text in `{% raw %}...{% endraw %}`
+
+error: in step `b` on host `oa1`: undefined variable `undefined_b`
+  --> runbooks/x.yaml:7:18
+  |
+7 |     run: echo {{ undefined_b }} {{ host.nmae }}
+  |                  ^^^^^^^^^^^
+
+error: in step `b` on host `oa1`: `host` has no attribute `nmae`, did you mean `name`?
+  --> runbooks/x.yaml:7:36
+  |
+7 |     run: echo {{ undefined_b }} {{ host.nmae }}
+  |                                    ^^^^^^^^^
+"#,
+    },
+    Case {
         name: "bad_duration",
         files: &[
             ("runbooks/x.yaml", r#"
@@ -2234,6 +2270,7 @@ cases! {
     undefined_variable_in_var
     attribute_typo
     attribute_typo_next_to_an_undefined_variable
+    template_syntax_error_with_undefined_variables_elsewhere
     bad_duration
     bad_serial_zero
     bad_serial_percent
