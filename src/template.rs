@@ -260,6 +260,32 @@ fn dirname_filter(v: String) -> String {
     }
 }
 
+/// `{{ v | regex_escape }}`: a value matched as text inside an `expect` pattern.
+///
+/// Unescaped, a captured `v1.2|` turns `installed {{ want }}` into an alternation
+/// that matches anything. A value of several lines is refused rather than
+/// escaped: `(?m)^pid {{ old }}$` would then match no line, and a `stdout_not`
+/// would pass while the old pid still runs.
+fn regex_escape_filter(v: Value) -> Result<String, minijinja::Error> {
+    if v.is_undefined() {
+        return Err(minijinja::Error::new(
+            ErrorKind::UndefinedError,
+            "undefined value passed to `regex_escape`",
+        ));
+    }
+    let s = v.to_string();
+    if let Some(p) = placeholder_with(&s, "regex_escape") {
+        return Ok(p);
+    }
+    if s.contains('\n') {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "`regex_escape` was given a value of more than one line: capture one line (`| head -n 1`), or match each line in a step of its own",
+        ));
+    }
+    Ok(regex::escape(&s))
+}
+
 impl Templates {
     pub fn new() -> Templates {
         let mut env = Environment::new();
@@ -270,6 +296,7 @@ impl Templates {
         env.add_filter("quote", quote_filter);
         env.add_filter("basename", basename_filter);
         env.add_filter("dirname", dirname_filter);
+        env.add_filter("regex_escape", regex_escape_filter);
         Templates {
             env,
             source: None,
@@ -388,10 +415,21 @@ impl Templates {
             Err(e) => {
                 errors.push(e);
                 let id = self.meta.len();
+                // It renders as empty text (a `when` as false), so the other templates
+                // can still be rendered for their own errors; the planner never hands
+                // out templates of which one failed (see `Planner::new`).
+                let name = format!("t{id}");
+                let stand_in = match kind {
+                    Kind::Text => "",
+                    Kind::Condition => "false",
+                };
+                let _ = self
+                    .env
+                    .add_template_owned(name.clone(), stand_in.to_string());
                 self.sorted_vars.push(Vec::new());
                 self.memo.push(Default::default());
                 self.meta.push((HashSet::new(), text.clone(), kind));
-                self.names.push(format!("t{id}"));
+                self.names.push(name);
                 TemplateId(id)
             }
         }
@@ -460,13 +498,16 @@ impl Templates {
                 // Every missing name at once: fixing one to be told of the next is slow.
                 (ErrorKind::UndefinedError, Some(_)) => {
                     let required = required_names(&tmpl, ctx, &missing);
+                    // A typo of an attribute (`host.nmae`) next to an undefined name is
+                    // one more problem of the same pass, not one for the next run.
                     let mut all: Vec<(usize, RenderError)> = required
                         .iter()
-                        .map(|v| {
-                            let err = RenderError::Undefined {
-                                name: v.to_string(),
-                                hint: did_you_mean(v, ctx.keys()),
-                            };
+                        .map(|v| RenderError::Undefined {
+                            name: v.to_string(),
+                            hint: did_you_mean(v, ctx.keys()),
+                        })
+                        .chain(self.missing_attributes(id, ctx))
+                        .map(|err| {
                             let at = self.locate_error(id, &err).map_or(usize::MAX, |(o, _)| o);
                             (at, err)
                         })
@@ -479,16 +520,22 @@ impl Templates {
                         RenderError::Many(all)
                     }
                 }
-                (ErrorKind::UndefinedError, None) => self
-                    .missing_attribute(id, ctx)
-                    .unwrap_or_else(|| RenderError::Other(format!("undefined value: {detail}"))),
+                (ErrorKind::UndefinedError, None) => {
+                    let mut all = self.missing_attributes(id, ctx);
+                    match all.len() {
+                        0 => RenderError::Other(format!("undefined value: {detail}")),
+                        1 => all.remove(0),
+                        _ => RenderError::Many(all),
+                    }
+                }
                 _ => RenderError::Other(detail),
             }
         })
     }
 
-    /// minijinja says only "undefined value"; find the `object.attr` that has no such attribute.
-    fn missing_attribute(&self, id: TemplateId, ctx: &Context) -> Option<RenderError> {
+    /// minijinja says only "undefined value"; find every `object.attr` that has no such attribute.
+    fn missing_attributes(&self, id: TemplateId, ctx: &Context) -> Vec<RenderError> {
+        let mut found = Vec::new();
         let src = &self.meta[id.0].1.src;
         let kind = self.meta[id.0].2;
         for (offset, _) in src.match_indices('.') {
@@ -506,6 +553,18 @@ impl Templates {
             let Some(attr) = ident_after(src, offset + 1) else {
                 continue;
             };
+            // `host.vars.x | default('')` and `host.x is defined` read an optional attribute.
+            let after = src[offset + 1..]
+                .trim_start()
+                .get(attr.len()..)
+                .unwrap_or("")
+                .trim_start();
+            let filter = after.strip_prefix('|').map(str::trim_start);
+            if after.starts_with("is ")
+                || filter.is_some_and(|f| f.starts_with("default") || f.starts_with("d("))
+            {
+                continue;
+            }
             let Some(value) = ctx.get(object) else {
                 continue;
             };
@@ -517,14 +576,14 @@ impl Templates {
                     .try_iter()
                     .map(|it| it.map(|k| k.to_string()).collect())
                     .unwrap_or_default();
-                return Some(RenderError::NoAttribute {
+                found.push(RenderError::NoAttribute {
                     object: object.to_string(),
                     attr: attr.to_string(),
                     hint: did_you_mean(attr, keys.iter().map(String::as_str)),
                 });
             }
         }
-        None
+        found
     }
 
     /// Byte offset and width (in characters) of the name a render error is about.

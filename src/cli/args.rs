@@ -62,7 +62,7 @@ pub enum Command {
         #[arg(long, short = 'i', value_name = "FILE")]
         inventory: Option<PathBuf>,
     },
-    /// List past runs: id, runbook, env, operator, result, start, duration.
+    /// List past runs: id, runbook, env, ticket, operator, result, start, duration.
     Runs,
     /// (Re)render a run's Markdown log from its journal.
     Log {
@@ -103,9 +103,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// With --dry-run: print the plan as text or as JSON for tooling.
-    #[arg(long, value_enum, default_value_t = Format::Text, requires = "dry_run")]
-    pub format: Format,
+    /// With --dry-run: print the plan as text (the default) or as JSON for tooling.
+    // Checked in `run`, not with clap's `requires`: its usage line for a missing
+    // --dry-run lists every argument given and read as garbled.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
 
     /// Change ticket id, recorded in the log.
     #[arg(long)]
@@ -125,8 +127,12 @@ pub struct RunArgs {
     pub resume: Option<String>,
 
     /// With --dry-run: write the plan as Markdown to FILE for the change request, signed like a log.
-    #[arg(long, short = 'o', value_name = "FILE", requires = "dry_run")]
+    #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// With --output: replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
 
     #[command(flatten)]
     pub exec: ExecArgs,

@@ -11,17 +11,17 @@ pub(super) fn completion_command(root: &Path) -> clap::Command {
     // clap keeps possible values as `&'static str`; this process ends right after.
     let leak =
         |v: Vec<String>| -> Vec<&'static str> { v.into_iter().map(|s| &*s.leak()).collect() };
-    let envs = leak(load::list_envs(root));
+    let envs = leak(
+        load::list_envs(root)
+            .into_iter()
+            .filter(|n| one_word(n))
+            .collect(),
+    );
     let mut names: Vec<String> = load::list_runbooks(root)
         .into_iter()
         .map(|(n, _)| n)
-        // A name that is a command, or that a shell would split, cannot be completed as one.
-        .filter(|n| {
-            !crate::cli::args::SUBCOMMANDS.contains(&n.as_str())
-                && !n.starts_with('-')
-                && n.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        })
+        // A name that is a command cannot be completed as a runbook.
+        .filter(|n| one_word(n) && !crate::cli::args::SUBCOMMANDS.contains(&n.as_str()))
         .collect();
     // `x.yaml` next to `x.yml`: one command (clap refuses two of a name).
     let mut seen = std::collections::HashSet::new();
@@ -55,4 +55,19 @@ pub(super) fn completion_command(root: &Path) -> clap::Command {
         );
     }
     cmd
+}
+
+/// Whether `name` (a file name found on disk) may go into a completion script.
+///
+/// clap_complete writes possible values unquoted into shell code (bash's
+/// `compgen -W "..."`, fish's `-a "..."`), where `$(...)`, a backquote or a quote
+/// in a file name would run when the operator presses TAB. So only names made of
+/// characters no shell gives a meaning to are offered; the others can still be
+/// typed.
+fn one_word(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }

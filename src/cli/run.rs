@@ -162,7 +162,58 @@ pub(super) fn write_plan(plan: &crate::plan::Plan, out: &Path, signing: &Signing
     Ok(exit::OK)
 }
 
+/// `--format`, `--output` and `--force` as they go together, before anything is loaded.
+fn check_output_args(args: &RunArgs, log_dir: &Path) -> Result<()> {
+    let usage = |m: String| -> Result<()> { Err(Error::Usage(m).into()) };
+    if !args.dry_run {
+        // A plan option without --dry-run once ran the runbook for real.
+        for (given, flag) in [
+            (args.format.is_some(), "--format"),
+            (args.output.is_some(), "--output"),
+        ] {
+            if given {
+                return usage(format!("{flag} only applies to --dry-run: add --dry-run"));
+            }
+        }
+    }
+    let Some(out) = &args.output else {
+        return Ok(());
+    };
+    if args.format == Some(Format::Json) {
+        return usage(
+            "--format json cannot go with --output, which writes the signed Markdown plan: to keep the JSON, redirect it (`--format json > plan.json`)".into(),
+        );
+    }
+    // Run directories are records (a log, its signature, the outputs it cites): a
+    // plan written there would replace one, even with --force.
+    let inside = |dir: &Path| {
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        match (parent.canonicalize(), dir.canonicalize()) {
+            (Ok(p), Ok(d)) => p.starts_with(d),
+            _ => false,
+        }
+    };
+    if inside(log_dir) {
+        return usage(format!(
+            "--output {} is inside the log directory `{}`, which holds the records of runs: write the plan elsewhere",
+            out.display(),
+            log_dir.display()
+        ));
+    }
+    if !args.force && std::fs::symlink_metadata(out).is_ok() {
+        return usage(format!(
+            "--output {}: the file exists: add --force to replace it",
+            out.display()
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
+    check_output_args(args, log_dir)?;
     let recorded = match &args.resume {
         Some(spec) => Some(crate::record::runs::load(&crate::record::runs::resolve(
             log_dir, spec,
@@ -187,7 +238,7 @@ pub(super) fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
         return write_plan(&plan, out, &signing);
     }
     if args.dry_run {
-        let out = match args.format {
+        let out = match args.format.unwrap_or(Format::Text) {
             Format::Text => preview::text(&plan),
             Format::Json => preview::json(&plan),
         };

@@ -4,7 +4,9 @@
 //! an answer from a pipe: with stdin not a terminal and no `--yes`, it fails
 //! at once (exit 3) instead of taking a stray "y" or hanging.
 
-use crate::execute::interrupt::{count_sigints, read_line_or_ctrl_c, sigint_mark};
+use crate::execute::interrupt::{
+    count_sigints, discard_typeahead, read_line_or_ctrl_c, sigint_mark,
+};
 use crate::execute::view::Ui;
 use crate::sanitize::{escape_controls, escape_line};
 use std::io::IsTerminal;
@@ -59,6 +61,7 @@ impl Gates {
         }
         let mark = sigint_mark();
         let read = ui.suspend(|| {
+            discard_typeahead();
             eprint!("{} ", escape_line(prompt));
             read_line_or_ctrl_c(mark)
         });

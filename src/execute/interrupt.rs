@@ -155,6 +155,19 @@ pub fn read_line_or_ctrl_c(mark: usize) -> Option<std::io::Result<String>> {
     })
 }
 
+/// Throws away what was typed on the terminal before a prompt was asked.
+///
+/// A `y` typed while batch 1's step ran would otherwise answer the batch 2 gate
+/// (or the rollback gate) the moment it appeared, unseen. Called before the
+/// prompt is printed: an answer typed once it shows is kept.
+pub fn discard_typeahead() {
+    // SAFETY: tcflush on fd 0 only drops queued input; on a pipe it fails with
+    // ENOTTY and changes nothing (gates never read a pipe anyway).
+    unsafe {
+        libc::tcflush(libc::STDIN_FILENO, libc::TCIFLUSH);
+    }
+}
+
 /// Turns each SIGINT into a press on the run (tokio's handler replaces the
 /// default one, so Ctrl-C never kills opsrun outright).
 pub(crate) async fn watch_signals(ctrl_c: CtrlC) {
@@ -169,6 +182,7 @@ fn ask_stop(interactive: bool) -> Stop {
         return Stop::Now;
     }
     let mark = sigint_mark();
+    discard_typeahead();
     eprintln!();
     eprintln!("Interrupted. What now?");
     eprintln!("  [w] wait for the running step to finish, then stop");

@@ -45,6 +45,7 @@ use crate::record::runs::Recorded;
 use crate::sanitize::{escape_controls, escape_line, Redactor};
 use crate::transport::{ConnectionKind, Endpoint};
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -198,7 +199,12 @@ async fn run_async(
         "run {run_id}: {} on {} ({})",
         escape_line(&plan.runbook.name),
         escape_line(&plan.inventory.name),
-        count(plan.hosts.len(), "host", "hosts")
+        // Only `local: true` steps (any other run without a host is refused).
+        if plan.hosts.is_empty() {
+            "this machine only".to_string()
+        } else {
+            count(plan.hosts.len(), "host", "hosts")
+        }
     ));
 
     let redactor = Redactor::new(planner.secret_values().iter().map(String::as_str));
@@ -535,12 +541,19 @@ async fn drive(
             }
         }
     }
+    // A step of an optional group that matched nothing ran nowhere: it is not "done".
+    let (done, nowhere): (Vec<usize>, Vec<usize>) =
+        (engine.planner.start_at()..total).partition(|&i| {
+            engine.planner.is_local(StepRef::Forward(i))
+                || !engine.planner.step_hosts(StepRef::Forward(i)).is_empty()
+        });
+    let mut message = format!("{} done", count(done.len() + reran, "step", "steps"));
+    if !nowhere.is_empty() {
+        let _ = write!(message, ", {} on no host", nowhere.len());
+    }
     Ok(Finish {
         outcome: Outcome::Succeeded,
-        message: format!(
-            "{} done",
-            count(total - engine.planner.start_at() + reran, "step", "steps")
-        ),
+        message,
         exit_code: exit::OK,
     })
 }

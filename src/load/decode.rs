@@ -35,7 +35,29 @@ pub fn check_identifier(node: &Node, name: &str, what: &str) -> yaml::Result<()>
     }
 }
 
-pub fn decode(root: &Node, source: Arc<SourceFile>) -> yaml::Result<Runbook> {
+/// Decodes a runbook, reporting every problem it can find in one pass: a bad
+/// param, var or step does not stop the others from being checked. Only a
+/// problem that leaves nothing to decode (not a mapping, an unknown top-level
+/// field) stops at once.
+pub fn decode(root: &Node, source: Arc<SourceFile>) -> Result<Runbook, Vec<Error>> {
+    let mut errs = Vec::new();
+    let runbook = decode_into(root, source, &mut errs);
+    match (runbook, errs.is_empty()) {
+        (Ok(rb), true) => Ok(rb),
+        (Ok(_), false) => Err(errs),
+        (Err(e), _) => {
+            errs.push(e);
+            errs.sort_by_key(|e| (e.span.start.line, e.span.start.col));
+            Err(errs)
+        }
+    }
+}
+
+fn decode_into(
+    root: &Node,
+    source: Arc<SourceFile>,
+    errs: &mut Vec<Error>,
+) -> yaml::Result<Runbook> {
     if root.is_null() {
         return Err(Error::new(
             root.span,
@@ -43,30 +65,78 @@ pub fn decode(root: &Node, source: Arc<SourceFile>) -> yaml::Result<Runbook> {
         ));
     }
     let f = root.fields("the runbook", RUNBOOK_FIELDS)?;
-    let name = f
-        .require("name")?
-        .string("a string for the runbook `name`")?;
-    let serial = f.get("serial").map(decode_serial).transpose()?;
-    let params = match f.get("params") {
-        Some(p) if !p.is_null() => decode_params(p)?,
-        _ => Vec::new(),
+    // A problem of one field is kept and the next field decoded anyway.
+    let mut keep = |r: yaml::Result<()>| {
+        if let Err(e) = r {
+            errs.push(e);
+        }
     };
-    let vars = match f.get("vars") {
-        Some(v) if !v.is_null() => decode_vars(v)?,
-        _ => Vec::new(),
-    };
-    let steps_node = f.require("steps")?;
-    let steps = decode_steps(steps_node, "steps")?;
-    if steps.is_empty() {
-        return Err(Error::new(
-            steps_node.span,
-            "the runbook has no steps: expected a list of steps",
-        ));
+    let mut name = String::new();
+    keep(f.require("name").and_then(|n| {
+        name = n.string("a string for the runbook `name`")?;
+        Ok(())
+    }));
+    let mut serial = None;
+    keep(
+        f.get("serial")
+            .map(decode_serial)
+            .transpose()
+            .map(|s| serial = s),
+    );
+    let mut description = None;
+    keep(f.opt_string("description").map(|d| description = d));
+    let mut version = None;
+    keep(f.opt_string("version").map(|v| version = v));
+    let mut hosts = None;
+    keep(
+        f.get("hosts")
+            .map(|n| text(n, "`hosts`"))
+            .transpose()
+            .map(|h| hosts = h),
+    );
+    let mut params = Vec::new();
+    if let Some(p) = f.get("params").filter(|p| !p.is_null()) {
+        let mut found = Vec::new();
+        let r = decode_params(p, &mut found).map(|p| params = p);
+        errs.extend(found);
+        if let Err(e) = r {
+            errs.push(e);
+        }
     }
-    let rollback = match f.get("rollback") {
-        Some(r) if !r.is_null() => decode_steps(r, "the rollback guide")?,
-        _ => Vec::new(),
-    };
+    let mut vars = Vec::new();
+    if let Some(v) = f.get("vars").filter(|v| !v.is_null()) {
+        let mut found = Vec::new();
+        let r = decode_vars(v, &mut found).map(|v| vars = v);
+        errs.extend(found);
+        if let Err(e) = r {
+            errs.push(e);
+        }
+    }
+    let mut steps = Vec::new();
+    match f.require("steps") {
+        Err(e) => errs.push(e),
+        Ok(steps_node) => {
+            let mut found = Vec::new();
+            match decode_steps(steps_node, "steps", &mut found) {
+                Ok(s) if s.is_empty() && found.is_empty() => errs.push(Error::new(
+                    steps_node.span,
+                    "the runbook has no steps: expected a list of steps",
+                )),
+                Ok(s) => steps = s,
+                Err(e) => errs.push(e),
+            }
+            errs.extend(found);
+        }
+    }
+    let mut rollback = Vec::new();
+    if let Some(r) = f.get("rollback").filter(|r| !r.is_null()) {
+        let mut found = Vec::new();
+        match decode_steps(r, "the rollback guide", &mut found) {
+            Ok(s) => rollback = s,
+            Err(e) => errs.push(e),
+        }
+        errs.extend(found);
+    }
     for var in &vars {
         if let Some(p) = params.iter().find(|p| p.name == var.0) {
             let key = f
@@ -74,21 +144,25 @@ pub fn decode(root: &Node, source: Arc<SourceFile>) -> yaml::Result<Runbook> {
                 .and_then(|v| v.entries("").ok())
                 .and_then(|e| e.into_iter().find(|((k, _), _)| *k == var.0))
                 .map_or(var.1.span, |((_, k), _)| k.span);
-            return Err(Error::new(
-                key,
-                format!("`{}` is both a param and a var: rename one", p.name),
-            )
-            .help(format!(
-                "the param `{}` is declared at line {}",
-                p.name, p.span.start.line
-            )));
+            errs.push(
+                Error::new(
+                    key,
+                    format!("`{}` is both a param and a var: rename one", p.name),
+                )
+                .help(format!(
+                    "the param `{}` is declared at line {}",
+                    p.name, p.span.start.line
+                )),
+            );
         }
     }
+    // In file order, as an operator fixes them.
+    errs.sort_by_key(|e| (e.span.start.line, e.span.start.col));
     Ok(Runbook {
         name,
-        description: f.opt_string("description")?,
-        version: f.opt_string("version")?,
-        hosts: f.get("hosts").map(|n| text(n, "`hosts`")).transpose()?,
+        description,
+        version,
+        hosts,
         serial,
         params,
         vars,
@@ -124,9 +198,22 @@ fn decode_serial(n: &Node) -> yaml::Result<Serial> {
     }
 }
 
-fn decode_params(node: &Node) -> yaml::Result<Vec<Param>> {
+/// Every param that decodes; the problems of the others go to `errs`, so one pass
+/// reports them all.
+fn decode_params(node: &Node, errs: &mut Vec<Error>) -> yaml::Result<Vec<Param>> {
     let mut out = Vec::new();
     for ((name, key), def) in node.entries("a mapping of param names to their definitions")? {
+        match decode_param(&name, key, def) {
+            Ok(p) => out.push(p),
+            Err(e) => errs.push(e),
+        }
+    }
+    Ok(out)
+}
+
+fn decode_param(name: &str, key: &Node, def: &Node) -> yaml::Result<Param> {
+    let name = name.to_string();
+    {
         check_identifier(key, &name, "param")?;
         let mut p = Param {
             name: name.clone(),
@@ -203,22 +290,27 @@ fn decode_params(node: &Node) -> yaml::Result<Vec<Param>> {
                 ));
             }
         }
-        out.push(p);
+        Ok(p)
+    }
+}
+
+/// Every var that decodes; the problems of the others go to `errs`.
+fn decode_vars(node: &Node, errs: &mut Vec<Error>) -> yaml::Result<Vec<(String, Text)>> {
+    let mut out = Vec::new();
+    for ((name, key), v) in node.entries("a mapping of variable names to values")? {
+        let var = check_identifier(key, &name, "variable")
+            .and_then(|()| text(v, &format!("variable `{name}`")));
+        match var {
+            Ok(t) => out.push((name.clone(), t)),
+            Err(e) => errs.push(e),
+        }
     }
     Ok(out)
 }
 
-fn decode_vars(node: &Node) -> yaml::Result<Vec<(String, Text)>> {
-    node.entries("a mapping of variable names to values")?
-        .into_iter()
-        .map(|((name, key), v)| {
-            check_identifier(key, &name, "variable")?;
-            Ok((name.clone(), text(v, &format!("variable `{name}`"))?))
-        })
-        .collect()
-}
-
-fn decode_steps(node: &Node, what: &str) -> yaml::Result<Vec<Step>> {
+/// Every step that decodes; the problems of the others go to `errs`, so a bad
+/// step does not hide the next one's.
+fn decode_steps(node: &Node, what: &str, errs: &mut Vec<Error>) -> yaml::Result<Vec<Step>> {
     let items = node
         .seq(&format!("a list of steps for `{what}`"))
         .map_err(|e| {
@@ -230,20 +322,27 @@ fn decode_steps(node: &Node, what: &str) -> yaml::Result<Vec<Step>> {
         })?;
     let mut steps: Vec<Step> = Vec::new();
     for item in items {
-        let step = decode_step(item)?;
+        let step = match decode_step(item) {
+            Ok(step) => step,
+            Err(e) => {
+                errs.push(e);
+                continue;
+            }
+        };
         if let Some(first) = steps.iter().find(|s| s.name == step.name) {
             let name_node = item
                 .fields("a step", STEP_FIELDS)?
                 .get("name")
                 .map(|n| n.span)
                 .unwrap_or(item.span);
-            return Err(Error::new(
+            errs.push(Error::new(
                 name_node,
                 format!(
                     "duplicate step name `{}` (first used at line {}): step names must be unique",
                     step.name, first.span.start.line
                 ),
             ));
+            continue;
         }
         steps.push(step);
     }
@@ -554,6 +653,12 @@ fn check_combinations(f: &Fields, s: &Step) -> yaml::Result<()> {
             ] {
                 conflict(field, "does not apply to a `manual` step")?;
             }
+            // A rollback would never run: the step completes by an operator's answer,
+            // not a command opsrun could undo, and was silently dropped.
+            conflict(
+                "rollback",
+                "cannot be used with `manual`: opsrun never undoes a step done by hand; write the way back in the `manual` text, or in a step of its own",
+            )?;
         }
         Action::Upload(_) => {
             for field in ["stdin", "capture", "expect"] {

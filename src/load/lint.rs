@@ -20,6 +20,7 @@ pub const NAMES: &[&str] = &[
     "secret-argv",
     "service-not-restarted",
     "service-without-rollback",
+    "unescaped-expect",
 ];
 
 /// A warning about a runbook, located like an error.
@@ -93,6 +94,27 @@ pub fn lint(rb: &Runbook) -> Vec<Diagnostic> {
                             text.locate(&rb.source, offset, 1),
                             format!("step `{}` {what}: secret param `{name}` is put on the command line", step.name),
                             "pass it with `stdin:` or `env:` (opsrun sends secret env values on stdin), so it never appears in a process list",
+                        );
+                    }
+                }
+            }
+        }
+        // `expect` is a regular expression: an interpolated value is regex syntax unless escaped.
+        for step in steps.iter() {
+            let patterns = [
+                ("expect.stdout", &step.expect.stdout),
+                ("expect.stdout_not", &step.expect.stdout_not),
+            ];
+            for (what, text) in patterns {
+                let Some(text) = text else { continue };
+                for (offset, name) in interpolations(&text.src) {
+                    if !interpolation_uses(&text.src, offset, "regex_escape") {
+                        warn(
+                            step,
+                            "unescaped-expect",
+                            text.locate(&rb.source, offset, 1),
+                            format!("step `{}` {what}: `{name}` is interpolated into a regular expression without `| regex_escape`", step.name),
+                            "a value with `|`, `.` or `(` in it would change what matches: write {{ NAME | regex_escape }}",
                         );
                     }
                 }
@@ -434,8 +456,13 @@ fn interpolations(src: &str) -> Vec<(usize, String)> {
 }
 
 fn is_quoted_interpolation(src: &str, offset: usize) -> bool {
+    interpolation_uses(src, offset, "quote")
+}
+
+/// Whether the `{{ ... }}` at `offset` names `filter`.
+fn interpolation_uses(src: &str, offset: usize, filter: &str) -> bool {
     let end = src[offset..].find("}}").map_or(src.len(), |e| offset + e);
-    src[offset..end].contains("quote")
+    src[offset..end].contains(filter)
 }
 
 #[cfg(test)]

@@ -66,7 +66,13 @@ fn read(path: &Path) -> Result<Arc<SourceFile>, Error> {
 /// Parses and decodes runbook text; the building block for every lookup.
 pub fn runbook_from_source(source: Arc<SourceFile>) -> Result<Runbook, Error> {
     let root = yaml::parse(&source.text).map_err(|e| attach(&source, e))?;
-    decode::decode(&root, source.clone()).map_err(|e| attach(&source, e))
+    decode::decode(&root, source.clone()).map_err(|mut errs| {
+        if errs.len() == 1 {
+            attach(&source, errs.remove(0))
+        } else {
+            Error::InvalidAll(errs.into_iter().map(|e| e.in_file(&source)).collect())
+        }
+    })
 }
 
 pub fn inventory_from_source(source: Arc<SourceFile>) -> Result<Inventory, Error> {

@@ -90,7 +90,9 @@ pub(super) type Compiled = (
 );
 
 /// Compiles every template of a runbook, reporting all syntax errors at once.
-pub(super) fn compile_templates(rb: &Runbook) -> Result<Compiled, Error> {
+/// The templates, and the syntax errors of those that failed (which render as
+/// empty text, so the caller can look for the other errors of the file too).
+pub(super) fn compile_templates(rb: &Runbook) -> (Compiled, Option<Error>) {
     let mut t = Templates::for_source(rb.source.clone());
     let mut errs = Vec::new();
     let vars = rb
@@ -108,15 +110,13 @@ pub(super) fn compile_templates(rb: &Runbook) -> Result<Compiled, Error> {
         .iter()
         .map(|s| compile_step(s, &mut t, &mut errs))
         .collect();
-    match Error::merge(errs.into_iter().map(|e| yaml_err(rb, e)).collect()) {
-        Some(e) => Err(e),
-        None => Ok((t, vars, forward, guide)),
-    }
+    let errors = Error::merge(errs.into_iter().map(|e| yaml_err(rb, e)).collect());
+    ((t, vars, forward, guide), errors)
 }
 
 /// `opsrun check`: the runbook's templates compile (no inventory is needed for that).
 pub fn check_templates(rb: &Runbook) -> Result<(), Error> {
-    compile_templates(rb).map(|_| ())
+    compile_templates(rb).1.map_or(Ok(()), Err)
 }
 
 pub(super) fn compile_step(

@@ -168,15 +168,24 @@ impl Planner {
             }
         }
 
-        let (templates, vars, forward, guide) = compile_templates(&rb)?;
+        let ((templates, vars, forward, guide), syntax_errors) = compile_templates(&rb);
 
         let limit = match &opts.limit {
-            Some(l) => Some(
-                pattern::resolve(l, &inventory)
+            Some(l) => {
+                let hosts: HashSet<String> = pattern::resolve(l, &inventory)
                     .map_err(|e| Error::Usage(format!("--limit: {}", e.message)))?
                     .into_iter()
-                    .collect::<HashSet<_>>(),
-            ),
+                    .collect();
+                // A limit that keeps no host is a typo, whatever the runbook: even a
+                // runbook of local steps only would run as if it had been left out.
+                if hosts.is_empty() {
+                    return Err(Error::Usage(format!(
+                        "--limit `{l}` matches no host in inventory `{}`",
+                        inventory.name
+                    )));
+                }
+                Some(hosts)
+            }
             None => None,
         };
         let resolve = |p: &crate::load::runbook::Text| {
@@ -371,6 +380,18 @@ impl Planner {
             upload_templates: Mutex::new(HashMap::new()),
             secret_names,
         };
+        if let Some(syntax) = syntax_errors {
+            // A syntax error must not hide the undefined variables of the templates
+            // that compiled: plan them too, and report everything in one pass. A
+            // planner with a failed template is never returned.
+            let rendered = planner
+                .plan()
+                .err()
+                .filter(|e| matches!(e, Error::Invalid(_) | Error::InvalidAll(_)));
+            let all: Vec<Error> = std::iter::once(syntax).chain(rendered).collect();
+            return Err(Error::merge(all)
+                .unwrap_or_else(|| Error::Usage("the runbook's templates do not compile".into())));
+        }
         Ok(planner)
     }
 
@@ -714,8 +735,23 @@ steps:
         let p = planner(ROLLING, INVENTORY, Some("oa3:nginx1"));
         assert_eq!(p.batches(), [vec!["oa3"]]);
         assert_eq!(p.batch_hosts(StepRef::Forward(0), Some(1)), ["nginx1"]);
-        // Nothing of the serial set left: one empty batch, so the other steps still run.
-        let p = planner(ROLLING, INVENTORY, Some("nginx1"));
-        assert_eq!(p.batches(), [Vec::<String>::new()]);
+    }
+
+    #[test]
+    fn a_limit_that_leaves_none_of_the_runbook_hosts_is_refused() {
+        // Only the load balancer steps would run: nginx edited with no node drained.
+        let rb = runbook_from_source(SourceFile::new("rb.yaml", ROLLING)).unwrap();
+        let inv = inventory_from_source(SourceFile::new("inv.yaml", INVENTORY)).unwrap();
+        let opts = Options {
+            limit: Some("nginx1".into()),
+            ..Options::default()
+        };
+        let Err(Error::Usage(message)) = Planner::new(rb, inv, opts) else {
+            panic!("a run of the load balancer steps alone was planned");
+        };
+        assert!(
+            message.ends_with("only its steps on `lb*` would run"),
+            "{message}"
+        );
     }
 }

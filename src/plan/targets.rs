@@ -3,9 +3,14 @@
 
 use super::*;
 
-/// A run that would touch no host at all is refused: it would "succeed" and sign
-/// a log of nothing. One step whose glob matches nothing (an optional `lb*`
-/// group) is fine, and so is a runbook of `local: true` steps only.
+/// A run that would do nothing, or only the edges of its work, is refused: it
+/// would "succeed" and sign a log of nothing (README "Hosts and `--limit`").
+///
+/// - The runbook's own `hosts:`, when steps run on it, must keep a host (after
+///   `--limit`): without them only the steps on other hosts would run (a load
+///   balancer edited with no node drained, no batch gate asked).
+/// - Otherwise the run needs one host or one `local: true` step (the control
+///   machine); a step's `on:` glob may match nothing (an optional `lb*` group).
 pub(super) fn no_host_at_all(
     rb: &Runbook,
     inventory: &Inventory,
@@ -19,35 +24,52 @@ pub(super) fn no_host_at_all(
         .filter(|(_, s)| !s.local)
         .filter_map(|(i, s)| Some((i, s.on.as_ref().or(rb.hosts.as_ref())?)))
         .collect();
-    if remote
+    let has_hosts = |i: &usize| targets.get(&(false, *i)).is_some_and(|h| !h.is_empty());
+    let (main, others): (Vec<_>, Vec<_>) = remote
         .iter()
-        .any(|(i, _)| targets.get(&(false, *i)).is_some_and(|h| !h.is_empty()))
-    {
-        return Ok(());
+        .copied()
+        .partition(|(i, _)| rb.steps[*i].on.is_none());
+    // The patterns of the steps on other hosts that would still run.
+    let mut running: Vec<&str> = Vec::new();
+    for (i, p) in &others {
+        if has_hosts(i) && !running.contains(&p.src.as_str()) {
+            running.push(&p.src);
+        }
     }
-    let Some(&(_, first)) = remote.first() else {
-        return Ok(());
+    let (at_fault, tail): (Vec<_>, String) = match main.first() {
+        // The steps on the runbook's hosts share one pattern, so one target list.
+        Some((i, _)) if !has_hosts(i) => {
+            if running.is_empty() {
+                (remote.clone(), "there is nothing to run".to_string())
+            } else {
+                let tail = format!("only its steps on {} would run", quote_all(&running));
+                (main.clone(), tail)
+            }
+        }
+        Some(_) => return Ok(()),
+        None if rb.steps.iter().any(|s| s.local) => return Ok(()),
+        None if !running.is_empty() => return Ok(()),
+        None if others.is_empty() => return Ok(()),
+        None => (others.clone(), "there is nothing to run".to_string()),
     };
     let mut patterns: Vec<&str> = Vec::new();
-    for (_, p) in &remote {
+    for (_, p) in &at_fault {
         if !patterns.contains(&p.src.as_str()) {
             patterns.push(&p.src);
         }
     }
-    let quoted = patterns
-        .iter()
-        .map(|p| format!("`{p}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let first = at_fault[0].1;
     // Patterns were resolved above, so they are valid: only the limit can be at fault
     // when they match hosts on their own.
-    let unlimited = remote
+    let unlimited = at_fault
         .iter()
         .any(|(_, p)| pattern::resolve(&p.src, inventory).is_ok_and(|h| !h.is_empty()));
     if let (Some(limit), true) = (&opts.limit, unlimited) {
         return Err(Error::Usage(format!(
-            "--limit `{limit}` matches none of the hosts runbook `{}` runs on ({quoted} in inventory `{}`): there is nothing to run",
-            rb.name, inventory.name
+            "--limit `{limit}` matches none of the hosts runbook `{}` runs on ({} in inventory `{}`): {tail}",
+            rb.name,
+            quote_all(&patterns),
+            inventory.name
         )));
     }
     Err(Error::from(Diagnostic {
@@ -55,15 +77,32 @@ pub(super) fn no_host_at_all(
         source: rb.source.clone(),
         span: first.span,
         message: format!(
-            "{quoted} {} no host in inventory `{}`: there is nothing to run",
-            if patterns.len() == 1 { "matches" } else { "match" },
+            "{} {} no host in inventory `{}`: {tail}",
+            quote_all(&patterns),
+            if patterns.len() == 1 {
+                "matches"
+            } else {
+                "match"
+            },
             inventory.name
         ),
-        help: Some(
+        help: Some(if at_fault.len() < remote.len() {
+            "a step's `on:` glob may match nothing (an optional group), but the runbook's `hosts:` must match a host"
+                .into()
+        } else {
             "a step's `on:` glob may match nothing (an optional group), but a run needs at least one host"
-                .into(),
-        ),
+                .into()
+        }),
     }))
+}
+
+/// `a`, `b`: patterns as a message names them.
+fn quote_all(patterns: &[&str]) -> String {
+    patterns
+        .iter()
+        .map(|p| format!("`{p}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Planner {

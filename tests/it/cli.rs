@@ -195,3 +195,174 @@ fn completions_offer_runbook_names_and_environments() {
         out.stdout
     );
 }
+
+/// Completes `words` (the last one being completed) with the script of `opsrun completions bash`,
+/// in a real bash run in `dir`: the words offered.
+fn bash_complete(dir: &std::path::Path, script: &str, words: &[&str]) -> Vec<String> {
+    let script_path = dir.join("c.bash");
+    std::fs::write(&script_path, script).expect("write c.bash");
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', r"'\''")))
+        .collect();
+    // What bash itself does on <TAB>: set COMP_* and call the function `complete` registered.
+    let driver = format!(
+        "source ./c.bash\nCOMP_WORDS=({words})\nCOMP_CWORD={cword}\nCOMP_LINE=\"${{COMP_WORDS[*]}}\"\nCOMP_POINT=${{#COMP_LINE}}\nf=$(complete -p opsrun | sed -n 's/.*-F \\([^ ]*\\) .*/\\1/p')\n\"$f\" opsrun \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        words = quoted.join(" "),
+        cword = words.len() - 1,
+    );
+    let out = std::process::Command::new("bash")
+        .arg("--norc")
+        .arg("-c")
+        .arg(driver)
+        .current_dir(dir)
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn bash_completion_of_env_never_runs_an_inventory_file_name() {
+    let out = Test::new()
+        .write("inventories/staging.yaml", typed_inventory())
+        .write("inventories/p$(touch PWNED4).yaml", typed_inventory())
+        .write("inventories/q`touch PWNED5`.yaml", typed_inventory())
+        .write("inventories/r\";touch PWNED6;\".yaml", typed_inventory())
+        .args(["completions", "bash"])
+        .run();
+    let dir = out.path().to_path_buf();
+    let offered = bash_complete(&dir, &out.stdout, &["opsrun", "upgrade", "--env", ""]);
+    for pwned in ["PWNED4", "PWNED5", "PWNED6"] {
+        assert!(
+            !dir.join(pwned).exists(),
+            "completing ran a file name: {pwned}"
+        );
+    }
+    // The names a shell can carry as one word are still offered.
+    assert_eq!(offered, ["staging"]);
+}
+
+#[test]
+fn a_step_of_an_optional_group_that_matches_nothing_is_not_counted_as_done() {
+    // A local step plus an `on:` glob that matches nothing: the local step runs
+    // (as a runbook of local steps only does), and the Result does not call the
+    // other step done.
+    let out = Test::new()
+        .write("inventories/prod.yaml", typed_inventory())
+        .write(
+            "runbooks/opt.yaml",
+            "name: opt\nsteps:\n  - name: check\n    local: true\n    run: echo hi\n  - name: drain\n    on: \"lb*\"\n    run: echo drain\n",
+        )
+        .args(["opt", "--env", "prod", "--yes", "--no-sign"])
+        .expect_status(0)
+        .run();
+    assert!(
+        out.stderr.starts_with(&format!(
+            "run {}: opt on prod (this machine only)\n",
+            out.id()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("\nsucceeded: 1 step done, 1 on no host\n"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn dry_run_output_replaces_an_existing_file_only_with_force() {
+    let out = Test::new()
+        .write("inventories/prod.yaml", typed_inventory())
+        .write("runbooks/echo.yaml", ECHO)
+        .write("plan.md", "the plan the change board signed\n")
+        .args([
+            "echo",
+            "--env",
+            "prod",
+            "--dry-run",
+            "--output",
+            "plan.md",
+            "--no-sign",
+        ])
+        .expect_status(2)
+        .run();
+    assert_eq!(out.read("plan.md"), "the plan the change board signed\n");
+    let out = Test::in_dir(out.path())
+        .args([
+            "echo",
+            "--env",
+            "prod",
+            "--dry-run",
+            "--output",
+            "plan.md",
+            "--no-sign",
+            "--force",
+        ])
+        .expect_status(0)
+        .run();
+    assert!(out
+        .read("plan.md")
+        .starts_with("# opsrun plan: echo on prod"));
+}
+
+#[test]
+fn top_level_help_lists_what_runs_shows() {
+    let out = Test::new().arg("--help").run();
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("runs "))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        line.ends_with(
+            "List past runs: id, runbook, env, ticket, operator, result, start, duration"
+        ),
+        "{line}"
+    );
+}
+
+/// A `y` typed while batch 1's step ran answered the batch 2 gate the moment it
+/// appeared: each gate now discards what was typed before it was asked.
+#[test]
+fn a_gate_ignores_what_was_typed_before_it_was_asked() {
+    use crate::support::pty::{pty_run, run_on_pty};
+    let (one, two) = (format!("{}a", local_host()), format!("{}b", local_host()));
+    let test = Test::new()
+        .write(
+            "inventories/lab.yaml",
+            format!("name: lab\ngroups:\n  app:\n    hosts:\n      {one}: {{ connection: local }}\n      {two}: {{ connection: local }}\n"),
+        )
+        .write(
+            "runbooks/ta.yaml",
+            "name: ta\nhosts: app\nserial: 1\nsteps:\n  - name: Work\n    confirm: \"Go on?\"\n    run: \"echo begun && sleep 2\"\n",
+        )
+        .args(["ta", "--env", "lab", "--no-sign"]);
+    let (code, screen) = run_on_pty(
+        test.command(),
+        &[
+            (&format!("(batch 1/2: {one}) [y/N]"), "y"),
+            // Typed ahead while batch 1 runs, before the batch 2 gate is asked.
+            ("begun", "y"),
+            (&format!("(batch 2/2: {two}) [y/N]"), "n"),
+        ],
+    );
+    let run = pty_run(code, &screen, test.path());
+    run.expect_code(3);
+    assert_eq!(run.status("Work", &one), "ok");
+    assert!(
+        run.events("step_started").len() == 1,
+        "batch 2 ran on a typed-ahead answer:\n{screen}"
+    );
+}

@@ -24,6 +24,18 @@ groups:
       dm1: { address: 10.0.0.3 }
 "#;
 
+/// An inventory with a load balancer, for cases about steps on other hosts than the runbook's.
+const LB_INVENTORY: &str = r#"
+name: lb
+groups:
+  app:
+    hosts:
+      oa1: { address: 10.0.0.1 }
+  lb:
+    hosts:
+      lb1: { address: 10.0.0.9 }
+"#;
+
 /// A valid runbook, for cases where only the inventory or the arguments are wrong.
 const OK_RUNBOOK: &str = r#"
 name: ok
@@ -816,7 +828,7 @@ error: unknown lint `ps-grpe`, did you mean `ps-grep`?
   |
 6 |     lint: { allow: [ps-grpe] }
   |                     ^^^^^^^
-  = help: expected one of: interactive, tail-f, bare-su, ps-grep, tar-exclude-order, date-drift, password-argv, non-ascii, unquoted-param, secret-argv, service-not-restarted, service-without-rollback
+  = help: expected one of: interactive, tail-f, bare-su, ps-grep, tar-exclude-order, date-drift, password-argv, non-ascii, unquoted-param, secret-argv, service-not-restarted, service-without-rollback, unescaped-expect
 "#,
     },
     Case {
@@ -1149,6 +1161,69 @@ error: in step `a` on host `oa1`: `host` has no attribute `nmae`, did you mean `
 "#,
     },
     Case {
+        // Only `undefined_one` was reported; an optional attribute read with `default` is fine.
+        name: "attribute_typo_next_to_an_undefined_variable",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: echo {{ host.nmae }} {{ undefined_one }} {{ host.opt | default('') }}
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: in step `a` on host `oa1`: `host` has no attribute `nmae`, did you mean `name`?
+  --> runbooks/x.yaml:5:18
+  |
+5 |     run: echo {{ host.nmae }} {{ undefined_one }} {{ host.opt | default('') }}
+  |                  ^^^^^^^^^
+
+error: in step `a` on host `oa1`: undefined variable `undefined_one`
+  --> runbooks/x.yaml:5:34
+  |
+5 |     run: echo {{ host.nmae }} {{ undefined_one }} {{ host.opt | default('') }}
+  |                                  ^^^^^^^^^^^^^
+"#,
+    },
+    Case {
+        // The `{#` syntax error hid the undefined variables of the other templates.
+        name: "template_syntax_error_with_undefined_variables_elsewhere",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: echo ${#TOKEN}
+  - name: b
+    run: echo {{ undefined_b }} {{ host.nmae }}
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: template syntax error: unexpected end of comment
+  --> runbooks/x.yaml:5:16
+  |
+5 |     run: echo ${#TOKEN}
+  |                ^^
+  = help: `{#` opens a template comment: for the shell's `${#VAR}` write `${{ '{#' }}VAR}`, or wrap the text in `{% raw %}...{% endraw %}`
+
+error: in step `b` on host `oa1`: undefined variable `undefined_b`
+  --> runbooks/x.yaml:7:18
+  |
+7 |     run: echo {{ undefined_b }} {{ host.nmae }}
+  |                  ^^^^^^^^^^^
+
+error: in step `b` on host `oa1`: `host` has no attribute `nmae`, did you mean `name`?
+  --> runbooks/x.yaml:7:36
+  |
+7 |     run: echo {{ undefined_b }} {{ host.nmae }}
+  |                                    ^^^^^^^^^
+"#,
+    },
+    Case {
         name: "bad_duration",
         files: &[
             ("runbooks/x.yaml", r#"
@@ -1462,6 +1537,27 @@ error: step `a`: `as` cannot be used with `local: true` (opsrun does not switch 
   |
 7 |     as: root
   |     ^^
+"#,
+    },
+    Case {
+        name: "manual_step_with_rollback",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    manual: Take the snapshot in the console.
+    rollback: echo undo
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: step `a`: `rollback` cannot be used with `manual`: opsrun never undoes a step done by hand; write the way back in the `manual` text, or in a step of its own
+  --> runbooks/x.yaml:6:5
+  |
+6 |     rollback: echo undo
+  |     ^^^^^^^^
 "#,
     },
     Case {
@@ -1823,12 +1919,41 @@ error: no inventory: give `--env ENV` (reads inventories/ENV.yaml) or `-i FILE`
         files: &[],
         args: &["ok", "--env", "test", "--format", "json", "--yes"],
         stderr: r#"
-error: the following required arguments were not provided:
-  --dry-run
-
-Usage: opsrun run --dry-run --env <ENV> --format <FORMAT> --yes <RUNBOOK>
-
-For more information, try '--help'.
+error: --format only applies to --dry-run: add --dry-run
+"#,
+    },
+    Case {
+        name: "output_without_dry_run",
+        files: &[],
+        args: &["ok", "--env", "test", "--output", "plan.md", "--yes"],
+        stderr: r#"
+error: --output only applies to --dry-run: add --dry-run
+"#,
+    },
+    Case {
+        // `--format json` was silently ignored: the file got the Markdown plan.
+        name: "format_json_with_output",
+        files: &[],
+        args: &["ok", "--env", "test", "--dry-run", "--format", "json", "--output", "plan.json"],
+        stderr: r#"
+error: --format json cannot go with --output, which writes the signed Markdown plan: to keep the JSON, redirect it (`--format json > plan.json`)
+"#,
+    },
+    Case {
+        name: "output_overwrites_an_existing_file",
+        files: &[("plan.md", "the plan the change board signed\n")],
+        args: &["ok", "--env", "test", "--dry-run", "--output", "plan.md"],
+        stderr: r#"
+error: --output plan.md: the file exists: add --force to replace it
+"#,
+    },
+    Case {
+        // A past run's log, replaced by a plan: not even with --force.
+        name: "output_into_the_log_directory",
+        files: &[("runs/20261122-173005Z-ok-test/log.md", "# opsrun log\n")],
+        args: &["ok", "--env", "test", "--dry-run", "--force", "--output", "runs/20261122-173005Z-ok-test/log.md"],
+        stderr: r#"
+error: --output runs/20261122-173005Z-ok-test/log.md is inside the log directory `runs`, which holds the records of runs: write the plan elsewhere
 "#,
     },
     Case {
@@ -1885,6 +2010,134 @@ error: `web*` matches no host in inventory `test`: there is nothing to run
 2 | hosts: "web*"
   |        ^^^^^^
   = help: a step's `on:` glob may match nothing (an optional group), but a run needs at least one host
+"#,
+    },
+    Case {
+        // The serial upgrade with `--limit lb1`: only the load balancer steps were left,
+        // which edited nginx with no node drained, no batch gate, and "succeeded".
+        name: "limit_leaves_only_the_steps_on_other_hosts",
+        files: &[
+            ("inventories/lb.yaml", LB_INVENTORY),
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+serial: 1
+steps:
+  - name: check
+    local: true
+    run: "true"
+  - name: drain
+    on: "lb*"
+    run: echo drain
+  - name: stop
+    run: echo stop
+"#),
+        ],
+        args: &["x", "--env", "lb", "--yes", "--no-sign", "--limit", "lb1"],
+        stderr: r#"
+error: --limit `lb1` matches none of the hosts runbook `x` runs on (`app` in inventory `lb`): only its steps on `lb*` would run
+"#,
+    },
+    Case {
+        name: "runbook_hosts_match_no_host_but_other_steps_do",
+        files: &[
+            ("inventories/lb.yaml", LB_INVENTORY),
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: "web*"
+steps:
+  - name: drain
+    on: "lb*"
+    run: echo drain
+  - name: stop
+    run: echo stop
+"#),
+        ],
+        args: &["x", "--env", "lb", "--dry-run"],
+        stderr: r#"
+error: `web*` matches no host in inventory `lb`: only its steps on `lb*` would run
+  --> runbooks/x.yaml:2:8
+  |
+2 | hosts: "web*"
+  |        ^^^^^^
+  = help: a step's `on:` glob may match nothing (an optional group), but the runbook's `hosts:` must match a host
+"#,
+    },
+    Case {
+        // A local-only runbook ran with "(0 hosts)" under a limit that matched nothing.
+        name: "limit_matches_no_host_of_the_inventory",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+steps:
+  - name: a
+    local: true
+    run: echo hi
+"#),
+        ],
+        args: &["x", "--env", "test", "--yes", "--no-sign", "--limit", "q*"],
+        stderr: r#"
+error: --limit `q*` matches no host in inventory `test`
+"#,
+    },
+    Case {
+        // Each was reported alone, one per pass: `备注`, then `1abc`, then `名字`, then the steps.
+        name: "every_structural_error_of_a_file_at_once",
+        files: &[
+            ("runbooks/x.yaml", r#"
+name: x
+hosts: app
+params:
+  备注: { default: "" }
+  1abc: {}
+  名字: {}
+steps:
+  - name: a
+    run: echo hi
+    retries: 3
+  - name: b
+  - name: c
+    manual: Do it by hand.
+    rollback: echo undo
+"#),
+        ],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: invalid param name `备注`: expected ASCII letters, digits and `_`, not starting with a digit
+  --> runbooks/x.yaml:4:3
+  |
+4 |   备注: { default: "" }
+  |   ^^^^
+
+error: invalid param name `1abc`: expected ASCII letters, digits and `_`, not starting with a digit
+  --> runbooks/x.yaml:5:3
+  |
+5 |   1abc: {}
+  |   ^^^^
+
+error: invalid param name `名字`: expected ASCII letters, digits and `_`, not starting with a digit
+  --> runbooks/x.yaml:6:3
+  |
+6 |   名字: {}
+  |   ^^^^
+
+error: step `a`: `retries` only applies to a `check`: add one, or remove `retries`
+  --> runbooks/x.yaml:10:5
+   |
+10 |     retries: 3
+   |     ^^^^^^^
+
+error: step `b` has no action: expected one of `run`, `script`, `upload`, `manual` (or only a `check`)
+  --> runbooks/x.yaml:11:5
+   |
+11 |   - name: b
+   |     ^
+
+error: step `c`: `rollback` cannot be used with `manual`: opsrun never undoes a step done by hand; write the way back in the `manual` text, or in a step of its own
+  --> runbooks/x.yaml:14:5
+   |
+14 |     rollback: echo undo
+   |     ^^^^^^^^
 "#,
     },
     Case {
@@ -2016,6 +2269,8 @@ cases! {
     undefined_variable_in_block
     undefined_variable_in_var
     attribute_typo
+    attribute_typo_next_to_an_undefined_variable
+    template_syntax_error_with_undefined_variables_elsewhere
     bad_duration
     bad_serial_zero
     bad_serial_percent
@@ -2031,6 +2286,7 @@ cases! {
     invalid_capture_name
     bad_service_state
     local_step_with_as
+    manual_step_with_rollback
     param_also_a_var
     start_at_unknown_step
     limit_unknown_host
@@ -2051,10 +2307,18 @@ cases! {
     run_file_not_found
     no_env_given
     format_json_without_dry_run
+    output_without_dry_run
+    format_json_with_output
+    output_overwrites_an_existing_file
+    output_into_the_log_directory
     limit_matches_none_of_the_runbook_hosts
     limit_matches_no_host_in_a_real_run
     runbook_hosts_match_no_host
+    limit_leaves_only_the_steps_on_other_hosts
+    runbook_hosts_match_no_host_but_other_steps_do
+    limit_matches_no_host_of_the_inventory
     param_name_not_ascii
+    every_structural_error_of_a_file_at_once
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use crate::support::{
     cli::{Run, Test},
     lab::{copy_tree, opsrun, repo, scratch, tree_digest},
-    pty::run_on_pty,
+    pty::run_on_pty_at_prompts,
 };
 use std::path::Path;
 
@@ -274,10 +274,16 @@ fn every_command_of_the_readme_tour_works_as_written() {
         .env_remove("LOGNAME");
     // Two batch gates of the run; the rollback's start gate; then per node (the
     // guide is rolling) its restore gate and its manual step, whose note is left empty.
+    // Answered where the terminal waits: the rollback previews list gates too, and an
+    // answer sent at one of those would be typed ahead, which gates discard.
     let mut answers = vec![("[y/N]", "y"); 5];
-    answers.push(("Note or ticket id", ""));
-    answers.extend([("[y/N]", "y"), ("[y/N]", "y"), ("Note or ticket id", "")]);
-    let (code, screen) = run_on_pty(tour.command(), &answers);
+    answers.push(("Note or ticket id for the log (Enter for none):", ""));
+    answers.extend([
+        ("[y/N]", "y"),
+        ("[y/N]", "y"),
+        ("Note or ticket id for the log (Enter for none):", ""),
+    ]);
+    let (code, screen) = run_on_pty_at_prompts(tour.command(), &answers);
     assert_eq!(code, 0, "{screen}");
     for (i, c) in commands.iter().enumerate() {
         let expected = if c.contains("broken.zip") { 1 } else { 0 };

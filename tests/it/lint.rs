@@ -115,3 +115,24 @@ error: template syntax error: unexpected end of input, expected end of variable 
         )
         .run();
 }
+
+#[test]
+fn expect_interpolating_a_value_without_regex_escape_is_a_warning() {
+    check(
+        "  - name: a\n    run: cat VERSION\n    capture: want\n  - name: b\n    run: cat INSTALLED\n    expect: { stdout: \"installed {{ want }}\", stdout_not: \"x {{ want | regex_escape }}\" }\n",
+    )
+    .expect_status(2)
+    .expect_stdout("warning  runbook x: 1 lint warning\n")
+    .expect_stderr(
+        "warning: step `b` expect.stdout: `want` is interpolated into a regular expression without `| regex_escape` [unescaped-expect]
+  --> runbooks/x.yaml:9:34
+  |
+9 |     expect: { stdout: \"installed {{ want }}\", stdout_not: \"x {{ want | regex_escape }}\" }
+  |                                  ^
+  = help: a value with `|`, `.` or `(` in it would change what matches: write {{ NAME | regex_escape }}; if it is intended, add `lint: { allow: [unescaped-expect] }` to the step
+
+1 problem in 1 file
+",
+    )
+    .run();
+}

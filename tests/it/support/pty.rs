@@ -26,7 +26,19 @@ pub fn run_on_pty(cmd: Command, script: &[(&str, &str)]) -> (i32, String) {
 }
 
 /// [`run_on_pty`] on a terminal `cols` columns wide.
-pub fn run_on_pty_sized(mut cmd: Command, cols: u16, script: &[(&str, &str)]) -> (i32, String) {
+pub fn run_on_pty_sized(cmd: Command, cols: u16, script: &[(&str, &str)]) -> (i32, String) {
+    run(cmd, cols, script, false)
+}
+
+/// [`run_on_pty`], answering a prompt only once the terminal waits at it: it ends
+/// the screen and nothing has come for a moment. A preview that lists gates
+/// (`gate: ... [y/N]`) then does not get the answers, which gates would
+/// discard as typed ahead.
+pub fn run_on_pty_at_prompts(cmd: Command, script: &[(&str, &str)]) -> (i32, String) {
+    run(cmd, 120, script, true)
+}
+
+fn run(mut cmd: Command, cols: u16, script: &[(&str, &str)], waiting: bool) -> (i32, String) {
     let size = libc::winsize {
         ws_row: 40,
         ws_col: cols,
@@ -74,9 +86,13 @@ pub fn run_on_pty_sized(mut cmd: Command, cols: u16, script: &[(&str, &str)]) ->
     let mut from = 0;
     let mut next = 0;
     let mut exited = None;
+    let mut quiet_since = Instant::now();
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(chunk) => {
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+                quiet_since = Instant::now();
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if exited.is_some() {
                     break;
@@ -85,7 +101,15 @@ pub fn run_on_pty_sized(mut cmd: Command, cols: u16, script: &[(&str, &str)]) ->
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if let Some((prompt, answer)) = script.get(next) {
-            if let Some(at) = seen[from..].find(prompt) {
+            let at_prompt = !waiting
+                || (quiet_since.elapsed() > Duration::from_millis(300)
+                    && seen[from..].trim_end().ends_with(prompt.trim_end()));
+            let found = if waiting {
+                at_prompt.then(|| seen[from..].trim_end().len() - prompt.trim_end().len())
+            } else {
+                seen[from..].find(prompt)
+            };
+            if let Some(at) = found {
                 from += at + prompt.len();
                 next += 1;
                 // A newline after ^C would reach the prompt that the ^C opens, as an answer.
