@@ -9,6 +9,7 @@
 //! else the library embedded in the binary at build time.
 
 pub(crate) mod decode;
+mod decode_step;
 pub mod inventory;
 pub mod lint;
 pub mod runbook;
