@@ -36,9 +36,16 @@ pub(super) fn check(names: &[String], root: &Path) -> Result<i32> {
     };
     for name in &books {
         // Template syntax needs no inventory: `check` finds those errors too.
-        let result = load::load_runbook(name, root).and_then(|rb| {
-            crate::plan::check_templates(&rb)?;
-            Ok(lint::lint(&rb))
+        // A structural problem must not hide the template errors of what decoded.
+        let result = load::load_partial_runbook(name, root).and_then(|loaded| match loaded {
+            load::Loaded {
+                runbook,
+                problems: Some(problems),
+            } => Err(crate::plan::with_template_problems(problems, runbook, None)),
+            load::Loaded { runbook, .. } => {
+                crate::plan::check_templates(&runbook)?;
+                Ok(lint::lint(&runbook))
+            }
         });
         report(format!("runbook {name}"), result);
     }

@@ -78,8 +78,32 @@ pub(super) fn planner(
     root: &Path,
     resume: Option<&Recorded>,
 ) -> Result<Planner, Error> {
-    let runbook = load::load_runbook(&args.runbook, root)?;
-    let inventory = load::load_inventory(args.env.as_deref(), args.inventory.as_deref(), root)?;
+    let loaded = load::load_partial_runbook(&args.runbook, root)?;
+    let inventory = load::load_inventory(args.env.as_deref(), args.inventory.as_deref(), root);
+    let runbook = match loaded.problems {
+        None => loaded.runbook,
+        Some(problems) => {
+            // The run cannot start: report the template problems of what decoded
+            // with the structural ones, in one pass. No secret is asked for that.
+            let run = inventory.ok().map(|inventory| {
+                let opts = Options {
+                    params: parse_extra(&args.extra).unwrap_or_default(),
+                    secrets: secrets(&loaded.runbook, false).unwrap_or_default(),
+                    limit: args.limit.clone(),
+                    local_user: local_user(),
+                    now: crate::clock::now(),
+                    ..Options::default()
+                };
+                (inventory, opts)
+            });
+            return Err(crate::plan::with_template_problems(
+                problems,
+                loaded.runbook,
+                run,
+            ));
+        }
+    };
+    let inventory = inventory?;
     let mut params = parse_extra(&args.extra)?;
     if let Some(r) = resume {
         // The original run's params, unless given again: a resume continues the same change.

@@ -40,16 +40,20 @@ pub fn check_identifier(node: &Node, name: &str, what: &str) -> yaml::Result<()>
 /// param, var or step does not stop the others from being checked. Only a
 /// problem that leaves nothing to decode (not a mapping, an unknown top-level
 /// field) stops at once.
-pub fn decode(root: &Node, source: Arc<SourceFile>) -> Result<Runbook, Vec<Error>> {
+///
+/// Besides the problems (in file order), the runbook as far as it decoded: the
+/// params, vars and steps that had a problem are left out. `None` when nothing
+/// could be decoded. The caller checks its templates too, so a structural
+/// problem does not hide the template problems of the same file.
+pub fn decode(root: &Node, source: Arc<SourceFile>) -> (Option<Runbook>, Vec<Error>) {
     let mut errs = Vec::new();
     let runbook = decode_into(root, source, &mut errs);
-    match (runbook, errs.is_empty()) {
-        (Ok(rb), true) => Ok(rb),
-        (Ok(_), false) => Err(errs),
-        (Err(e), _) => {
+    match runbook {
+        Ok(rb) => (Some(rb), errs),
+        Err(e) => {
             errs.push(e);
             errs.sort_by_key(|e| (e.span.start.line, e.span.start.col));
-            Err(errs)
+            (None, errs)
         }
     }
 }

@@ -64,16 +64,46 @@ fn read(path: &Path) -> Result<Arc<SourceFile>, Error> {
     Ok(SourceFile::new(path, text))
 }
 
+/// A runbook decoded as far as it goes, and the structural problems of the rest.
+pub struct Loaded {
+    /// The params, vars and steps that decoded; those with a problem are left out.
+    pub runbook: Runbook,
+    /// Every structural problem of the file, in file order; `None` when it decoded fully.
+    pub problems: Option<Error>,
+}
+
+impl Loaded {
+    /// The runbook, if it decoded fully.
+    pub fn complete(self) -> Result<Runbook, Error> {
+        self.problems.map_or(Ok(self.runbook), Err)
+    }
+}
+
+/// Parses and decodes runbook text, keeping what decoded next to the problems:
+/// the later stages check the templates of a broken file too (one pass). An
+/// error when nothing could be decoded (a YAML error, not a mapping).
+pub fn partial_runbook_from_source(source: Arc<SourceFile>) -> Result<Loaded, Error> {
+    let root = yaml::parse(&source.text).map_err(|e| attach(&source, e))?;
+    let (runbook, mut errs) = decode::decode(&root, source.clone());
+    let problems = match errs.len() {
+        0 => None,
+        1 => Some(attach(&source, errs.remove(0))),
+        _ => Some(Error::InvalidAll(
+            errs.into_iter().map(|e| e.in_file(&source)).collect(),
+        )),
+    };
+    match runbook {
+        Some(runbook) => Ok(Loaded { runbook, problems }),
+        // The decoder gives no runbook only with a problem saying why.
+        None => {
+            Err(problems.unwrap_or_else(|| Error::Usage("the runbook could not be decoded".into())))
+        }
+    }
+}
+
 /// Parses and decodes runbook text; the building block for every lookup.
 pub fn runbook_from_source(source: Arc<SourceFile>) -> Result<Runbook, Error> {
-    let root = yaml::parse(&source.text).map_err(|e| attach(&source, e))?;
-    decode::decode(&root, source.clone()).map_err(|mut errs| {
-        if errs.len() == 1 {
-            attach(&source, errs.remove(0))
-        } else {
-            Error::InvalidAll(errs.into_iter().map(|e| e.in_file(&source)).collect())
-        }
-    })
+    partial_runbook_from_source(source)?.complete()
 }
 
 pub fn inventory_from_source(source: Arc<SourceFile>) -> Result<Inventory, Error> {
@@ -117,8 +147,13 @@ pub fn find_runbook(spec: &str, root: &Path) -> Result<(Arc<SourceFile>, Origin)
 }
 
 pub fn load_runbook(spec: &str, root: &Path) -> Result<Runbook, Error> {
+    load_partial_runbook(spec, root)?.complete()
+}
+
+/// [`load_runbook`], keeping what decoded of a runbook with structural problems.
+pub fn load_partial_runbook(spec: &str, root: &Path) -> Result<Loaded, Error> {
     let (src, _) = find_runbook(spec, root)?;
-    runbook_from_source(src)
+    partial_runbook_from_source(src)
 }
 
 /// Every runbook name visible from `root`: local files shadow the library.

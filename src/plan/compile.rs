@@ -119,6 +119,50 @@ pub fn check_templates(rb: &Runbook) -> Result<(), Error> {
     compile_templates(rb).1.map_or(Ok(()), Err)
 }
 
+/// A runbook with structural problems, reported with the template problems of
+/// what did decode (`load::Loaded`), all in one pass in file order: a bad param
+/// must not hide a broken template. Syntax errors need no inventory; given one
+/// and the run's options (a dry-run or a run), the undefined variables too.
+pub fn with_template_problems(
+    problems: Error,
+    runbook: Runbook,
+    run: Option<(Inventory, Options)>,
+) -> Error {
+    let source = runbook.source.clone();
+    let mut found = vec![problems];
+    found.extend(check_templates(&runbook).err());
+    if let Some((inventory, opts)) = run {
+        let planned = Planner::new(runbook, inventory, opts).and_then(|p| p.plan().map(drop));
+        // Only located problems: one without a place (a param not given on the
+        // command line) is about this run, not about the file being fixed.
+        found.extend(
+            planned
+                .err()
+                .filter(|e| matches!(e, Error::Invalid(_) | Error::InvalidAll(_))),
+        );
+    }
+    match Error::merge(found) {
+        Some(Error::InvalidAll(mut all)) => {
+            // The runbook's problems by position, then those of other files
+            // (templated uploads) as found; the sort is stable.
+            all.sort_by_key(|d| {
+                let elsewhere = !Arc::ptr_eq(&d.source, &source);
+                (
+                    elsewhere,
+                    if elsewhere {
+                        Default::default()
+                    } else {
+                        d.span.start
+                    },
+                )
+            });
+            Error::InvalidAll(all)
+        }
+        Some(e) => e,
+        None => Error::Usage("the runbook has problems".into()),
+    }
+}
+
 pub(super) fn compile_step(
     s: &Step,
     t: &mut Templates,

@@ -24,7 +24,7 @@ mod run_id;
 mod targets;
 
 use batches::cut_batches;
-pub use compile::check_templates;
+pub use compile::{check_templates, with_template_problems};
 use compile::{compile_templates, var_reads, FileTemplate, StepTemplates};
 pub use gate::{AnswerKind, Gate, GateAsk, Gates};
 pub use model::{

@@ -45,6 +45,21 @@ steps:
     run: echo hi
 "#;
 
+/// A structural problem (a bad param name), a template syntax error and an
+/// undefined variable in one file: every one must be reported in one pass, in
+/// file order (the structural problem comes last in the file, first found).
+const MIXED_PROBLEMS: &str = r#"
+name: x
+hosts: app
+steps:
+  - name: a
+    run: echo {{ undefined_b }}
+  - name: b
+    run: echo ${#TOKEN}
+params:
+  1port: { default: "80" }
+"#;
+
 struct Case {
     name: &'static str,
     /// Files written under the test directory, on top of the default inventory and runbook.
@@ -2162,6 +2177,32 @@ error: invalid param name `备注`: expected ASCII letters, digits and `_`, not 
   |   ^^^^
 "#,
     },
+    Case {
+        // The bad param name hid both template problems: decoding stopped the run first.
+        name: "structural_and_template_errors_at_once",
+        files: &[("runbooks/x.yaml", MIXED_PROBLEMS)],
+        args: &["x", "--env", "test", "--dry-run"],
+        stderr: r#"
+error: in step `a` on host `oa1`: undefined variable `undefined_b`
+  --> runbooks/x.yaml:5:18
+  |
+5 |     run: echo {{ undefined_b }}
+  |                  ^^^^^^^^^^^
+
+error: template syntax error: unexpected end of comment
+  --> runbooks/x.yaml:7:16
+  |
+7 |     run: echo ${#TOKEN}
+  |                ^^
+  = help: `{#` opens a template comment: for the shell's `${#VAR}` write `${{ '{#' }}VAR}`, or wrap the text in `{% raw %}...{% endraw %}`
+
+error: invalid param name `1port`: expected ASCII letters, digits and `_`, not starting with a digit
+  --> runbooks/x.yaml:9:3
+  |
+9 |   1port: { default: "80" }
+  |   ^^^^^
+"#,
+    },
 ];
 
 /// Checks the case `name` of the table: exit 2, nothing on stdout, exactly its stderr.
@@ -2217,6 +2258,7 @@ macro_rules! cases {
 }
 
 cases! {
+    structural_and_template_errors_at_once
     yaml_bad_indentation
     yaml_unclosed_quote
     yaml_unclosed_flow_sequence
@@ -2338,4 +2380,35 @@ fn case_names_are_unique() {
     names.dedup();
     assert_eq!(before, names.len(), "two cases share a name");
     assert!(CASES.len() >= 40, "the suite should keep at least 40 cases");
+}
+
+/// `check` reports the structural and the template syntax problems of a file
+/// together (undefined variables need an inventory: `check` has none).
+#[test]
+fn check_reports_structural_and_template_errors_at_once() {
+    let out = Test::new()
+        .write("runbooks/x.yaml", text(MIXED_PROBLEMS))
+        .args(["check", "x"])
+        .output();
+    let want = text(
+        r#"
+error: template syntax error: unexpected end of comment
+  --> runbooks/x.yaml:7:16
+  |
+7 |     run: echo ${#TOKEN}
+  |                ^^
+  = help: `{#` opens a template comment: for the shell's `${#VAR}` write `${{ '{#' }}VAR}`, or wrap the text in `{% raw %}...{% endraw %}`
+
+error: invalid param name `1port`: expected ASCII letters, digits and `_`, not starting with a digit
+  --> runbooks/x.yaml:9:3
+  |
+9 |   1port: { default: "80" }
+  |   ^^^^^
+
+2 problems in 1 file
+"#,
+    );
+    assert_eq!(out.code, 2);
+    assert_eq!(out.stdout, "error    runbook x\n");
+    assert!(out.stderr == want, "{}", diff(want, &out.stderr));
 }
