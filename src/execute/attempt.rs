@@ -470,6 +470,7 @@ impl Engine<'_> {
             Verdict::Ok => (Status::Ok, None),
             Verdict::Skipped(why) => (Status::Skipped, Some(why)),
             Verdict::Failed(f) if f.is_timeout() => (Status::TimedOut, Some(f.to_string())),
+            Verdict::Failed(f) if f.is_interrupted() => (Status::Interrupted, Some(f.to_string())),
             Verdict::Failed(f) => (Status::Failed, Some(f.to_string())),
         };
         // Every step of a rolling run names its batch, whether or not it reads

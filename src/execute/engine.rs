@@ -243,10 +243,7 @@ impl Engine<'_> {
                     batch,
                 )
                 .await?;
-            let failed: Vec<&Done> = results
-                .iter()
-                .filter(|d| matches!(d.status, Status::Failed | Status::TimedOut))
-                .collect();
+            let failed: Vec<&Done> = results.iter().filter(|d| d.status.is_failure()).collect();
             if failed.is_empty() || step.on_failure == OnFailure::Continue {
                 if !failed.is_empty() {
                     self.ui.warn(&format!(
@@ -322,7 +319,7 @@ impl Engine<'_> {
             .collect::<Result<_, _>>()?;
         let failed: Vec<String> = results
             .iter()
-            .filter(|d| matches!(d.status, Status::Failed | Status::TimedOut))
+            .filter(|d| d.status.is_failure())
             .map(|d| d.host.clone())
             .collect();
         self.rec.emit(&Event::StepFinished {

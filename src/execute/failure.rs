@@ -16,6 +16,10 @@ pub enum Failure {
     KilledOnHost { timeout: Duration },
     #[error("{0}")]
     ConnectionLost(TransportError),
+    /// "Stop now" (a second Ctrl-C, SIGTERM or SIGHUP, or the Ctrl-C menu): opsrun
+    /// killed the command on the host before it finished.
+    #[error("stopped: the command was killed on the host before it finished ({why})")]
+    Stopped { why: String },
     #[error("{0}")]
     Transport(TransportError),
     #[error("no connection to this host")]
@@ -56,6 +60,12 @@ fn exit_text(code: Option<i32>, quote: &str) -> String {
 }
 
 impl Failure {
+    /// Whether the command may have been partly applied because it did not run to
+    /// its end: recorded as interrupted, and undone by a rollback.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, Failure::ConnectionLost(_) | Failure::Stopped { .. })
+    }
+
     /// Whether the step's `timeout` ended it: recorded as timed out, not failed.
     pub fn is_timeout(&self) -> bool {
         matches!(

@@ -23,6 +23,7 @@ fn mark(status: Status) -> String {
         Status::Ok => style("✓").green().to_string(),
         Status::Failed => style("✗").red().bold().to_string(),
         Status::TimedOut => style("⏱").red().bold().to_string(),
+        Status::Interrupted => style("!").red().bold().to_string(),
         Status::Skipped => style("-").dim().to_string(),
     }
 }

@@ -15,6 +15,9 @@ pub enum Status {
     Failed,
     Skipped,
     TimedOut,
+    /// Stopped or lost before it finished (stop now, the connection dropped): the
+    /// command may have been partly applied, so a rollback undoes it too.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +28,16 @@ pub enum Outcome {
     /// The operator said no at a gate, or stdin could not answer one.
     NotConfirmed,
     Interrupted,
+}
+
+impl Status {
+    /// Whether the host's part did not succeed (failed, timed out or interrupted).
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Status::Failed | Status::TimedOut | Status::Interrupted
+        )
+    }
 }
 
 /// The journal format [`Event::RunStarted`] records. Version 0 (no `version`

@@ -28,6 +28,7 @@ fn status_word(s: Status) -> &'static str {
         Status::Failed => "FAILED",
         Status::Skipped => "skipped",
         Status::TimedOut => "TIMED OUT",
+        Status::Interrupted => "INTERRUPTED",
     }
 }
 
