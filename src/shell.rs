@@ -3,6 +3,8 @@
 //! Everything a host receives is built here, so the dry-run shows byte for byte
 //! what a run sends: `cd`, `env`, `as:` (su/sudo) and `timeout` wrapping included.
 
+pub mod envelope;
+
 use std::time::Duration;
 
 /// Quotes `s` as one literal POSIX shell word. Safe words are left bare for readability.

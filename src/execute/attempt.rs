@@ -252,10 +252,18 @@ impl Engine<'_> {
         host: &str,
         timeout: Option<Duration>,
     ) -> Result<crate::transport::Outcome, Failure> {
-        let cmd = Command {
-            line: line.to_string(),
-            stdin,
-        };
+        if self.stopping() {
+            return Err(Failure::Stopped {
+                why: format!("{}; not started", self.stop_reason()),
+            });
+        }
+        let (line, tag) = self.supervised(conn, host, line);
+        #[cfg(test)]
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((host.to_string(), tag.clone()));
+        let cmd = Command { line, stdin };
         let redactor = &self.redactor;
         let ui = self.ui;
         // The live view (-v) shows whole lines only: a command that writes a secret
@@ -297,6 +305,16 @@ impl Engine<'_> {
                 ui.output(host, &redactor.redact_bytes(&rest));
             }
         }
+        // However it ended (killed by TERM, or the channel closing), a command
+        // that "stop now" killed is recorded as stopped, not as failing by itself.
+        #[cfg(test)]
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(host.to_string(), tag.clone()));
+        if let Some(why) = self.was_killed(host, &tag).await {
+            return Err(Failure::Stopped { why });
+        }
         result
     }
 
@@ -310,6 +328,16 @@ impl Engine<'_> {
         host: &str,
         batch: Option<usize>,
     ) -> Result<Done, ExecError> {
+        if self.stopping() {
+            // Queued behind --forks when the run was stopped: it never started,
+            // so nothing is recorded that a rollback or a resume would misread.
+            return Ok(Done {
+                host: host.to_string(),
+                status: Status::Skipped,
+                detail: format!("not started: {}", self.stop_reason()),
+                output: None,
+            });
+        }
         let mut rec = Record::new(phase, number, step, host, batch);
         let verdict = self.attempt(r, &mut rec).await?;
         self.finish(rec, verdict).await
@@ -423,6 +451,11 @@ impl Engine<'_> {
             };
             if let Some(line) = line {
                 for attempt in 1..=step.retries + 1 {
+                    if self.stopping() {
+                        return Ok(Verdict::Failed(Failure::Stopped {
+                            why: format!("{}; before check attempt {attempt}", self.stop_reason()),
+                        }));
+                    }
                     let (code, output) = match self
                         .exec(conn, &line, env_stdin(&real), host, step.timeout)
                         .await
@@ -448,7 +481,12 @@ impl Engine<'_> {
                         return Ok(Verdict::Ok);
                     }
                     if attempt <= step.retries {
-                        tokio::time::sleep(step.delay).await;
+                        // "Stop now" ends the wait between attempts too.
+                        let mut kill = self.kill.subscribe();
+                        tokio::select! {
+                            _ = tokio::time::sleep(step.delay) => {}
+                            _ = kill.wait_for(|k| *k != super::supervise::Kill::None) => {}
+                        }
                     }
                 }
                 return Ok(Verdict::Failed(Failure::CheckFailed {

@@ -65,6 +65,15 @@ pub struct Engine<'a> {
     pub interrupt: &'a Interrupt,
     /// The forward step that stopped the run, whose `on_failure` decides what follows.
     pub failed_step: Mutex<Option<usize>>,
+    /// The run's id: where its commands register on each host (`supervise`).
+    pub run_id: String,
+    /// Numbers the commands of the run, for their registry entries.
+    pub tags: std::sync::atomic::AtomicU64,
+    /// "Stop now" and what it killed (`supervise`).
+    pub kill: tokio::sync::watch::Sender<crate::execute::supervise::Kill>,
+    /// The (host, tag) of each command on its way: a scripted host's "stop now" kills these.
+    #[cfg(test)]
+    pub running: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// What one host did in one step.
@@ -170,7 +179,7 @@ impl Engine<'_> {
             if self.interrupt.get().is_some() {
                 return Ok(Some(Finish {
                     outcome: RunOutcome::Interrupted,
-                    message: "stopped by the operator (Ctrl-C) after the running step".into(),
+                    message: self.interrupt.stopped_message(),
                     exit_code: exit::INTERRUPTED,
                 }));
             }

@@ -1,15 +1,19 @@
-//! Ctrl-C, in one place: the SIGINT count that prompts watch, the signal task
-//! that presses Ctrl-C on the run, the question the operator is asked, and the
-//! choice the engine reads back between steps.
+//! Ctrl-C, SIGTERM and SIGHUP, in one place: the signal count that prompts
+//! watch, the signal task that presses on the run, the question the operator
+//! is asked, and the choice the engine reads back between steps.
 //!
 //! A first Ctrl-C on a terminal asks [`Stop`]; a second one, or one without a
-//! terminal, means [`Stop::Now`]. The choice is recorded as an `Interrupt` event.
+//! terminal, means [`Stop::Now`]. A first SIGTERM or SIGHUP asks nothing (the
+//! terminal may be gone): the running step finishes, no new one starts. Any
+//! signal after a choice means [`Stop::Now`]: the running commands are killed
+//! on their hosts (`supervise`). Each decision is recorded as an `Interrupt`
+//! event, with the signal that made it.
 
 use crate::execute::engine::{Engine, ExecError, Finish};
-use crate::record::events::{self, Event};
+use crate::record::events::{self, Event, Signal};
 use std::io::{BufRead, IsTerminal};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What the operator asked for with Ctrl-C: the journal's own vocabulary.
 pub use crate::record::events::Stop;
@@ -21,11 +25,23 @@ pub use crate::record::events::Stop;
 /// [`watch_signals`]); the engine tests hold another and press it from a
 /// scripted host, with a scripted answer, instead of sending real signals.
 pub struct Interrupt {
-    choice: Mutex<Option<Stop>>,
-    presses: tokio::sync::mpsc::UnboundedSender<()>,
+    /// Shared with every [`CtrlC`] handle: SIGTERM and SIGHUP decide at once,
+    /// wherever the run is (connecting, undoing), not only while a step runs.
+    choice: Choice,
+    presses: tokio::sync::mpsc::UnboundedSender<Press>,
     /// Taken by [`interruptible`] while a step list runs: presses are heard only then.
-    heard: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<()>>>,
+    heard: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Press>>>,
     asker: Asker,
+}
+
+/// The choice made and the signal that made it, shared by a run and its handles.
+type Choice = Arc<Mutex<Option<(Stop, Option<Signal>)>>>;
+
+/// One signal on the run; `decided` when the signal itself made the choice.
+#[derive(Debug, Clone, Copy)]
+struct Press {
+    signal: Signal,
+    decided: Option<Stop>,
 }
 
 /// Who answers "What now?" after a first Ctrl-C.
@@ -37,14 +53,40 @@ enum Asker {
     Scripted(Box<dyn Fn() -> Stop + Send + Sync>),
 }
 
-/// Presses Ctrl-C on a run, as SIGINT does.
+/// Presses Ctrl-C on a run, as SIGINT does (or delivers SIGTERM or SIGHUP).
 #[derive(Debug, Clone)]
-pub struct CtrlC(tokio::sync::mpsc::UnboundedSender<()>);
+pub struct CtrlC {
+    presses: tokio::sync::mpsc::UnboundedSender<Press>,
+    choice: Choice,
+}
 
 impl CtrlC {
+    #[cfg(test)]
     pub fn press(&self) {
+        self.signal(Signal::CtrlC);
+    }
+
+    /// A signal on the run. SIGTERM and SIGHUP decide here: the first lets the
+    /// running step finish, a later one (after any choice) stops now. Ctrl-C is
+    /// decided where the run listens, which may ask the operator.
+    pub fn signal(&self, signal: Signal) {
+        let decided = match signal {
+            Signal::CtrlC => None,
+            Signal::Term | Signal::Hangup => {
+                let mut choice = self.choice.lock().unwrap_or_else(|p| p.into_inner());
+                let stop = match *choice {
+                    None => Stop::AfterStep,
+                    Some(_) => Stop::Now,
+                };
+                // A "stop and roll back" already chosen stays that: the rollback was asked for.
+                if !matches!(*choice, Some((Stop::NowAndRollback, _))) {
+                    *choice = Some((stop, Some(signal)));
+                }
+                Some(choice.map_or(stop, |(c, _)| c))
+            }
+        };
         // The run has ended when nobody listens any more: nothing left to stop.
-        let _ = self.0.send(());
+        let _ = self.presses.send(Press { signal, decided });
     }
 }
 
@@ -58,7 +100,7 @@ impl Interrupt {
     fn with(asker: Asker) -> Interrupt {
         let (presses, heard) = tokio::sync::mpsc::unbounded_channel();
         Interrupt {
-            choice: Mutex::new(None),
+            choice: Arc::default(),
             presses,
             heard: Mutex::new(Some(heard)),
             asker,
@@ -73,21 +115,49 @@ impl Interrupt {
 
     /// A handle that presses Ctrl-C on this run.
     pub fn ctrl_c(&self) -> CtrlC {
-        CtrlC(self.presses.clone())
+        CtrlC {
+            presses: self.presses.clone(),
+            choice: Arc::clone(&self.choice),
+        }
     }
 
-    pub fn set(&self, stop: Stop) {
-        *self.choice.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop);
+    pub fn set(&self, stop: Stop, signal: Signal) {
+        *self.choice.lock().unwrap_or_else(|p| p.into_inner()) = Some((stop, Some(signal)));
     }
 
     pub fn get(&self) -> Option<Stop> {
-        *self.choice.lock().unwrap_or_else(|p| p.into_inner())
+        self.choice
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|(c, _)| c)
+    }
+
+    /// The signal that made the choice (`None`: no choice, or an old-style one).
+    pub fn signal(&self) -> Option<Signal> {
+        self.choice
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .and_then(|(_, s)| s)
+    }
+
+    /// How the run was stopped, for the message it ends with.
+    pub fn stopped_message(&self) -> String {
+        let by = match self.signal() {
+            Some(Signal::CtrlC) | None => "by the operator (Ctrl-C)".to_string(),
+            Some(s) => format!("by {}", s.name()),
+        };
+        match self.get() {
+            Some(Stop::AfterStep) => format!("stopped {by} after the running step"),
+            _ => format!("stopped {by}: the running step was killed on its hosts"),
+        }
     }
 
     /// Whether a first Ctrl-C asks "What now?" rather than stopping at once.
     fn asks(&self, gates_interactive: bool) -> bool {
         match self.asker {
-            Asker::Terminal => gates_interactive && std::io::stderr().is_terminal(),
+            Asker::Terminal => {
+                gates_interactive && std::io::stderr().is_terminal() && !terminal_gone()
+            }
             #[cfg(test)]
             Asker::Scripted(_) => true,
         }
@@ -102,22 +172,63 @@ impl Interrupt {
     }
 }
 
-/// SIGINTs received, counted by a plain signal handler: a prompt blocks the
-/// thread that would otherwise run tokio's signal driver, so it cannot rely on
-/// the async handler to notice a Ctrl-C typed at the prompt.
+/// SIGINTs, SIGTERMs and SIGHUPs received, counted by a plain signal handler:
+/// a prompt blocks the thread that would otherwise run tokio's signal driver,
+/// so it cannot rely on the async handler to notice a signal while it waits.
 static SIGINTS: AtomicUsize = AtomicUsize::new(0);
 
-/// Starts counting SIGINTs (idempotent); call before any prompt can be shown.
+/// Set by SIGHUP: the terminal is gone, so nothing is asked any more.
+static HUNG_UP: AtomicBool = AtomicBool::new(false);
+
+/// `/dev/null`, opened before any signal can come: the SIGHUP handler puts it
+/// in place of the standard streams that were the terminal (a write to a
+/// hung-up terminal fails, and Rust's `eprintln!` panics on a failed write).
+static DEV_NULL: AtomicI32 = AtomicI32::new(-1);
+/// Bit n: standard stream n was a terminal when counting started.
+static ON_TERMINAL: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether the terminal hung up (SIGHUP): no prompt may be shown any more.
+pub fn terminal_gone() -> bool {
+    HUNG_UP.load(Ordering::SeqCst)
+}
+
+/// Starts counting signals (idempotent); call before any prompt can be shown.
 pub fn count_sigints() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: the action only does an atomic add, which is async-signal-safe;
-        // the registry chains it with tokio's own SIGINT handler.
-        let _ = unsafe {
-            signal_hook_registry::register(libc::SIGINT, || {
+        let mut ttys = 0;
+        for fd in 0..3 {
+            // SAFETY: isatty only inspects the descriptor.
+            if unsafe { libc::isatty(fd) } == 1 {
+                ttys |= 1 << fd;
+            }
+        }
+        ON_TERMINAL.store(ttys, Ordering::SeqCst);
+        // SAFETY: a plain open of /dev/null; the descriptor is kept for the process's life.
+        let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        DEV_NULL.store(null, Ordering::SeqCst);
+        // SAFETY: the actions only do atomic operations and dup2, which are
+        // async-signal-safe; the registry chains them with tokio's own handlers.
+        unsafe {
+            for sig in [libc::SIGINT, libc::SIGTERM] {
+                let _ = signal_hook_registry::register(sig, || {
+                    SIGINTS.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            let _ = signal_hook_registry::register(libc::SIGHUP, || {
+                HUNG_UP.store(true, Ordering::SeqCst);
+                let null = DEV_NULL.load(Ordering::SeqCst);
+                let ttys = ON_TERMINAL.load(Ordering::SeqCst);
+                if null >= 0 {
+                    for fd in 0..3 {
+                        if ttys & (1 << fd) != 0 {
+                            libc::dup2(null, fd);
+                        }
+                    }
+                }
                 SIGINTS.fetch_add(1, Ordering::SeqCst);
-            })
-        };
+            });
+        }
     });
 }
 
@@ -168,11 +279,27 @@ pub fn discard_typeahead() {
     }
 }
 
-/// Turns each SIGINT into a press on the run (tokio's handler replaces the
-/// default one, so Ctrl-C never kills opsrun outright).
+/// Turns each SIGINT, SIGTERM and SIGHUP into a press on the run (tokio's
+/// handlers replace the default ones, so no signal kills opsrun outright: the
+/// run always ends with its record, its log, its locks released).
 pub(crate) async fn watch_signals(ctrl_c: CtrlC) {
-    while tokio::signal::ctrl_c().await.is_ok() {
-        ctrl_c.press();
+    use tokio::signal::unix::{signal, SignalKind};
+    count_sigints();
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return;
+    };
+    loop {
+        let sig = tokio::select! {
+            Some(()) = int.recv() => Signal::CtrlC,
+            Some(()) = term.recv() => Signal::Term,
+            Some(()) = hup.recv() => Signal::Hangup,
+            else => return,
+        };
+        ctrl_c.signal(sig);
     }
 }
 
@@ -217,27 +344,58 @@ pub(crate) async fn interruptible<
         return Some(fut.await);
     };
     // A Ctrl-C while no step list ran (between batches) was not heard then: as
-    // before, it is not answered now either.
-    while rx.try_recv().is_ok() {}
+    // before, it is not answered now either. A SIGTERM or SIGHUP decided
+    // already (the step loop will not start another step): it is recorded.
+    while let Ok(press) = rx.try_recv() {
+        if let Some(choice) = press.decided {
+            let _ = engine.rec.emit(&Event::Interrupt {
+                time: events::now(),
+                choice,
+                signal: Some(press.signal),
+            });
+        }
+    }
     tokio::pin!(fut);
     let interactive = engine.interrupt.asks(engine.gates.interactive);
-    let mut presses = 0;
     let result = loop {
         tokio::select! {
             r = &mut fut => break Some(r),
-            Some(()) = rx.recv() => {
-                presses += 1;
-                if presses > 1 || !interactive {
-                    engine.interrupt.set(Stop::Now);
-                } else {
-                    let choice = engine.ui.suspend(|| engine.interrupt.ask());
-                    // A second Ctrl-C while the question was open counts as "stop now".
-                    let choice = if rx.try_recv().is_ok() { Stop::Now } else { choice };
-                    engine.interrupt.set(choice);
+            Some(press) = rx.recv() => {
+                let choice = match press.decided {
+                    Some(choice) => choice,
+                    // Any Ctrl-C after a choice: stop now.
+                    None if engine.interrupt.get().is_some() || !interactive || terminal_gone() => {
+                        Stop::Now
+                    }
+                    None => {
+                        let choice = engine.ui.suspend(|| engine.interrupt.ask());
+                        // A second signal while the question was open counts as "stop now".
+                        match rx.try_recv() {
+                            Ok(_) => Stop::Now,
+                            Err(_) => choice,
+                        }
+                    }
+                };
+                if press.decided.is_none() {
+                    engine.interrupt.set(choice, press.signal);
                 }
-                let choice = engine.interrupt.get().unwrap_or(Stop::Now);
-                let _ = engine.rec.emit(&Event::Interrupt { time: events::now(), choice });
+                let _ = engine.rec.emit(&Event::Interrupt {
+                    time: events::now(),
+                    choice,
+                    signal: Some(press.signal),
+                });
                 if choice != Stop::AfterStep {
+                    // Killed on the hosts, then the step is let finish, so each
+                    // killed command is recorded as stopped (not abandoned).
+                    engine.kill_running(&engine.interrupt.stopped_message()).await;
+                    let _ = tokio::time::timeout(
+                        crate::execute::supervise::RECORD_AFTER_KILL,
+                        &mut fut,
+                    )
+                    .await;
+                    // The stopped step is over: what follows (the rollback the
+                    // operator chose, the lock release) runs its commands again.
+                    engine.kill.send_replace(Default::default());
                     break None;
                 }
             }

@@ -5,11 +5,20 @@
 //! touching the host is refused and told who holds it. A lock whose owner
 //! process is gone (on this control machine) is stale and can be broken with
 //! `--break-lock`, which the journal records.
+//!
+//! The lock belongs to the run: a stale lock left by a killed run is taken over
+//! by that same change's `opsrun rollback` or `--resume` (the journals prove
+//! the lineage, the dead pid proves the owner is gone) without `--break-lock`;
+//! what the killed run left running on the host is killed first. A lock is
+//! released only when no command of the run is still running on the host, and
+//! `--break-lock` refuses a lock whose owner's commands still run there.
 
 use super::engine::{Engine, ExecError};
-use super::{control_host, Settings};
+use super::supervise::{registry, KILL_GRACE};
+use super::{control_host, Mode, Settings};
 use crate::plan::Plan;
 use crate::record::events::{self, Event, LockAction};
+use crate::shell::envelope::{self, Seen};
 use crate::shell::quote;
 use crate::transport::Command;
 use crate::transport::{ConnectionKind, Endpoint};
@@ -68,6 +77,16 @@ pub fn release_command(path: &str, run_id: &str) -> String {
     format!(
         "grep -qF {} {p}/owner 2>/dev/null && rm -rf {p}",
         quote(&format!("\"run_id\":\"{run_id}\""))
+    )
+}
+
+/// Makes `owner` the holder of a lock that is already there.
+pub fn take_over_command(path: &str, owner: &Owner) -> String {
+    let json = serde_json::to_string(owner).unwrap_or_default();
+    let p = quote(path);
+    format!(
+        "[ -d {p} ] && printf '%s\\n' {j} > {p}/owner.new && mv -f {p}/owner.new {p}/owner && echo {TAKEN}",
+        j = quote(&json)
     )
 }
 
@@ -154,6 +173,14 @@ pub(super) async fn take_locks(
         pid: std::process::id(),
         started: events::now().to_rfc3339(),
     };
+    // The runs of this change whose stale lock this run may take over.
+    let lineage: Vec<String> = match &s.mode {
+        Mode::Run => Vec::new(),
+        Mode::Resume(r) | Mode::Rollback(r) => std::iter::once(r.id.clone())
+            .chain(crate::record::view::continuations_of(&s.log_dir, &r.id))
+            .filter(|id| id != run_id)
+            .collect(),
+    };
     let mut refused = Vec::new();
     for h in &plan.hosts {
         let Some(conn) = engine.conns.get(&h.name) else {
@@ -182,6 +209,43 @@ pub(super) async fn take_locks(
                 Acquired::Held(owner) => {
                     let who = describe(&owner);
                     let stale = owner.as_ref().is_some_and(|o| is_stale(o, &control_host()));
+                    if let Some(o) = owner
+                        .as_ref()
+                        .filter(|o| stale && lineage.contains(&o.run_id))
+                    {
+                        let killed = kill_leftovers(engine, conn, &h.name, &o.run_id).await;
+                        let out = conn
+                            .exec(&Command::new(take_over_command(&path, &me)), &mut |_, _| {})
+                            .await;
+                        if out.is_ok_and(|o| {
+                            parse_acquire(&String::from_utf8_lossy(&o.stdout)) == Acquired::Taken
+                        }) {
+                            let detail =
+                                format!("from run {} (pid {} is gone){killed}", o.run_id, o.pid);
+                            engine
+                                .ui
+                                .line(&format!("{}: took over the lock {detail}", h.name));
+                            lock_event(engine, &h.name, &path, LockAction::TakenOver, detail)?;
+                            held.push((h.endpoint.clone(), path.clone()));
+                            break;
+                        }
+                    }
+                    // Breaking a lock whose owner's commands still run on the host
+                    // would let a second run work beside them.
+                    let running = match &owner {
+                        Some(o) if s.break_lock => still_running(conn, &h.name, &o.run_id).await,
+                        _ => Vec::new(),
+                    };
+                    if !running.is_empty() {
+                        lock_event(engine, &h.name, &path, LockAction::Held, who.clone())?;
+                        refused.push(format!(
+                            "{} is locked ({path}) by {who}, and {} of that run still running there (process group {}): --break-lock would let this run work beside it; wait for it, or stop it on the host",
+                            h.name,
+                            crate::plural::count(running.len(), "command is", "commands are"),
+                            running.join(", ")
+                        ));
+                        break;
+                    }
                     // Only a lock known to be dead is broken: its owner's pid is gone on
                     // this machine, or it has no readable owner. A run from another
                     // control machine cannot be checked from here.
@@ -226,9 +290,82 @@ pub(super) async fn take_locks(
     Ok((!refused.is_empty()).then(|| refused.join("\n")))
 }
 
+/// What a killed run `of` left running on `host`, killed now; said as the tail
+/// of the lock event's detail (empty when nothing was left).
+async fn kill_leftovers(
+    engine: &Engine<'_>,
+    conn: &crate::transport::Connection,
+    host: &str,
+    of: &str,
+) -> String {
+    let dir = registry(of, host);
+    let line = envelope::kill_command(&dir, KILL_GRACE);
+    let seen = match conn.exec(&Command::new(line), &mut |_, _| {}).await {
+        Ok(o) => envelope::parse_seen(&String::from_utf8_lossy(&o.stdout)),
+        Err(_) => Vec::new(),
+    };
+    let _ = conn
+        .exec(&Command::new(envelope::clear_command(&dir)), &mut |_, _| {})
+        .await;
+    let mut said = String::new();
+    for s in &seen {
+        let line = match s {
+            Seen::Unkillable { pgid, .. } => format!(
+                "a command of run {of} is still running there (process group {pgid}) and could not be killed from this login"
+            ),
+            Seen::Killed { pgid, .. } | Seen::Running { pgid, .. } => {
+                format!("killed a command of run {of} still running there (process group {pgid})")
+            }
+        };
+        engine.ui.warn(&format!("{host}: {line}"));
+        said.push_str("; ");
+        said.push_str(&line);
+    }
+    said
+}
+
+/// The process groups of run `of`'s commands still running on `host`.
+async fn still_running(conn: &crate::transport::Connection, host: &str, of: &str) -> Vec<String> {
+    let line = envelope::survey_command(&registry(of, host));
+    match conn.exec(&Command::new(line), &mut |_, _| {}).await {
+        Ok(o) => envelope::parse_seen(&String::from_utf8_lossy(&o.stdout))
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Running { pgid, .. } => Some(pgid.to_string()),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Whether a command of run `run_id` still runs on `host`; clears its registry if not.
+async fn busy(conn: &crate::transport::Connection, host: &str, run_id: &str) -> bool {
+    let line = envelope::clear_command(&registry(run_id, host));
+    conn.exec(&Command::new(line), &mut |_, _| {})
+        .await
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "busy")
+}
+
 pub(super) async fn release_locks(engine: &Engine<'_>, held: &[(Endpoint, String)], run_id: &str) {
+    // The control machine's registry (`local: true` steps) has no lock to keep.
+    let _ = busy(&engine.local, crate::plan::HostRef::CONTROL_NAME, run_id).await;
     for (ep, path) in held {
         if let Some(conn) = engine.conns.get(&ep.host) {
+            if busy(conn, &ep.host, run_id).await {
+                engine.ui.warn(&format!(
+                    "{}: a command of this run is still running there: its lock is kept ({path}); `opsrun rollback` or `--resume` of this run takes it over",
+                    ep.host
+                ));
+                let _ = lock_event(
+                    engine,
+                    &ep.host,
+                    path,
+                    LockAction::KeptBusy,
+                    "a command of the run is still running on the host".into(),
+                );
+                continue;
+            }
             let ok = conn
                 .exec(&Command::new(release_command(path, run_id)), &mut |_, _| {})
                 .await

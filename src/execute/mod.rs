@@ -20,6 +20,9 @@ pub mod lock;
 mod logfile;
 mod resume;
 mod rollback;
+mod run_tmp;
+mod supervise;
+use run_tmp::RunTmp;
 
 use lock::{release_locks, take_locks};
 pub use logfile::{write_log, LOG_FILE};
@@ -229,6 +232,11 @@ async fn run_async(
         completed: Mutex::new(completed),
         interrupt,
         failed_step: Mutex::new(None),
+        run_id: run_id.clone(),
+        tags: Default::default(),
+        kill: tokio::sync::watch::Sender::new(Default::default()),
+        #[cfg(test)]
+        running: Default::default(),
     };
 
     let signals = tokio::spawn(interrupt::watch_signals(interrupt.ctrl_c()));
@@ -321,67 +329,18 @@ async fn run_async(
             finish.message
         )),
     }
+    if finish.outcome == Outcome::Interrupted && !matches!(s.mode, Mode::Rollback(_)) {
+        // What the operator types next, whatever stopped the run.
+        ui.line(&format!(
+            "  to undo what it changed: opsrun rollback {}; to go on: the same command with --resume {}",
+            rec.dir().display(),
+            run_id
+        ));
+    }
     Ok(RunResult {
         exit_code: finish.exit_code,
         log: Some(log),
     })
-}
-
-/// The run's private temporary directory on the control machine, given to `local`
-/// steps as `TMPDIR`: what they stage there (an upgrade's copy of its packages, GBs)
-/// is removed when the run ends, however it ends, short of SIGKILL.
-pub(super) struct RunTmp(Option<PathBuf>);
-
-impl RunTmp {
-    /// `opsrun-RUN.XXXXXX` in the system temp dir (`$TMPDIR` or /tmp), made by
-    /// mkdtemp: mode 0700, and a name no other user can have prepared.
-    fn create(run_id: &str) -> std::io::Result<RunTmp> {
-        use std::os::unix::ffi::{OsStrExt, OsStringExt};
-        let template = PathBuf::from(format!("{}{run_id}.XXXXXX", Self::prefix()));
-        let mut bytes =
-            std::ffi::CString::new(template.as_os_str().as_bytes())?.into_bytes_with_nul();
-        // SAFETY: a NUL-terminated buffer that mkdtemp rewrites in place, within its length.
-        if unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) }.is_null() {
-            return Err(std::io::Error::last_os_error());
-        }
-        bytes.pop();
-        Ok(RunTmp(Some(PathBuf::from(std::ffi::OsString::from_vec(
-            bytes,
-        )))))
-    }
-
-    /// How every run's directory name starts (`/tmp/opsrun-`).
-    pub(super) fn prefix() -> String {
-        std::env::temp_dir()
-            .join("opsrun-")
-            .to_string_lossy()
-            .into_owned()
-    }
-
-    fn path(&self) -> &Path {
-        self.0.as_deref().unwrap_or(Path::new(""))
-    }
-
-    /// Removes it, saying so if that fails: the operator must know what is left behind.
-    fn remove(mut self, ui: &Ui) {
-        if let Some(dir) = self.0.take() {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                ui.warn(&format!(
-                    "could not remove the run's temporary directory {}: {e}",
-                    dir.display()
-                ));
-            }
-        }
-    }
-}
-
-impl Drop for RunTmp {
-    /// A run that ends on an error (the record cannot be written) cleans up too.
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
 }
 
 /// Opens one master connection per host, all before the first step: a host
@@ -565,12 +524,7 @@ async fn stopped(engine: &mut Engine<'_>) -> Result<Finish, ExecError> {
     let choice = engine.interrupt.get().unwrap_or(Stop::Now);
     let base = Finish {
         outcome: Outcome::Interrupted,
-        message: match choice {
-            Stop::AfterStep => "stopped by the operator (Ctrl-C) after the running step".into(),
-            _ => {
-                "interrupted by the operator (Ctrl-C); the running step was left unfinished".into()
-            }
-        },
+        message: engine.interrupt.stopped_message(),
         exit_code: exit::INTERRUPTED,
     };
     if choice != Stop::NowAndRollback {

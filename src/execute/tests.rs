@@ -130,14 +130,20 @@ fn run(runbook: &str, fleet: &Fleet) -> Ran {
     )
 }
 
+/// The lock and the registry of the run's commands on a host: not the runbook's commands.
+fn bookkeeping(r: &crate::transport::fake::Received) -> bool {
+    r.line.contains("/tmp/opsrun-lock-") || r.line.contains("/tmp/opsrun-run-")
+}
+
 impl Ran {
     /// `host: command` for every command the hosts received, in order; the lock
-    /// taken before the first step and released after the last are left out.
+    /// taken before the first step and released after the last, and the
+    /// bookkeeping of the run's commands on each host, are left out.
     fn commands(&self) -> Vec<String> {
         self.fleet
             .received()
             .into_iter()
-            .filter(|r| !r.line.contains("/tmp/opsrun-lock-"))
+            .filter(|r| !bookkeeping(r))
             .map(|r| format!("{}: {}", r.host, r.line))
             .collect()
     }
@@ -341,155 +347,6 @@ fn a_resume_starts_at_the_first_step_not_done_everywhere_with_the_run_s_captures
     assert_eq!(resume_start(&probe, &all), None);
 }
 
-/// A fleet where oa1's `deploy v2` presses Ctrl-C as it starts and is still
-/// running when the operator answers; oa2's finishes at once.
-fn interrupted_at_deploy(interrupt: &Interrupt) -> Fleet {
-    let fleet = fleet();
-    let ctrl_c = interrupt.ctrl_c();
-    fleet.answer(move |r| {
-        (r.host == "oa1" && r.line == "deploy v2").then(|| {
-            ctrl_c.press();
-            Reply::ok().after(RUNNING)
-        })
-    });
-    fleet
-}
-
-fn ctrl_c(answer: Stop) -> Ran {
-    let interrupt = Interrupt::scripted(move || answer);
-    let fleet = interrupted_at_deploy(&interrupt);
-    Lab::new().run(
-        &mut planner(DEPLOY, options()),
-        &fleet,
-        Mode::Run,
-        interrupt,
-    )
-}
-
-fn interrupts(ran: &Ran) -> usize {
-    ran.events()
-        .iter()
-        .filter(|e| matches!(e, Event::Interrupt { .. }))
-        .count()
-}
-
-#[test]
-fn ctrl_c_wait_lets_the_running_step_finish_then_stops() {
-    let ran = ctrl_c(Stop::AfterStep);
-    assert_eq!(
-        ran.commands(),
-        [
-            "oa1: stop app",
-            "oa2: stop app",
-            "oa1: deploy v2",
-            "oa2: deploy v2"
-        ]
-    );
-    assert_eq!(ran.exit_code, exit::INTERRUPTED);
-    assert_eq!(
-        ran.message(),
-        "stopped by the operator (Ctrl-C) after the running step"
-    );
-    assert_eq!(interrupts(&ran), 1);
-    // The step finished on both hosts: a resume would start after it.
-    let recorded = crate::record::runs::load(&ran.dir).unwrap();
-    assert_eq!(
-        resume_start(&planner(DEPLOY, options()), &recorded),
-        Some(2)
-    );
-}
-
-#[test]
-fn ctrl_c_stop_now_leaves_the_running_step_unfinished_and_undoes_nothing() {
-    let ran = ctrl_c(Stop::Now);
-    assert_eq!(
-        ran.commands(),
-        [
-            "oa1: stop app",
-            "oa2: stop app",
-            "oa1: deploy v2",
-            "oa2: deploy v2"
-        ]
-    );
-    assert_eq!(ran.exit_code, exit::INTERRUPTED);
-    assert_eq!(
-        ran.message(),
-        "interrupted by the operator (Ctrl-C); the running step was left unfinished"
-    );
-    assert_eq!(interrupts(&ran), 1);
-    // oa1's deploy never finished: a resume runs it again.
-    let recorded = crate::record::runs::load(&ran.dir).unwrap();
-    assert_eq!(
-        resume_start(&planner(DEPLOY, options()), &recorded),
-        Some(1)
-    );
-}
-
-#[test]
-fn ctrl_c_stop_and_roll_back_undoes_what_completed_and_not_the_unfinished_step() {
-    let ran = ctrl_c(Stop::NowAndRollback);
-    assert_eq!(
-        ran.commands(),
-        [
-            "oa1: stop app",
-            "oa2: stop app",
-            "oa1: deploy v2",
-            "oa2: deploy v2",
-            // oa1's deploy was cut off: only oa2's is undone.
-            "oa2: deploy v1",
-            "oa1: start app",
-            "oa2: start app",
-        ]
-    );
-    assert_eq!(ran.exit_code, exit::INTERRUPTED);
-    assert_eq!(
-        ran.message(),
-        "interrupted by the operator (Ctrl-C); the running step was left unfinished; \
-         rolled back 2 steps: undone on oa1: `stop`; on oa2: `deploy`, `stop`"
-    );
-}
-
-#[test]
-fn a_second_ctrl_c_while_the_question_is_open_stops_now() {
-    // The operator presses Ctrl-C again instead of answering (the answer "wait" is never typed).
-    let handle = std::sync::Arc::new(std::sync::Mutex::new(None::<interrupt::CtrlC>));
-    let interrupt = Interrupt::scripted({
-        let handle = std::sync::Arc::clone(&handle);
-        move || {
-            if let Some(c) = &*handle.lock().unwrap() {
-                c.press();
-            }
-            Stop::AfterStep
-        }
-    });
-    *handle.lock().unwrap() = Some(interrupt.ctrl_c());
-    let fleet = interrupted_at_deploy(&interrupt);
-    let ran = Lab::new().run(
-        &mut planner(DEPLOY, options()),
-        &fleet,
-        Mode::Run,
-        interrupt,
-    );
-    assert_eq!(
-        ran.commands(),
-        [
-            "oa1: stop app",
-            "oa2: stop app",
-            "oa1: deploy v2",
-            "oa2: deploy v2"
-        ]
-    );
-    assert_eq!(
-        (ran.exit_code, ran.message()),
-        (
-            exit::INTERRUPTED,
-            "interrupted by the operator (Ctrl-C); the running step was left unfinished".into()
-        )
-    );
-    // One choice recorded: the second press answered the question, it did not ask again.
-    assert_eq!(interrupts(&ran), 1);
-}
-
 #[test]
 fn a_failed_undo_is_reported_and_the_other_undos_still_run() {
     let fleet = fleet();
@@ -561,7 +418,7 @@ steps:
     let received: Vec<(String, String, Option<String>)> = fleet
         .received()
         .into_iter()
-        .filter(|r| !r.line.contains("/tmp/opsrun-lock-"))
+        .filter(|r| !bookkeeping(r))
         .map(|r| {
             let stdin = r.stdin.map(|b| String::from_utf8(b).unwrap());
             (r.host, r.line, stdin)
@@ -638,3 +495,5 @@ steps:
     assert_eq!(asked, [stop(1), tell.clone(), stop(2), tell]);
     assert_eq!(gate.question(Some(2)), "Stop the app? (batch 2/2: oa2)");
 }
+
+mod interrupt;

@@ -122,6 +122,12 @@ pub enum LockAction {
     Released,
     #[serde(alias = "release failed")]
     ReleaseFailed,
+    /// Left by an earlier run of the same change that was killed (its process
+    /// is gone), and taken over by its `opsrun rollback` or `--resume`.
+    TakenOver,
+    /// Not released: a command of the run is still running on the host. The
+    /// run's rollback or resume takes it over.
+    KeptBusy,
 }
 
 /// What the operator chose at Ctrl-C. Version 0 wrote the variant names.
@@ -137,6 +143,31 @@ pub enum Stop {
     /// Stop now and undo the completed steps.
     #[serde(alias = "NowAndRollback")]
     NowAndRollback,
+}
+
+/// What stopped a run from outside: the operator's Ctrl-C, or a signal from
+/// the system (`kill`, a shutdown) or the terminal (the SSH session to the
+/// jump box dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// SIGINT: Ctrl-C at the terminal.
+    CtrlC,
+    #[serde(rename = "sigterm")]
+    Term,
+    /// SIGHUP: the terminal is gone.
+    #[serde(rename = "sighup")]
+    Hangup,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::CtrlC => "Ctrl-C",
+            Signal::Term => "SIGTERM",
+            Signal::Hangup => "SIGHUP (the terminal hung up)",
+        }
+    }
 }
 
 /// One saved output stream: where the full text is and its digest.
@@ -288,8 +319,14 @@ pub enum Event {
         action: LockAction,
         detail: String,
     },
-    /// The operator pressed Ctrl-C, and what they chose.
-    Interrupt { time: Time, choice: Stop },
+    /// The operator pressed Ctrl-C, or a signal came, and what it decided.
+    Interrupt {
+        time: Time,
+        choice: Stop,
+        /// What asked: absent in journals from before SIGTERM and SIGHUP were handled (Ctrl-C).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<Signal>,
+    },
     RunFinished {
         time: Time,
         outcome: Outcome,

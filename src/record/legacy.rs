@@ -142,6 +142,7 @@ mod tests {
             stop,
             Event::Interrupt {
                 choice: Stop::NowAndRollback,
+                signal: None,
                 ..
             }
         ));

@@ -325,6 +325,39 @@ pub fn rollbacks_of(log_dir: &Path, id: &str) -> Vec<RunView> {
     found
 }
 
+/// The runs that carry run `id` on: its `opsrun rollback` runs and its
+/// `--resume` runs, and theirs in turn (ids). A stale lock left by one of them
+/// belongs to the same change: a rollback or resume of `id` may take it over.
+pub fn continuations_of(log_dir: &Path, id: &str) -> Vec<String> {
+    let starts: Vec<(String, Option<String>, Option<String>)> = run_dirs(log_dir)
+        .iter()
+        .filter_map(|d| match first_event(&d.join(journal::FILE))? {
+            Event::RunStarted {
+                rollback_of,
+                resume_of,
+                ..
+            } => Some((dir_name(d), rollback_of, resume_of)),
+            _ => None,
+        })
+        .collect();
+    let mut found = vec![id.to_string()];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i].clone();
+        for (run, rollback_of, resume_of) in &starts {
+            let continues = [rollback_of, resume_of]
+                .iter()
+                .any(|of| of.as_deref() == Some(parent.as_str()));
+            if continues && !found.contains(run) {
+                found.push(run.clone());
+            }
+        }
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
 fn first_event(path: &Path) -> Option<Event> {
     use std::io::BufRead;
     let file = std::fs::File::open(path).ok()?;

@@ -68,12 +68,16 @@ type Rule = Arc<dyn Fn(&Received) -> Option<Reply> + Send + Sync>;
 struct State {
     log: Vec<Received>,
     rules: Vec<Rule>,
+    /// How many times each host was told to kill what runs there.
+    kills: std::collections::HashMap<String, u64>,
 }
 
 /// Scripted hosts sharing one command log. Cheap to clone: clones share it.
 #[derive(Clone, Default)]
 pub struct Fleet {
     state: Arc<Mutex<State>>,
+    /// Wakes the commands that are waiting out their delay when a kill comes.
+    killed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -124,6 +128,21 @@ impl Fleet {
         })
     }
 
+    fn kills(&self, host: &str) -> u64 {
+        self.lock().kills.get(host).copied().unwrap_or(0)
+    }
+
+    /// Returns once `host` was told to kill what runs there (after `seen` kills).
+    async fn kill_after(&self, host: &str, seen: u64) {
+        loop {
+            let woken = self.killed.notified();
+            if self.kills(host) > seen {
+                return;
+            }
+            woken.await;
+        }
+    }
+
     /// Every command received so far, by every host, in arrival order.
     pub fn received(&self) -> Vec<Received> {
         self.lock().log.clone()
@@ -139,6 +158,18 @@ pub struct FakeConnection {
 impl FakeConnection {
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// "Stop now" on this host: every command still waiting out its delay ends
+    /// at once, killed by a signal (no exit code), as on a real host.
+    pub fn kill_all(&self) {
+        *self
+            .fleet
+            .lock()
+            .kills
+            .entry(self.host.clone())
+            .or_default() += 1;
+        self.fleet.killed.notify_waiters();
     }
 
     pub async fn exec(
@@ -175,7 +206,18 @@ impl FakeConnection {
             .find_map(|rule| rule(&received))
             .unwrap_or_else(Reply::ok);
         if !reply.delay.is_zero() {
-            tokio::time::sleep(reply.delay).await;
+            let seen = self.fleet.kills(&self.host);
+            tokio::select! {
+                _ = tokio::time::sleep(reply.delay) => {}
+                _ = self.fleet.kill_after(&self.host, seen) => {
+                    return Ok(Outcome {
+                        exit_code: None,
+                        stdout: Vec::new(),
+                        stderr: Vec::new(),
+                        duration: start.elapsed(),
+                    });
+                }
+            }
         }
         for (stream, bytes) in [
             (Stream::Stdout, &reply.stdout),

@@ -1,0 +1,148 @@
+//! The run's commands on each host, as the envelope (`shell::envelope`)
+//! registers them: where a host's registry is, how a command is wrapped, and
+//! "stop now", which kills what is running there through the connection.
+//!
+//! The registry is keyed by run id and inventory host name, in the host's
+//! `/tmp`: a later `opsrun rollback` or `--resume` of the run (another process,
+//! perhaps after this one was killed) finds there what is still running.
+
+use super::engine::Engine;
+use crate::shell::envelope::{self, Interpreter, Seen};
+use crate::transport::{Command, Connection};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Seconds between TERM and KILL when a command is stopped.
+pub(super) const KILL_GRACE: u32 = 3;
+
+/// How long "stop now" waits for a stopped step to record its hosts, once its
+/// commands were killed: the channels close at once unless a host stopped answering.
+pub(super) const RECORD_AFTER_KILL: Duration = Duration::from_secs(15);
+
+/// The directory of run `run_id`'s commands on `host`.
+pub fn registry(run_id: &str, host: &str) -> String {
+    format!(
+        "/tmp/opsrun-run-{}-{}",
+        crate::record::rundir::slug(run_id),
+        crate::record::rundir::host_slug(host)
+    )
+}
+
+/// Where "stop now" is: not asked, killing, or done with what it killed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Kill {
+    #[default]
+    None,
+    Killing,
+    /// The (host, tag) pairs that were running and were killed (or could not
+    /// be), and why the run was stopped.
+    Done {
+        killed: HashSet<(String, String)>,
+        why: String,
+    },
+}
+
+impl Engine<'_> {
+    /// `line` as sent to `host`: inside the envelope, with a tag of its own.
+    pub(super) fn supervised(&self, conn: &Connection, host: &str, line: &str) -> (String, String) {
+        let tag = format!("c{}", self.tags.fetch_add(1, Ordering::SeqCst) + 1);
+        let shell = match conn {
+            Connection::Ssh(_) => Interpreter::Login,
+            Connection::Local(_) => Interpreter::Sh,
+            // A scripted host answers the line itself: its rules match the step's text.
+            #[cfg(test)]
+            Connection::Fake(_) => return (line.to_string(), tag),
+        };
+        let wrapped = envelope::supervised(line, &registry(&self.run_id, host), &tag, shell);
+        (wrapped, tag)
+    }
+
+    /// Whether "stop now" was asked: no new command starts.
+    pub(super) fn stopping(&self) -> bool {
+        *self.kill.borrow() != Kill::None
+    }
+
+    /// Whether the command `tag` on `host` was killed by "stop now". Waits for the
+    /// kill to be done, so a command that ended because of it is not taken for a
+    /// command that failed by itself.
+    pub(super) async fn was_killed(&self, host: &str, tag: &str) -> Option<String> {
+        let mut rx = self.kill.subscribe();
+        if *rx.borrow() == Kill::None {
+            return None;
+        }
+        let state = rx.wait_for(|k| matches!(k, Kill::Done { .. })).await.ok()?;
+        match &*state {
+            Kill::Done { killed, why } => killed
+                .contains(&(host.to_string(), tag.to_string()))
+                .then(|| why.clone()),
+            _ => None,
+        }
+    }
+
+    /// Why the run is being stopped, once "stop now" was asked.
+    pub(super) fn stop_reason(&self) -> String {
+        match &*self.kill.borrow() {
+            Kill::Done { why, .. } => why.clone(),
+            _ => "the run was stopped".to_string(),
+        }
+    }
+
+    /// "Stop now": no new command starts, and every command of this run still
+    /// running on a host is killed there (TERM, then KILL). Says what was killed.
+    pub(super) async fn kill_running(&self, why: &str) {
+        if self.stopping() {
+            return;
+        }
+        self.kill.send_replace(Kill::Killing);
+        let mut conns: Vec<(&str, &Connection)> =
+            self.conns.iter().map(|(h, c)| (h.as_str(), c)).collect();
+        conns.push((crate::plan::HostRef::CONTROL_NAME, &self.local));
+        let kills = conns.into_iter().map(|(host, conn)| async move {
+            // A scripted host has no envelope: what the engine sent it is what runs.
+            #[cfg(test)]
+            if let Connection::Fake(f) = conn {
+                f.kill_all();
+                let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+                let seen: Vec<Seen> = running
+                    .iter()
+                    .filter(|(h, _)| h == host)
+                    .map(|(_, tag)| Seen::Killed { tag: tag.clone(), pgid: 0 })
+                    .collect();
+                return (host, seen);
+            }
+            let line = envelope::kill_command(&registry(&self.run_id, host), KILL_GRACE);
+            let seen = match conn.exec(&Command::new(line), &mut |_, _| {}).await {
+                Ok(o) => envelope::parse_seen(&String::from_utf8_lossy(&o.stdout)),
+                Err(e) => {
+                    self.ui.warn(&format!(
+                        "{host}: could not stop the running command ({e}); it may still be running there"
+                    ));
+                    Vec::new()
+                }
+            };
+            (host, seen)
+        });
+        let mut killed = HashSet::new();
+        for (host, seen) in futures::future::join_all(kills).await {
+            for s in seen {
+                if let Seen::Unkillable { pgid, .. } = &s {
+                    self.ui.warn(&format!(
+                        "{host}: the running command (process group {pgid}) could not be killed from this login; it is still running there"
+                    ));
+                }
+                killed.insert((host.to_string(), s.tag().to_string()));
+            }
+        }
+        if !killed.is_empty() {
+            self.ui.line(&format!(
+                "{why}: killed {} on the hosts",
+                crate::plural::count(killed.len(), "running command", "running commands")
+            ));
+        }
+        self.kill.send_replace(Kill::Done {
+            killed,
+            why: why.to_string(),
+        });
+    }
+}
