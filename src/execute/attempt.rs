@@ -315,6 +315,13 @@ impl Engine<'_> {
         if let Some(why) = self.was_killed(host, &tag).await {
             return Err(Failure::Stopped { why });
         }
+        // Arrived while the run was being stopped: the envelope refused it (exit
+        // 143), or it started just then. Either way it may have done something.
+        if self.stopping() && matches!(&result, Ok(o) if o.exit_code == Some(143)) {
+            return Err(Failure::Stopped {
+                why: self.stop_reason(),
+            });
+        }
         result
     }
 

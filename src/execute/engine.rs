@@ -65,8 +65,8 @@ pub struct Engine<'a> {
     pub interrupt: &'a Interrupt,
     /// The forward step that stopped the run, whose `on_failure` decides what follows.
     pub failed_step: Mutex<Option<usize>>,
-    /// The run's id: where its commands register on each host (`supervise`).
-    pub run_id: String,
+    /// Where the run's commands register on each host (`supervise::registry_key`).
+    pub registry_key: String,
     /// Numbers the commands of the run, for their registry entries.
     pub tags: std::sync::atomic::AtomicU64,
     /// "Stop now" and what it killed (`supervise`).

@@ -395,7 +395,7 @@ pub(crate) async fn interruptible<
                     .await;
                     // The stopped step is over: what follows (the rollback the
                     // operator chose, the lock release) runs its commands again.
-                    engine.kill.send_replace(Default::default());
+                    engine.resume_commands().await;
                     break None;
                 }
             }

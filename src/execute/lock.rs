@@ -27,6 +27,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     pub run_id: String,
+    /// Where the run's commands register on the host (`supervise::registry_key`);
+    /// absent in locks taken before commands were registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
     pub operator: String,
     pub control_host: String,
     pub pid: u32,
@@ -168,6 +172,7 @@ pub(super) async fn take_locks(
 ) -> Result<Option<String>, ExecError> {
     let me = Owner {
         run_id: run_id.to_string(),
+        registry: Some(engine.registry_key.clone()),
         operator: s.operator.clone(),
         control_host: control_host(),
         pid: std::process::id(),
@@ -213,7 +218,8 @@ pub(super) async fn take_locks(
                         .as_ref()
                         .filter(|o| stale && lineage.contains(&o.run_id))
                     {
-                        let killed = kill_leftovers(engine, conn, &h.name, &o.run_id).await;
+                        let key = o.registry.as_deref().unwrap_or(&o.run_id);
+                        let killed = kill_leftovers(engine, conn, &h.name, &o.run_id, key).await;
                         let out = conn
                             .exec(&Command::new(take_over_command(&path, &me)), &mut |_, _| {})
                             .await;
@@ -233,7 +239,10 @@ pub(super) async fn take_locks(
                     // Breaking a lock whose owner's commands still run on the host
                     // would let a second run work beside them.
                     let running = match &owner {
-                        Some(o) if s.break_lock => still_running(conn, &h.name, &o.run_id).await,
+                        Some(o) if s.break_lock => {
+                            still_running(conn, &h.name, o.registry.as_deref().unwrap_or(&o.run_id))
+                                .await
+                        }
                         _ => Vec::new(),
                     };
                     if !running.is_empty() {
@@ -297,8 +306,9 @@ async fn kill_leftovers(
     conn: &crate::transport::Connection,
     host: &str,
     of: &str,
+    key: &str,
 ) -> String {
-    let dir = registry(of, host);
+    let dir = registry(key, host);
     let line = envelope::kill_command(&dir, KILL_GRACE);
     let seen = match conn.exec(&Command::new(line), &mut |_, _| {}).await {
         Ok(o) => envelope::parse_seen(&String::from_utf8_lossy(&o.stdout)),
@@ -324,9 +334,10 @@ async fn kill_leftovers(
     said
 }
 
-/// The process groups of run `of`'s commands still running on `host`.
-async fn still_running(conn: &crate::transport::Connection, host: &str, of: &str) -> Vec<String> {
-    let line = envelope::survey_command(&registry(of, host));
+/// The process groups of the commands still running on `host` of the run
+/// whose registry key is `key`.
+async fn still_running(conn: &crate::transport::Connection, host: &str, key: &str) -> Vec<String> {
+    let line = envelope::survey_command(&registry(key, host));
     match conn.exec(&Command::new(line), &mut |_, _| {}).await {
         Ok(o) => envelope::parse_seen(&String::from_utf8_lossy(&o.stdout))
             .iter()
@@ -339,9 +350,10 @@ async fn still_running(conn: &crate::transport::Connection, host: &str, of: &str
     }
 }
 
-/// Whether a command of run `run_id` still runs on `host`; clears its registry if not.
-async fn busy(conn: &crate::transport::Connection, host: &str, run_id: &str) -> bool {
-    let line = envelope::clear_command(&registry(run_id, host));
+/// Whether a command of the run with registry key `key` still runs on `host`;
+/// clears its registry if not.
+async fn busy(conn: &crate::transport::Connection, host: &str, key: &str) -> bool {
+    let line = envelope::clear_command(&registry(key, host));
     conn.exec(&Command::new(line), &mut |_, _| {})
         .await
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "busy")
@@ -349,10 +361,11 @@ async fn busy(conn: &crate::transport::Connection, host: &str, run_id: &str) -> 
 
 pub(super) async fn release_locks(engine: &Engine<'_>, held: &[(Endpoint, String)], run_id: &str) {
     // The control machine's registry (`local: true` steps) has no lock to keep.
-    let _ = busy(&engine.local, crate::plan::HostRef::CONTROL_NAME, run_id).await;
+    let key = &engine.registry_key;
+    let _ = busy(&engine.local, crate::plan::HostRef::CONTROL_NAME, key).await;
     for (ep, path) in held {
         if let Some(conn) = engine.conns.get(&ep.host) {
-            if busy(conn, &ep.host, run_id).await {
+            if busy(conn, &ep.host, key).await {
                 engine.ui.warn(&format!(
                     "{}: a command of this run is still running there: its lock is kept ({path}); `opsrun rollback` or `--resume` of this run takes it over",
                     ep.host
@@ -405,6 +418,7 @@ mod tests {
         let p = dir.path().join("lk").display().to_string();
         let me = Owner {
             run_id: "r1".into(),
+            registry: None,
             operator: "op".into(),
             control_host: "c".into(),
             pid: std::process::id(),
@@ -438,6 +452,7 @@ mod tests {
         child.wait().unwrap();
         let o = Owner {
             run_id: "r".into(),
+            registry: None,
             operator: "o".into(),
             control_host: "me".into(),
             pid,

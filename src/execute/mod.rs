@@ -232,7 +232,7 @@ async fn run_async(
         completed: Mutex::new(completed),
         interrupt,
         failed_step: Mutex::new(None),
-        run_id: run_id.clone(),
+        registry_key: supervise::registry_key(&run_id),
         tags: Default::default(),
         kill: tokio::sync::watch::Sender::new(Default::default()),
         #[cfg(test)]

@@ -20,13 +20,31 @@ pub(super) const KILL_GRACE: u32 = 3;
 /// commands were killed: the channels close at once unless a host stopped answering.
 pub(super) const RECORD_AFTER_KILL: Duration = Duration::from_secs(15);
 
-/// The directory of run `run_id`'s commands on `host`.
-pub fn registry(run_id: &str, host: &str) -> String {
+/// The directory of the commands of the run with registry key `key` on `host`.
+pub fn registry(key: &str, host: &str) -> String {
     format!(
         "/tmp/opsrun-run-{}-{}",
-        crate::record::rundir::slug(run_id),
+        crate::record::rundir::slug(key),
         crate::record::rundir::host_slug(host)
     )
+}
+
+/// A run's registry key: its id and a random part. Run ids are unique within
+/// one log directory only; two control machines (or two log directories) can
+/// start runs with the same id in the same second, and a kill by one must never
+/// reach the other's commands. The lock's owner file records the key, so a
+/// later rollback or resume of the run finds its commands.
+pub fn registry_key(run_id: &str) -> String {
+    let mut bytes = [0u8; 6];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if random.is_err() {
+        // Still distinct per process and moment on this machine.
+        let seed = std::process::id() as u64 ^ crate::clock::now().timestamp_micros() as u64;
+        bytes.copy_from_slice(&seed.to_le_bytes()[..6]);
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{run_id}-{hex}")
 }
 
 /// Where "stop now" is: not asked, killing, or done with what it killed.
@@ -54,8 +72,21 @@ impl Engine<'_> {
             #[cfg(test)]
             Connection::Fake(_) => return (line.to_string(), tag),
         };
-        let wrapped = envelope::supervised(line, &registry(&self.run_id, host), &tag, shell);
+        let wrapped = envelope::supervised(line, &registry(&self.registry_key, host), &tag, shell);
         (wrapped, tag)
+    }
+
+    /// After the stopped step: the hosts start the run's commands again (its rollback).
+    pub(super) async fn resume_commands(&self) {
+        let mut conns: Vec<(&str, &Connection)> =
+            self.conns.iter().map(|(h, c)| (h.as_str(), c)).collect();
+        conns.push((crate::plan::HostRef::CONTROL_NAME, &self.local));
+        let resumes = conns.into_iter().map(|(host, conn)| async move {
+            let line = envelope::resume_command(&registry(&self.registry_key, host));
+            let _ = conn.exec(&Command::new(line), &mut |_, _| {}).await;
+        });
+        futures::future::join_all(resumes).await;
+        self.kill.send_replace(Kill::None);
     }
 
     /// Whether "stop now" was asked: no new command starts.
@@ -111,7 +142,7 @@ impl Engine<'_> {
                     .collect();
                 return (host, seen);
             }
-            let line = envelope::kill_command(&registry(&self.run_id, host), KILL_GRACE);
+            let line = envelope::kill_command(&registry(&self.registry_key, host), KILL_GRACE);
             let seen = match conn.exec(&Command::new(line), &mut |_, _| {}).await {
                 Ok(o) => envelope::parse_seen(&String::from_utf8_lossy(&o.stdout)),
                 Err(e) => {

@@ -94,8 +94,8 @@ pub fn survey_command(dir: &str) -> String {
     )
 }
 
-/// Stops every command of `dir`: no new one starts, each process group gets
-/// TERM, then KILL after `grace` seconds. One line per command it found:
+/// Stops every command of `dir`: no new one starts (until [`resume_command`]),
+/// each process group gets TERM, then KILL after `grace` seconds. One line per command it found:
 /// `killed TAG PGID` or `unkillable TAG PGID`.
 pub fn kill_command(dir: &str, grace: u32) -> String {
     format!(
@@ -107,10 +107,16 @@ pub fn kill_command(dir: &str, grace: u32) -> String {
          n=0; while [ $n -lt {ticks} ]; do busy=; for e in \"$@\"; do alive \"${{e#*:}}\" && busy=1; done; [ -z \"$busy\" ] && break; sleep 0.2 2>/dev/null || sleep 1; n=$((n+1)); done; \
          for e in \"$@\"; do p=${{e#*:}}; alive \"$p\" && {{ kill -KILL -\"$p\" 2>/dev/null || kill -KILL \"$p\" 2>/dev/null; }}; done; \
          sleep 0.2 2>/dev/null; for e in \"$@\"; do t=${{e%%:*}}; p=${{e#*:}}; \
-         if alive \"$p\"; then echo \"unkillable $t $p\"; else echo \"killed $t $p\"; fi; done; rm -f \"$d/{STOP}\"",
+         if alive \"$p\"; then echo \"unkillable $t $p\"; else echo \"killed $t $p\"; fi; done",
         quote(dir),
         ticks = grace.max(1) * 5,
     )
+}
+
+/// Lets the run's commands start on the host again, once the stopped step is
+/// over: what follows "stop now" (the rollback the operator chose) runs there.
+pub fn resume_command(dir: &str) -> String {
+    format!("rm -f {}/{STOP}", quote(dir))
 }
 
 /// Removes `dir` if no command in it is still running; prints `busy` otherwise.
@@ -227,9 +233,14 @@ mod tests {
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(143), "TERM, reported as the shell does");
         assert!(sh(&survey_command(&reg)).stdout.is_empty());
-        // The stop marker is gone: the run's next command (an undo) may start.
+        // Until the stopped step is over, nothing new starts; then the run's
+        // next command (an undo) may.
+        assert!(sh(&supervised("echo next", &reg, "c2", Interpreter::Sh))
+            .stdout
+            .is_empty());
+        sh(&resume_command(&reg));
         assert_eq!(
-            sh(&supervised("echo next", &reg, "c2", Interpreter::Sh)).stdout,
+            sh(&supervised("echo next", &reg, "c3", Interpreter::Sh)).stdout,
             b"next\n"
         );
         assert!(sh(&clear_command(&reg)).stdout.is_empty());

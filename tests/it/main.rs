@@ -30,6 +30,7 @@ mod rollback_ssh;
 mod run_ssh;
 mod secrets;
 mod sign;
+mod stops;
 mod templates;
 mod terminal;
 mod transport;

@@ -17,6 +17,10 @@ use super::cli::Run;
 /// What the terminal sends for Ctrl-C (VINTR): as an answer, it is sent alone.
 pub const CTRL_C: &str = "\x03";
 
+/// As an answer: the terminal hangs up (as when the SSH session to the jump box
+/// drops): the kernel sends SIGHUP to the run, and the terminal is gone for it.
+pub const HANG_UP: &str = "\x00hang up";
+
 /// Runs `cmd` on a new pseudo-terminal (stdin, stdout and stderr), answering each
 /// `(prompt, answer)` in turn once `prompt` has appeared; an answer is a line,
 /// except [`CTRL_C`], which the terminal turns into SIGINT for the run. Returns the exit code and
@@ -46,6 +50,7 @@ fn run(mut cmd: Command, cols: u16, script: &[(&str, &str)], waiting: bool) -> (
         ws_ypixel: 0,
     };
     let (master, slave) = open_pty(&size);
+    let hang_up = slave.try_clone().unwrap();
     cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave));
@@ -112,6 +117,13 @@ fn run(mut cmd: Command, cols: u16, script: &[(&str, &str)], waiting: bool) -> (
             if let Some(at) = found {
                 from += at + prompt.len();
                 next += 1;
+                if *answer == HANG_UP {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: vhangup of the terminal this test opened; we are root.
+                    let r = unsafe { libc::ioctl(hang_up.as_raw_fd(), libc::TIOCVHANGUP) };
+                    assert_eq!(r, 0, "TIOCVHANGUP: {}", std::io::Error::last_os_error());
+                    continue;
+                }
                 // A newline after ^C would reach the prompt that the ^C opens, as an answer.
                 let bytes = if answer.starts_with(CTRL_C) {
                     answer.to_string()

@@ -1,0 +1,421 @@
+//! Every way a run can be stopped from outside, end to end against real sshd
+//! hosts: SIGTERM, SIGHUP (a signal, and a real terminal hang-up), "stop now"
+//! (a second signal, the Ctrl-C menu), SIGKILL. What must hold each time: the
+//! command on the host either finishes or is killed there (never abandoned),
+//! the journal ends with `run_finished` (short of SIGKILL), the log is written
+//! and verifies, the lock is released or taken over by the same change, and
+//! no ssh master of the run stays behind.
+
+use crate::support::{
+    cli::Run,
+    fleet::{app_group, pids_with, ssh_inventory, SshFleet},
+    lab::Lab,
+    pty::{pty_run, run_on_pty, CTRL_C, HANG_UP},
+};
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// Two hosts, each with a `trail` file the runbook appends to, and a lab whose
+/// runbook's second step sleeps `secs` seconds (a sleep no other test runs).
+struct Stage {
+    fleet: SshFleet,
+    lab: Lab,
+    sleep: String,
+}
+
+impl Stage {
+    fn new(secs: u32) -> Stage {
+        let fleet = SshFleet::start(2);
+        // Unique across the tests running at once: each kills its own leftovers by it.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let sleep = format!("sleep {secs}.{:05}{n:03}", std::process::id() % 100_000);
+        let lab = Lab::new();
+        lab.write(
+            "inventories/lab.yaml",
+            &ssh_inventory(&fleet, "none", &app_group(&fleet)),
+        );
+        lab.write(
+            "runbooks/stoppable.yaml",
+            &format!(
+                "name: stoppable\nhosts: app\nsteps:\n\
+                 \x20 - name: First\n    run: echo first >> {{{{ work }}}}/trail\n    rollback: echo undo-first >> {{{{ work }}}}/trail\n\
+                 \x20 - name: Long\n    run: {sleep} && echo long >> {{{{ work }}}}/trail\n    rollback: echo undo-long >> {{{{ work }}}}/trail\n\
+                 \x20 - name: Last\n    run: echo last >> {{{{ work }}}}/trail\n"
+            ),
+        );
+        Stage { fleet, lab, sleep }
+    }
+
+    fn trail(&self, i: usize) -> Vec<String> {
+        fs::read_to_string(self.fleet.work_dir(i).join("trail"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.lab
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The run directory, once step `step` started on both hosts.
+    fn wait_started(&self, child: &mut Child, step: &str) -> PathBuf {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("opsrun ended ({status}) before `{step}` started");
+            }
+            for d in run_dirs(self.lab.path()) {
+                let started = journal(&d)
+                    .iter()
+                    .filter(|e| e["event"] == "target_started" && e["step"] == step)
+                    .count();
+                if started >= 2 {
+                    return d;
+                }
+            }
+            assert!(Instant::now() < deadline, "`{step}` never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The remote `sleep` of the Long step, wherever it still runs.
+    fn remote_sleeps(&self) -> Vec<u32> {
+        pids_with(&self.sleep)
+            .into_iter()
+            .filter(|p| {
+                // The envelope's own `sh -c` names the line too: only the sleep itself.
+                fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+            })
+            .collect()
+    }
+
+    /// Waits until the Long step's command runs on both hosts.
+    fn wait_remote_sleeps(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.remote_sleeps().len() < 2 {
+            assert!(Instant::now() < deadline, "the remote sleeps never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `within` for the remote sleeps to be gone.
+    fn sleeps_gone_within(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.remote_sleeps().is_empty() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.remote_sleeps().is_empty()
+    }
+
+    /// The ssh masters of this test's runs (they name the fleet's ssh_config).
+    fn masters(&self) -> Vec<u32> {
+        pids_with(&self.fleet.ssh_config().display().to_string())
+            .into_iter()
+            .filter(|p| {
+                fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "ssh")
+            })
+            .collect()
+    }
+
+    fn verifies(&self, log: &Path) {
+        let key = fs::read_to_string(self.lab_key_pub()).unwrap();
+        let allowed = self.lab.write(
+            "allowed_signers",
+            &format!("* namespaces=\"opsrun-log\" {}\n", key.trim()),
+        );
+        let out = self
+            .lab
+            .test(&[
+                "verify",
+                &log.display().to_string(),
+                "--allowed-signers",
+                &allowed.display().to_string(),
+            ])
+            .output();
+        assert_eq!(out.code, 0, "verify: {}\n{}", out.stdout, out.stderr);
+    }
+
+    fn lab_key_pub(&self) -> PathBuf {
+        let key = self.lab.test(&[]).command();
+        let key = key
+            .get_envs()
+            .find(|(k, _)| *k == "OPSRUN_SIGN_KEY")
+            .and_then(|(_, v)| v.map(PathBuf::from))
+            .expect("the lab signs with OPSRUN_SIGN_KEY");
+        key.with_extension("pub")
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        // A failed test must not leave its remote sleep or masters to later tests.
+        for pid in self.remote_sleeps().into_iter().chain(self.masters()) {
+            // SAFETY: kill(2) on processes this test started.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+fn run_dirs(lab: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(lab.join("runs"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+fn journal(dir: &Path) -> Vec<Value> {
+    fs::read_to_string(dir.join("journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child, not reaped yet.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+fn targets(dir: &Path, step: &str) -> Vec<(String, String)> {
+    journal(dir)
+        .iter()
+        .filter(|e| e["event"] == "target_finished" && e["step"] == step && e["phase"] == "forward")
+        .map(|e| {
+            (
+                e["host"].as_str().unwrap_or_default().to_string(),
+                e["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A SIGTERM or SIGHUP 2 s into the 5 s step: it finishes on the hosts, the
+/// third step never starts, and the run ends as if stopped after the step.
+fn a_signal_lets_the_running_step_finish_then_ends_cleanly(sig: libc::c_int, name: &str) {
+    let stage = Stage::new(5);
+    let mut child = stage.spawn(&["stoppable", "--env", "lab", "--yes"]);
+    let dir = stage.wait_started(&mut child, "Long");
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&child, sig);
+    let out = child.wait_with_output().unwrap();
+    let run = Run::from_output(out, stage.lab.path()).expect_log();
+    run.expect_code(130);
+    for i in 0..2 {
+        assert_eq!(
+            stage.trail(i),
+            ["first", "long"],
+            "host {i}: the step finished, the next never started"
+        );
+    }
+    let events = journal(&dir);
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "run_finished", "{last}");
+    assert_eq!(last["outcome"], "interrupted");
+    assert_eq!(
+        last["message"],
+        format!("stopped by {name} after the running step")
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "interrupt" && e["choice"] == "after_step"));
+    assert_eq!(targets(&dir, "Long").len(), 2);
+    assert!(targets(&dir, "Long").iter().all(|(_, s)| s == "ok"));
+    assert!(targets(&dir, "Last").is_empty());
+    // The locks were released: a new run starts without --break-lock.
+    assert!(events
+        .iter()
+        .filter(|e| e["event"] == "lock")
+        .any(|e| e["action"] == "released"));
+    stage.verifies(&dir.join("log.md"));
+    assert!(
+        run.stderr.contains("opsrun rollback"),
+        "says how to undo: {}",
+        run.stderr
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stage.masters().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        stage.masters().is_empty(),
+        "no ssh master of the run is left"
+    );
+    let again = stage
+        .lab
+        .test(&["stoppable", "--env", "lab", "--yes", "--limit", "web1"])
+        .output();
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+}
+
+#[test]
+fn sigterm_lets_the_running_step_finish_then_ends_cleanly() {
+    a_signal_lets_the_running_step_finish_then_ends_cleanly(libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn sighup_lets_the_running_step_finish_then_ends_cleanly() {
+    a_signal_lets_the_running_step_finish_then_ends_cleanly(
+        libc::SIGHUP,
+        "SIGHUP (the terminal hung up)",
+    );
+}
+
+#[test]
+fn a_terminal_that_hangs_up_mid_step_ends_the_run_cleanly_without_asking() {
+    let stage = Stage::new(5);
+    // The gate is answered, then the terminal goes away 2 s into the long step.
+    let (code, screen) = run_on_pty(
+        stage.lab.command(&["stoppable", "--env", "lab"]),
+        &[("[2/3] Long", HANG_UP)],
+    );
+    let dir = run_dirs(stage.lab.path()).pop().expect("a run directory");
+    assert_eq!(code, 130, "{screen}");
+    for i in 0..2 {
+        assert_eq!(stage.trail(i), ["first", "long"], "host {i}");
+    }
+    let last = journal(&dir).pop().unwrap();
+    assert_eq!(last["event"], "run_finished");
+    assert_eq!(
+        last["message"],
+        "stopped by SIGHUP (the terminal hung up) after the running step"
+    );
+    assert!(
+        !screen.contains("Choice [w/s/r]"),
+        "nothing is asked of a terminal that is gone"
+    );
+    stage.verifies(&dir.join("log.md"));
+}
+
+/// "Stop now" kills the remote command within 2 s and records it as killed.
+fn stop_now_kills_the_remote_command(stop: impl FnOnce(&Stage) -> (i32, PathBuf)) {
+    let stage = Stage::new(30);
+    let started = Instant::now();
+    let (code, dir) = stop(&stage);
+    assert_eq!(code, 130);
+    assert!(
+        stage.sleeps_gone_within(Duration::from_secs(2)),
+        "the remote sleep still runs"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the run waited for the sleep"
+    );
+    let long = targets(&dir, "Long");
+    assert_eq!(long.len(), 2, "{long:?}");
+    assert!(long.iter().all(|(_, s)| s == "interrupted"), "{long:?}");
+    let reason: Vec<String> = journal(&dir)
+        .iter()
+        .filter(|e| e["event"] == "target_finished" && e["step"] == "Long")
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        reason.iter().all(|r| r.contains("killed on the host")),
+        "{reason:?}"
+    );
+    for i in 0..2 {
+        assert_eq!(
+            stage.trail(i),
+            ["first"],
+            "host {i}: the killed step did not finish"
+        );
+    }
+    assert_eq!(journal(&dir).pop().unwrap()["event"], "run_finished");
+}
+
+#[test]
+fn a_second_signal_stops_now_and_kills_the_remote_command() {
+    stop_now_kills_the_remote_command(|stage| {
+        let mut child = stage.spawn(&["stoppable", "--env", "lab", "--yes"]);
+        let dir = stage.wait_started(&mut child, "Long");
+        stage.wait_remote_sleeps();
+        signal(&child, libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(300));
+        signal(&child, libc::SIGTERM);
+        let out = child.wait_with_output().unwrap();
+        (out.status.code().unwrap_or(-1), dir)
+    });
+}
+
+#[test]
+fn ctrl_c_stop_now_on_a_terminal_kills_the_remote_command() {
+    stop_now_kills_the_remote_command(|stage| {
+        let (code, screen) = run_on_pty(
+            stage.lab.command(&["stoppable", "--env", "lab"]),
+            &[("[2/3] Long", CTRL_C), ("Choice [w/s/r]", "s")],
+        );
+        let run = pty_run(code, &screen, stage.lab.path());
+        (code, run.dir().to_path_buf())
+    });
+}
+
+#[test]
+fn after_sigkill_the_rollback_of_that_run_takes_over_its_lock_and_kills_what_it_left() {
+    let stage = Stage::new(30);
+    let mut child = stage.spawn(&["stoppable", "--env", "lab", "--yes"]);
+    let dir = stage.wait_started(&mut child, "Long");
+    stage.wait_remote_sleeps();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !stage.remote_sleeps().is_empty(),
+        "the killed run's command goes on"
+    );
+    // Another run of the same runbook is refused: the lock is the killed run's.
+    let other = stage
+        .lab
+        .test(&["stoppable", "--env", "lab", "--yes"])
+        .output();
+    assert_eq!(other.code, 1, "{}\n{}", other.stdout, other.stderr);
+    assert!(other.stderr.contains("is locked"), "{}", other.stderr);
+    let rollback = stage
+        .lab
+        .test(&["rollback", &dir.display().to_string(), "--yes"])
+        .output();
+    assert_eq!(rollback.code, 0, "{}\n{}", rollback.stdout, rollback.stderr);
+    assert!(
+        rollback.stderr.contains("took over the lock"),
+        "{}",
+        rollback.stderr
+    );
+    assert!(
+        stage.sleeps_gone_within(Duration::from_secs(2)),
+        "what the killed run left is killed"
+    );
+    for i in 0..2 {
+        assert!(
+            stage.trail(i).contains(&"undo-first".to_string()),
+            "host {i}: {:?}",
+            stage.trail(i)
+        );
+    }
+    let rb = run_dirs(stage.lab.path())
+        .into_iter()
+        .find(|d| d.display().to_string().ends_with("-rollback"))
+        .expect("the rollback's run directory");
+    let taken: Vec<Value> = journal(&rb)
+        .into_iter()
+        .filter(|e| e["event"] == "lock" && e["action"] == "taken_over")
+        .collect();
+    assert_eq!(taken.len(), 2, "{taken:?}");
+    // Now free: a new run starts without --break-lock.
+    let again = stage
+        .lab
+        .test(&["stoppable", "--env", "lab", "--yes", "--limit", "web1"])
+        .output();
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+}
