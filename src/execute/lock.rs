@@ -239,7 +239,7 @@ pub(super) async fn take_locks(
                     // Breaking a lock whose owner's commands still run on the host
                     // would let a second run work beside them.
                     let running = match &owner {
-                        Some(o) if s.break_lock => {
+                        Some(o) if s.break_lock && stale => {
                             still_running(conn, &h.name, o.registry.as_deref().unwrap_or(&o.run_id))
                                 .await
                         }
@@ -248,9 +248,9 @@ pub(super) async fn take_locks(
                     if !running.is_empty() {
                         lock_event(engine, &h.name, &path, LockAction::Held, who.clone())?;
                         refused.push(format!(
-                            "{} is locked ({path}) by {who}, and {} of that run still running there (process group {}): --break-lock would let this run work beside it; wait for it, or stop it on the host",
+                            "{} is locked ({path}) by {who}: that run is gone, but {} still running on the host (process group {}): --break-lock would let this run work beside it; wait for it to end, or stop it on the host",
                             h.name,
-                            crate::plural::count(running.len(), "command is", "commands are"),
+                            if running.len() == 1 { "a command of it is".to_string() } else { format!("{} commands of it are", running.len()) },
                             running.join(", ")
                         ));
                         break;

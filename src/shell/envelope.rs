@@ -38,6 +38,9 @@ pub fn supervised(line: &str, dir: &str, tag: &str, shell: Interpreter) -> Strin
         Interpreter::Login => "\"${SHELL:-/bin/sh}\"",
         Interpreter::Sh => "/bin/sh",
     };
+    // The command's own environment is left as it was (its umask included: a
+    // file it writes must get the mode it would get without the envelope); the
+    // registry is private by its directory's mode.
     // Without job control an `&` command reads /dev/null: fd 3 hands it the
     // channel's stdin instead. Without `setsid` (busybox) the command still
     // runs and registers; only its children escape a kill.
@@ -45,7 +48,7 @@ pub fn supervised(line: &str, dir: &str, tag: &str, shell: Interpreter) -> Strin
         "echo $$ >\"$1.pid\"; if [ -e \"$2/{STOP}\" ]; then rm -f \"$1.pid\"; exit 143; fi; exec {run} -c \"$3\""
     );
     let script = format!(
-        "d=$1; t=$2; umask 077; mkdir -p \"$d\" 2>/dev/null; \
+        "d=$1; t=$2; mkdir -p -m 700 \"$d\" 2>/dev/null; \
          if [ ! -d \"$d\" ] || [ ! -O \"$d\" ]; then echo \"opsrun: cannot track the command in $d\" >&2; exit 125; fi; \
          command -v setsid >/dev/null 2>&1 || setsid() {{ \"$@\"; }}; \
          exec 3<&0; setsid sh -c {inner} opsrun \"$d/$t\" \"$d\" \"$3\" <&3 3<&- & p=$!; exec 3<&-; \
@@ -183,6 +186,12 @@ mod tests {
             "7\n"
         );
         assert!(!std::path::Path::new(&format!("{reg}/c1.pid")).exists());
+        // The line's umask is the caller's, not the registry's.
+        let out = sh(&format!(
+            "umask 022; {}",
+            supervised("umask", &reg, "c3", Interpreter::Sh)
+        ));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "0022\n");
         // A quote in the line is the line's own.
         let out = sh(&supervised(
             "echo 'it''s' \"$0\"",

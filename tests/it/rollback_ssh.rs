@@ -693,19 +693,17 @@ fn sigkill_mid_step_leaves_a_record_to_list_render_and_roll_back_and_a_stale_loc
     assert!(again.events("target_started").is_empty());
     assert_eq!(site.event_groups(), groups(&[("stop", &["web1", "web2"])]));
 
-    // `opsrun rollback` is refused the same way, then breaks the stale lock when told.
-    let refused = lab.run(&["rollback", &id, "--yes"], &[], None);
-    refused.expect_code(1);
-    assert!(refused.stderr.contains("stale"), "{}", refused.stderr);
-    let undo = lab.run(&["rollback", &id, "--yes", "--break-lock"], &[], None);
+    // `opsrun rollback` of that very run takes the stale lock over, no --break-lock:
+    // the journal proves the lock is this change's, the dead pid that its owner is gone.
+    let undo = lab.run(&["rollback", &id, "--yes"], &[], None);
     undo.expect_code(0);
-    let broken: Vec<Value> = undo
+    let taken: Vec<Value> = undo
         .events("lock")
         .into_iter()
-        .filter(|e| e["action"] == "broken")
+        .filter(|e| e["action"] == "taken_over")
         .collect();
-    assert_eq!(broken.len(), 2, "{:?}", undo.events("lock"));
-    assert!(broken[0]["detail"].as_str().unwrap().contains(&id));
+    assert_eq!(taken.len(), 2, "{:?}", undo.events("lock"));
+    assert!(taken[0]["detail"].as_str().unwrap().contains(&id));
     // Only Prepare completed: Long's rollback must not run.
     assert_eq!(
         site.event_groups(),
@@ -1104,11 +1102,18 @@ fn sigint_without_a_terminal_stops_at_once_without_rolling_back() {
         .all(|e| e["phase"] == "forward"));
     let (outcome, message) = run.outcome();
     assert_eq!(outcome, "interrupted");
-    assert!(message.contains("left unfinished"), "{message}");
+    assert!(
+        message.contains("the running step was killed on its hosts"),
+        "{message}"
+    );
+    // Killed there, not abandoned: the remote sleep is gone.
+    assert!(pids_with(&sleep)
+        .iter()
+        .all(|p| !fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0"))));
     let rows = log_rows(&run.log_md(), "Steps");
     for h in ["web1", "web2"] {
         assert!(
-            rows.contains(&(3, "Slow".into(), h.into(), "**INTERRUPTED**".into())),
+            rows.contains(&(3, "Slow".into(), h.into(), "INTERRUPTED".into())),
             "{rows:?}"
         );
     }
