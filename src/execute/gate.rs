@@ -5,7 +5,7 @@
 //! at once (exit 3) instead of taking a stray "y" or hanging.
 
 use crate::execute::interrupt::{
-    count_sigints, discard_typeahead, read_line_or_ctrl_c, sigint_mark,
+    count_sigints, discard_typeahead, last_signal, read_line_or_ctrl_c, sigint_mark, terminal_gone,
 };
 use crate::execute::view::Ui;
 use crate::sanitize::{escape_controls, escape_line};
@@ -28,8 +28,12 @@ pub struct Answer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
-    #[error("interrupted (Ctrl-C) at \"{prompt}\"")]
-    Interrupted { prompt: String },
+    /// Ctrl-C, SIGTERM or SIGHUP while the question was open.
+    #[error("interrupted ({by}) at \"{prompt}\"")]
+    Interrupted { prompt: String, by: &'static str },
+    /// The terminal hung up (SIGHUP): nothing may be asked of it any more.
+    #[error("gate \"{prompt}\" not asked: the terminal hung up (SIGHUP), and opsrun never asks a terminal that is gone")]
+    HungUp { prompt: String },
     #[error("gate \"{prompt}\" needs an answer, but stdin is not a terminal and --yes was not given (opsrun never reads an answer from a pipe)")]
     NoTerminal { prompt: String },
     #[error("inventory `{env}` asks for its name to be typed (confirm: typed): with --yes, name it explicitly with `--env {env}`")]
@@ -54,6 +58,11 @@ impl Gates {
     /// Asks `prompt` (a runbook's question, with its step's hosts) on the terminal,
     /// escaped: a carriage return in it could otherwise draw another question over it.
     fn ask(&self, ui: &Ui, prompt: &str) -> Result<String, GateError> {
+        if terminal_gone() {
+            return Err(GateError::HungUp {
+                prompt: prompt.to_string(),
+            });
+        }
         if !self.interactive {
             return Err(GateError::NoTerminal {
                 prompt: prompt.to_string(),
@@ -68,6 +77,7 @@ impl Gates {
         match read {
             None => Err(GateError::Interrupted {
                 prompt: prompt.to_string(),
+                by: last_signal(),
             }),
             Some(r) => r
                 .map(|l| l.trim().to_string())

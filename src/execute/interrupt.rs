@@ -187,6 +187,18 @@ static DEV_NULL: AtomicI32 = AtomicI32::new(-1);
 /// Bit n: standard stream n was a terminal when counting started.
 static ON_TERMINAL: AtomicUsize = AtomicUsize::new(0);
 
+/// The last of SIGINT (2), SIGTERM (15), SIGHUP (1) received.
+static LAST: AtomicI32 = AtomicI32::new(0);
+
+/// What the last signal was, in words: why a prompt was given up.
+pub fn last_signal() -> &'static str {
+    match LAST.load(Ordering::SeqCst) {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP: the terminal hung up",
+        _ => "Ctrl-C",
+    }
+}
+
 /// Whether the terminal hung up (SIGHUP): no prompt may be shown any more.
 pub fn terminal_gone() -> bool {
     HUNG_UP.load(Ordering::SeqCst)
@@ -211,11 +223,13 @@ pub fn count_sigints() {
         // async-signal-safe; the registry chains them with tokio's own handlers.
         unsafe {
             for sig in [libc::SIGINT, libc::SIGTERM] {
-                let _ = signal_hook_registry::register(sig, || {
+                let _ = signal_hook_registry::register(sig, move || {
+                    LAST.store(sig, Ordering::SeqCst);
                     SIGINTS.fetch_add(1, Ordering::SeqCst);
                 });
             }
             let _ = signal_hook_registry::register(libc::SIGHUP, || {
+                LAST.store(libc::SIGHUP, Ordering::SeqCst);
                 HUNG_UP.store(true, Ordering::SeqCst);
                 let null = DEV_NULL.load(Ordering::SeqCst);
                 let ttys = ON_TERMINAL.load(Ordering::SeqCst);

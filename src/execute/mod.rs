@@ -267,7 +267,10 @@ async fn run_async(
     ui.clear_spinners();
     let finish = match finish {
         Ok(f) => f,
-        Err(ExecError::Gate(e @ crate::execute::gate::GateError::Interrupted { .. })) => Finish {
+        Err(ExecError::Gate(
+            e @ (crate::execute::gate::GateError::Interrupted { .. }
+            | crate::execute::gate::GateError::HungUp { .. }),
+        )) => Finish {
             outcome: Outcome::Interrupted,
             message: e.to_string(),
             exit_code: exit::INTERRUPTED,

@@ -43,7 +43,7 @@ impl Stage {
             &format!(
                 "name: stoppable\nhosts: app\nsteps:\n\
                  \x20 - name: First\n    run: echo first >> {{{{ work }}}}/trail\n    rollback: echo undo-first >> {{{{ work }}}}/trail\n\
-                 \x20 - name: Long\n    run: {sleep} && echo long >> {{{{ work }}}}/trail\n    rollback: echo undo-long >> {{{{ work }}}}/trail\n\
+                 \x20 - name: Long\n    run: \"[ -e {{{{ work }}}}/quick ] || {sleep}; echo long >> {{{{ work }}}}/trail\"\n    rollback: echo undo-long >> {{{{ work }}}}/trail\n\
                  \x20 - name: Last\n    run: echo last >> {{{{ work }}}}/trail\n"
             ),
         );
@@ -418,4 +418,126 @@ fn after_sigkill_the_rollback_of_that_run_takes_over_its_lock_and_kills_what_it_
         .test(&["stoppable", "--env", "lab", "--yes", "--limit", "web1"])
         .output();
     assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+}
+
+#[test]
+fn after_sigkill_a_resume_of_that_run_takes_over_its_lock_and_goes_on() {
+    let stage = Stage::new(30);
+    let mut child = stage.spawn(&["stoppable", "--env", "lab", "--yes"]);
+    let dir = stage.wait_started(&mut child, "Long");
+    stage.wait_remote_sleeps();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Quick this time (the runbook reads a flag on the host), so the resumed step ends at once.
+    for i in 0..2 {
+        fs::write(stage.fleet.work_dir(i).join("quick"), "").unwrap();
+    }
+    let id = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let resumed = stage
+        .lab
+        .test(&["stoppable", "--env", "lab", "--yes", "--resume", &id])
+        .output();
+    assert_eq!(resumed.code, 0, "{}\n{}", resumed.stdout, resumed.stderr);
+    assert!(
+        resumed.stderr.contains("took over the lock"),
+        "{}",
+        resumed.stderr
+    );
+    assert!(
+        stage.sleeps_gone_within(Duration::from_secs(2)),
+        "the killed run's command was stopped first"
+    );
+    for i in 0..2 {
+        assert_eq!(stage.trail(i), ["first", "long", "last"], "host {i}");
+    }
+}
+
+/// SIGKILL at many points of a run whose steps record `do`/`undo` on the hosts:
+/// after each, `opsrun rollback RUN --yes` (no --break-lock) leaves no `do`
+/// without its `undo`, the step in flight included; a second rollback does
+/// nothing; no ssh master of the killed run survives.
+#[test]
+fn sigkill_anywhere_then_rollback_leaves_nothing_applied() {
+    let fleet = SshFleet::start(2);
+    let lab = Lab::new();
+    lab.write(
+        "inventories/lab.yaml",
+        &ssh_inventory(&fleet, "none", &app_group(&fleet)),
+    );
+    let mut steps = String::new();
+    for n in 1..=6 {
+        steps.push_str(&format!(
+            "  - name: Step {n}\n    run: echo do-{n} >> {{{{ work }}}}/trail && sleep 0.15\n    rollback: echo undo-{n} >> {{{{ work }}}}/trail\n"
+        ));
+    }
+    lab.write(
+        "runbooks/steps.yaml",
+        &format!("name: steps\nhosts: app\nsteps:\n{steps}"),
+    );
+    let trail = |i: usize| -> Vec<String> {
+        fs::read_to_string(fleet.work_dir(i).join("trail"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    // Deterministic spread of kill times over the run (about 1.5 s long), not random:
+    // a failure must reproduce.
+    for k in 0..20u64 {
+        for i in 0..2 {
+            let _ = fs::remove_file(fleet.work_dir(i).join("trail"));
+        }
+        let before = run_dirs(lab.path());
+        let mut child = lab
+            .command(&["steps", "--env", "lab", "--yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(150 + k * 83 % 1500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let dir = run_dirs(lab.path())
+            .into_iter()
+            .find(|d| !before.contains(d))
+            .expect("the killed run left its directory");
+        let id = dir.display().to_string();
+        let rollback = lab.test(&["rollback", &id, "--yes"]).output();
+        assert!(
+            rollback.code == 0,
+            "kill {k}: rollback exit {}\n{}\n{}",
+            rollback.code,
+            rollback.stdout,
+            rollback.stderr
+        );
+        for i in 0..2 {
+            let t = trail(i);
+            for n in 1..=6 {
+                if let Some(at) = t.iter().position(|l| *l == format!("do-{n}")) {
+                    assert!(
+                        t[at..].contains(&format!("undo-{n}")),
+                        "kill {k}, host {i}: do-{n} without its undo: {t:?}"
+                    );
+                }
+            }
+        }
+        let settled: Vec<Vec<String>> = (0..2).map(trail).collect();
+        let again = lab.test(&["rollback", &id, "--yes"]).output();
+        assert!(again.code == 0 || again.code == 1, "{}", again.stderr);
+        assert_eq!(
+            (0..2).map(trail).collect::<Vec<_>>(),
+            settled,
+            "kill {k}: a second rollback changed the hosts"
+        );
+    }
+    let config = fleet.ssh_config().display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pids_with(&config).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "ssh masters of killed runs survived 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
