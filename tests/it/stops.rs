@@ -8,7 +8,7 @@
 
 use crate::support::{
     cli::Run,
-    fleet::{app_group, pids_with, ssh_inventory, SshFleet},
+    fleet::{app_group, host_entry, pids_with, ssh_inventory, yaml_str, Ssh, SshFleet, TEST_USER},
     lab::Lab,
     pty::{pty_run, run_on_pty, CTRL_C, HANG_UP},
 };
@@ -24,19 +24,61 @@ struct Stage {
     fleet: SshFleet,
     lab: Lab,
     sleep: String,
+    /// The fleet index of web1: 1 when fleet host 0 is the jump host.
+    first: usize,
 }
 
 impl Stage {
     fn new(secs: u32) -> Stage {
-        let fleet = SshFleet::start(2);
+        Stage::build(secs, false)
+    }
+
+    /// The same two hosts reached through a third, as `ProxyJump` (`jump:`).
+    fn behind_jump(secs: u32) -> Stage {
+        Stage::build(secs, true)
+    }
+
+    /// Fleet host index of app host `i` (web1 is 0, or 1 behind the jump host).
+    fn host(&self, i: usize) -> usize {
+        i + self.first
+    }
+
+    fn build(secs: u32, jump: bool) -> Stage {
+        let first = usize::from(jump);
+        let fleet = SshFleet::start(2 + first);
         // Unique across the tests running at once: each kills its own leftovers by it.
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let sleep = format!("sleep {secs}.{:05}{n:03}", std::process::id() % 100_000);
         let lab = Lab::new();
+        let group = if jump {
+            let mut g = String::from("  app:\n    hosts:\n");
+            for i in 1..3 {
+                let entry = host_entry(
+                    &fleet,
+                    i,
+                    &format!("web{i}"),
+                    Ssh::FromInventory,
+                    &[("work", yaml_str(fleet.work_dir(i).to_string_lossy()))],
+                );
+                let hop = format!(
+                    "        ssh:\n          jump: \"{}:{}\"\n",
+                    fleet.address(0),
+                    fleet.port(0)
+                );
+                g.push_str(&entry.replacen(
+                    &format!("user: {TEST_USER}\n"),
+                    &format!("user: {TEST_USER}\n{hop}"),
+                    1,
+                ));
+            }
+            g
+        } else {
+            app_group(&fleet)
+        };
         lab.write(
             "inventories/lab.yaml",
-            &ssh_inventory(&fleet, "none", &app_group(&fleet)),
+            &ssh_inventory(&fleet, "none", &group),
         );
         lab.write(
             "runbooks/stoppable.yaml",
@@ -47,11 +89,16 @@ impl Stage {
                  \x20 - name: Last\n    run: echo last >> {{{{ work }}}}/trail\n"
             ),
         );
-        Stage { fleet, lab, sleep }
+        Stage {
+            fleet,
+            lab,
+            sleep,
+            first,
+        }
     }
 
     fn trail(&self, i: usize) -> Vec<String> {
-        fs::read_to_string(self.fleet.work_dir(i).join("trail"))
+        fs::read_to_string(self.fleet.work_dir(self.host(i)).join("trail"))
             .unwrap_or_default()
             .lines()
             .map(str::to_string)
@@ -206,8 +253,11 @@ fn targets(dir: &Path, step: &str) -> Vec<(String, String)> {
 
 /// A SIGTERM or SIGHUP 2 s into the 5 s step: it finishes on the hosts, the
 /// third step never starts, and the run ends as if stopped after the step.
-fn a_signal_lets_the_running_step_finish_then_ends_cleanly(sig: libc::c_int, name: &str) {
-    let stage = Stage::new(5);
+fn a_signal_lets_the_running_step_finish_then_ends_cleanly(
+    stage: Stage,
+    sig: libc::c_int,
+    name: &str,
+) {
     let mut child = stage.spawn(&["stoppable", "--env", "lab", "--yes"]);
     let dir = stage.wait_started(&mut child, "Long");
     std::thread::sleep(Duration::from_secs(2));
@@ -247,14 +297,18 @@ fn a_signal_lets_the_running_step_finish_then_ends_cleanly(sig: libc::c_int, nam
         "says how to undo: {}",
         run.stderr
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !stage.masters().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    // Masters behind a jump host run with a config of their own: tests/it/masters.rs
+    // follows those (and their hops) by their connection directory.
+    if stage.first == 0 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !stage.masters().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            stage.masters().is_empty(),
+            "no ssh master of the run is left"
+        );
     }
-    assert!(
-        stage.masters().is_empty(),
-        "no ssh master of the run is left"
-    );
     let again = stage
         .lab
         .test(&["stoppable", "--env", "lab", "--yes", "--limit", "web1"])
@@ -264,12 +318,26 @@ fn a_signal_lets_the_running_step_finish_then_ends_cleanly(sig: libc::c_int, nam
 
 #[test]
 fn sigterm_lets_the_running_step_finish_then_ends_cleanly() {
-    a_signal_lets_the_running_step_finish_then_ends_cleanly(libc::SIGTERM, "SIGTERM");
+    a_signal_lets_the_running_step_finish_then_ends_cleanly(
+        Stage::new(5),
+        libc::SIGTERM,
+        "SIGTERM",
+    );
+}
+
+#[test]
+fn sigterm_behind_a_jump_host_lets_the_running_step_finish_then_ends_cleanly() {
+    a_signal_lets_the_running_step_finish_then_ends_cleanly(
+        Stage::behind_jump(5),
+        libc::SIGTERM,
+        "SIGTERM",
+    );
 }
 
 #[test]
 fn sighup_lets_the_running_step_finish_then_ends_cleanly() {
     a_signal_lets_the_running_step_finish_then_ends_cleanly(
+        Stage::new(5),
         libc::SIGHUP,
         "SIGHUP (the terminal hung up)",
     );
@@ -277,7 +345,15 @@ fn sighup_lets_the_running_step_finish_then_ends_cleanly() {
 
 #[test]
 fn a_terminal_that_hangs_up_mid_step_ends_the_run_cleanly_without_asking() {
-    let stage = Stage::new(5);
+    a_terminal_hang_up_ends_the_run_cleanly(Stage::new(5));
+}
+
+#[test]
+fn a_terminal_that_hangs_up_behind_a_jump_host_ends_the_run_cleanly() {
+    a_terminal_hang_up_ends_the_run_cleanly(Stage::behind_jump(5));
+}
+
+fn a_terminal_hang_up_ends_the_run_cleanly(stage: Stage) {
     // The gate is answered, then the terminal goes away 2 s into the long step.
     let (code, screen) = run_on_pty(
         stage.lab.command(&["stoppable", "--env", "lab"]),
@@ -302,8 +378,7 @@ fn a_terminal_that_hangs_up_mid_step_ends_the_run_cleanly_without_asking() {
 }
 
 /// "Stop now" kills the remote command within 2 s and records it as killed.
-fn stop_now_kills_the_remote_command(stop: impl FnOnce(&Stage) -> (i32, PathBuf)) {
-    let stage = Stage::new(30);
+fn stop_now_kills_the_remote_command(stage: Stage, stop: impl FnOnce(&Stage) -> (i32, PathBuf)) {
     let started = Instant::now();
     let (code, dir) = stop(&stage);
     assert_eq!(code, 130);
@@ -337,35 +412,57 @@ fn stop_now_kills_the_remote_command(stop: impl FnOnce(&Stage) -> (i32, PathBuf)
     assert_eq!(journal(&dir).pop().unwrap()["event"], "run_finished");
 }
 
+fn second_signal(stage: &Stage) -> (i32, PathBuf) {
+    let mut child = stage.spawn(&["stoppable", "--env", "lab", "--yes"]);
+    let dir = stage.wait_started(&mut child, "Long");
+    stage.wait_remote_sleeps();
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), dir)
+}
+
+fn ctrl_c_s(stage: &Stage) -> (i32, PathBuf) {
+    let (code, screen) = run_on_pty(
+        stage.lab.command(&["stoppable", "--env", "lab"]),
+        &[("[2/3] Long", CTRL_C), ("Choice [w/s/r]", "s")],
+    );
+    let run = pty_run(code, &screen, stage.lab.path());
+    (code, run.dir().to_path_buf())
+}
+
 #[test]
 fn a_second_signal_stops_now_and_kills_the_remote_command() {
-    stop_now_kills_the_remote_command(|stage| {
-        let mut child = stage.spawn(&["stoppable", "--env", "lab", "--yes"]);
-        let dir = stage.wait_started(&mut child, "Long");
-        stage.wait_remote_sleeps();
-        signal(&child, libc::SIGTERM);
-        std::thread::sleep(Duration::from_millis(300));
-        signal(&child, libc::SIGTERM);
-        let out = child.wait_with_output().unwrap();
-        (out.status.code().unwrap_or(-1), dir)
-    });
+    stop_now_kills_the_remote_command(Stage::new(30), second_signal);
+}
+
+#[test]
+fn a_second_signal_behind_a_jump_host_stops_now_and_kills_the_remote_command() {
+    stop_now_kills_the_remote_command(Stage::behind_jump(30), second_signal);
 }
 
 #[test]
 fn ctrl_c_stop_now_on_a_terminal_kills_the_remote_command() {
-    stop_now_kills_the_remote_command(|stage| {
-        let (code, screen) = run_on_pty(
-            stage.lab.command(&["stoppable", "--env", "lab"]),
-            &[("[2/3] Long", CTRL_C), ("Choice [w/s/r]", "s")],
-        );
-        let run = pty_run(code, &screen, stage.lab.path());
-        (code, run.dir().to_path_buf())
-    });
+    stop_now_kills_the_remote_command(Stage::new(30), ctrl_c_s);
+}
+
+#[test]
+fn ctrl_c_stop_now_behind_a_jump_host_kills_the_remote_command() {
+    stop_now_kills_the_remote_command(Stage::behind_jump(30), ctrl_c_s);
 }
 
 #[test]
 fn after_sigkill_the_rollback_of_that_run_takes_over_its_lock_and_kills_what_it_left() {
-    let stage = Stage::new(30);
+    sigkill_then_rollback_takes_over(Stage::new(30));
+}
+
+#[test]
+fn after_sigkill_behind_a_jump_host_the_rollback_takes_over_and_kills_what_it_left() {
+    sigkill_then_rollback_takes_over(Stage::behind_jump(30));
+}
+
+fn sigkill_then_rollback_takes_over(stage: Stage) {
     let mut child = stage.spawn(&["stoppable", "--env", "lab", "--yes"]);
     let dir = stage.wait_started(&mut child, "Long");
     stage.wait_remote_sleeps();
@@ -430,7 +527,7 @@ fn after_sigkill_a_resume_of_that_run_takes_over_its_lock_and_goes_on() {
     child.wait().unwrap();
     // Quick this time (the runbook reads a flag on the host), so the resumed step ends at once.
     for i in 0..2 {
-        fs::write(stage.fleet.work_dir(i).join("quick"), "").unwrap();
+        fs::write(stage.fleet.work_dir(stage.host(i)).join("quick"), "").unwrap();
     }
     let id = dir.file_name().unwrap().to_string_lossy().into_owned();
     let resumed = stage
