@@ -4,15 +4,27 @@
 //! Closing an SSH channel does not stop the command behind it (without a pty
 //! nothing signals it): a command whose run stopped would go on applying its
 //! change with nobody watching, and a second run could start beside it. So
-//! each command registers itself in a directory of its run on the host
-//! (`<dir>/<tag>.pid`, holding its process group), runs in its own session
-//! (`setsid`: signals reach the whole group, children included), and leaves
-//! `<dir>/<tag>.rc` with its exit status when it ends. "Stop now" kills what
-//! the directory lists; a later rollback or resume of the run looks there for
-//! commands still running before it touches the host; the lock is released
-//! only when nothing is. The line itself runs unchanged, with the same shell
-//! as without the envelope: the host's login shell (`$SHELL -c LINE`, what
-//! sshd runs) or `/bin/sh` on the control machine.
+//! each command registers itself in a directory of its run on the host,
+//! `<dir>/<tag>.pid`: the id of the session it runs in and the start time of
+//! that session's leader, from `/proc`. sshd gives every channel a session of
+//! its own (and opsrun does the same for the commands it runs on the control
+//! machine), so the session is exactly what the command started, children
+//! included, even those that moved to a process group of their own (coreutils
+//! `timeout` does, so a process-group kill would miss a step with a
+//! `timeout`). "Stop now" signals every process of that session; a later
+//! rollback or resume of the run looks there for commands still running
+//! before it touches the host; the lock is released only when nothing is.
+//!
+//! A command counts as running while its session leader lives (same pid,
+//! same start time: never a recycled pid). A daemon it started and left behind
+//! (`catalina.sh start`) does not count, and is never killed once the command
+//! that started it has ended.
+//!
+//! The envelope costs one `exec` on the host: it writes the file and execs
+//! the line, unchanged, with the shell that would run it without the envelope:
+//! the host's login shell (`$SHELL -c LINE`, what sshd runs) or `/bin/sh` on
+//! the control machine. Nothing else of the command's environment changes (its
+//! umask, its stdin, its process ids).
 
 use super::quote;
 
@@ -28,32 +40,40 @@ pub enum Interpreter {
 /// A marker file: while it exists, no new command of the run starts on the host.
 const STOP: &str = "stop";
 
+/// Sets `s` and `b` to the session of this shell and its leader's start time
+/// (fields 6 and 22 of `/proc/PID/stat`); without `/proc`, to `$$` and empty.
+const SESSION: &str = "s=$$; b=;     read -r _ _ _ _ _ s _ < /proc/$$/stat 2>/dev/null || s=$$;     read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ b _ < /proc/$s/stat 2>/dev/null || b=;";
+
+/// Shell functions the survey, kill and clear commands share. `live S B`:
+/// session S's leader (started at B) still runs (a zombie has ended). `each SIG S`: sends SIG to
+/// every process of session S (by `/proc`; without it, to the group S).
+const LIVE: &str = "live() {     if [ -r /proc/$1/stat ]; then read -r _ _ z _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ n _ < /proc/$1/stat 2>/dev/null || return 1; [ \"$z\" != Z ] && { [ -z \"$2\" ] || [ \"$n\" = \"$2\" ]; }; else kill -0 \"$1\" 2>/dev/null; fi; };     each() { if [ -d /proc/$$ ]; then for q in /proc/[0-9]*; do     read -r _ _ _ _ _ x _ < \"$q/stat\" 2>/dev/null || continue;     [ \"$x\" = \"$2\" ] && kill -$1 \"${q#/proc/}\" 2>/dev/null; done;     else kill -$1 -\"$2\" 2>/dev/null || kill -$1 \"$2\" 2>/dev/null; fi; true; };     gone() { for e in \"$@\"; do r=${e#*:}; live \"${r%%:*}\" \"${r#*:}\" && return 1; done; return 0; };";
+
+/// Loops over the registered commands that are still running, with `$t`
+/// (tag), `$s` (session) and `$b` (leader start time) set for `BODY`.
+fn for_each_running(body: &str) -> String {
+    format!(
+        "for f in \"$d\"/*.pid; do [ -f \"$f\" ] || continue; s=; b=; read -r s b < \"$f\" 2>/dev/null; \
+         case \"$s\" in ''|*[!0-9]*) continue;; esac; t=${{f##*/}}; t=${{t%.pid}}; \
+         live \"$s\" \"$b\" || continue; {body}; done"
+    )
+}
+
 /// `line`, run inside the envelope that registers it as `tag` in `dir`.
 ///
-/// The `stop` check comes after the pid file is written, and the kill
-/// writes `stop` before it reads the pid files: a command starting while its
-/// run is being stopped is either seen by the kill or sees the stop itself.
+/// The `stop` check comes after the registration is written, and the kill
+/// writes `stop` before it reads the registrations: a command starting while
+/// its run is being stopped is either seen by the kill or sees the stop itself.
 pub fn supervised(line: &str, dir: &str, tag: &str, shell: Interpreter) -> String {
     let run = match shell {
         Interpreter::Login => "\"${SHELL:-/bin/sh}\"",
         Interpreter::Sh => "/bin/sh",
     };
-    // The command's own environment is left as it was (its umask included: a
-    // file it writes must get the mode it would get without the envelope); the
-    // registry is private by its directory's mode.
-    // Without job control an `&` command reads /dev/null: fd 3 hands it the
-    // channel's stdin instead. Without `setsid` (busybox) the command still
-    // runs and registers; only its children escape a kill.
-    let inner = format!(
-        "echo $$ >\"$1.pid\"; if [ -e \"$2/{STOP}\" ]; then rm -f \"$1.pid\"; exit 143; fi; exec {run} -c \"$3\""
-    );
     let script = format!(
-        "d=$1; t=$2; mkdir -p -m 700 \"$d\" 2>/dev/null; \
+        "d=$1; t=$2; [ -d \"$d\" ] || mkdir -p -m 700 \"$d\" 2>/dev/null; \
          if [ ! -d \"$d\" ] || [ ! -O \"$d\" ]; then echo \"opsrun: cannot track the command in $d\" >&2; exit 125; fi; \
-         command -v setsid >/dev/null 2>&1 || setsid() {{ \"$@\"; }}; \
-         exec 3<&0; setsid sh -c {inner} opsrun \"$d/$t\" \"$d\" \"$3\" <&3 3<&- & p=$!; exec 3<&-; \
-         wait \"$p\"; r=$?; echo \"$r\" >\"$d/$t.rc\"; rm -f \"$d/$t.pid\"; exit \"$r\"",
-        inner = quote(&inner),
+         {SESSION} echo \"$s $b\" >\"$d/$t.pid\" || exit 125; \
+         if [ -e \"$d/{STOP}\" ]; then exit 143; fi; exec {run} -c \"$3\""
     );
     format!(
         "sh -c {} opsrun-envelope {} {} {}",
@@ -67,7 +87,7 @@ pub fn supervised(line: &str, dir: &str, tag: &str, shell: Interpreter) -> Strin
 /// What one registered command was doing when a survey or a kill looked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
-    /// Still running as process group `pgid`.
+    /// Still running, in session `pgid`.
     Running { tag: String, pgid: u32 },
     /// Killed by this very command.
     Killed { tag: String, pgid: u32 },
@@ -86,32 +106,28 @@ impl Seen {
     }
 }
 
-/// Lists the commands of `dir` still running: `running TAG PGID` per line.
-/// A pid file whose process is gone is a command killed with its envelope.
+/// Lists the commands of `dir` still running: `running TAG SESSION` per line.
 pub fn survey_command(dir: &str) -> String {
     format!(
-        "d={}; for f in \"$d\"/*.pid; do [ -f \"$f\" ] || continue; p=$(cat \"$f\" 2>/dev/null); t=${{f##*/}}; t=${{t%.pid}}; \
-         case \"$p\" in ''|*[!0-9]*) continue;; esac; \
-         if kill -0 -\"$p\" 2>/dev/null || kill -0 \"$p\" 2>/dev/null || [ -d /proc/\"$p\" ]; then echo \"running $t $p\"; fi; done; true",
-        quote(dir)
+        "d={}; {LIVE} {}; true",
+        quote(dir),
+        for_each_running("echo \"running $t $s\"")
     )
 }
 
 /// Stops every command of `dir`: no new one starts (until [`resume_command`]),
-/// each process group gets TERM, then KILL after `grace` seconds. One line per command it found:
-/// `killed TAG PGID` or `unkillable TAG PGID`.
+/// each session gets TERM, then KILL after `grace` seconds. One line per
+/// command it found: `killed TAG SESSION` or `unkillable TAG SESSION`.
 pub fn kill_command(dir: &str, grace: u32) -> String {
     format!(
-        "d={}; [ -d \"$d\" ] || exit 0; : >\"$d/{STOP}\"; \
-         alive() {{ kill -0 -\"$1\" 2>/dev/null || kill -0 \"$1\" 2>/dev/null || [ -d /proc/\"$1\" ]; }}; \
-         set --; for f in \"$d\"/*.pid; do [ -f \"$f\" ] || continue; p=$(cat \"$f\" 2>/dev/null); \
-         case \"$p\" in ''|*[!0-9]*) continue;; esac; t=${{f##*/}}; set -- \"$@\" \"${{t%.pid}}:$p\"; \
-         kill -TERM -\"$p\" 2>/dev/null || kill -TERM \"$p\" 2>/dev/null; done; \
-         n=0; while [ $n -lt {ticks} ]; do busy=; for e in \"$@\"; do alive \"${{e#*:}}\" && busy=1; done; [ -z \"$busy\" ] && break; sleep 0.2 2>/dev/null || sleep 1; n=$((n+1)); done; \
-         for e in \"$@\"; do p=${{e#*:}}; alive \"$p\" && {{ kill -KILL -\"$p\" 2>/dev/null || kill -KILL \"$p\" 2>/dev/null; }}; done; \
-         sleep 0.2 2>/dev/null; for e in \"$@\"; do t=${{e%%:*}}; p=${{e#*:}}; \
-         if alive \"$p\"; then echo \"unkillable $t $p\"; else echo \"killed $t $p\"; fi; done",
+        "d={}; [ -d \"$d\" ] || exit 0; : >\"$d/{STOP}\"; {LIVE} set --; \
+         {}; \
+         n=0; while [ $n -lt {ticks} ] && ! gone \"$@\"; do sleep 0.2 2>/dev/null || sleep 1; n=$((n+1)); done; \
+         for e in \"$@\"; do r=${{e#*:}}; s=${{r%%:*}}; live \"$s\" \"${{r#*:}}\" && each KILL \"$s\"; done; \
+         sleep 0.2 2>/dev/null; for e in \"$@\"; do t=${{e%%:*}}; r=${{e#*:}}; s=${{r%%:*}}; \
+         if live \"$s\" \"${{r#*:}}\"; then echo \"unkillable $t $s\"; else echo \"killed $t $s\"; fi; done",
         quote(dir),
+        for_each_running("set -- \"$@\" \"$t:$s:$b\"; each TERM \"$s\""),
         ticks = grace.max(1) * 5,
     )
 }
@@ -125,9 +141,9 @@ pub fn resume_command(dir: &str) -> String {
 /// Removes `dir` if no command in it is still running; prints `busy` otherwise.
 pub fn clear_command(dir: &str) -> String {
     format!(
-        "d={}; [ -d \"$d\" ] || exit 0; for f in \"$d\"/*.pid; do [ -f \"$f\" ] || continue; p=$(cat \"$f\" 2>/dev/null); \
-         case \"$p\" in ''|*[!0-9]*) continue;; esac; if kill -0 -\"$p\" 2>/dev/null || kill -0 \"$p\" 2>/dev/null || [ -d /proc/\"$p\" ]; then echo busy; exit 0; fi; done; rm -rf \"$d\"",
-        quote(dir)
+        "d={}; [ -d \"$d\" ] || exit 0; {LIVE} {}; rm -rf \"$d\"",
+        quote(dir),
+        for_each_running("echo busy; exit 0")
     )
 }
 
@@ -154,12 +170,40 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
+    /// `/bin/sh -c LINE` in a session of its own, as sshd runs each channel: a
+    /// kill of a registered command must never reach the test runner's session.
+    fn session(line: &str) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(line);
+        // SAFETY: setsid is async-signal-safe and has no preconditions.
+        unsafe {
+            c.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        c
+    }
+
     fn sh(line: &str) -> std::process::Output {
-        Command::new("/bin/sh")
-            .arg("-c")
-            .arg(line)
-            .output()
-            .unwrap()
+        session(line).output().unwrap()
+    }
+
+    fn seen(line: &str) -> Vec<Seen> {
+        parse_seen(&String::from_utf8_lossy(&sh(line).stdout))
+    }
+
+    /// Waits until `reg` lists a running command.
+    fn wait_running(reg: &str) -> Vec<Seen> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = seen(&survey_command(reg));
+            if !found.is_empty() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]
@@ -167,9 +211,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let reg = dir.path().join("reg").display().to_string();
         let line = "read a; echo \"got $a\"; echo err >&2; exit 7";
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(supervised(line, &reg, "c1", Interpreter::Sh))
+        let mut child = session(&supervised(line, &reg, "c1", Interpreter::Sh))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -181,11 +223,10 @@ mod tests {
         assert_eq!(out.status.code(), Some(7));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "got x y\n");
         assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
-        assert_eq!(
-            std::fs::read_to_string(format!("{reg}/c1.rc")).unwrap(),
-            "7\n"
+        assert!(
+            sh(&survey_command(&reg)).stdout.is_empty(),
+            "an ended command is not running"
         );
-        assert!(!std::path::Path::new(&format!("{reg}/c1.pid")).exists());
         // The line's umask is the caller's, not the registry's.
         let out = sh(&format!(
             "umask 022; {}",
@@ -212,35 +253,27 @@ mod tests {
             "(sleep 30; touch {}) & sleep 30",
             quote(&mark.display().to_string())
         );
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(supervised(&line, &reg, "c1", Interpreter::Sh))
+        let mut child = session(&supervised(&line, &reg, "c1", Interpreter::Sh))
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let seen = loop {
-            let seen = parse_seen(&String::from_utf8_lossy(&sh(&survey_command(&reg)).stdout));
-            if !seen.is_empty() || Instant::now() > deadline {
-                break seen;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let found = wait_running(&reg);
         assert!(
-            matches!(&seen[..], [Seen::Running { tag, .. }] if tag == "c1"),
-            "{seen:?}"
+            matches!(&found[..], [Seen::Running { tag, .. }] if tag == "c1"),
+            "{found:?}"
         );
         assert_eq!(
             String::from_utf8_lossy(&sh(&clear_command(&reg)).stdout),
             "busy\n"
         );
-        let killed = parse_seen(&String::from_utf8_lossy(&sh(&kill_command(&reg, 3)).stdout));
+        let killed = seen(&kill_command(&reg, 3));
         assert!(
             matches!(&killed[..], [Seen::Killed { tag, .. }] if tag == "c1"),
             "{killed:?}"
         );
         let status = child.wait().unwrap();
-        assert_eq!(status.code(), Some(143), "TERM, reported as the shell does");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGTERM), "the command itself got TERM");
         assert!(sh(&survey_command(&reg)).stdout.is_empty());
         // Until the stopped step is over, nothing new starts; then the run's
         // next command (an undo) may.
@@ -256,6 +289,52 @@ mod tests {
         assert!(!std::path::Path::new(&reg).exists());
         std::thread::sleep(Duration::from_millis(300));
         assert!(!mark.exists(), "the command's child was killed with it");
+    }
+
+    #[test]
+    fn a_kill_reaches_what_left_the_process_group_and_spares_what_ended_commands_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = dir.path().join("reg").display().to_string();
+        // A daemon an earlier, ended command started (`catalina.sh start`).
+        let daemon = "sleep 31.4159";
+        let out = sh(&supervised(
+            &format!("{daemon} >/dev/null 2>&1 &"),
+            &reg,
+            "c1",
+            Interpreter::Sh,
+        ));
+        assert!(out.status.success());
+        // coreutils `timeout` puts itself in a process group of its own.
+        let mut child = session(&supervised(
+            "timeout 30 sleep 30",
+            &reg,
+            "c2",
+            Interpreter::Sh,
+        ))
+        .spawn()
+        .unwrap();
+        let running = wait_running(&reg);
+        assert!(
+            matches!(&running[..], [Seen::Running { tag, .. }] if tag == "c2"),
+            "only the command that has not ended runs: {running:?}"
+        );
+        let killed = seen(&kill_command(&reg, 3));
+        assert!(
+            matches!(&killed[..], [Seen::Killed { tag, .. }] if tag == "c2"),
+            "{killed:?}"
+        );
+        assert!(!child.wait().unwrap().success());
+        let left = std::process::Command::new("pgrep")
+            .args(["-f", daemon])
+            .output()
+            .unwrap();
+        assert!(
+            left.status.success(),
+            "the ended command's daemon was spared"
+        );
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", daemon])
+            .status();
     }
 
     #[test]

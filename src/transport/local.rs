@@ -43,7 +43,7 @@ impl LocalConnection {
         if let Some(dir) = &self.tmpdir {
             command.env("TMPDIR", dir);
         }
-        let mut child = command
+        command
             .arg("-c")
             .arg(&cmd.line)
             .stdin(match cmd.stdin {
@@ -54,12 +54,21 @@ impl LocalConnection {
             .stderr(Stdio::piped())
             // If the engine gives up on a command (timeout, Ctrl-C), dropping the
             // future must not leave the shell running.
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| TransportError::Spawn {
-                host: self.host.clone(),
-                source,
-            })?;
+            .kill_on_drop(true);
+        // A session of its own, as sshd gives each channel: the terminal's
+        // Ctrl-C reaches opsrun only (which decides what stops), and "stop now"
+        // kills the command's session (`shell::envelope`), never opsrun's own.
+        // SAFETY: setsid is async-signal-safe and has no preconditions.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|source| TransportError::Spawn {
+            host: self.host.clone(),
+            source,
+        })?;
         let stdin = child.stdin.take();
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             unreachable!("stdout and stderr were requested as pipes")
