@@ -138,6 +138,71 @@ impl Site {
     }
 }
 
+/// A run spawned in the background; dropping it (also when an assertion fails)
+/// kills it and the remote `sleep` it started, so a failing test leaves nothing.
+struct Running {
+    child: Child,
+    sleep: String,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command, sleep: &str) -> Running {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Running {
+            child,
+            sleep: sleep.to_string(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until `sleep` itself (not only the shell about to start it) runs on
+    /// the hosts `count` times, while opsrun is still running.
+    fn wait_for_remote(&mut self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("opsrun ended ({status}) before `{}` ran", self.sleep);
+            }
+            let sleeping = pids_with(&self.sleep)
+                .into_iter()
+                .filter(|p| {
+                    fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0"))
+                })
+                .count();
+            if sleeping >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{}` never ran on the hosts",
+                self.sleep
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as `kill -9` does.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kill_remote(&self.sleep);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// `/proc/PID/stat` after the command name: state, ppid, pgrp, session.
 fn stat(pid: u32) -> Option<(char, i32, i32, i32)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -156,7 +221,10 @@ fn is_ssh(pid: u32) -> bool {
     fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
         c.split(|b| *b == 0)
             .next()
-            .is_some_and(|argv0| argv0 == b"ssh" || argv0.ends_with(b"/ssh"))
+            // A master that went to the background retitles itself `ssh: PATH [mux]`.
+            .is_some_and(|argv0| {
+                argv0 == b"ssh" || argv0.ends_with(b"/ssh") || argv0.starts_with(b"ssh: ")
+            })
     })
 }
 
@@ -167,31 +235,6 @@ fn describe(pid: u32) -> String {
         stat(pid),
         String::from_utf8_lossy(&cmdline).replace('\0', " ")
     )
-}
-
-/// Waits until `sleep` itself (not only the shell about to start it) runs on the
-/// hosts `count` times, while opsrun is still running.
-fn wait_for_remote(child: &mut Child, sleep: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("opsrun ended ({status}) before `{sleep}` ran");
-        }
-        let sleeping = pids_with(sleep)
-            .into_iter()
-            .filter(|p| {
-                fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0"))
-            })
-            .count();
-        if sleeping >= count {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{sleep}` never ran on the hosts"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The remote commands a killed run leaves (stopping them is not this lane's job).
@@ -220,14 +263,8 @@ fn sigkill_leaves_no_master(route: Route, salt: u32) {
     let site = Site::start(&[route], None);
     let sleep = long_sleep(salt);
     site.runbook("long", &long_runbook(&sleep));
-    let mut child = site
-        .command(&["long", "--env", "lab", "--yes"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_remote(&mut child, &sleep, 1);
+    let mut run = Running::spawn(site.command(&["long", "--env", "lab", "--yes"]), &sleep);
+    run.wait_for_remote(1);
     let before = site.ssh_processes();
     let helpers: Vec<u32> = pids_with(&site.jump_target())
         .into_iter()
@@ -251,9 +288,7 @@ fn sigkill_leaves_no_master(route: Route, salt: u32) {
         "{helpers:?}"
     );
 
-    child.kill().unwrap();
-    child.wait().unwrap();
-    kill_remote(&sleep);
+    run.kill();
     site.assert_no_ssh_within(Duration::from_secs(30), "after SIGKILL of opsrun");
 }
 
@@ -277,14 +312,9 @@ fn masters_and_jump_helpers_run_in_a_session_of_their_own() {
     // in the foreground: then "outside opsrun's group" means "not in the terminal's
     // foreground group".
     cmd.process_group(0);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_remote(&mut child, &sleep, 2);
-    let opsrun = child.id();
+    let mut run = Running::spawn(cmd, &sleep);
+    run.wait_for_remote(2);
+    let opsrun = run.pid();
     let (_, _, opsrun_group, opsrun_session) = stat(opsrun).unwrap();
     let all = site.ssh_processes();
     let helpers: Vec<u32> = pids_with(&site.jump_target())
@@ -314,9 +344,7 @@ fn masters_and_jump_helpers_run_in_a_session_of_their_own() {
     // So a Ctrl-C to opsrun's whole group (what the terminal sends) misses them.
     assert_eq!(helper_session, helper_parent, "{described:#?}");
 
-    child.kill().unwrap();
-    child.wait().unwrap();
-    kill_remote(&sleep);
+    run.kill();
     site.assert_no_ssh_within(Duration::from_secs(30), "after SIGKILL of opsrun");
 }
 
@@ -429,15 +457,9 @@ fn control_persist_in_the_users_ssh_config_does_not_keep_masters_after_opsrun() 
     .unwrap();
     let sleep = long_sleep(5);
     site.runbook("long", &long_runbook(&sleep));
-    let mut child = site
-        .command(&["long", "--env", "lab", "--yes"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_remote(&mut child, &sleep, 2);
-    let opsrun = child.id();
+    let mut run = Running::spawn(site.command(&["long", "--env", "lab", "--yes"]), &sleep);
+    run.wait_for_remote(2);
+    let opsrun = run.pid();
     let masters: Vec<u32> = site
         .ssh_processes()
         .into_iter()
@@ -448,9 +470,16 @@ fn control_persist_in_the_users_ssh_config_does_not_keep_masters_after_opsrun() 
         // Still opsrun's child: ControlPersist did not make it fork away.
         assert_eq!(stat(*m).unwrap().1 as u32, opsrun, "{}", describe(*m));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    kill_remote(&sleep);
+    // Nothing became or used a master under the user's ControlPath, not even the
+    // jump helper (an `ssh -W` that persisted a bastion connection would outlive us).
+    let sockets: Vec<String> = fs::read_dir(config_dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cm-"))
+        .collect();
+    assert!(sockets.is_empty(), "{sockets:?}");
+    run.kill();
     site.assert_no_ssh_within(Duration::from_secs(30), "after SIGKILL of opsrun");
     // Nor did any other master appear under the user's ControlPath.
     let persisted = pids_with(&config_dir.path().to_string_lossy())

@@ -47,8 +47,9 @@ pub(super) fn control_dir(host: &str) -> Result<PathBuf, TransportError> {
 /// hop's host key would be checked per the user's config (maybe accept-new, or a
 /// prompt on the terminal), and a ControlPersist master sends the hops' stderr to
 /// /dev/null, losing "host key unknown" for a bastion. Instead:
-/// - `hop.ssh_config` forces strict checking and batch mode, then includes the
-///   configuration ssh would have read anyway (ssh keeps the first value it finds);
+/// - `hop.ssh_config` forces strict checking, batch mode and no connection sharing,
+///   then includes the configuration ssh would have read anyway (ssh keeps the
+///   first value it finds);
 /// - `master.ssh_config` adds a `ProxyCommand` that runs the last hop with
 ///   `-F hop.ssh_config` (earlier hops via its own `-J`, which passes `-F` on) and
 ///   appends every hop's stderr to `hop.log`, read back if the connection fails.
@@ -78,10 +79,16 @@ impl JumpConfig {
             log: control_dir.join(format!("{stem}.hop.log")),
         };
 
+        // ControlMaster/ControlPath: a hop must neither become a master (with the
+        // user's ControlPersist it would fork away, keep the bastion connection open
+        // and outlive opsrun) nor ride on one of the user's; it is a plain child of
+        // our master and ends with it.
         let mut hop = String::from(
             "# Written by opsrun for one connection; removed once connected.\n\
              StrictHostKeyChecking yes\n\
-             BatchMode yes\n",
+             BatchMode yes\n\
+             ControlMaster no\n\
+             ControlPath none\n",
         );
         if let Some(files) = known_hosts {
             hop.push_str(&format!("UserKnownHostsFile {}\n", files.to_string_lossy()));
