@@ -488,3 +488,82 @@ fn control_persist_in_the_users_ssh_config_does_not_keep_masters_after_opsrun() 
         .collect::<Vec<_>>();
     assert!(persisted.is_empty(), "{persisted:?}");
 }
+
+#[test]
+fn what_killed_runs_left_in_the_control_directory_is_removed_by_the_next_run() {
+    let site = Site::start(&[Route::Direct], None);
+    site.runbook(
+        "quick",
+        "name: quick\nhosts: app\nsteps:\n  - name: Quick\n    run: \"true\"\n",
+    );
+    let base = site.xdg.join("opsrun-0");
+    fs::create_dir(&base).unwrap();
+    fs::set_permissions(&base, fs::Permissions::from_mode(0o700)).unwrap();
+    // A pid that surely belongs to no process now: a child that was reaped.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let dead = gone.id();
+    let alive = std::process::id();
+    let entry = |name: String, old: bool, socket: bool| {
+        let path = base.join(name);
+        if name_is_dir(&path) {
+            fs::create_dir(&path).unwrap();
+            fs::write(path.join("log"), "ssh log\n").unwrap();
+            if socket {
+                fs::write(path.join("master"), "").unwrap();
+            }
+        } else {
+            fs::write(&path, "Host *\n").unwrap();
+        }
+        if old {
+            let status = Command::new("touch")
+                .args(["-d", "1 hour ago"])
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        path
+    };
+    fn name_is_dir(path: &Path) -> bool {
+        path.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".ssh-connection-")
+    }
+    let stale_dir = entry(format!(".ssh-connection-{dead}-0"), true, false);
+    let stale_jump = entry(format!("jump-{dead}-0.hop.ssh_config"), true, false);
+    let live_owner = entry(format!(".ssh-connection-{alive}-0"), true, false);
+    let recent = entry(format!(".ssh-connection-{dead}-1"), false, false);
+    let with_socket = entry(format!(".ssh-connection-{dead}-2"), true, true);
+    let other = entry("unrelated".to_string(), true, false);
+
+    let out = site
+        .command(&["quick", "--env", "lab", "--yes"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !stale_dir.exists(),
+        "a killed run's connection dir is removed"
+    );
+    assert!(
+        !stale_jump.exists(),
+        "a killed run's jump config is removed"
+    );
+    for kept in [&live_owner, &recent, &with_socket, &other] {
+        assert!(kept.exists(), "{} must stay", kept.display());
+    }
+    // And the run's own connection directory went with its master.
+    let left: Vec<String> = fs::read_dir(&base)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 4, "{left:?}");
+}
