@@ -71,6 +71,9 @@ impl Master {
         })?;
         let socket = dir.join("master");
         let log = dir.join("log");
+        // From here on, Drop ends the child and removes the directory on every path,
+        // also when this future is dropped half-way.
+        let mut master = Master { child: None, dir };
 
         let mut cmd = std::process::Command::new("ssh");
         cmd.stdin(Stdio::null())
@@ -86,21 +89,10 @@ impl Master {
             // master forks away from opsrun and outlives it.
             .args(["-o", "ControlPersist=no"])
             .args(options);
-        let child = match spawn(cmd).await {
-            Ok(child) => child,
-            Err(source) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(StartError::Local {
-                    what: "starting ssh",
-                    source,
-                });
-            }
-        };
-        // From here on, Drop ends the child and removes the directory on every path.
-        let mut master = Master {
-            child: Some(child),
-            dir,
-        };
+        master.child = Some(spawn(cmd).await.map_err(|source| StartError::Local {
+            what: "starting ssh",
+            source,
+        })?);
         let session = Session::resume_mux(socket.clone().into(), Some(log.clone().into()));
 
         let start = Instant::now();
@@ -140,7 +132,7 @@ impl Master {
     /// lingers), reaps it and removes the control directory.
     pub(super) async fn finish(mut self) {
         let deadline = Instant::now() + EXIT_GRACE;
-        while Instant::now() < deadline {
+        while self.child.is_some() && Instant::now() < deadline {
             match self.try_wait() {
                 Ok(None) => tokio::time::sleep(POLL).await,
                 Ok(Some(_)) | Err(_) => break,
