@@ -567,3 +567,40 @@ fn what_killed_runs_left_in_the_control_directory_is_removed_by_the_next_run() {
         .collect();
     assert_eq!(left.len(), 4, "{left:?}");
 }
+
+#[test]
+fn a_master_that_forks_away_by_itself_is_refused_and_stopped() {
+    // `ForkAfterAuthentication yes` (ssh's `-f` in a config file) would put the master
+    // out of opsrun's reach; opsrun says so instead of leaving it behind.
+    let config_dir = tempfile::Builder::new()
+        .prefix("opsrun-fork-")
+        .tempdir()
+        .unwrap();
+    let config = config_dir.path().join("ssh_config");
+    let site = Site::start(&[Route::Direct], Some(&config));
+    let text = fs::read_to_string(site.fleet.ssh_config()).unwrap();
+    fs::write(
+        &config,
+        text.replace("Host *\n", "Host *\n  ForkAfterAuthentication yes\n"),
+    )
+    .unwrap();
+    site.runbook(
+        "quick",
+        "name: quick\nhosts: app\nsteps:\n  - name: Quick\n    run: \"true\"\n",
+    );
+    let out = site
+        .command(&["quick", "--env", "lab", "--yes"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("host web1: ssh connection to 127.0.0.2 failed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ForkAfterAuthentication"), "{stderr}");
+    // The master that went to the background (retitled `ssh: SOCKET [mux]`, under
+    // this run's control directory) was asked to exit.
+    site.assert_no_ssh_within(Duration::from_secs(10), "after a refused forking master");
+}
