@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::transport::{Endpoint, TransportError};
 
 /// A private 0700 directory for control sockets. `$XDG_RUNTIME_DIR` (a per-user tmpfs)
-/// is preferred over the crate's default `~/.local/state`, so sockets of a killed run
-/// do not pile up in the home directory. Each master gets a 0700 subdirectory
+/// is preferred, else the temp dir: never the home directory, where what a killed
+/// run leaves would pile up across logins. Each master gets a 0700 subdirectory
 /// `.ssh-connection-PID-N` (master.rs); jump-host configs are `jump-PID-N.*` files.
 pub(super) fn control_dir(host: &str) -> Result<PathBuf, TransportError> {
     let base = std::env::var_os("XDG_RUNTIME_DIR")
@@ -100,10 +100,10 @@ fn pid_is_gone(pid: u32) -> bool {
 
 /// The ssh_config files used when the endpoint has jump hosts.
 ///
-/// The crate's `jump_hosts()` (`ssh -J`) is not used: ssh starts each hop as
+/// Plain `ssh -J` is not used: ssh starts each hop as
 /// `ssh -l USER -p PORT -F CONFIG -W HOST:PORT HOP` without our `-o` settings, so a
 /// hop's host key would be checked per the user's config (maybe accept-new, or a
-/// prompt on the terminal), and a ControlPersist master sends the hops' stderr to
+/// prompt on the terminal), and the hops' stderr would go to the master's, which is
 /// /dev/null, losing "host key unknown" for a bastion. Instead:
 /// - `hop.ssh_config` forces strict checking, batch mode and no connection sharing,
 ///   then includes the configuration ssh would have read anyway (ssh keeps the
