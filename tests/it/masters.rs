@@ -32,33 +32,48 @@ struct Site {
 enum Route {
     Direct,
     Jump,
+    /// `web3`: fleet host 2 through host 0 then host 1.
+    TwoJumps,
 }
 
 impl Site {
     /// `hosts`: which of web1 (direct) / web2 (through the bastion) the group has.
     fn start(hosts: &[Route], config_file: Option<&Path>) -> Site {
-        let fleet = SshFleet::start(2);
+        let fleet = SshFleet::start(if hosts.contains(&Route::TwoJumps) {
+            3
+        } else {
+            2
+        });
         let lab = Lab::new();
         let mut groups = String::from("  app:\n    hosts:\n");
         for route in hosts {
             let (name, i) = match route {
                 Route::Direct => ("web1", 0),
                 Route::Jump => ("web2", 1),
+                Route::TwoJumps => ("web3", 2),
             };
             groups.push_str(&format!(
                 "      {name}:\n        address: {}\n        port: {}\n        user: {TEST_USER}\n",
                 fleet.address(i),
                 fleet.port(i)
             ));
-            if *route == Route::Jump {
-                groups.push_str(&format!(
-                    "        ssh: {{ jump: {} }}\n",
-                    yaml_str(format!(
-                        "{TEST_USER}@{}:{}",
-                        fleet.address(0),
-                        fleet.port(0)
-                    ))
-                ));
+            let hop = |h: usize| {
+                yaml_str(format!(
+                    "{TEST_USER}@{}:{}",
+                    fleet.address(h),
+                    fleet.port(h)
+                ))
+            };
+            match route {
+                Route::Direct => {}
+                Route::Jump => {
+                    groups.push_str(&format!("        ssh: {{ jump: {} }}\n", hop(0)));
+                }
+                Route::TwoJumps => groups.push_str(&format!(
+                    "        ssh: {{ jump: [{}, {}] }}\n",
+                    hop(0),
+                    hop(1)
+                )),
             }
             groups.push_str(&format!(
                 "        vars:\n          work: {}\n",
@@ -288,6 +303,21 @@ fn sigkill_leaves_no_master(route: Route, salt: u32) {
         "{helpers:?}"
     );
 
+    run.kill();
+    site.assert_no_ssh_within(Duration::from_secs(30), "after SIGKILL of opsrun");
+}
+
+#[test]
+fn sigkill_during_a_step_leaves_no_master_or_helper_of_a_host_behind_two_jump_hosts() {
+    let site = Site::start(&[Route::TwoJumps], None);
+    let sleep = long_sleep(6);
+    site.runbook("long", &long_runbook(&sleep));
+    let mut run = Running::spawn(site.command(&["long", "--env", "lab", "--yes"]), &sleep);
+    run.wait_for_remote(1);
+    // The master, the last hop's `ssh -W` and the first hop's, which the last starts.
+    let before = site.ssh_processes();
+    let described: Vec<String> = before.iter().map(|p| describe(*p)).collect();
+    assert_eq!(before.len(), 3, "{described:#?}");
     run.kill();
     site.assert_no_ssh_within(Duration::from_secs(30), "after SIGKILL of opsrun");
 }
