@@ -267,3 +267,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_bound_allows_every_hop_its_connect_timeout() {
+        let mut ep = Endpoint::ssh("web1", "10.0.0.5");
+        assert_eq!(start_bound(&ep), Duration::from_secs(150));
+        ep.connect_timeout = Some(Duration::from_secs(10));
+        ep.jump = vec!["bastion".into(), "inner".into()];
+        assert_eq!(start_bound(&ep), Duration::from_secs(60));
+    }
+}
