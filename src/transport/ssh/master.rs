@@ -45,7 +45,8 @@ pub(super) enum StartError {
     /// ssh exited before the connection was ready; its `-E` log says why.
     Exited { log: String },
     /// ssh went to the background by itself (`ForkAfterAuthentication yes` in the
-    /// user's ssh_config); that master was asked to exit.
+    /// user's ssh_config): another pid serves the socket. That master was asked to
+    /// exit.
     Forked,
     /// Neither ready nor exited within the safety bound; ssh was stopped.
     NoAnswer { log: String, waited: Duration },
@@ -89,10 +90,12 @@ impl Master {
             // master forks away from opsrun and outlives it.
             .args(["-o", "ControlPersist=no"])
             .args(options);
-        master.child = Some(spawn(cmd).await.map_err(|source| StartError::Local {
+        let child = spawn(cmd).await.map_err(|source| StartError::Local {
             what: "starting ssh",
             source,
-        })?);
+        })?;
+        let pid = child.id();
+        master.child = Some(child);
         let session = Session::resume_mux(socket.clone().into(), Some(log.clone().into()));
 
         let start = Instant::now();
@@ -101,21 +104,26 @@ impl Master {
                 what: "waiting for ssh",
                 source,
             })?;
-            // Looked at after try_wait: a master that forked away has made its socket
-            // before its foreground process exits, so a late socket is not missed.
-            let answers = socket.exists() && session.check().await.is_ok();
-            match exited {
-                Some(status) if status.success() && answers => {
+            // Which process serves the socket: ours, or one that ssh forked into the
+            // background (`ForkAfterAuthentication`, after it made the socket), out of
+            // our reach. Looked at after try_wait, so an exit is not mistaken for that.
+            let server = if socket.exists() {
+                serving_pid(&socket).await
+            } else {
+                None
+            };
+            match (exited, server) {
+                (_, Some(other)) if other != pid => {
                     let _ = session.close().await;
                     return Err(StartError::Forked);
                 }
-                Some(_) => {
+                (Some(_), _) => {
                     return Err(StartError::Exited {
                         log: std::fs::read_to_string(&log).unwrap_or_default(),
                     })
                 }
-                None if answers => return Ok((master, session)),
-                None => {}
+                (None, Some(_)) => return Ok((master, session)),
+                (None, None) => {}
             }
             if start.elapsed() > bound {
                 master.end();
@@ -183,6 +191,12 @@ impl Drop for Master {
         self.end();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The pid of the master answering a mux alive check on `socket`, if one answers.
+async fn serving_pid(socket: &Path) -> Option<u32> {
+    let mut conn = openssh_mux_client::Connection::connect(socket).await.ok()?;
+    conn.send_alive_check().await.ok().map(|pid| pid.get())
 }
 
 /// A new 0700 directory `.ssh-connection-PID-N` in `base` (itself private to the
