@@ -158,10 +158,12 @@ impl Site {
 struct Running {
     child: Child,
     sleep: String,
+    /// The host locks (`/tmp/opsrun-lock-PORT`) a killed run leaves behind.
+    locks: Vec<PathBuf>,
 }
 
 impl Running {
-    fn spawn(mut cmd: Command, sleep: &str) -> Running {
+    fn spawn(site: &Site, mut cmd: Command, sleep: &str) -> Running {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -171,6 +173,9 @@ impl Running {
         Running {
             child,
             sleep: sleep.to_string(),
+            locks: (0..site.fleet.len())
+                .map(|i| PathBuf::from(format!("/tmp/opsrun-lock-{}", site.fleet.port(i))))
+                .collect(),
         }
     }
 
@@ -209,6 +214,16 @@ impl Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
         kill_remote(&self.sleep);
+        // Only the killed run's own: a later fleet may get the same port.
+        let pid = self.child.id();
+        for lock in &self.locks {
+            let owner = fs::read_to_string(lock.join("owner")).unwrap_or_default();
+            let owned =
+                serde_json::from_str::<serde_json::Value>(&owner).is_ok_and(|o| o["pid"] == pid);
+            if owned {
+                let _ = fs::remove_dir_all(lock);
+            }
+        }
     }
 }
 
@@ -278,7 +293,11 @@ fn sigkill_leaves_no_master(route: Route, salt: u32) {
     let site = Site::start(&[route], None);
     let sleep = long_sleep(salt);
     site.runbook("long", &long_runbook(&sleep));
-    let mut run = Running::spawn(site.command(&["long", "--env", "lab", "--yes"]), &sleep);
+    let mut run = Running::spawn(
+        &site,
+        site.command(&["long", "--env", "lab", "--yes"]),
+        &sleep,
+    );
     run.wait_for_remote(1);
     let before = site.ssh_processes();
     let helpers: Vec<u32> = pids_with(&site.jump_target())
@@ -312,7 +331,11 @@ fn sigkill_during_a_step_leaves_no_master_or_helper_of_a_host_behind_two_jump_ho
     let site = Site::start(&[Route::TwoJumps], None);
     let sleep = long_sleep(6);
     site.runbook("long", &long_runbook(&sleep));
-    let mut run = Running::spawn(site.command(&["long", "--env", "lab", "--yes"]), &sleep);
+    let mut run = Running::spawn(
+        &site,
+        site.command(&["long", "--env", "lab", "--yes"]),
+        &sleep,
+    );
     run.wait_for_remote(1);
     // The master, the last hop's `ssh -W` and the first hop's, which the last starts.
     let before = site.ssh_processes();
@@ -342,7 +365,7 @@ fn masters_and_jump_helpers_run_in_a_session_of_their_own() {
     // in the foreground: then "outside opsrun's group" means "not in the terminal's
     // foreground group".
     cmd.process_group(0);
-    let mut run = Running::spawn(cmd, &sleep);
+    let mut run = Running::spawn(&site, cmd, &sleep);
     run.wait_for_remote(2);
     let opsrun = run.pid();
     let (_, _, opsrun_group, opsrun_session) = stat(opsrun).unwrap();
@@ -487,7 +510,11 @@ fn control_persist_in_the_users_ssh_config_does_not_keep_masters_after_opsrun() 
     .unwrap();
     let sleep = long_sleep(5);
     site.runbook("long", &long_runbook(&sleep));
-    let mut run = Running::spawn(site.command(&["long", "--env", "lab", "--yes"]), &sleep);
+    let mut run = Running::spawn(
+        &site,
+        site.command(&["long", "--env", "lab", "--yes"]),
+        &sleep,
+    );
     run.wait_for_remote(2);
     let opsrun = run.pid();
     let masters: Vec<u32> = site
