@@ -3,32 +3,55 @@
 //! master over its control socket; no process is spawned on the control machine per
 //! command.
 //!
-//! Lifetime of the master: `close()` asks it to stop and waits for the answer. If a
-//! `SshConnection` is merely dropped, `openssh::Session`'s `Drop` sends the same stop
-//! request synchronously and removes the control directory, so masters do not outlive
-//! a normally ending opsrun. Only if opsrun itself is killed (SIGKILL) does a master
-//! stay behind (`ControlPersist=yes`); it lives in opsrun's private control directory
-//! and can be ended with `ssh -O exit -S <dir>/.ssh-connection*/master x`.
+//! Lifetime of the master (master.rs): opsrun starts it itself, as its own child in the
+//! foreground (`ControlPersist=no`, whatever the user's ssh_config says), in a session
+//! of its own, with SIGTERM as its parent-death signal. So:
+//! - a Ctrl-C or hangup of the terminal never reaches the master or its jump-host
+//!   helper (`ssh -W`); only opsrun handles it, and the connection stays usable;
+//! - `close()` asks the master to exit over the mux, reaps it and removes its control
+//!   directory; dropping a `SshConnection` SIGTERMs the master (and its helper), reaps
+//!   it and removes the directory;
+//! - if opsrun dies in any way, even by SIGKILL, the kernel sends each master SIGTERM
+//!   and it ends, closing its jump helper: no master outlives opsrun.
 
 mod connect_error;
+mod master;
 mod options;
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use openssh::{Session, Stdio};
 
 use super::{pump, Command, Endpoint, Outcome, Stdin, Stream, TransportError};
-use connect_error::classify_connect_error;
+use connect_error::{classify_connect_error, master_log_message};
+use master::{Master, StartError};
 use options::{control_dir, known_hosts_option, JumpConfig};
 
 /// Detects a dead network path within about 3 × this interval instead of hanging.
 const SERVER_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// ssh's ConnectTimeout when the endpoint sets none: the system's TCP timeout.
+const DEFAULT_CONNECT_WAIT: Duration = Duration::from_secs(120);
+/// Beyond the connect timeout(s): authentication and the jump hops' own handshakes.
+const START_MARGIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct SshConnection {
     host: String,
+    /// Attached to the master's socket; does nothing on drop (`Master` does).
     session: Session,
+    master: Master,
+}
+
+/// The safety bound on starting a master. ssh's ConnectTimeout normally ends a
+/// hopeless attempt long before; this catches a server that accepts the handshake
+/// and then stalls, which ConnectTimeout does not cover. Each jump hop may spend its
+/// own timeout.
+fn start_bound(ep: &Endpoint) -> Duration {
+    let per_hop = ep.connect_timeout.unwrap_or(DEFAULT_CONNECT_WAIT);
+    let hops = u32::try_from(ep.jump.len() + 1).unwrap_or(u32::MAX);
+    per_hop.saturating_mul(hops).saturating_add(START_MARGIN)
 }
 
 impl SshConnection {
@@ -44,59 +67,95 @@ impl SshConnection {
         }
         let control_dir = control_dir(&ep.host)?;
 
-        let mut b = SessionBuilder::default();
-        // Strict always: the crate's default (accept-new) would also override a
-        // StrictHostKeyChecking set in the user's ssh_config.
-        b.known_hosts_check(KnownHosts::Strict)
-            .control_directory(&control_dir)
-            .server_alive_interval(SERVER_ALIVE_INTERVAL);
-        if let Some(user) = &ep.user {
-            b.user(user.clone());
-        }
-        if let Some(port) = ep.port {
-            b.port(port);
-        }
-        if let Some(key) = &ep.identity_file {
-            // The crate adds IdentitiesOnly=yes: with an explicit key, agent keys are
-            // not offered (servers drop clients after MaxAuthTries wrong keys).
-            b.keyfile(key);
-        }
+        // The options the `openssh` crate passed when it launched masters, kept as they
+        // were; master.rs adds the ones that tie the master's life to opsrun's.
+        let mut options: Vec<OsString> = Vec::new();
+        let mut opt = |o: &str| options.extend(["-o".into(), o.into()]);
+        opt("BatchMode=yes");
+        // Strict always: accept-new would also override a StrictHostKeyChecking set in
+        // the user's ssh_config.
+        opt("StrictHostKeyChecking=yes");
         if let Some(timeout) = ep.connect_timeout {
             // ssh only takes whole seconds, and 0 would mean "no timeout".
             let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
-            b.connect_timeout(Duration::from_secs(secs.max(1)));
+            opt(&format!("ConnectTimeout={}", secs.max(1)));
+        }
+        opt(&format!(
+            "ServerAliveInterval={}",
+            SERVER_ALIVE_INTERVAL.as_secs()
+        ));
+        if let Some(port) = ep.port {
+            options.extend(["-p".into(), port.to_string().into()]);
+        }
+        if let Some(user) = &ep.user {
+            options.extend(["-l".into(), user.into()]);
+        }
+        if let Some(key) = &ep.identity_file {
+            // With an explicit key, agent keys are not offered (servers drop clients
+            // after MaxAuthTries wrong keys).
+            options.extend(["-o".into(), "IdentitiesOnly=yes".into(), "-i".into()]);
+            options.push(key.into());
         }
         let known_hosts = match &ep.known_hosts_file {
             Some(extra) => Some(known_hosts_option(ep, extra).await),
             None => None,
         };
-        if let Some(files) = &known_hosts {
-            b.user_known_hosts_file(files);
-        }
         // Kept until the master is up: the hops read these files when they start.
         let jump_config = if ep.jump.is_empty() {
             None
         } else {
             Some(JumpConfig::write(&control_dir, ep, known_hosts.as_deref())?)
         };
-        if let Some(config) = &jump_config {
-            b.config_file(&config.master);
-        } else if let Some(config) = &ep.config_file {
-            b.config_file(config);
+        if let Some(config) = jump_config
+            .as_ref()
+            .map(|j| &j.master)
+            .or(ep.config_file.as_ref())
+        {
+            options.extend(["-F".into(), config.into()]);
         }
+        if let Some(files) = &known_hosts {
+            let mut o = OsString::from("UserKnownHostsFile=");
+            o.push(files);
+            options.extend(["-o".into(), o]);
+        }
+        options.extend(["--".into(), ep.address.clone().into()]);
 
-        let connected = b.connect_mux(&ep.address).await;
+        let started = Master::start(&control_dir, options, start_bound(ep)).await;
         let hop_log = jump_config
             .as_ref()
             .map(JumpConfig::hop_log)
             .unwrap_or_default();
         drop(jump_config);
-        match connected {
-            Ok(session) => Ok(SshConnection {
+        match started {
+            Ok((master, session)) => Ok(SshConnection {
                 host: ep.host.clone(),
                 session,
+                master,
             }),
-            Err(e) => Err(classify_connect_error(ep, e, &hop_log)),
+            Err(StartError::Exited { log }) => Err(classify_connect_error(ep, &log, &hop_log)),
+            Err(StartError::NoAnswer { log, waited }) => Err(TransportError::Timeout {
+                host: ep.host.clone(),
+                address: ep.address.clone(),
+                port: ep.port.map_or_else(|| "22".to_string(), |p| p.to_string()),
+                detail: format!(
+                    "no connection after {}s, ssh was stopped; its log: {}",
+                    waited.as_secs(),
+                    master_log_message(&format!("{log}\n{hop_log}"))
+                ),
+            }),
+            Err(StartError::Forked) => Err(TransportError::Connect {
+                host: ep.host.clone(),
+                address: ep.address.clone(),
+                detail: "ssh went to the background by itself (ForkAfterAuthentication in \
+                         ssh_config?); opsrun keeps its ssh masters in the foreground so that \
+                         they end with it, so it stopped that one"
+                    .to_string(),
+            }),
+            Err(StartError::Local { what, source }) => Err(TransportError::Connect {
+                host: ep.host.clone(),
+                address: ep.address.clone(),
+                detail: format!("{what}: {source}"),
+            }),
         }
     }
 
@@ -167,10 +226,13 @@ impl SshConnection {
         })
     }
 
-    /// Stops the master connection and removes its control directory.
+    /// Asks the master to exit, waits for it and removes its control directory.
     pub async fn close(self) -> Result<(), TransportError> {
         let host = self.host;
-        self.session.close().await.map_err(|e| match e {
+        let asked = self.session.close().await;
+        // Whatever the answer: a master that did not take the request is signalled.
+        self.master.finish().await;
+        asked.map_err(|e| match e {
             openssh::Error::Disconnected => TransportError::Disconnected { host },
             e => TransportError::Mux {
                 host,
@@ -204,4 +266,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_bound_allows_every_hop_its_connect_timeout() {
+        let mut ep = Endpoint::ssh("web1", "10.0.0.5");
+        assert_eq!(start_bound(&ep), Duration::from_secs(150));
+        ep.connect_timeout = Some(Duration::from_secs(10));
+        ep.jump = vec!["bastion".into(), "inner".into()];
+        assert_eq!(start_bound(&ep), Duration::from_secs(60));
+    }
 }

@@ -79,13 +79,22 @@ fn master_pids(conn: &Connection) -> BTreeSet<u32> {
     pids_mentioning(&ssh.control_socket().to_string_lossy())
 }
 
+/// Whether `pid` no longer runs. A master is opsrun's own child now: once dead it
+/// stays a zombie until its connection reaps it, which counts as gone here.
+fn not_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
 async fn wait_gone(pids: &BTreeSet<u32>) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if pids
-            .iter()
-            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        {
+        if pids.iter().all(|pid| not_running(*pid)) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -441,6 +450,7 @@ async fn one_master_per_host_and_no_process_per_exec() {
             Connection::Local(_) => unreachable!(),
         })
         .collect();
+    let sockets_kept = sockets.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let stop = stop.clone();
@@ -474,18 +484,22 @@ async fn one_master_per_host_and_no_process_per_exec() {
         "median exec {median:?}"
     );
 
-    // close() ends the master; dropping a connection ends it too.
+    // close() ends the master; dropping a connection ends it too. Both reap it
+    // before returning and remove its control directory.
     let mut conns = conns.into_iter();
     conns.next().unwrap().close().await.unwrap();
     drop(conns.next().unwrap());
-    assert!(
-        wait_gone(&masters[0]).await,
-        "master of h1 still running after close"
-    );
-    assert!(
-        wait_gone(&masters[1]).await,
-        "master of h2 still running after drop"
-    );
+    for (i, what) in [(0, "close"), (1, "drop")] {
+        for pid in &masters[i] {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "master of {} still there (maybe a zombie) after {what}",
+                fleet.name(i)
+            );
+        }
+        let dir = Path::new(&sockets_kept[i]).parent().unwrap();
+        assert!(!dir.exists(), "{} left after {what}", dir.display());
+    }
 
     // A master that dies under a live connection is reported as a lost connection.
     let last = conns.next().unwrap();
@@ -500,6 +514,14 @@ async fn one_master_per_host_and_no_process_per_exec() {
         .unwrap_err();
     assert!(matches!(err, TransportError::Disconnected { .. }), "{err}");
     assert!(err.to_string().contains("h3"), "{err}");
+    // Dropping the broken connection reaps its dead master: no zombie is left.
+    drop(last);
+    for pid in &masters[2] {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "master {pid} of h3 left as a zombie"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,21 +3,12 @@
 
 use crate::transport::{Endpoint, TransportError};
 
-use super::error_chain;
-
 /// Turns what ssh printed when the master failed to start into an actionable error.
-/// The crate hands back the master's whole log (`ssh -E`) as the io::Error message.
-/// `hop_log` is what the jump hosts printed, which explains most failures through them.
-pub(super) fn classify_connect_error(
-    ep: &Endpoint,
-    e: openssh::Error,
-    hop_log: &str,
-) -> TransportError {
+/// `log` is the master's whole log (`ssh -E`), `hop_log` what the jump hosts printed,
+/// which explains most failures through them.
+pub(super) fn classify_connect_error(ep: &Endpoint, log: &str, hop_log: &str) -> TransportError {
     let host = ep.host.clone();
-    let detail = match &e {
-        openssh::Error::Connect(io) => io.to_string(),
-        other => error_chain(other),
-    };
+    let detail = master_log_message(log);
     let detail = if hop_log.trim().is_empty() {
         detail
     } else {
@@ -107,6 +98,18 @@ pub(super) fn classify_connect_error(
     }
 }
 
+/// The master's log as the message shown to the operator, trimmed the way the
+/// `openssh` crate trimmed it when it launched masters (so messages stay the same):
+/// no leading `ssh: `, no "Warning: Permanently added" line first.
+pub(super) fn master_log_message(log: &str) -> String {
+    let mut text = log.trim();
+    text = text.strip_prefix("ssh: ").unwrap_or(text);
+    if text.starts_with("Warning: Permanently added ") {
+        text = text.split_once('\n').map(|x| x.1.trim()).unwrap_or("");
+    }
+    text.to_string()
+}
+
 fn between(text: &str, start: &str, end: &str) -> Option<String> {
     let rest = &text[text.find(start)? + start.len()..];
     let value = &rest[..rest.find(end)?];
@@ -170,11 +173,7 @@ mod tests {
     }
 
     fn classify(text: &str) -> TransportError {
-        classify_connect_error(
-            &ep(),
-            openssh::Error::Connect(std::io::Error::other(text.to_string())),
-            "",
-        )
+        classify_connect_error(&ep(), text, "")
     }
 
     #[test]

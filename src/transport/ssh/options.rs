@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use crate::transport::{Endpoint, TransportError};
 
 /// A private 0700 directory for control sockets. `$XDG_RUNTIME_DIR` (a per-user tmpfs)
-/// is preferred over the crate's default `~/.local/state`, so sockets of a killed run
-/// do not pile up in the home directory. The `openssh` crate creates a random 0700
-/// subdirectory per master inside it.
+/// is preferred, else the temp dir: never the home directory, where what a killed
+/// run leaves would pile up across logins. Each master gets a 0700 subdirectory
+/// `.ssh-connection-PID-N` (master.rs); jump-host configs are `jump-PID-N.*` files.
 pub(super) fn control_dir(host: &str) -> Result<PathBuf, TransportError> {
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
@@ -37,18 +37,77 @@ pub(super) fn control_dir(host: &str) -> Result<PathBuf, TransportError> {
             "must be a directory owned by uid {uid} with mode 0700; remove it and retry"
         )));
     }
+    // Once per process, before this process creates any entry of its own.
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| remove_stale_entries(&dir));
     Ok(dir)
+}
+
+/// Removes what earlier opsrun processes that were killed left in the control
+/// directory: their masters ended with them, but not their connection directories
+/// (ssh's log) and jump configs. An entry belongs to the process whose pid its name
+/// carries; it is removed only if that process no longer exists (or has this
+/// process's pid: before its first connection, that can only be a dead namesake),
+/// no control socket is in it, and it is older than [`STALE_AFTER`]: an opsrun in
+/// another pid namespace sharing this directory looks dead but is never that quiet
+/// while it connects, and keeps its socket while connected.
+fn remove_stale_entries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(rest) = name
+            .strip_prefix(".ssh-connection-")
+            .or_else(|| name.strip_prefix("jump-"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let path = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_AFTER));
+        let dead = pid == me || pid_is_gone(pid);
+        if !old || !dead || path.join("master").exists() {
+            continue;
+        }
+        let _ = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
+}
+
+/// Longer than any connect takes (see `start_bound`): jump configs exist only while
+/// connecting, a connection directory changes when its socket appears.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+fn pid_is_gone(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 /// The ssh_config files used when the endpoint has jump hosts.
 ///
-/// The crate's `jump_hosts()` (`ssh -J`) is not used: ssh starts each hop as
+/// Plain `ssh -J` is not used: ssh starts each hop as
 /// `ssh -l USER -p PORT -F CONFIG -W HOST:PORT HOP` without our `-o` settings, so a
 /// hop's host key would be checked per the user's config (maybe accept-new, or a
-/// prompt on the terminal), and a ControlPersist master sends the hops' stderr to
+/// prompt on the terminal), and the hops' stderr would go to the master's, which is
 /// /dev/null, losing "host key unknown" for a bastion. Instead:
-/// - `hop.ssh_config` forces strict checking and batch mode, then includes the
-///   configuration ssh would have read anyway (ssh keeps the first value it finds);
+/// - `hop.ssh_config` forces strict checking, batch mode and no connection sharing,
+///   then includes the configuration ssh would have read anyway (ssh keeps the
+///   first value it finds);
 /// - `master.ssh_config` adds a `ProxyCommand` that runs the last hop with
 ///   `-F hop.ssh_config` (earlier hops via its own `-J`, which passes `-F` on) and
 ///   appends every hop's stderr to `hop.log`, read back if the connection fails.
@@ -78,10 +137,16 @@ impl JumpConfig {
             log: control_dir.join(format!("{stem}.hop.log")),
         };
 
+        // ControlMaster/ControlPath: a hop must neither become a master (with the
+        // user's ControlPersist it would fork away, keep the bastion connection open
+        // and outlive opsrun) nor ride on one of the user's; it is a plain child of
+        // our master and ends with it.
         let mut hop = String::from(
             "# Written by opsrun for one connection; removed once connected.\n\
              StrictHostKeyChecking yes\n\
-             BatchMode yes\n",
+             BatchMode yes\n\
+             ControlMaster no\n\
+             ControlPath none\n",
         );
         if let Some(files) = known_hosts {
             hop.push_str(&format!("UserKnownHostsFile {}\n", files.to_string_lossy()));
