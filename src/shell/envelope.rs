@@ -273,7 +273,11 @@ mod tests {
         );
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(libc::SIGTERM), "the command itself got TERM");
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGTERM),
+            "the command itself got TERM"
+        );
         assert!(sh(&survey_command(&reg)).stdout.is_empty());
         // Until the stopped step is over, nothing new starts; then the run's
         // next command (an undo) may.

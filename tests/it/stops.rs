@@ -209,6 +209,11 @@ impl Stage {
 
 impl Drop for Stage {
     fn drop(&mut self) {
+        // Locks are keyed by port on these hosts, which share /tmp: one left by a
+        // failed test would refuse a later fleet that gets the same port.
+        for i in 0..self.fleet.len() {
+            let _ = fs::remove_dir_all(format!("/tmp/opsrun-lock-{}", self.fleet.port(i)));
+        }
         // A failed test must not leave its remote sleep or masters to later tests.
         for pid in self.remote_sleeps().into_iter().chain(self.masters()) {
             // SAFETY: kill(2) on processes this test started.
