@@ -426,7 +426,7 @@ fn ctrl_c_stop_now_leaves_the_running_step_unfinished_and_undoes_nothing() {
 }
 
 #[test]
-fn ctrl_c_stop_and_roll_back_undoes_what_completed_and_not_the_unfinished_step() {
+fn ctrl_c_stop_and_roll_back_undoes_what_completed_and_the_unfinished_step() {
     let ran = ctrl_c(Stop::NowAndRollback);
     assert_eq!(
         ran.commands(),
@@ -435,7 +435,9 @@ fn ctrl_c_stop_and_roll_back_undoes_what_completed_and_not_the_unfinished_step()
             "oa2: stop app",
             "oa1: deploy v2",
             "oa2: deploy v2",
-            // oa1's deploy was cut off: only oa2's is undone.
+            // oa1's deploy was cut off: it may be partly applied, so it is undone
+            // too, in its place (the latest step on oa1).
+            "oa1: deploy v1",
             "oa2: deploy v1",
             "oa1: start app",
             "oa2: start app",
@@ -445,7 +447,124 @@ fn ctrl_c_stop_and_roll_back_undoes_what_completed_and_not_the_unfinished_step()
     assert_eq!(
         ran.message(),
         "interrupted by the operator (Ctrl-C); the running step was left unfinished; \
-         rolled back 2 steps: undone on oa1: `stop`; on oa2: `deploy`, `stop`"
+         rolled back 2 steps: undone on oa1: `deploy` (in flight when the run stopped), `stop`; \
+         on oa2: `deploy`, `stop`"
+    );
+}
+
+/// `opsrun rollback` of `first`, over `fleet`.
+fn roll_back(lab: &Lab, first: &Ran, runbook: &str, fleet: &Fleet) -> Ran {
+    let recorded = crate::record::runs::load(&first.dir).unwrap();
+    let mut p = planner(
+        runbook,
+        Options {
+            original_run: Some(recorded.run.clone()),
+            ..options()
+        },
+    );
+    lab.run(
+        &mut p,
+        fleet,
+        Mode::Rollback(Box::new(recorded)),
+        Interrupt::default(),
+    )
+}
+
+fn id(ran: &Ran) -> String {
+    crate::record::view::dir_name(&ran.dir)
+}
+
+#[test]
+fn a_recorded_rollback_undoes_the_step_that_was_in_flight_when_the_run_stopped() {
+    let lab = Lab::new();
+    let interrupt = Interrupt::scripted(|| Stop::Now);
+    let hosts = interrupted_at_deploy(&interrupt);
+    let first = lab.run(
+        &mut planner(DEPLOY, options()),
+        &hosts,
+        Mode::Run,
+        interrupt,
+    );
+    assert_eq!(first.exit_code, exit::INTERRUPTED);
+    let recorded = crate::record::runs::load(&first.dir).unwrap();
+    assert_eq!(
+        recorded.in_flight,
+        BTreeMap::from([(
+            1,
+            vec![crate::plan::Completion {
+                host: "oa1".into(),
+                batch: None
+            }]
+        )])
+    );
+    let (lines, _) = rollback_preview(&planner(DEPLOY, options()), &plan_of(DEPLOY), &recorded);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "  [2] deploy on oa1 (in flight when the run stopped), oa2"),
+        "{lines:#?}"
+    );
+
+    let back = roll_back(&lab, &first, DEPLOY, &fleet());
+    assert_eq!(
+        back.commands(),
+        [
+            "oa1: deploy v1",
+            "oa2: deploy v1",
+            "oa1: start app",
+            "oa2: start app"
+        ]
+    );
+    assert_eq!(
+        (back.exit_code, back.message()),
+        (
+            exit::OK,
+            format!(
+                "rolled back 2 steps of run {}: undone on oa1: `deploy` (in flight when the run \
+                 stopped), `stop`; on oa2: `deploy`, `stop`",
+                id(&first)
+            )
+        )
+    );
+    // Undone, the in-flight step is no longer: a second rollback has nothing left.
+    let again = roll_back(&lab, &first, DEPLOY, &fleet());
+    assert_eq!(again.commands(), Vec::<String>::new());
+    assert_eq!(
+        again.message(),
+        format!("run {} has no completed step left to undo", id(&first))
+    );
+}
+
+fn plan_of(runbook: &str) -> Plan {
+    planner(runbook, options()).plan().unwrap()
+}
+
+#[test]
+fn a_step_in_flight_without_a_rollback_is_left_to_check_by_hand() {
+    let lab = Lab::new();
+    let interrupt = Interrupt::scripted(|| Stop::Now);
+    let hosts = fleet();
+    let ctrl_c = interrupt.ctrl_c();
+    hosts.answer(move |r| {
+        (r.host == "oa2" && r.line == "verify").then(|| {
+            ctrl_c.press();
+            Reply::ok().after(RUNNING)
+        })
+    });
+    let first = lab.run(
+        &mut planner(DEPLOY, options()),
+        &hosts,
+        Mode::Run,
+        interrupt,
+    );
+    let back = roll_back(&lab, &first, DEPLOY, &fleet());
+    assert_eq!(back.commands().len(), 4, "{:?}", back.commands());
+    assert!(
+        back.message().ends_with(
+            "; in flight when the run stopped, no rollback: check by hand: `verify` on oa2"
+        ),
+        "{}",
+        back.message()
     );
 }
 
@@ -490,8 +609,8 @@ fn a_second_ctrl_c_while_the_question_is_open_stops_now() {
     assert_eq!(interrupts(&ran), 1);
 }
 
-#[test]
-fn a_failed_undo_is_reported_and_the_other_undos_still_run() {
+/// oa1's verify fails the run; oa2's `deploy v1` (the undo of deploy) fails.
+fn failed_undo() -> Fleet {
     let fleet = fleet();
     fleet
         .on_host("oa1", "verify", failing("error: health check failed"))
@@ -500,7 +619,18 @@ fn a_failed_undo_is_reported_and_the_other_undos_still_run() {
             "deploy v1",
             Reply::exit(2).stderr("error: no space left on device\n"),
         );
-    let ran = run(DEPLOY, &fleet);
+    fleet
+}
+
+#[test]
+fn a_failed_undo_stops_the_earlier_undos_on_its_host_and_the_others_go_on() {
+    let lab = Lab::new();
+    let ran = lab.run(
+        &mut planner(DEPLOY, options()),
+        &failed_undo(),
+        Mode::Run,
+        Interrupt::default(),
+    );
     assert_eq!(
         ran.commands(),
         [
@@ -512,16 +642,52 @@ fn a_failed_undo_is_reported_and_the_other_undos_still_run() {
             "oa2: verify",
             "oa1: deploy v1",
             "oa2: deploy v1",
+            // Not `oa2: start app`: starting the old version over a half-restored
+            // deploy could destroy what its retry needs.
             "oa1: start app",
-            "oa2: start app",
         ]
     );
     assert_eq!(ran.exit_code, exit::STEP_FAILED);
     assert_eq!(
         ran.message(),
-        "step `verify` failed on oa1 (exit 1: error: health check failed); \
-         ROLLBACK INCOMPLETE: not restored: `deploy` on oa2; undone on oa1: `deploy`, `stop`; on oa2: `stop`"
+        format!(
+            "step `verify` failed on oa1 (exit 1: error: health check failed); \
+             ROLLBACK INCOMPLETE: not restored: `deploy` on oa2; still applied: on oa2: \
+             `deploy`, `stop`; undone on oa1: `deploy`, `stop`; `opsrun rollback {}` retries \
+             from the failed undo",
+            id(&ran)
+        )
     );
+
+    // The cause fixed, a later rollback retries from the failed undo, in order.
+    let back = roll_back(&lab, &ran, DEPLOY, &fleet());
+    assert_eq!(back.commands(), ["oa2: deploy v1", "oa2: start app"]);
+    assert_eq!(back.exit_code, exit::OK);
+    // And nothing is left for another.
+    let again = roll_back(&lab, &ran, DEPLOY, &fleet());
+    assert_eq!(again.commands(), Vec::<String>::new());
+}
+
+#[test]
+fn a_rollback_that_fails_again_keeps_the_earlier_undos_of_that_host_for_the_next() {
+    let lab = Lab::new();
+    let ran = lab.run(
+        &mut planner(DEPLOY, options()),
+        &failed_undo(),
+        Mode::Run,
+        Interrupt::default(),
+    );
+    let back = roll_back(&lab, &ran, DEPLOY, &failed_undo());
+    assert_eq!(back.commands(), ["oa2: deploy v1"]);
+    assert_eq!(back.exit_code, exit::STEP_FAILED);
+    assert!(
+        back.message()
+            .contains("still applied: on oa2: `deploy`, `stop`"),
+        "{}",
+        back.message()
+    );
+    let fixed = roll_back(&lab, &ran, DEPLOY, &fleet());
+    assert_eq!(fixed.commands(), ["oa2: deploy v1", "oa2: start app"]);
 }
 
 #[test]

@@ -159,6 +159,9 @@ pub struct Recorded {
     pub captures: Captures,
     /// Forward steps (0-based) and the hosts where each completed and was not already undone.
     pub completed: BTreeMap<usize, Vec<Completion>>,
+    /// Forward steps (0-based) and the hosts where each was in flight when the run
+    /// stopped (started, never finished ok or failed) and was not already undone.
+    pub in_flight: BTreeMap<usize, Vec<Completion>>,
     /// Every (step, host) that finished ok, to find where a resume starts.
     pub done: BTreeSet<(usize, String)>,
     /// The run's `--limit`, reused by its rollback.
@@ -211,6 +214,7 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
             .collect(),
         captures: view.captures,
         completed: view.completed,
+        in_flight: view.in_flight,
         done: view.done,
         limit: start.limit,
         rolled_back_by,

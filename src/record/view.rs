@@ -68,6 +68,10 @@ pub struct RunView {
     pub last: Option<Time>,
     /// Forward steps (0-based) and where each completed and was not undone by this run.
     pub completed: BTreeMap<usize, Vec<Completion>>,
+    /// Forward steps (0-based) and the hosts where each started and never finished
+    /// (killed run, lost connection) or finished interrupted, not undone since: the
+    /// step may be partly applied there, so a rollback undoes it too.
+    pub in_flight: BTreeMap<usize, Vec<Completion>>,
     /// Every forward (step, host) that finished ok or skipped and was not undone:
     /// where a resume starts.
     pub done: BTreeSet<(usize, String)>,
@@ -91,6 +95,7 @@ impl RunView {
             finish: None,
             last: events.last().map(Event::time),
             completed: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
             done: BTreeSet::new(),
             captures: Captures::default(),
             restored: None,
@@ -109,6 +114,7 @@ impl RunView {
             .collect();
         v.history = History::fold(events, &hosts);
         v.completed.retain(|_, hosts| !hosts.is_empty());
+        v.in_flight.retain(|_, hosts| !hosts.is_empty());
         v
     }
 
@@ -160,6 +166,19 @@ impl RunView {
                     limit: limit.clone(),
                 })
             }
+            // Started: in flight until it finishes (a killed run never says so).
+            Event::TargetStarted {
+                phase: Phase::Forward,
+                number,
+                host,
+                ..
+            } => {
+                let step = number.saturating_sub(1);
+                self.in_flight.entry(step).or_default().push(Completion {
+                    host: host.clone(),
+                    batch: None,
+                });
+            }
             Event::TargetFinished {
                 phase,
                 number,
@@ -170,6 +189,17 @@ impl RunView {
                 ..
             } => {
                 let step = number.saturating_sub(1);
+                if *phase == Phase::Forward {
+                    if let Some(hosts) = self.in_flight.get_mut(&step) {
+                        // The entry its start made (the start says no batch).
+                        if let Some(at) = hosts
+                            .iter()
+                            .rposition(|c| c.host == *host && c.batch.is_none())
+                        {
+                            hosts.remove(at);
+                        }
+                    }
+                }
                 if phase.is_rollback() {
                     let ok = matches!(status, Status::Ok | Status::Skipped);
                     self.restored = Some(self.restored.unwrap_or(true) && ok);
@@ -195,6 +225,13 @@ impl RunView {
                     }
                     (Phase::Forward, Status::Skipped) => {
                         self.done.insert((step, host.clone()));
+                    }
+                    // Stopped part way: may be applied, so it is undone like a completion.
+                    (Phase::Forward, Status::Interrupted) => {
+                        self.in_flight.entry(step).or_default().push(Completion {
+                            host: host.clone(),
+                            batch: *batch,
+                        });
                     }
                     (Phase::Undo, Status::Ok) => {
                         self.rolled_back = true;
@@ -231,9 +268,23 @@ impl RunView {
     /// one completion: a load balancer drained in two batches and undone in one
     /// still has the other. A later `opsrun rollback` (`all`) takes off every
     /// completion of that host and batch.
+    /// An undo also covers the step where it was in flight on that host: that is
+    /// the latest step there (steps are barriers), so it is taken off first.
     fn uncomplete(&mut self, undid: &Undid, all: bool) {
+        let same = |c: &Completion| c.host == undid.host && c.batch == undid.batch;
+        // What was in flight is undone for the batch it ran in, or with none when
+        // the journal never said which.
+        let flying = |c: &Completion| same(c) || (c.host == undid.host && c.batch.is_none());
+        if let Some(hosts) = self.in_flight.get_mut(&undid.step) {
+            if let Some(at) = hosts.iter().rposition(flying) {
+                hosts.remove(at);
+                if !all {
+                    return;
+                }
+                hosts.retain(|c| !flying(c));
+            }
+        }
         if let Some(hosts) = self.completed.get_mut(&undid.step) {
-            let same = |c: &Completion| c.host == undid.host && c.batch == undid.batch;
             if all {
                 hosts.retain(|c| !same(c));
             } else if let Some(at) = hosts.iter().rposition(same) {
@@ -250,6 +301,7 @@ impl RunView {
             }
         }
         self.completed.retain(|_, hosts| !hosts.is_empty());
+        self.in_flight.retain(|_, hosts| !hosts.is_empty());
     }
 
     pub fn kind(&self) -> Option<RunKind> {
