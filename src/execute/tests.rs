@@ -804,3 +804,44 @@ steps:
     assert_eq!(asked, [stop(1), tell.clone(), stop(2), tell]);
     assert_eq!(gate.question(Some(2)), "Stop the app? (batch 2/2: oa2)");
 }
+
+#[test]
+fn a_rollback_of_a_run_whose_resume_rolled_back_repeats_no_undo() {
+    // Run 1 is stopped at deploy; its resume fails at verify and rolls back
+    // everything (run 1's completed steps too). Rolling back run 1 afterwards
+    // must not undo them a second time: their backups may be gone by then.
+    let lab = Lab::new();
+    let interrupt = Interrupt::scripted(|| Stop::Now);
+    let hosts = interrupted_at_deploy(&interrupt);
+    let first = lab.run(
+        &mut planner(DEPLOY, options()),
+        &hosts,
+        Mode::Run,
+        interrupt,
+    );
+    let recorded = crate::record::runs::load(&first.dir).unwrap();
+    let mut resumed = planner(
+        DEPLOY,
+        Options {
+            start_at: Some("deploy".into()),
+            original_run: Some(recorded.run.clone()),
+            ..options()
+        },
+    );
+    let failing_verify = fleet();
+    failing_verify.on_host("oa1", "verify", failing("error: health check failed"));
+    let resume = lab.run(
+        &mut resumed,
+        &failing_verify,
+        Mode::Resume(Box::new(recorded)),
+        Interrupt::default(),
+    );
+    assert_eq!(resume.exit_code, exit::STEP_FAILED);
+    assert!(
+        resume.commands().contains(&"oa1: start app".to_string()),
+        "{:?}",
+        resume.commands()
+    );
+    let back = roll_back(&lab, &first, DEPLOY, &fleet());
+    assert_eq!(back.commands(), Vec::<String>::new());
+}

@@ -187,6 +187,15 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
     // gone by then): what later `opsrun rollback` runs undid is not completed.
     let later = view::rollbacks_of(view::log_dir_of(dir), &view.id);
     view.apply_rollbacks(&later);
+    // A resume of this run that rolled back undid this run's steps as well.
+    let resumes = view::resumes_of(view::log_dir_of(dir), &view.id);
+    view.apply_rollbacks(&resumes);
+    rolled_back_by.extend(
+        resumes
+            .iter()
+            .filter(|r| r.rolled_back)
+            .map(|r| format!("the automatic rollback of its resume {}", r.id)),
+    );
     rolled_back_by.extend(
         later
             .iter()

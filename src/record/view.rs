@@ -364,13 +364,26 @@ pub fn sort(views: &mut [RunView]) {
 /// Only each journal's first line is read to find them: this runs whenever a log
 /// is rendered, and a log directory holds many runs.
 pub fn rollbacks_of(log_dir: &Path, id: &str) -> Vec<RunView> {
+    later_runs(
+        log_dir,
+        |e| matches!(e, Event::RunStarted { rollback_of: Some(of), .. } if of == id),
+    )
+}
+
+/// The `--resume` runs of run `id`, oldest first. A resume's automatic rollback
+/// undoes the steps that run `id` completed too (it starts from them): what it
+/// undid is no longer to undo for `opsrun rollback ID`.
+pub fn resumes_of(log_dir: &Path, id: &str) -> Vec<RunView> {
+    later_runs(
+        log_dir,
+        |e| matches!(e, Event::RunStarted { resume_of: Some(of), .. } if of == id),
+    )
+}
+
+fn later_runs(log_dir: &Path, first: impl Fn(&Event) -> bool) -> Vec<RunView> {
     let mut found: Vec<RunView> = run_dirs(log_dir)
         .iter()
-        .filter(|d| {
-            first_event(&d.join(journal::FILE)).is_some_and(
-                |e| matches!(e, Event::RunStarted { rollback_of: Some(of), .. } if of == id),
-            )
-        })
+        .filter(|d| first_event(&d.join(journal::FILE)).is_some_and(|e| first(&e)))
         .filter_map(|d| read(d).ok().map(|(v, _)| v))
         .collect();
     sort(&mut found);
