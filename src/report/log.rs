@@ -133,6 +133,11 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
     }
     if let Some(of) = rollback_of {
         let _ = writeln!(o, "| Rolls back run | {} |", code(&of));
+        // What was undone where, and which of it was in flight when that run
+        // stopped: the rows below cannot tell (a failure says it in Result).
+        if let Some((_, Outcome::Succeeded, m)) = &finished {
+            let _ = writeln!(o, "| Undone | {} |", cell(m));
+        }
     }
     // Undone later by `opsrun rollback`: a run on record as succeeded may no longer
     // be in place. Rollbacks name the run by its directory.

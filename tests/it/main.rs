@@ -25,6 +25,7 @@ mod library_tomcat;
 mod library_upgrade;
 mod lint;
 mod log_markdown;
+mod rollback_contract;
 mod rollback_rolling;
 mod rollback_ssh;
 mod run_ssh;

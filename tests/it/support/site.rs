@@ -171,3 +171,41 @@ pub fn kill_leftovers(fleet: &SshFleet, needle: &str) {
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
 }
+
+impl Site {
+    /// Waits until the event log has `n` lines `HOST what`, while `child` runs.
+    pub fn wait_for_event(&self, child: &mut Child, what: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("opsrun ended ({status}) before `{what}` happened {n} times");
+            }
+            if self.count(what) >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{what}` never happened {n} times"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many times `what` is in the event log, on any host.
+    pub fn count(&self, what: &str) -> usize {
+        fs::read_to_string(&self.events)
+            .unwrap()
+            .lines()
+            .filter(|l| l.split_once(' ').is_some_and(|(_, w)| w == what))
+            .count()
+    }
+
+    /// How many times host `host` logged `what`.
+    pub fn count_on(&self, host: &str, what: &str) -> usize {
+        fs::read_to_string(&self.events)
+            .unwrap()
+            .lines()
+            .filter(|l| *l == format!("{host} {what}"))
+            .count()
+    }
+}
