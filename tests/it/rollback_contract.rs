@@ -66,7 +66,8 @@ fn a_step_in_flight_when_the_run_was_killed_is_undone_by_rollback_and_listed_as_
         )
     );
     assert!(
-        undo.log_md().contains("(in flight when the run stopped)"),
+        undo.log_md()
+            .contains("| In flight when the run stopped | \\`Long\\` on web1, web2: undone here |"),
         "{}",
         undo.log_md()
     );
