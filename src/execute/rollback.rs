@@ -262,7 +262,8 @@ pub fn rollback_steps(plan: &Plan, recorded: &Recorded) -> Vec<StepRef> {
     if guide > 0 {
         return (0..guide).map(StepRef::Guide).collect();
     }
-    crate::execute::undo::undoable(plan, &recorded.completed)
+    let all = crate::execute::undo::with_in_flight(&recorded.completed, &recorded.in_flight);
+    crate::execute::undo::undoable(plan, &all)
         .iter()
         .map(|c| StepRef::Forward(c.step))
         .collect()

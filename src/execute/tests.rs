@@ -845,3 +845,58 @@ fn a_rollback_of_a_run_whose_resume_rolled_back_repeats_no_undo() {
     let back = roll_back(&lab, &first, DEPLOY, &fleet());
     assert_eq!(back.commands(), Vec::<String>::new());
 }
+
+#[test]
+fn an_in_flight_step_whose_undo_reads_its_own_capture_is_left_by_hand_and_the_rest_undone() {
+    // oa1 was stopped while `back up` ran: its capture never came, so its
+    // rollback cannot be rendered there. Nothing runs for it; `stop` is still
+    // undone on oa1 (no undo ran or failed in its place).
+    const BACKUP: &str = "\
+name: backup
+hosts: app
+steps:
+  - name: stop
+    run: stop app
+    rollback: start app
+  - name: back up
+    run: make backup
+    capture: backup
+    rollback: rm {{ backup }}
+";
+    let interrupt = Interrupt::scripted(|| Stop::NowAndRollback);
+    let hosts = fleet();
+    hosts.on_host("oa2", "make backup", Reply::ok().stdout("/b2\n"));
+    let ctrl_c = interrupt.ctrl_c();
+    hosts.answer(move |r| {
+        (r.host == "oa1" && r.line == "make backup").then(|| {
+            ctrl_c.press();
+            Reply::ok().stdout("/b1\n").after(RUNNING)
+        })
+    });
+    let ran = Lab::new().run(
+        &mut planner(BACKUP, options()),
+        &hosts,
+        Mode::Run,
+        interrupt,
+    );
+    assert_eq!(
+        ran.commands(),
+        [
+            "oa1: stop app",
+            "oa2: stop app",
+            "oa1: make backup",
+            "oa2: make backup",
+            "oa2: rm /b2",
+            "oa1: start app",
+            "oa2: start app",
+        ]
+    );
+    let message = ran.message();
+    assert!(
+        message.contains(
+            "in flight when the run stopped, its rollback cannot be rendered: check by hand: \
+             `back up` on oa1 ("
+        ),
+        "{message}"
+    );
+}

@@ -26,6 +26,10 @@ pub struct Undone {
     pub still: Vec<(String, String)>,
     /// The (step, host) pairs among `ok` that were in flight when the run stopped.
     pub flight: Vec<(String, String)>,
+    /// In flight, and its rollback cannot be rendered (it reads what the step never
+    /// got to capture): (step, host, why). Left to the operator; the earlier undos
+    /// of that host still run, since nothing ran in its place.
+    pub by_hand: Vec<(String, String, String)>,
 }
 
 impl Undone {
@@ -304,6 +308,26 @@ impl Engine<'_> {
                     ));
                     undone.still.push((step.name.clone(), c.host.clone()));
                 }
+                let flying = |h: &str| {
+                    in_flight
+                        .get(index)
+                        .is_some_and(|hosts| hosts.iter().any(|c| c.host == h))
+                };
+                let (go, unrendered): (Vec<Completion>, Vec<Completion>) = go
+                    .into_iter()
+                    .partition(|c| !flying(&c.host) || self.lacks_capture(r, &step, c).is_none());
+                for c in &unrendered {
+                    let why = self.lacks_capture(r, &step, c).unwrap_or_default();
+                    self.ui.warn(&format!(
+                        "[undo {}] `{}` on {}: in flight when the run stopped, and its rollback reads {why}: check by hand",
+                        index + 1,
+                        step.name,
+                        c.host
+                    ));
+                    undone
+                        .by_hand
+                        .push((step.name.clone(), c.host.clone(), why));
+                }
                 if go.is_empty() {
                     continue;
                 }
@@ -314,10 +338,7 @@ impl Engine<'_> {
                         undone.still.push((step.name.clone(), h.host.clone()));
                         continue;
                     }
-                    if in_flight
-                        .get(index)
-                        .is_some_and(|hosts| hosts.iter().any(|c| c.host == h.host))
-                    {
+                    if flying(&h.host) {
                         undone.flight.push((step.name.clone(), h.host.clone()));
                     }
                     undone.ok.push((step.name.clone(), h.clone()));
@@ -326,6 +347,35 @@ impl Engine<'_> {
             }
         }
         Ok(undone)
+    }
+
+    /// For a step in flight: `Some("`backup`, which it never captured")` when its
+    /// rollback reads the step's own capture and the step never got to record it
+    /// on that host. The rollback would run with a placeholder in its place.
+    fn lacks_capture(&self, r: StepRef, step: &PlanStep, c: &Completion) -> Option<String> {
+        let name = &step.capture.as_ref()?.name;
+        let caps = self.captures.lock().unwrap_or_else(|p| p.into_inner());
+        let have = match step.local {
+            true => caps.global.contains_key(name),
+            false => caps
+                .hosts
+                .get(&c.host)
+                .is_some_and(|m| m.contains_key(name)),
+        };
+        drop(caps);
+        if have {
+            return None;
+        }
+        let host = (!step.local).then_some(c.host.as_str());
+        let shown = self
+            .render(r, host, crate::plan::Reveal::Masked, c.batch)
+            .ok()?;
+        let mark = format!("<captured: {name}");
+        shown
+            .rollback
+            .iter()
+            .any(|l| l.contains(&mark))
+            .then(|| format!("`{name}`, which the step never captured there"))
     }
 
     /// Undoes one step on hosts that each completed it once (in one batch).

@@ -19,8 +19,24 @@ pub(in crate::execute) fn undone_message(
     undone: &crate::execute::undo::Undone,
     run: &str,
 ) -> String {
+    let by_hand = if undone.by_hand.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = undone
+            .by_hand
+            .iter()
+            .map(|(s, h, why)| format!("`{s}` on {h} ({why})"))
+            .collect();
+        format!(
+            "; in flight when the run stopped, its rollback cannot be rendered: check by hand: {}",
+            list.join(", ")
+        )
+    };
     if undone.failed.is_empty() {
-        return format!("undone {}", undone.summary(planner));
+        if undone.ok.is_empty() {
+            return format!("nothing undone{by_hand}");
+        }
+        return format!("undone {}{by_hand}", undone.summary(planner));
     }
     // One entry per step, in the order they were undone, hosts in inventory order:
     // not in the order the hosts happened to fail.
@@ -53,9 +69,17 @@ pub(in crate::execute) fn undone_message(
         }
     }
     still.sort_by_key(|(h, _)| order.iter().position(|o| o == h).unwrap_or(usize::MAX));
-    let still: Vec<String> = still
+    // Hosts left with the same steps share one entry, as in the summary.
+    let mut same: Vec<(Vec<&str>, Vec<String>)> = Vec::new();
+    for (h, steps) in still {
+        match same.iter_mut().find(|(_, s)| *s == steps) {
+            Some((hosts, _)) => hosts.push(h),
+            None => same.push((vec![h], steps)),
+        }
+    }
+    let still: Vec<String> = same
         .iter()
-        .map(|(h, steps)| format!("on {h}: {}", steps.join(", ")))
+        .map(|(hosts, steps)| format!("on {}: {}", hosts.join(", "), steps.join(", ")))
         .collect();
     let done = if undone.ok.is_empty() {
         String::new()
@@ -63,7 +87,7 @@ pub(in crate::execute) fn undone_message(
         format!("; undone {}", undone.summary(planner))
     };
     format!(
-        "ROLLBACK INCOMPLETE: not restored: {}; still applied: {}{done}; `opsrun rollback {run}` retries from the failed undo",
+        "ROLLBACK INCOMPLETE: not restored: {}; still applied: {}{done}{by_hand}; `opsrun rollback {run}` retries from the failed undo",
         list.join(", "),
         still.join("; ")
     )
@@ -140,6 +164,22 @@ pub(in crate::execute) fn undo_lines(
                     Reveal::Masked,
                     h.batch,
                 ) {
+                    // In flight before it captured what its rollback reads: not run.
+                    let own = step
+                        .capture
+                        .as_ref()
+                        .map(|c| format!("<captured: {}", c.name));
+                    if flying(&h.host)
+                        && own
+                            .as_ref()
+                            .is_some_and(|m| t.rollback.iter().any(|l| l.contains(m.as_str())))
+                    {
+                        lines.push(format!(
+                            "      {}: not run, its rollback reads what the step never captured there: check by hand",
+                            h.host
+                        ));
+                        continue;
+                    }
                     for r in &t.rollback {
                         // A command may carry a captured value: what a host printed.
                         let line = crate::report::preview::prompt_line(&t.login, r, "      ");
