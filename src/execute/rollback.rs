@@ -300,10 +300,19 @@ pub fn rollback_preview(
                 recorded.id
             )
         } else {
+            // The operator answers for what was in flight too: the question says so.
+            let flying = undo
+                .iter()
+                .filter(|c| recorded.in_flight.contains_key(&c.step))
+                .count();
             format!(
-                "Roll back run `{}` ({name} on `{inv}`): undo {} on {}?",
+                "Roll back run `{}` ({name} on `{inv}`): undo {}{} on {}?",
                 recorded.id,
                 count(undo.len(), "step", "steps"),
+                match flying {
+                    0 => String::new(),
+                    n => format!(" ({n} in flight when the run stopped)"),
+                },
                 hosts.join(", ")
             )
         };

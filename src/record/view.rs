@@ -268,6 +268,7 @@ impl RunView {
     /// one completion: a load balancer drained in two batches and undone in one
     /// still has the other. A later `opsrun rollback` (`all`) takes off every
     /// completion of that host and batch.
+    ///
     /// An undo also covers the step where it was in flight on that host: that is
     /// the latest step there (steps are barriers), so it is taken off first.
     fn uncomplete(&mut self, undid: &Undid, all: bool) {
@@ -432,6 +433,97 @@ mod tests {
             start_at: None,
             limit: None,
         }
+    }
+
+    fn target(
+        phase: Phase,
+        number: usize,
+        host: &str,
+        status: Status,
+        batch: Option<usize>,
+    ) -> Event {
+        Event::TargetFinished {
+            time: now(),
+            phase,
+            number,
+            step: format!("s{number}"),
+            host: host.into(),
+            login: "u".into(),
+            status,
+            started: now(),
+            millis: 0,
+            exit_code: None,
+            command: None,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            checks: Vec::new(),
+            capture: None,
+            upload_sha256: None,
+            upload_sha256_withheld: None,
+            reason: None,
+            batch,
+        }
+    }
+
+    fn target_started(number: usize, host: &str) -> Event {
+        Event::TargetStarted {
+            time: now(),
+            phase: Phase::Forward,
+            number,
+            step: format!("s{number}"),
+            host: host.into(),
+            command: None,
+        }
+    }
+
+    fn at(host: &str, batch: Option<usize>) -> Completion {
+        Completion {
+            host: host.into(),
+            batch,
+        }
+    }
+
+    /// Started and never finished, or finished interrupted: in flight, with the
+    /// batch when the finish says it; an undo (of this run or a later rollback)
+    /// takes it off, and a finished target is not in flight.
+    #[test]
+    fn targets_started_and_not_finished_or_interrupted_are_in_flight_until_undone() {
+        let events = vec![
+            started(Vec::new()),
+            target_started(1, "a"),
+            target_started(1, "b"),
+            target(Phase::Forward, 1, "a", Status::Ok, None),
+            target(Phase::Forward, 1, "b", Status::Ok, None),
+            target_started(2, "a"),
+            target_started(2, "b"),
+            target(Phase::Forward, 2, "b", Status::Interrupted, Some(2)),
+        ];
+        let v = RunView::fold("r", &events);
+        assert_eq!(
+            v.completed,
+            BTreeMap::from([(0, vec![at("a", None), at("b", None)])])
+        );
+        assert_eq!(
+            v.in_flight,
+            BTreeMap::from([(1, vec![at("a", None), at("b", Some(2))])])
+        );
+        // The run's own undo of b's interrupted step.
+        let mut undone = events.clone();
+        undone.push(target(Phase::Undo, 2, "b", Status::Ok, Some(2)));
+        let v = RunView::fold("r", &undone);
+        assert_eq!(v.in_flight, BTreeMap::from([(1, vec![at("a", None)])]));
+        // A later rollback that undid a's.
+        let mut v = RunView::fold("r", &events);
+        let later = RunView::fold(
+            "rb",
+            &[
+                started(Vec::new()),
+                target(Phase::Undo, 2, "a", Status::Ok, None),
+            ],
+        );
+        v.apply_rollbacks(&[later]);
+        assert_eq!(v.in_flight, BTreeMap::from([(1, vec![at("b", Some(2))])]));
     }
 
     /// A param whose real value is `******` is a value like any other: the

@@ -47,6 +47,16 @@ fn a_step_in_flight_when_the_run_was_killed_is_undone_by_rollback_and_listed_as_
         "{}",
         undo.everything()
     );
+    // The gate asks about it too.
+    let gate = &undo.events("gate")[0];
+    assert_eq!(
+        gate["prompt"],
+        format!(
+            "Roll back run `{id}` (flight on `lab`): undo 2 steps (1 in flight when the run \
+             stopped) on web1, web2?"
+        ),
+        "{gate}"
+    );
     assert_eq!(
         site.event_groups(),
         groups(&[
