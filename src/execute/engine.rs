@@ -62,6 +62,11 @@ pub struct Engine<'a> {
     /// updated as each host finishes, so an interrupted step is counted too.
     /// A host outside the serial set (a load balancer) may appear once per batch.
     pub completed: Mutex<BTreeMap<usize, Vec<Completion>>>,
+    /// Forward steps (0-based) and the hosts where each started and did not
+    /// finish (stopped now, the connection lost, interrupted): possibly partly
+    /// applied, so a rollback undoes them too. For `opsrun rollback`: the
+    /// recorded run's.
+    pub in_flight: Mutex<BTreeMap<usize, Vec<Completion>>>,
     pub interrupt: &'a Interrupt,
     /// The forward step that stopped the run, whose `on_failure` decides what follows.
     pub failed_step: Mutex<Option<usize>>,
@@ -397,9 +402,43 @@ impl Engine<'_> {
         hosts: &[String],
         batch: Option<usize>,
     ) -> Result<Vec<Done>, ExecError> {
-        self.on_hosts(phase, number, step, hosts, step.service.clone(), |h| {
-            self.run_target(phase, r, number, step, h, batch)
-        })
+        // The batch the target is recorded with: what its undo renders with.
+        let batch_of = batch.filter(|_| self.planner.reads_batch(r));
+        self.on_hosts(
+            phase,
+            number,
+            step,
+            hosts,
+            step.service.clone(),
+            |h| async move {
+                // In flight until it finishes: a "stop now" drops this future half way.
+                let flying = phase == Phase::Forward;
+                let entry = Completion {
+                    host: h.to_string(),
+                    batch: batch_of,
+                };
+                if flying {
+                    self.flight(number - 1, &entry, true);
+                }
+                let done = self.run_target(phase, r, number, step, h, batch).await?;
+                if flying && done.status != Status::Interrupted {
+                    self.flight(number - 1, &entry, false);
+                }
+                Ok(done)
+            },
+        )
         .await
+    }
+
+    /// Marks a forward target in flight (`on`) or no longer.
+    fn flight(&self, step: usize, c: &Completion, on: bool) {
+        let mut all = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let hosts = all.entry(step).or_default();
+        if on {
+            hosts.push(c.clone());
+        } else if let Some(at) = hosts.iter().rposition(|x| x == c) {
+            hosts.remove(at);
+        }
+        all.retain(|_, hosts| !hosts.is_empty());
     }
 }

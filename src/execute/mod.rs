@@ -23,6 +23,7 @@ mod rollback;
 mod run_tmp;
 mod supervise;
 use run_tmp::RunTmp;
+mod settle;
 
 use lock::{release_locks, take_locks};
 pub use logfile::{write_log, LOG_FILE};
@@ -212,10 +213,11 @@ async fn run_async(
 
     let redactor = Redactor::new(planner.secret_values().iter().map(String::as_str));
     let interrupt = &wiring.interrupt;
-    let (captures, completed) = match &s.mode {
-        Mode::Run => (Captures::default(), BTreeMap::new()),
-        Mode::Resume(r) => (r.captures.clone(), r.completed.clone()),
-        Mode::Rollback(r) => (r.captures.clone(), r.completed.clone()),
+    // A resume runs again what was in flight; a rollback undoes it.
+    let (captures, completed, in_flight) = match &s.mode {
+        Mode::Run => (Captures::default(), BTreeMap::new(), BTreeMap::new()),
+        Mode::Resume(r) => (r.captures.clone(), r.completed.clone(), BTreeMap::new()),
+        Mode::Rollback(r) => (r.captures.clone(), r.completed.clone(), r.in_flight.clone()),
     };
     let mut engine = Engine {
         planner,
@@ -230,6 +232,7 @@ async fn run_async(
         redactor,
         captures: Mutex::new(captures),
         completed: Mutex::new(completed),
+        in_flight: Mutex::new(in_flight),
         interrupt,
         failed_step: Mutex::new(None),
         registry_key: supervise::registry_key(&run_id),

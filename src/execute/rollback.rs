@@ -2,6 +2,7 @@
 //! `opsrun rollback` of a recorded run, and the rollback guide, with the
 //! preview the operator confirms first.
 
+pub(super) use super::undo::text::{show_undo, undo_lines, undone_message};
 use super::*;
 use crate::plan::AnswerKind;
 
@@ -22,6 +23,8 @@ pub(super) async fn rollback_recorded(
             StepRef::Forward(i) | StepRef::Guide(i) => format!("[R{}/{guide}]", i + 1),
         };
         let batches = guide_batches(engine.planner, recorded);
+        let hosts = guide_hosts(engine.planner, engine.plan, &batches);
+        super::settle::settle_hosts(engine, recorded, &hosts).await?;
         if batches.is_empty() {
             return Ok(Finish {
                 outcome: Outcome::Succeeded,
@@ -65,13 +68,19 @@ pub(super) async fn rollback_recorded(
         });
     }
     let undo = engine.undoable();
+    let unchecked = crate::execute::undo::unchecked_note(engine.plan, &engine.in_flight());
     if undo.is_empty() {
         return Ok(Finish {
             outcome: Outcome::Succeeded,
-            message: format!("run {} has no completed step left to undo", recorded.id),
+            message: format!(
+                "run {} has no completed step left to undo{unchecked}",
+                recorded.id
+            ),
             exit_code: exit::OK,
         });
     }
+    let hosts = crate::execute::undo::undo_hosts(engine.planner, &engine.undo_batches());
+    super::settle::settle_hosts(engine, recorded, &hosts).await?;
     let undone = engine.rollback().await?;
     Ok(Finish {
         outcome: if undone.failed.is_empty() {
@@ -81,13 +90,16 @@ pub(super) async fn rollback_recorded(
         },
         message: if undone.failed.is_empty() {
             format!(
-                "rolled back {} of run {}: {}",
+                "rolled back {} of run {}: {}{unchecked}",
                 count(undo.len(), "step", "steps"),
                 recorded.id,
-                undone_message(engine.planner, &undone)
+                undone_message(engine.planner, &undone, &recorded.id)
             )
         } else {
-            undone_message(engine.planner, &undone)
+            format!(
+                "{}{unchecked}",
+                undone_message(engine.planner, &undone, &recorded.id)
+            )
         },
         exit_code: if undone.failed.is_empty() {
             exit::OK
@@ -138,46 +150,6 @@ fn guide_done(planner: &Planner, plan: &Plan, done: &[StepRef], batch: Option<us
     format!(
         "; {which} left as the guide's completed steps made it: {}",
         did.join(", ")
-    )
-}
-
-/// Says what a rollback undid, and what it could not: `undone on oa1: `Start the
-/// application`, ...` names the steps undone ("restored oa1 (`Start ...`)" read as
-/// if the application had been started again).
-pub(super) fn undone_message(planner: &Planner, undone: &crate::execute::undo::Undone) -> String {
-    if undone.failed.is_empty() {
-        return format!("undone {}", undone.summary(planner));
-    }
-    // One entry per step, in the order they were undone, hosts in inventory order:
-    // not in the order the hosts happened to fail.
-    let order: Vec<&str> = planner
-        .run_hosts()
-        .iter()
-        .map(|h| h.name.as_str())
-        .collect();
-    let mut per_step: Vec<(&str, Vec<&str>)> = Vec::new();
-    for (s, h) in &undone.failed {
-        match per_step.iter_mut().find(|(n, _)| n == s) {
-            Some((_, hosts)) => hosts.push(h),
-            None => per_step.push((s, vec![h])),
-        }
-    }
-    let list: Vec<String> = per_step
-        .iter_mut()
-        .map(|(s, hosts)| {
-            hosts.sort_by_key(|h| order.iter().position(|o| o == h).unwrap_or(usize::MAX));
-            hosts.dedup();
-            format!("`{s}` on {}", hosts.join(", "))
-        })
-        .collect();
-    let done = if undone.ok.is_empty() {
-        String::new()
-    } else {
-        format!("; undone {}", undone.summary(planner))
-    };
-    format!(
-        "ROLLBACK INCOMPLETE: not restored: {}{done}",
-        list.join(", ")
     )
 }
 
@@ -290,7 +262,8 @@ pub fn rollback_steps(plan: &Plan, recorded: &Recorded) -> Vec<StepRef> {
     if guide > 0 {
         return (0..guide).map(StepRef::Guide).collect();
     }
-    crate::execute::undo::undoable(plan, &recorded.completed)
+    let all = crate::execute::undo::with_in_flight(&recorded.completed, &recorded.in_flight);
+    crate::execute::undo::undoable(plan, &all)
         .iter()
         .map(|c| StepRef::Forward(c.step))
         .collect()
@@ -310,9 +283,16 @@ pub fn rollback_preview(
     let mut lines = Vec::new();
     let guide = plan.rollback_guide.len();
     if guide == 0 {
-        let undo = crate::execute::undo::undoable(plan, &recorded.completed);
-        let batches = crate::execute::undo::undo_batches(planner, plan, &recorded.completed);
-        lines.extend(undo_lines(planner, plan, &recorded.captures, &batches));
+        let all = crate::execute::undo::with_in_flight(&recorded.completed, &recorded.in_flight);
+        let undo = crate::execute::undo::undoable(plan, &all);
+        let batches = crate::execute::undo::undo_batches(planner, plan, &all);
+        lines.extend(undo_lines(
+            planner,
+            plan,
+            &recorded.captures,
+            &batches,
+            &recorded.in_flight,
+        ));
         let hosts = crate::execute::undo::undo_hosts(planner, &batches);
         let question = if undo.is_empty() {
             format!(
@@ -320,10 +300,19 @@ pub fn rollback_preview(
                 recorded.id
             )
         } else {
+            // The operator answers for what was in flight too: the question says so.
+            let flying = undo
+                .iter()
+                .filter(|c| recorded.in_flight.contains_key(&c.step))
+                .count();
             format!(
-                "Roll back run `{}` ({name} on `{inv}`): undo {} on {}?",
+                "Roll back run `{}` ({name} on `{inv}`): undo {}{} on {}?",
                 recorded.id,
                 count(undo.len(), "step", "steps"),
+                match flying {
+                    0 => String::new(),
+                    n => format!(" ({n} in flight when the run stopped)"),
+                },
                 hosts.join(", ")
             )
         };
@@ -454,69 +443,6 @@ pub(super) fn guide_step_rendered(
     }
 }
 
-pub(super) fn show_undo(engine: &Engine<'_>) {
-    let caps = engine
-        .captures
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    for l in undo_lines(engine.planner, engine.plan, &caps, &engine.undo_batches()) {
-        engine.ui.line(&engine.redactor.redact(&l));
-    }
-}
-
-/// The completed steps an undo will run, in order (batch by batch for a rolling
-/// run), with their rollback commands.
-pub(super) fn undo_lines(
-    planner: &Planner,
-    plan: &Plan,
-    caps: &Captures,
-    batches: &[crate::execute::undo::UndoBatch],
-) -> Vec<String> {
-    let rolling = batches.iter().any(|b| b.batch.is_some());
-    let mut lines = vec![format!(
-        "{} these completed steps will be undone, in this order{}:",
-        console::style("rollback:").yellow().bold(),
-        if rolling {
-            ", batch by batch, the last batch first"
-        } else {
-            ""
-        }
-    )];
-    for part in batches {
-        if let Some(b) = part.batch {
-            lines.push(format!("  undo {}", batch_line(planner, b)));
-        }
-        for (index, round) in &part.steps {
-            let step = &plan.steps[*index];
-            let hosts: Vec<String> = round.iter().map(|h| h.host.clone()).collect();
-            lines.push(format!(
-                "  [{}] {} on {}",
-                index + 1,
-                crate::sanitize::escape_line(&step.name),
-                hosts.join(", ")
-            ));
-            for h in round {
-                let host = (!step.local).then_some(h.host.as_str());
-                if let Ok(t) = planner.render(
-                    StepRef::Forward(*index),
-                    host,
-                    Some(caps),
-                    Reveal::Masked,
-                    h.batch,
-                ) {
-                    for r in &t.rollback {
-                        // A command may carry a captured value: what a host printed.
-                        let line = crate::report::preview::prompt_line(&t.login, r, "      ");
-                        lines.push(escape_controls(line.as_bytes()));
-                    }
-                }
-            }
-        }
-    }
-    lines
-}
-
 /// After a failed step: show what will be undone, gate it, run it, say what is restored.
 pub(super) async fn rollback_after_failure(
     engine: &mut Engine<'_>,
@@ -527,6 +453,7 @@ pub(super) async fn rollback_after_failure(
         .map(|i| engine.plan.steps[i].on_failure)
         .unwrap_or_default();
     let undoable = engine.undoable();
+    let unchecked = crate::execute::undo::unchecked_note(engine.plan, &engine.in_flight());
     if policy != OnFailure::Rollback || undoable.is_empty() {
         let why = if policy == OnFailure::Abort {
             "on_failure: abort"
@@ -534,7 +461,7 @@ pub(super) async fn rollback_after_failure(
             "no completed step has a rollback"
         };
         return Ok(Finish {
-            message: format!("{}; nothing rolled back ({why})", failed.message),
+            message: format!("{}; nothing rolled back ({why}){unchecked}", failed.message),
             ..failed
         });
     }
@@ -559,18 +486,19 @@ pub(super) async fn rollback_after_failure(
         });
     }
     let undone = engine.rollback().await?;
+    let run = crate::record::view::dir_name(engine.rec.dir());
     let message = if undone.failed.is_empty() {
         format!(
-            "{}; rolled back {}: {}",
+            "{}; rolled back {}: {}{unchecked}",
             failed.message,
             count(undoable.len(), "step", "steps"),
-            undone_message(engine.planner, &undone)
+            undone_message(engine.planner, &undone, &run)
         )
     } else {
         format!(
-            "{}; {}",
+            "{}; {}{unchecked}",
             failed.message,
-            undone_message(engine.planner, &undone)
+            undone_message(engine.planner, &undone, &run)
         )
     };
     Ok(Finish {

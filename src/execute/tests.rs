@@ -137,8 +137,7 @@ fn bookkeeping(r: &crate::transport::fake::Received) -> bool {
 
 impl Ran {
     /// `host: command` for every command the hosts received, in order; the lock
-    /// taken before the first step and released after the last, and the
-    /// bookkeeping of the run's commands on each host, are left out.
+    /// taken before the first step and released after the last are left out.
     fn commands(&self) -> Vec<String> {
         self.fleet
             .received()
@@ -347,8 +346,8 @@ fn a_resume_starts_at_the_first_step_not_done_everywhere_with_the_run_s_captures
     assert_eq!(resume_start(&probe, &all), None);
 }
 
-#[test]
-fn a_failed_undo_is_reported_and_the_other_undos_still_run() {
+/// oa1's verify fails the run; oa2's `deploy v1` (the undo of deploy) fails.
+fn failed_undo() -> Fleet {
     let fleet = fleet();
     fleet
         .on_host("oa1", "verify", failing("error: health check failed"))
@@ -357,7 +356,18 @@ fn a_failed_undo_is_reported_and_the_other_undos_still_run() {
             "deploy v1",
             Reply::exit(2).stderr("error: no space left on device\n"),
         );
-    let ran = run(DEPLOY, &fleet);
+    fleet
+}
+
+#[test]
+fn a_failed_undo_stops_the_earlier_undos_on_its_host_and_the_others_go_on() {
+    let lab = Lab::new();
+    let ran = lab.run(
+        &mut planner(DEPLOY, options()),
+        &failed_undo(),
+        Mode::Run,
+        Interrupt::default(),
+    );
     assert_eq!(
         ran.commands(),
         [
@@ -369,16 +379,52 @@ fn a_failed_undo_is_reported_and_the_other_undos_still_run() {
             "oa2: verify",
             "oa1: deploy v1",
             "oa2: deploy v1",
+            // Not `oa2: start app`: starting the old version over a half-restored
+            // deploy could destroy what its retry needs.
             "oa1: start app",
-            "oa2: start app",
         ]
     );
     assert_eq!(ran.exit_code, exit::STEP_FAILED);
     assert_eq!(
         ran.message(),
-        "step `verify` failed on oa1 (exit 1: error: health check failed); \
-         ROLLBACK INCOMPLETE: not restored: `deploy` on oa2; undone on oa1: `deploy`, `stop`; on oa2: `stop`"
+        format!(
+            "step `verify` failed on oa1 (exit 1: error: health check failed); \
+             ROLLBACK INCOMPLETE: not restored: `deploy` on oa2; still applied: on oa2: \
+             `deploy`, `stop`; undone on oa1: `deploy`, `stop`; `opsrun rollback {}` retries \
+             from the failed undo",
+            id(&ran)
+        )
     );
+
+    // The cause fixed, a later rollback retries from the failed undo, in order.
+    let back = roll_back(&lab, &ran, DEPLOY, &fleet());
+    assert_eq!(back.commands(), ["oa2: deploy v1", "oa2: start app"]);
+    assert_eq!(back.exit_code, exit::OK);
+    // And nothing is left for another.
+    let again = roll_back(&lab, &ran, DEPLOY, &fleet());
+    assert_eq!(again.commands(), Vec::<String>::new());
+}
+
+#[test]
+fn a_rollback_that_fails_again_keeps_the_earlier_undos_of_that_host_for_the_next() {
+    let lab = Lab::new();
+    let ran = lab.run(
+        &mut planner(DEPLOY, options()),
+        &failed_undo(),
+        Mode::Run,
+        Interrupt::default(),
+    );
+    let back = roll_back(&lab, &ran, DEPLOY, &failed_undo());
+    assert_eq!(back.commands(), ["oa2: deploy v1"]);
+    assert_eq!(back.exit_code, exit::STEP_FAILED);
+    assert!(
+        back.message()
+            .contains("still applied: on oa2: `deploy`, `stop`"),
+        "{}",
+        back.message()
+    );
+    let fixed = roll_back(&lab, &ran, DEPLOY, &fleet());
+    assert_eq!(fixed.commands(), ["oa2: deploy v1", "oa2: start app"]);
 }
 
 #[test]
@@ -494,6 +540,128 @@ steps:
     );
     assert_eq!(asked, [stop(1), tell.clone(), stop(2), tell]);
     assert_eq!(gate.question(Some(2)), "Stop the app? (batch 2/2: oa2)");
+}
+
+#[test]
+fn a_rollback_of_a_run_whose_resume_rolled_back_repeats_no_undo() {
+    // Run 1 is stopped at deploy; its resume fails at verify and rolls back
+    // everything (run 1's completed steps too). Rolling back run 1 afterwards
+    // must not undo them a second time: their backups may be gone by then.
+    let lab = Lab::new();
+    let interrupt = Interrupt::scripted(|| Stop::Now);
+    let hosts = interrupt::interrupted_at_deploy(&interrupt);
+    let first = lab.run(
+        &mut planner(DEPLOY, options()),
+        &hosts,
+        Mode::Run,
+        interrupt,
+    );
+    let recorded = crate::record::runs::load(&first.dir).unwrap();
+    let mut resumed = planner(
+        DEPLOY,
+        Options {
+            start_at: Some("deploy".into()),
+            original_run: Some(recorded.run.clone()),
+            ..options()
+        },
+    );
+    let failing_verify = fleet();
+    failing_verify.on_host("oa1", "verify", failing("error: health check failed"));
+    let resume = lab.run(
+        &mut resumed,
+        &failing_verify,
+        Mode::Resume(Box::new(recorded)),
+        Interrupt::default(),
+    );
+    assert_eq!(resume.exit_code, exit::STEP_FAILED);
+    assert!(
+        resume.commands().contains(&"oa1: start app".to_string()),
+        "{:?}",
+        resume.commands()
+    );
+    let back = roll_back(&lab, &first, DEPLOY, &fleet());
+    assert_eq!(back.commands(), Vec::<String>::new());
+}
+
+#[test]
+fn an_in_flight_step_whose_undo_reads_its_own_capture_is_left_by_hand_and_the_rest_undone() {
+    // oa1 was stopped while `back up` ran: its capture never came, so its
+    // rollback cannot be rendered there. Nothing runs for it; `stop` is still
+    // undone on oa1 (no undo ran or failed in its place).
+    const BACKUP: &str = "\
+name: backup
+hosts: app
+steps:
+  - name: stop
+    run: stop app
+    rollback: start app
+  - name: back up
+    run: make backup
+    capture: backup
+    rollback: rm {{ backup }}
+";
+    let interrupt = Interrupt::scripted(|| Stop::NowAndRollback);
+    let hosts = fleet();
+    hosts.on_host("oa2", "make backup", Reply::ok().stdout("/b2\n"));
+    let ctrl_c = interrupt.ctrl_c();
+    hosts.answer(move |r| {
+        (r.host == "oa1" && r.line == "make backup").then(|| {
+            ctrl_c.press();
+            Reply::ok().stdout("/b1\n").after(RUNNING)
+        })
+    });
+    let ran = Lab::new().run(
+        &mut planner(BACKUP, options()),
+        &hosts,
+        Mode::Run,
+        interrupt,
+    );
+    assert_eq!(
+        ran.commands(),
+        [
+            "oa1: stop app",
+            "oa2: stop app",
+            "oa1: make backup",
+            "oa2: make backup",
+            "oa2: rm /b2",
+            "oa1: start app",
+            "oa2: start app",
+        ]
+    );
+    let message = ran.message();
+    assert!(
+        message.contains(
+            "in flight when the run stopped, its rollback cannot be rendered: check by hand: \
+             `back up` on oa1 ("
+        ),
+        "{message}"
+    );
+}
+
+/// `opsrun rollback` of `first`, over `fleet`.
+fn roll_back(lab: &Lab, first: &Ran, runbook: &str, fleet: &Fleet) -> Ran {
+    let recorded = crate::record::runs::load(&first.dir).unwrap();
+    let mut p = planner(
+        runbook,
+        Options {
+            original_run: Some(recorded.run.clone()),
+            ..options()
+        },
+    );
+    lab.run(
+        &mut p,
+        fleet,
+        Mode::Rollback(Box::new(recorded)),
+        Interrupt::default(),
+    )
+}
+
+fn id(ran: &Ran) -> String {
+    crate::record::view::dir_name(&ran.dir)
+}
+
+fn plan_of(runbook: &str) -> Plan {
+    planner(runbook, options()).plan().unwrap()
 }
 
 mod interrupt;

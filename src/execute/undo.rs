@@ -13,12 +13,23 @@ use crate::transport::Stdin;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 
+pub(super) mod text;
+
 /// What a rollback did: the (step, host) pairs undone, in the order they were,
 /// and the (step, host) pairs whose undo failed.
 #[derive(Debug, Default)]
 pub struct Undone {
     pub ok: Vec<(String, Completion)>,
     pub failed: Vec<(String, String)>,
+    /// Per host, in undo order: the step whose undo failed, then every earlier
+    /// step whose undo was not run after it. What is still applied where.
+    pub still: Vec<(String, String)>,
+    /// The (step, host) pairs among `ok` that were in flight when the run stopped.
+    pub flight: Vec<(String, String)>,
+    /// In flight, and its rollback cannot be rendered (it reads what the step never
+    /// got to capture): (step, host, why). Left to the operator; the earlier undos
+    /// of that host still run, since nothing ran in its place.
+    pub by_hand: Vec<(String, String, String)>,
 }
 
 impl Undone {
@@ -28,10 +39,13 @@ impl Undone {
     pub fn summary(&self, planner: &Planner) -> String {
         let mut per_host: Vec<(&str, Vec<String>)> = Vec::new();
         for (step, c) in &self.ok {
-            let what = match c.batch {
+            let mut what = match c.batch {
                 Some(b) => format!("`{step}` of batch {b}"),
                 None => format!("`{step}`"),
             };
+            if self.flight.iter().any(|(s, h)| s == step && *h == c.host) {
+                what.push_str(" (in flight when the run stopped)");
+            }
             match per_host.iter_mut().find(|(h, _)| *h == c.host) {
                 Some((_, steps)) => steps.push(what),
                 None => per_host.push((&c.host, vec![what])),
@@ -57,6 +71,53 @@ impl Undone {
             .collect::<Vec<_>>()
             .join("; ")
     }
+}
+
+/// What an undo runs over: the completions, and after them the targets in flight
+/// when the run stopped (the latest step on their host: steps are barriers).
+pub fn with_in_flight(
+    done: &BTreeMap<usize, Vec<Completion>>,
+    in_flight: &BTreeMap<usize, Vec<Completion>>,
+) -> BTreeMap<usize, Vec<Completion>> {
+    let mut all = done.clone();
+    for (step, hosts) in in_flight {
+        all.entry(*step).or_default().extend(hosts.iter().cloned());
+    }
+    all
+}
+
+/// Steps without a rollback that were in flight, with their hosts: nothing can
+/// undo them, so the operator is told to check them by hand.
+pub fn unchecked(
+    plan: &Plan,
+    in_flight: &BTreeMap<usize, Vec<Completion>>,
+) -> Vec<(usize, Vec<String>)> {
+    in_flight
+        .iter()
+        .rev()
+        .filter(|(i, _)| plan.steps.get(**i).is_some_and(|s| s.undo.is_empty()))
+        .map(|(i, hosts)| {
+            let mut names: Vec<String> = hosts.iter().map(|c| c.host.clone()).collect();
+            names.dedup();
+            (*i, names)
+        })
+        .collect()
+}
+
+/// `; in flight when the run stopped, no rollback: check by hand: `Migrate` on oa1`,
+/// or nothing.
+pub fn unchecked_note(plan: &Plan, in_flight: &BTreeMap<usize, Vec<Completion>>) -> String {
+    let list: Vec<String> = unchecked(plan, in_flight)
+        .into_iter()
+        .map(|(i, hosts)| format!("`{}` on {}", plan.steps[i].name, hosts.join(", ")))
+        .collect();
+    if list.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; in flight when the run stopped, no rollback: check by hand: {}",
+        list.join(", ")
+    )
 }
 
 /// Completed steps that have a rollback, last first: what an undo would run.
@@ -190,22 +251,39 @@ pub fn undo_hosts(planner: &Planner, batches: &[UndoBatch]) -> Vec<String> {
 }
 
 impl Engine<'_> {
-    /// The order this run's completed steps would be undone in.
+    /// The targets in flight when the run stopped, not undone yet.
+    pub fn in_flight(&self) -> BTreeMap<usize, Vec<Completion>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// What an undo runs over: completions, then what was in flight.
+    fn to_undo(&self) -> BTreeMap<usize, Vec<Completion>> {
+        let done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
+        with_in_flight(&done, &self.in_flight())
+    }
+
+    /// The order this run's completed (and in-flight) steps would be undone in.
     pub fn undo_batches(&self) -> Vec<UndoBatch> {
-        let done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
-        undo_batches(self.planner, self.plan, &done)
+        undo_batches(self.planner, self.plan, &self.to_undo())
     }
 
-    /// Completed steps that have a rollback, last first.
+    /// Completed (and in-flight) steps that have a rollback, last first.
     pub fn undoable(&self) -> Vec<Completed> {
-        let done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
-        undoable(self.plan, &done)
+        undoable(self.plan, &self.to_undo())
     }
 
-    /// Undoes completed steps in reverse order, on the hosts where each completed,
-    /// batch by batch for a rolling run; a failed undo does not stop the others.
+    /// Undoes completed and in-flight steps in reverse order, on the hosts where
+    /// each ran, batch by batch for a rolling run. Once an undo fails on a host,
+    /// the undos of earlier steps do not run there (they may destroy what the
+    /// failed one needs: its backup); the other hosts go on.
     pub async fn rollback(&mut self) -> Result<Undone, ExecError> {
+        let in_flight = self.in_flight();
         let mut undone = Undone::default();
+        // Hosts where an undo failed, with that step's name.
+        let mut stopped: HashMap<String, String> = HashMap::new();
         for part in self.undo_batches() {
             if let Some(b) = part.batch {
                 self.ui.line(&format!(
@@ -216,16 +294,88 @@ impl Engine<'_> {
             for (index, round) in &part.steps {
                 let r = StepRef::Forward(*index);
                 let step = self.step(r).clone();
-                let failures = self.undo_round(r, *index, &step, round, part.batch).await?;
-                for h in round {
-                    if !failures.iter().any(|(_, f)| *f == h.host) {
-                        undone.ok.push((step.name.clone(), h.clone()));
+                let (held, go): (Vec<Completion>, Vec<Completion>) = round
+                    .iter()
+                    .cloned()
+                    .partition(|c| stopped.contains_key(&c.host));
+                for c in &held {
+                    self.ui.warn(&format!(
+                        "[undo {}] `{}` not run on {}: the undo of `{}` failed there, and this one may destroy what it needs",
+                        index + 1,
+                        step.name,
+                        c.host,
+                        stopped[&c.host]
+                    ));
+                    undone.still.push((step.name.clone(), c.host.clone()));
+                }
+                let flying = |h: &str| {
+                    in_flight
+                        .get(index)
+                        .is_some_and(|hosts| hosts.iter().any(|c| c.host == h))
+                };
+                let (go, unrendered): (Vec<Completion>, Vec<Completion>) = go
+                    .into_iter()
+                    .partition(|c| !flying(&c.host) || self.lacks_capture(r, &step, c).is_none());
+                for c in &unrendered {
+                    let why = self.lacks_capture(r, &step, c).unwrap_or_default();
+                    self.ui.warn(&format!(
+                        "[undo {}] `{}` on {}: in flight when the run stopped, and its rollback reads {why}: check by hand",
+                        index + 1,
+                        step.name,
+                        c.host
+                    ));
+                    undone
+                        .by_hand
+                        .push((step.name.clone(), c.host.clone(), why));
+                }
+                if go.is_empty() {
+                    continue;
+                }
+                let failures = self.undo_round(r, *index, &step, &go, part.batch).await?;
+                for h in &go {
+                    if failures.iter().any(|(_, f)| *f == h.host) {
+                        stopped.insert(h.host.clone(), step.name.clone());
+                        undone.still.push((step.name.clone(), h.host.clone()));
+                        continue;
                     }
+                    if flying(&h.host) {
+                        undone.flight.push((step.name.clone(), h.host.clone()));
+                    }
+                    undone.ok.push((step.name.clone(), h.clone()));
                 }
                 undone.failed.extend(failures);
             }
         }
         Ok(undone)
+    }
+
+    /// For a step in flight: `Some("`backup`, which it never captured")` when its
+    /// rollback reads the step's own capture and the step never got to record it
+    /// on that host. The rollback would run with a placeholder in its place.
+    fn lacks_capture(&self, r: StepRef, step: &PlanStep, c: &Completion) -> Option<String> {
+        let name = &step.capture.as_ref()?.name;
+        let caps = self.captures.lock().unwrap_or_else(|p| p.into_inner());
+        let have = match step.local {
+            true => caps.global.contains_key(name),
+            false => caps
+                .hosts
+                .get(&c.host)
+                .is_some_and(|m| m.contains_key(name)),
+        };
+        drop(caps);
+        if have {
+            return None;
+        }
+        let host = (!step.local).then_some(c.host.as_str());
+        let shown = self
+            .render(r, host, crate::plan::Reveal::Masked, c.batch)
+            .ok()?;
+        let mark = format!("<captured: {name}");
+        shown
+            .rollback
+            .iter()
+            .any(|l| l.contains(&mark))
+            .then(|| format!("`{name}`, which the step never captured there"))
     }
 
     /// Undoes one step on hosts that each completed it once (in one batch).

@@ -159,6 +159,9 @@ pub struct Recorded {
     pub captures: Captures,
     /// Forward steps (0-based) and the hosts where each completed and was not already undone.
     pub completed: BTreeMap<usize, Vec<Completion>>,
+    /// Forward steps (0-based) and the hosts where each was in flight when the run
+    /// stopped (started, never finished ok or failed) and was not already undone.
+    pub in_flight: BTreeMap<usize, Vec<Completion>>,
     /// Every (step, host) that finished ok, to find where a resume starts.
     pub done: BTreeSet<(usize, String)>,
     /// The run's `--limit`, reused by its rollback.
@@ -184,6 +187,15 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
     // gone by then): what later `opsrun rollback` runs undid is not completed.
     let later = view::rollbacks_of(view::log_dir_of(dir), &view.id);
     view.apply_rollbacks(&later);
+    // A resume of this run that rolled back undid this run's steps as well.
+    let resumes = view::resumes_of(view::log_dir_of(dir), &view.id);
+    view.apply_rollbacks(&resumes);
+    rolled_back_by.extend(
+        resumes
+            .iter()
+            .filter(|r| r.rolled_back)
+            .map(|r| format!("the automatic rollback of its resume {}", r.id)),
+    );
     rolled_back_by.extend(
         later
             .iter()
@@ -211,6 +223,7 @@ pub fn load(dir: &Path) -> Result<Recorded, Error> {
             .collect(),
         captures: view.captures,
         completed: view.completed,
+        in_flight: view.in_flight,
         done: view.done,
         limit: start.limit,
         rolled_back_by,

@@ -68,6 +68,10 @@ pub struct RunView {
     pub last: Option<Time>,
     /// Forward steps (0-based) and where each completed and was not undone by this run.
     pub completed: BTreeMap<usize, Vec<Completion>>,
+    /// Forward steps (0-based) and the hosts where each started and never finished
+    /// (killed run, lost connection) or finished interrupted, not undone since: the
+    /// step may be partly applied there, so a rollback undoes it too.
+    pub in_flight: BTreeMap<usize, Vec<Completion>>,
     /// Every forward (step, host) that finished ok or skipped and was not undone:
     /// where a resume starts.
     pub done: BTreeSet<(usize, String)>,
@@ -91,6 +95,7 @@ impl RunView {
             finish: None,
             last: events.last().map(Event::time),
             completed: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
             done: BTreeSet::new(),
             captures: Captures::default(),
             restored: None,
@@ -109,6 +114,7 @@ impl RunView {
             .collect();
         v.history = History::fold(events, &hosts);
         v.completed.retain(|_, hosts| !hosts.is_empty());
+        v.in_flight.retain(|_, hosts| !hosts.is_empty());
         v
     }
 
@@ -160,6 +166,19 @@ impl RunView {
                     limit: limit.clone(),
                 })
             }
+            // Started: in flight until it finishes (a killed run never says so).
+            Event::TargetStarted {
+                phase: Phase::Forward,
+                number,
+                host,
+                ..
+            } => {
+                let step = number.saturating_sub(1);
+                self.in_flight.entry(step).or_default().push(Completion {
+                    host: host.clone(),
+                    batch: None,
+                });
+            }
             Event::TargetFinished {
                 phase,
                 number,
@@ -170,6 +189,17 @@ impl RunView {
                 ..
             } => {
                 let step = number.saturating_sub(1);
+                if *phase == Phase::Forward {
+                    if let Some(hosts) = self.in_flight.get_mut(&step) {
+                        // The entry its start made (the start says no batch).
+                        if let Some(at) = hosts
+                            .iter()
+                            .rposition(|c| c.host == *host && c.batch.is_none())
+                        {
+                            hosts.remove(at);
+                        }
+                    }
+                }
                 if phase.is_rollback() {
                     let ok = matches!(status, Status::Ok | Status::Skipped);
                     self.restored = Some(self.restored.unwrap_or(true) && ok);
@@ -195,6 +225,13 @@ impl RunView {
                     }
                     (Phase::Forward, Status::Skipped) => {
                         self.done.insert((step, host.clone()));
+                    }
+                    // Stopped part way: may be applied, so it is undone like a completion.
+                    (Phase::Forward, Status::Interrupted) => {
+                        self.in_flight.entry(step).or_default().push(Completion {
+                            host: host.clone(),
+                            batch: *batch,
+                        });
                     }
                     (Phase::Undo, Status::Ok) => {
                         self.rolled_back = true;
@@ -231,9 +268,24 @@ impl RunView {
     /// one completion: a load balancer drained in two batches and undone in one
     /// still has the other. A later `opsrun rollback` (`all`) takes off every
     /// completion of that host and batch.
+    ///
+    /// An undo also covers the step where it was in flight on that host: that is
+    /// the latest step there (steps are barriers), so it is taken off first.
     fn uncomplete(&mut self, undid: &Undid, all: bool) {
+        let same = |c: &Completion| c.host == undid.host && c.batch == undid.batch;
+        // What was in flight is undone for the batch it ran in, or with none when
+        // the journal never said which.
+        let flying = |c: &Completion| same(c) || (c.host == undid.host && c.batch.is_none());
+        if let Some(hosts) = self.in_flight.get_mut(&undid.step) {
+            if let Some(at) = hosts.iter().rposition(flying) {
+                hosts.remove(at);
+                if !all {
+                    return;
+                }
+                hosts.retain(|c| !flying(c));
+            }
+        }
         if let Some(hosts) = self.completed.get_mut(&undid.step) {
-            let same = |c: &Completion| c.host == undid.host && c.batch == undid.batch;
             if all {
                 hosts.retain(|c| !same(c));
             } else if let Some(at) = hosts.iter().rposition(same) {
@@ -250,6 +302,7 @@ impl RunView {
             }
         }
         self.completed.retain(|_, hosts| !hosts.is_empty());
+        self.in_flight.retain(|_, hosts| !hosts.is_empty());
     }
 
     pub fn kind(&self) -> Option<RunKind> {
@@ -312,13 +365,26 @@ pub fn sort(views: &mut [RunView]) {
 /// Only each journal's first line is read to find them: this runs whenever a log
 /// is rendered, and a log directory holds many runs.
 pub fn rollbacks_of(log_dir: &Path, id: &str) -> Vec<RunView> {
+    later_runs(
+        log_dir,
+        |e| matches!(e, Event::RunStarted { rollback_of: Some(of), .. } if of == id),
+    )
+}
+
+/// The `--resume` runs of run `id`, oldest first. A resume's automatic rollback
+/// undoes the steps that run `id` completed too (it starts from them): what it
+/// undid is no longer to undo for `opsrun rollback ID`.
+pub fn resumes_of(log_dir: &Path, id: &str) -> Vec<RunView> {
+    later_runs(
+        log_dir,
+        |e| matches!(e, Event::RunStarted { resume_of: Some(of), .. } if of == id),
+    )
+}
+
+fn later_runs(log_dir: &Path, first: impl Fn(&Event) -> bool) -> Vec<RunView> {
     let mut found: Vec<RunView> = run_dirs(log_dir)
         .iter()
-        .filter(|d| {
-            first_event(&d.join(journal::FILE)).is_some_and(
-                |e| matches!(e, Event::RunStarted { rollback_of: Some(of), .. } if of == id),
-            )
-        })
+        .filter(|d| first_event(&d.join(journal::FILE)).is_some_and(|e| first(&e)))
         .filter_map(|d| read(d).ok().map(|(v, _)| v))
         .collect();
     sort(&mut found);
@@ -400,6 +466,97 @@ mod tests {
             start_at: None,
             limit: None,
         }
+    }
+
+    fn target(
+        phase: Phase,
+        number: usize,
+        host: &str,
+        status: Status,
+        batch: Option<usize>,
+    ) -> Event {
+        Event::TargetFinished {
+            time: now(),
+            phase,
+            number,
+            step: format!("s{number}"),
+            host: host.into(),
+            login: "u".into(),
+            status,
+            started: now(),
+            millis: 0,
+            exit_code: None,
+            command: None,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            checks: Vec::new(),
+            capture: None,
+            upload_sha256: None,
+            upload_sha256_withheld: None,
+            reason: None,
+            batch,
+        }
+    }
+
+    fn target_started(number: usize, host: &str) -> Event {
+        Event::TargetStarted {
+            time: now(),
+            phase: Phase::Forward,
+            number,
+            step: format!("s{number}"),
+            host: host.into(),
+            command: None,
+        }
+    }
+
+    fn at(host: &str, batch: Option<usize>) -> Completion {
+        Completion {
+            host: host.into(),
+            batch,
+        }
+    }
+
+    /// Started and never finished, or finished interrupted: in flight, with the
+    /// batch when the finish says it; an undo (of this run or a later rollback)
+    /// takes it off, and a finished target is not in flight.
+    #[test]
+    fn targets_started_and_not_finished_or_interrupted_are_in_flight_until_undone() {
+        let events = vec![
+            started(Vec::new()),
+            target_started(1, "a"),
+            target_started(1, "b"),
+            target(Phase::Forward, 1, "a", Status::Ok, None),
+            target(Phase::Forward, 1, "b", Status::Ok, None),
+            target_started(2, "a"),
+            target_started(2, "b"),
+            target(Phase::Forward, 2, "b", Status::Interrupted, Some(2)),
+        ];
+        let v = RunView::fold("r", &events);
+        assert_eq!(
+            v.completed,
+            BTreeMap::from([(0, vec![at("a", None), at("b", None)])])
+        );
+        assert_eq!(
+            v.in_flight,
+            BTreeMap::from([(1, vec![at("a", None), at("b", Some(2))])])
+        );
+        // The run's own undo of b's interrupted step.
+        let mut undone = events.clone();
+        undone.push(target(Phase::Undo, 2, "b", Status::Ok, Some(2)));
+        let v = RunView::fold("r", &undone);
+        assert_eq!(v.in_flight, BTreeMap::from([(1, vec![at("a", None)])]));
+        // A later rollback that undid a's.
+        let mut v = RunView::fold("r", &events);
+        let later = RunView::fold(
+            "rb",
+            &[
+                started(Vec::new()),
+                target(Phase::Undo, 2, "a", Status::Ok, None),
+            ],
+        );
+        v.apply_rollbacks(&[later]);
+        assert_eq!(v.in_flight, BTreeMap::from([(1, vec![at("b", Some(2))])]));
     }
 
     /// A param whose real value is `******` is a value like any other: the

@@ -32,6 +32,48 @@ fn status_word(s: Status) -> &'static str {
     }
 }
 
+/// The undos of this rollback run that undid a step in flight when run `of`
+/// stopped (it may have been partly applied): `` `Long` on web1, web2 ``. The
+/// Rollback rows cannot tell them from the undos of completed steps.
+fn undone_in_flight(events: &[Event], run_dir: &Path, of: &str) -> Vec<String> {
+    let dir = crate::record::view::log_dir_of(run_dir).join(of);
+    let Ok((original, _)) = crate::record::view::read(&dir) else {
+        return Vec::new();
+    };
+    let mut per_step: Vec<(String, Vec<String>)> = Vec::new();
+    for e in events {
+        let Event::TargetFinished {
+            phase: crate::record::events::Phase::Undo,
+            status: Status::Ok,
+            number,
+            step,
+            host,
+            ..
+        } = e
+        else {
+            continue;
+        };
+        let was = original
+            .in_flight
+            .get(&number.saturating_sub(1))
+            .is_some_and(|hosts| hosts.iter().any(|c| c.host == *host));
+        if !was {
+            continue;
+        }
+        match per_step.iter_mut().find(|(s, _)| s == step) {
+            Some((_, hosts)) => hosts.push(host.clone()),
+            None => per_step.push((step.clone(), vec![host.clone()])),
+        }
+    }
+    per_step
+        .into_iter()
+        .map(|(s, mut hosts)| {
+            hosts.sort();
+            format!("`{s}` on {}", hosts.join(", "))
+        })
+        .collect()
+}
+
 /// Renders the log. `signer` is who is about to sign it (stamped into the
 /// "How to verify" section); `None` puts the UNSIGNED banner at the top.
 pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> String {
@@ -133,6 +175,14 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
     }
     if let Some(of) = rollback_of {
         let _ = writeln!(o, "| Rolls back run | {} |", code(&of));
+        let flying = undone_in_flight(events, run_dir, &of);
+        if !flying.is_empty() {
+            let _ = writeln!(
+                o,
+                "| In flight when the run stopped | {}: undone here |",
+                cell(&flying.join(", "))
+            );
+        }
     }
     // Undone later by `opsrun rollback`: a run on record as succeeded may no longer
     // be in place. Rollbacks name the run by its directory.

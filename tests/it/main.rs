@@ -26,6 +26,7 @@ mod library_upgrade;
 mod lint;
 mod log_markdown;
 mod masters;
+mod rollback_contract;
 mod rollback_rolling;
 mod rollback_ssh;
 mod run_ssh;

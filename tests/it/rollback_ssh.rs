@@ -9,133 +9,16 @@
 
 use crate::support::{
     cli::Run,
-    fleet::{app_group, pids_with, ssh_inventory, SshFleet},
-    lab::Lab,
+    fleet::pids_with,
     pty::{pty_run, run_on_pty, CTRL_C},
+    site::{groups, journal_events, kill_leftovers, wait_for_target_started, Site},
 };
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-// ---------------------------------------------------------------------------------
-// The simulated service and its shared event log
-
-/// The fleet's hosts, each with a running `svc` and an `app.conf`, logging to one file.
-struct Site {
-    fleet: SshFleet,
-    events: PathBuf,
-}
-
-impl Site {
-    fn start(n: usize) -> Site {
-        let fleet = SshFleet::start(n);
-        let events = fleet.root().join("events.log");
-        fs::write(&events, "").unwrap();
-        // Every host's login user appends to it; the fleet root is root's.
-        fs::set_permissions(&events, fs::Permissions::from_mode(0o666)).unwrap();
-        let site = Site { fleet, events };
-        for i in 0..n {
-            let host = format!("web{}", i + 1);
-            let work = site.fleet.work_dir(i).display().to_string();
-            site.put(
-                i,
-                "svc",
-                &format!(
-                    "#!/bin/sh\n\
-                     # The app on {host}: start|stop|status keep its state in a file;\n\
-                     # `event WHAT` only records. Everything but status goes to the event log.\n\
-                     case \"$1\" in\n\
-                     \x20 start) touch {work}/app.running ;;\n\
-                     \x20 stop) rm -f {work}/app.running ;;\n\
-                     \x20 status) test -e {work}/app.running; exit $? ;;\n\
-                     \x20 event) shift ;;\n\
-                     \x20 *) echo \"usage: svc start|stop|status|event WHAT\" >&2; exit 2 ;;\n\
-                     esac\n\
-                     echo \"{host} $*\" >> {events}\n",
-                    events = site.events.display()
-                ),
-                0o755,
-            );
-            site.put(i, "app.running", "", 0o644);
-            site.put(i, "app.conf", &format!("{host} release 1\n"), 0o644);
-        }
-        site
-    }
-
-    /// Writes a file on host `i`, owned by the login user (the runbooks change them).
-    fn put(&self, i: usize, rel: &str, text: &str, mode: u32) {
-        let work = self.fleet.work_dir(i);
-        let meta = fs::metadata(work).unwrap();
-        let path = work.join(rel);
-        fs::write(&path, text).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-        std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid())).unwrap();
-    }
-
-    fn file(&self, i: usize, rel: &str) -> PathBuf {
-        self.fleet.work_dir(i).join(rel)
-    }
-
-    fn read(&self, i: usize, rel: &str) -> String {
-        fs::read_to_string(self.file(i, rel)).unwrap_or_else(|e| panic!("{rel} on host {i}: {e}"))
-    }
-
-    /// Files in host `i`'s work dir whose name starts with `prefix`.
-    fn files_starting(&self, i: usize, prefix: &str) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.fleet.work_dir(i))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(prefix))
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// The event log as (what, hosts) groups: consecutive lines with the same action.
-    /// Hosts within a step run in parallel, so their order inside a group is free.
-    fn event_groups(&self) -> Vec<(String, Vec<String>)> {
-        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-        for line in fs::read_to_string(&self.events).unwrap().lines() {
-            let (host, what) = line.split_once(' ').unwrap();
-            match groups.last_mut() {
-                Some((w, hosts)) if w == what => hosts.push(host.to_string()),
-                _ => groups.push((what.to_string(), vec![host.to_string()])),
-            }
-        }
-        for (_, hosts) in &mut groups {
-            hosts.sort();
-        }
-        groups
-    }
-
-    fn clear_events(&self) {
-        fs::write(&self.events, "").unwrap();
-    }
-
-    fn lab(&self, runbooks: &[(&str, &str)]) -> Lab {
-        let lab = Lab::new();
-        lab.write(
-            "inventories/lab.yaml",
-            &ssh_inventory(&self.fleet, "none", &app_group(&self.fleet)),
-        );
-        for (name, text) in runbooks {
-            lab.write(&format!("runbooks/{name}.yaml"), text);
-        }
-        lab
-    }
-}
-
-fn groups(expected: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
-    expected
-        .iter()
-        .map(|(w, hosts)| (w.to_string(), hosts.iter().map(|h| h.to_string()).collect()))
-        .collect()
-}
 
 /// Six steps over the app; Migrate fails on the host named by `fail_on`. The config
 /// backup's name is random (mktemp): only the capture knows it.
@@ -228,53 +111,6 @@ fn rollback_steps(run: &Run) -> Vec<(String, Vec<String>)> {
             (e["step"].as_str().unwrap().to_string(), hosts)
         })
         .collect()
-}
-
-fn journal_events(dir: &Path) -> Vec<Value> {
-    fs::read_to_string(dir.join("journal.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad journal line {l:?}: {e}")))
-        .collect()
-}
-
-/// Waits until the journal in `runs/` shows `step` started on `hosts` hosts.
-fn wait_for_target_started(lab: &Lab, child: &mut Child, step: &str, hosts: usize) -> PathBuf {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("opsrun ended ({status}) before `{step}` started");
-        }
-        let dirs: Vec<PathBuf> = fs::read_dir(lab.path().join("runs"))
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        for d in dirs {
-            let Ok(text) = fs::read_to_string(d.join("journal.jsonl")) else {
-                continue;
-            };
-            let started = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|e| e["event"] == "target_started" && e["step"] == step)
-                .count();
-            if started >= hosts {
-                return d;
-            }
-        }
-        assert!(Instant::now() < deadline, "`{step}` never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Kills what a SIGKILLed opsrun left running: its remote commands (`needle`) and
-/// its ssh masters (they name the fleet's ssh_config).
-fn kill_leftovers(fleet: &SshFleet, needle: &str) {
-    // The masters first: one could still be starting a remote command.
-    let config = fleet.ssh_config().display().to_string();
-    for pid in pids_with(&config).into_iter().chain(pids_with(needle)) {
-        // SAFETY: kill(2) on pids of processes this test's opsrun started.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -704,10 +540,15 @@ fn sigkill_mid_step_leaves_a_record_to_list_render_and_roll_back_and_a_stale_loc
         .collect();
     assert_eq!(taken.len(), 2, "{:?}", undo.events("lock"));
     assert!(taken[0]["detail"].as_str().unwrap().contains(&id));
-    // Only Prepare completed: Long's rollback must not run.
+    // Prepare completed and Long was in flight when the run was killed: Long may
+    // be partly applied, so its rollback runs too, first (the latest step).
     assert_eq!(
         site.event_groups(),
-        groups(&[("stop", &["web1", "web2"]), ("start", &["web1", "web2"])])
+        groups(&[
+            ("stop", &["web1", "web2"]),
+            ("undo-long", &["web1", "web2"]),
+            ("start", &["web1", "web2"])
+        ])
     );
     for i in 0..2 {
         assert!(site.file(i, "app.running").exists());
@@ -716,7 +557,12 @@ fn sigkill_mid_step_leaves_a_record_to_list_render_and_roll_back_and_a_stale_loc
         assert!(!l.exists(), "{} left behind", l.display());
     }
     let (_, message) = undo.outcome();
-    assert!(message.contains("rolled back 1 step"), "{message}");
+    assert!(
+        message.contains(&format!(
+            "rolled back 2 steps of run {id}: undone on web1, web2: `Long` (in flight when the run stopped), `Prepare`"
+        )),
+        "{message}"
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -812,7 +658,7 @@ fn a_second_run_on_a_locked_host_is_refused_naming_the_holder() {
 // A rollback step that fails
 
 #[test]
-fn a_failed_rollback_step_is_reported_loudly_and_the_others_still_run() {
+fn a_failed_rollback_step_is_reported_loudly_and_the_other_hosts_still_run() {
     let site = Site::start(2);
     let book = r#"name: brittle
 hosts: app
@@ -840,7 +686,9 @@ steps:
             ("three", &["web1", "web2"]),
             ("undo-three", &["web1", "web2"]),
             ("undo-two", &["web1", "web2"]),
-            ("undo-one", &["web1", "web2"]),
+            // Not on web1: its undo of Two failed, and undoing One under it could
+            // destroy what that undo needs.
+            ("undo-one", &["web2"]),
         ])
     );
     let undone: Vec<(String, String, String)> = targets(&run)
@@ -851,7 +699,7 @@ steps:
     assert!(undone.contains(&("Two".into(), "web1".into(), "failed".into())));
     assert_eq!(
         undone.iter().filter(|t| t.2 == "ok").count(),
-        5,
+        4,
         "{undone:?}"
     );
 
@@ -862,9 +710,18 @@ steps:
         "{message}"
     );
     let not_restored = message.split("not restored:").nth(1).unwrap();
+    let id = run
+        .dir()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     assert_eq!(
         not_restored.trim(),
-        "`Two` on web1; undone on web1: `Three`, `One`; on web2: `Three`, `Two`, `One`",
+        format!(
+            "`Two` on web1; still applied: on web1: `Two`, `One`; undone on web1: `Three`; \
+             on web2: `Three`, `Two`, `One`; `opsrun rollback {id}` retries from the failed undo"
+        ),
         "{message}"
     );
     // Loudly: when it happens, and again in the last words of the run.
@@ -881,8 +738,12 @@ steps:
         .unwrap();
     assert_eq!(
         last_error,
-        "failed: step `Four` failed on web1 (exit 1), web2 (exit 1); ROLLBACK INCOMPLETE: \
-         not restored: `Two` on web1; undone on web1: `Three`, `One`; on web2: `Three`, `Two`, `One`",
+        format!(
+            "failed: step `Four` failed on web1 (exit 1), web2 (exit 1); ROLLBACK INCOMPLETE: \
+             not restored: `Two` on web1; still applied: on web1: `Two`, `One`; undone on web1: \
+             `Three`; on web2: `Three`, `Two`, `One`; `opsrun rollback {id}` retries from the \
+             failed undo"
+        ),
         "{}",
         run.stderr
     );
@@ -914,7 +775,7 @@ fn interruptible(sleep: &str) -> String {
 }
 
 #[test]
-fn ctrl_c_then_r_stops_and_rolls_back_the_completed_steps() {
+fn ctrl_c_then_r_stops_and_rolls_back_the_completed_steps_and_the_one_in_flight() {
     let site = Site::start(2);
     let sleep = format!("sleep {}", 9_000_000 + std::process::id() % 1_000_000);
     let lab = site.lab(&[("breakable", &interruptible(&sleep))]);
@@ -937,6 +798,8 @@ fn ctrl_c_then_r_stops_and_rolls_back_the_completed_steps() {
         groups(&[
             ("one", &["web1", "web2"]),
             ("two", &["web1", "web2"]),
+            // Slow was stopped part way: it may be partly applied, so it is undone first.
+            ("undo-slow", &["web1", "web2"]),
             ("undo-two", &["web1", "web2"]),
             ("undo-one", &["web1", "web2"]),
         ])
@@ -944,14 +807,16 @@ fn ctrl_c_then_r_stops_and_rolls_back_the_completed_steps() {
     let (outcome, message) = run.outcome();
     assert_eq!(outcome, "interrupted");
     assert!(
-        message.contains("rolled back 2 steps: undone on "),
+        message.contains(
+            "rolled back 3 steps: undone on web1, web2: `Slow` (in flight when the run stopped), `Two`, `One`"
+        ),
         "{message}"
     );
     let numbers: Vec<usize> = log_rows(&run.log_md(), "Rollback")
         .iter()
         .map(|r| r.0)
         .collect();
-    assert_eq!(numbers, [2, 2, 1, 1]);
+    assert_eq!(numbers, [3, 3, 2, 2, 1, 1]);
     assert!(run.log_md().contains("INTERRUPTED"));
 }
 

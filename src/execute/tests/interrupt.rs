@@ -8,7 +8,7 @@ use crate::transport::fake::{Fleet, Reply};
 
 /// A fleet where oa1's `deploy v2` presses Ctrl-C as it starts and is still
 /// running when the operator answers; oa2's finishes at once.
-fn interrupted_at_deploy(interrupt: &Interrupt) -> Fleet {
+pub(super) fn interrupted_at_deploy(interrupt: &Interrupt) -> Fleet {
     let fleet = fleet();
     let ctrl_c = interrupt.ctrl_c();
     fleet.answer(move |r| {
@@ -91,7 +91,7 @@ fn ctrl_c_stop_now_leaves_the_running_step_unfinished_and_undoes_nothing() {
 }
 
 #[test]
-fn ctrl_c_stop_and_roll_back_undoes_what_completed_and_not_the_unfinished_step() {
+fn ctrl_c_stop_and_roll_back_undoes_what_completed_and_the_unfinished_step() {
     let ran = ctrl_c(Stop::NowAndRollback);
     assert_eq!(
         ran.commands(),
@@ -100,7 +100,9 @@ fn ctrl_c_stop_and_roll_back_undoes_what_completed_and_not_the_unfinished_step()
             "oa2: stop app",
             "oa1: deploy v2",
             "oa2: deploy v2",
-            // oa1's deploy was cut off: only oa2's is undone.
+            // oa1's deploy was cut off: it may be partly applied, so it is undone
+            // too, in its place (the latest step on oa1).
+            "oa1: deploy v1",
             "oa2: deploy v1",
             "oa1: start app",
             "oa2: start app",
@@ -110,16 +112,105 @@ fn ctrl_c_stop_and_roll_back_undoes_what_completed_and_not_the_unfinished_step()
     assert_eq!(
         ran.message(),
         "stopped by the operator (Ctrl-C): the running step was killed on its hosts; \
-         rolled back 2 steps: undone on oa1: `stop`; on oa2: `deploy`, `stop`"
+         rolled back 2 steps: undone on oa1: `deploy` (in flight when the run stopped), `stop`; \
+         on oa2: `deploy`, `stop`"
+    );
+}
+
+#[test]
+fn a_recorded_rollback_undoes_the_step_that_was_in_flight_when_the_run_stopped() {
+    let lab = Lab::new();
+    let interrupt = Interrupt::scripted(|| Stop::Now);
+    let hosts = interrupted_at_deploy(&interrupt);
+    let first = lab.run(
+        &mut planner(DEPLOY, options()),
+        &hosts,
+        Mode::Run,
+        interrupt,
+    );
+    assert_eq!(first.exit_code, exit::INTERRUPTED);
+    let recorded = crate::record::runs::load(&first.dir).unwrap();
+    assert_eq!(
+        recorded.in_flight,
+        BTreeMap::from([(
+            1,
+            vec![crate::plan::Completion {
+                host: "oa1".into(),
+                batch: None
+            }]
+        )])
+    );
+    let (lines, _) = rollback_preview(&planner(DEPLOY, options()), &plan_of(DEPLOY), &recorded);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "  [2] deploy on oa1 (in flight when the run stopped), oa2"),
+        "{lines:#?}"
+    );
+
+    let back = roll_back(&lab, &first, DEPLOY, &fleet());
+    assert_eq!(
+        back.commands(),
+        [
+            "oa1: deploy v1",
+            "oa2: deploy v1",
+            "oa1: start app",
+            "oa2: start app"
+        ]
+    );
+    assert_eq!(
+        (back.exit_code, back.message()),
+        (
+            exit::OK,
+            format!(
+                "rolled back 2 steps of run {}: undone on oa1: `deploy` (in flight when the run \
+                 stopped), `stop`; on oa2: `deploy`, `stop`",
+                id(&first)
+            )
+        )
+    );
+    // Undone, the in-flight step is no longer: a second rollback has nothing left.
+    let again = roll_back(&lab, &first, DEPLOY, &fleet());
+    assert_eq!(again.commands(), Vec::<String>::new());
+    assert_eq!(
+        again.message(),
+        format!("run {} has no completed step left to undo", id(&first))
+    );
+}
+
+#[test]
+fn a_step_in_flight_without_a_rollback_is_left_to_check_by_hand() {
+    let lab = Lab::new();
+    let interrupt = Interrupt::scripted(|| Stop::Now);
+    let hosts = fleet();
+    let ctrl_c = interrupt.ctrl_c();
+    hosts.answer(move |r| {
+        (r.host == "oa2" && r.line == "verify").then(|| {
+            ctrl_c.press();
+            Reply::ok().after(RUNNING)
+        })
+    });
+    let first = lab.run(
+        &mut planner(DEPLOY, options()),
+        &hosts,
+        Mode::Run,
+        interrupt,
+    );
+    let back = roll_back(&lab, &first, DEPLOY, &fleet());
+    assert_eq!(back.commands().len(), 4, "{:?}", back.commands());
+    assert!(
+        back.message().ends_with(
+            "; in flight when the run stopped, no rollback: check by hand: `verify` on oa2"
+        ),
+        "{}",
+        back.message()
     );
 }
 
 #[test]
 fn a_second_ctrl_c_while_the_question_is_open_stops_now() {
     // The operator presses Ctrl-C again instead of answering (the answer "wait" is never typed).
-    let handle = std::sync::Arc::new(std::sync::Mutex::new(
-        None::<crate::execute::interrupt::CtrlC>,
-    ));
+    let handle = std::sync::Arc::new(std::sync::Mutex::new(None::<crate::execute::interrupt::CtrlC>));
     let interrupt = Interrupt::scripted({
         let handle = std::sync::Arc::clone(&handle);
         move || {

@@ -11,3 +11,5 @@ pub mod lab;
 pub mod pty;
 /// The Dameng, ApusicAS, nginx and LVM simulators and their event log.
 pub mod sim;
+/// Hosts with a simulated app that log every call: `Site`; stopping opsrun mid-step.
+pub mod site;
