@@ -14,7 +14,7 @@
 //! `--break-lock` refuses a lock whose owner's commands still run there.
 
 use super::engine::{Engine, ExecError};
-use super::supervise::{registry, KILL_GRACE};
+use super::supervise::registry;
 use super::{control_host, Mode, Settings};
 use crate::plan::Plan;
 use crate::record::events::{self, Event, LockAction};
@@ -219,7 +219,9 @@ pub(super) async fn take_locks(
                         .filter(|o| stale && lineage.contains(&o.run_id))
                     {
                         let key = o.registry.as_deref().unwrap_or(&o.run_id);
-                        let killed = kill_leftovers(engine, conn, &h.name, &o.run_id, key).await;
+                        let killed =
+                            super::settle::kill_leftovers(engine, conn, &h.name, &o.run_id, key)
+                                .await?;
                         let out = conn
                             .exec(&Command::new(take_over_command(&path, &me)), &mut |_, _| {})
                             .await;
@@ -248,7 +250,7 @@ pub(super) async fn take_locks(
                     if !running.is_empty() {
                         lock_event(engine, &h.name, &path, LockAction::Held, who.clone())?;
                         refused.push(format!(
-                            "{} is locked ({path}) by {who}: that run is gone, but {} still running on the host (process group {}): --break-lock would let this run work beside it; wait for it to end, or stop it on the host",
+                            "{} is locked ({path}) by {who}: that run is gone, but {} still running on the host (session {}): --break-lock would let this run work beside it; wait for it to end, or stop it on the host",
                             h.name,
                             if running.len() == 1 { "a command of it is".to_string() } else { format!("{} commands of it are", running.len()) },
                             running.join(", ")
@@ -299,42 +301,7 @@ pub(super) async fn take_locks(
     Ok((!refused.is_empty()).then(|| refused.join("\n")))
 }
 
-/// What a killed run `of` left running on `host`, killed now; said as the tail
-/// of the lock event's detail (empty when nothing was left).
-async fn kill_leftovers(
-    engine: &Engine<'_>,
-    conn: &crate::transport::Connection,
-    host: &str,
-    of: &str,
-    key: &str,
-) -> String {
-    let dir = registry(key, host);
-    let line = envelope::kill_command(&dir, KILL_GRACE);
-    let seen = match conn.exec(&Command::new(line), &mut |_, _| {}).await {
-        Ok(o) => envelope::parse_seen(&String::from_utf8_lossy(&o.stdout)),
-        Err(_) => Vec::new(),
-    };
-    let _ = conn
-        .exec(&Command::new(envelope::clear_command(&dir)), &mut |_, _| {})
-        .await;
-    let mut said = String::new();
-    for s in &seen {
-        let line = match s {
-            Seen::Unkillable { pgid, .. } => format!(
-                "a command of run {of} is still running there (process group {pgid}) and could not be killed from this login"
-            ),
-            Seen::Killed { pgid, .. } | Seen::Running { pgid, .. } => {
-                format!("killed a command of run {of} still running there (process group {pgid})")
-            }
-        };
-        engine.ui.warn(&format!("{host}: {line}"));
-        said.push_str("; ");
-        said.push_str(&line);
-    }
-    said
-}
-
-/// The process groups of the commands still running on `host` of the run
+/// The sessions of the commands still running on `host` of the run
 /// whose registry key is `key`.
 async fn still_running(conn: &crate::transport::Connection, host: &str, key: &str) -> Vec<String> {
     let line = envelope::survey_command(&registry(key, host));
@@ -342,7 +309,7 @@ async fn still_running(conn: &crate::transport::Connection, host: &str, key: &st
         Ok(o) => envelope::parse_seen(&String::from_utf8_lossy(&o.stdout))
             .iter()
             .filter_map(|s| match s {
-                Seen::Running { pgid, .. } => Some(pgid.to_string()),
+                Seen::Running { session, .. } => Some(session.to_string()),
                 _ => None,
             })
             .collect(),

@@ -123,7 +123,13 @@ fn record_err(e: crate::record::rundir::RecordError) -> Error {
     Error::Io(e.to_string())
 }
 
-fn run_started(planner: &Planner, plan: &Plan, s: &Settings, run_id: &str) -> Event {
+fn run_started(
+    planner: &Planner,
+    plan: &Plan,
+    s: &Settings,
+    run_id: &str,
+    registry_key: &str,
+) -> Event {
     let (kind, rollback_of, resume_of) = match &s.mode {
         Mode::Run => (RunKind::Run, None, None),
         Mode::Resume(r) => (RunKind::Resume, None, Some(r.id.clone())),
@@ -174,6 +180,7 @@ fn run_started(planner: &Planner, plan: &Plan, s: &Settings, run_id: &str) -> Ev
             .collect(),
         start_at: (planner.start_at() > 0).then(|| plan.steps[planner.start_at()].name.clone()),
         limit: planner.limit_pattern().map(str::to_string),
+        registry_key: Some(registry_key.to_string()),
     }
 }
 
@@ -196,7 +203,8 @@ async fn run_async(
         .map_err(record_err)?;
     rec.keep("inventory.yaml", &planner.inventory.source.text)
         .map_err(record_err)?;
-    rec.emit(&run_started(planner, plan, &s, &run_id))
+    let registry_key = supervise::registry_key(&run_id);
+    rec.emit(&run_started(planner, plan, &s, &run_id, &registry_key))
         .map_err(record_err)?;
     // Names come from files anyone may have edited: shown escaped, like host output.
     ui.line(&format!(
@@ -235,7 +243,7 @@ async fn run_async(
         in_flight: Mutex::new(in_flight),
         interrupt,
         failed_step: Mutex::new(None),
-        registry_key: supervise::registry_key(&run_id),
+        registry_key,
         tags: Default::default(),
         kill: tokio::sync::watch::Sender::new(Default::default()),
         #[cfg(test)]

@@ -1,18 +1,85 @@
-//! Before `opsrun rollback RUN` undoes anything on a host: no command of the
-//! stopped run may still be running there, or the undo would race it (a killed
-//! opsrun leaves its remote commands running to their end).
+//! Before a run of a change touches a host: no command of an earlier run of
+//! that change (killed, or cut off from its host) may still be running there,
+//! or the undo or the resumed step would race it: a killed opsrun leaves its
+//! remote commands running to their end. What is found is killed, and said on
+//! the terminal and in the journal (`Leftover`); what cannot be killed from
+//! this login is said too, and keeps the host's lock (`lock.rs`).
 
 use super::engine::{Engine, ExecError};
+use super::supervise::{registry, KILL_GRACE};
+use crate::record::events::{self, Event};
 use crate::record::runs::Recorded;
+use crate::shell::envelope::{self, Seen};
+use crate::transport::{Command, Connection};
 
-/// Makes sure no command of `recorded` is still running on `hosts` (killing it or
-/// waiting for it, and saying which), before their undos start.
+/// Makes sure no command of `recorded` (or of a run that carried it on) is
+/// still running on `hosts` before their undos start: kills what is.
 pub(super) async fn settle_hosts(
     engine: &Engine<'_>,
     recorded: &Recorded,
     hosts: &[String],
 ) -> Result<(), ExecError> {
-    // filled in by the remote-kill work
-    let _ = (engine, recorded, hosts);
+    let log_dir = crate::record::view::log_dir_of(engine.rec.dir());
+    let runs = crate::record::view::registry_keys_of(log_dir, &recorded.id);
+    for host in hosts {
+        // `undo_hosts` names the control machine for people.
+        let (name, conn) = match engine.conns.get(host) {
+            Some(c) => (host.as_str(), c),
+            None => (crate::plan::HostRef::CONTROL_NAME, &engine.local),
+        };
+        for (run, key) in &runs {
+            kill_leftovers(engine, conn, name, run, key).await?;
+        }
+    }
     Ok(())
+}
+
+/// What run `of` (registry key `key`) left running on `host`, killed now and
+/// recorded; said as the tail of a lock event's detail (empty when nothing was left).
+pub(super) async fn kill_leftovers(
+    engine: &Engine<'_>,
+    conn: &Connection,
+    host: &str,
+    of: &str,
+    key: &str,
+) -> Result<String, ExecError> {
+    let dir = registry(key, host);
+    let line = envelope::kill_command(&dir, KILL_GRACE);
+    let seen = match conn.exec(&Command::new(line), &mut |_, _| {}).await {
+        Ok(o) => envelope::parse_seen(&String::from_utf8_lossy(&o.stdout)),
+        Err(e) => {
+            engine.ui.warn(&format!(
+                "{host}: cannot check for commands of run {of} still running there: {e}"
+            ));
+            Vec::new()
+        }
+    };
+    let _ = conn
+        .exec(&Command::new(envelope::clear_command(&dir)), &mut |_, _| {})
+        .await;
+    let mut said = String::new();
+    for s in &seen {
+        let (session, killed) = match s {
+            Seen::Unkillable { session, .. } => (*session, false),
+            Seen::Killed { session, .. } | Seen::Running { session, .. } => (*session, true),
+        };
+        let line = if killed {
+            format!("killed a command of run {of} still running there (session {session})")
+        } else {
+            format!(
+                "a command of run {of} is still running there (session {session}) and could not be killed from this login"
+            )
+        };
+        engine.ui.warn(&format!("{host}: {line}"));
+        engine.rec.emit(&Event::Leftover {
+            time: events::now(),
+            host: host.to_string(),
+            of_run: of.to_string(),
+            session,
+            killed,
+        })?;
+        said.push_str("; ");
+        said.push_str(&line);
+    }
+    Ok(said)
 }

@@ -138,7 +138,7 @@ impl Engine<'_> {
                 let seen: Vec<Seen> = running
                     .iter()
                     .filter(|(h, _)| h == host)
-                    .map(|(_, tag)| Seen::Killed { tag: tag.clone(), pgid: 0 })
+                    .map(|(_, tag)| Seen::Killed { tag: tag.clone(), session: 0 })
                     .collect();
                 return (host, seen);
             }
@@ -157,9 +157,9 @@ impl Engine<'_> {
         let mut killed = HashSet::new();
         for (host, seen) in futures::future::join_all(kills).await {
             for s in seen {
-                if let Seen::Unkillable { pgid, .. } = &s {
+                if let Seen::Unkillable { session, .. } = &s {
                     self.ui.warn(&format!(
-                        "{host}: the running command (process group {pgid}) could not be killed from this login; it is still running there"
+                        "{host}: the running command (session {session}) could not be killed from this login; it is still running there"
                     ));
                 }
                 killed.insert((host.to_string(), s.tag().to_string()));

@@ -228,6 +228,10 @@ pub enum Event {
         /// `--limit`, so a later rollback or resume touches the same hosts.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<String>,
+        /// Where the run's commands register on its hosts (`execute::supervise`):
+        /// how a later rollback or resume finds what the run left running.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        registry_key: Option<String>,
     },
     Gate {
         time: Time,
@@ -319,6 +323,18 @@ pub enum Event {
         action: LockAction,
         detail: String,
     },
+    /// A command of an earlier run of the change (killed, or cut off) that was
+    /// still running on a host when this run came to it, and what became of it.
+    Leftover {
+        time: Time,
+        host: String,
+        /// The run that started it.
+        of_run: String,
+        /// Its session on the host.
+        session: u32,
+        /// Killed now; `false`: it could not be killed from this login and still runs.
+        killed: bool,
+    },
     /// The operator pressed Ctrl-C, or a signal came, and what it decided.
     Interrupt {
         time: Time,
@@ -348,6 +364,7 @@ impl Event {
             | Event::StepFinished { time, .. }
             | Event::Lock { time, .. }
             | Event::Interrupt { time, .. }
+            | Event::Leftover { time, .. }
             | Event::RunFinished { time, .. } => *time,
         }
     }

@@ -424,6 +424,23 @@ pub fn continuations_of(log_dir: &Path, id: &str) -> Vec<String> {
     found
 }
 
+/// The runs of the change `id` (it and the runs that carry it on) with their
+/// registry keys (`execute::supervise`): where their commands may still run.
+pub fn registry_keys_of(log_dir: &Path, id: &str) -> Vec<(String, String)> {
+    std::iter::once(id.to_string())
+        .chain(continuations_of(log_dir, id))
+        .filter_map(
+            |run| match first_event(&log_dir.join(&run).join(journal::FILE))? {
+                Event::RunStarted {
+                    registry_key: Some(key),
+                    ..
+                } => Some((run, key)),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
 fn first_event(path: &Path) -> Option<Event> {
     use std::io::BufRead;
     let file = std::fs::File::open(path).ok()?;
@@ -465,6 +482,7 @@ mod tests {
             hosts: Vec::new(),
             start_at: None,
             limit: None,
+            registry_key: None,
         }
     }
 

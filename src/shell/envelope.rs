@@ -87,13 +87,13 @@ pub fn supervised(line: &str, dir: &str, tag: &str, shell: Interpreter) -> Strin
 /// What one registered command was doing when a survey or a kill looked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
-    /// Still running, in session `pgid`.
-    Running { tag: String, pgid: u32 },
+    /// Still running, in session `session`.
+    Running { tag: String, session: u32 },
     /// Killed by this very command.
-    Killed { tag: String, pgid: u32 },
+    Killed { tag: String, session: u32 },
     /// Still running although it was sent KILL: it belongs to another user
     /// (`as:` through sudo) or cannot be signalled from this login.
-    Unkillable { tag: String, pgid: u32 },
+    Unkillable { tag: String, session: u32 },
 }
 
 impl Seen {
@@ -153,11 +153,11 @@ pub fn parse_seen(stdout: &str) -> Vec<Seen> {
         .lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
-            let (kind, tag, pgid) = (w.next()?, w.next()?.to_string(), w.next()?.parse().ok()?);
+            let (kind, tag, session) = (w.next()?, w.next()?.to_string(), w.next()?.parse().ok()?);
             Some(match kind {
-                "running" => Seen::Running { tag, pgid },
-                "killed" => Seen::Killed { tag, pgid },
-                "unkillable" => Seen::Unkillable { tag, pgid },
+                "running" => Seen::Running { tag, session },
+                "killed" => Seen::Killed { tag, session },
+                "unkillable" => Seen::Unkillable { tag, session },
                 _ => return None,
             })
         })

@@ -643,3 +643,45 @@ fn sigkill_anywhere_then_rollback_leaves_nothing_applied() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_rollback_kills_what_the_killed_run_left_even_when_its_lock_was_removed_by_hand() {
+    let stage = Stage::new(30);
+    let mut child = stage.spawn(&["stoppable", "--env", "lab", "--yes"]);
+    let dir = stage.wait_started(&mut child, "Long");
+    stage.wait_remote_sleeps();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Someone cleans up the locks by hand: the rollback takes fresh ones, and
+    // must still find the killed run's command before it undoes anything.
+    for i in 0..2 {
+        fs::remove_dir_all(format!("/tmp/opsrun-lock-{}", stage.fleet.port(i))).unwrap();
+    }
+    let rollback = stage
+        .lab
+        .test(&["rollback", &dir.display().to_string(), "--yes"])
+        .output();
+    assert_eq!(rollback.code, 0, "{}\n{}", rollback.stdout, rollback.stderr);
+    assert!(
+        rollback.stderr.contains("killed a command of run"),
+        "{}",
+        rollback.stderr
+    );
+    assert!(stage.sleeps_gone_within(Duration::from_secs(2)));
+    let rb = run_dirs(stage.lab.path())
+        .into_iter()
+        .find(|d| d.display().to_string().ends_with("-rollback"))
+        .unwrap();
+    let leftovers: Vec<Value> = journal(&rb)
+        .into_iter()
+        .filter(|e| e["event"] == "leftover")
+        .collect();
+    assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+    assert!(leftovers.iter().all(|e| e["killed"] == true));
+    // The undo of the killed step ran after the kill: its `long` never came.
+    for i in 0..2 {
+        let t = stage.trail(i);
+        assert!(!t.contains(&"long".to_string()), "host {i}: {t:?}");
+        assert!(t.contains(&"undo-long".to_string()), "host {i}: {t:?}");
+    }
+}

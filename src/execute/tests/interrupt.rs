@@ -210,7 +210,9 @@ fn a_step_in_flight_without_a_rollback_is_left_to_check_by_hand() {
 #[test]
 fn a_second_ctrl_c_while_the_question_is_open_stops_now() {
     // The operator presses Ctrl-C again instead of answering (the answer "wait" is never typed).
-    let handle = std::sync::Arc::new(std::sync::Mutex::new(None::<crate::execute::interrupt::CtrlC>));
+    let handle = std::sync::Arc::new(std::sync::Mutex::new(
+        None::<crate::execute::interrupt::CtrlC>,
+    ));
     let interrupt = Interrupt::scripted({
         let handle = std::sync::Arc::clone(&handle);
         move || {
