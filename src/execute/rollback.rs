@@ -82,6 +82,16 @@ pub(super) async fn rollback_recorded(
     let hosts = crate::execute::undo::undo_hosts(engine.planner, &engine.undo_batches());
     super::settle::settle_hosts(engine, recorded, &hosts).await?;
     let undone = engine.rollback().await?;
+    if undone.failed.is_empty() && undone.halted.is_some() {
+        return Ok(Finish {
+            outcome: Outcome::Interrupted,
+            message: format!(
+                "{}{unchecked}",
+                undone_message(engine.planner, &undone, &recorded.id)
+            ),
+            exit_code: exit::INTERRUPTED,
+        });
+    }
     Ok(Finish {
         outcome: if undone.failed.is_empty() {
             Outcome::Succeeded
@@ -468,14 +478,27 @@ pub(super) async fn rollback_after_failure(
     engine.ui.line("");
     show_undo(engine);
     let hosts = crate::execute::undo::undo_hosts(engine.planner, &engine.undo_batches());
-    if !engine.confirm(
+    let asked = engine.confirm(
         Some("(rollback)"),
         &format!(
             "Roll back {} on {}?",
             count(undoable.len(), "completed step", "completed steps"),
             hosts.join(", ")
         ),
-    )? {
+    );
+    // A terminal that hung up cannot answer: the failure stays the verdict,
+    // and the message says how to roll back later.
+    if let Err(ExecError::Gate(crate::execute::gate::GateError::HungUp { .. })) = &asked {
+        return Ok(Finish {
+            message: format!(
+                "{}; the terminal hung up before the rollback could be confirmed: nothing restored; `opsrun rollback {}` undoes it",
+                failed.message,
+                crate::record::view::dir_name(engine.rec.dir())
+            ),
+            ..failed
+        });
+    }
+    if !asked? {
         return Ok(Finish {
             outcome: Outcome::Failed,
             message: format!(
@@ -487,7 +510,7 @@ pub(super) async fn rollback_after_failure(
     }
     let undone = engine.rollback().await?;
     let run = crate::record::view::dir_name(engine.rec.dir());
-    let message = if undone.failed.is_empty() {
+    let message = if undone.failed.is_empty() && undone.halted.is_none() {
         format!(
             "{}; rolled back {}: {}{unchecked}",
             failed.message,

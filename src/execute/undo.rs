@@ -30,6 +30,9 @@ pub struct Undone {
     /// got to capture): (step, host, why). Left to the operator; the earlier undos
     /// of that host still run, since nothing ran in its place.
     pub by_hand: Vec<(String, String, String)>,
+    /// A signal stopped the rollback between two undos: what it was. The undos
+    /// not run are in `still`.
+    pub halted: Option<&'static str>,
 }
 
 impl Undone {
@@ -284,6 +287,10 @@ impl Engine<'_> {
         let mut undone = Undone::default();
         // Hosts where an undo failed, with that step's name.
         let mut stopped: HashMap<String, String> = HashMap::new();
+        // A Ctrl-C, SIGTERM or SIGHUP from now on: the running undo finishes, no
+        // other starts (what is left is said, and `opsrun rollback` goes on).
+        let signals = crate::execute::interrupt::sigint_mark();
+        let mut halted = false;
         for part in self.undo_batches() {
             if let Some(b) = part.batch {
                 self.ui.line(&format!(
@@ -294,6 +301,21 @@ impl Engine<'_> {
             for (index, round) in &part.steps {
                 let r = StepRef::Forward(*index);
                 let step = self.step(r).clone();
+                if halted || crate::execute::interrupt::sigint_mark() != signals {
+                    if !halted {
+                        self.ui.warn(&format!(
+                            "rollback stopped by {} before `{}`: the undos left are not run",
+                            crate::execute::interrupt::last_signal(),
+                            step.name
+                        ));
+                    }
+                    halted = true;
+                    undone.halted = Some(crate::execute::interrupt::last_signal());
+                    for c in round {
+                        undone.still.push((step.name.clone(), c.host.clone()));
+                    }
+                    continue;
+                }
                 let (held, go): (Vec<Completion>, Vec<Completion>) = round
                     .iter()
                     .cloned()

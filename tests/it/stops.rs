@@ -685,3 +685,68 @@ fn a_rollback_kills_what_the_killed_run_left_even_when_its_lock_was_removed_by_h
         assert!(t.contains(&"undo-long".to_string()), "host {i}: {t:?}");
     }
 }
+
+#[test]
+fn sigterm_during_a_rollback_finishes_the_running_undo_and_a_later_rollback_does_the_rest() {
+    let stage = Stage::new(1);
+    let slow_undo = format!(
+        "{} ; echo undo-slow >> {{{{ work }}}}/trail",
+        stage.sleep.replace("sleep 1.", "sleep 3.")
+    );
+    stage.lab.write(
+        "runbooks/undoable.yaml",
+        &format!(
+            "name: undoable\nhosts: app\nsteps:\n\
+             \x20 - name: A\n    run: echo a >> {{{{ work }}}}/trail\n    rollback: echo undo-a >> {{{{ work }}}}/trail\n\
+             \x20 - name: B\n    run: echo b >> {{{{ work }}}}/trail\n    rollback: \"{slow_undo}\"\n"
+        ),
+    );
+    let run = stage
+        .lab
+        .test(&["undoable", "--env", "lab", "--yes"])
+        .output();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let dir = run_dirs(stage.lab.path()).pop().unwrap();
+    let mut child = stage.spawn(&["rollback", &dir.display().to_string(), "--yes"]);
+    let sleep3 = stage.sleep.replace("sleep 1.", "sleep 3.");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids_with(&sleep3)
+        .iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the slow undo never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let stopped = Run::from_output(out, stage.lab.path());
+    assert_ne!(stopped.code, 0, "{}", stopped.stderr);
+    for i in 0..2 {
+        assert_eq!(
+            stage.trail(i),
+            ["a", "b", "undo-slow"],
+            "host {i}: the running undo finished, the next never started"
+        );
+    }
+    assert!(
+        stopped.stderr.contains("rollback stopped by SIGTERM"),
+        "{}",
+        stopped.stderr
+    );
+    let again = stage
+        .lab
+        .test(&["rollback", &dir.display().to_string(), "--yes"])
+        .output();
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    for i in 0..2 {
+        assert_eq!(
+            stage.trail(i),
+            ["a", "b", "undo-slow", "undo-a"],
+            "host {i}: each undo ran once"
+        );
+    }
+}

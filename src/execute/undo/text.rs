@@ -32,6 +32,17 @@ pub(in crate::execute) fn undone_message(
             list.join(", ")
         )
     };
+    if let (true, Some(signal)) = (undone.failed.is_empty(), undone.halted) {
+        let done = if undone.ok.is_empty() {
+            "nothing undone".to_string()
+        } else {
+            format!("undone {}", undone.summary(planner))
+        };
+        return format!(
+            "ROLLBACK STOPPED by {signal}: {done}; still applied: {}{by_hand}; `opsrun rollback {run}` goes on from there",
+            still_applied(planner, &undone.still).join("; ")
+        );
+    }
     if undone.failed.is_empty() {
         if undone.ok.is_empty() {
             return format!("nothing undone{by_hand}");
@@ -60,8 +71,29 @@ pub(in crate::execute) fn undone_message(
             format!("`{s}` on {}", hosts.join(", "))
         })
         .collect();
+    let still = still_applied(planner, &undone.still);
+    let done = if undone.ok.is_empty() {
+        String::new()
+    } else {
+        format!("; undone {}", undone.summary(planner))
+    };
+    format!(
+        "ROLLBACK INCOMPLETE: not restored: {}; still applied: {}{done}{by_hand}; `opsrun rollback {run}` retries from the failed undo",
+        list.join(", "),
+        still.join("; ")
+    )
+}
+
+/// What is still applied, per host in inventory order (hosts left with the same
+/// steps share one entry, as in the summary): `on web1, web2: `Two`, `One``.
+fn still_applied(planner: &Planner, left: &[(String, String)]) -> Vec<String> {
+    let order: Vec<&str> = planner
+        .run_hosts()
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
     let mut still: Vec<(&str, Vec<String>)> = Vec::new();
-    for (s, h) in &undone.still {
+    for (s, h) in left {
         let what = format!("`{s}`");
         match still.iter_mut().find(|(host, _)| host == h) {
             Some((_, steps)) => steps.push(what),
@@ -77,20 +109,9 @@ pub(in crate::execute) fn undone_message(
             None => same.push((vec![h], steps)),
         }
     }
-    let still: Vec<String> = same
-        .iter()
+    same.iter()
         .map(|(hosts, steps)| format!("on {}: {}", hosts.join(", "), steps.join(", ")))
-        .collect();
-    let done = if undone.ok.is_empty() {
-        String::new()
-    } else {
-        format!("; undone {}", undone.summary(planner))
-    };
-    format!(
-        "ROLLBACK INCOMPLETE: not restored: {}; still applied: {}{done}{by_hand}; `opsrun rollback {run}` retries from the failed undo",
-        list.join(", "),
-        still.join("; ")
-    )
+        .collect()
 }
 
 pub(in crate::execute) fn show_undo(engine: &Engine<'_>) {
