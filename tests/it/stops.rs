@@ -707,7 +707,7 @@ fn sigterm_during_a_rollback_finishes_the_running_undo_and_a_later_rollback_does
         .output();
     assert_eq!(run.code, 0, "{}", run.stderr);
     let dir = run_dirs(stage.lab.path()).pop().unwrap();
-    let mut child = stage.spawn(&["rollback", &dir.display().to_string(), "--yes"]);
+    let child = stage.spawn(&["rollback", &dir.display().to_string(), "--yes"]);
     let sleep3 = stage.sleep.replace("sleep 1.", "sleep 3.");
     let deadline = Instant::now() + Duration::from_secs(20);
     while pids_with(&sleep3)
