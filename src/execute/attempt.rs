@@ -376,6 +376,7 @@ impl Engine<'_> {
             step: step.name.clone(),
             host: host.to_string(),
             command: rec.shown.command.clone(),
+            batch: rec.shown.batch,
         })?;
         let Some(conn) = self.conn(step, host) else {
             return Ok(Verdict::Failed(Failure::NoConnection));

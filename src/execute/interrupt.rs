@@ -327,8 +327,8 @@ fn ask_stop(interactive: bool) -> Stop {
     eprintln!();
     eprintln!("Interrupted. What now?");
     eprintln!("  [w] wait for the running step to finish, then stop");
-    eprintln!("  [s] stop now (the running step is left unfinished)");
-    eprintln!("  [r] stop now and roll back the completed steps");
+    eprintln!("  [s] stop now (the running step is killed on its hosts)");
+    eprintln!("  [r] stop now and roll back (the killed step and the completed ones)");
     eprint!("Choice [w/s/r] (Ctrl-C again: stop now): ");
     let Some(Ok(line)) = read_line_or_ctrl_c(mark) else {
         return Stop::Now;

@@ -271,6 +271,10 @@ pub enum Event {
         step: String,
         host: String,
         command: Option<String>,
+        /// As in `TargetFinished`: a step cut off before it finished is undone
+        /// for the batch it ran for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch: Option<usize>,
     },
     TargetFinished {
         time: Time,

@@ -171,12 +171,13 @@ impl RunView {
                 phase: Phase::Forward,
                 number,
                 host,
+                batch,
                 ..
             } => {
                 let step = number.saturating_sub(1);
                 self.in_flight.entry(step).or_default().push(Completion {
                     host: host.clone(),
-                    batch: None,
+                    batch: *batch,
                 });
             }
             Event::TargetFinished {
@@ -191,11 +192,11 @@ impl RunView {
                 let step = number.saturating_sub(1);
                 if *phase == Phase::Forward {
                     if let Some(hosts) = self.in_flight.get_mut(&step) {
-                        // The entry its start made (the start says no batch).
-                        if let Some(at) = hosts
-                            .iter()
-                            .rposition(|c| c.host == *host && c.batch.is_none())
-                        {
+                        // The entry its start made (with the same batch; journals
+                        // from before the start recorded one say none).
+                        if let Some(at) = hosts.iter().rposition(|c| {
+                            c.host == *host && (c.batch == *batch || c.batch.is_none())
+                        }) {
                             hosts.remove(at);
                         }
                     }
@@ -525,6 +526,7 @@ mod tests {
             step: format!("s{number}"),
             host: host.into(),
             command: None,
+            batch: None,
         }
     }
 

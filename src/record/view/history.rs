@@ -286,6 +286,7 @@ fn step_table(events: &[Event], hosts: &[String], rollback: bool) -> StepTable {
                 host,
                 time,
                 command,
+                ..
             } if phase.is_rollback() == rollback => running.push(Unfinished {
                 number: *number,
                 step: step.clone(),
@@ -444,6 +445,7 @@ mod tests {
             step: format!("step {number}"),
             host: host.into(),
             command: Some("true".into()),
+            batch: None,
         }
     }
 
