@@ -481,7 +481,7 @@ fn ctrl_c_then_r_rolls_back_behind_a_jump_host_as_on_a_direct_host() {
     let (outcome, message) = run.outcome();
     assert_eq!(outcome, "interrupted");
     assert!(
-        message.contains("rolled back 2 steps: undone on "),
+        message.contains("rolled back 3 steps: undone on "),
         "{message}"
     );
     site.assert_no_ssh_within(Duration::from_secs(5), "after the run ended");
