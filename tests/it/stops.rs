@@ -560,12 +560,16 @@ fn after_sigkill_a_resume_of_that_run_takes_over_its_lock_and_goes_on() {
 /// nothing; no ssh master of the killed run survives.
 #[test]
 fn sigkill_anywhere_then_rollback_leaves_nothing_applied() {
-    let fleet = SshFleet::start(2);
-    let lab = Lab::new();
-    lab.write(
-        "inventories/lab.yaml",
-        &ssh_inventory(&fleet, "none", &app_group(&fleet)),
-    );
+    sigkill_anywhere_then_rollback(Stage::new(1), 20);
+}
+
+#[test]
+fn sigkill_anywhere_behind_a_jump_host_then_rollback_leaves_nothing_applied() {
+    sigkill_anywhere_then_rollback(Stage::behind_jump(1), 8);
+}
+
+fn sigkill_anywhere_then_rollback(stage: Stage, kills: u64) {
+    let lab = &stage.lab;
     let mut steps = String::new();
     for n in 1..=6 {
         steps.push_str(&format!(
@@ -576,18 +580,12 @@ fn sigkill_anywhere_then_rollback_leaves_nothing_applied() {
         "runbooks/steps.yaml",
         &format!("name: steps\nhosts: app\nsteps:\n{steps}"),
     );
-    let trail = |i: usize| -> Vec<String> {
-        fs::read_to_string(fleet.work_dir(i).join("trail"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    };
+    let trail = |i: usize| stage.trail(i);
     // Deterministic spread of kill times over the run (about 1.5 s long), not random:
     // a failure must reproduce.
-    for k in 0..20u64 {
+    for k in 0..kills {
         for i in 0..2 {
-            let _ = fs::remove_file(fleet.work_dir(i).join("trail"));
+            let _ = fs::remove_file(stage.fleet.work_dir(stage.host(i)).join("trail"));
         }
         let before = run_dirs(lab.path());
         let mut child = lab
@@ -597,7 +595,7 @@ fn sigkill_anywhere_then_rollback_leaves_nothing_applied() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(150 + k * 83 % 1500));
+        std::thread::sleep(Duration::from_millis(150 + k * 20 / kills * 83 % 1500));
         child.kill().unwrap();
         child.wait().unwrap();
         let dir = run_dirs(lab.path())
@@ -633,9 +631,9 @@ fn sigkill_anywhere_then_rollback_leaves_nothing_applied() {
             "kill {k}: a second rollback changed the hosts"
         );
     }
-    let config = fleet.ssh_config().display().to_string();
+    // Behind a jump host the masters run with a config of their own: tests/it/masters.rs.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !pids_with(&config).is_empty() {
+    while stage.first == 0 && !stage.masters().is_empty() {
         assert!(
             Instant::now() < deadline,
             "ssh masters of killed runs survived 30 s"
