@@ -3,6 +3,7 @@
 //! flight are undone too, an undo that finished is never run again, and a failed
 //! undo stops the undos of earlier steps on its host (issue 11, points 3 and 4).
 
+use crate::support::fleet::pids_with;
 use crate::support::site::{groups, kill_leftovers, Site};
 use std::process::Stdio;
 
@@ -32,14 +33,24 @@ fn a_step_in_flight_when_the_run_was_killed_is_undone_by_rollback_and_listed_as_
     site.wait_for_event(&mut child, "do-long", 2);
     child.kill().unwrap();
     child.wait().unwrap();
-    // What the killed run left running on the hosts (the remote-kill work makes
-    // `opsrun rollback` do this itself).
-    kill_leftovers(&site.fleet, &sleep);
+    // What the killed run left running on the hosts, and its stale locks: the
+    // rollback of that run kills the one and takes the other over itself.
     let id = lab.runs_table()[0]["id"].to_string();
 
     // The preview names the in-flight step on each host, in its place: first.
-    let undo = lab.run(&["rollback", &id, "--yes", "--break-lock"], &[], None);
+    let undo = lab.run(&["rollback", &id, "--yes"], &[], None);
     undo.expect_code(0);
+    let sleeping = pids_with(&sleep)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0"))
+        })
+        .count();
+    kill_leftovers(&site.fleet, &sleep);
+    assert_eq!(
+        sleeping, 0,
+        "the rollback killed what the stopped run left running"
+    );
     assert!(
         undo.everything().contains(
             "[2] Long on web1 (in flight when the run stopped), web2 (in flight when the run stopped)"
@@ -85,6 +96,17 @@ fn a_step_in_flight_when_the_run_was_killed_is_undone_by_rollback_and_listed_as_
     // Nothing is left: a second rollback undoes nothing.
     let again = lab.run(&["rollback", &id, "--yes"], &[], None);
     again.expect_code(0);
+    let sleeping = pids_with(&sleep)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0"))
+        })
+        .count();
+    kill_leftovers(&site.fleet, &sleep);
+    assert_eq!(
+        sleeping, 0,
+        "the rollback killed what the stopped run left running"
+    );
     assert_eq!(
         again.outcome().1,
         format!("run {id} has no completed step left to undo")
@@ -123,13 +145,13 @@ fn a_rollback_killed_half_way_then_run_again_runs_each_undo_exactly_once() {
     site.wait_for_event(&mut child, "undo-two-blocked", 2);
     child.kill().unwrap();
     child.wait().unwrap();
-    kill_leftovers(&site.fleet, &sleep);
+    // The killed rollback's undo still hangs on the hosts: the next rollback kills it.
     for i in 0..2 {
         std::fs::remove_file(site.file(i, "block")).unwrap();
     }
 
     // Run again: only what is left. Two's undo never finished, so it runs again.
-    let again = lab.run(&["rollback", &id, "--yes", "--break-lock"], &[], None);
+    let again = lab.run(&["rollback", &id, "--yes"], &[], None);
     again.expect_code(0);
     assert_eq!(
         site.event_groups(),
