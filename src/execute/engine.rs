@@ -257,6 +257,14 @@ impl Engine<'_> {
                     batch,
                 )
                 .await?;
+            // Killed by "stop now": the stop is the verdict, not a failure of the step.
+            if self.stopping() {
+                return Ok(Some(Finish {
+                    outcome: RunOutcome::Interrupted,
+                    message: self.interrupt.stopped_message(),
+                    exit_code: exit::INTERRUPTED,
+                }));
+            }
             let failed: Vec<&Done> = results.iter().filter(|d| d.status.is_failure()).collect();
             if failed.is_empty() || step.on_failure == OnFailure::Continue {
                 if !failed.is_empty() {

@@ -75,10 +75,15 @@ impl Gates {
             read_line_or_ctrl_c(mark)
         });
         match read {
-            None => Err(GateError::Interrupted {
-                prompt: prompt.to_string(),
-                by: last_signal(),
-            }),
+            None => {
+                // The answer line was never ended: what follows starts on a line of its own.
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr());
+                Err(GateError::Interrupted {
+                    prompt: prompt.to_string(),
+                    by: last_signal(),
+                })
+            }
             Some(r) => r
                 .map(|l| l.trim().to_string())
                 .map_err(|source| GateError::Read {

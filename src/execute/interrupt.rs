@@ -63,13 +63,13 @@ pub struct CtrlC {
 impl CtrlC {
     #[cfg(test)]
     pub fn press(&self) {
-        self.signal(Signal::CtrlC);
+        let _ = self.signal(Signal::CtrlC);
     }
 
     /// A signal on the run. SIGTERM and SIGHUP decide here: the first lets the
     /// running step finish, a later one (after any choice) stops now. Ctrl-C is
     /// decided where the run listens, which may ask the operator.
-    pub fn signal(&self, signal: Signal) {
+    pub fn signal(&self, signal: Signal) -> Option<Stop> {
         let decided = match signal {
             Signal::CtrlC => None,
             Signal::Term | Signal::Hangup => {
@@ -87,6 +87,7 @@ impl CtrlC {
         };
         // The run has ended when nobody listens any more: nothing left to stop.
         let _ = self.presses.send(Press { signal, decided });
+        decided
     }
 }
 
@@ -192,10 +193,19 @@ static LAST: AtomicI32 = AtomicI32::new(0);
 
 /// What the last signal was, in words: why a prompt was given up.
 pub fn last_signal() -> &'static str {
+    match last_signal_kind() {
+        Signal::Term => "SIGTERM",
+        Signal::Hangup => "SIGHUP: the terminal hung up",
+        Signal::CtrlC => "Ctrl-C",
+    }
+}
+
+/// The last signal received (Ctrl-C if none).
+pub fn last_signal_kind() -> Signal {
     match LAST.load(Ordering::SeqCst) {
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGHUP => "SIGHUP: the terminal hung up",
-        _ => "Ctrl-C",
+        libc::SIGTERM => Signal::Term,
+        libc::SIGHUP => Signal::Hangup,
+        _ => Signal::CtrlC,
     }
 }
 
@@ -313,7 +323,19 @@ pub(crate) async fn watch_signals(ctrl_c: CtrlC) {
             Some(()) = hup.recv() => Signal::Hangup,
             else => return,
         };
-        ctrl_c.signal(sig);
+        // Said at once: a step without a `timeout` may run a long while yet, and
+        // whoever sent the signal must know it was heard (the run has no prompt
+        // for it; after SIGHUP this goes nowhere).
+        let said = match ctrl_c.signal(sig) {
+            Some(Stop::AfterStep) => format!(
+                "{}: no new step or undo starts; the running one finishes on its hosts (send it again to stop now)",
+                sig.name()
+            ),
+            Some(_) => format!("{} again: stopping now", sig.name()),
+            None => continue,
+        };
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "\n{said}");
     }
 }
 

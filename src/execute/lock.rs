@@ -222,6 +222,7 @@ pub(super) async fn take_locks(
                         let killed =
                             super::settle::kill_leftovers(engine, conn, &h.name, &o.run_id, key)
                                 .await?;
+                        let killed: String = killed.iter().map(|l| format!("; {l}")).collect();
                         let out = conn
                             .exec(&Command::new(take_over_command(&path, &me)), &mut |_, _| {})
                             .await;
@@ -282,7 +283,8 @@ pub(super) async fn take_locks(
                     lock_event(engine, &h.name, &path, LockAction::Held, who.clone())?;
                     let remove = format!("ssh {} rm -rf {path}", h.endpoint.address);
                     let advice = if stale {
-                        "that process is gone: the lock is stale; rerun with --break-lock to break it".to_string()
+                        let of = owner.as_ref().map_or("", |o| o.run_id.as_str());
+                        format!("that process is gone: the lock is stale. If that run is to be undone or finished, `opsrun rollback {of}` or the same command with `--resume {of}` takes the lock over (and first stops what it left running there); to start anew instead, rerun with --break-lock")
                     } else if elsewhere {
                         format!("it was taken from another control machine, which opsrun cannot check from here; if that run is dead, remove the lock by hand ({remove})")
                     } else if s.break_lock {

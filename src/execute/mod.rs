@@ -343,13 +343,26 @@ async fn run_async(
             finish.message
         )),
     }
-    if finish.outcome == Outcome::Interrupted && !matches!(s.mode, Mode::Rollback(_)) {
+    if finish.outcome == Outcome::Interrupted {
         // What the operator types next, whatever stopped the run.
-        ui.line(&format!(
-            "  to undo what it changed: opsrun rollback {}; to go on: the same command with --resume {}",
-            rec.dir().display(),
-            run_id
-        ));
+        match &s.mode {
+            Mode::Run => ui.line(&format!(
+                "  to undo what it changed: opsrun rollback {}; to go on: the same command with --resume {run_id}",
+                rec.dir().display()
+            )),
+            // A resume's own rollback undoes what the resume did; the steps the run
+            // before it completed are that run's to undo.
+            Mode::Resume(r) => ui.line(&format!(
+                "  to undo: opsrun rollback {} (what this resume did), then opsrun rollback {} (what run {} did); to go on: the same command with --resume {run_id}",
+                rec.dir().display(),
+                r.id,
+                r.id
+            )),
+            Mode::Rollback(r) => ui.line(&format!(
+                "  to go on undoing: opsrun rollback {} (it runs only what is left)",
+                r.id
+            )),
+        }
     }
     Ok(RunResult {
         exit_code: finish.exit_code,

@@ -20,7 +20,9 @@ pub(super) async fn settle_hosts(
     hosts: &[String],
 ) -> Result<(), ExecError> {
     let log_dir = crate::record::view::log_dir_of(engine.rec.dir());
-    let runs = crate::record::view::registry_keys_of(log_dir, &recorded.id);
+    let mut runs = crate::record::view::registry_keys_of(log_dir, &recorded.id);
+    // This run carries the change on too: its own commands are not leftovers.
+    runs.retain(|(_, key)| *key != engine.registry_key);
     for host in hosts {
         // `undo_hosts` names the control machine for people.
         let (name, conn) = match engine.conns.get(host) {
@@ -28,21 +30,23 @@ pub(super) async fn settle_hosts(
             None => (crate::plan::HostRef::CONTROL_NAME, &engine.local),
         };
         for (run, key) in &runs {
-            kill_leftovers(engine, conn, name, run, key).await?;
+            for line in kill_leftovers(engine, conn, name, run, key).await? {
+                engine.ui.warn(&format!("{name}: {line}"));
+            }
         }
     }
     Ok(())
 }
 
 /// What run `of` (registry key `key`) left running on `host`, killed now and
-/// recorded; said as the tail of a lock event's detail (empty when nothing was left).
+/// recorded: one line per command, for the caller to say.
 pub(super) async fn kill_leftovers(
     engine: &Engine<'_>,
     conn: &Connection,
     host: &str,
     of: &str,
     key: &str,
-) -> Result<String, ExecError> {
+) -> Result<Vec<String>, ExecError> {
     let dir = registry(key, host);
     let line = envelope::kill_command(&dir, KILL_GRACE);
     let seen = match conn.exec(&Command::new(line), &mut |_, _| {}).await {
@@ -57,7 +61,7 @@ pub(super) async fn kill_leftovers(
     let _ = conn
         .exec(&Command::new(envelope::clear_command(&dir)), &mut |_, _| {})
         .await;
-    let mut said = String::new();
+    let mut said = Vec::new();
     for s in &seen {
         let (session, killed) = match s {
             Seen::Unkillable { session, .. } => (*session, false),
@@ -70,7 +74,6 @@ pub(super) async fn kill_leftovers(
                 "a command of run {of} is still running there (session {session}) and could not be killed from this login"
             )
         };
-        engine.ui.warn(&format!("{host}: {line}"));
         engine.rec.emit(&Event::Leftover {
             time: events::now(),
             host: host.to_string(),
@@ -78,8 +81,7 @@ pub(super) async fn kill_leftovers(
             session,
             killed,
         })?;
-        said.push_str("; ");
-        said.push_str(&line);
+        said.push(line);
     }
     Ok(said)
 }

@@ -368,6 +368,14 @@ impl Engine<'_> {
                 undone.failed.extend(failures);
             }
         }
+        if undone.halted.is_some() {
+            self.rec
+                .emit(&crate::record::events::Event::RollbackStopped {
+                    time: crate::record::events::now(),
+                    signal: crate::execute::interrupt::last_signal_kind(),
+                    left: undone.still.clone(),
+                })?;
+        }
         Ok(undone)
     }
 

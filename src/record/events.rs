@@ -339,6 +339,12 @@ pub enum Event {
         /// Killed now; `false`: it could not be killed from this login and still runs.
         killed: bool,
     },
+    /// A signal stopped a rollback between two undos: these (step, host) were not undone.
+    RollbackStopped {
+        time: Time,
+        signal: Signal,
+        left: Vec<(String, String)>,
+    },
     /// The operator pressed Ctrl-C, or a signal came, and what it decided.
     Interrupt {
         time: Time,
@@ -369,6 +375,7 @@ impl Event {
             | Event::Lock { time, .. }
             | Event::Interrupt { time, .. }
             | Event::Leftover { time, .. }
+            | Event::RollbackStopped { time, .. }
             | Event::RunFinished { time, .. } => *time,
         }
     }

@@ -46,6 +46,8 @@ pub struct Summary {
     /// The run's own rollback after a failure: `Some(true)` if everything it
     /// undid was restored, `Some(false)` if an undo failed, `None` if none ran.
     pub undone: Option<bool>,
+    /// A signal stopped the run's own rollback before every undo ran.
+    pub rollback_stopped: bool,
     /// Later `opsrun rollback` runs of this run, oldest first: (id, outcome).
     pub rollbacks: Vec<(String, Option<Outcome>)>,
     pub start: Option<Time>,
@@ -80,6 +82,7 @@ impl Summary {
             Some((_, Some(Outcome::Succeeded))) => Some("rolled back"),
             Some((_, Some(Outcome::Failed))) => Some("ROLLBACK INCOMPLETE"),
             Some(_) => Some("rollback interrupted"),
+            None if self.rollback_stopped => Some("rollback interrupted"),
             None => self.undone.map(|restored| {
                 if restored {
                     "rolled back"
@@ -109,6 +112,7 @@ impl Summary {
             rollback_of: v.rollback_of().map(str::to_string),
             outcome: v.outcome(),
             undone: v.restored,
+            rollback_stopped: v.rollback_stopped,
             rollbacks: Vec::new(),
             start: start.map(|s| s.time),
             end: v.last,

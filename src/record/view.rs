@@ -83,6 +83,8 @@ pub struct RunView {
     pub undid: Vec<Undid>,
     /// Whether any undo or guide step finished ok: the run changed hosts back.
     pub rolled_back: bool,
+    /// A signal stopped the run's rollback before every undo ran.
+    pub rollback_stopped: bool,
     /// Everything else the log shows, step by step and host by host.
     pub history: History,
 }
@@ -101,6 +103,7 @@ impl RunView {
             restored: None,
             undid: Vec::new(),
             rolled_back: false,
+            rollback_stopped: false,
             history: History::default(),
         };
         for e in events {
@@ -250,6 +253,7 @@ impl RunView {
                     _ => {}
                 }
             }
+            Event::RollbackStopped { .. } => self.rollback_stopped = true,
             Event::RunFinished {
                 time,
                 outcome,

@@ -748,3 +748,54 @@ fn sigterm_during_a_rollback_finishes_the_running_undo_and_a_later_rollback_does
         );
     }
 }
+
+#[test]
+fn sigterm_during_the_automatic_rollback_leaves_a_record_that_says_so() {
+    let stage = Stage::new(1);
+    let sleep3 = stage.sleep.replace("sleep 1.", "sleep 3.");
+    stage.lab.write(
+        "runbooks/failing.yaml",
+        &format!(
+            "name: failing\nhosts: app\nsteps:\n\
+             \x20 - name: A\n    run: echo a >> {{{{ work }}}}/trail\n    rollback: echo undo-a >> {{{{ work }}}}/trail\n\
+             \x20 - name: B\n    run: echo b >> {{{{ work }}}}/trail\n    rollback: \"{sleep3} ; echo undo-b >> {{{{ work }}}}/trail\"\n\
+             \x20 - name: C\n    run: \"false\"\n"
+        ),
+    );
+    let child = stage.spawn(&["failing", "--env", "lab", "--yes"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids_with(&sleep3)
+        .iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the slow undo never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let run = Run::from_output(out, stage.lab.path());
+    // The run failed (step C): that stays its exit code; the rollback's stop is said.
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("SIGTERM: no new step or undo starts"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("ROLLBACK STOPPED by SIGTERM"),
+        "{}",
+        run.stderr
+    );
+    for i in 0..2 {
+        assert_eq!(stage.trail(i), ["a", "b", "undo-b"], "host {i}");
+    }
+    let table = stage.lab.runs_table();
+    assert_eq!(
+        table[0]["result"], "failed, rollback interrupted",
+        "{table:?}"
+    );
+}
