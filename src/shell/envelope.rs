@@ -47,7 +47,13 @@ const SESSION: &str = "s=$$; b=;     read -r _ _ _ _ _ s _ < /proc/$$/stat 2>/de
 /// Shell functions the survey, kill and clear commands share. `live S B`:
 /// session S's leader (started at B) still runs (a zombie has ended). `each SIG S`: sends SIG to
 /// every process of session S (by `/proc`; without it, to the group S).
-const LIVE: &str = "live() {     if [ -r /proc/$1/stat ]; then read -r _ _ z _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ n _ < /proc/$1/stat 2>/dev/null || return 1; [ \"$z\" != Z ] && { [ -z \"$2\" ] || [ \"$n\" = \"$2\" ]; }; else kill -0 \"$1\" 2>/dev/null; fi; };     each() { if [ -d /proc/$$ ]; then for q in /proc/[0-9]*; do     read -r _ _ _ _ _ x _ < \"$q/stat\" 2>/dev/null || continue;     [ \"$x\" = \"$2\" ] && kill -$1 \"${q#/proc/}\" 2>/dev/null; done;     else kill -$1 -\"$2\" 2>/dev/null || kill -$1 \"$2\" 2>/dev/null; fi; true; };     gone() { for e in \"$@\"; do r=${e#*:}; live \"${r%%:*}\" \"${r#*:}\" && return 1; done; return 0; };";
+/// `members S`: a process of session S is left (one forked while the kill
+/// went through `/proc` is caught on the next pass).
+const LIVE: &str = "live() {     if [ -r /proc/$1/stat ]; then read -r _ _ z _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ n _ < /proc/$1/stat 2>/dev/null || return 1; [ \"$z\" != Z ] && { [ -z \"$2\" ] || [ \"$n\" = \"$2\" ]; }; else kill -0 \"$1\" 2>/dev/null; fi; };     each() { if [ -d /proc/$$ ]; then for q in /proc/[0-9]*; do     read -r _ _ _ _ _ x _ < \"$q/stat\" 2>/dev/null || continue;     [ \"$x\" = \"$2\" ] && kill -$1 \"${q#/proc/}\" 2>/dev/null; done;     else kill -$1 -\"$2\" 2>/dev/null || kill -$1 \"$2\" 2>/dev/null; fi; true; };     members() { if [ -d /proc/$$ ]; then for q in /proc/[0-9]*; do \
+    read -r _ _ z _ _ x _ < \"$q/stat\" 2>/dev/null || continue; \
+    [ \"$x\" = \"$1\" ] && [ \"$z\" != Z ] && return 0; done; return 1; \
+    else kill -0 -\"$1\" 2>/dev/null; fi; }; \
+    gone() { for e in \"$@\"; do r=${e#*:}; members \"${r%%:*}\" && return 1; done; return 0; };";
 
 /// Loops over the registered commands that are still running, with `$t`
 /// (tag), `$s` (session) and `$b` (leader start time) set for `BODY`.
@@ -122,10 +128,11 @@ pub fn kill_command(dir: &str, grace: u32) -> String {
     format!(
         "d={}; [ -d \"$d\" ] || exit 0; : >\"$d/{STOP}\"; {LIVE} set --; \
          {}; \
-         n=0; while [ $n -lt {ticks} ] && ! gone \"$@\"; do sleep 0.2 2>/dev/null || sleep 1; n=$((n+1)); done; \
-         for e in \"$@\"; do r=${{e#*:}}; s=${{r%%:*}}; live \"$s\" \"${{r#*:}}\" && each KILL \"$s\"; done; \
+         n=0; while [ $n -lt {ticks} ] && ! gone \"$@\"; do sleep 0.2 2>/dev/null || sleep 1; n=$((n+1)); \
+         for e in \"$@\"; do r=${{e#*:}}; s=${{r%%:*}}; members \"$s\" && each TERM \"$s\"; done; done; \
+         for e in \"$@\"; do r=${{e#*:}}; s=${{r%%:*}}; members \"$s\" && each KILL \"$s\"; done; \
          sleep 0.2 2>/dev/null; for e in \"$@\"; do t=${{e%%:*}}; r=${{e#*:}}; s=${{r%%:*}}; \
-         if live \"$s\" \"${{r#*:}}\"; then echo \"unkillable $t $s\"; else echo \"killed $t $s\"; fi; done",
+         if members \"$s\"; then echo \"unkillable $t $s\"; else echo \"killed $t $s\"; fi; done",
         quote(dir),
         for_each_running("set -- \"$@\" \"$t:$s:$b\"; each TERM \"$s\""),
         ticks = grace.max(1) * 5,
