@@ -4,9 +4,11 @@
 
 use super::engine::*;
 use super::failure::Failure;
+use super::outputs::cut_reason;
 use crate::plan::{Completion, PlanStep, Reveal, StepRef, Target};
+use crate::record::events::Saved;
 use crate::record::events::{self, CheckAttempt, Event, Phase, Status};
-use crate::record::rundir::output_stem;
+use crate::record::output::OutputWriter;
 use crate::sanitize::{escape_controls, Redactor};
 use crate::transport::{Command, Connection, Stdin};
 use std::time::{Duration, Instant};
@@ -103,6 +105,9 @@ pub(super) struct Record<'s> {
     pub(super) err: Vec<u8>,
     pub(super) checks: Vec<CheckAttempt>,
     pub(super) capture: Option<(String, String)>,
+    /// The command's stdout and stderr as streamed to `outputs/` (`None`: not
+    /// streamed, `finish` saves `out`/`err`).
+    pub(super) saved: Option<[Option<Saved>; 2]>,
     upload_sha256: Option<String>,
     upload_sha256_withheld: Option<String>,
 }
@@ -129,6 +134,7 @@ impl<'s> Record<'s> {
             err: Vec::new(),
             checks: Vec::new(),
             capture: None,
+            saved: None,
             upload_sha256: None,
             upload_sha256_withheld: None,
         }
@@ -252,6 +258,20 @@ impl Engine<'_> {
         host: &str,
         timeout: Option<Duration>,
     ) -> Result<crate::transport::Outcome, Failure> {
+        self.exec_to(conn, line, stdin, host, timeout, None).await
+    }
+
+    /// [`Engine::exec`], also streaming stdout and stderr into `files` as they
+    /// arrive: the outcome keeps only a bounded part (`transport::KEEP_HEAD`).
+    pub(super) async fn exec_to(
+        &self,
+        conn: &Connection,
+        line: &str,
+        stdin: Stdin,
+        host: &str,
+        timeout: Option<Duration>,
+        mut files: Option<&mut [OutputWriter; 2]>,
+    ) -> Result<crate::transport::Outcome, Failure> {
         let cmd = Command {
             line: line.to_string(),
             stdin,
@@ -266,6 +286,9 @@ impl Engine<'_> {
         let mut pending = (Vec::new(), Vec::new());
         let result = {
             let mut sink = |s: crate::transport::Stream, chunk: &[u8]| {
+                if let Some(files) = files.as_deref_mut() {
+                    files[s as usize].push(chunk);
+                }
                 let buf = match s {
                     crate::transport::Stream::Stdout => &mut pending.0,
                     crate::transport::Stream::Stderr => &mut pending.1,
@@ -371,13 +394,34 @@ impl Engine<'_> {
                     }
                 }
             }
-            match self.exec(conn, line, stdin, host, step.timeout).await {
+            let stem = self.stem(rec);
+            let mut files = [
+                self.rec.output(&stem, "stdout", &self.redactor),
+                self.rec.output(&stem, "stderr", &self.redactor),
+            ];
+            let result = self
+                .exec_to(conn, line, stdin, host, step.timeout, Some(&mut files))
+                .await;
+            let cut = files.iter().any(OutputWriter::is_cut);
+            let [out, err] = files;
+            rec.saved = Some([out.finish(), err.finish()]);
+            match result {
                 Ok(o) => {
                     rec.exit_code = o.exit_code;
                     rec.out = o.stdout;
                     rec.err = o.stderr;
                 }
                 Err(e) => return Ok(Verdict::Failed(e)),
+            }
+            if cut {
+                // What the command did is recorded as it was (its exit code, and a
+                // success stays a success: a rollback must undo it); the run stops
+                // after this step because the record is no longer complete.
+                let code = rec.exit_code;
+                if !code.is_some_and(|c| step.expect.exit.contains(&c)) {
+                    return Ok(Verdict::Failed(Failure::OutputNotSaved { code }));
+                }
+                return Ok(Verdict::Ok);
             }
             if let (Some(timeout), Some(124 | 137)) = (step.timeout, rec.exit_code) {
                 return Ok(Verdict::Failed(Failure::KilledOnHost { timeout }));
@@ -462,7 +506,7 @@ impl Engine<'_> {
     /// Saves the outputs, records the result, updates the view and what a rollback would undo.
     pub(super) async fn finish(
         &self,
-        rec: Record<'_>,
+        mut rec: Record<'_>,
         verdict: Verdict,
     ) -> Result<Done, ExecError> {
         let took = rec.clock.elapsed();
@@ -473,25 +517,19 @@ impl Engine<'_> {
             Verdict::Failed(f) if f.is_interrupted() => (Status::Interrupted, Some(f.to_string())),
             Verdict::Failed(f) => (Status::Failed, Some(f.to_string())),
         };
-        // Every step of a rolling run names its batch, whether or not it reads
-        // `batch`: a host in every batch (a load balancer, `local`) runs it in each.
-        let batch = rec
-            .shown
-            .batch
-            .or(rec.batch.filter(|_| self.planner.batches().len() > 1));
-        let stem = output_stem(
-            rec.phase.is_rollback(),
-            rec.number,
-            &rec.step.name,
-            rec.host,
-            batch,
-        );
-        let stdout = self
-            .rec
-            .save(&stem, "stdout", &self.redactor.redact_bytes(&rec.out))?;
-        let stderr = self
-            .rec
-            .save(&stem, "stderr", &self.redactor.redact_bytes(&rec.err))?;
+        let (stdout, stderr) = match rec.saved.take() {
+            Some([out, err]) => (out, err),
+            None => {
+                let stem = self.stem(&rec);
+                (
+                    self.rec
+                        .save(&stem, "stdout", &self.redactor.redact_bytes(&rec.out))?,
+                    self.rec
+                        .save(&stem, "stderr", &self.redactor.redact_bytes(&rec.err))?,
+                )
+            }
+        };
+        let reason = cut_reason(reason, [&stdout, &stderr]);
         let reason = reason.map(|r| self.redactor.redact(&r));
         // A failure quotes stderr when there is any, else stdout (see `unexpected`).
         let output = stderr

@@ -18,6 +18,7 @@ pub mod gate;
 pub mod interrupt;
 pub mod lock;
 mod logfile;
+mod outputs;
 mod resume;
 mod rollback;
 
