@@ -2,7 +2,9 @@
 //! when an output could not be saved whole.
 
 use super::attempt::Record;
-use super::engine::Engine;
+use super::engine::{Done, Engine, Finish};
+use crate::error::exit;
+use crate::plan::PlanStep;
 use crate::record::events::Saved;
 use crate::record::rundir::output_stem;
 
@@ -22,6 +24,44 @@ impl Engine<'_> {
             rec.host,
             batch,
         )
+    }
+}
+
+impl Engine<'_> {
+    /// How a run ends when an output could not be saved (the log disk is full):
+    /// failed, with what is still applied; the rollback is offered after it.
+    pub(super) fn disk_full_finish(&self, step: &PlanStep, results: &[Done]) -> Finish {
+        let hosts: Vec<String> = results
+            .iter()
+            .map(|d| match d.detail.is_empty() {
+                true => d.host.clone(),
+                false => format!("{} ({})", d.host, d.detail),
+            })
+            .collect();
+        let applied: Vec<String> = {
+            let done = self.completed.lock().unwrap_or_else(|p| p.into_inner());
+            done.iter()
+                .map(|(i, c)| {
+                    let hosts: Vec<&str> = c.iter().map(|c| c.host.as_str()).collect();
+                    format!("`{}` on {}", self.plan.steps[*i].name, hosts.join(", "))
+                })
+                .collect()
+        };
+        let applied = match applied.is_empty() {
+            true => "nothing".to_string(),
+            false => applied.join("; "),
+        };
+        let message = format!(
+            "the log disk is full: step `{}` could not save its output whole on {}; the run stops here. Still applied: {applied}",
+            step.name,
+            hosts.join(", ")
+        );
+        self.ui.error(&message);
+        Finish {
+            outcome: crate::record::events::Outcome::Failed,
+            message,
+            exit_code: exit::STEP_FAILED,
+        }
     }
 }
 

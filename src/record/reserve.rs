@@ -5,12 +5,32 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Enough for the journal's last events and the log of a large run.
-pub const RESERVE_BYTES: u64 = 4 * 1024 * 1024;
+/// Enough for the journal's last events and the log (whose excerpts are at most
+/// 4000 bytes an output) of a run of a few hundred host-steps.
+pub const RESERVE_BYTES: u64 = 1024 * 1024;
 
 /// Refuse to start when the log dir has less free space than this: the
-/// reserve plus room for the journal and the first outputs.
-pub const NEEDED_FREE_BYTES: u64 = RESERVE_BYTES + 2 * 1024 * 1024;
+/// reserve plus room for the journal, the copies of the inputs and some output.
+pub const NEEDED_FREE_BYTES: u64 = RESERVE_BYTES + 512 * 1024;
+
+/// Whether `log_dir` (created if missing) has room to record a run; the message
+/// names the directory, the free and the needed space.
+pub fn check_room(log_dir: &Path) -> Result<(), String> {
+    let free = std::fs::create_dir_all(log_dir).and_then(|()| free_bytes(log_dir));
+    match free {
+        Ok(free) if free < NEEDED_FREE_BYTES => Err(format!(
+            "not enough free space in the log directory `{}` to record the run: {} KiB free, {} KiB needed (the journal's reserve and the first outputs); free some space or pass another --log-dir",
+            std::fs::canonicalize(log_dir)
+                .unwrap_or_else(|_| log_dir.to_path_buf())
+                .display(),
+            free / 1024,
+            NEEDED_FREE_BYTES / 1024
+        )),
+        // A file system that cannot say (or a dir we cannot create) is reported
+        // by the run directory's creation, with its own message.
+        _ => Ok(()),
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Reserve {
@@ -42,11 +62,6 @@ impl Reserve {
             path: Mutex::new(Some(path)),
             spent: std::sync::atomic::AtomicBool::new(false),
         })
-    }
-
-    /// No reserve (dry runs, tests).
-    pub fn none() -> Reserve {
-        Reserve::default()
     }
 
     /// Gives the room back; idempotent.
