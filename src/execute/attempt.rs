@@ -4,7 +4,7 @@
 
 use super::engine::*;
 use super::failure::Failure;
-use super::outputs::cut_reason;
+use super::outputs::{cut_reason, recorded_stdin};
 use crate::plan::{Completion, PlanStep, Reveal, StepRef, Target};
 use crate::record::events::Saved;
 use crate::record::events::{self, CheckAttempt, Event, Phase, Status};
@@ -350,7 +350,7 @@ impl Engine<'_> {
             Err(e) => return Ok(Verdict::Failed(e)),
         };
         rec.shown = Target {
-            stdin: with_env_lines(&shown, shown.stdin.as_deref()),
+            stdin: recorded_stdin(with_env_lines(&shown, shown.stdin.as_deref())),
             ..shown
         };
         if let Some(why) = &real.skipped {

@@ -105,12 +105,7 @@ pub(crate) fn run_wired(
         Mode::Resume(_) => format!("{base}-resume"),
         Mode::Rollback(_) => format!("{base}-rollback"),
     };
-    // A run that cannot be recorded must not start: its journal is what a
-    // rollback reads.
-    crate::record::reserve::check_room(&settings.log_dir).map_err(|message| Error::Stage {
-        message,
-        exit_code: crate::error::exit::INVALID_INPUT,
-    })?;
+    outputs::check_room(&settings.log_dir)?;
     let (rec, run_id) = Recorder::create(&settings.log_dir, &base_id).map_err(record_err)?;
     planner.set_run_id(&run_id);
     let plan = planner.plan()?;
@@ -300,9 +295,8 @@ async fn run_async(
         // The run happened whatever the log's fate: report it, keep the run's own exit code.
         ui.error(&e.to_string());
     }
-    // The record is complete: the room kept for it goes back to the disk.
-    rec.drop_reserve();
-    // It quotes step names and host output.
+    rec.drop_reserve(); // The record is complete: its room goes back to the disk.
+                        // It quotes step names and host output.
     let finish = Finish {
         message: escape_controls(finish.message.as_bytes()),
         ..finish

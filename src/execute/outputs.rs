@@ -65,6 +65,15 @@ impl Engine<'_> {
     }
 }
 
+/// A run that cannot be recorded must not start (its journal is what a
+/// rollback reads): refused as invalid input of the environment.
+pub(super) fn check_room(log_dir: &std::path::Path) -> Result<(), crate::error::Error> {
+    crate::record::reserve::check_room(log_dir).map_err(|message| crate::error::Error::Stage {
+        message,
+        exit_code: exit::INVALID_INPUT,
+    })
+}
+
 /// The finish reason, plus which output files were cut (the log disk is full).
 pub(super) fn cut_reason(reason: Option<String>, saved: [&Option<Saved>; 2]) -> Option<String> {
     let cut: Vec<&str> = saved
@@ -81,4 +90,45 @@ pub(super) fn cut_reason(reason: Option<String>, saved: [&Option<Saved>; 2]) -> 
         Some(r) => format!("{r}; {note}"),
         None => note,
     })
+}
+
+/// How much of a step's stdin (env lines and `stdin:`) the journal and the log keep.
+pub(super) const STDIN_RECORDED: usize = 4096;
+
+/// The stdin as recorded: whole up to [`STDIN_RECORDED`] bytes, else its start
+/// and what identifies the whole (size and sha256 of the masked text, which is
+/// the text sent when it reads no secret): a large `stdin:` is not copied into
+/// every record of every host.
+pub(super) fn recorded_stdin(stdin: Option<String>) -> Option<String> {
+    let s = stdin?;
+    if s.len() <= STDIN_RECORDED {
+        return Some(s);
+    }
+    let mut end = STDIN_RECORDED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!(
+        "{}\n[... stdin cut by opsrun: first {end} of {} bytes recorded; sha256 of the whole {} ...]",
+        &s[..end],
+        s.len(),
+        crate::digest::sha256_hex(s.as_bytes())
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_stdin_is_recorded_cut_with_its_size_and_digest() {
+        assert_eq!(recorded_stdin(Some("abc".into())).as_deref(), Some("abc"));
+        assert_eq!(recorded_stdin(None), None);
+        let big = "é".repeat(5000);
+        let r = recorded_stdin(Some(big.clone())).unwrap();
+        assert!(r.starts_with(&"é".repeat(2048)));
+        assert!(r.contains("first 4096 of 10000 bytes recorded"), "{r}");
+        assert!(r.contains(&crate::digest::sha256_hex(big.as_bytes())));
+        assert!(r.len() < 4300);
+    }
 }

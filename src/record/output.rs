@@ -196,3 +196,66 @@ impl OutputWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(dir: &Path, secret: &str) -> OutputWriter {
+        std::fs::create_dir_all(dir.join("outputs")).unwrap();
+        let redactor = Redactor::new([secret]);
+        OutputWriter::new(
+            dir,
+            "01-x-h",
+            "stdout",
+            redactor,
+            Arc::new(Reserve::default()),
+        )
+    }
+
+    #[test]
+    fn a_secret_split_across_chunks_is_masked_in_the_file_and_the_digest_is_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), "hunter22");
+        for chunk in ["pass: hun", "ter", "22\nnext hu", "nter22 and no newline"] {
+            w.push(chunk.as_bytes());
+        }
+        let saved = w.finish().unwrap();
+        let text = std::fs::read(dir.path().join(&saved.file)).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&text),
+            "pass: ******\nnext ****** and no newline"
+        );
+        assert_eq!(saved.bytes, text.len() as u64);
+        assert_eq!(saved.sha256, crate::digest::sha256_hex(&text));
+        assert_eq!(saved.cut, None);
+    }
+
+    #[test]
+    fn a_long_line_is_written_in_pieces_without_leaking_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), "hunter22");
+        let mut sent = 0;
+        while sent < 3 * MAX_PENDING {
+            w.push(b"x".repeat(1000).as_slice());
+            w.push(b"hunt");
+            w.push(b"er22");
+            sent += 1008;
+        }
+        assert!(
+            w.pending.len() <= MAX_PENDING + 1008,
+            "kept back: {}",
+            w.pending.len()
+        );
+        let saved = w.finish().unwrap();
+        let text = std::fs::read_to_string(dir.path().join(&saved.file)).unwrap();
+        assert!(!text.contains("hunt") && !text.contains("er22"));
+        assert_eq!(text.matches("******").count(), sent / 1008);
+    }
+
+    #[test]
+    fn an_empty_stream_has_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(writer(dir.path(), "s").finish().is_none());
+    }
+}
