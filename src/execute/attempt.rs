@@ -4,16 +4,14 @@
 
 use super::engine::*;
 use super::failure::Failure;
+use super::outputs::{cut_reason, recorded_stdin};
 use crate::plan::{Completion, PlanStep, Reveal, StepRef, Target};
+use crate::record::events::Saved;
 use crate::record::events::{self, CheckAttempt, Event, Phase, Status};
-use crate::record::rundir::output_stem;
+use crate::record::output::OutputWriter;
 use crate::sanitize::{escape_controls, Redactor};
-use crate::transport::{Command, Connection, Stdin};
-use std::time::{Duration, Instant};
-
-/// Extra time past a step's `timeout` before the control side gives up on the
-/// channel: the remote `timeout` wrapper normally ends the command first.
-pub(super) const TIMEOUT_GRACE: Duration = Duration::from_secs(20);
+use crate::transport::Stdin;
+use std::time::Instant;
 
 /// Words of a line that says what went wrong (`tar (child): x: Cannot open: No such
 /// file or directory`), as opposed to the summary a program prints after it.
@@ -103,6 +101,9 @@ pub(super) struct Record<'s> {
     pub(super) err: Vec<u8>,
     pub(super) checks: Vec<CheckAttempt>,
     pub(super) capture: Option<(String, String)>,
+    /// The command's stdout and stderr as streamed to `outputs/` (`None`: not
+    /// streamed, `finish` saves `out`/`err`).
+    pub(super) saved: Option<[Option<Saved>; 2]>,
     upload_sha256: Option<String>,
     upload_sha256_withheld: Option<String>,
 }
@@ -129,6 +130,7 @@ impl<'s> Record<'s> {
             err: Vec::new(),
             checks: Vec::new(),
             capture: None,
+            saved: None,
             upload_sha256: None,
             upload_sha256_withheld: None,
         }
@@ -244,87 +246,6 @@ impl Engine<'_> {
         ))
     }
 
-    pub(super) async fn exec(
-        &self,
-        conn: &Connection,
-        line: &str,
-        stdin: Stdin,
-        host: &str,
-        timeout: Option<Duration>,
-    ) -> Result<crate::transport::Outcome, Failure> {
-        if self.stopping() {
-            return Err(Failure::Stopped {
-                why: format!("{}; not started", self.stop_reason()),
-            });
-        }
-        let (line, tag) = self.supervised(conn, host, line);
-        #[cfg(test)]
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((host.to_string(), tag.clone()));
-        let cmd = Command { line, stdin };
-        let redactor = &self.redactor;
-        let ui = self.ui;
-        // The live view (-v) shows whole lines only: a command that writes a secret
-        // in two pieces arrives in two chunks, and masking each chunk alone would
-        // show both halves. A very long line without a newline is let through in
-        // pieces so that output stays live.
-        const MAX_PENDING: usize = 64 * 1024;
-        let mut pending = (Vec::new(), Vec::new());
-        let result = {
-            let mut sink = |s: crate::transport::Stream, chunk: &[u8]| {
-                let buf = match s {
-                    crate::transport::Stream::Stdout => &mut pending.0,
-                    crate::transport::Stream::Stderr => &mut pending.1,
-                };
-                buf.extend_from_slice(chunk);
-                let upto = if buf.len() > MAX_PENDING {
-                    Some(redactor.complete_prefix(buf)).filter(|n| *n > 0)
-                } else {
-                    buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1)
-                };
-                if let Some(end) = upto {
-                    let lines: Vec<u8> = buf.drain(..end).collect();
-                    ui.output(host, &redactor.redact_bytes(&lines));
-                }
-            };
-            let fut = conn.exec(&cmd, &mut sink);
-            match timeout {
-                Some(t) => match tokio::time::timeout(t.saturating_add(TIMEOUT_GRACE), fut).await {
-                    Ok(r) => r.map_err(Failure::from),
-                    Err(_) => Err(Failure::NoAnswer {
-                        waited: t.saturating_add(TIMEOUT_GRACE),
-                    }),
-                },
-                None => fut.await.map_err(Failure::from),
-            }
-        };
-        for rest in [pending.0, pending.1] {
-            if !rest.is_empty() {
-                ui.output(host, &redactor.redact_bytes(&rest));
-            }
-        }
-        // However it ended (killed by TERM, or the channel closing), a command
-        // that "stop now" killed is recorded as stopped, not as failing by itself.
-        #[cfg(test)]
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(host.to_string(), tag.clone()));
-        if let Some(why) = self.was_killed(host, &tag).await {
-            return Err(Failure::Stopped { why });
-        }
-        // Arrived while the run was being stopped: the envelope refused it (exit
-        // 143), or it started just then. Either way it may have done something.
-        if self.stopping() && matches!(&result, Ok(o) if o.exit_code == Some(143)) {
-            return Err(Failure::Stopped {
-                why: self.stop_reason(),
-            });
-        }
-        result
-    }
-
     /// One step on one host: action, expectations, capture, check; recorded once.
     pub(super) async fn run_target(
         &self,
@@ -362,7 +283,7 @@ impl Engine<'_> {
             Err(e) => return Ok(Verdict::Failed(e)),
         };
         rec.shown = Target {
-            stdin: with_env_lines(&shown, shown.stdin.as_deref()),
+            stdin: recorded_stdin(with_env_lines(&shown, shown.stdin.as_deref())),
             ..shown
         };
         if let Some(why) = &real.skipped {
@@ -407,13 +328,34 @@ impl Engine<'_> {
                     }
                 }
             }
-            match self.exec(conn, line, stdin, host, step.timeout).await {
+            let stem = self.stem(rec);
+            let mut files = [
+                self.rec.output(&stem, "stdout", &self.redactor),
+                self.rec.output(&stem, "stderr", &self.redactor),
+            ];
+            let result = self
+                .exec_to(conn, line, stdin, host, step.timeout, Some(&mut files))
+                .await;
+            let cut = files.iter().any(OutputWriter::is_cut);
+            let [out, err] = files;
+            rec.saved = Some([out.finish(), err.finish()]);
+            match result {
                 Ok(o) => {
                     rec.exit_code = o.exit_code;
                     rec.out = o.stdout;
                     rec.err = o.stderr;
                 }
                 Err(e) => return Ok(Verdict::Failed(e)),
+            }
+            if cut {
+                // What the command did is recorded as it was (its exit code, and a
+                // success stays a success: a rollback must undo it); the run stops
+                // after this step because the record is no longer complete.
+                let code = rec.exit_code;
+                if !code.is_some_and(|c| step.expect.exit.contains(&c)) {
+                    return Ok(Verdict::Failed(Failure::OutputNotSaved { code }));
+                }
+                return Ok(Verdict::Ok);
             }
             if let (Some(timeout), Some(124 | 137)) = (step.timeout, rec.exit_code) {
                 return Ok(Verdict::Failed(Failure::KilledOnHost { timeout }));
@@ -508,7 +450,7 @@ impl Engine<'_> {
     /// Saves the outputs, records the result, updates the view and what a rollback would undo.
     pub(super) async fn finish(
         &self,
-        rec: Record<'_>,
+        mut rec: Record<'_>,
         verdict: Verdict,
     ) -> Result<Done, ExecError> {
         let took = rec.clock.elapsed();
@@ -519,25 +461,19 @@ impl Engine<'_> {
             Verdict::Failed(f) if f.is_interrupted() => (Status::Interrupted, Some(f.to_string())),
             Verdict::Failed(f) => (Status::Failed, Some(f.to_string())),
         };
-        // Every step of a rolling run names its batch, whether or not it reads
-        // `batch`: a host in every batch (a load balancer, `local`) runs it in each.
-        let batch = rec
-            .shown
-            .batch
-            .or(rec.batch.filter(|_| self.planner.batches().len() > 1));
-        let stem = output_stem(
-            rec.phase.is_rollback(),
-            rec.number,
-            &rec.step.name,
-            rec.host,
-            batch,
-        );
-        let stdout = self
-            .rec
-            .save(&stem, "stdout", &self.redactor.redact_bytes(&rec.out))?;
-        let stderr = self
-            .rec
-            .save(&stem, "stderr", &self.redactor.redact_bytes(&rec.err))?;
+        let (stdout, stderr) = match rec.saved.take() {
+            Some([out, err]) => (out, err),
+            None => {
+                let stem = self.stem(&rec);
+                (
+                    self.rec
+                        .save(&stem, "stdout", &self.redactor.redact_bytes(&rec.out))?,
+                    self.rec
+                        .save(&stem, "stderr", &self.redactor.redact_bytes(&rec.err))?,
+                )
+            }
+        };
+        let reason = cut_reason(reason, [&stdout, &stderr]);
         let reason = reason.map(|r| self.redactor.redact(&r));
         // A failure quotes stderr when there is any, else stdout (see `unexpected`).
         let output = stderr

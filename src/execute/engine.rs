@@ -265,6 +265,12 @@ impl Engine<'_> {
                     exit_code: exit::INTERRUPTED,
                 }));
             }
+            if self.rec.disk_full() {
+                // The record is no longer complete: stop as after a failed step
+                // (the same rollback gate), whatever `on_failure` says.
+                *self.failed_step.lock().unwrap_or_else(|p| p.into_inner()) = Some(i);
+                return Ok(Some(self.disk_full_finish(step, &results)));
+            }
             let failed: Vec<&Done> = results.iter().filter(|d| d.status.is_failure()).collect();
             if failed.is_empty() || step.on_failure == OnFailure::Continue {
                 if !failed.is_empty() {

@@ -46,6 +46,10 @@ pub enum Failure {
     CaptureMissing { name: String, regex: String },
     #[error("check failed after {}", crate::plural::count(*.attempts, "attempt", "attempts"))]
     CheckFailed { attempts: usize },
+    /// The command ended with an exit code `expect.exit` does not list, and its
+    /// output could not be saved whole (the log disk is full).
+    #[error("{}; its output could not be saved whole (the log disk is full)", exit_text(*.code, ""))]
+    OutputNotSaved { code: Option<i32> },
     /// A `rollback:` command failed (`None`: killed by a signal).
     #[error("rollback exit {}: {quote}", .code.map_or("signal".into(), |c| c.to_string()))]
     RollbackExit { code: Option<i32>, quote: String },

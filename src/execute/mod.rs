@@ -12,12 +12,14 @@
 //! `wiring` (what a run's connections and Ctrl-C come from; scripted in `tests`).
 
 mod attempt;
+mod command;
 pub mod engine;
 pub mod failure;
 pub mod gate;
 pub mod interrupt;
 pub mod lock;
 mod logfile;
+mod outputs;
 mod resume;
 mod rollback;
 mod run_tmp;
@@ -108,6 +110,7 @@ pub(crate) fn run_wired(
         Mode::Resume(_) => format!("{base}-resume"),
         Mode::Rollback(_) => format!("{base}-rollback"),
     };
+    outputs::check_room(&settings.log_dir)?;
     let (rec, run_id) = Recorder::create(&settings.log_dir, &base_id).map_err(record_err)?;
     planner.set_run_id(&run_id);
     let plan = planner.plan()?;
@@ -315,7 +318,8 @@ async fn run_async(
         // The run happened whatever the log's fate: report it, keep the run's own exit code.
         ui.error(&e.to_string());
     }
-    // It quotes step names and host output.
+    rec.drop_reserve(); // The record is complete: its room goes back to the disk.
+                        // It quotes step names and host output.
     let finish = Finish {
         message: escape_controls(finish.message.as_bytes()),
         ..finish

@@ -177,6 +177,11 @@ pub struct Saved {
     pub file: String,
     pub sha256: String,
     pub bytes: u64,
+    /// Set when the file does not hold the whole output (the log disk filled up):
+    /// why, and how much of the output is in the file. `sha256` and `bytes` are
+    /// those of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,6 +8,8 @@
 pub mod events;
 pub mod journal;
 pub(crate) mod legacy;
+pub mod output;
+pub mod reserve;
 pub mod rundir;
 pub mod runs;
 pub mod view;

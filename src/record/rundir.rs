@@ -4,12 +4,17 @@
 use crate::digest::sha256_hex;
 use crate::record::events::{Event, Saved};
 use crate::record::journal::{Journal, JournalError};
+use crate::record::output::OutputWriter;
+use crate::record::reserve::Reserve;
+use crate::sanitize::Redactor;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub struct Recorder {
     dir: PathBuf,
     journal: Mutex<Journal>,
+    /// Room kept for the journal and the log should the disk fill up (reserve.rs).
+    reserve: Arc<Reserve>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,10 +117,17 @@ impl Recorder {
             source,
         })?;
         let journal = Journal::create(&dir)?;
+        // Without it a full disk would take the journal's last events and the
+        // log with the output that filled it.
+        let reserve = Reserve::create(&dir).map_err(|source| RecordError::Create {
+            path: dir.join(".reserve"),
+            source,
+        })?;
         Ok((
             Recorder {
                 dir,
                 journal: Mutex::new(journal),
+                reserve: Arc::new(reserve),
             },
             id,
         ))
@@ -148,6 +160,27 @@ impl Recorder {
         std::fs::write(&path, text).map_err(|source| RecordError::Output { path, source })
     }
 
+    /// A writer that streams one output stream into `outputs/<stem>.<ext>`.
+    pub fn output(&self, stem: &str, ext: &'static str, redactor: &Redactor) -> OutputWriter {
+        OutputWriter::new(
+            &self.dir,
+            stem,
+            ext,
+            redactor.clone(),
+            Arc::clone(&self.reserve),
+        )
+    }
+
+    /// Whether an output of this run could not be saved because the disk is full.
+    pub fn disk_full(&self) -> bool {
+        self.reserve.is_spent()
+    }
+
+    /// The reserve is not needed once the log is written.
+    pub fn drop_reserve(&self) {
+        self.reserve.remove();
+    }
+
     /// Writes one output stream (already redacted) and returns where it is and its digest.
     pub fn save(&self, stem: &str, ext: &str, bytes: &[u8]) -> Result<Option<Saved>, RecordError> {
         if bytes.is_empty() {
@@ -174,6 +207,7 @@ impl Recorder {
             file: rel,
             sha256: sha256_hex(bytes),
             bytes: bytes.len() as u64,
+            cut: None,
         }))
     }
 }

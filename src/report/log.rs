@@ -7,7 +7,7 @@
 
 use crate::record::events::{Event, Outcome, RunKind, Saved, Status, Time};
 use crate::record::view::{Identity, Prompt, Row, RunView, StepTable, TargetResult};
-use crate::report::excerpt::{read_output, truncate};
+use crate::report::excerpt::excerpt;
 use crate::report::markdown::{cell, code, fenced};
 use crate::report::sections::{downtime, exceptions};
 use crate::report::signature::{verify_section, SignerInfo, UNSIGNED_BANNER};
@@ -470,9 +470,12 @@ fn target_details(o: &mut String, t: &TargetResult, run_dir: &Path) {
     }
     for (label, saved) in [("stdout", stdout), ("stderr", stderr)] {
         if let Some(s) = saved {
-            let text = read_output(run_dir, &s.file);
-            let (shown, cut) = truncate(&text);
-            let cut_note = if cut { ", truncated here" } else { "" };
+            let (shown, cut) = excerpt(run_dir, &s.file);
+            let mut cut_note = if cut { ", truncated here" } else { "" }.to_string();
+            if let Some(why) = &s.cut {
+                // The file itself is incomplete: say so before anyone trusts it.
+                cut_note.push_str(&format!("; NOT COMPLETE, the log disk is full: {why}"));
+            }
             let _ = writeln!(
                 o,
                 "{label} ({}{cut_note}; full output {} sha256 {}):\n",

@@ -3,8 +3,9 @@
 //!
 //! Both transports share the same contract: a [`Command`] is one complete POSIX sh
 //! command line, its stdin is fed (and then closed) while stdout and stderr are
-//! drained concurrently, every chunk is handed to a sink as it arrives, and the full
-//! output comes back in an [`Outcome`].
+//! drained concurrently, every chunk is handed to a sink as it arrives, and the
+//! output comes back in an [`Outcome`] (whole up to [`KEEP_HEAD`], else its head
+//! and tail: memory stays bounded, the sink saves everything).
 
 #[cfg(test)]
 pub mod fake;
@@ -157,7 +158,7 @@ impl Connection {
     }
 
     /// Runs one command; `sink` receives output chunks as they arrive (for the live
-    /// view / -v); the full output is also returned in [`Outcome`].
+    /// view / -v, and the output files); [`Outcome`] keeps a bounded part (`KEEP_HEAD`).
     pub async fn exec(
         &self,
         cmd: &Command,
@@ -362,6 +363,57 @@ impl TransportError {
 
 const CHUNK: usize = 64 * 1024;
 
+/// How much of a stream the [`Outcome`] keeps from its start: what `capture:`
+/// and `expect.stdout` see. The whole stream goes to the sink (which saves it to
+/// the run directory); memory stays bounded however much a command prints.
+pub const KEEP_HEAD: usize = 4 * 1024 * 1024;
+
+/// How much of a stream's end is kept past [`KEEP_HEAD`]: the log's excerpt and
+/// the failure quote (often the last line) read it.
+pub const KEEP_TAIL: usize = 64 * 1024;
+
+/// Put between head and tail when a stream was longer than both: says in the
+/// journal (`capture`, failure quotes) and the log that the middle is not there.
+pub fn cut_marker(omitted: u64) -> String {
+    format!("\n[... opsrun kept only the first 4 MiB and the last 64 KiB in memory: {omitted} bytes omitted here; the output file has everything ...]\n")
+}
+
+/// The part of a stream kept in memory: its head and a rolling tail.
+#[derive(Default)]
+struct Kept {
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    total: u64,
+}
+
+impl Kept {
+    fn push(&mut self, mut b: &[u8]) {
+        self.total += b.len() as u64;
+        if self.head.len() < KEEP_HEAD {
+            let n = b.len().min(KEEP_HEAD - self.head.len());
+            self.head.extend_from_slice(&b[..n]);
+            b = &b[n..];
+        }
+        if b.len() >= KEEP_TAIL {
+            self.tail.clear();
+            b = &b[b.len() - KEEP_TAIL..];
+        }
+        let over = (self.tail.len() + b.len()).saturating_sub(KEEP_TAIL);
+        self.tail.drain(..over);
+        self.tail.extend(b);
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        let mut v = self.head;
+        let omitted = self.total - v.len() as u64 - self.tail.len() as u64;
+        if omitted > 0 {
+            v.extend_from_slice(cut_marker(omitted).as_bytes());
+        }
+        v.extend(self.tail);
+        v
+    }
+}
+
 /// Feeds stdin and drains stdout/stderr of a started command at the same time, so
 /// neither side can block the other however much data flows each way.
 pub(crate) async fn pump<W, O, E>(
@@ -414,7 +466,7 @@ where
 
     let drain = async {
         let (mut stdout, mut stderr) = (stdout, stderr);
-        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let (mut out, mut err) = (Kept::default(), Kept::default());
         let (mut out_open, mut err_open) = (true, true);
         let mut out_buf = vec![0u8; CHUNK];
         let mut err_buf = vec![0u8; CHUNK];
@@ -428,7 +480,7 @@ where
                         out_open = false;
                     } else {
                         sink(Stream::Stdout, &out_buf[..n]);
-                        out.extend_from_slice(&out_buf[..n]);
+                        out.push(&out_buf[..n]);
                     }
                 }
                 r = stderr.read(&mut err_buf), if err_open => {
@@ -439,12 +491,12 @@ where
                         err_open = false;
                     } else {
                         sink(Stream::Stderr, &err_buf[..n]);
-                        err.extend_from_slice(&err_buf[..n]);
+                        err.push(&err_buf[..n]);
                     }
                 }
             }
         }
-        Ok::<_, TransportError>((out, err))
+        Ok::<_, TransportError>((out.into_bytes(), err.into_bytes()))
     };
 
     // try_join: if one side fails the other is dropped instead of waiting on a

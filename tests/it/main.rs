@@ -12,6 +12,7 @@
 mod support;
 
 mod cli;
+mod disk_and_memory;
 mod errors;
 mod journal;
 mod journals_v0;
