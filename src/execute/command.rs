@@ -43,7 +43,6 @@ impl Engine<'_> {
             });
         }
         let (line, tag) = self.supervised(conn, host, line);
-        #[cfg(test)]
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -95,7 +94,6 @@ impl Engine<'_> {
         }
         // However it ended (killed by TERM, or the channel closing), a command
         // that "stop now" killed is recorded as stopped, not as failing by itself.
-        #[cfg(test)]
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -76,9 +76,12 @@ pub struct Engine<'a> {
     pub tags: std::sync::atomic::AtomicU64,
     /// "Stop now" and what it killed (`supervise`).
     pub kill: tokio::sync::watch::Sender<crate::execute::supervise::Kill>,
-    /// The (host, tag) of each command on its way: a scripted host's "stop now" kills these.
-    #[cfg(test)]
+    /// The (host, tag) of each command on its way: a scripted host's "stop now"
+    /// kills these, and a host with one left after "stop now" keeps its lock.
     pub running: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Hosts whose lock must not be released: a command stopped there never
+    /// ended on the channel (something it started may still run).
+    pub keep_locks: Mutex<std::collections::HashSet<String>>,
 }
 
 /// What one host did in one step.

@@ -424,11 +424,24 @@ pub(crate) async fn interruptible<
                     // Killed on the hosts, then the step is let finish, so each
                     // killed command is recorded as stopped (not abandoned).
                     engine.kill_running(&engine.interrupt.stopped_message()).await;
-                    let _ = tokio::time::timeout(
+                    let ended = tokio::time::timeout(
                         crate::execute::supervise::RECORD_AFTER_KILL,
                         &mut fut,
                     )
                     .await;
+                    if ended.is_err() {
+                        // A channel still open: something the command started
+                        // holds its output and may still run. Its host keeps its
+                        // lock, and its target stays in flight for the rollback.
+                        let running = engine.running.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut keep = engine.keep_locks.lock().unwrap_or_else(|p| p.into_inner());
+                        for (host, _) in running.iter() {
+                            engine.ui.warn(&format!(
+                                "{host}: the stopped command never ended on its connection: something it started may still run there; the host's lock is kept"
+                            ));
+                            keep.insert(host.clone());
+                        }
+                    }
                     // The stopped step is over: what follows (the rollback the
                     // operator chose, the lock release) runs its commands again.
                     engine.resume_commands().await;

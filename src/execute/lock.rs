@@ -334,7 +334,12 @@ pub(super) async fn release_locks(engine: &Engine<'_>, held: &[(Endpoint, String
     let _ = busy(&engine.local, crate::plan::HostRef::CONTROL_NAME, key).await;
     for (ep, path) in held {
         if let Some(conn) = engine.conns.get(&ep.host) {
-            if busy(conn, &ep.host, key).await {
+            let hung = engine
+                .keep_locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&ep.host);
+            if hung || busy(conn, &ep.host, key).await {
                 engine.ui.warn(&format!(
                     "{}: a command of this run is still running there: its lock is kept ({path}); `opsrun rollback` or `--resume` of this run takes it over",
                     ep.host

@@ -249,8 +249,8 @@ async fn run_async(
         registry_key,
         tags: Default::default(),
         kill: tokio::sync::watch::Sender::new(Default::default()),
-        #[cfg(test)]
         running: Default::default(),
+        keep_locks: Default::default(),
     };
 
     let signals = tokio::spawn(interrupt::watch_signals(interrupt.ctrl_c()));

@@ -24,7 +24,10 @@ pub(super) async fn rollback_recorded(
         };
         let batches = guide_batches(engine.planner, recorded);
         let hosts = guide_hosts(engine.planner, engine.plan, &batches);
-        super::settle::settle_hosts(engine, recorded, &hosts).await?;
+        let running = super::settle::settle_hosts(engine, recorded, &hosts).await?;
+        if !running.is_empty() {
+            return Ok(still_running(recorded, &running));
+        }
         if batches.is_empty() {
             return Ok(Finish {
                 outcome: Outcome::Succeeded,
@@ -80,7 +83,10 @@ pub(super) async fn rollback_recorded(
         });
     }
     let hosts = crate::execute::undo::undo_hosts(engine.planner, &engine.undo_batches());
-    super::settle::settle_hosts(engine, recorded, &hosts).await?;
+    let running = super::settle::settle_hosts(engine, recorded, &hosts).await?;
+    if !running.is_empty() {
+        return Ok(still_running(recorded, &running));
+    }
     let undone = engine.rollback().await?;
     if undone.failed.is_empty() && undone.halted.is_some() {
         return Ok(Finish {
@@ -529,4 +535,17 @@ pub(super) async fn rollback_after_failure(
         message,
         exit_code: exit::STEP_FAILED,
     })
+}
+
+/// `opsrun rollback` refused: an undo must not race the command it undoes.
+fn still_running(recorded: &Recorded, running: &[String]) -> Finish {
+    Finish {
+        outcome: Outcome::Failed,
+        message: format!(
+            "nothing was undone: {}; stop it on the host (as the user it runs as), then run `opsrun rollback {}` again",
+            running.join("; "),
+            recorded.id
+        ),
+        exit_code: exit::STEP_FAILED,
+    }
 }

@@ -13,12 +13,14 @@ use crate::shell::envelope::{self, Seen};
 use crate::transport::{Command, Connection};
 
 /// Makes sure no command of `recorded` (or of a run that carried it on) is
-/// still running on `hosts` before their undos start: kills what is.
+/// still running on `hosts` before their undos start: kills what is. Returns
+/// what could not be killed (then nothing may be undone: the undo would race it).
 pub(super) async fn settle_hosts(
     engine: &Engine<'_>,
     recorded: &Recorded,
     hosts: &[String],
-) -> Result<(), ExecError> {
+) -> Result<Vec<String>, ExecError> {
+    let mut left = Vec::new();
     let log_dir = crate::record::view::log_dir_of(engine.rec.dir());
     let mut runs = crate::record::view::registry_keys_of(log_dir, &recorded.id);
     // This run carries the change on too: its own commands are not leftovers.
@@ -32,11 +34,17 @@ pub(super) async fn settle_hosts(
         for (run, key) in &runs {
             for line in kill_leftovers(engine, conn, name, run, key).await? {
                 engine.ui.warn(&format!("{name}: {line}"));
+                if line.contains(UNKILLABLE) {
+                    left.push(format!("{name}: {line}"));
+                }
             }
         }
     }
-    Ok(())
+    Ok(left)
 }
+
+/// How a line of [`kill_leftovers`] says a command could not be killed.
+const UNKILLABLE: &str = "could not be killed";
 
 /// What run `of` (registry key `key`) left running on `host`, killed now and
 /// recorded: one line per command, for the caller to say.
@@ -71,7 +79,7 @@ pub(super) async fn kill_leftovers(
             format!("killed a command of run {of} still running there (session {session})")
         } else {
             format!(
-                "a command of run {of} is still running there (session {session}) and could not be killed from this login"
+                "a command of run {of} is still running there (session {session}) and {UNKILLABLE} from this login, nor through sudo as its owner"
             )
         };
         engine.rec.emit(&Event::Leftover {

@@ -158,9 +158,12 @@ impl Engine<'_> {
         for (host, seen) in futures::future::join_all(kills).await {
             for s in seen {
                 if let Seen::Unkillable { session, .. } = &s {
+                    // Not "killed": its target stays unfinished (in flight), and
+                    // the host's lock is kept while it runs.
                     self.ui.warn(&format!(
-                        "{host}: the running command (session {session}) could not be killed from this login; it is still running there"
+                        "{host}: the running command (session {session}) could not be killed from this login (nor through sudo as its owner); it is still running there"
                     ));
+                    continue;
                 }
                 killed.insert((host.to_string(), s.tag().to_string()));
             }

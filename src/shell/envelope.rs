@@ -40,19 +40,34 @@ pub enum Interpreter {
 /// A marker file: while it exists, no new command of the run starts on the host.
 const STOP: &str = "stop";
 
-/// Sets `s` and `b` to the session of this shell and its leader's start time
-/// (fields 6 and 22 of `/proc/PID/stat`); without `/proc`, to `$$` and empty.
-const SESSION: &str = "s=$$; b=;     read -r _ _ _ _ _ s _ < /proc/$$/stat 2>/dev/null || s=$$;     read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ b _ < /proc/$s/stat 2>/dev/null || b=;";
+/// `pst PID`: sets `st_state`, `st_session` and `st_start` (fields 3, 6 and
+/// 22 of `/proc/PID/stat`), read after the command name, which may hold spaces
+/// and parentheses (`exec "/opt/my app"`). Builtins only: no process per call.
+const PST: &str = "pst() { st_line=; read -r st_line < /proc/$1/stat 2>/dev/null || return 1; \
+    set -- ${st_line##*) }; st_state=$1; st_session=$4; st_start=${20}; };";
 
-/// Shell functions the survey, kill and clear commands share. `live S B`:
-/// session S's leader (started at B) still runs (a zombie has ended). `each SIG S`: sends SIG to
-/// every process of session S (by `/proc`; without it, to the group S).
-/// `members S`: a process of session S is left (one forked while the kill
-/// went through `/proc` is caught on the next pass).
-const LIVE: &str = "live() {     if [ -r /proc/$1/stat ]; then read -r _ _ z _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ n _ < /proc/$1/stat 2>/dev/null || return 1; [ \"$z\" != Z ] && { [ -z \"$2\" ] || [ \"$n\" = \"$2\" ]; }; else kill -0 \"$1\" 2>/dev/null; fi; };     each() { if [ -d /proc/$$ ]; then for q in /proc/[0-9]*; do     read -r _ _ _ _ _ x _ < \"$q/stat\" 2>/dev/null || continue;     [ \"$x\" = \"$2\" ] && kill -$1 \"${q#/proc/}\" 2>/dev/null; done;     else kill -$1 -\"$2\" 2>/dev/null || kill -$1 \"$2\" 2>/dev/null; fi; true; };     members() { if [ -d /proc/$$ ]; then for q in /proc/[0-9]*; do \
-    read -r _ _ z _ _ x _ < \"$q/stat\" 2>/dev/null || continue; \
-    [ \"$x\" = \"$1\" ] && [ \"$z\" != Z ] && return 0; done; return 1; \
+/// Sets `s` and `b` to the session of this shell and its leader's start time;
+/// without `/proc`, to `$$` and empty.
+const SESSION: &str = "s=$$; b=; if pst $$; then s=$st_session; pst $s && b=$st_start; fi;";
+
+/// Shell functions the survey, kill and clear commands share.
+/// `live S B`: session S's leader (started at B) still runs (a zombie has ended).
+/// `members S`: a process of session S is left.
+/// `each SIG S`: sends SIG to every process of session S (by `/proc`; without
+/// it, to the group S). A process of another user (a step's `as:` through
+/// sudo) is signalled through `sudo -n -u #UID`, as that user: the login may
+/// do that when it may run the step as that user.
+/// `gone E...`: no process is left of the sessions in `tag:session:start` entries.
+const LIVE: &str = "live() { if [ -d /proc/$$ ]; then pst $1 || return 1; [ \"$st_state\" != Z ] && \
+    { [ -z \"$2\" ] || [ \"$st_start\" = \"$2\" ]; }; else kill -0 \"$1\" 2>/dev/null; fi; }; \
+    members() { if [ -d /proc/$$ ]; then for q in /proc/[0-9]*; do pst ${q#/proc/} || continue; \
+    [ \"$st_session\" = \"$1\" ] && [ \"$st_state\" != Z ] && return 0; done; return 1; \
     else kill -0 -\"$1\" 2>/dev/null; fi; }; \
+    as_owner() { u=; while read -r k v _; do [ \"$k\" = Uid: ] && { u=$v; break; }; done < /proc/$2/status 2>/dev/null; \
+    [ -n \"$u\" ] && command -v sudo >/dev/null 2>&1 && sudo -n -u \"#$u\" kill -$1 \"$2\" 2>/dev/null; }; \
+    each() { if [ -d /proc/$$ ]; then for q in /proc/[0-9]*; do p=${q#/proc/}; pst $p || continue; \
+    [ \"$st_session\" = \"$2\" ] || continue; kill -$1 \"$p\" 2>/dev/null || as_owner $1 \"$p\"; done; \
+    else kill -$1 -\"$2\" 2>/dev/null || kill -$1 \"$2\" 2>/dev/null; fi; true; }; \
     gone() { for e in \"$@\"; do r=${e#*:}; members \"${r%%:*}\" && return 1; done; return 0; };";
 
 /// Loops over the registered commands that are still running, with `$t`
@@ -61,7 +76,8 @@ fn for_each_running(body: &str) -> String {
     format!(
         "for f in \"$d\"/*.pid; do [ -f \"$f\" ] || continue; s=; b=; read -r s b < \"$f\" 2>/dev/null; \
          case \"$s\" in ''|*[!0-9]*) continue;; esac; t=${{f##*/}}; t=${{t%.pid}}; \
-         live \"$s\" \"$b\" || continue; {body}; done"
+         if [ -e \"$d/$t.killed\" ]; then members \"$s\" || continue; else live \"$s\" \"$b\" || continue; fi; \
+         {body}; done"
     )
 }
 
@@ -77,8 +93,8 @@ pub fn supervised(line: &str, dir: &str, tag: &str, shell: Interpreter) -> Strin
     };
     let script = format!(
         "d=$1; t=$2; [ -d \"$d\" ] || mkdir -p -m 700 \"$d\" 2>/dev/null; \
-         if [ ! -d \"$d\" ] || [ ! -O \"$d\" ]; then echo \"opsrun: cannot track the command in $d\" >&2; exit 125; fi; \
-         {SESSION} echo \"$s $b\" >\"$d/$t.pid\" || exit 125; \
+         if [ -L \"$d\" ] || [ ! -d \"$d\" ] || [ ! -O \"$d\" ]; then echo \"opsrun: cannot track the command in $d\" >&2; exit 125; fi; \
+         {PST} {SESSION} echo \"$s $b\" >\"$d/$t.pid\" || exit 125; \
          if [ -e \"$d/{STOP}\" ]; then exit 143; fi; exec {run} -c \"$3\""
     );
     format!(
@@ -115,7 +131,7 @@ impl Seen {
 /// Lists the commands of `dir` still running: `running TAG SESSION` per line.
 pub fn survey_command(dir: &str) -> String {
     format!(
-        "d={}; {LIVE} {}; true",
+        "d={}; [ -L \"$d\" ] && exit 0; {PST} {LIVE} {}; true",
         quote(dir),
         for_each_running("echo \"running $t $s\"")
     )
@@ -126,7 +142,7 @@ pub fn survey_command(dir: &str) -> String {
 /// command it found: `killed TAG SESSION` or `unkillable TAG SESSION`.
 pub fn kill_command(dir: &str, grace: u32) -> String {
     format!(
-        "d={}; [ -d \"$d\" ] || exit 0; : >\"$d/{STOP}\"; {LIVE} set --; \
+        "d={}; [ -L \"$d\" ] && exit 0; [ -d \"$d\" ] || exit 0; : >\"$d/{STOP}\"; {PST} {LIVE} set --; \
          {}; \
          n=0; while [ $n -lt {ticks} ] && ! gone \"$@\"; do sleep 0.2 2>/dev/null || sleep 1; n=$((n+1)); \
          for e in \"$@\"; do r=${{e#*:}}; s=${{r%%:*}}; members \"$s\" && each TERM \"$s\"; done; done; \
@@ -134,7 +150,8 @@ pub fn kill_command(dir: &str, grace: u32) -> String {
          sleep 0.2 2>/dev/null; for e in \"$@\"; do t=${{e%%:*}}; r=${{e#*:}}; s=${{r%%:*}}; \
          if members \"$s\"; then echo \"unkillable $t $s\"; else echo \"killed $t $s\"; fi; done",
         quote(dir),
-        for_each_running("set -- \"$@\" \"$t:$s:$b\"; each TERM \"$s\""),
+        // Marked: from now on what is left of it counts, not only its leader.
+        for_each_running(": >\"$d/$t.killed\"; set -- \"$@\" \"$t:$s:$b\"; each TERM \"$s\""),
         ticks = grace.max(1) * 5,
     )
 }
@@ -148,7 +165,7 @@ pub fn resume_command(dir: &str) -> String {
 /// Removes `dir` if no command in it is still running; prints `busy` otherwise.
 pub fn clear_command(dir: &str) -> String {
     format!(
-        "d={}; [ -d \"$d\" ] || exit 0; {LIVE} {}; rm -rf \"$d\"",
+        "d={}; [ -L \"$d\" ] && {{ rm -f \"$d\"; exit 0; }}; [ -d \"$d\" ] || exit 0; {PST} {LIVE} {}; rm -rf \"$d\"",
         quote(dir),
         for_each_running("echo busy; exit 0")
     )

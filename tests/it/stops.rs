@@ -799,3 +799,44 @@ fn sigterm_during_the_automatic_rollback_leaves_a_record_that_says_so() {
         "{table:?}"
     );
 }
+
+/// A step run `as:` another user through sudo: the login may not signal that
+/// user's processes itself, so stop now signals them through sudo, as their owner.
+#[test]
+fn stop_now_kills_a_step_run_as_another_user_through_sudo() {
+    crate::support::sim::ensure_dm_user();
+    let stage = Stage::new(25);
+    for i in 0..2 {
+        let trail = stage.fleet.work_dir(stage.host(i)).join("trail2");
+        fs::write(&trail, "").unwrap();
+        fs::set_permissions(&trail, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    }
+    stage.lab.write(
+        "runbooks/as-dmdba.yaml",
+        &format!(
+            "name: as-dmdba\nhosts: app\nsteps:\n\
+             \x20 - name: Deploy\n    as: dmdba\n    run: \"{} ; echo applied >> {{{{ work }}}}/trail2\"\n    rollback: echo undo >> {{{{ work }}}}/trail2\n",
+            stage.sleep
+        ),
+    );
+    let mut child = stage.spawn(&["as-dmdba", "--env", "lab", "--yes"]);
+    let dir = stage.wait_started(&mut child, "Deploy");
+    stage.wait_remote_sleeps();
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        stage.sleeps_gone_within(Duration::from_secs(5)),
+        "dmdba's sleep still runs"
+    );
+    let deploy = targets(&dir, "Deploy");
+    assert_eq!(deploy.len(), 2, "{deploy:?}");
+    assert!(deploy.iter().all(|(_, s)| s == "interrupted"), "{deploy:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..2 {
+        let trail = fs::read_to_string(stage.fleet.work_dir(stage.host(i)).join("trail2")).unwrap();
+        assert!(!trail.contains("applied"), "host {i}: {trail}");
+    }
+}
