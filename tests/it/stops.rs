@@ -840,3 +840,38 @@ fn stop_now_kills_a_step_run_as_another_user_through_sudo() {
         assert!(!trail.contains("applied"), "host {i}: {trail}");
     }
 }
+
+/// A child that starts a session of its own leaves the command's reach: stop
+/// now cannot kill it, and since it still holds the command's output, the step
+/// never ends on its connection; opsrun says so and keeps the host's lock.
+#[test]
+fn a_child_in_a_session_of_its_own_keeps_the_lock_instead_of_a_false_release() {
+    let stage = Stage::new(40);
+    stage.lab.write(
+        "runbooks/escape.yaml",
+        &format!(
+            "name: escape\nhosts: app\nsteps:\n\
+             \x20 - name: Deploy\n    run: \"setsid -w sh -c '{}'\"\n    rollback: echo undo >> {{{{ work }}}}/trail\n",
+            stage.sleep
+        ),
+    );
+    let mut child = stage.spawn(&["escape", "--env", "lab", "--yes"]);
+    let dir = stage.wait_started(&mut child, "Deploy");
+    stage.wait_remote_sleeps();
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let run = Run::from_output(out, stage.lab.path());
+    assert_eq!(run.code, 130, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("never ended on its connection"),
+        "{}",
+        run.stderr
+    );
+    let kept: Vec<Value> = journal(&dir)
+        .into_iter()
+        .filter(|e| e["event"] == "lock" && e["action"] == "kept_busy")
+        .collect();
+    assert_eq!(kept.len(), 2, "the locks are kept, not released: {kept:?}");
+}
