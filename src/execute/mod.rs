@@ -110,8 +110,17 @@ pub(crate) fn run_wired(
         Mode::Resume(_) => format!("{base}-resume"),
         Mode::Rollback(_) => format!("{base}-rollback"),
     };
-    outputs::check_room(&settings.log_dir)?;
-    let (rec, run_id) = Recorder::create(&settings.log_dir, &base_id).map_err(record_err)?;
+    match (&settings.mode, outputs::check_room(&settings.log_dir)) {
+        // Undoing a change must stay possible on the disk its run filled: the
+        // rollback's record may be cut (and says so), the hosts come back.
+        (Mode::Rollback(_), Err(Error::Stage { message, .. })) => {
+            eprintln!("warning: {message}; the rollback runs anyway, its record may be cut")
+        }
+        (_, r) => r?,
+    }
+    let rollback = matches!(settings.mode, Mode::Rollback(_));
+    let (rec, run_id) =
+        Recorder::create(&settings.log_dir, &base_id, !rollback).map_err(record_err)?;
     planner.set_run_id(&run_id);
     let plan = planner.plan()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

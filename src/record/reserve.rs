@@ -41,6 +41,14 @@ pub struct Reserve {
 }
 
 impl Reserve {
+    /// No room kept: a rollback on the disk its run filled goes on without one.
+    pub fn none() -> Reserve {
+        Reserve {
+            path: Mutex::new(None),
+            spent: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// Writes the reserve file (real blocks, not a sparse file: only written
     /// bytes are taken from the free space).
     pub fn create(dir: &Path) -> std::io::Result<Reserve> {

@@ -94,7 +94,12 @@ pub fn output_stem(
 
 impl Recorder {
     /// Creates a fresh run directory; a clash (two runs in the same second) gets a suffix.
-    pub fn create(log_dir: &Path, run_id: &str) -> Result<(Recorder, String), RecordError> {
+    /// `must_reserve`: refuse when the reserve cannot be written (a rollback goes on without).
+    pub fn create(
+        log_dir: &Path,
+        run_id: &str,
+        must_reserve: bool,
+    ) -> Result<(Recorder, String), RecordError> {
         std::fs::create_dir_all(log_dir).map_err(|source| RecordError::Create {
             path: log_dir.to_path_buf(),
             source,
@@ -119,10 +124,16 @@ impl Recorder {
         let journal = Journal::create(&dir)?;
         // Without it a full disk would take the journal's last events and the
         // log with the output that filled it.
-        let reserve = Reserve::create(&dir).map_err(|source| RecordError::Create {
-            path: dir.join(".reserve"),
-            source,
-        })?;
+        let reserve = match Reserve::create(&dir) {
+            Ok(r) => r,
+            Err(_) if !must_reserve => Reserve::none(),
+            Err(source) => {
+                return Err(RecordError::Create {
+                    path: dir.join(".reserve"),
+                    source,
+                })
+            }
+        };
         Ok((
             Recorder {
                 dir,

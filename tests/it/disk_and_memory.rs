@@ -255,3 +255,59 @@ fn a_50_mb_output_is_saved_whole_and_its_digest_is_the_files() {
     assert!(saved.get("cut").is_none(), "{saved}");
     assert_eq!(fin["capture"][1], "1", "{fin}");
 }
+
+/// The disk a run filled must not keep its rollback from running: a rollback is
+/// warned about the room, not refused.
+#[test]
+fn a_rollback_runs_on_a_log_dir_without_room() {
+    let lab = Lab::new();
+    let host = format!("rr{}", std::process::id());
+    let root = lab.path().join("host");
+    fs::create_dir_all(&root).unwrap();
+    lab.write(
+        "inventories/local.yaml",
+        &format!(
+            "name: local\ngroups:\n  app:\n    hosts:\n      {host}: {{ connection: local }}\n"
+        ),
+    );
+    lab.write(
+        "runbooks/fill.yaml",
+        &runbook(&root.display().to_string(), 10),
+    );
+    let runs = lab.path().join("runs");
+    fs::create_dir_all(&runs).unwrap();
+    let run = lab.test(&["fill", "--env", "local", "--yes"]).output();
+    run.expect_code(0);
+    let id = run.id();
+    // Move the record onto a disk with too little room left for a new run.
+    let saved = lab.path().join("saved");
+    fs::rename(&runs, &saved).unwrap();
+    fs::create_dir_all(&runs).unwrap();
+    let _disk = Tmpfs::mount(&runs, "2m");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(saved.join(&id))
+        .arg(&runs)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let fill = runs.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", fill.display()),
+            "bs=64k",
+            "count=22",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let back = lab.test(&["rollback", &id, "--yes"]).output();
+    assert_eq!(back.code, 0, "{}\n{}", back.stdout, back.stderr);
+    assert!(
+        back.stderr.contains("the rollback runs anyway"),
+        "{}",
+        back.stderr
+    );
+    let events = fs::read_to_string(root.join("events")).unwrap();
+    assert!(events.contains("undo-one"), "{events}");
+}
