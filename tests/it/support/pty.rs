@@ -136,11 +136,15 @@ fn run(mut cmd: Command, cols: u16, script: &[(&str, &str)], waiting: bool) -> (
         if exited.is_none() {
             exited = done_rx.try_recv().ok().map(|r| r.unwrap());
         }
-        // After exit, keep reading until the pty drains (ssh masters may hold it briefly).
+        // After exit, keep reading until the pty drains (ssh masters may hold it
+        // briefly): what arrives now is the run's last output (its log path), kept.
         if let Some(status) = exited {
-            if rx.recv_timeout(Duration::from_millis(300)).is_err() {
-                assert_eq!(next, script.len(), "prompts left unanswered:\n{seen}");
-                return (status.code().expect("killed by a signal"), seen);
+            match rx.recv_timeout(Duration::from_millis(300)) {
+                Ok(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(_) => {
+                    assert_eq!(next, script.len(), "prompts left unanswered:\n{seen}");
+                    return (status.code().expect("killed by a signal"), seen);
+                }
             }
         }
         if Instant::now() > deadline {
