@@ -20,8 +20,8 @@
 //! (`catalina.sh start`) does not count, and is never killed once the command
 //! that started it has ended.
 //!
-//! The envelope costs one `exec` on the host: it writes the file and execs
-//! the line, unchanged, with the shell that would run it without the envelope:
+//! The envelope costs one `exec` on the host: the shell that runs the command
+//! string writes the file and execs the line, unchanged, with the shell that would run it without the envelope:
 //! the host's login shell (`$SHELL -c LINE`, what sshd runs) or `/bin/sh` on
 //! the control machine. Nothing else of the command's environment changes (its
 //! umask, its stdin, its process ids).
@@ -91,15 +91,14 @@ pub fn supervised(line: &str, dir: &str, tag: &str, shell: Interpreter) -> Strin
         Interpreter::Login => "\"${SHELL:-/bin/sh}\"",
         Interpreter::Sh => "/bin/sh",
     };
-    let script = format!(
-        "d=$1; t=$2; [ -d \"$d\" ] || mkdir -p -m 700 \"$d\" 2>/dev/null; \
+    // Run by the shell that runs any command string (the login shell, or
+    // /bin/sh for a local step), not by a `sh -c` of its own: one process
+    // fewer per command. Its variables go with the `exec`.
+    format!(
+        "d={}; t={}; [ -d \"$d\" ] || mkdir -p -m 700 \"$d\" 2>/dev/null; \
          if [ -L \"$d\" ] || [ ! -d \"$d\" ] || [ ! -O \"$d\" ]; then echo \"opsrun: cannot track the command in $d\" >&2; exit 125; fi; \
          {PST} {SESSION} echo \"$s $b\" >\"$d/$t.pid\" || exit 125; \
-         if [ -e \"$d/{STOP}\" ]; then exit 143; fi; exec {run} -c \"$3\""
-    );
-    format!(
-        "sh -c {} opsrun-envelope {} {} {}",
-        quote(&script),
+         if [ -e \"$d/{STOP}\" ]; then exit 143; fi; exec {run} -c {}",
         quote(dir),
         quote(tag),
         quote(line)
