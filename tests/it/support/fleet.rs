@@ -336,6 +336,10 @@ impl FleetHost {
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {SSHD}: {e}"));
             if wait_listening(&self.address, port, &mut child) {
+                // A new host on this port is a new machine: a lock an earlier test's
+                // killed run left for the port (locks are keyed by it, and these
+                // hosts share /tmp) is not this host's.
+                let _ = fs::remove_dir_all(format!("/tmp/opsrun-lock-{port}"));
                 self.port = port;
                 self.sshd = Some(child);
                 return;
