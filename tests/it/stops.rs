@@ -138,22 +138,12 @@ impl Stage {
 
     /// The remote `sleep` of the Long step, wherever it still runs.
     fn remote_sleeps(&self) -> Vec<u32> {
-        pids_with(&self.sleep)
-            .into_iter()
-            .filter(|p| {
-                // The envelope's own `sh -c` names the line too: only the sleep itself.
-                fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-            })
-            .collect()
+        sleeps(&self.sleep)
     }
 
     /// Waits until the Long step's command runs on both hosts.
     fn wait_remote_sleeps(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.remote_sleeps().len() < 2 {
-            assert!(Instant::now() < deadline, "the remote sleeps never started");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_sleeps(&self.sleep, "the remote sleeps never started");
     }
 
     /// Waits up to `within` for the remote sleeps to be gone.
@@ -219,6 +209,26 @@ impl Drop for Stage {
             // SAFETY: kill(2) on processes this test started.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
+    }
+}
+
+/// The processes running `needle` (a sleep no other test runs), the sleep itself
+/// only: the envelope's shell names the line too.
+fn sleeps(needle: &str) -> Vec<u32> {
+    pids_with(needle)
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+        .collect()
+}
+
+/// Waits until `needle` runs on both hosts.
+fn wait_for_sleeps(needle: &str, never: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sleeps(needle).len() < 2 {
+        assert!(Instant::now() < deadline, "{never}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -707,18 +717,7 @@ fn sigterm_during_a_rollback_finishes_the_running_undo_and_a_later_rollback_does
     let dir = run_dirs(stage.lab.path()).pop().unwrap();
     let child = stage.spawn(&["rollback", &dir.display().to_string(), "--yes"]);
     let sleep3 = stage.sleep.replace("sleep 1.", "sleep 3.");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while pids_with(&sleep3)
-        .iter()
-        .filter(|p| {
-            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        })
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the slow undo never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_sleeps(&sleep3, "the slow undo never started");
     signal(&child, libc::SIGTERM);
     let out = child.wait_with_output().unwrap();
     let stopped = Run::from_output(out, stage.lab.path());
@@ -763,18 +762,7 @@ fn sigterm_during_the_automatic_rollback_leaves_a_record_that_says_so() {
         ),
     );
     let child = stage.spawn(&["failing", "--env", "lab", "--yes"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while pids_with(&sleep3)
-        .iter()
-        .filter(|p| {
-            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        })
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the slow undo never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_sleeps(&sleep3, "the slow undo never started");
     signal(&child, libc::SIGTERM);
     let out = child.wait_with_output().unwrap();
     let run = Run::from_output(out, stage.lab.path());
