@@ -35,6 +35,14 @@ pub enum Error {
         path: PathBuf,
         hint: String,
     },
+    /// `-i FILE` with a `--env` other than that inventory's name: the name is the
+    /// inventory's own (it is what typed gates ask for and what records say).
+    #[error("error: --env `{given}` does not name inventory `{}`, whose name is `{name}`: give `--env {name}` or leave --env out", path.display())]
+    EnvMismatch {
+        given: String,
+        name: String,
+        path: PathBuf,
+    },
     /// Every problem found in one pass over a file (template errors), in file order of discovery.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n\n"))]
     InvalidAll(Vec<Diagnostic>),
@@ -59,6 +67,7 @@ impl Error {
             | Error::Read { .. }
             | Error::RunbookNotFound { .. }
             | Error::InventoryNotFound { .. }
+            | Error::EnvMismatch { .. }
             | Error::Usage(_) => exit::INVALID_INPUT,
             Error::NotConfirmed(_) => exit::NOT_CONFIRMED,
             Error::Io(_) => exit::STEP_FAILED,

@@ -123,6 +123,6 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     }
     let signing = signing(&args.sign)?;
     let mode = runner::Mode::Rollback(Box::new(recorded));
-    let settings = settings(&args.exec, args.env.is_some(), log_dir, mode, signing);
+    let settings = settings(&args.exec, args.env.clone(), log_dir, mode, signing);
     finish_run(runner::run(&mut planner, settings)?)
 }

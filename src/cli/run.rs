@@ -274,13 +274,13 @@ pub(super) fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
         Some(r) => runner::Mode::Resume(Box::new(r)),
         None => runner::Mode::Run,
     };
-    let settings = settings(&args.exec, args.env.is_some(), log_dir, mode, signing);
+    let settings = settings(&args.exec, args.env.clone(), log_dir, mode, signing);
     finish_run(runner::run(&mut planner, settings)?)
 }
 
 pub(super) fn settings(
     exec: &ExecArgs,
-    env_given: bool,
+    env_given: Option<String>,
     log_dir: &Path,
     mode: runner::Mode,
     signing: crate::sign::Signing,

@@ -14,8 +14,9 @@ use std::io::IsTerminal;
 #[derive(Debug, Clone)]
 pub struct Gates {
     pub yes: bool,
-    /// `--env` was given on the command line (a typed gate needs it even with `--yes`).
-    pub env_explicit: bool,
+    /// `--env` as given on the command line: with `--yes`, it answers a typed gate
+    /// only when it is the inventory's own name.
+    pub env_explicit: Option<String>,
     pub interactive: bool,
 }
 
@@ -46,7 +47,7 @@ pub enum GateError {
 }
 
 impl Gates {
-    pub fn from_env(yes: bool, env_explicit: bool) -> Gates {
+    pub fn from_env(yes: bool, env_explicit: Option<String>) -> Gates {
         count_sigints();
         Gates {
             yes,
@@ -106,9 +107,9 @@ impl Gates {
         Ok(Answer { confirmed, text })
     }
 
-    /// The operator types the environment's name.
+    /// The operator types the environment's name: `env` is the inventory's name.
     pub fn typed(&self, ui: &Ui, env: &str) -> Result<Answer, GateError> {
-        if self.yes && self.env_explicit {
+        if self.yes && self.env_explicit.as_deref() == Some(env) {
             return Ok(Answer {
                 confirmed: true,
                 text: format!("--yes --env {env}"),

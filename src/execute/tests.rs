@@ -94,7 +94,7 @@ impl Lab {
         let settings = Settings {
             gates: Gates {
                 yes: true,
-                env_explicit: true,
+                env_explicit: Some(planner.inventory.name.clone()),
                 interactive: false,
             },
             forks: 4,

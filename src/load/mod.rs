@@ -216,12 +216,17 @@ pub fn load_inventory(
             ))
         }
     };
-    let mut inv = inventory_from_source(read(&path)?)?;
-    if let (Some(env), true) = (env, file.is_some()) {
-        // `-i` with `--env`: the env names the run; the file says where the hosts are.
-        inv.name = env.to_string();
+    let inv = inventory_from_source(read(&path)?)?;
+    match (env, file) {
+        // `-i` with `--env`: never a rename, or a file of other hosts could pose as
+        // the named environment in the records and answer its typed gate.
+        (Some(env), Some(_)) if env != inv.name => Err(Error::EnvMismatch {
+            given: env.to_string(),
+            name: inv.name.clone(),
+            path,
+        }),
+        _ => Ok(inv),
     }
-    Ok(inv)
 }
 
 pub fn list_envs(root: &Path) -> Vec<String> {

@@ -13,6 +13,7 @@ mod support;
 
 mod cli;
 mod disk_and_memory;
+mod env_name;
 mod errors;
 mod journal;
 mod journals_v0;
