@@ -43,6 +43,9 @@ pub enum Error {
         name: String,
         path: PathBuf,
     },
+    /// How ssh reaches hosts could not be resolved (`ssh -G`): one message per host.
+    #[error("{}", .0.iter().map(|m| format!("error: {m}")).collect::<Vec<_>>().join("\n"))]
+    SshConfig(Vec<String>),
     /// Every problem found in one pass over a file (template errors), in file order of discovery.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n\n"))]
     InvalidAll(Vec<Diagnostic>),
@@ -68,6 +71,7 @@ impl Error {
             | Error::RunbookNotFound { .. }
             | Error::InventoryNotFound { .. }
             | Error::EnvMismatch { .. }
+            | Error::SshConfig(_)
             | Error::Usage(_) => exit::INVALID_INPUT,
             Error::NotConfirmed(_) => exit::NOT_CONFIRMED,
             Error::Io(_) => exit::STEP_FAILED,

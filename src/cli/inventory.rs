@@ -2,7 +2,12 @@
 
 use super::*;
 
-pub(super) fn inventory_tree(inv: &Inventory) -> String {
+/// `logins`: what ssh resolved for the ssh hosts (`plan::logins`), shown
+/// instead of the inventory's fields, which leave out what `~/.ssh/config` sets.
+pub(super) fn inventory_tree(
+    inv: &Inventory,
+    logins: &HashMap<String, crate::transport::ssh::resolve::Resolved>,
+) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     let _ = writeln!(
@@ -20,6 +25,10 @@ pub(super) fn inventory_tree(inv: &Inventory) -> String {
             let Some(h) = inv.host(hname) else { continue };
             let conn = match h.connection {
                 crate::transport::ConnectionKind::Local => "local".to_string(),
+                crate::transport::ConnectionKind::Ssh if logins.contains_key(&h.name) => {
+                    let r = &logins[&h.name];
+                    format!("ssh {}@{}", r.user, r.destination())
+                }
                 crate::transport::ConnectionKind::Ssh => {
                     let user = h
                         .ssh

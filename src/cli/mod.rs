@@ -102,7 +102,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Check { runbooks } => check(&runbooks, root),
         Command::Inventory { env, inventory } => {
             let inv = load::load_inventory(env.as_deref(), inventory.as_deref(), root)?;
-            outln!("{}", inventory_tree(&inv).trim_end());
+            let hosts: Vec<&crate::load::inventory::Host> = inv.hosts.iter().collect();
+            let logins = crate::plan::resolve_logins(&hosts)?;
+            outln!("{}", inventory_tree(&inv, &logins).trim_end());
             Ok(exit::OK)
         }
         Command::Runs => runs(&cli.log_dir),

@@ -64,6 +64,7 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
         original_run: Some(recorded.run.clone()),
     };
     let mut planner = Planner::new(runbook.clone(), inventory.clone(), opts.clone())?;
+    planner.resolve_logins()?;
     // Planning errors are reported before the run directory is made.
     let mut plan = planner.plan()?;
     let steps = runner::rollback_steps(&plan, &recorded);
@@ -99,7 +100,9 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
         opts.secrets.extend(secrets_of(&runbook, true, &|p| {
             missing.iter().any(|m| m == p)
         })?);
-        planner = Planner::new(runbook, inventory, opts)?;
+        let mut again = Planner::new(runbook, inventory, opts)?;
+        again.keep_logins_of(&planner);
+        planner = again;
         plan = planner.plan()?;
     }
     if args.dry_run {

@@ -160,7 +160,9 @@ pub(super) fn planner(
             }
         }
     }
-    Planner::new(runbook, inventory, opts)
+    let mut planner = Planner::new(runbook, inventory, opts)?;
+    planner.resolve_logins()?;
+    Ok(planner)
 }
 
 /// `--dry-run --output plan.md`: the plan as signed Markdown for the change request.

@@ -45,7 +45,7 @@ use crate::execute::view::Ui;
 use crate::load::inventory::ConfirmMode;
 use crate::plan::{Captures, HostRef, OnFailure, Plan, Planner, Reveal, StepRef};
 use crate::plural::count;
-use crate::record::events::{self, Event, HostInfo, Outcome, ParamRecord, RunKind};
+use crate::record::events::{self, Event, HostInfo, Outcome, ParamRecord, RunKind, SshRoute};
 use crate::record::rundir::Recorder;
 use crate::record::runs::Recorded;
 use crate::sanitize::{escape_controls, escape_line, Redactor};
@@ -188,6 +188,12 @@ fn run_started(
                 },
                 login: h.login.clone(),
                 connection: format!("{:?}", h.endpoint.kind).to_lowercase(),
+                ssh: h.resolved.as_ref().map(|r| SshRoute {
+                    user: r.user.clone(),
+                    hostname: r.hostname.clone(),
+                    port: r.port,
+                    jump: r.jump.clone(),
+                }),
             })
             .collect(),
         start_at: (planner.start_at() > 0).then(|| plan.steps[planner.start_at()].name.clone()),

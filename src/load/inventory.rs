@@ -77,6 +77,24 @@ pub struct Host {
     pub span: Span,
 }
 
+impl Host {
+    /// How the transport reaches this host: its address and effective `ssh:` settings.
+    pub fn endpoint(&self) -> crate::transport::Endpoint {
+        crate::transport::Endpoint {
+            host: self.name.clone(),
+            kind: self.connection,
+            address: self.address.clone(),
+            user: self.ssh.user.clone(),
+            port: self.ssh.port,
+            jump: self.ssh.jump.clone(),
+            identity_file: self.ssh.identity_file.clone(),
+            known_hosts_file: self.ssh.known_hosts_file.clone(),
+            config_file: self.ssh.config_file.clone(),
+            connect_timeout: self.ssh.connect_timeout,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Group {
     pub name: String,

@@ -91,6 +91,7 @@ impl Planner {
                 name: h.name.clone(),
                 login: self.login(Some(h)),
                 endpoint: self.endpoint(h),
+                resolved: self.resolved(&h.name).cloned(),
                 groups: h.groups.clone(),
             })
             .collect();

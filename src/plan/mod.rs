@@ -16,6 +16,7 @@ mod compile;
 mod context;
 mod document;
 mod gate;
+mod logins;
 mod model;
 mod params;
 pub mod pattern;
@@ -27,6 +28,7 @@ use batches::cut_batches;
 pub use compile::{check_templates, with_template_problems};
 use compile::{compile_templates, var_reads, FileTemplate, StepTemplates};
 pub use gate::{AnswerKind, Gate, GateAsk, Gates};
+pub use logins::resolve as resolve_logins;
 pub use model::{
     ActionKind, Capture, Captures, Completion, Expect, HostRef, InventoryInfo, On, OnFailure,
     Options, ParamValue, Plan, PlanHost, PlanStep, Reveal, RunInfo, RunbookInfo, Service,
@@ -79,6 +81,9 @@ pub struct Planner {
     host_index: HashMap<String, usize>,
     /// `hosts` as a template value, for the steps whose templates read it.
     host_lists: HashMap<(bool, usize), Value>,
+    /// How ssh reaches each of the run's ssh hosts (`logins.rs`); empty until
+    /// [`Planner::resolve_logins`], and for runs on `connection: local` only.
+    logins: HashMap<String, crate::transport::ssh::resolve::Resolved>,
     /// The steps whose templates read `batch`, directly or through runbook vars.
     reads_batch: HashSet<(bool, usize)>,
     /// The steps that read `hosts` or `batch` through a runbook var: their vars
@@ -369,6 +374,7 @@ impl Planner {
             contexts: std::sync::RwLock::new(HashMap::new()),
             host_index: inventory_index,
             host_lists,
+            logins: HashMap::new(),
             reads_batch,
             per_step_vars,
             batches,

@@ -58,6 +58,10 @@ pub struct PlanHost {
     pub name: String,
     pub login: String,
     pub endpoint: Endpoint,
+    /// How ssh reaches it (user, HostName, port, jump hosts), from `ssh -G`;
+    /// `None` for a local host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<crate::transport::ssh::resolve::Resolved>,
     pub groups: Vec<String>,
 }
 

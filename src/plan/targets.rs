@@ -136,27 +136,20 @@ impl Planner {
     }
 
     pub fn endpoint(&self, h: &Host) -> Endpoint {
-        Endpoint {
-            host: h.name.clone(),
-            kind: h.connection,
-            address: h.address.clone(),
-            user: h.ssh.user.clone(),
-            port: h.ssh.port,
-            jump: h.ssh.jump.clone(),
-            identity_file: h.ssh.identity_file.clone(),
-            known_hosts_file: h.ssh.known_hosts_file.clone(),
-            config_file: h.ssh.config_file.clone(),
-            connect_timeout: h.ssh.connect_timeout,
-        }
+        h.endpoint()
     }
 
+    /// `user@host` as the dry-run, the journal and the log show it: the user ssh
+    /// resolved (`logins.rs`), else the inventory's, else the local one.
     pub(super) fn login(&self, host: Option<&Host>) -> String {
         match host {
-            Some(h) if h.connection == ConnectionKind::Ssh => format!(
-                "{}@{}",
-                h.ssh.user.as_deref().unwrap_or(&self.opts.local_user),
-                h.name
-            ),
+            Some(h) if h.connection == ConnectionKind::Ssh => {
+                let user = match self.logins.get(&h.name) {
+                    Some(r) => &r.user,
+                    None => h.ssh.user.as_ref().unwrap_or(&self.opts.local_user),
+                };
+                format!("{user}@{}", h.name)
+            }
             Some(h) => format!("{}@{}", self.opts.local_user, h.name),
             None => format!("{}@localhost", self.opts.local_user),
         }

@@ -198,6 +198,21 @@ pub struct HostInfo {
     pub address: String,
     pub login: String,
     pub connection: String,
+    /// How ssh reached the host, as `ssh -G` resolved it while planning; absent
+    /// for local hosts and in journals from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshRoute>,
+}
+
+/// The login user, HostName, port and jump hosts ssh uses for a host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SshRoute {
+    pub user: String,
+    pub hostname: String,
+    pub port: u16,
+    /// First hop first; empty when direct.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jump: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -206,14 +206,36 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
             let _ = writeln!(o, "| {} | {} |", cell(&p.name), code(p.shown()));
         }
     }
+    // How ssh reached each host (`ssh -G` at planning): only when the run had ssh
+    // hosts, so a log of local hosts keeps its four columns.
+    let routes = hosts.iter().any(|h| h.ssh.is_some());
     let _ = writeln!(
         o,
-        "\n## Hosts\n\n| host | address | login | connection |\n|---|---|---|---|"
+        "\n## Hosts\n\n{}",
+        if routes {
+            "| host | address | login | HostName | port | jump | connection |\n|---|---|---|---|---|---|---|"
+        } else {
+            "| host | address | login | connection |\n|---|---|---|---|"
+        }
     );
     for h in &hosts {
+        let route = match (&h.ssh, routes) {
+            (_, false) => String::new(),
+            (Some(r), true) => format!(
+                " {} | {} | {} |",
+                cell(&r.hostname),
+                r.port,
+                cell(&if r.jump.is_empty() {
+                    "—".to_string()
+                } else {
+                    r.jump.join(" → ")
+                })
+            ),
+            (None, true) => " — | — | — |".to_string(),
+        };
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} |{route} {} |",
             cell(&h.name),
             cell(&h.address),
             cell(&h.login),

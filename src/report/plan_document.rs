@@ -90,12 +90,19 @@ pub fn markdown(
         "\n## Hosts\n\n| host | address | login | groups |\n|---|---|---|---|"
     );
     for h in &plan.hosts {
-        let port = h.endpoint.port.map(|p| format!(":{p}")).unwrap_or_default();
+        // Where ssh really goes (`ssh -G`): an alias's HostName, port and jump hosts.
+        let address = match &h.resolved {
+            Some(r) => r.destination(),
+            None => {
+                let port = h.endpoint.port.map(|p| format!(":{p}")).unwrap_or_default();
+                format!("{}{port}", h.endpoint.address)
+            }
+        };
         let _ = writeln!(
             o,
             "| {} | {} | {} | {} |",
             cell(&h.name),
-            cell(&format!("{}{port}", h.endpoint.address)),
+            cell(&address),
             cell(&h.login),
             cell(&h.groups.join(", "))
         );

@@ -93,9 +93,13 @@ pub fn text(plan: &Plan) -> String {
     let hosts: Vec<String> = plan
         .hosts
         .iter()
-        .map(|h| {
-            let port = h.endpoint.port.map(|p| format!(":{p}")).unwrap_or_default();
-            format!("{} ({}{port})", h.name, h.endpoint.address)
+        .map(|h| match &h.resolved {
+            // Where ssh really goes: an alias's HostName and port, and its jump hosts.
+            Some(r) => format!("{} ({})", h.name, r.destination()),
+            None => {
+                let port = h.endpoint.port.map(|p| format!(":{p}")).unwrap_or_default();
+                format!("{} ({}{port})", h.name, h.endpoint.address)
+            }
         })
         .collect();
     let _ = writeln!(

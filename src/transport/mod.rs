@@ -287,6 +287,11 @@ pub enum TransportError {
         detail: String,
     },
 
+    /// `ssh -G` could not say how the host is reached (a broken ssh_config, a
+    /// missing `config_file`): found while planning, before any connection.
+    #[error("host {host}: cannot tell how ssh reaches it: {detail}")]
+    SshConfig { host: String, detail: String },
+
     #[error("host {host}: ssh connection to {address} failed.\n  ssh said: {detail}")]
     Connect {
         host: String,
@@ -349,6 +354,7 @@ impl TransportError {
             | ConnectionRefused { host, .. }
             | Timeout { host, .. }
             | Resolve { host, .. }
+            | SshConfig { host, .. }
             | Connect { host, .. }
             | ControlDir { host, .. }
             | InvalidCommand { host }

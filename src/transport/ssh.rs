@@ -17,6 +17,7 @@
 mod connect_error;
 mod master;
 mod options;
+pub mod resolve;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -54,6 +55,42 @@ fn start_bound(ep: &Endpoint) -> Duration {
     per_hop.saturating_mul(hops).saturating_add(START_MARGIN)
 }
 
+/// The options every ssh that reaches `ep` gets, before `-F` and the destination:
+/// the master's (below), and `ssh -G` asking what they resolve to (resolve.rs), so
+/// what is shown is what the connection does.
+pub(super) fn login_options(ep: &Endpoint) -> Vec<OsString> {
+    // The options the `openssh` crate passed when it launched masters, kept as they
+    // were; master.rs adds the ones that tie the master's life to opsrun's.
+    let mut options: Vec<OsString> = Vec::new();
+    let mut opt = |o: &str| options.extend(["-o".into(), o.into()]);
+    opt("BatchMode=yes");
+    // Strict always: accept-new would also override a StrictHostKeyChecking set in
+    // the user's ssh_config.
+    opt("StrictHostKeyChecking=yes");
+    if let Some(timeout) = ep.connect_timeout {
+        // ssh only takes whole seconds, and 0 would mean "no timeout".
+        let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+        opt(&format!("ConnectTimeout={}", secs.max(1)));
+    }
+    opt(&format!(
+        "ServerAliveInterval={}",
+        SERVER_ALIVE_INTERVAL.as_secs()
+    ));
+    if let Some(port) = ep.port {
+        options.extend(["-p".into(), port.to_string().into()]);
+    }
+    if let Some(user) = &ep.user {
+        options.extend(["-l".into(), user.into()]);
+    }
+    if let Some(key) = &ep.identity_file {
+        // With an explicit key, agent keys are not offered (servers drop clients
+        // after MaxAuthTries wrong keys).
+        options.extend(["-o".into(), "IdentitiesOnly=yes".into(), "-i".into()]);
+        options.push(key.into());
+    }
+    options
+}
+
 impl SshConnection {
     pub async fn connect(ep: &Endpoint) -> Result<SshConnection, TransportError> {
         if ep.address.is_empty() || ep.address.starts_with('-') {
@@ -67,35 +104,7 @@ impl SshConnection {
         }
         let control_dir = control_dir(&ep.host)?;
 
-        // The options the `openssh` crate passed when it launched masters, kept as they
-        // were; master.rs adds the ones that tie the master's life to opsrun's.
-        let mut options: Vec<OsString> = Vec::new();
-        let mut opt = |o: &str| options.extend(["-o".into(), o.into()]);
-        opt("BatchMode=yes");
-        // Strict always: accept-new would also override a StrictHostKeyChecking set in
-        // the user's ssh_config.
-        opt("StrictHostKeyChecking=yes");
-        if let Some(timeout) = ep.connect_timeout {
-            // ssh only takes whole seconds, and 0 would mean "no timeout".
-            let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
-            opt(&format!("ConnectTimeout={}", secs.max(1)));
-        }
-        opt(&format!(
-            "ServerAliveInterval={}",
-            SERVER_ALIVE_INTERVAL.as_secs()
-        ));
-        if let Some(port) = ep.port {
-            options.extend(["-p".into(), port.to_string().into()]);
-        }
-        if let Some(user) = &ep.user {
-            options.extend(["-l".into(), user.into()]);
-        }
-        if let Some(key) = &ep.identity_file {
-            // With an explicit key, agent keys are not offered (servers drop clients
-            // after MaxAuthTries wrong keys).
-            options.extend(["-o".into(), "IdentitiesOnly=yes".into(), "-i".into()]);
-            options.push(key.into());
-        }
+        let mut options = login_options(ep);
         let known_hosts = match &ep.known_hosts_file {
             Some(extra) => Some(known_hosts_option(ep, extra).await),
             None => None,

@@ -23,7 +23,15 @@ fn site(test: &str) -> Test {
 #[test]
 fn another_env_with_an_inventory_file_is_refused_and_runs_nothing() {
     let out = site("a")
-        .args(["run", "mark", "-i", "inventories/prodlike.yaml", "--env", "whatever", "--yes"])
+        .args([
+            "run",
+            "mark",
+            "-i",
+            "inventories/prodlike.yaml",
+            "--env",
+            "whatever",
+            "--yes",
+        ])
         .expect_status(2)
         .run();
     assert!(
@@ -40,14 +48,26 @@ fn another_env_with_an_inventory_file_is_refused_and_runs_nothing() {
 #[test]
 fn the_matching_env_with_yes_answers_the_typed_gate_and_is_recorded() {
     let out = site("b")
-        .args(["run", "mark", "-i", "inventories/prodlike.yaml", "--env", "prodlike", "--yes"])
+        .args([
+            "run",
+            "mark",
+            "-i",
+            "inventories/prodlike.yaml",
+            "--env",
+            "prodlike",
+            "--yes",
+        ])
         .expect_status(0)
         .run();
     assert!(out.path().join("ran").exists(), "the step did not run");
     assert_eq!(out.events("run_started")[0]["inventory"], "prodlike");
     let gate = &out.events("gate")[0];
     assert_eq!(gate["answer"], "--yes --env prodlike", "{gate}");
-    assert!(out.log_md().contains("prodlike"), "{}", out.log_md());
+    assert!(
+        out.log_md().contains("| Environment | prodlike |"),
+        "{}",
+        out.log_md()
+    );
 }
 
 /// `--env` selects a file; the run is named by the inventory's `name:`, and the

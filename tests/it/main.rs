@@ -38,4 +38,5 @@ mod stops;
 mod templates;
 mod terminal;
 mod transport;
+mod truthful_hosts;
 mod upload_template;

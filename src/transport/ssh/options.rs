@@ -233,7 +233,7 @@ fn jump_destination(hop: &str) -> String {
 /// Why this and not `GlobalKnownHostsFile`: `SessionBuilder` has no generic `-o`, only
 /// `user_known_hosts_file`, and a command-line `UserKnownHostsFile` *replaces* the
 /// configured list. ssh accepts several files in that option, so the current list is
-/// asked from `ssh -G` (same -F/-p/-l, so `~/.ssh/config` settings are kept) and the
+/// asked from `ssh -G` (the connection's options, so `~/.ssh/config` settings are kept) and the
 /// extra file is appended; if `ssh -G` fails, OpenSSH's defaults are used.
 pub(super) async fn known_hosts_option(ep: &Endpoint, extra: &Path) -> OsString {
     let mut files = resolved_user_known_hosts(ep)
@@ -260,17 +260,7 @@ fn ssh_config_quote(s: &str) -> String {
 
 async fn resolved_user_known_hosts(ep: &Endpoint) -> Option<Vec<String>> {
     let mut g = tokio::process::Command::new("ssh");
-    g.arg("-G");
-    if let Some(config) = &ep.config_file {
-        g.arg("-F").arg(config);
-    }
-    if let Some(port) = ep.port {
-        g.arg("-p").arg(port.to_string());
-    }
-    if let Some(user) = &ep.user {
-        g.arg("-l").arg(user);
-    }
-    g.arg("--").arg(&ep.address);
+    g.args(super::resolve::query_args(ep));
     g.stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
@@ -278,9 +268,7 @@ async fn resolved_user_known_hosts(ep: &Endpoint) -> Option<Vec<String>> {
     if !out.status.success() {
         return None;
     }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("userknownhostsfile "))
+    super::resolve::value(&String::from_utf8_lossy(&out.stdout), "userknownhostsfile")
         .map(|v| v.split_whitespace().map(str::to_string).collect())
         .filter(|v: &Vec<String>| !v.is_empty())
 }
