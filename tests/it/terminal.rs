@@ -195,3 +195,31 @@ fn the_rollback_gates_show_a_captured_escape_sequence_escaped() {
         "{screen:?}"
     );
 }
+
+/// An error quotes the runbook line it is about (here a template error in a
+/// command): `check` and a run (its dry-run) show the line escaped, as
+/// everywhere else.
+#[test]
+fn errors_quote_runbook_text_escaped() {
+    let t = || {
+        Test::new()
+            .write(
+                "runbooks/bad.yaml",
+                "name: bad\nhosts: app\nsteps:\n  - name: Echo\n    run: \"echo \u{200b}\u{202e}{{ nope( }}\"\n",
+            )
+            .write("inventories/lab.yaml", INVENTORY)
+    };
+    for (args, status) in [
+        (&["check", "bad"][..], 2),
+        (&["bad", "--env", "lab", "--dry-run"], 2),
+    ] {
+        let out = t().args(args.iter().copied()).expect_status(status).run();
+        assert_eq!(raw_controls(&out.stderr), [], "{}", out.stderr);
+        assert!(!out.stderr.contains('\u{200b}'), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("echo \\u{200b}\\u{202e}{{ nope( }}"),
+            "{}",
+            out.stderr
+        );
+    }
+}
