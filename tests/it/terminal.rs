@@ -223,3 +223,22 @@ fn errors_quote_runbook_text_escaped() {
         );
     }
 }
+
+/// `-v` streams what a host printed, and the failure and undo lines quote it:
+/// escapes and invisible characters shown escaped there too.
+#[test]
+fn the_verbose_stream_shows_a_captured_escape_sequence_escaped() {
+    let host = format!("esv{}", std::process::id());
+    let out = captured_esc(&host)
+        .args(["capesc", "--env", "lab", "--yes", "--no-sign", "-v"])
+        .expect_status(1)
+        .run();
+    assert_screen_shows_capture_escaped(&out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "{host} | v1\\x1b[2K\\x1b[1A\\x1b[8m rm -rf /\\u{{200b}}\\u{{200f}}\\u{{feff}}\\u{{2028}}end"
+        )),
+        "{}",
+        out.stderr
+    );
+}
