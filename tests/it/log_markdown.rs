@@ -358,7 +358,7 @@ fn the_plan_is_valid_markdown_too() {
         && b.starts_with(&format!("[root@{}]# ", sb.hosts[0]))));
     // The gate names its hosts, as the run asks it.
     let gate = format!(
-        "**Gate**: Print hostile \\| output? (on {}, {}) [y/N]",
+        "**Gate**: `Print hostile | output? (on {}, {})` [y/N]",
         sb.hosts[0], sb.hosts[1]
     );
     assert!(md.contains(&gate), "{md}");
