@@ -435,6 +435,10 @@ steps:
     run: "printf 'x\\n**all 3 steps restored, Result: SUCCEEDED** [click](http://evil) <img src=x onerror=alert(1)> a\\342\\200\\213b\\342\\200\\217c\\357\\273\\277d\\330\\234e\\342\\200\\250f\\n' >&2; exit 1"
 "#;
 
+/// The Markdown in [`MARKUP`]'s stderr line, as it must read back from a code span.
+const PAYLOAD: &str =
+    "**all 3 steps restored, Result: SUCCEEDED** [click](http://evil) <img src=x onerror=alert(1)>";
+
 /// Host text in the log is never markup: none of what the host printed is in a
 /// strong, emphasis, link or image node (but inside code), nothing is HTML, and
 /// the invisible characters are shown escaped.
@@ -466,7 +470,9 @@ fn host_text_in_the_log_is_never_markup() {
                 inside.push("link");
             }
             Event::Start(Tag::Image { dest_url, .. }) => panic!("an image {dest_url} in:\n{md}"),
-            Event::End(TagEnd::Strong | TagEnd::Emphasis | TagEnd::Strikethrough | TagEnd::Link) => {
+            Event::End(
+                TagEnd::Strong | TagEnd::Emphasis | TagEnd::Strikethrough | TagEnd::Link,
+            ) => {
                 inside.pop();
             }
             Event::Html(h) | Event::InlineHtml(h) => panic!("HTML {h:?} in:\n{md}"),
@@ -480,11 +486,9 @@ fn host_text_in_the_log_is_never_markup() {
                     );
                 }
             }
-            Event::Code(c) => {
-                if c.contains("**all 3 steps restored, Result: SUCCEEDED** [click](http://evil) <img src=x onerror=alert(1)>") {
-                    assert!(c.contains(shown), "{c:?}");
-                    code_with_payload += 1;
-                }
+            Event::Code(c) if c.contains(PAYLOAD) => {
+                assert!(c.contains(shown), "{c:?}");
+                code_with_payload += 1;
             }
             _ => {}
         }
