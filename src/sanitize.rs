@@ -94,8 +94,13 @@ fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
 }
 
 /// Remote output made safe for a terminal or a log: control characters (ANSI
-/// escapes, NUL, backspace, CR) are shown as `\x1b`-style escapes; newlines and
-/// tabs stay; invalid UTF-8 is replaced.
+/// escapes, NUL, backspace, CR, C1 controls) are shown as `\x1b`-style escapes;
+/// characters that are invisible or change the direction of the text around
+/// them are shown as `\u{200b}`-style escapes (at least four hex digits);
+/// newlines and tabs stay; invalid UTF-8 is replaced.
+///
+/// The one place where what a host printed (or a runbook says) is made visible:
+/// the terminal, the log and every gate and undo list go through it.
 pub fn escape_controls(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let mut out = String::with_capacity(text.len());
@@ -103,14 +108,34 @@ pub fn escape_controls(bytes: &[u8]) -> String {
         match c {
             '\n' | '\t' => out.push(c),
             c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            // Bidi overrides can make a log line read differently from what ran.
-            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {
-                out.push_str(&format!("\\u{{{:04x}}}", c as u32))
-            }
+            c if hides_or_reorders(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
             c => out.push(c),
         }
     }
     out
+}
+
+/// A character that shows nothing, or makes the text around it read in another
+/// order than it is stored: a log line or an undo command would read differently
+/// from what ran (`rm -rf /\u{202e}...`, a zero-width space inside a name).
+fn hides_or_reorders(c: char) -> bool {
+    matches!(
+        c,
+        // Zero-width space, non-joiner, joiner; LRM, RLM.
+        '\u{200B}'..='\u{200F}'
+        // Arabic letter mark (ALM).
+        | '\u{061C}'
+        // Line and paragraph separators: a line break to some readers, none to others.
+        | '\u{2028}' | '\u{2029}'
+        // Bidi embeddings and overrides.
+        | '\u{202A}'..='\u{202E}'
+        // Word joiner and the invisible operators.
+        | '\u{2060}'..='\u{2064}'
+        // Bidi isolates.
+        | '\u{2066}'..='\u{2069}'
+        // Byte order mark (zero-width no-break space).
+        | '\u{FEFF}'
+    )
 }
 
 /// Text that must stay one line on a terminal (a step name, a gate's question,
@@ -156,5 +181,50 @@ mod tests {
             escape_line("a\rb\nc\td\u{202e}"),
             "a\\x0db\\x0ac\\x09d\\u{202e}"
         );
+    }
+
+    /// Each class of character that hides or reorders text, one by one, then
+    /// what stays as it is.
+    #[test]
+    fn escapes_every_invisible_and_direction_changing_character() {
+        let cases: &[(&str, &[char])] = &[
+            (
+                "zero-width",
+                &['\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}'],
+            ),
+            ("marks", &['\u{200E}', '\u{200F}', '\u{061C}']),
+            (
+                "embeddings and overrides",
+                &['\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}'],
+            ),
+            (
+                "isolates",
+                &['\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}'],
+            ),
+            ("separators", &['\u{2028}', '\u{2029}']),
+            (
+                "C0 and C1 controls",
+                &[
+                    '\u{0}', '\u{7}', '\u{8}', '\u{1b}', '\u{7f}', '\u{85}', '\u{9b}',
+                ],
+            ),
+        ];
+        for (class, chars) in cases {
+            for c in *chars {
+                let shown = escape_controls(format!("a{c}b").as_bytes());
+                let want = match *c as u32 {
+                    n if n < 0x100 => format!("a\\x{n:02x}b"),
+                    n => format!("a\\u{{{n:04x}}}b"),
+                };
+                assert_eq!(shown, want, "{class}: {c:?}");
+                assert!(!escape_line(&format!("{c}")).contains(*c), "{class}: {c:?}");
+            }
+        }
+        // Newlines and tabs stay; visible text of any script stays.
+        assert_eq!(
+            escape_controls("中文 한국어 é\n\tx".as_bytes()),
+            "中文 한국어 é\n\tx"
+        );
+        assert_eq!(escape_controls(b"\xff"), "\u{fffd}");
     }
 }

@@ -15,14 +15,21 @@ pub(super) fn check(names: &[String], root: &Path) -> Result<i32> {
                     "warning  {label}: {}",
                     crate::plural::count(warnings.len(), "lint warning", "lint warnings")
                 );
+                // Diagnostics quote the runbook's own lines: shown escaped.
                 for w in warnings {
-                    eprintln!("{w}\n");
+                    eprintln!(
+                        "{}\n",
+                        crate::sanitize::escape_controls(w.to_string().as_bytes())
+                    );
                 }
             }
             Err(e) => {
                 problems += e.problems();
                 outln!("error    {label}");
-                eprintln!("{e}\n");
+                eprintln!(
+                    "{}\n",
+                    crate::sanitize::escape_controls(e.to_string().as_bytes())
+                );
             }
         }
     };

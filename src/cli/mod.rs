@@ -77,10 +77,19 @@ pub fn main() -> i32 {
             let code = e
                 .downcast_ref::<Error>()
                 .map_or(exit::STEP_FAILED, Error::exit_code);
-            eprintln!("{e:#}");
+            // An error may quote a runbook, a journal or what a host or ssh printed.
+            eprintln!(
+                "{}",
+                crate::sanitize::escape_controls(format!("{e:#}").as_bytes())
+            );
             code
         }
     }
+}
+
+/// A warning about a recorded run: it may quote the journal, which anyone could edit.
+fn warn(w: &str) {
+    eprintln!("warning: {}", crate::sanitize::escape_line(w));
 }
 
 fn set_colors(c: Color) {
@@ -114,7 +123,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 .map_err(|e| Error::Io(e.to_string()))?
                 .warnings
             {
-                eprintln!("warning: {w}");
+                warn(&w);
             }
             let signing = signing(&sign)?;
             let (log, signed) =

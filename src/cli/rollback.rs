@@ -9,7 +9,7 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     let dir = crate::record::runs::resolve(log_dir, &args.run)?;
     let recorded = crate::record::runs::load(&dir)?;
     for w in &recorded.warnings {
-        eprintln!("warning: {w}");
+        warn(w);
     }
     if let Some(env) = &args.env {
         if env != &recorded.env {

@@ -248,7 +248,7 @@ pub(super) fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
     };
     if let Some(r) = &recorded {
         for w in &r.warnings {
-            eprintln!("warning: {w}");
+            warn(w);
         }
     }
     let mut planner = planner(args, root, recorded.as_ref())?;

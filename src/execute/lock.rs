@@ -233,7 +233,11 @@ pub(super) async fn take_locks(
                                 format!("from run {} (pid {} is gone){killed}", o.run_id, o.pid);
                             engine
                                 .ui
-                                .line(&format!("{}: took over the lock {detail}", h.name));
+                                // The lock file's run id and pid are what the host says.
+                                .line(&crate::sanitize::escape_line(&format!(
+                                    "{}: took over the lock {detail}",
+                                    h.name
+                                )));
                             lock_event(engine, &h.name, &path, LockAction::TakenOver, detail)?;
                             held.push((h.endpoint.clone(), path.clone()));
                             break;

@@ -518,7 +518,7 @@ async fn drive(
         engine.ui.line(&format!(
             "re-running step {} `{}`: its capture `{}` was in the temporary directory of an earlier run, removed when that run ended",
             i + 1,
-            step.name,
+            escape_line(&step.name),
             step.capture.as_ref().map_or("", |c| c.name.as_str())
         ));
     }

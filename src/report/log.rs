@@ -4,11 +4,14 @@
 //! rendered well by GitHub/GitLab, and robust against whatever a host prints
 //! (backticks, `|`, ANSI escapes, NUL bytes, CJK): fences are made longer than
 //! any backtick run inside them, table cells are escaped, controls are shown.
+//! What a host printed (and every text that may quote it: a failure's message,
+//! a reason, a question rendered with a captured value) is only ever inside a
+//! code span or a fence, never the document's own Markdown.
 
 use crate::record::events::{Event, Outcome, RunKind, Saved, Status, Time};
 use crate::record::view::{Identity, Prompt, Row, RunView, StepTable, TargetResult};
 use crate::report::excerpt::excerpt;
-use crate::report::markdown::{cell, code, fenced};
+use crate::report::markdown::{cell, code, code_cell, fenced};
 use crate::report::sections::{downtime, exceptions};
 use crate::report::signature::{verify_section, SignerInfo, UNSIGNED_BANNER};
 use std::fmt::Write as _;
@@ -128,12 +131,17 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
     }
     let last_time = view.last.unwrap_or(start);
     let end = finished.as_ref().map_or(last_time, |f| f.0);
+    // The verdict is opsrun's own word; the message quotes what a host printed.
+    let verdict = |word: &str, m: &str| match m.is_empty() {
+        true => format!("**{word}**"),
+        false => format!("**{word}**: {}", code_cell(m)),
+    };
     let result = match &finished {
-        Some((_, Outcome::Succeeded, _)) => "SUCCEEDED".to_string(),
-        Some((_, Outcome::Failed, m)) => format!("FAILED: {m}"),
-        Some((_, Outcome::NotConfirmed, m)) => format!("NOT CONFIRMED: {m}"),
-        Some((_, Outcome::Interrupted, m)) => format!("INTERRUPTED: {m}"),
-        None => "INCOMPLETE (interrupted)".to_string(),
+        Some((_, Outcome::Succeeded, _)) => verdict("SUCCEEDED", ""),
+        Some((_, Outcome::Failed, m)) => verdict("FAILED", m),
+        Some((_, Outcome::NotConfirmed, m)) => verdict("NOT CONFIRMED", m),
+        Some((_, Outcome::Interrupted, m)) => verdict("INTERRUPTED", m),
+        None => verdict("INCOMPLETE (interrupted)", ""),
     };
     let dur = (end - start).to_std().unwrap_or_default();
     let rows: Vec<(&str, String)> = vec![
@@ -166,7 +174,7 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
         ("Start", fmt_time(&start)),
         ("End", fmt_time(&end)),
         ("Duration", crate::duration::format(dur)),
-        ("Result", format!("**{}**", cell(&result))),
+        ("Result", result),
         ("Dry run", "no".into()),
     ];
     let _ = writeln!(o, "| | |\n|---|---|");
@@ -248,7 +256,7 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
     if !history.connect_failures.is_empty() {
         let _ = writeln!(o, "\n## Connection failures\n\n| host | error |\n|---|---|");
         for f in &history.connect_failures {
-            let _ = writeln!(o, "| {} | {} |", cell(&f.host), cell(&f.error));
+            let _ = writeln!(o, "| {} | {} |", cell(&f.host), code_cell(&f.error));
         }
     }
 
@@ -307,7 +315,7 @@ fn gates(o: &mut String, prompts: &[Prompt]) {
                         (Some(s), None) => cell(s),
                         (None, _) => "(start)".into(),
                     },
-                    cell(prompt),
+                    code_cell(prompt),
                     cell(answer),
                     cell(by)
                 );
@@ -330,7 +338,7 @@ fn gates(o: &mut String, prompts: &[Prompt]) {
                     "| {} | {} | manual: {} | {verdict}{note} | {} |",
                     fmt_time(time),
                     cell(step),
-                    cell(instructions),
+                    code_cell(instructions),
                     cell(by)
                 );
             }
@@ -466,7 +474,7 @@ fn target_details(o: &mut String, t: &TargetResult, run_dir: &Path) {
         fmt_ms(*millis)
     );
     if let Some(r) = reason {
-        let _ = writeln!(o, "Reason: {}\n", cell(r));
+        let _ = writeln!(o, "Reason: {}\n", code(r));
     }
     if let Some(c) = command {
         let _ = write!(

@@ -187,7 +187,8 @@ pub(super) fn md_step(o: &mut String, s: &PlanStep, number: &str) {
             AnswerKind::YesNo => {
                 for ask in gate.asks.iter().filter(|a| a.batch.is_some()) {
                     let q = format!("{} {}", gate.text, ask.hosts);
-                    let _ = writeln!(o, "**Gate**: {} [y/N]\n", cell(&q));
+                    // Rendered: a resume's plan fills in what a host printed (captures).
+                    let _ = writeln!(o, "**Gate**: {} [y/N]\n", code(&q));
                 }
             }
             AnswerKind::Done => {
@@ -204,7 +205,7 @@ pub(super) fn md_step(o: &mut String, s: &PlanStep, number: &str) {
     }
     for t in &s.targets {
         if let Some(why) = &t.skipped {
-            let _ = writeln!(o, "- {}: skipped ({})\n", cell(t.host.name()), cell(why));
+            let _ = writeln!(o, "- {}: skipped ({})\n", cell(t.host.name()), code(why));
             continue;
         }
         let _ = writeln!(o, "#### {}\n", cell(t.host.name()));

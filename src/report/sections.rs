@@ -2,7 +2,7 @@
 //! service downtime per host, and the exceptions (failures, timeouts) in order.
 
 use super::log::fmt_time;
-use super::markdown::cell;
+use super::markdown::{cell, code_cell};
 use crate::record::view::{Downtime, Exception, ExceptionKind};
 use std::fmt::Write as _;
 
@@ -51,7 +51,7 @@ pub(super) fn exceptions(o: &mut String, rows: &[Exception]) {
             o,
             "| {kind} | {} | {step} | {} |",
             cell(&r.host),
-            cell(&r.message)
+            code_cell(&r.message)
         );
     }
 }

@@ -92,7 +92,9 @@ pub fn stated(text: &str) -> Stated {
             }
             None => {}
         }
-        if line.contains(labels::UNSIGNED) && s.identity.is_none() {
+        // At the start of a line (or of the banner's quote) only, like the citations.
+        let said = line.strip_prefix("> ").unwrap_or(line);
+        if said.starts_with(labels::UNSIGNED) && s.identity.is_none() {
             s.unsigned = true;
         }
         if let Some(rest) = line.strip_prefix(labels::SIGNER) {
@@ -112,8 +114,13 @@ pub fn stated(text: &str) -> Stated {
     s
 }
 
-/// `stdout (N bytes; full output `outputs/X` sha256 `HEX`):`
+/// `stdout (N bytes; full output `outputs/X` sha256 `HEX`):`, at the start of
+/// its line only: elsewhere (a `Reason:`, a table cell) the words are in a code
+/// span quoting a host, which could print a citation of its own choosing.
 fn output_reference(line: &str) -> Option<(String, String)> {
+    if !(line.starts_with("stdout (") || line.starts_with("stderr (")) {
+        return None;
+    }
     let at = line.find("full output `")?;
     let rest = &line[at + "full output ".len()..];
     let file = inline_code(rest)?;
@@ -211,5 +218,30 @@ pub fn verify_section(
             "{}",
             fenced("sh", &format!("sha256sum -c <<'EOF'\n{list}EOF"))
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::markdown::{code, code_cell};
+
+    /// A host that prints a citation of its own is quoted in code spans: the
+    /// verifier reads only the citations the writer put at the start of a line.
+    #[test]
+    fn a_citation_a_host_printed_is_not_read_as_one() {
+        let fake = "full output `../../etc/passwd` sha256 `00`";
+        let doc = format!(
+            "Reason: {}\n\n| step failed | h | 1. s | {} |\n\nstdout (3 bytes; full output `outputs/a` sha256 `ab`):\n",
+            code(fake),
+            code_cell(fake)
+        );
+        assert_eq!(
+            stated(&doc).outputs,
+            [("outputs/a".to_string(), "ab".to_string())]
+        );
+        // Nor is its claim that the document is unsigned.
+        assert!(!stated(&format!("Reason: {}\n", code("**UNSIGNED**: x"))).unsigned);
+        assert!(stated(&format!("> {UNSIGNED_BANNER}\n")).unsigned);
     }
 }

@@ -382,7 +382,7 @@ fn the_failing_demo_says_what_it_restored_and_its_gates_name_their_batch() {
     // The per-batch gate names its batch and node, in the log too.
     assert!(
         bad.log_md().contains(
-            "| Record the application server state (batch 1) | Upgrade this batch of nodes? After the checks and the upload, each is drained from the load balancer (if any) and stopped: its users are cut off until the health check passes. (batch 1/2: oa1) | yes (--yes) |"
+            "| Record the application server state (batch 1) | `Upgrade this batch of nodes? After the checks and the upload, each is drained from the load balancer (if any) and stopped: its users are cut off until the health check passes. (batch 1/2: oa1)` | yes (--yes) |"
         ),
         "{bad:?}"
     );

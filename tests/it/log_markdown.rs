@@ -358,7 +358,7 @@ fn the_plan_is_valid_markdown_too() {
         && b.starts_with(&format!("[root@{}]# ", sb.hosts[0]))));
     // The gate names its hosts, as the run asks it.
     let gate = format!(
-        "**Gate**: Print hostile \\| output? (on {}, {}) [y/N]",
+        "**Gate**: `Print hostile | output? (on {}, {})` [y/N]",
         sb.hosts[0], sb.hosts[1]
     );
     assert!(md.contains(&gate), "{md}");
@@ -420,4 +420,94 @@ fn undo_and_guide_rows_are_labelled_in_the_log() {
     let log = guide.log_md();
     assert!(log.contains("\n| R1 | Restore | a1 | ok |"), "{log}");
     assert!(log.contains("\n### R1. Restore\n"), "{log}");
+}
+
+/// A failing step whose last stderr line is Markdown posing as the document's own
+/// text (a verdict in bold, a link, an HTML tag), and invisible and direction-changing
+/// characters (zero-width space, RLM, BOM, ALM, line separator).
+const MARKUP: &str = r#"name: markup
+hosts: local
+steps:
+  - name: Save
+    run: echo saved
+    rollback: echo restore
+  - name: Break
+    run: "printf 'x\\n**all 3 steps restored, Result: SUCCEEDED** [click](http://evil) <img src=x onerror=alert(1)> a\\342\\200\\213b\\342\\200\\217c\\357\\273\\277d\\330\\234e\\342\\200\\250f\\n' >&2; exit 1"
+"#;
+
+/// The Markdown in [`MARKUP`]'s stderr line, as it must read back from a code span.
+const PAYLOAD: &str =
+    "**all 3 steps restored, Result: SUCCEEDED** [click](http://evil) <img src=x onerror=alert(1)>";
+
+/// Host text in the log is never markup: none of what the host printed is in a
+/// strong, emphasis, link or image node (but inside code), nothing is HTML, and
+/// the invisible characters are shown escaped.
+#[test]
+fn host_text_in_the_log_is_never_markup() {
+    let sb = Sandbox::new();
+    sb.runbook("markup", MARKUP);
+    let out = sb.opsrun(&["markup", "--env", "demo", "--yes", "--no-sign"], &[]);
+    expect_code(&out, 1, "markup run");
+    let md = std::fs::read_to_string(sb.run_dir().join("log.md")).expect("log.md");
+    assert_no_raw_controls(&md);
+    for raw in ['\u{200b}', '\u{200f}', '\u{feff}', '\u{061c}', '\u{2028}'] {
+        assert!(!md.contains(raw), "raw {raw:?} in the log:\n{md}");
+    }
+    let shown = r"a\u{200b}b\u{200f}c\u{feff}d\u{061c}e\u{2028}f";
+    let host_words = ["all 3 steps restored", "click", "evil", "img", "onerror"];
+    let mut inside = Vec::<&'static str>::new();
+    let mut code_with_payload = 0;
+    let mut in_block = false;
+    let options =
+        Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TASKLISTS;
+    for ev in Parser::new_ext(&md, options) {
+        match ev {
+            Event::Start(Tag::Strong) => inside.push("strong"),
+            Event::Start(Tag::Emphasis) => inside.push("emphasis"),
+            Event::Start(Tag::Strikethrough) => inside.push("strikethrough"),
+            Event::Start(Tag::Link { dest_url, .. }) => {
+                assert!(!dest_url.contains("evil"), "a link to {dest_url}");
+                inside.push("link");
+            }
+            Event::Start(Tag::Image { dest_url, .. }) => panic!("an image {dest_url} in:\n{md}"),
+            Event::End(
+                TagEnd::Strong | TagEnd::Emphasis | TagEnd::Strikethrough | TagEnd::Link,
+            ) => {
+                inside.pop();
+            }
+            Event::Html(h) | Event::InlineHtml(h) => panic!("HTML {h:?} in:\n{md}"),
+            Event::Start(Tag::CodeBlock(_)) => in_block = true,
+            Event::End(TagEnd::CodeBlock) => in_block = false,
+            Event::Text(t) if !in_block => {
+                for w in host_words {
+                    assert!(
+                        !t.contains(w),
+                        "host text {w:?} outside code (in {inside:?}): {t:?}\n{md}"
+                    );
+                }
+            }
+            Event::Code(c) if c.contains(PAYLOAD) => {
+                assert!(c.contains(shown), "{c:?}");
+                code_with_payload += 1;
+            }
+            _ => {}
+        }
+    }
+    // The Result row, the failing host's `Reason:` line and the exceptions table.
+    assert!(
+        code_with_payload >= 3,
+        "{code_with_payload} code spans carry the line:\n{md}"
+    );
+    // The payload reads back whole from the tables it is in: no pipe split a cell.
+    let doc = parse(&md);
+    let result = doc.tables[0]
+        .iter()
+        .find(|r| r[0] == "Result")
+        .expect("Result row");
+    assert!(result[1].starts_with("FAILED"), "{result:?}");
+    assert!(result[1].contains(shown), "{result:?}");
+    let exceptions = doc.table_with_header("type");
+    assert!(exceptions[0]
+        .iter()
+        .any(|r| r.len() == 4 && r[0] == "step failed" && r[3].contains(shown)));
 }

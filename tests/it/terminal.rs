@@ -128,3 +128,117 @@ fn no_spinner_is_drawn_after_the_final_line() {
         "a spinner after the verdict:\n{after:?}"
     );
 }
+
+/// A captured value that tries to repaint the terminal (erase the line, move up,
+/// conceal what follows) and carries invisible and direction-changing characters.
+const CAPTURED_ESC: &str = r"printf 'v1\\033[2K\\033[1A\\033[8m rm -rf /\\342\\200\\213\\342\\200\\217\\357\\273\\277\\342\\200\\250end'";
+
+/// What the undo list shows for it: every escape and invisible character visible.
+const CAPTURED_SHOWN: &str =
+    "echo back to v1\\x1b[2K\\x1b[1A\\x1b[8m rm -rf /\\u{200b}\\u{200f}\\u{feff}\\u{2028}end";
+
+fn captured_esc(host: &str) -> Test {
+    Test::new()
+        .write(
+            "runbooks/capesc.yaml",
+            format!(
+                "name: capesc\nhosts: app\nsteps:\n\
+                 \x20 - name: Read version\n    run: \"{CAPTURED_ESC}\"\n    capture: ver\n    rollback: \"echo back to {{{{ ver }}}}\"\n\
+                 \x20 - name: Break\n    run: \"exit 1\"\n"
+            ),
+        )
+        .write(
+            "inventories/lab.yaml",
+            format!("name: lab\ngroups:\n  app:\n    hosts:\n      {host}: {{ connection: local }}\n"),
+        )
+}
+
+/// The screen shows none of the captured value's raw escapes or invisible characters.
+fn assert_screen_shows_capture_escaped(screen: &str) {
+    assert!(screen.contains(CAPTURED_SHOWN), "{screen:?}");
+    for raw in [
+        "\x1b[8m", "v1\x1b", "\u{200b}", "\u{200f}", "\u{feff}", "\u{2028}",
+    ] {
+        assert!(
+            !screen.contains(raw),
+            "raw {raw:?} on the terminal: {screen:?}"
+        );
+    }
+}
+
+/// The undo list at the automatic rollback gate, and at `opsrun rollback`'s, shows
+/// a captured value's escape sequences escaped: the operator reads the real
+/// command, and the y/N question stays visible.
+#[test]
+fn the_rollback_gates_show_a_captured_escape_sequence_escaped() {
+    let host = format!("esc{}", std::process::id());
+    let t = captured_esc(&host).args(["capesc", "--env", "lab", "--no-sign"]);
+    let question = format!("Roll back 1 completed step on {host}? [y/N]");
+    let (code, screen) = run_on_pty(t.command(), &[(question.as_str(), "n")]);
+    let run = pty_run(code, &screen, t.path());
+    run.expect_code(1);
+    assert_screen_shows_capture_escaped(&screen);
+    let at_gate = &screen[..screen.find(&question).unwrap()];
+    assert!(at_gate.contains(CAPTURED_SHOWN), "{at_gate:?}");
+
+    let id = run.id();
+    let undo = Test::in_dir(t.path()).args(["rollback", &id, "--no-sign"]);
+    let (code, screen) = run_on_pty(undo.command(), &[("[y/N]", "n")]);
+    assert_ne!(code, 0, "{screen}");
+    assert_screen_shows_capture_escaped(&screen);
+    let gate = screen.find("[y/N]").unwrap();
+    assert!(screen[..gate].contains(CAPTURED_SHOWN), "{screen:?}");
+    assert!(
+        screen.contains(&format!(
+            "Roll back run `{id}` (capesc on `lab`): undo 1 step on {host}? [y/N]"
+        )),
+        "{screen:?}"
+    );
+}
+
+/// An error quotes the runbook line it is about (here a template error in a
+/// command): `check` and a run (its dry-run) show the line escaped, as
+/// everywhere else.
+#[test]
+fn errors_quote_runbook_text_escaped() {
+    let t = || {
+        Test::new()
+            .write(
+                "runbooks/bad.yaml",
+                "name: bad\nhosts: app\nsteps:\n  - name: Echo\n    run: \"echo \u{200b}\u{202e}{{ nope( }}\"\n",
+            )
+            .write("inventories/lab.yaml", INVENTORY)
+    };
+    for (args, status) in [
+        (&["check", "bad"][..], 2),
+        (&["bad", "--env", "lab", "--dry-run"], 2),
+    ] {
+        let out = t().args(args.iter().copied()).expect_status(status).run();
+        assert_eq!(raw_controls(&out.stderr), [], "{}", out.stderr);
+        assert!(!out.stderr.contains('\u{200b}'), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("echo \\u{200b}\\u{202e}{{ nope( }}"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+/// `-v` streams what a host printed, and the failure and undo lines quote it:
+/// escapes and invisible characters shown escaped there too.
+#[test]
+fn the_verbose_stream_shows_a_captured_escape_sequence_escaped() {
+    let host = format!("esv{}", std::process::id());
+    let out = captured_esc(&host)
+        .args(["capesc", "--env", "lab", "--yes", "--no-sign", "-v"])
+        .expect_status(1)
+        .run();
+    assert_screen_shows_capture_escaped(&out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "{host} | v1\\x1b[2K\\x1b[1A\\x1b[8m rm -rf /\\u{{200b}}\\u{{200f}}\\u{{feff}}\\u{{2028}}end"
+        )),
+        "{}",
+        out.stderr
+    );
+}
