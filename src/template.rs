@@ -5,6 +5,8 @@
 //! known up front, so an undefined variable is reported by name with a
 //! suggestion rather than as minijinja's generic "undefined value".
 
+pub mod budget;
+
 use crate::diagnostic::{did_you_mean, Pos, SourceFile, Span};
 use crate::shell;
 use crate::yaml;
@@ -164,6 +166,10 @@ pub struct Templates {
     /// they render to the same text and need rendering once.
     #[allow(clippy::type_complexity)]
     memo: Vec<std::sync::Mutex<std::collections::HashMap<Vec<Value>, String>>>,
+    /// Where each template is, for the render watch (`budget::Watch`).
+    sites: Vec<Arc<budget::Site>>,
+    /// What the templates added now belong to (`in step `X``), for the watch's message.
+    owner: Option<String>,
 }
 
 impl Default for Templates {
@@ -193,6 +199,8 @@ pub enum RenderError {
         message: String,
         span: Span,
     },
+    /// The template ran into the render budget (`budget`).
+    Budget(budget::Exceeded),
 }
 
 impl std::fmt::Display for RenderError {
@@ -207,6 +215,7 @@ impl std::fmt::Display for RenderError {
                 let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
                 f.write_str(&shown.join("; "))
             }
+            RenderError::Budget(exceeded) => exceeded.fmt(f),
         }
     }
 }
@@ -297,6 +306,10 @@ impl Templates {
         env.add_filter("basename", basename_filter);
         env.add_filter("dirname", dirname_filter);
         env.add_filter("regex_escape", regex_escape_filter);
+        // A runbook is input: no template may loop, nest or grow without bound.
+        env.set_fuel(Some(budget::INSTRUCTIONS));
+        env.set_recursion_limit(budget::RECURSION);
+        env.add_filter("replace", budget::replace);
         Templates {
             env,
             source: None,
@@ -304,7 +317,15 @@ impl Templates {
             names: Vec::new(),
             memo: Vec::new(),
             sorted_vars: Vec::new(),
+            sites: Vec::new(),
+            owner: None,
         }
+    }
+
+    /// Names what the templates added from now on belong to (`in step `X``):
+    /// the watch's message says it, as the planner's errors do.
+    pub fn belong_to(&mut self, owner: impl Into<String>) {
+        self.owner = Some(owner.into());
     }
 
     /// Templates from one file: syntax errors inside block scalars get an exact column.
@@ -326,7 +347,13 @@ impl Templates {
             ),
         };
         let name = format!("t{id}");
-        if let Err(e) = self.env.add_template_owned(name.clone(), source) {
+        let site = self.site(text);
+        // Compiling folds constant expressions: `{{ 'x' * 100000000 ~ ... }}` is
+        // built here, before any render, so the watch looks at this too.
+        let watched = budget::watched(&site);
+        let compiled = self.env.add_template_owned(name.clone(), source);
+        drop(watched);
+        if let Err(e) = compiled {
             let mut span = text.span;
             // minijinja counts lines within the template; point at that line of the value.
             if let Some(line) = e.line() {
@@ -396,6 +423,7 @@ impl Templates {
         sorted.sort();
         self.sorted_vars.push(sorted);
         self.memo.push(Default::default());
+        self.sites.push(site);
         self.meta.push((vars, text.clone(), kind));
         self.names.push(name);
         Ok(TemplateId(id))
@@ -428,11 +456,21 @@ impl Templates {
                     .add_template_owned(name.clone(), stand_in.to_string());
                 self.sorted_vars.push(Vec::new());
                 self.memo.push(Default::default());
+                self.sites.push(self.site(text));
                 self.meta.push((HashSet::new(), text.clone(), kind));
                 self.names.push(name);
                 TemplateId(id)
             }
         }
+    }
+
+    fn site(&self, text: &Text) -> Arc<budget::Site> {
+        Arc::new(budget::Site {
+            owner: self.owner.clone(),
+            source: self.source.clone(),
+            span: text.span,
+            text: text.src.clone(),
+        })
     }
 
     /// The template as written in the file.
@@ -477,7 +515,12 @@ impl Templates {
             .env
             .get_template(&self.names[id.0])
             .map_err(|e| RenderError::Other(e.to_string()))?;
-        tmpl.render(&ctx.value).map_err(|e| {
+        let _watched = budget::watched(&self.sites[id.0]);
+        render_bounded(&tmpl, &ctx.value).map_err(|e| {
+            let e = match e {
+                Bounded::Exceeded(exceeded) => return RenderError::Budget(exceeded),
+                Bounded::Failed(e) => e,
+            };
             // Missing names are only an error if the template really uses them:
             // `{{ x | default('') }}` and `x is defined` are how a runbook reads an
             // optional inventory var. minijinja's error does not name the variable,
@@ -615,12 +658,52 @@ impl Templates {
                         (at, src[at..end].chars().count())
                     })
                 }),
-            RenderError::Other(_) | RenderError::Located { .. } | RenderError::Many(_) => None,
+            RenderError::Other(_)
+            | RenderError::Located { .. }
+            | RenderError::Many(_)
+            | RenderError::Budget(_) => None,
+        }
+    }
+
+    /// The budget a template exceeds rendered with every variable it reads as
+    /// empty text, if it does: what `opsrun check` can tell without an inventory.
+    pub fn over_budget_whatever_its_variables(&self, id: TemplateId) -> Option<budget::Exceeded> {
+        let globals: HashSet<&str> = self.env.globals().map(|(g, _)| g).collect();
+        let stand_ins = self.meta[id.0]
+            .0
+            .iter()
+            // `range` and the other functions are read like variables.
+            .filter(|v| !globals.contains(v.as_str()))
+            .map(|v| (v.clone(), Value::from("")))
+            .collect();
+        match self.render(id, &Context::new(stand_ins)) {
+            Err(RenderError::Budget(exceeded)) => Some(exceeded),
+            _ => None,
         }
     }
 
     pub fn condition(&self, id: TemplateId, ctx: &Context) -> Result<bool, RenderError> {
         Ok(self.render(id, ctx)? == "true")
+    }
+}
+
+/// Why a render within the budget produced no text.
+enum Bounded {
+    Exceeded(budget::Exceeded),
+    Failed(minijinja::Error),
+}
+
+/// Renders with the output capped at the budget (`budget::Output`).
+fn render_bounded(tmpl: &minijinja::Template<'_, '_>, value: &Value) -> Result<String, Bounded> {
+    let mut out = budget::Output::default();
+    match tmpl.render_captured_to(value, &mut out) {
+        // Templates and values are `str`: the output is UTF-8 (lossless all the same).
+        Ok(_) => Ok(String::from_utf8(out.text)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())),
+        Err(e) => Err(match budget::Exceeded::of(&e, &out) {
+            Some(exceeded) => Bounded::Exceeded(exceeded),
+            None => Bounded::Failed(e),
+        }),
     }
 }
 
@@ -642,19 +725,20 @@ fn required_names<'a>(
         )
     };
     let fails_without = |name: &str| {
-        tmpl.render(&stand_in(Some(name)).value)
-            .is_err_and(|e| e.kind() == ErrorKind::UndefinedError)
+        render_bounded(tmpl, &stand_in(Some(name)).value).is_err_and(
+            |e| matches!(e, Bounded::Failed(e) if e.kind() == ErrorKind::UndefinedError),
+        )
     };
-    let required: Vec<&String> = if missing.len() > 1 && tmpl.render(&stand_in(None).value).is_ok()
-    {
-        missing
-            .iter()
-            .copied()
-            .filter(|v| fails_without(v))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let required: Vec<&String> =
+        if missing.len() > 1 && render_bounded(tmpl, &stand_in(None).value).is_ok() {
+            missing
+                .iter()
+                .copied()
+                .filter(|v| fails_without(v))
+                .collect()
+        } else {
+            Vec::new()
+        };
     if required.is_empty() {
         missing.first().copied().into_iter().collect()
     } else {

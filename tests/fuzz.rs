@@ -854,3 +854,115 @@ fn the_unmutated_seeds_load_and_plan() {
             .unwrap_or_else(|e| panic!("inventory seed {i} does not load:\n{e}"));
     }
 }
+
+/// A random template bomb: loops, string repetition, `replace` chains and
+/// concatenations, nested at random, some constant (folded when compiled),
+/// some not (`i - i` keeps a value from being folded).
+fn bomb(rng: &mut Rng, depth: usize) -> String {
+    let sizes = ["1000", "1000000", "30000000", "100000000"];
+    let piece = |rng: &mut Rng| -> String {
+        let n = *rng.pick(&sizes);
+        match rng.below(4) {
+            0 => format!("('x' * {n})"),
+            1 => format!("('x' * ({n} + i - i))"),
+            2 => format!("(range({})|join(','))", rng.pick(&["10", "1000", "100000"])),
+            _ => format!(
+                "('xxxxxxxxxx'{})",
+                "|replace('x', 'xxxxxxxxxx')".repeat(1 + rng.below(9))
+            ),
+        }
+    };
+    let expr = |rng: &mut Rng| -> String {
+        let k = 1 + rng.below(6);
+        (0..k).map(|_| piece(rng)).collect::<Vec<_>>().join(" ~ ")
+    };
+    let body = if depth == 0 || rng.chance(30) {
+        if rng.chance(50) {
+            format!("{{{{ {} }}}}", expr(rng))
+        } else {
+            format!("{{% if ({}) == '' %}}{{% endif %}}", expr(rng))
+        }
+    } else {
+        bomb(rng, depth - 1)
+    };
+    let n = rng.pick(&["3", "1000", "100000"]);
+    format!("{{% for i in range({n}) %}}{body}{{% endfor %}}")
+}
+
+/// `status`, wall time and peak resident memory of the binary run in `dir`.
+fn measured(dir: &Path, args: &[&str]) -> (i32, std::time::Duration, u64, String) {
+    use std::os::unix::process::ExitStatusExt;
+    let started = std::time::Instant::now();
+    // Reaped by `wait4` below, which `Child::wait` is not: only it returns the rusage.
+    #[allow(clippy::zombie_processes)]
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_opsrun"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn opsrun");
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr.expect("stderr pipe");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut err).expect("read stderr");
+    let mut status = 0;
+    // SAFETY: plain wait4 on our own child, into locals.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4");
+    let code = std::process::ExitStatus::from_raw(status)
+        .code()
+        .unwrap_or(-1);
+    // ru_maxrss is in KiB on Linux.
+    let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+    (code, started.elapsed(), peak, err)
+}
+
+/// No template can make `check` or the dry-run run long or grow big: each
+/// random bomb ends, within a few seconds and a few hundred MB, either
+/// rendered within the budget or with a positioned error.
+#[test]
+fn template_bombs_stay_within_time_and_memory() {
+    let seed = env_u64("OPSRUN_FUZZ_SEED", DEFAULT_SEED);
+    let cases = env_u64("OPSRUN_FUZZ_BOMBS", 10);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("runbooks")).unwrap();
+    std::fs::create_dir_all(dir.path().join("inventories")).unwrap();
+    std::fs::write(
+        dir.path().join("inventories/lab.yaml"),
+        "groups:\n  app:\n    hosts:\n      a1: { connection: local }\n",
+    )
+    .unwrap();
+    // Time for the 2 s watch, a loaded CI machine and the process itself.
+    let time_bound = std::time::Duration::from_secs(10);
+    let memory_bound: u64 = 512 << 20;
+    for i in 0..cases {
+        let mut rng = Rng(seed ^ (3 << 48) ^ i);
+        let depth = rng.below(3);
+        let template = bomb(&mut rng, depth);
+        std::fs::write(
+            dir.path().join("runbooks/bomb.yaml"),
+            format!(
+                "name: bomb\nhosts: app\nsteps:\n  - name: bomb\n    run: {}\n",
+                serde_json::to_string(&template).unwrap()
+            ),
+        )
+        .unwrap();
+        for args in [
+            &["check", "bomb"][..],
+            &["bomb", "--env", "lab", "--dry-run"][..],
+        ] {
+            let (code, took, peak, err) = measured(dir.path(), args);
+            let case = format!("case {i} (OPSRUN_FUZZ_SEED={seed:#x}) {args:?}: {template}");
+            assert!(
+                code == 0 || (code == 2 && err.contains("--> runbooks/bomb.yaml:5:10")),
+                "{case}: exit {code}\n{err}"
+            );
+            assert!(took < time_bound, "{case}: took {took:?}");
+            assert!(peak < memory_bound, "{case}: peak {} MiB", peak >> 20);
+        }
+    }
+}

@@ -98,17 +98,26 @@ pub(super) fn compile_templates(rb: &Runbook) -> (Compiled, Option<Error>) {
     let vars = rb
         .vars
         .iter()
-        .map(|(n, x)| (n.clone(), t.add_noting(x, Kind::Text, &mut errs)))
+        .map(|(n, x)| {
+            t.belong_to(format!("in var `{n}`"));
+            (n.clone(), t.add_noting(x, Kind::Text, &mut errs))
+        })
         .collect();
     let forward = rb
         .steps
         .iter()
-        .map(|s| compile_step(s, &mut t, &mut errs))
+        .map(|s| {
+            t.belong_to(format!("in step `{}`", s.name));
+            compile_step(s, &mut t, &mut errs)
+        })
         .collect();
     let guide = rb
         .rollback
         .iter()
-        .map(|s| compile_step(s, &mut t, &mut errs))
+        .map(|s| {
+            t.belong_to(format!("in rollback step `{}`", s.name));
+            compile_step(s, &mut t, &mut errs)
+        })
         .collect();
     let errors = Error::merge(errs.into_iter().map(|e| yaml_err(rb, e)).collect());
     ((t, vars, forward, guide), errors)
@@ -116,7 +125,38 @@ pub(super) fn compile_templates(rb: &Runbook) -> (Compiled, Option<Error>) {
 
 /// `opsrun check`: the runbook's templates compile (no inventory is needed for that).
 pub fn check_templates(rb: &Runbook) -> Result<(), Error> {
-    compile_templates(rb).1.map_or(Ok(()), Err)
+    let ((t, vars, forward, guide), errors) = compile_templates(rb);
+    if let Some(e) = errors {
+        return Err(e);
+    }
+    // `check` has no inventory to render with, but a template that blows the
+    // render budget whatever its variables hold (`range(100000)` nested in
+    // itself) must fail here as in the dry-run: each is rendered once with every
+    // variable it reads as empty text, and only a budget error is reported.
+    let mut found = Vec::new();
+    let mut probe = |what: String, id: TemplateId| {
+        if let Some(exceeded) = t.over_budget_whatever_its_variables(id) {
+            let span = t.text(id).span;
+            found.push(yaml_err(
+                rb,
+                yaml::Error::new(span, format!("{what}: {exceeded}")),
+            ));
+        }
+    };
+    for (name, id) in &vars {
+        probe(format!("in var `{name}`"), *id);
+    }
+    for (step, ts) in rb.steps.iter().zip(&forward) {
+        for id in ts.ids() {
+            probe(format!("in step `{}`", step.name), id);
+        }
+    }
+    for (step, ts) in rb.rollback.iter().zip(&guide) {
+        for id in ts.ids() {
+            probe(format!("in rollback step `{}`", step.name), id);
+        }
+    }
+    Error::merge(found).map_or(Ok(()), Err)
 }
 
 /// A runbook with structural problems, reported with the template problems of

@@ -374,6 +374,7 @@ impl Planner {
             },
         };
         let mut templates = Templates::for_source(source.clone());
+        templates.belong_to(format!("in upload template `{src}`"));
         let id = templates
             .add(&whole, Kind::Text)
             .map_err(|e| e.in_file(&source))?;

@@ -35,6 +35,7 @@ mod run_ssh;
 mod secrets;
 mod sign;
 mod stops;
+mod template_budget;
 mod templates;
 mod terminal;
 mod transport;

@@ -1,0 +1,118 @@
+//! Template bombs: every template has a render budget, and a runbook that blows
+//! it fails `check` and the dry-run alike, at once, with the step, the place
+//! and the budget named. (Time and memory per case are measured by the fuzz
+//! pass in tests/fuzz.rs, which spawns the binary once per case.)
+use crate::support::cli::Test;
+
+const INVENTORY: &str = "groups:\n  app:\n    hosts:\n      a1: { connection: local }\n";
+
+fn runbook(template: &str) -> String {
+    // The step's `run:` is line 5, its value starts at column 10.
+    format!(
+        "name: bomb\nhosts: app\nsteps:\n  - name: bomb\n    run: {}\n",
+        serde_json::to_string(template).unwrap()
+    )
+}
+
+/// (template, what the error says of the budget)
+fn bombs() -> Vec<(String, &'static str)> {
+    let nested = |n: usize| "{% for a in [1] %}".repeat(n) + "x" + &"{% endfor %}".repeat(n);
+    let folded = ["('x' * 100000000)"; 8].join(" ~ ");
+    vec![
+        (
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}".into(),
+            "the template exceeded its budget of 200000 instructions",
+        ),
+        (
+            "{% for c in 'x' * 100000000 %}{% endfor %}".into(),
+            "the template exceeded its budget of 200000 instructions",
+        ),
+        (
+            "{{ 'x' * 100000000 }}".into(),
+            "the template renders to more than its budget of 4 MiB",
+        ),
+        (
+            format!("{{{{ 'xxxxxxxxxx'{} }}}}", "|replace('x', 'xxxxxxxxxx')".repeat(8)),
+            "`replace` would build a string larger than the budget of 4 MiB",
+        ),
+        (nested(120), "the template exceeded its budget of 100 levels of nesting"),
+        // Folded when the template is compiled, before any render: the watch stops it.
+        (
+            format!("{{{{ {folded} }}}}"),
+            "this template needed more than 256 MiB of memory, over the render budget",
+        ),
+        // Each instruction is expensive, and none is constant: only the clock stops it.
+        (
+            "{% for i in range(100000) %}{% if ('x' * (30000000 + i - i)) == '' %}{% endif %}{% endfor %}".into(),
+            "this template ran for more than 2 s, over the render budget",
+        ),
+    ]
+}
+
+#[test]
+fn every_template_bomb_fails_check_and_the_dry_run_with_its_step_place_and_budget() {
+    for (template, budget) in bombs() {
+        let out = Test::new()
+            .write("runbooks/bomb.yaml", runbook(&template))
+            .write("inventories/lab.yaml", INVENTORY)
+            .args(["check", "bomb"])
+            .expect_status(2)
+            .stderr_contains(format!("in step `bomb`: {budget}"))
+            .stderr_contains("--> runbooks/bomb.yaml:5:10")
+            .run();
+        let dry = Test::in_dir(out.path())
+            .args(["bomb", "--env", "lab", "--dry-run"])
+            .expect_status(2)
+            .stderr_contains(budget)
+            .stderr_contains("in step `bomb`")
+            .stderr_contains("--> runbooks/bomb.yaml:5:10")
+            .run();
+        assert!(!dry.stdout.contains("[root@a1]#"), "{}", dry.stdout);
+    }
+}
+
+#[test]
+fn a_var_that_blows_the_budget_is_named_in_check() {
+    let rb = "name: bomb\nhosts: app\nvars:\n  big: \"{{ 'x' * 100000000 }}\"\nsteps:\n  - name: use\n    run: echo {{ big | length }}\n";
+    Test::new()
+        .write("runbooks/bomb.yaml", rb)
+        .args(["check", "bomb"])
+        .expect_status(2)
+        .stderr_contains("in var `big`: the template renders to more than its budget of 4 MiB")
+        .stderr_contains("--> runbooks/bomb.yaml:4:8")
+        .run();
+}
+
+/// A template only a captured value makes big is rendered during the run: the
+/// step fails with the budget named, and the run keeps its record.
+#[test]
+fn a_capture_that_blows_the_budget_fails_its_step_and_the_run_keeps_its_record() {
+    let rb = "name: bomb\nhosts: app\nsteps:\n\
+        \x20 - name: size\n    run: head -c 300000 /dev/zero | tr '\\0' x\n    capture: n\n\
+        \x20 - name: use\n    run: \"echo {% for c in n %}{{ c }}{% endfor %} | wc -c\"\n";
+    let run = Test::new()
+        .write("runbooks/bomb.yaml", rb)
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["bomb", "--env", "lab", "--yes", "--no-sign"])
+        .expect_status(1)
+        .stderr_contains("the template exceeded its budget of 200000 instructions")
+        .run();
+    assert_eq!(run.outcome().0, "failed", "{}", run.stderr);
+}
+
+/// The budget is far above real templates: a 10 000-item loop renders.
+#[test]
+fn a_long_but_real_template_is_within_the_budget() {
+    let out = Test::new()
+        .write(
+            "runbooks/bomb.yaml",
+            runbook("echo {% for i in range(10000) %}{{ i }},{% endfor %} | wc -c"),
+        )
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["bomb", "--env", "lab", "--yes", "--no-sign", "-v"])
+        .expect_status(0)
+        .run();
+    // 0..9999 with a comma each, and the newline.
+    let log = out.read(&out.log);
+    assert!(log.contains("48891"), "{log}");
+}
