@@ -129,7 +129,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(exit::OK)
         }
         Command::Rollback(args) => rollback(&args, &cli.log_dir),
-        Command::Verify(args) => verify(&args),
+        Command::Verify(args) => verify(&args, &cli.log_dir),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut completion_command(root), "opsrun", &mut script);

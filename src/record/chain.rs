@@ -63,16 +63,6 @@ pub struct Break {
     pub problem: Problem,
 }
 
-impl Break {
-    /// The first line that cannot be trusted.
-    pub fn suspect_line(&self) -> usize {
-        match &self.problem {
-            Problem::Edited { changed_line, .. } => *changed_line,
-            _ => self.line,
-        }
-    }
-}
-
 impl std::fmt::Display for Break {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let line = self.line;

@@ -10,6 +10,7 @@ pub mod events;
 pub mod journal;
 pub(crate) mod legacy;
 pub mod output;
+pub mod recover;
 pub mod reserve;
 pub mod rundir;
 pub mod runs;

@@ -341,8 +341,14 @@ pub fn log_dir_of(dir: &Path) -> &Path {
 }
 
 /// Reads and folds the journal of the run directory `dir`.
+/// A damaged first event is rebuilt from what is intact (`record::recover`), with a warning.
 pub fn read(dir: &Path) -> Result<(RunView, Replay), JournalError> {
-    let replay = journal::read(&dir.join(journal::FILE))?;
+    let mut replay = journal::read(&dir.join(journal::FILE))?;
+    if replay.start_damaged.is_some() {
+        let (start, note) = crate::record::recover::start(dir, &replay.events);
+        replay.events.insert(0, start);
+        replay.warnings.push(note);
+    }
     Ok((RunView::fold(&dir_name(dir), &replay.events), replay))
 }
 

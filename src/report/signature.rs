@@ -60,6 +60,45 @@ pub struct Stated {
     /// `(file, sha256)` of every output file the document cites.
     pub outputs: Vec<(String, String)>,
     pub unsigned: bool,
+    /// The run the document is the log of, and its journal (absent in a plan
+    /// and in logs written before logs were bound to their run).
+    pub binding: Option<Binding>,
+}
+
+/// What binds a log to its run: the run directory's name, the journal's chain
+/// (how many events and the hash of the last), and the sha256 of every file of
+/// the run directory the log cites besides the outputs. `opsrun verify` checks
+/// them against the run directory when the log sits in it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Binding {
+    pub run: String,
+    /// `None`: the journal has no chain (written by an older opsrun).
+    pub journal: Option<(u64, String)>,
+    pub operator: String,
+    pub files: Vec<(String, String)>,
+}
+
+/// `journal.jsonl`, N events, chain hash `HEX`
+fn journal_line(events: u64, head: &str) -> String {
+    format!(
+        "{}, {events} events, chain hash {}",
+        code(crate::record::journal::FILE),
+        code(head)
+    )
+}
+
+/// Reads `journal_line` back.
+fn parse_journal(rest: &str) -> Option<(u64, String)> {
+    let after = rest.split_once(", ")?.1;
+    let (n, after) = after.split_once(" events, chain hash ")?;
+    Some((n.trim().parse().ok()?, inline_code(after)?))
+}
+
+/// `` `runbook.yaml` sha256 `HEX` ``
+fn parse_file(rest: &str) -> Option<(String, String)> {
+    let file = inline_code(rest)?;
+    let at = rest.find(" sha256 `")?;
+    Some((file, inline_code(&rest[at + " sha256 ".len()..])?))
 }
 
 /// The labels the report writes and `stated` reads: keep them in one place.
@@ -69,6 +108,11 @@ pub mod labels {
     pub const SIGNED_AT: &str = "- Signed at: ";
     pub const PUBLIC_KEY: &str = "- Public key: ";
     pub const UNSIGNED: &str = "**UNSIGNED**";
+    pub const RUN: &str = "- Run: ";
+    pub const JOURNAL: &str = "- Journal: ";
+    pub const NO_CHAIN: &str = "no chain (written by an older opsrun)";
+    pub const OPERATOR: &str = "- Operator: ";
+    pub const FILE: &str = "- File: ";
 }
 
 /// Reads the signer lines and output references of a document, ignoring
@@ -103,6 +147,16 @@ pub fn stated(text: &str) -> Stated {
             s.signed_at = Some(rest.trim().to_string());
         } else if let Some(rest) = line.strip_prefix(labels::PUBLIC_KEY) {
             s.public_key = inline_code(rest);
+        } else if let Some(rest) = line.strip_prefix(labels::RUN) {
+            s.binding.get_or_insert_with(Binding::default).run =
+                inline_code(rest).unwrap_or_default();
+        } else if let Some(rest) = line.strip_prefix(labels::JOURNAL) {
+            s.binding.get_or_insert_with(Binding::default).journal = parse_journal(rest);
+        } else if let Some(rest) = line.strip_prefix(labels::OPERATOR) {
+            s.binding.get_or_insert_with(Binding::default).operator =
+                inline_code(rest).unwrap_or_default();
+        } else if let Some(f) = line.strip_prefix(labels::FILE).and_then(parse_file) {
+            s.binding.get_or_insert_with(Binding::default).files.push(f);
         } else if let Some(r) = output_reference(line) {
             if !s.outputs.contains(&r) {
                 s.outputs.push(r);
@@ -133,10 +187,32 @@ pub fn verify_section(
     file: &str,
     signer: Option<&SignerInfo>,
     outputs: &[&crate::record::events::Saved],
+    binding: Option<&Binding>,
 ) {
     let q = crate::shell::quote;
     let sig = format!("{file}.sig");
     let _ = writeln!(o, "\n## How to verify\n");
+    if let Some(b) = binding {
+        let _ = writeln!(
+            o,
+            "This log is bound to its run: `opsrun verify` checks these against the run directory it sits in.\n"
+        );
+        let _ = writeln!(o, "{}{}", labels::RUN, code(&b.run));
+        let journal = match &b.journal {
+            Some((n, head)) => journal_line(*n, head),
+            None => format!(
+                "{}, {}",
+                code(crate::record::journal::FILE),
+                labels::NO_CHAIN
+            ),
+        };
+        let _ = writeln!(o, "{}{journal}", labels::JOURNAL);
+        let _ = writeln!(o, "{}{}", labels::OPERATOR, code(&b.operator));
+        for (f, sha) in &b.files {
+            let _ = writeln!(o, "{}{} sha256 {}", labels::FILE, code(f), code(sha));
+        }
+        let _ = writeln!(o);
+    }
     match signer {
         None => {
             let _ = writeln!(
