@@ -207,6 +207,9 @@ pub struct Replay {
     /// The first line was unreadable or edited; `events` starts at event #2 and
     /// has no `RunStarted` (`record::recover` rebuilds one).
     pub start_damaged: Option<chain::Break>,
+    /// The warnings about the chain (a break, a damaged first event): also in
+    /// `warnings`; `opsrun runs` shows only these.
+    pub chain_warnings: Vec<String>,
     /// Hashes along the chain: the final one, and the one after any count of events.
     links: Checker,
 }
@@ -279,11 +282,13 @@ pub(crate) fn read_raw(path: &Path) -> Result<Replay, JournalError> {
                         replay.events.push(l.event);
                     }
                     Verdict::Break(b) => {
-                        replay.warnings.push(format!(
+                        let w = format!(
                             "{}: the hash chain is broken at {b}; only the {} before it are used",
                             path.display(),
                             crate::plural::count(replay.events.len(), "event", "events")
-                        ));
+                        );
+                        replay.warnings.push(w.clone());
+                        replay.chain_warnings.push(w);
                         replay.chain = Chain::Broken(b);
                         break;
                     }
@@ -318,13 +323,12 @@ pub(crate) fn read_raw(path: &Path) -> Result<Replay, JournalError> {
             .push(format!("{}: unreadable event skipped: {e}", at(n)));
     }
     if let Some(b) = replay.links.start_damaged.clone() {
-        replay.warnings.insert(
-            0,
-            format!(
-                "{}: the run's first event is damaged (at {b}); the other events are intact and used",
-                path.display(),
-            ),
+        let w = format!(
+            "{}: the run's first event is damaged (at {b}); the other events are intact and used",
+            path.display(),
         );
+        replay.warnings.insert(0, w.clone());
+        replay.chain_warnings.insert(0, w);
         replay.start_damaged = Some(b);
     }
     Ok(replay)
