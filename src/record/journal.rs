@@ -421,7 +421,7 @@ mod tests {
         let mut edited = good.clone();
         edited[2] = edited[2].replace("event 2", "event two");
         let r = reread(dir.path(), &edited);
-        assert_eq!(r.broken().unwrap().suspect_line(), 3);
+        assert_eq!(r.broken().unwrap().line, 4, "the line that does not chain");
         assert_eq!(
             r.events.len(),
             3,

@@ -306,6 +306,21 @@ fn binding_checks(v: &mut Verification, dir: &Path, journal: &Path, b: &Binding)
         Ok(r) => r,
         Err(e) => return v.check("journal", false, e.to_string()),
     };
+    let recorded = replay.events.iter().find_map(|e| match e {
+        crate::record::events::Event::RunStarted { operator, .. } => Some(operator.clone()),
+        _ => None,
+    });
+    match recorded {
+        Some(op) if op != b.operator => v.check(
+            "operator",
+            false,
+            format!(
+                "the log names operator `{}`, the run's journal `{op}`",
+                b.operator
+            ),
+        ),
+        _ => {}
+    }
     let broken = replay
         .broken()
         .map(|br| format!("the journal's hash chain is broken at {br}"))
