@@ -7,10 +7,9 @@
 //! in the chain, but the log states the chain hash it ended at).
 
 use super::*;
+use crate::record::binding::Binding;
+pub use crate::record::binding::LOG_FILE;
 use crate::record::journal::Replay;
-use crate::report::signature::{stated, Binding};
-
-pub const LOG_FILE: &str = "log.md";
 
 /// Files of the run directory the log cites besides the outputs: what ran.
 const CITED: &[&str] = &["runbook.yaml", "inventory.yaml"];
@@ -32,26 +31,15 @@ pub enum LogError {
     },
 }
 
-/// Why the journal cannot be signed over, if it cannot: `existing` is the log
-/// already in the run directory.
-fn untrusted(replay: &Replay, existing: Option<&str>) -> Option<String> {
+/// Why the journal cannot be signed over, if it cannot.
+fn untrusted(replay: &Replay) -> Option<String> {
     if let Some(b) = replay.broken() {
         return Some(format!("the hash chain is broken at {b}"));
     }
-    if let Some(b) = &replay.start_damaged {
-        return Some(format!("the run's first event is damaged (at {b})"));
-    }
-    let (n, head) = stated(existing?).binding?.journal?;
-    match replay.head_at(n) {
-        Some(h) if h == head => None,
-        Some(_) => Some(format!(
-            "line {n} (event #{n}) is not what the existing log was written from: its chain hash no longer matches the one the log states (`{head}`); the journal was edited after the log was written"
-        )),
-        None => Some(format!(
-            "the existing log was written from {n} events, the journal now holds {}",
-            replay.chained_events()
-        )),
-    }
+    replay
+        .start_damaged
+        .as_ref()
+        .map(|b| format!("the run's first event is damaged (at {b})"))
 }
 
 /// What binds the log to the run directory `dir`.
@@ -79,11 +67,11 @@ pub fn write_log(
     signing: &crate::sign::Signing,
 ) -> Result<(PathBuf, Option<crate::sign::SignInfo>), LogError> {
     let journal = dir.join(crate::record::journal::FILE);
-    let replay =
+    let mut replay =
         crate::record::journal::read(&journal).map_err(crate::record::rundir::RecordError::from)?;
+    crate::record::binding::check_against_log(dir, &mut replay);
     let log = dir.join(LOG_FILE);
-    let existing = std::fs::read_to_string(&log).ok();
-    if let Some(problem) = untrusted(&replay, existing.as_deref()) {
+    if let Some(problem) = untrusted(&replay) {
         return Err(LogError::Untrusted {
             journal,
             log,

@@ -54,6 +54,11 @@ pub enum Problem {
     Damaged { seq: u64, reason: String },
     /// A line without chain fields in a chained journal, or one with only one of them.
     Unchained,
+    /// Event `seq` is not the one the run's log was written from (its chain
+    /// hash is not the one the log states): the journal was edited since.
+    NotLogged { seq: u64 },
+    /// The run's log was written from `logged` events; the journal holds fewer.
+    Shorter { logged: u64, found: u64 },
 }
 
 /// Where the chain breaks: `line` is 1-based in the journal file.
@@ -91,6 +96,14 @@ impl std::fmt::Display for Break {
             Problem::Damaged { seq, reason } => write!(
                 f,
                 "line {line}: event #{seq} is unreadable ({reason})"
+            ),
+            Problem::NotLogged { seq } => write!(
+                f,
+                "line {line}: event #{seq} is not the one log.md was written from (its chain hash is not the one log.md states): the journal was edited after its log was written"
+            ),
+            Problem::Shorter { logged, found } => write!(
+                f,
+                "the end: the journal holds {found} events, log.md was written from {logged} (lines were removed from its end)"
             ),
             Problem::Unchained => write!(
                 f,

@@ -230,6 +230,15 @@ impl Replay {
         self.links.head_at(n)
     }
 
+    /// Marks the chain broken at `b` (found by a check beyond the chain itself),
+    /// with the same warning a break in the chain gets.
+    pub fn set_broken(&mut self, b: chain::Break, path: &Path) {
+        let w = break_warning(path, &b, self.events.len());
+        self.warnings.push(w.clone());
+        self.chain_warnings.push(w);
+        self.chain = Chain::Broken(b);
+    }
+
     /// The break in the chain, if any.
     pub fn broken(&self) -> Option<&chain::Break> {
         match &self.chain {
@@ -237,6 +246,14 @@ impl Replay {
             _ => None,
         }
     }
+}
+
+fn break_warning(path: &Path, b: &chain::Break, kept: usize) -> String {
+    format!(
+        "{}: the hash chain is broken at {b}; only the {} before it are used",
+        path.display(),
+        crate::plural::count(kept, "event", "events")
+    )
 }
 
 /// Reads a journal of any version, in the current vocabulary.
@@ -282,11 +299,7 @@ pub(crate) fn read_raw(path: &Path) -> Result<Replay, JournalError> {
                         replay.events.push(l.event);
                     }
                     Verdict::Break(b) => {
-                        let w = format!(
-                            "{}: the hash chain is broken at {b}; only the {} before it are used",
-                            path.display(),
-                            crate::plural::count(replay.events.len(), "event", "events")
-                        );
+                        let w = break_warning(path, &b, replay.events.len());
                         replay.warnings.push(w.clone());
                         replay.chain_warnings.push(w);
                         replay.chain = Chain::Broken(b);

@@ -5,6 +5,7 @@
 //! reads journals back to list runs (`opsrun runs`) and to pick up a run
 //! again (`--resume`, `rollback`).
 
+pub mod binding;
 pub mod chain;
 pub mod events;
 pub mod journal;

@@ -344,6 +344,7 @@ pub fn log_dir_of(dir: &Path) -> &Path {
 /// A damaged first event is rebuilt from what is intact (`record::recover`), with a warning.
 pub fn read(dir: &Path) -> Result<(RunView, Replay), JournalError> {
     let mut replay = journal::read(&dir.join(journal::FILE))?;
+    crate::record::binding::check_against_log(dir, &mut replay);
     if replay.start_damaged.is_some() {
         let (start, note) = crate::record::recover::start(dir, &replay.events);
         replay.events.insert(0, start);

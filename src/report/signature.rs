@@ -5,6 +5,8 @@
 
 use super::markdown::{cell, code, fenced, inline_code};
 use crate::clock::Time;
+use crate::record::binding;
+pub use crate::record::binding::Binding;
 use std::fmt::Write as _;
 
 /// The SSHSIG namespace of every opsrun signature.
@@ -65,33 +67,14 @@ pub struct Stated {
     pub binding: Option<Binding>,
 }
 
-/// What binds a log to its run: the run directory's name, the journal's chain
-/// (how many events and the hash of the last), and the sha256 of every file of
-/// the run directory the log cites besides the outputs. `opsrun verify` checks
-/// them against the run directory when the log sits in it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Binding {
-    pub run: String,
-    /// `None`: the journal has no chain (written by an older opsrun).
-    pub journal: Option<(u64, String)>,
-    pub operator: String,
-    pub files: Vec<(String, String)>,
-}
-
 /// `journal.jsonl`, N events, chain hash `HEX`
 fn journal_line(events: u64, head: &str) -> String {
     format!(
-        "{}, {events} events, chain hash {}",
+        "{}, {events}{}{}",
         code(crate::record::journal::FILE),
+        binding::labels::CHAIN_HASH,
         code(head)
     )
-}
-
-/// Reads `journal_line` back.
-fn parse_journal(rest: &str) -> Option<(u64, String)> {
-    let after = rest.split_once(", ")?.1;
-    let (n, after) = after.split_once(" events, chain hash ")?;
-    Some((n.trim().parse().ok()?, inline_code(after)?))
 }
 
 /// `` `runbook.yaml` sha256 `HEX` ``
@@ -108,11 +91,7 @@ pub mod labels {
     pub const SIGNED_AT: &str = "- Signed at: ";
     pub const PUBLIC_KEY: &str = "- Public key: ";
     pub const UNSIGNED: &str = "**UNSIGNED**";
-    pub const RUN: &str = "- Run: ";
-    pub const JOURNAL: &str = "- Journal: ";
-    pub const NO_CHAIN: &str = "no chain (written by an older opsrun)";
-    pub const OPERATOR: &str = "- Operator: ";
-    pub const FILE: &str = "- File: ";
+    pub use crate::record::binding::labels::*;
 }
 
 /// Reads the signer lines and output references of a document, ignoring
@@ -120,22 +99,7 @@ pub mod labels {
 /// imitate any line).
 pub fn stated(text: &str) -> Stated {
     let mut s = Stated::default();
-    let mut fence: Option<usize> = None;
-    for line in text.lines() {
-        let ticks = line.chars().take_while(|c| *c == '`').count();
-        match fence {
-            Some(open) => {
-                if ticks >= open && line[ticks..].trim().is_empty() {
-                    fence = None;
-                }
-                continue;
-            }
-            None if ticks >= 3 => {
-                fence = Some(ticks);
-                continue;
-            }
-            None => {}
-        }
+    for line in binding::outside_fences(text) {
         if line.contains(labels::UNSIGNED) && s.identity.is_none() {
             s.unsigned = true;
         }
@@ -151,7 +115,7 @@ pub fn stated(text: &str) -> Stated {
             s.binding.get_or_insert_with(Binding::default).run =
                 inline_code(rest).unwrap_or_default();
         } else if let Some(rest) = line.strip_prefix(labels::JOURNAL) {
-            s.binding.get_or_insert_with(Binding::default).journal = parse_journal(rest);
+            s.binding.get_or_insert_with(Binding::default).journal = binding::parse_journal(rest);
         } else if let Some(rest) = line.strip_prefix(labels::OPERATOR) {
             s.binding.get_or_insert_with(Binding::default).operator =
                 inline_code(rest).unwrap_or_default();

@@ -332,22 +332,25 @@ fn binding_checks(v: &mut Verification, dir: &Path, journal: &Path, b: &Binding)
         });
     match (&b.journal, broken) {
         (_, Some(problem)) => v.check("journal", false, problem),
-        (None, None) => v.check("journal", true, format!("not checked: the log states {}", labels::NO_CHAIN)),
-        (Some((n, head)), None) => match replay.head_at(*n) {
-            Some(h) if h == head => v.check(
+        (None, None) => v.check(
+            "journal",
+            true,
+            format!("not checked: the log states {}", labels::NO_CHAIN),
+        ),
+        (Some((n, head)), None) => match crate::record::binding::differs(&replay, *n, head) {
+            None => v.check(
                 "journal",
                 true,
                 format!("{n} events, chain hash matches the log"),
             ),
-            Some(h) => v.check(
+            Some(p) => v.check(
                 "journal",
                 false,
-                format!("event #{n} has chain hash {h}, the log says {head}: the journal is not the one the log was written from"),
-            ),
-            None => v.check(
-                "journal",
-                false,
-                format!("the log was written from {n} events, the journal holds {}", replay.chained_events()),
+                crate::record::chain::Break {
+                    line: usize::try_from(*n).unwrap_or(usize::MAX),
+                    problem: p,
+                }
+                .to_string(),
             ),
         },
     }

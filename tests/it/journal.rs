@@ -692,13 +692,10 @@ fn an_edited_outcome_is_refused_by_opsrun_log_and_the_signed_log_stays_byte_iden
 
     let out = lab.test(&["log", &run.id()]).output();
     assert_ne!(out.code, 0, "{out:?}");
-    assert!(
-        out.stderr.contains(&format!(
-            "line {last} (event #{last}) is not what the existing log was written from"
-        )),
-        "{}",
-        out.stderr
+    let said = format!(
+        "the hash chain is broken at line {last}: event #{last} is not the one log.md was written from"
     );
+    assert!(out.stderr.contains(&said), "{}", out.stderr);
     assert_eq!(
         fs::read(dir.join("log.md")).unwrap(),
         log,
@@ -714,11 +711,17 @@ fn an_edited_outcome_is_refused_by_opsrun_log_and_the_signed_log_stays_byte_iden
     let v = lab.test(&["verify", &run.id()]).output();
     assert_eq!(v.code, 1, "{v:?}");
     assert!(
-        v.stdout
-            .contains(&format!("FAILED  journal: event #{last} has chain hash")),
+        v.stdout.contains(&format!(
+            "FAILED  journal: line {last}: event #{last} is not the one log.md was written from"
+        )),
         "{}",
         v.stdout
     );
+
+    // `opsrun runs` warns, and reads the run up to the edited line: not "succeeded".
+    let runs = lab.test(&["runs"]).output();
+    assert!(runs.stderr.contains(&said), "{}", runs.stderr);
+    assert_eq!(lab.runs_table()[0]["result"], "interrupted");
 }
 
 #[test]
