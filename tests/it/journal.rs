@@ -757,6 +757,33 @@ fn a_dropped_result_line_stops_log_runs_and_rollback_at_the_break() {
         "the end is after the break"
     );
 
+    // `--resume` starts where the events before the break leave off: at Two.
+    let resume = lab
+        .test(&[
+            "run",
+            "three",
+            "--env",
+            "local",
+            "--resume",
+            &id,
+            "--dry-run",
+        ])
+        .output();
+    assert_eq!(resume.code, 0, "{resume:?}");
+    assert!(resume.stderr.contains(&said), "{}", resume.stderr);
+    assert!(
+        resume
+            .stdout
+            .contains("[1/3] One  on: app  (skipped: before --start-at)\n"),
+        "{}",
+        resume.stdout
+    );
+    assert!(
+        resume.stdout.contains("[2/3] Two  on: app\n"),
+        "{}",
+        resume.stdout
+    );
+
     let undo = lab.run(&["rollback", &id, "--yes"], &[], None);
     undo.expect_code(0);
     assert!(undo.stderr.contains(&said), "{}", undo.stderr);
