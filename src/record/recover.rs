@@ -31,15 +31,13 @@ pub fn start(dir: &Path, events: &[Event]) -> (Event, String) {
     let mut operator = None;
     for e in events {
         match e {
-            Event::TargetFinished { host, login, .. } => {
-                if !hosts.iter().any(|h| h.name == *host) {
-                    hosts.push(HostInfo {
-                        name: host.clone(),
-                        address: "(not recorded)".into(),
-                        login: login.clone(),
-                        connection: "(not recorded)".into(),
-                    });
-                }
+            Event::TargetFinished { host, login, .. } if !hosts.iter().any(|h| h.name == *host) => {
+                hosts.push(HostInfo {
+                    name: host.clone(),
+                    address: "(not recorded)".into(),
+                    login: login.clone(),
+                    connection: "(not recorded)".into(),
+                });
             }
             Event::Gate { by, .. } | Event::Manual { by, .. } if operator.is_none() => {
                 operator = Some(by.clone());
