@@ -74,7 +74,7 @@ impl std::fmt::Display for Break {
         match &self.problem {
             Problem::Missing { expected, found } => write!(
                 f,
-                "line {line}: expected event #{expected}, found #{found}: {} missing (a line was removed)",
+                "line {line}: expected event #{expected}, found #{found}: {} missing here (a line was removed, or moved further down)",
                 if found - expected == 1 {
                     format!("event #{expected} is")
                 } else {

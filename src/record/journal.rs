@@ -413,7 +413,7 @@ mod tests {
         assert_eq!(r.events.len(), 3);
         assert_eq!(
             r.broken().unwrap().to_string(),
-            "line 4: expected event #4, found #5: event #4 is missing (a line was removed)"
+            "line 4: expected event #4, found #5: event #4 is missing here (a line was removed, or moved further down)"
         );
 
         let mut twice = good.clone();

@@ -734,7 +734,7 @@ fn a_dropped_result_line_stops_log_runs_and_rollback_at_the_break() {
     let id = format!("{}-drop", run.id());
     damaged_copy(&lab, run.dir(), &id, remove_line(&text, n).as_bytes());
     let said = format!(
-        "runs/{id}/journal.jsonl: the hash chain is broken at line {n}: expected event #{n}, found #{}: event #{n} is missing (a line was removed); only the {} events before it are used",
+        "runs/{id}/journal.jsonl: the hash chain is broken at line {n}: expected event #{n}, found #{}: event #{n} is missing here (a line was removed, or moved further down); only the {} events before it are used",
         n + 1,
         n - 1
     );
