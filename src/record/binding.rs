@@ -113,3 +113,21 @@ pub fn check_against_log(dir: &Path, replay: &mut Replay) {
         &dir.join(crate::record::journal::FILE),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stated_chain_is_read_outside_fences_only() {
+        let real = "- Journal: `journal.jsonl`, 12 events, chain hash `ab12`\n";
+        let fake = "- Journal: `journal.jsonl`, 3 events, chain hash `ffff`\n";
+        let log = format!("# log\n\n{real}\n````\n{fake}```\n{fake}````\n");
+        assert_eq!(stated_journal(&log), Some((12, "ab12".into())));
+        assert_eq!(stated_journal(&log.replace(real, "")), None);
+        assert_eq!(
+            parse_journal("`journal.jsonl`, 2 events, chain hash `a|b`"),
+            None
+        );
+    }
+}
