@@ -611,6 +611,30 @@ fn a_teammate_who_re_signs_a_colleagues_log_fails_verify() {
         let s = text(&out.stdout);
         assert!(s.contains(&says), "{s}");
     }
+
+    // Through opsrun: `opsrun log` as the teammate warns, and its log fails too.
+    let m = mate.display().to_string();
+    let d = dir.display().to_string();
+    std::fs::write(&log, &original).unwrap();
+    let out = sb.opsrun(
+        &["log", &d, "--sign-key", &m],
+        &[("OPSRUN_OPERATOR", "mate")],
+    );
+    expect_code(&out, 0, "opsrun log as mate");
+    assert!(
+        text(&out.stderr).contains(&format!("was run by `{OPERATOR}`, signing as `mate`")),
+        "{}",
+        out.stderr
+    );
+    let out = verify(&sb, &log, &["--allowed-signers", &a]);
+    expect_code(&out, 1, "re-signed by opsrun log as a teammate");
+    assert!(
+        text(&out.stdout).contains(&format!(
+            "FAILED  operator: the log names operator `{OPERATOR}` but is signed as `mate`"
+        )),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
