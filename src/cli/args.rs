@@ -199,7 +199,7 @@ pub struct SignArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The log (or plan) to check; its signature is the same path plus `.sig`.
+    /// The log (or plan) to check, or a run id as for `opsrun log`; its signature is the same path plus `.sig`.
     pub log: PathBuf,
 
     /// Trusted keys per identity, as for `ssh-keygen -Y verify -f`. Without it the signer is not authenticated.

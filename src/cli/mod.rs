@@ -119,13 +119,21 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Runs => runs(&cli.log_dir),
         Command::Log { run, sign } => {
             let dir = crate::record::runs::resolve(&cli.log_dir, &run)?;
-            for w in crate::record::journal::read(&dir.join(crate::record::journal::FILE))
-                .map_err(|e| Error::Io(e.to_string()))?
-                .warnings
-            {
-                warn(&w);
+            let (view, replay) =
+                crate::record::view::read(&dir).map_err(|e| Error::Io(e.to_string()))?;
+            for w in &replay.warnings {
+                warn(w);
             }
             let signing = signing(&sign)?;
+            // The signer must be the operator the log names (`opsrun verify` checks it).
+            match view.start.as_ref().map(|s| &s.operator) {
+                Some(ran) if !sign.no_sign && *ran != operator() => eprintln!(
+                    "warning: run {} was run by `{ran}`, signing as `{}`: `opsrun verify` fails a log not signed by the operator it names",
+                    view.id,
+                    operator()
+                ),
+                _ => {}
+            }
             let (log, signed) =
                 runner::write_log(&dir, &signing).map_err(|e| Error::Io(e.to_string()))?;
             if let Some(s) = signed {
@@ -140,7 +148,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(exit::OK)
         }
         Command::Rollback(args) => rollback(&args, &cli.log_dir),
-        Command::Verify(args) => verify(&args),
+        Command::Verify(args) => verify(&args, &cli.log_dir),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut completion_command(root), "opsrun", &mut script);

@@ -15,6 +15,9 @@ pub(super) fn runs(log_dir: &Path) -> Result<i32> {
     ]
     .map(String::from)];
     for r in all {
+        for w in &r.warnings {
+            eprintln!("warning: {}", shown(w));
+        }
         // In the viewer's local time with its offset: runs recorded in other
         // time zones read in one clock, and the offset says which.
         let start = r

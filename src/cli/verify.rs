@@ -2,12 +2,19 @@
 
 use super::*;
 
-pub(super) fn verify(args: &VerifyArgs) -> Result<i32> {
+/// `log` is a file, or a run id (or run directory) as `opsrun log` and
+/// `opsrun rollback` take: then its `log.md`.
+pub(super) fn verify(args: &VerifyArgs, log_dir: &Path) -> Result<i32> {
+    let log = if args.log.is_file() {
+        args.log.clone()
+    } else {
+        crate::record::runs::resolve(log_dir, &args.log.to_string_lossy())?.join(runner::LOG_FILE)
+    };
     let opts = crate::sign::VerifyOptions {
         allowed_signers: args.allowed_signers.clone(),
         identity: args.identity.clone(),
     };
-    let v = crate::sign::verify(&args.log, &opts).map_err(Error::from)?;
+    let v = crate::sign::verify(&log, &opts).map_err(Error::from)?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "document   {}", v.document.display());
     let _ = writeln!(out, "signature  {}", v.sig.display());

@@ -52,6 +52,8 @@ pub struct Summary {
     pub rollbacks: Vec<(String, Option<Outcome>)>,
     pub start: Option<Time>,
     pub end: Option<Time>,
+    /// What is wrong with the journal's hash chain: the run is shown as read up to the break.
+    pub warnings: Vec<String>,
 }
 
 fn outcome_word(outcome: Option<Outcome>) -> &'static str {
@@ -116,18 +118,25 @@ impl Summary {
             rollbacks: Vec::new(),
             start: start.map(|s| s.time),
             end: v.last,
+            warnings: Vec::new(),
         }
     }
 }
 
 /// Every run in the log directory, oldest first, each with the later rollbacks of it.
 pub fn list(log_dir: &Path) -> Vec<Summary> {
-    let mut views: Vec<RunView> = view::run_dirs(log_dir)
+    let mut views: Vec<(RunView, Vec<String>)> = view::run_dirs(log_dir)
         .iter()
-        .filter_map(|d| view::read(d).ok().map(|(v, _)| v))
+        .filter_map(|d| view::read(d).ok().map(|(v, r)| (v, r.chain_warnings)))
         .collect();
-    view::sort(&mut views);
-    let mut all: Vec<Summary> = views.iter().map(Summary::of).collect();
+    views.sort_by(|a, b| view::order(&a.0, &b.0));
+    let mut all: Vec<Summary> = views
+        .into_iter()
+        .map(|(v, warnings)| Summary {
+            warnings,
+            ..Summary::of(&v)
+        })
+        .collect();
     let index: BTreeMap<String, usize> = all
         .iter()
         .enumerate()

@@ -341,8 +341,16 @@ pub fn log_dir_of(dir: &Path) -> &Path {
 }
 
 /// Reads and folds the journal of the run directory `dir`.
+/// A damaged first event is rebuilt from what is intact (`record::recover`), with a warning.
 pub fn read(dir: &Path) -> Result<(RunView, Replay), JournalError> {
-    let replay = journal::read(&dir.join(journal::FILE))?;
+    let mut replay = journal::read(&dir.join(journal::FILE))?;
+    crate::record::binding::check_against_log(dir, &mut replay);
+    if replay.start_damaged.is_some() {
+        let (start, note) = crate::record::recover::start(dir, &replay.events);
+        replay.events.insert(0, start);
+        replay.warnings.push(note.clone());
+        replay.chain_warnings.push(note);
+    }
     Ok((RunView::fold(&dir_name(dir), &replay.events), replay))
 }
 
@@ -360,10 +368,13 @@ pub fn run_dirs(log_dir: &Path) -> Vec<PathBuf> {
 /// Orders runs by their recorded start, then id: ids made by older versions are
 /// in the control machine's local time, which sorts wrong across time zones.
 pub fn sort(views: &mut [RunView]) {
-    views.sort_by(|a, b| {
-        let key = |v: &RunView| v.start.as_ref().map(|s| s.time);
-        (key(a), &a.id).cmp(&(key(b), &b.id))
-    });
+    views.sort_by(order);
+}
+
+/// The order of [`sort`].
+pub fn order(a: &RunView, b: &RunView) -> std::cmp::Ordering {
+    let key = |v: &RunView| v.start.as_ref().map(|s| s.time);
+    (key(a), &a.id).cmp(&(key(b), &b.id))
 }
 
 /// The `opsrun rollback` runs of run `id` in the log directory, oldest first.

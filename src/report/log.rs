@@ -13,7 +13,7 @@ use crate::record::view::{Identity, Prompt, Row, RunView, StepTable, TargetResul
 use crate::report::excerpt::excerpt;
 use crate::report::markdown::{cell, code, code_cell, fenced};
 use crate::report::sections::{downtime, exceptions};
-use crate::report::signature::{verify_section, SignerInfo, UNSIGNED_BANNER};
+use crate::report::signature::{verify_section, Binding, SignerInfo, UNSIGNED_BANNER};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -79,7 +79,14 @@ fn undone_in_flight(events: &[Event], run_dir: &Path, of: &str) -> Vec<String> {
 
 /// Renders the log. `signer` is who is about to sign it (stamped into the
 /// "How to verify" section); `None` puts the UNSIGNED banner at the top.
-pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> String {
+/// `binding` (run, chain hash, cited files) is stated there too; its operator
+/// is filled in from the journal.
+pub fn render(
+    events: &[Event],
+    run_dir: &Path,
+    signer: Option<&SignerInfo>,
+    binding: Option<&Binding>,
+) -> String {
     let mut o = String::new();
     let id = crate::record::view::dir_name(run_dir);
     let view = RunView::fold(&id, events);
@@ -284,7 +291,11 @@ pub fn render(events: &[Event], run_dir: &Path, signer: Option<&SignerInfo>) -> 
     }
     exceptions(&mut o, &history.exceptions);
     let outputs: Vec<&Saved> = history.outputs.iter().collect();
-    verify_section(&mut o, "log.md", signer, &outputs);
+    let binding = binding.map(|b| Binding {
+        operator: operator.clone(),
+        ..b.clone()
+    });
+    verify_section(&mut o, "log.md", signer, &outputs, binding.as_ref());
     o
 }
 

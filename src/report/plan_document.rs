@@ -151,7 +151,7 @@ pub fn markdown(
             md_step(&mut o, s, &format!("R{}", s.number));
         }
     }
-    crate::report::signature::verify_section(&mut o, file, signer, &[]);
+    crate::report::signature::verify_section(&mut o, file, signer, &[], None);
     o
 }
 

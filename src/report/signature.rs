@@ -5,6 +5,8 @@
 
 use super::markdown::{cell, code, fenced, inline_code};
 use crate::clock::Time;
+use crate::record::binding;
+pub use crate::record::binding::Binding;
 use std::fmt::Write as _;
 
 /// The SSHSIG namespace of every opsrun signature.
@@ -60,6 +62,26 @@ pub struct Stated {
     /// `(file, sha256)` of every output file the document cites.
     pub outputs: Vec<(String, String)>,
     pub unsigned: bool,
+    /// The run the document is the log of, and its journal (absent in a plan
+    /// and in logs written before logs were bound to their run).
+    pub binding: Option<Binding>,
+}
+
+/// `journal.jsonl`, N events, chain hash `HEX`
+fn journal_line(events: u64, head: &str) -> String {
+    format!(
+        "{}, {events}{}{}",
+        code(crate::record::journal::FILE),
+        binding::labels::CHAIN_HASH,
+        code(head)
+    )
+}
+
+/// `` `runbook.yaml` sha256 `HEX` ``
+fn parse_file(rest: &str) -> Option<(String, String)> {
+    let file = inline_code(rest)?;
+    let at = rest.find(" sha256 `")?;
+    Some((file, inline_code(&rest[at + " sha256 ".len()..])?))
 }
 
 /// The labels the report writes and `stated` reads: keep them in one place.
@@ -69,6 +91,7 @@ pub mod labels {
     pub const SIGNED_AT: &str = "- Signed at: ";
     pub const PUBLIC_KEY: &str = "- Public key: ";
     pub const UNSIGNED: &str = "**UNSIGNED**";
+    pub use crate::record::binding::labels::*;
 }
 
 /// Reads the signer lines and output references of a document, ignoring
@@ -76,23 +99,9 @@ pub mod labels {
 /// imitate any line).
 pub fn stated(text: &str) -> Stated {
     let mut s = Stated::default();
-    let mut fence: Option<usize> = None;
-    for line in text.lines() {
-        let ticks = line.chars().take_while(|c| *c == '`').count();
-        match fence {
-            Some(open) => {
-                if ticks >= open && line[ticks..].trim().is_empty() {
-                    fence = None;
-                }
-                continue;
-            }
-            None if ticks >= 3 => {
-                fence = Some(ticks);
-                continue;
-            }
-            None => {}
-        }
-        // At the start of a line (or of the banner's quote) only, like the citations.
+    for line in binding::outside_fences(text) {
+        // At the start of a line (or of the banner's quote) only, like the citations:
+        // elsewhere the words are in a code span quoting a host.
         let said = line.strip_prefix("> ").unwrap_or(line);
         if said.starts_with(labels::UNSIGNED) && s.identity.is_none() {
             s.unsigned = true;
@@ -105,6 +114,16 @@ pub fn stated(text: &str) -> Stated {
             s.signed_at = Some(rest.trim().to_string());
         } else if let Some(rest) = line.strip_prefix(labels::PUBLIC_KEY) {
             s.public_key = inline_code(rest);
+        } else if let Some(rest) = line.strip_prefix(labels::RUN) {
+            s.binding.get_or_insert_with(Binding::default).run =
+                inline_code(rest).unwrap_or_default();
+        } else if let Some(rest) = line.strip_prefix(labels::JOURNAL) {
+            s.binding.get_or_insert_with(Binding::default).journal = binding::parse_journal(rest);
+        } else if let Some(rest) = line.strip_prefix(labels::OPERATOR) {
+            s.binding.get_or_insert_with(Binding::default).operator =
+                inline_code(rest).unwrap_or_default();
+        } else if let Some(f) = line.strip_prefix(labels::FILE).and_then(parse_file) {
+            s.binding.get_or_insert_with(Binding::default).files.push(f);
         } else if let Some(r) = output_reference(line) {
             if !s.outputs.contains(&r) {
                 s.outputs.push(r);
@@ -140,10 +159,32 @@ pub fn verify_section(
     file: &str,
     signer: Option<&SignerInfo>,
     outputs: &[&crate::record::events::Saved],
+    binding: Option<&Binding>,
 ) {
     let q = crate::shell::quote;
     let sig = format!("{file}.sig");
     let _ = writeln!(o, "\n## How to verify\n");
+    if let Some(b) = binding {
+        let _ = writeln!(
+            o,
+            "This log is bound to its run: `opsrun verify` checks these against the run directory it sits in.\n"
+        );
+        let _ = writeln!(o, "{}{}", labels::RUN, code(&b.run));
+        let journal = match &b.journal {
+            Some((n, head)) => journal_line(*n, head),
+            None => format!(
+                "{}, {}",
+                code(crate::record::journal::FILE),
+                labels::NO_CHAIN
+            ),
+        };
+        let _ = writeln!(o, "{}{journal}", labels::JOURNAL);
+        let _ = writeln!(o, "{}{}", labels::OPERATOR, code(&b.operator));
+        for (f, sha) in &b.files {
+            let _ = writeln!(o, "{}{} sha256 {}", labels::FILE, code(f), code(sha));
+        }
+        let _ = writeln!(o);
+    }
     match signer {
         None => {
             let _ = writeln!(

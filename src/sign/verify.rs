@@ -2,6 +2,7 @@
 //! allowed_signers file, and every output file it cites against its sha256.
 
 use super::*;
+use crate::report::signature::{labels, Binding, Stated};
 
 /// What `opsrun verify` checks against.
 #[derive(Debug, Clone, Default)]
@@ -168,11 +169,55 @@ pub fn verify(doc: &Path, opts: &VerifyOptions) -> Result<Verification, SignErro
         }
     }
 
+    operator_check(&mut v, &text, &stated, opts);
     let dir = doc.parent().unwrap_or_else(|| Path::new("."));
-    for (file, want) in &stated.outputs {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let journal = dir.join(crate::record::journal::FILE);
+    let beside = journal.is_file();
+    if let Some(b) = &stated.binding {
+        if beside {
+            binding_checks(&mut v, dir, &journal, b);
+        } else {
+            v.check(
+                "run",
+                true,
+                format!(
+                    "not checked: no journal beside the log (a log on its own); the run `{}`, its journal's chain hash and the {} it cites could not be checked against the run directory",
+                    b.run,
+                    crate::plural::count(b.files.len() + stated.outputs.len(), "file", "files")
+                ),
+            );
+            return Ok(v);
+        }
+    } else if !stated.outputs.is_empty() && !beside {
+        v.check(
+            "run",
+            true,
+            format!(
+                "not checked: no journal beside the log (a log on its own); the {} it cites could not be checked",
+                crate::plural::count(stated.outputs.len(), "output file", "output files")
+            ),
+        );
+        return Ok(v);
+    }
+    let files = stated
+        .binding
+        .iter()
+        .flat_map(|b| b.files.iter())
+        .chain(stated.outputs.iter());
+    for (file, want) in files {
+        let name = if stated.outputs.iter().any(|(f, _)| f == file) {
+            format!("output {file}")
+        } else {
+            format!("file {file}")
+        };
         if !contained(file) {
             v.check(
-                &format!("output {file}"),
+                &name,
                 false,
                 "the path leaves the run directory: not checked",
             );
@@ -182,21 +227,132 @@ pub fn verify(doc: &Path, opts: &VerifyOptions) -> Result<Verification, SignErro
             Ok(b) => {
                 let got = crate::digest::sha256_hex(&b);
                 if got == *want {
-                    v.check(&format!("output {file}"), true, "sha256 matches");
+                    v.check(&name, true, "sha256 matches");
                 } else {
                     v.check(
-                        &format!("output {file}"),
+                        &name,
                         false,
                         format!("sha256 is {got}, the log says {want}"),
                     );
                 }
             }
-            Err(e) => v.check(
-                &format!("output {file}"),
-                false,
-                format!("cannot read: {e}"),
-            ),
+            Err(e) => v.check(&name, false, format!("cannot read: {e}")),
         }
     }
     Ok(v)
+}
+
+/// The signer must be the operator the log names: a teammate trusted in
+/// allowed_signers who re-signs a colleague's log under their own name fails.
+fn operator_check(v: &mut Verification, text: &[u8], stated: &Stated, opts: &VerifyOptions) {
+    let Some(b) = &stated.binding else {
+        return;
+    };
+    let text = String::from_utf8_lossy(text);
+    // The Operator row as the log writes it, for the stated operator; host
+    // output (in fences) may imitate it.
+    let row = format!(
+        "| Operator | {} |",
+        crate::report::markdown::cell(&b.operator)
+    );
+    if !crate::record::binding::outside_fences(&text).any(|l| l == row) {
+        v.check(
+            "operator",
+            false,
+            format!(
+                "the log's Operator row does not name `{}`, the operator the log is bound to",
+                b.operator
+            ),
+        );
+        return;
+    }
+    let signer = opts.identity.as_ref().or(stated.identity.as_ref());
+    match signer {
+        Some(s) if *s == b.operator => v.check(
+            "operator",
+            true,
+            format!("signed by the operator the log names (`{s}`)"),
+        ),
+        Some(s) => v.check(
+            "operator",
+            false,
+            format!("the log names operator `{}` but is signed as `{s}`: a log is signed by the operator who ran it", b.operator),
+        ),
+        None => {}
+    }
+}
+
+/// The run the log states against the run directory it sits in.
+fn binding_checks(v: &mut Verification, dir: &Path, journal: &Path, b: &Binding) {
+    let here = crate::record::view::dir_name(
+        &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+    );
+    if here == b.run {
+        v.check(
+            "run",
+            true,
+            format!(
+                "the log is of run `{}`, the run directory it sits in",
+                b.run
+            ),
+        );
+    } else {
+        v.check(
+            "run",
+            false,
+            format!("the log is of run `{}` but sits in the run directory of `{here}` (copied from another run?)", b.run),
+        );
+    }
+    let replay = match crate::record::journal::read(journal) {
+        Ok(r) => r,
+        Err(e) => return v.check("journal", false, e.to_string()),
+    };
+    let recorded = replay.events.iter().find_map(|e| match e {
+        crate::record::events::Event::RunStarted { operator, .. } => Some(operator.clone()),
+        _ => None,
+    });
+    match recorded {
+        Some(op) if op != b.operator => v.check(
+            "operator",
+            false,
+            format!(
+                "the log names operator `{}`, the run's journal `{op}`",
+                b.operator
+            ),
+        ),
+        _ => {}
+    }
+    let broken = replay
+        .broken()
+        .map(|br| format!("the journal's hash chain is broken at {br}"))
+        .or_else(|| {
+            replay
+                .start_damaged
+                .as_ref()
+                .map(|br| format!("the journal's first event is damaged (at {br})"))
+        });
+    match (&b.journal, broken) {
+        (_, Some(problem)) => v.check("journal", false, problem),
+        (None, None) => v.check(
+            "journal",
+            true,
+            format!("not checked: the log states {}", labels::NO_CHAIN),
+        ),
+        (Some((n, head)), None) => match crate::record::binding::differs(&replay, *n, head) {
+            None => v.check(
+                "journal",
+                true,
+                format!("{n} events, chain hash matches the log"),
+            ),
+            Some(p) => v.check(
+                "journal",
+                false,
+                crate::record::chain::Break {
+                    line: usize::try_from(*n).unwrap_or(usize::MAX),
+                    problem: p,
+                }
+                .to_string(),
+            ),
+        },
+    }
 }

@@ -648,3 +648,236 @@ fn output_files_are_unique_per_host_and_name_their_batch() {
         "ab1\n"
     );
 }
+
+/// Step Two fails on every host: the run fails, its automatic rollback undoes One.
+const FAILS: &str = r#"name: fails
+hosts: app
+steps:
+  - name: One
+    run: echo one >> {{ root }}/events
+  - name: Two
+    run: echo two >> {{ root }}/events; exit 3
+"#;
+
+/// The 1-based number of the first line of `text` that contains every one of `parts`.
+fn line_of(text: &str, parts: &[&str]) -> usize {
+    text.lines()
+        .position(|l| parts.iter().all(|p| l.contains(p)))
+        .expect("a matching line")
+        + 1
+}
+
+fn remove_line(text: &str, n: usize) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.remove(n - 1);
+    lines.join("\n") + "\n"
+}
+
+#[test]
+fn an_edited_outcome_is_refused_by_opsrun_log_and_the_signed_log_stays_byte_identical() {
+    let (lab, _) = local_lab("flip");
+    lab.write("runbooks/fails.yaml", FAILS);
+    let run = lab.run(&["fails", "--env", "local", "--yes"], &[], None);
+    assert_ne!(run.code, 0);
+    let dir = run.dir().to_path_buf();
+    let log = fs::read(dir.join("log.md")).unwrap();
+    let sig = fs::read(dir.join("log.md.sig")).expect("a signed log");
+    let text = fs::read_to_string(dir.join("journal.jsonl")).unwrap();
+    let last = text.lines().count();
+    assert_eq!(line_of(&text, &[r#""event":"run_finished""#]), last);
+    // The last line: nothing follows it in the chain, the signed log's chain hash covers it.
+    let flipped = text.replace(r#""outcome":"failed""#, r#""outcome":"succeeded""#);
+    assert_ne!(flipped, text);
+    fs::write(dir.join("journal.jsonl"), &flipped).unwrap();
+
+    let out = lab.test(&["log", &run.id()]).output();
+    assert_ne!(out.code, 0, "{out:?}");
+    let said = format!(
+        "the hash chain is broken at line {last}: event #{last} is not the one log.md was written from"
+    );
+    assert!(out.stderr.contains(&said), "{}", out.stderr);
+    assert_eq!(
+        fs::read(dir.join("log.md")).unwrap(),
+        log,
+        "log.md unchanged"
+    );
+    assert_eq!(
+        fs::read(dir.join("log.md.sig")).unwrap(),
+        sig,
+        "log.md.sig unchanged"
+    );
+
+    // And the signed log no longer verifies against its run directory.
+    let v = lab.test(&["verify", &run.id()]).output();
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(
+        v.stdout.contains(&format!(
+            "FAILED  journal: line {last}: event #{last} is not the one log.md was written from"
+        )),
+        "{}",
+        v.stdout
+    );
+
+    // `opsrun runs` warns, and reads the run up to the edited line: not "succeeded".
+    let runs = lab.test(&["runs"]).output();
+    assert!(runs.stderr.contains(&said), "{}", runs.stderr);
+    assert_eq!(lab.runs_table()[0]["result"], "interrupted");
+}
+
+#[test]
+fn a_dropped_result_line_stops_log_runs_and_rollback_at_the_break() {
+    let (lab, hosts) = local_lab("drop");
+    let run = lab.run(&["three", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let text = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
+    let n = line_of(&text, &[r#""event":"target_finished""#, r#""step":"Two""#]);
+    let id = format!("{}-drop", run.id());
+    damaged_copy(&lab, run.dir(), &id, remove_line(&text, n).as_bytes());
+    let said = format!(
+        "runs/{id}/journal.jsonl: the hash chain is broken at line {n}: expected event #{n}, found #{}: event #{n} is missing here (a line was removed, or moved further down); only the {} events before it are used",
+        n + 1,
+        n - 1
+    );
+
+    let log = lab.test(&["log", &id]).output();
+    assert_ne!(log.code, 0, "{log:?}");
+    assert!(
+        log.stderr
+            .contains(&format!("line {n}: expected event #{n}")),
+        "{}",
+        log.stderr
+    );
+    assert!(!lab.path().join("runs").join(&id).join("log.md").exists());
+
+    let runs = lab.test(&["runs"]).output();
+    assert!(runs.stderr.contains(&said), "{}", runs.stderr);
+    assert_eq!(
+        lab.runs_table()[1]["result"],
+        "interrupted",
+        "the end is after the break"
+    );
+
+    // `--resume` starts where the events before the break leave off: at Two.
+    let resume = lab
+        .test(&[
+            "run",
+            "three",
+            "--env",
+            "local",
+            "--resume",
+            &id,
+            "--dry-run",
+        ])
+        .output();
+    assert_eq!(resume.code, 0, "{resume:?}");
+    assert!(resume.stderr.contains(&said), "{}", resume.stderr);
+    assert!(
+        resume
+            .stdout
+            .contains("[1/3] One  on: app  (skipped: before --start-at)\n"),
+        "{}",
+        resume.stdout
+    );
+    assert!(
+        resume.stdout.contains("[2/3] Two  on: app\n"),
+        "{}",
+        resume.stdout
+    );
+
+    let undo = lab.run(&["rollback", &id, "--yes"], &[], None);
+    undo.expect_code(0);
+    assert!(undo.stderr.contains(&said), "{}", undo.stderr);
+    for h in &hosts {
+        let events = host_events(&lab, h);
+        // Each undo at most once; One is undone everywhere.
+        for undo in ["undo-one", "undo-two"] {
+            assert!(
+                events.iter().filter(|e| *e == undo).count() <= 1,
+                "{h}: {events:?}"
+            );
+        }
+        assert_eq!(
+            events.last().map(String::as_str),
+            Some("undo-one"),
+            "{h}: {events:?}"
+        );
+    }
+}
+
+#[test]
+fn a_duplicated_line_is_found_and_rollback_undoes_each_step_once() {
+    let (lab, hosts) = local_lab("dup");
+    let run = lab.run(&["three", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let text = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
+    let n = line_of(&text, &[r#""event":"target_finished""#, r#""step":"One""#]);
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(n, lines[n - 1]);
+    let id = format!("{}-dup", run.id());
+    damaged_copy(&lab, run.dir(), &id, (lines.join("\n") + "\n").as_bytes());
+
+    let log = lab.test(&["log", &id]).output();
+    assert_ne!(log.code, 0, "{log:?}");
+    assert!(
+        log.stderr.contains(&format!(
+            "line {}: event #{n} again (a copy of line {n})",
+            n + 1
+        )),
+        "{}",
+        log.stderr
+    );
+    let undo = lab.run(&["rollback", &id, "--yes"], &[], None);
+    undo.expect_code(0);
+    assert!(undo.stderr.contains("event #"), "{}", undo.stderr);
+    for h in &hosts {
+        let events = host_events(&lab, h);
+        assert!(
+            events.iter().filter(|e| *e == "undo-one").count() <= 1,
+            "{h}: {events:?}"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_first_line_still_rolls_back_from_the_intact_events_and_says_so() {
+    let (lab, hosts) = local_lab("first");
+    let run = lab.run(&["three", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let text = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
+    let first = text.lines().next().unwrap();
+    let damaged = text.replacen(first, &first[..first.len() / 3], 1);
+    let id = format!("{}-first", run.id());
+    damaged_copy(&lab, run.dir(), &id, damaged.as_bytes());
+
+    // Not signed over.
+    let log = lab.test(&["log", &id]).output();
+    assert_ne!(log.code, 0, "{log:?}");
+    assert!(
+        log.stderr
+            .contains("the run's first event is damaged (at line 1: event #1 is unreadable"),
+        "{}",
+        log.stderr
+    );
+
+    let table = lab.runs_table();
+    assert_eq!(table[1]["id"], id);
+    assert_eq!(
+        (table[1]["runbook"].as_str(), table[1]["env"].as_str()),
+        ("three", "local")
+    );
+
+    let undo = lab.run(&["rollback", &id, "--yes"], &[], None);
+    undo.expect_code(0);
+    assert!(
+        undo.stderr.contains(&format!("the run's identity is recovered from what is intact: run id `{id}` from the run directory's name")),
+        "{}",
+        undo.stderr
+    );
+    for h in &hosts {
+        assert_eq!(
+            host_events(&lab, h),
+            ["one", "two", "three", "undo-two", "undo-one"],
+            "{h}"
+        );
+    }
+}

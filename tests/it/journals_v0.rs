@@ -76,6 +76,7 @@ fn log_rerenders_v0_journals_byte_identical() {
         }
         // And text that may quote a host (issue 12) is in code spans.
         want = quote_host_text(&want);
+        want = with_binding(&want, id, &runs.join(id));
         if id == SUCCEEDED {
             let row = "| Dry run | no |\n";
             let at = want.find(row).unwrap() + row.len();
@@ -90,6 +91,29 @@ fn log_rerenders_v0_journals_byte_identical() {
             crate::support::cli::diff(&want, &rendered)
         );
     }
+}
+
+/// `log` with the block that binds a log to its run (issue 12), as a log of a
+/// v0 journal states it: no chain, the kept copies' digests.
+fn with_binding(log: &str, id: &str, dir: &std::path::Path) -> String {
+    let sha = |f: &str| {
+        use sha2::Digest;
+        let b = fs::read(dir.join(f)).unwrap();
+        sha2::Sha256::digest(&b)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let block = format!(
+        "This log is bound to its run: `opsrun verify` checks these against the run directory it sits in.\n\n- Run: `{id}`\n- Journal: `journal.jsonl`, no chain (written by an older opsrun)\n- Operator: `ops-fixture`\n- File: `runbook.yaml` sha256 `{}`\n- File: `inventory.yaml` sha256 `{}`\n\n",
+        sha("runbook.yaml"),
+        sha("inventory.yaml")
+    );
+    let head = "## How to verify\n\n";
+    let at = log.find(head).unwrap() + head.len();
+    let mut out = log.to_string();
+    out.insert_str(at, &block);
+    out
 }
 
 /// `log` (from the Rollback heading on) with each row and detail heading of the

@@ -506,3 +506,182 @@ fn a_pub_path_signs_with_the_key_held_by_ssh_agent() {
     expect_code(&out, 0, "verify");
     assert!(text(&out.stdout).contains(&fingerprint(&pubkey)));
 }
+
+/// A signed run of SIMPLE in a new sandbox, signed by `OPERATOR` with a fresh key.
+fn signed_sandbox() -> (Sandbox, std::path::PathBuf, std::path::PathBuf) {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let key = sb.keygen("colleague", "ed25519", "", false);
+    let dir = run_signed(&sb, &key, &[]);
+    (sb, key, dir)
+}
+
+/// The public key as the log writes it: type and base64, no comment.
+fn public_key(pubkey: &Path) -> String {
+    let text = std::fs::read_to_string(pubkey).unwrap();
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn a_log_copied_into_another_run_directory_fails_verify() {
+    let (sb, key, first) = signed_sandbox();
+    let second = run_signed(&sb, &key, &[]);
+    assert_ne!(first, second);
+    for f in ["log.md", "log.md.sig"] {
+        std::fs::copy(first.join(f), second.join(f)).unwrap();
+    }
+    let name = |d: &Path| d.file_name().unwrap().to_string_lossy().into_owned();
+    let out = verify(&sb, &second.join("log.md"), &[]);
+    expect_code(&out, 1, "a log in another run's directory");
+    let s = text(&out.stdout);
+    assert!(
+        s.contains(&format!(
+            "FAILED  run: the log is of run `{}` but sits in the run directory of `{}`",
+            name(&first),
+            name(&second)
+        )),
+        "{s}"
+    );
+    // Where it belongs, it verifies.
+    expect_code(
+        &verify(&sb, &first.join("log.md"), &[]),
+        0,
+        "in its own run directory",
+    );
+}
+
+#[test]
+fn a_teammate_who_re_signs_a_colleagues_log_fails_verify() {
+    let (sb, colleague, dir) = signed_sandbox();
+    let mate = sb.keygen("mate", "ed25519", "", false);
+    let mate_pub = mate.with_extension("pub");
+    let allowed = sb.root().join("allowed_signers");
+    let line = |id: &str, key: &Path| {
+        format!(
+            "{id} namespaces=\"opsrun-log\" {}\n",
+            public_key(&key.with_extension("pub"))
+        )
+    };
+    std::fs::write(&allowed, line(OPERATOR, &colleague) + &line("mate", &mate)).unwrap();
+    let a = allowed.display().to_string();
+    let log = dir.join("log.md");
+    let original = std::fs::read_to_string(&log).unwrap();
+    let colleague_pub = colleague.with_extension("pub");
+
+    // The teammate edits the log and re-signs it with their own key, trusted in
+    // allowed_signers: as Signer only, then Operator row and bound operator too.
+    let as_mate = original
+        .replace(&format!("- Signer: `{OPERATOR}`"), "- Signer: `mate`")
+        .replace(&fingerprint(&colleague_pub), &fingerprint(&mate_pub))
+        .replace(&public_key(&colleague_pub), &public_key(&mate_pub));
+    let everywhere = as_mate
+        .replace(&format!("| Operator | {OPERATOR} |"), "| Operator | mate |")
+        .replace(&format!("- Operator: `{OPERATOR}`"), "- Operator: `mate`");
+    for (edited, says) in [
+        (
+            &as_mate,
+            format!(
+                "FAILED  operator: the log names operator `{OPERATOR}` but is signed as `mate`"
+            ),
+        ),
+        (
+            &everywhere,
+            format!(
+                "FAILED  operator: the log names operator `mate`, the run's journal `{OPERATOR}`"
+            ),
+        ),
+    ] {
+        assert_ne!(edited, &original);
+        std::fs::write(&log, edited).unwrap();
+        std::fs::remove_file(dir.join("log.md.sig")).unwrap();
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-Y", "sign", "-n", "opsrun-log", "-f"])
+            .arg(&mate)
+            .arg(&log)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // The signature itself is good: stock ssh-keygen accepts it for mate.
+        assert!(keygen_verify(&allowed, "mate", &log));
+        let out = verify(&sb, &log, &["--allowed-signers", &a]);
+        expect_code(&out, 1, "re-signed by a teammate");
+        let s = text(&out.stdout);
+        assert!(s.contains(&says), "{s}");
+    }
+
+    // Through opsrun: `opsrun log` as the teammate warns, and its log fails too.
+    let m = mate.display().to_string();
+    let d = dir.display().to_string();
+    std::fs::write(&log, &original).unwrap();
+    let out = sb.opsrun(
+        &["log", &d, "--sign-key", &m],
+        &[("OPSRUN_OPERATOR", "mate")],
+    );
+    expect_code(&out, 0, "opsrun log as mate");
+    assert!(
+        text(&out.stderr).contains(&format!("was run by `{OPERATOR}`, signing as `mate`")),
+        "{}",
+        out.stderr
+    );
+    let out = verify(&sb, &log, &["--allowed-signers", &a]);
+    expect_code(&out, 1, "re-signed by opsrun log as a teammate");
+    assert!(
+        text(&out.stdout).contains(&format!(
+            "FAILED  operator: the log names operator `{OPERATOR}` but is signed as `mate`"
+        )),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_log_mailed_alone_verifies_and_says_what_it_could_not_check() {
+    let (sb, _, dir) = signed_sandbox();
+    let mail = sb.root().join("mail");
+    std::fs::create_dir(&mail).unwrap();
+    for f in ["log.md", "log.md.sig"] {
+        std::fs::copy(dir.join(f), mail.join(f)).unwrap();
+    }
+    let out = verify(&sb, &mail.join("log.md"), &[]);
+    expect_code(&out, 0, "a log on its own");
+    let s = text(&out.stdout);
+    assert!(
+        s.contains(
+            "ok      run: not checked: no journal beside the log (a log on its own); the run `"
+        ),
+        "{s}"
+    );
+    assert!(
+        s.contains("could not be checked against the run directory"),
+        "{s}"
+    );
+    assert!(s.contains("VERIFIED"), "{s}");
+    // In its run directory, everything it states is checked.
+    let out = verify(&sb, &dir.join("log.md"), &[]);
+    let s = text(&out.stdout);
+    for check in [
+        "ok      run: the log is of run",
+        "ok      journal: ",
+        "ok      file runbook.yaml: sha256 matches",
+        "ok      file inventory.yaml: sha256 matches",
+        "ok      operator: signed by the operator the log names",
+    ] {
+        assert!(s.contains(check), "{check}:\n{s}");
+    }
+}
+
+#[test]
+fn verify_takes_a_run_id_as_log_and_rollback_do() {
+    let (sb, _, dir) = signed_sandbox();
+    let id = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let out = sb.opsrun(&["verify", &id], &[]);
+    expect_code(&out, 0, "verify RUN_ID");
+    let s = text(&out.stdout);
+    assert!(s.contains(&format!("document   runs/{id}/log.md")), "{s}");
+    assert!(s.contains("VERIFIED"), "{s}");
+    let out = sb.opsrun(&["verify", "no-such-run"], &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+}
