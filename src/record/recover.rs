@@ -37,6 +37,7 @@ pub fn start(dir: &Path, events: &[Event]) -> (Event, String) {
                     address: "(not recorded)".into(),
                     login: login.clone(),
                     connection: "(not recorded)".into(),
+                    ssh: None,
                 });
             }
             Event::Gate { by, .. } | Event::Manual { by, .. } if operator.is_none() => {
