@@ -3,7 +3,9 @@
 /// What a secret value is shown as, everywhere it would appear.
 pub const MASK: &str = "******";
 
-/// Replaces every secret value (and its shell-quoted form) with `******`.
+/// Replaces every secret value with `******`, in each form it can be written
+/// in: as it is, shell-quoted (a command line), JSON-escaped (a journal line:
+/// a `"` or `\` in a secret is written `\"`, `\\`), and both.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     needles: Vec<String>,
@@ -17,16 +19,21 @@ impl Redactor {
             if s.chars().count() < 3 {
                 continue;
             }
-            needles.push(s.to_string());
             let quoted = crate::shell::quote(s);
-            if quoted != s {
-                needles.push(quoted);
-            }
+            needles.push(json_escaped(s));
+            needles.push(json_escaped(&quoted));
+            needles.push(quoted);
+            needles.push(s.to_string());
         }
         // Longest first, so a quoted form is masked whole before its inner value.
-        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         needles.dedup();
         Redactor { needles }
+    }
+
+    /// Whether `s` holds a secret, in any of its forms.
+    pub fn finds(&self, s: &str) -> bool {
+        self.needles.iter().any(|n| s.contains(n.as_str()))
     }
 
     pub fn redact(&self, s: &str) -> String {
@@ -73,6 +80,12 @@ impl Redactor {
         }
         cut
     }
+}
+
+/// `s` as it appears inside a JSON string.
+fn json_escaped(s: &str) -> String {
+    let json = serde_json::to_string(s).expect("a string serializes");
+    json[1..json.len() - 1].to_string()
 }
 
 fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
@@ -134,6 +147,15 @@ mod tests {
             "login ****** and ******"
         );
         assert_eq!(r.redact_bytes(b"x s3cr3t pw y"), b"x ****** y");
+    }
+
+    #[test]
+    fn masks_the_json_escaped_forms() {
+        let secret = r#"pa"ss\w'rd"#;
+        let r = Redactor::new([secret]);
+        let line = serde_json::json!({ "a": secret, "b": crate::shell::quote(secret) }).to_string();
+        assert_eq!(r.redact(&line), r#"{"a":"******","b":"******"}"#);
+        assert_eq!(r.redact_bytes(line.as_bytes()), r.redact(&line).as_bytes());
     }
 
     #[test]
