@@ -361,6 +361,17 @@ impl TransportError {
     }
 }
 
+/// The variables of opsrun's own environment that hold secret values
+/// (`OPSRUN_SECRET_<NAME>`): read once by the CLI, and removed from the
+/// environment of everything opsrun starts (a `local: true` step, ssh), so a
+/// command cannot read a secret its step was not given (`env`, `/proc/PID/environ`).
+pub(crate) fn secret_env_vars() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| k.to_string_lossy().starts_with("OPSRUN_SECRET_"))
+        .collect()
+}
+
 const CHUNK: usize = 64 * 1024;
 
 /// How much of a stream the [`Outcome`] keeps from its start: what `capture:`
