@@ -43,6 +43,10 @@ impl Redactor {
                 out = out.replace(n.as_str(), MASK);
             }
         }
+        if out.contains(crate::transport::CUT_OPENS) {
+            // Pieces of a secret are masked on whole bytes; a lossy piece is never shown.
+            return String::from_utf8_lossy(&self.mask_cut_pieces(out.into_bytes())).into_owned();
+        }
         out
     }
 
@@ -54,6 +58,49 @@ impl Redactor {
         for n in &self.needles {
             out = replace_bytes(&out, n.as_bytes(), MASK.as_bytes());
         }
+        self.mask_cut_pieces(out)
+    }
+
+    /// Where the transport kept only a stream's head and tail
+    /// (`transport::cut_marker`), a secret may straddle either cut: the head's
+    /// last bytes that begin a secret and the tail's first bytes that end one
+    /// are masked, so neither half is shown.
+    fn mask_cut_pieces(&self, b: Vec<u8>) -> Vec<u8> {
+        let (opens, closes) = (
+            crate::transport::CUT_OPENS.as_bytes(),
+            crate::transport::CUT_CLOSES.as_bytes(),
+        );
+        let find = |hay: &[u8], from: usize, needle: &[u8]| {
+            (from..=hay.len().saturating_sub(needle.len())).find(|&i| hay[i..].starts_with(needle))
+        };
+        let Some(open) = find(&b, 0, opens) else {
+            return b;
+        };
+        let Some(close) = find(&b, open, closes).map(|c| c + closes.len()) else {
+            return b;
+        };
+        let (before, after) = (&b[..open], &b[close..]);
+        let needles = || self.needles.iter().map(String::as_bytes);
+        // The longest piece: a secret's start that ends the head…
+        let head = needles()
+            .flat_map(|n| (1..n.len()).filter(move |k| before.ends_with(&n[..*k])))
+            .max()
+            .unwrap_or(0);
+        // …and a secret's end that starts the tail.
+        let tail = needles()
+            .flat_map(|n| (1..n.len()).filter(move |k| after.starts_with(&n[n.len() - k..])))
+            .max()
+            .unwrap_or(0);
+        let mut out = Vec::with_capacity(b.len());
+        out.extend_from_slice(&b[..open - head]);
+        if head > 0 {
+            out.extend_from_slice(MASK.as_bytes());
+        }
+        out.extend_from_slice(&b[open..close]);
+        if tail > 0 {
+            out.extend_from_slice(MASK.as_bytes());
+        }
+        out.extend_from_slice(&b[close + tail..]);
         out
     }
 
@@ -156,6 +203,26 @@ mod tests {
         let line = serde_json::json!({ "a": secret, "b": crate::shell::quote(secret) }).to_string();
         assert_eq!(r.redact(&line), r#"{"a":"******","b":"******"}"#);
         assert_eq!(r.redact_bytes(line.as_bytes()), r.redact(&line).as_bytes());
+    }
+
+    #[test]
+    fn pieces_of_a_secret_at_the_cuts_of_a_kept_stream_are_masked() {
+        let r = Redactor::new(["hunter22secret"]);
+        let kept = format!(
+            "ok hunter22secret hunt{}er22secret done",
+            crate::transport::cut_marker(7)
+        );
+        let shown = String::from_utf8(r.redact_bytes(kept.as_bytes())).unwrap();
+        assert_eq!(
+            shown,
+            format!(
+                "ok ****** ******{}****** done",
+                crate::transport::cut_marker(7)
+            )
+        );
+        assert_eq!(r.redact(&kept), shown);
+        // Nothing that merely resembles a secret's end is touched elsewhere.
+        assert_eq!(r.redact("cret hunt"), "cret hunt");
     }
 
     #[test]

@@ -386,8 +386,13 @@ pub const KEEP_TAIL: usize = 64 * 1024;
 /// Put between head and tail when a stream was longer than both: says in the
 /// journal (`capture`, failure quotes) and the log that the middle is not there.
 pub fn cut_marker(omitted: u64) -> String {
-    format!("\n[... opsrun kept only the first 4 MiB and the last 64 KiB in memory: {omitted} bytes omitted here; the output file has everything ...]\n")
+    format!("{CUT_OPENS} the first 4 MiB and the last 64 KiB in memory: {omitted} bytes omitted here; the output file has everything{CUT_CLOSES}")
 }
+
+/// How [`cut_marker`] begins and ends: the head before it may end inside a
+/// secret and the tail after it start inside one (`Redactor` masks those pieces).
+pub const CUT_OPENS: &str = "\n[... opsrun kept only";
+pub const CUT_CLOSES: &str = " ...]\n";
 
 /// The part of a stream kept in memory: its head and a rolling tail.
 #[derive(Default)]

@@ -470,3 +470,37 @@ fn a_secret_straddling_the_flush_of_a_long_line_over_ssh_is_masked() {
     );
     assert!(!run.everything().contains("hunter"));
 }
+
+/// Past 4 MiB a stream is kept as head and tail in memory: a secret straddling
+/// where the tail starts must not leave its end in the failure quote.
+#[test]
+fn a_secret_straddling_the_start_of_a_kept_tail_is_masked_in_the_failure() {
+    let runbook = r#"name: tail
+hosts: app
+params:
+  tok: { secret: true }
+steps:
+  - name: Fail loudly
+    stdin: "{{ tok }}"
+    run: |
+      read -r t || true
+      head -c 4300000 /dev/zero | tr '\0' z >&2
+      printf '\nerror %s' "$t" >&2
+      head -c 65525 /dev/zero | tr '\0' y >&2
+      echo >&2
+      exit 3
+"#;
+    let out = Test::new()
+        .write("runbooks/tail.yaml", runbook)
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["tail", "--env", "lab", "--yes", "--no-sign"])
+        .env("OPSRUN_SECRET_TOK", "hunter22secret")
+        .expect_status(1)
+        .run();
+    let journal = everything_under(&out.path().join("runs"));
+    for text in [&journal, &out.stderr, &out.stdout] {
+        assert!(!text.contains("er22secret"), "the secret's end is shown");
+        assert!(!text.contains("hunter"), "the secret's start is shown");
+    }
+    assert!(out.stderr.contains("******yyyy"), "{}", out.stderr);
+}
