@@ -260,6 +260,9 @@ fn ssh_config_quote(s: &str) -> String {
 
 async fn resolved_user_known_hosts(ep: &Endpoint) -> Option<Vec<String>> {
     let mut g = tokio::process::Command::new("ssh");
+    for k in crate::transport::secret_env_vars() {
+        g.env_remove(k);
+    }
     g.arg("-G");
     if let Some(config) = &ep.config_file {
         g.arg("-F").arg(config);
