@@ -192,7 +192,16 @@ fn a_captured_value_holding_a_secret_reaches_the_host_on_stdin_never_on_a_comman
     };
     const PW: &str = "Cmdline-s3cret-77";
     const MARKER: &str = "sleep 1.25";
+    crate::support::sim::ensure_dm_user();
     let fleet = SshFleet::start(1);
+    // Writable by the `as:` user (sudo), readable here.
+    let shared = fleet.root().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(
+        &shared,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
     let lab = Lab::new();
     lab.write(
         "inventories/lab.yaml",
@@ -200,7 +209,7 @@ fn a_captured_value_holding_a_secret_reaches_the_host_on_stdin_never_on_a_comman
     );
     lab.write(
         "runbooks/capleak.yaml",
-        r#"name: capleak
+        &r#"name: capleak
 hosts: app
 params:
   pw: { secret: true }
@@ -218,7 +227,15 @@ steps:
   - name: Use it through env
     env: { GOT: "{{ got }}", PLAIN: "not secret" }
     run: sleep 1.25; printf '%s' "$GOT" | sha256sum > {{ work }}/env.sum; printf '%s' "$PLAIN" > {{ work }}/plain
-"#,
+  - name: Use it as another user
+    as: dmdba
+    env: { GOT: "{{ got }}" }
+    stdin: the step's own stdin
+    run: |
+      sleep 1.25
+      { printf '%s' {{ got | quote }} | sha256sum; printf '%s' "$GOT" | sha256sum; cat; echo; id -un; } > SHARED/as.txt
+"#
+        .replace("SHARED", &shared.display().to_string()),
     );
     let sampler = Sampler::start(PW, MARKER);
     let run = lab.run(
@@ -246,6 +263,11 @@ steps:
     assert_eq!(
         std::fs::read_to_string(work.join("plain")).unwrap(),
         "not secret"
+    );
+    // Through sudo the values still come first on stdin, then the step's own.
+    assert_eq!(
+        std::fs::read_to_string(shared.join("as.txt")).unwrap(),
+        format!("{want}{want}the step's own stdin\ndmdba\n")
     );
     let everything = run.everything();
     assert!(!everything.contains(PW), "the secret is in the record");
