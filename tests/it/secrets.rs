@@ -155,18 +155,14 @@ impl Sampler {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
+            use crate::support::fleet::pids_with;
             let (mut hits, mut marked) = (Vec::new(), false);
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-                    let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                        continue;
-                    };
-                    let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                    if line.contains(needle) {
-                        hits.push(line.clone());
-                    }
-                    marked |= line.contains(marker);
+                for pid in pids_with(needle) {
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    hits.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
                 }
+                marked |= !pids_with(marker).is_empty();
             }
             (hits, marked)
         });
