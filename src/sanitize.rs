@@ -3,7 +3,9 @@
 /// What a secret value is shown as, everywhere it would appear.
 pub const MASK: &str = "******";
 
-/// Replaces every secret value (and its shell-quoted form) with `******`.
+/// Replaces every secret value with `******`, in each form it can be written
+/// in: as it is, shell-quoted (a command line), JSON-escaped (a journal line:
+/// a `"` or `\` in a secret is written `\"`, `\\`), and both.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     needles: Vec<String>,
@@ -17,16 +19,21 @@ impl Redactor {
             if s.chars().count() < 3 {
                 continue;
             }
-            needles.push(s.to_string());
             let quoted = crate::shell::quote(s);
-            if quoted != s {
-                needles.push(quoted);
-            }
+            needles.push(json_escaped(s));
+            needles.push(json_escaped(&quoted));
+            needles.push(quoted);
+            needles.push(s.to_string());
         }
         // Longest first, so a quoted form is masked whole before its inner value.
-        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         needles.dedup();
         Redactor { needles }
+    }
+
+    /// Whether `s` holds a secret, in any of its forms.
+    pub fn finds(&self, s: &str) -> bool {
+        self.needles.iter().any(|n| s.contains(n.as_str()))
     }
 
     pub fn redact(&self, s: &str) -> String {
@@ -35,6 +42,10 @@ impl Redactor {
             if out.contains(n.as_str()) {
                 out = out.replace(n.as_str(), MASK);
             }
+        }
+        if out.contains(crate::transport::CUT_OPENS) {
+            // Pieces of a secret are masked on whole bytes; a lossy piece is never shown.
+            return String::from_utf8_lossy(&self.mask_cut_pieces(out.into_bytes())).into_owned();
         }
         out
     }
@@ -47,6 +58,49 @@ impl Redactor {
         for n in &self.needles {
             out = replace_bytes(&out, n.as_bytes(), MASK.as_bytes());
         }
+        self.mask_cut_pieces(out)
+    }
+
+    /// Where the transport kept only a stream's head and tail
+    /// (`transport::cut_marker`), a secret may straddle either cut: the head's
+    /// last bytes that begin a secret and the tail's first bytes that end one
+    /// are masked, so neither half is shown.
+    fn mask_cut_pieces(&self, b: Vec<u8>) -> Vec<u8> {
+        let (opens, closes) = (
+            crate::transport::CUT_OPENS.as_bytes(),
+            crate::transport::CUT_CLOSES.as_bytes(),
+        );
+        let find = |hay: &[u8], from: usize, needle: &[u8]| {
+            (from..=hay.len().saturating_sub(needle.len())).find(|&i| hay[i..].starts_with(needle))
+        };
+        let Some(open) = find(&b, 0, opens) else {
+            return b;
+        };
+        let Some(close) = find(&b, open, closes).map(|c| c + closes.len()) else {
+            return b;
+        };
+        let (before, after) = (&b[..open], &b[close..]);
+        let needles = || self.needles.iter().map(String::as_bytes);
+        // The longest piece: a secret's start that ends the head…
+        let head = needles()
+            .flat_map(|n| (1..n.len()).filter(move |k| before.ends_with(&n[..*k])))
+            .max()
+            .unwrap_or(0);
+        // …and a secret's end that starts the tail.
+        let tail = needles()
+            .flat_map(|n| (1..n.len()).filter(move |k| after.starts_with(&n[n.len() - k..])))
+            .max()
+            .unwrap_or(0);
+        let mut out = Vec::with_capacity(b.len());
+        out.extend_from_slice(&b[..open - head]);
+        if head > 0 {
+            out.extend_from_slice(MASK.as_bytes());
+        }
+        out.extend_from_slice(&b[open..close]);
+        if tail > 0 {
+            out.extend_from_slice(MASK.as_bytes());
+        }
+        out.extend_from_slice(&b[close + tail..]);
         out
     }
 
@@ -73,6 +127,12 @@ impl Redactor {
         }
         cut
     }
+}
+
+/// `s` as it appears inside a JSON string.
+fn json_escaped(s: &str) -> String {
+    let json = serde_json::to_string(s).expect("a string serializes");
+    json[1..json.len() - 1].to_string()
 }
 
 fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
@@ -159,6 +219,35 @@ mod tests {
             "login ****** and ******"
         );
         assert_eq!(r.redact_bytes(b"x s3cr3t pw y"), b"x ****** y");
+    }
+
+    #[test]
+    fn masks_the_json_escaped_forms() {
+        let secret = r#"pa"ss\w'rd"#;
+        let r = Redactor::new([secret]);
+        let line = serde_json::json!({ "a": secret, "b": crate::shell::quote(secret) }).to_string();
+        assert_eq!(r.redact(&line), r#"{"a":"******","b":"******"}"#);
+        assert_eq!(r.redact_bytes(line.as_bytes()), r.redact(&line).as_bytes());
+    }
+
+    #[test]
+    fn pieces_of_a_secret_at_the_cuts_of_a_kept_stream_are_masked() {
+        let r = Redactor::new(["hunter22secret"]);
+        let kept = format!(
+            "ok hunter22secret hunt{}er22secret done",
+            crate::transport::cut_marker(7)
+        );
+        let shown = String::from_utf8(r.redact_bytes(kept.as_bytes())).unwrap();
+        assert_eq!(
+            shown,
+            format!(
+                "ok ****** ******{}****** done",
+                crate::transport::cut_marker(7)
+            )
+        );
+        assert_eq!(r.redact(&kept), shown);
+        // Nothing that merely resembles a secret's end is touched elsewhere.
+        assert_eq!(r.redact("cret hunt"), "cret hunt");
     }
 
     #[test]

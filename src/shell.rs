@@ -49,10 +49,67 @@ pub struct Wrap<'a> {
     pub become_with: Become,
     pub cwd: Option<&'a str>,
     pub env: &'a [(String, String)],
-    /// Variables whose values arrive as the first lines of stdin, one per line,
-    /// in this order: secrets must not appear in a command line (`ps` shows it).
-    pub stdin_env: &'a [String],
+    /// Variables whose values arrive as the first lines of stdin, in this
+    /// order: secrets must not appear in a command line (`ps` shows it).
+    pub stdin_env: &'a [StdinVar],
     pub timeout: Option<Duration>,
+}
+
+/// One value a command reads from the first lines of its stdin, before the
+/// rest of stdin is the command's own: an `env:` value that holds a secret,
+/// or a command text that does (the command line then only `eval`s it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StdinVar {
+    pub name: String,
+    /// Exported to the command (an `env:` value), or only read by the wrapping
+    /// (a command text it runs).
+    pub export: bool,
+    /// The line that ends a value of several lines; `None`: the value is one line.
+    end: Option<String>,
+}
+
+impl StdinVar {
+    /// `name`, to be sent `value`: framed by an end line when it has several
+    /// lines (an end line that no line of the value is).
+    pub fn new(name: &str, value: &str, export: bool) -> StdinVar {
+        let end = value.contains('\n').then(|| {
+            (0..)
+                .map(|n| format!("OPSRUN_END_{n}"))
+                .find(|e| !value.split('\n').any(|l| l == e))
+                .expect("some end line is free")
+        });
+        StdinVar {
+            name: name.to_string(),
+            export,
+            end,
+        }
+    }
+
+    /// What is sent on stdin for `value`: what [`StdinVar::reader`] reads back exactly.
+    pub fn lines(&self, value: &str) -> String {
+        match &self.end {
+            None => format!("{value}\n"),
+            Some(end) => format!("{value}\n{end}\n"),
+        }
+    }
+
+    /// The shell text that reads the value (builtins only: `read` takes no more
+    /// of stdin than its line, so what follows stays the command's).
+    fn reader(&self) -> String {
+        let k = &self.name;
+        let read = match &self.end {
+            None => format!("IFS= read -r {k} || exit 1; "),
+            // Every line read gets its newline back; the last one, added by
+            // `lines`, is taken off again.
+            Some(end) => format!(
+                "{k}=; while :; do IFS= read -r opsrun_l || exit 1; [ \"$opsrun_l\" = {end} ] && break; {k}=\"${k}$opsrun_l\n\"; done; {k}=${{{k}%?}}; "
+            ),
+        };
+        match self.export {
+            true => format!("{read}export {k}; "),
+            false => read,
+        }
+    }
 }
 
 /// The exact command line for a host.
@@ -67,8 +124,8 @@ pub fn wrap(cmd: &str, w: &Wrap) -> String {
         // `|| exit` rather than `&&`: it also guards every later line of a multi-line command.
         inner.push_str(&format!("cd {} || exit; ", quote(cwd)));
     }
-    for k in w.stdin_env {
-        inner.push_str(&format!("IFS= read -r {k} || exit 1; export {k}; "));
+    for v in w.stdin_env {
+        inner.push_str(&v.reader());
     }
     for (k, v) in w.env {
         inner.push_str(&format!("export {k}={}; ", quote(v)));
@@ -245,7 +302,7 @@ mod tests {
 
     #[test]
     fn secret_env_values_come_from_stdin_not_the_command_line() {
-        let names = vec!["PW".to_string()];
+        let names = vec![StdinVar::new("PW", "s3cret pw", true)];
         let w = Wrap {
             stdin_env: &names,
             ..Wrap::default()
@@ -262,6 +319,53 @@ mod tests {
         std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"s3cret pw\nthe rest\n").unwrap();
         let out = child.wait_with_output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "s3cret pw|the rest\n");
+    }
+
+    #[test]
+    fn a_value_of_several_lines_comes_back_exactly_and_leaves_the_rest_of_stdin() {
+        for value in [
+            "a\nb",
+            "a\n",
+            "\n",
+            "x\nOPSRUN_END_0\ny",
+            "it's \"$(reboot)\" `x`\n\\",
+        ] {
+            let vars = vec![
+                StdinVar::new("V", value, true),
+                StdinVar::new("C", "printf '%s|' \"$V\"\ncat", false),
+            ];
+            let line = wrap(
+                "eval \"$C\"",
+                &Wrap {
+                    stdin_env: &vars,
+                    as_user: None,
+                    ..Wrap::default()
+                },
+            );
+            assert!(
+                !line.contains("printf"),
+                "the command text is not on the line"
+            );
+            let mut child = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&line)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let input = format!(
+                "{}{}the rest\n",
+                vars[0].lines(value),
+                vars[1].lines("printf '%s|' \"$V\"\ncat")
+            );
+            std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("{value}|the rest\n"),
+                "{value:?}"
+            );
+        }
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub(super) fn show(name: &str, root: &Path) -> Result<i32> {
             ));
         }
         if let Some(d) = &p.default {
-            attrs.push(format!("default {d}"));
+            // A secret's default is a secret: `show` is for reading over a shoulder.
+            let shown = if p.secret { crate::sanitize::MASK } else { d };
+            attrs.push(format!("default {shown}"));
         }
         if !p.choices.is_empty() {
             attrs.push(format!("one of {}", p.choices.join("|")));

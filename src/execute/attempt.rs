@@ -395,8 +395,9 @@ impl Engine<'_> {
 
         if real.check.is_some() {
             // The check may read this very step's capture: render it now.
-            let line = match self.render(r, host_opt, Reveal::Real, rec.batch) {
-                Ok(t) => t.check,
+            // Its stdin too: a capture holding a secret sends the check's text there.
+            let (line, check_stdin) = match self.render(r, host_opt, Reveal::Real, rec.batch) {
+                Ok(t) => (t.check.clone(), t),
                 Err(e) => return Ok(Verdict::Failed(e)),
             };
             if let Some(line) = line {
@@ -407,7 +408,7 @@ impl Engine<'_> {
                         }));
                     }
                     let (code, output) = match self
-                        .exec(conn, &line, env_stdin(&real), host, step.timeout)
+                        .exec(conn, &line, env_stdin(&check_stdin), host, step.timeout)
                         .await
                     {
                         Ok(o) => {

@@ -195,17 +195,23 @@ pub const STEP_FIELDS: &[&str] = &[
 impl Param {
     /// Checks a value given for this param against its type and choices.
     pub fn check_value(&self, v: &str) -> Result<(), String> {
+        // A secret's value is never part of what is said about it: not in a type
+        // error, not in a choice error, not in a "did you mean".
+        let shown = if self.secret {
+            crate::sanitize::MASK
+        } else {
+            v
+        };
         match self.kind {
             ParamType::Int if v.trim().parse::<i64>().is_err() => {
-                return Err(format!("`{v}` is not an integer"))
+                return Err(format!("`{shown}` is not an integer"))
             }
             ParamType::Bool if !matches!(v, "true" | "false") => {
-                return Err(format!("`{v}` is not `true` or `false`"))
+                return Err(format!("`{shown}` is not `true` or `false`"))
             }
             _ => {}
         }
         if !self.choices.is_empty() && !self.choices.iter().any(|c| c == v) {
-            let shown = if self.secret { "******" } else { v };
             return Err(format!(
                 "`{shown}` is not one of the choices: {}{}",
                 self.choices.join(", "),

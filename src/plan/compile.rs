@@ -119,8 +119,10 @@ pub(super) fn compile_templates(rb: &Runbook) -> (Compiled, Option<Error>) {
             compile_step(s, &mut t, &mut errs)
         })
         .collect();
-    let errors = Error::merge(errs.into_iter().map(|e| yaml_err(rb, e)).collect());
-    ((t, vars, forward, guide), errors)
+    let compiled = (t, vars, forward, guide);
+    let mut errors: Vec<Error> = errs.into_iter().map(|e| yaml_err(rb, e)).collect();
+    errors.extend(super::stdin_only::secrets_in_argv_only(rb, &compiled));
+    (compiled, Error::merge(errors))
 }
 
 /// `opsrun check`: the runbook's templates compile (no inventory is needed for that).

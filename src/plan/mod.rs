@@ -9,7 +9,7 @@
 //! [`Options`]; produces a [`Planner`] (renders any step on any host) and the
 //! [`Plan`] it prints. One file per concept: `model`, `run_id`, `params`,
 //! `targets` (with `pattern`), `batches`, `compile`, `context`, `render`,
-//! `document`.
+//! `stdin_only` (where a secret cannot go), `document`.
 
 mod batches;
 mod compile;
@@ -22,6 +22,7 @@ mod params;
 pub mod pattern;
 mod render;
 mod run_id;
+mod stdin_only;
 mod targets;
 
 use batches::cut_batches;
@@ -98,6 +99,9 @@ pub struct Planner {
     all_batches_value: Value,
     /// Secret params, and runbook vars built from them.
     secret_names: HashSet<String>,
+    /// The secret values in use: a rendered value that holds one (a captured
+    /// value can) goes to the host on stdin, never on its command line.
+    redactor: crate::sanitize::Redactor,
     /// sha256 of local upload sources, by path.
     upload_sums: Mutex<HashMap<String, Option<String>>>,
     /// Upload sources with `template: true`, compiled, by path.
@@ -357,7 +361,7 @@ impl Planner {
             .map(|(i, h)| (h.name.clone(), i))
             .collect();
         let template_run = opts.original_run.clone().unwrap_or_else(|| run.clone());
-        let planner = Planner {
+        let mut planner = Planner {
             runbook: rb,
             inventory: Arc::new(inventory),
             opts,
@@ -385,7 +389,10 @@ impl Planner {
             upload_sums: Mutex::new(HashMap::new()),
             upload_templates: Mutex::new(HashMap::new()),
             secret_names,
+            redactor: Default::default(),
         };
+        planner.redactor =
+            crate::sanitize::Redactor::new(planner.secret_values().iter().map(String::as_str));
         if let Some(syntax) = syntax_errors {
             // A syntax error must not hide the undefined variables of the templates
             // that compiled: plan them too, and report everything in one pass. A

@@ -2,6 +2,7 @@
 //! text, through the same code for the dry-run and the run.
 
 use super::*;
+use crate::shell::StdinVar;
 
 impl Planner {
     /// Where in the file a template failed: at the name at fault when it can be found.
@@ -109,55 +110,60 @@ impl Planner {
             }
         }
 
-        // Env values that read a secret go in on stdin (see `Wrap::stdin_env`).
+        // Env values that hold a secret go in on stdin (see `Wrap::stdin_env`):
+        // those that read a secret param, and those a captured value with a
+        // secret in it turns out to fill (known only now, at run time).
         let mut env: Vec<(String, String)> = Vec::new();
-        let mut stdin_env: Vec<String> = Vec::new();
+        let mut stdin_env: Vec<StdinVar> = Vec::new();
         let mut env_lines = String::new();
         for (k, id) in &t.env {
             let v = render(*id, &ctx)?;
-            if self
-                .templates
-                .variables(*id)
-                .iter()
-                .any(|n| self.secret_names.contains(n))
-            {
-                if v.contains('\n') || matches!(step.action, Action::Upload(_)) {
+            if self.reads_secret(*id) || self.holds_secret(&v) {
+                if matches!(step.action, Action::Upload(_)) {
                     return Err(diag(
                         &self.runbook,
                         step.span,
                         format!(
-                            "in step `{}`: `env.{k}` carries a secret, which opsrun passes on stdin; that needs a one-line value and a step that is not an upload",
+                            "in step `{}`: `env.{k}` carries a secret, which opsrun passes on stdin; an upload's stdin is the file, so it cannot take one",
                             step.name
                         ),
                     ));
                 }
-                stdin_env.push(k.clone());
-                env_lines.push_str(&v);
-                env_lines.push('\n');
+                let var = StdinVar::new(k, &v, true);
+                env_lines.push_str(&var.lines(&v));
+                stdin_env.push(var);
             } else {
                 env.push((k.clone(), v));
             }
         }
-        target.env_stdin = (!env_lines.is_empty()).then_some(env_lines);
-        let as_user = t.as_user.map(|id| render(id, &ctx)).transpose()?;
-        let cwd = t.cwd.map(|id| render(id, &ctx)).transpose()?;
-        let wrap = Wrap {
-            as_user: as_user.as_deref(),
-            become_with: host.and_then(|h| h.ssh.become_with).unwrap_or_default(),
-            cwd: cwd.as_deref(),
-            env: &env,
-            stdin_env: &stdin_env,
-            timeout: step.timeout,
+        // These are on the host's command line however they are sent: a
+        // captured value that brings a secret into one fails the step here,
+        // before anything is sent (a secret param in one is refused earlier,
+        // by `stdin_only`).
+        let argv_only = |field: &str, v: &Option<String>| -> Result<(), Error> {
+            match v {
+                Some(v) if self.holds_secret(v) => Err(diag(
+                    &self.runbook,
+                    step.span,
+                    stdin_only::refusal(&step.name, field, "a value that holds a secret"),
+                )),
+                _ => Ok(()),
+            }
         };
+        let as_user = t.as_user.map(|id| render(id, &ctx)).transpose()?;
+        argv_only("as", &as_user)?;
+        let cwd = t.cwd.map(|id| render(id, &ctx)).transpose()?;
+        argv_only("cwd", &cwd)?;
+        // The command lines are wrapped last, once every value they read from
+        // stdin is known: each of them reads all of those, in the same order.
+        let mut action_text: Option<String> = None;
+        let mut upload_line: Option<String> = None;
         match &step.action {
             Action::Run(_) => {
-                target.command = Some(shell::wrap(
-                    &render(t.action.expect("run template"), &ctx)?,
-                    &wrap,
-                ));
+                action_text = Some(render(t.action.expect("run template"), &ctx)?);
             }
             Action::Script(_) => {
-                target.command = Some(shell::wrap("sh -e", &wrap));
+                action_text = Some("sh -e".to_string());
                 target.stdin = Some(render(t.action.expect("script template"), &ctx)?);
             }
             Action::Upload(u) => {
@@ -167,7 +173,9 @@ impl Planner {
                 if dest.ends_with('/') {
                     dest.push_str(src.trim_end_matches('/').rsplit('/').next().unwrap_or(&src));
                 }
+                argv_only("upload.dest", &Some(dest.clone()))?;
                 let owner = owner_id.map(|id| render(id, &ctx)).transpose()?;
+                argv_only("upload.owner", &owner)?;
                 let mut withheld = false;
                 let (sha256, shown_sum, content) = if u.template {
                     // The file's name must have rendered before the file can be read.
@@ -200,7 +208,7 @@ impl Planner {
                     shown_sum.as_deref(),
                     !withheld,
                 );
-                target.command = Some(shell::wrap(&line, &wrap));
+                upload_line = Some(line);
                 target.stdin = Some(match u.template {
                     true => format!("<contents of {src}, rendered for this host>"),
                     false => format!("<contents of {src}>"),
@@ -279,16 +287,72 @@ impl Planner {
             } else {
                 (ctx, deferred)
             };
-        if let Some(id) = t.check {
-            target.check = Some(shell::wrap(&render(id, &after_ctx)?, &wrap));
-        }
+        let check_text = t.check.map(|id| render(id, &after_ctx)).transpose()?;
+        let mut rollback_texts = Vec::new();
         for id in &t.rollback {
-            target
-                .rollback
-                .push(shell::wrap(&render(*id, &after_ctx)?, &wrap));
+            rollback_texts.push(render(*id, &after_ctx)?);
         }
         so_far()?;
+
+        // A command text that holds a secret is sent on stdin too, and the
+        // command line only runs it (`eval`): nothing of it is in `ps`.
+        let mut on_stdin = |name: String, text: String| -> String {
+            if !self.holds_secret(&text) {
+                return text;
+            }
+            let text = shell::wrap(&text, &Wrap::default());
+            let var = StdinVar::new(&name, &text, false);
+            env_lines.push_str(&var.lines(&text));
+            stdin_env.push(var);
+            format!("eval \"${name}\"")
+        };
+        let action_text = action_text.map(|x| on_stdin("OPSRUN_RUN".into(), x));
+        let check_text = check_text.map(|x| on_stdin("OPSRUN_CHECK".into(), x));
+        let rollback_texts: Vec<String> = (rollback_texts.into_iter().enumerate())
+            .map(|(i, x)| on_stdin(format!("OPSRUN_UNDO_{}", i + 1), x))
+            .collect();
+        let wrap = Wrap {
+            as_user: as_user.as_deref(),
+            become_with: host.and_then(|h| h.ssh.become_with).unwrap_or_default(),
+            cwd: cwd.as_deref(),
+            env: &env,
+            stdin_env: &stdin_env,
+            timeout: step.timeout,
+        };
+        target.env_stdin = (!env_lines.is_empty()).then_some(env_lines.clone());
+        target.command = match upload_line {
+            // The upload's stdin is the file: its line reads nothing before it.
+            Some(line) => Some(shell::wrap(
+                &line,
+                &Wrap {
+                    stdin_env: &[],
+                    ..wrap
+                },
+            )),
+            None => action_text.map(|x| shell::wrap(&x, &wrap)),
+        };
+        target.check = check_text.map(|x| shell::wrap(&x, &wrap));
+        target.rollback = rollback_texts
+            .iter()
+            .map(|x| shell::wrap(x, &wrap))
+            .collect();
         Ok(target)
+    }
+
+    /// Whether a template reads a secret param (or a runbook var built from one).
+    fn reads_secret(&self, id: TemplateId) -> bool {
+        self.templates
+            .variables(id)
+            .iter()
+            .any(|n| self.secret_names.contains(n))
+    }
+
+    /// Whether a rendered value holds a secret: its value (a run's rendering),
+    /// or the mask (the recorded rendering, where secrets and the captured
+    /// values that held one are masked), so that what is recorded is sent the
+    /// same way as what is run.
+    fn holds_secret(&self, v: &str) -> bool {
+        v.contains(MASK) || self.redactor.finds(v)
     }
 
     /// Renders an upload's source file as a template for one host: its text, and

@@ -235,6 +235,13 @@ pub(super) fn md_step(o: &mut String, s: &PlanStep, number: &str) {
         if let Some(c) = &t.command {
             let _ = writeln!(o, "{}", fenced("console", &prompt_line(&t.login, c, "")));
         }
+        if let Some(lines) = &t.env_stdin {
+            let _ = writeln!(
+                o,
+                "Read first from standard input (values that hold a secret):\n\n{}",
+                fenced("text", lines)
+            );
+        }
         if let (Some(stdin), None) = (&t.stdin, &t.upload) {
             let _ = writeln!(o, "Standard input:\n\n{}", fenced("text", stdin));
         }

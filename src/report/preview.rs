@@ -295,6 +295,14 @@ fn target(o: &mut String, t: &Target, retries: u32, delay: &str) {
     if let Some(c) = &t.command {
         let _ = writeln!(o, "{}", prompt_line(&t.login, c, "    "));
     }
+    if let Some(lines) = &t.env_stdin {
+        // What holds a secret is sent here rather than on the command line.
+        let _ = writeln!(
+            o,
+            "      read first from stdin (values that hold a secret):"
+        );
+        let _ = writeln!(o, "{}", indented(lines, "      | "));
+    }
     if let (Some(stdin), None) = (&t.stdin, &t.upload) {
         let _ = writeln!(o, "      stdin:");
         let _ = writeln!(o, "{}", indented(stdin, "      | "));

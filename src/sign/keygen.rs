@@ -8,7 +8,11 @@ pub(super) fn keygen(args: &[&str], input: &[u8]) -> Result<Vec<u8>, SignError> 
         args: args.join(" "),
         reason,
     };
-    let mut child = Command::new("ssh-keygen")
+    let mut child = Command::new("ssh-keygen");
+    for k in crate::transport::secret_env_vars() {
+        child.env_remove(k);
+    }
+    let mut child = child
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

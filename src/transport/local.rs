@@ -40,6 +40,9 @@ impl LocalConnection {
     ) -> Result<Outcome, TransportError> {
         let start = Instant::now();
         let mut command = tokio::process::Command::new("/bin/sh");
+        for k in super::secret_env_vars() {
+            command.env_remove(k);
+        }
         if let Some(dir) = &self.tmpdir {
             command.env("TMPDIR", dir);
         }

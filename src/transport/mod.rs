@@ -367,6 +367,17 @@ impl TransportError {
     }
 }
 
+/// The variables of opsrun's own environment that hold secret values
+/// (`OPSRUN_SECRET_<NAME>`): read once by the CLI, and removed from the
+/// environment of everything opsrun starts (a `local: true` step, ssh), so a
+/// command cannot read a secret its step was not given (`env`, `/proc/PID/environ`).
+pub(crate) fn secret_env_vars() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| k.to_string_lossy().starts_with("OPSRUN_SECRET_"))
+        .collect()
+}
+
 const CHUNK: usize = 64 * 1024;
 
 /// How much of a stream the [`Outcome`] keeps from its start: what `capture:`
@@ -381,8 +392,13 @@ pub const KEEP_TAIL: usize = 64 * 1024;
 /// Put between head and tail when a stream was longer than both: says in the
 /// journal (`capture`, failure quotes) and the log that the middle is not there.
 pub fn cut_marker(omitted: u64) -> String {
-    format!("\n[... opsrun kept only the first 4 MiB and the last 64 KiB in memory: {omitted} bytes omitted here; the output file has everything ...]\n")
+    format!("{CUT_OPENS} the first 4 MiB and the last 64 KiB in memory: {omitted} bytes omitted here; the output file has everything{CUT_CLOSES}")
 }
+
+/// How [`cut_marker`] begins and ends: the head before it may end inside a
+/// secret and the tail after it start inside one (`Redactor` masks those pieces).
+pub const CUT_OPENS: &str = "\n[... opsrun kept only";
+pub const CUT_CLOSES: &str = " ...]\n";
 
 /// The part of a stream kept in memory: its head and a rolling tail.
 #[derive(Default)]

@@ -137,3 +137,388 @@ fn a_secret_split_across_streamed_pieces_is_masked() {
         "the masked secret is shown"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// No secret on any command line (issue 12, point 6)
+
+/// Samples every process's command line on this machine (the fleet's sshd and
+/// the shells it starts are processes here) until stopped: the ones that held
+/// `needle`, and whether `marker` was ever seen (so the sampler did look while
+/// the steps ran).
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<String>, bool)>,
+}
+
+impl Sampler {
+    fn start(needle: &'static str, marker: &'static str) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use crate::support::fleet::pids_with;
+            let (mut hits, mut marked) = (Vec::new(), false);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for pid in pids_with(needle) {
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    hits.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+                }
+                marked |= !pids_with(marker).is_empty();
+            }
+            (hits, marked)
+        });
+        Sampler { stop, thread }
+    }
+
+    fn finish(self) -> (Vec<String>, bool) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+fn sha256_line(text: &str) -> String {
+    use sha2::Digest;
+    format!("{:x}  -\n", sha2::Sha256::digest(text.as_bytes()))
+}
+
+#[test]
+fn a_captured_value_holding_a_secret_reaches_the_host_on_stdin_never_on_a_command_line() {
+    use crate::support::{
+        fleet::{app_group, ssh_inventory, SshFleet},
+        lab::Lab,
+    };
+    const PW: &str = "Cmdline-s3cret-77";
+    const MARKER: &str = "sleep 1.25";
+    crate::support::sim::ensure_dm_user();
+    let fleet = SshFleet::start(1);
+    // Writable by the `as:` user (sudo), readable here.
+    let shared = fleet.root().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(
+        &shared,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let lab = Lab::new();
+    lab.write(
+        "inventories/lab.yaml",
+        &ssh_inventory(&fleet, "none", &app_group(&fleet)),
+    );
+    lab.write(
+        "runbooks/capleak.yaml",
+        &r#"name: capleak
+hosts: app
+params:
+  pw: { secret: true }
+steps:
+  - name: Read it back
+    stdin: "{{ pw }}"
+    run: printf 'token=%s' "$(cat)"
+    capture: got
+  - name: Use the capture
+    run: |
+      sleep 1.25
+      printf '%s' {{ got | quote }} | sha256sum > {{ work }}/run.sum
+    check: sleep 1.25; printf '%s' {{ got | quote }} | sha256sum > {{ work }}/check.sum
+    rollback: printf '%s' {{ got | quote }} > /dev/null
+  - name: Use it through env
+    env: { GOT: "{{ got }}", PLAIN: "not secret" }
+    run: sleep 1.25; printf '%s' "$GOT" | sha256sum > {{ work }}/env.sum; printf '%s' "$PLAIN" > {{ work }}/plain
+  - name: Use it as another user
+    as: dmdba
+    env: { GOT: "{{ got }}" }
+    stdin: the step's own stdin
+    run: |
+      sleep 1.25
+      { printf '%s' {{ got | quote }} | sha256sum; printf '%s' "$GOT" | sha256sum; cat; echo; id -un; } > SHARED/as.txt
+"#
+        .replace("SHARED", &shared.display().to_string()),
+    );
+    let sampler = Sampler::start(PW, MARKER);
+    let run = lab.run(
+        &["capleak", "--env", "lab", "--yes", "--no-sign"],
+        &[("OPSRUN_SECRET_PW", PW)],
+        None,
+    );
+    let (hits, marked) = sampler.finish();
+    run.expect_code(0);
+    assert!(marked, "the sampler saw the steps run (`{MARKER}`)");
+    assert!(
+        hits.is_empty(),
+        "the secret was on a command line: {hits:#?}"
+    );
+    // The step still got the value, byte for byte: in its text, its check and its env.
+    let work = fleet.work_dir(0);
+    let want = sha256_line(&format!("token={PW}"));
+    for file in ["run.sum", "check.sum", "env.sum"] {
+        assert_eq!(
+            std::fs::read_to_string(work.join(file)).unwrap(),
+            want,
+            "{file}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(work.join("plain")).unwrap(),
+        "not secret"
+    );
+    // Through sudo the values still come first on stdin, then the step's own.
+    assert_eq!(
+        std::fs::read_to_string(shared.join("as.txt")).unwrap(),
+        format!("{want}{want}the step's own stdin\ndmdba\n")
+    );
+    let everything = run.everything();
+    assert!(!everything.contains(PW), "the secret is in the record");
+    // The record says how it was sent.
+    let command = run.events("target_started")[1]["command"].to_string();
+    assert!(command.contains(r#"eval \"$OPSRUN_RUN\""#), "{command}");
+    let command = run.events("target_started")[2]["command"].to_string();
+    assert!(command.contains("export PLAIN="), "{command}");
+    assert!(command.contains("read -r GOT"), "{command}");
+}
+
+#[test]
+fn a_captured_value_holding_a_secret_in_cwd_fails_the_step_before_anything_is_sent() {
+    let runbook = "name: capcwd\nhosts: app\nparams:\n  pw: { secret: true }\nsteps:\n\
+        \x20 - name: Read it back\n    stdin: \"{{ pw }}\"\n    run: \"printf '/tmp/%s' \\\"$(cat)\\\"\"\n    capture: dir\n\
+        \x20 - name: Go there\n    cwd: \"{{ dir }}\"\n    run: touch ran-in-secret-dir\n";
+    let out = Test::new()
+        .write("runbooks/capcwd.yaml", runbook)
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["capcwd", "--env", "lab", "--yes", "--no-sign"])
+        .env("OPSRUN_SECRET_PW", SECRET)
+        .expect_status(1)
+        .run();
+    assert!(
+        out.stderr
+            .contains("`cwd` reads a value that holds a secret"),
+        "{}",
+        out.stderr
+    );
+    let record = everything_under(&out.path().join("runs"));
+    assert!(!record.contains(SECRET) && !out.stderr.contains(SECRET));
+    assert!(
+        !record.contains("target_started\",\"phase\":\"forward\",\"number\":2"),
+        "nothing was started for the step: {record}"
+    );
+}
+
+#[test]
+fn check_refuses_a_secret_where_only_a_command_line_can_carry_it() {
+    let runbook = "name: places\nhosts: app\nparams:\n  pw: { secret: true }\nvars:\n  via: \"x{{ pw }}\"\nsteps:\n\
+        \x20 - name: Upload\n    upload: { src: files/a, dest: \"/tmp/{{ pw }}.conf\" }\n\
+        \x20 - name: Cwd\n    cwd: \"/srv/{{ via }}\"\n    run: \"true\"\n\
+        \x20 - name: As\n    as: \"{{ pw }}\"\n    run: \"true\"\n";
+    let t = Test::new()
+        .write("runbooks/places.yaml", runbook)
+        .write("files/a", "a")
+        .write("inventories/lab.yaml", INVENTORY);
+    let out = t.args(["check", "places"]).expect_status(2).run();
+    for at in [
+        "runbooks/places.yaml:9:44",
+        "runbooks/places.yaml:11:19",
+        "runbooks/places.yaml:14:13",
+    ] {
+        assert!(out.stderr.contains(at), "{at}:\n{}", out.stderr);
+    }
+    for said in [
+        "in step `Upload`: `upload.dest` reads secret `pw`",
+        "in step `Cwd`: `cwd` reads `via` (built from a secret)",
+        "in step `As`: `as` reads secret `pw`",
+    ] {
+        assert!(out.stderr.contains(said), "{said}:\n{}", out.stderr);
+    }
+    assert!(!out.stdout.contains("no problems"), "{}", out.stdout);
+}
+
+#[test]
+fn the_planner_refuses_a_secret_in_upload_dest_too() {
+    let runbook = "name: dest\nhosts: app\nparams:\n  pw: { secret: true }\nsteps:\n\
+        \x20 - name: Upload\n    upload: { src: files/a, dest: \"/tmp/{{ pw }}.conf\" }\n";
+    let out = Test::new()
+        .write("runbooks/dest.yaml", runbook)
+        .write("files/a", "a")
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["dest", "--env", "lab", "--dry-run"])
+        .env("OPSRUN_SECRET_PW", SECRET)
+        .expect_status(2)
+        .run();
+    assert!(
+        out.stderr.contains("runbooks/dest.yaml:7:"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
+}
+
+#[test]
+fn a_secret_of_the_wrong_type_or_choice_is_not_printed() {
+    let runbook = "name: typed\nhosts: app\nparams:\n  pin: { secret: true, type: int }\n  flag: { secret: true, type: bool }\n  pick: { secret: true, choices: [alpha-1, beta-2] }\nsteps:\n\
+        \x20 - name: Noop\n    run: \"true\"\n";
+    for (var, value) in [
+        ("OPSRUN_SECRET_PIN", "8841x9320"),
+        ("OPSRUN_SECRET_FLAG", "yes-please"),
+        ("OPSRUN_SECRET_PICK", "gamma-3"),
+    ] {
+        let mut t = Test::new()
+            .write("runbooks/typed.yaml", runbook)
+            .write("inventories/lab.yaml", INVENTORY)
+            .args(["typed", "--env", "lab", "--dry-run"]);
+        for (v, ok) in [
+            ("OPSRUN_SECRET_PIN", "1234"),
+            ("OPSRUN_SECRET_FLAG", "true"),
+            ("OPSRUN_SECRET_PICK", "alpha-1"),
+        ] {
+            t = t.env(v, if v == var { value } else { ok });
+        }
+        let out = t.expect_status(2).run();
+        assert!(!out.stderr.contains(value), "{var}: {}", out.stderr);
+        assert!(!out.stdout.contains(value), "{var}: {}", out.stdout);
+        assert!(out.stderr.contains("`******`"), "{var}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn a_secret_s_json_escaped_form_is_masked_in_the_journal() {
+    let secret = r#"Js"on\sec-ret"#;
+    let runbook = r#"name: json
+hosts: app
+params:
+  pw: { secret: true }
+steps:
+  - name: Print it as JSON
+    stdin: "{{ pw }}"
+    run: |
+      printf '{"pw":"%s"}' "$(sed 's/[\\"]/\\&/g')"
+    capture: got
+"#;
+    let out = Test::new()
+        .write("runbooks/json.yaml", runbook)
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["json", "--env", "lab", "--yes", "--no-sign"])
+        .env("OPSRUN_SECRET_PW", secret)
+        .expect_status(0)
+        .run();
+    // The host printed it JSON-escaped, and the journal escapes that again.
+    let escaped = serde_json::to_string(secret).unwrap();
+    let escaped = &escaped[1..escaped.len() - 1];
+    let twice = serde_json::to_string(escaped).unwrap();
+    let twice = &twice[1..twice.len() - 1];
+    let record = everything_under(&out.path().join("runs"));
+    for form in [secret, escaped, twice] {
+        assert!(!record.contains(form), "{form} in the record:\n{record}");
+    }
+    assert!(out.path().join("runs").exists());
+    assert!(record.contains(r#"{\"pw\":\"******\"}"#), "{record}");
+}
+
+#[test]
+fn show_masks_a_secret_s_default() {
+    let runbook = "name: dflt\nparams:\n  pw: { secret: true, default: dflt-s3cret-1 }\n  size: { default: big }\nsteps:\n\
+        \x20 - name: Noop\n    run: \"true\"\n";
+    let out = Test::new()
+        .write("runbooks/dflt.yaml", runbook)
+        .args(["show", "dflt"])
+        .expect_status(0)
+        .run();
+    assert!(!out.stdout.contains("dflt-s3cret-1"), "{}", out.stdout);
+    assert!(out.stdout.contains("default ******"), "{}", out.stdout);
+    assert!(out.stdout.contains("default big"), "{}", out.stdout);
+}
+
+#[test]
+fn local_commands_do_not_inherit_opsrun_s_secret_variables() {
+    let runbook = "name: envleak\nhosts: app\nparams:\n  pw: { secret: true }\nsteps:\n\
+        \x20 - name: On the local host\n    run: env > host-env.txt\n\
+        \x20 - name: A local step\n    local: true\n    run: env > local-env.txt\n\
+        \x20 - name: Given on purpose\n    local: true\n    env: { PW: \"{{ pw }}\" }\n    run: printf '%s' \"$PW\" > given.txt\n";
+    let out = Test::new()
+        .write("runbooks/envleak.yaml", runbook)
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["envleak", "--env", "lab", "--yes", "--no-sign"])
+        .env("OPSRUN_SECRET_PW", SECRET)
+        .env("OPSRUN_SECRET_OTHER", "another-s3cret")
+        .expect_status(0)
+        .run();
+    for file in ["host-env.txt", "local-env.txt"] {
+        let env = out.read(file);
+        assert!(env.contains("PATH="), "{file} is the environment: {env}");
+        assert!(!env.contains("OPSRUN_SECRET_"), "{file}: {env}");
+        assert!(!env.contains(SECRET) && !env.contains("another-s3cret"));
+    }
+    assert_eq!(
+        out.read("given.txt"),
+        SECRET,
+        "what a step is given, it gets"
+    );
+}
+
+/// `-v` over ssh: a secret that straddles the 64 KiB cut of a long unterminated
+/// line is never shown in two halves.
+#[test]
+fn a_secret_straddling_the_flush_of_a_long_line_over_ssh_is_masked() {
+    use crate::support::{
+        fleet::{app_group, ssh_inventory, SshFleet},
+        lab::Lab,
+    };
+    let fleet = SshFleet::start(1);
+    let lab = Lab::new();
+    lab.write(
+        "inventories/lab.yaml",
+        &ssh_inventory(&fleet, "none", &app_group(&fleet)),
+    );
+    lab.write(
+        "runbooks/long.yaml",
+        "name: long\nhosts: app\nparams:\n  tok: { secret: true }\nsteps:\n\
+        \x20 - name: Long line\n    stdin: \"{{ tok }}\"\n    run: \"read -r t || true; printf '%065530d' 0; printf '%s' \\\"$t\\\" | head -c 9; sleep 1; printf '%s' \\\"$t\\\" | tail -c +10; echo\"\n",
+    );
+    let run = lab.run(
+        &["long", "--env", "lab", "--yes", "--no-sign", "-v"],
+        &[("OPSRUN_SECRET_TOK", "hunter22secret")],
+        None,
+    );
+    run.expect_code(0);
+    assert!(!run.stderr.contains("hunter"), "part of the secret leaked");
+    assert!(
+        !run.stderr.contains("22secret"),
+        "part of the secret leaked"
+    );
+    assert!(
+        run.stderr.contains("web1 | ******\n"),
+        "{}",
+        &run.stderr[run.stderr.len().saturating_sub(500)..]
+    );
+    assert!(!run.everything().contains("hunter"));
+}
+
+/// Past 4 MiB a stream is kept as head and tail in memory: a secret straddling
+/// where the tail starts must not leave its end in the failure quote.
+#[test]
+fn a_secret_straddling_the_start_of_a_kept_tail_is_masked_in_the_failure() {
+    let runbook = r#"name: tail
+hosts: app
+params:
+  tok: { secret: true }
+steps:
+  - name: Fail loudly
+    stdin: "{{ tok }}"
+    run: |
+      read -r t || true
+      head -c 4300000 /dev/zero | tr '\0' z >&2
+      printf '\nerror %s' "$t" >&2
+      head -c 65525 /dev/zero | tr '\0' y >&2
+      echo >&2
+      exit 3
+"#;
+    let out = Test::new()
+        .write("runbooks/tail.yaml", runbook)
+        .write("inventories/lab.yaml", INVENTORY)
+        .args(["tail", "--env", "lab", "--yes", "--no-sign"])
+        .env("OPSRUN_SECRET_TOK", "hunter22secret")
+        .expect_status(1)
+        .run();
+    let journal = everything_under(&out.path().join("runs"));
+    for text in [&journal, &out.stderr, &out.stdout] {
+        assert!(!text.contains("er22secret"), "the secret's end is shown");
+        assert!(!text.contains("hunter"), "the secret's start is shown");
+    }
+    assert!(out.stderr.contains("******yyyy"), "{}", out.stderr);
+}

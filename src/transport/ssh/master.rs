@@ -77,6 +77,9 @@ impl Master {
         let mut master = Master { child: None, dir };
 
         let mut cmd = std::process::Command::new("ssh");
+        for k in crate::transport::secret_env_vars() {
+            cmd.env_remove(k);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

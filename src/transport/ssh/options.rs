@@ -260,6 +260,9 @@ fn ssh_config_quote(s: &str) -> String {
 
 async fn resolved_user_known_hosts(ep: &Endpoint) -> Option<Vec<String>> {
     let mut g = tokio::process::Command::new("ssh");
+    for k in crate::transport::secret_env_vars() {
+        g.env_remove(k);
+    }
     g.args(super::resolve::query_args(ep));
     g.stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -87,7 +87,13 @@ pub fn resolve(ep: &Endpoint) -> Result<Resolved, TransportError> {
             ep.address
         )));
     }
-    let out = std::process::Command::new("ssh")
+    let mut ssh = std::process::Command::new("ssh");
+    // ssh -G runs ProxyCommand and Match exec lines only in part, but a child of
+    // opsrun gets no secret it was not given (as the master does not).
+    for k in crate::transport::secret_env_vars() {
+        ssh.env_remove(k);
+    }
+    let out = ssh
         .args(query_args(ep))
         .stdin(std::process::Stdio::null())
         .output()
