@@ -3,6 +3,12 @@
 /// What a secret value is shown as, everywhere it would appear.
 pub const MASK: &str = "******";
 
+/// How the transport's cut marker (`transport::cut_marker`, between the head
+/// and the tail it kept of a long stream) begins and ends: a secret may
+/// straddle either cut, and the `Redactor` masks its pieces.
+pub const CUT_OPENS: &str = "\n[... opsrun kept only";
+pub const CUT_CLOSES: &str = " ...]\n";
+
 /// Replaces every secret value with `******`, in each form it can be written
 /// in: as it is, shell-quoted (a command line), JSON-escaped (a journal line:
 /// a `"` or `\` in a secret is written `\"`, `\\`), and both.
@@ -43,7 +49,7 @@ impl Redactor {
                 out = out.replace(n.as_str(), MASK);
             }
         }
-        if out.contains(crate::transport::CUT_OPENS) {
+        if out.contains(CUT_OPENS) {
             // Pieces of a secret are masked on whole bytes; a lossy piece is never shown.
             return String::from_utf8_lossy(&self.mask_cut_pieces(out.into_bytes())).into_owned();
         }
@@ -67,8 +73,8 @@ impl Redactor {
     /// are masked, so neither half is shown.
     fn mask_cut_pieces(&self, b: Vec<u8>) -> Vec<u8> {
         let (opens, closes) = (
-            crate::transport::CUT_OPENS.as_bytes(),
-            crate::transport::CUT_CLOSES.as_bytes(),
+            CUT_OPENS.as_bytes(),
+            CUT_CLOSES.as_bytes(),
         );
         let find = |hay: &[u8], from: usize, needle: &[u8]| {
             (from..=hay.len().saturating_sub(needle.len())).find(|&i| hay[i..].starts_with(needle))

@@ -391,14 +391,13 @@ pub const KEEP_TAIL: usize = 64 * 1024;
 
 /// Put between head and tail when a stream was longer than both: says in the
 /// journal (`capture`, failure quotes) and the log that the middle is not there.
+/// How it begins and ends is the `Redactor`'s to know (`sanitize::CUT_OPENS`):
+/// the head before it may end inside a secret and the tail after it start
+/// inside one, and it masks those pieces.
 pub fn cut_marker(omitted: u64) -> String {
+    use crate::sanitize::{CUT_CLOSES, CUT_OPENS};
     format!("{CUT_OPENS} the first 4 MiB and the last 64 KiB in memory: {omitted} bytes omitted here; the output file has everything{CUT_CLOSES}")
 }
-
-/// How [`cut_marker`] begins and ends: the head before it may end inside a
-/// secret and the tail after it start inside one (`Redactor` masks those pieces).
-pub const CUT_OPENS: &str = "\n[... opsrun kept only";
-pub const CUT_CLOSES: &str = " ...]\n";
 
 /// The part of a stream kept in memory: its head and a rolling tail.
 #[derive(Default)]
