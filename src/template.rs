@@ -465,12 +465,12 @@ impl Templates {
     }
 
     fn site(&self, text: &Text) -> Arc<budget::Site> {
-        Arc::new(budget::Site {
-            owner: self.owner.clone(),
-            source: self.source.clone(),
-            span: text.span,
-            text: text.src.clone(),
-        })
+        Arc::new(budget::Site::new(
+            self.owner.clone(),
+            self.source.clone(),
+            text.span,
+            text.src.clone(),
+        ))
     }
 
     /// The template as written in the file.
@@ -665,19 +665,24 @@ impl Templates {
         }
     }
 
-    /// The budget a template exceeds rendered with every variable it reads as
-    /// empty text, if it does: what `opsrun check` can tell without an inventory.
-    pub fn over_budget_whatever_its_variables(&self, id: TemplateId) -> Option<budget::Exceeded> {
+    /// What `opsrun check` can tell of a template without an inventory: the
+    /// error of rendering it with every variable it reads as empty text, if that
+    /// error holds whatever the variables are. A budget error does (a bomb is one
+    /// whatever it is fed); any error does when the template reads no variable at
+    /// all (`{{ range(100000000) }}`), since nothing an inventory gives changes it.
+    pub fn fails_whatever_its_variables(&self, id: TemplateId) -> Option<RenderError> {
         let globals: HashSet<&str> = self.env.globals().map(|(g, _)| g).collect();
-        let stand_ins = self.meta[id.0]
+        let stand_ins: BTreeMap<String, Value> = self.meta[id.0]
             .0
             .iter()
             // `range` and the other functions are read like variables.
             .filter(|v| !globals.contains(v.as_str()))
             .map(|v| (v.clone(), Value::from("")))
             .collect();
+        let constant = stand_ins.is_empty();
         match self.render(id, &Context::new(stand_ins)) {
-            Err(RenderError::Budget(exceeded)) => Some(exceeded),
+            Err(e @ RenderError::Budget(_)) => Some(e),
+            Err(e) if constant => Some(e),
             _ => None,
         }
     }

@@ -938,7 +938,7 @@ fn template_bombs_stay_within_time_and_memory() {
     .unwrap();
     // Time for the 2 s watch, a loaded CI machine and the process itself.
     let time_bound = std::time::Duration::from_secs(10);
-    let memory_bound: u64 = 512 << 20;
+    let memory_bound: u64 = 400 << 20;
     for i in 0..cases {
         let mut rng = Rng(seed ^ (3 << 48) ^ i);
         let depth = rng.below(3);

@@ -25,6 +25,57 @@ pub(super) struct FileTemplate {
     pub(super) source: Arc<crate::diagnostic::SourceFile>,
 }
 
+/// Compiles an upload's source file (`template: true`) as one template; errors
+/// point into that file, or at the step's `src` when it cannot be read.
+pub(super) fn compile_file_template(
+    runbook: &Runbook,
+    step: &Step,
+    src: &str,
+) -> Result<Arc<FileTemplate>, Diagnostic> {
+    let at_src = |message: String| {
+        let span = match &step.action {
+            Action::Upload(u) => u.src.span,
+            _ => step.span,
+        };
+        Diagnostic::error(
+            runbook.source.clone(),
+            span,
+            format!("in step `{}`: {message}", step.name),
+            None,
+        )
+    };
+    let bytes = std::fs::read(src)
+        .map_err(|e| at_src(format!("cannot read upload template `{src}`: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        at_src(format!(
+            "upload template `{src}` is not UTF-8 text: only text files can be templates"
+        ))
+    })?;
+    let source = crate::diagnostic::SourceFile::new(src, text.clone());
+    let lines = text.lines().count();
+    // The whole file, spanning its lines, so positions are found line by line.
+    let whole = crate::load::runbook::Text {
+        src: text,
+        span: Span {
+            start: crate::diagnostic::Pos { line: 1, col: 1 },
+            end: crate::diagnostic::Pos {
+                line: lines + 1,
+                col: 1,
+            },
+        },
+    };
+    let mut templates = Templates::for_source(source.clone());
+    templates.belong_to(format!("in upload template `{src}`"));
+    let id = templates
+        .add(&whole, Kind::Text)
+        .map_err(|e| e.in_file(&source))?;
+    Ok(Arc::new(FileTemplate {
+        templates,
+        id,
+        source,
+    }))
+}
+
 /// Per runbook var, every name it reads, through the vars it reads in turn.
 pub(super) fn var_reads(
     templates: &Templates,
@@ -131,18 +182,15 @@ pub fn check_templates(rb: &Runbook) -> Result<(), Error> {
     if let Some(e) = errors {
         return Err(e);
     }
-    // `check` has no inventory to render with, but a template that blows the
-    // render budget whatever its variables hold (`range(100000)` nested in
-    // itself) must fail here as in the dry-run: each is rendered once with every
-    // variable it reads as empty text, and only a budget error is reported.
+    // `check` has no inventory to render with, but a template that fails
+    // whatever its variables hold (a bomb: `range(100000)` nested in itself; or
+    // one that reads none: `{{ range(100000000) }}`) must fail here as in the
+    // dry-run: each is rendered once with every variable it reads as empty text.
     let mut found = Vec::new();
     let mut probe = |what: String, id: TemplateId| {
-        if let Some(exceeded) = t.over_budget_whatever_its_variables(id) {
+        if let Some(e) = t.fails_whatever_its_variables(id) {
             let span = t.text(id).span;
-            found.push(yaml_err(
-                rb,
-                yaml::Error::new(span, format!("{what}: {exceeded}")),
-            ));
+            found.push(yaml_err(rb, yaml::Error::new(span, format!("{what}: {e}"))));
         }
     };
     for (name, id) in &vars {
@@ -156,6 +204,29 @@ pub fn check_templates(rb: &Runbook) -> Result<(), Error> {
     for (step, ts) in rb.rollback.iter().zip(&guide) {
         for id in ts.ids() {
             probe(format!("in rollback step `{}`", step.name), id);
+        }
+    }
+    // An upload template whose path is plain text is the same file for every
+    // host: it is compiled and probed like the runbook's own templates.
+    for step in rb.steps.iter().chain(&rb.rollback) {
+        let Action::Upload(u) = &step.action else {
+            continue;
+        };
+        if !u.template || u.src.src.contains("{{") || u.src.src.contains("{%") {
+            continue;
+        }
+        match compile_file_template(rb, step, &u.src.src) {
+            Err(d) => found.push(Error::from(d)),
+            Ok(ft) => {
+                if let Some(e) = ft.templates.fails_whatever_its_variables(ft.id) {
+                    found.push(Error::from(Diagnostic::error(
+                        ft.source.clone(),
+                        ft.templates.text(ft.id).span,
+                        format!("in step `{}`: {e}", step.name),
+                        None,
+                    )));
+                }
+            }
         }
     }
     Error::merge(found).map_or(Ok(()), Err)

@@ -27,7 +27,7 @@ mod targets;
 
 use batches::cut_batches;
 pub use compile::{check_templates, with_template_problems};
-use compile::{compile_templates, var_reads, FileTemplate, StepTemplates};
+use compile::{compile_file_template, compile_templates, var_reads, FileTemplate, StepTemplates};
 pub use gate::{AnswerKind, Gate, GateAsk, Gates};
 pub use logins::resolve as resolve_logins;
 pub use model::{

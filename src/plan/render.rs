@@ -371,7 +371,7 @@ impl Planner {
                 .unwrap_or_else(|p| p.into_inner());
             cache
                 .entry(src.to_string())
-                .or_insert_with(|| self.compile_upload_template(step, src))
+                .or_insert_with(|| compile_file_template(&self.runbook, step, src))
                 .clone()?
         };
         let hidden = ft
@@ -398,55 +398,6 @@ impl Planner {
             }
         })?;
         Ok((content, hidden))
-    }
-
-    pub(super) fn compile_upload_template(
-        &self,
-        step: &Step,
-        src: &str,
-    ) -> Result<Arc<FileTemplate>, Diagnostic> {
-        let at_src = |message: String| {
-            let span = match &step.action {
-                Action::Upload(u) => u.src.span,
-                _ => step.span,
-            };
-            Diagnostic::error(
-                self.runbook.source.clone(),
-                span,
-                format!("in step `{}`: {message}", step.name),
-                None,
-            )
-        };
-        let bytes = std::fs::read(src)
-            .map_err(|e| at_src(format!("cannot read upload template `{src}`: {e}")))?;
-        let text = String::from_utf8(bytes).map_err(|_| {
-            at_src(format!(
-                "upload template `{src}` is not UTF-8 text: only text files can be templates"
-            ))
-        })?;
-        let source = crate::diagnostic::SourceFile::new(src, text.clone());
-        let lines = text.lines().count();
-        // The whole file, spanning its lines, so positions are found line by line.
-        let whole = crate::load::runbook::Text {
-            src: text,
-            span: Span {
-                start: crate::diagnostic::Pos { line: 1, col: 1 },
-                end: crate::diagnostic::Pos {
-                    line: lines + 1,
-                    col: 1,
-                },
-            },
-        };
-        let mut templates = Templates::for_source(source.clone());
-        templates.belong_to(format!("in upload template `{src}`"));
-        let id = templates
-            .add(&whole, Kind::Text)
-            .map_err(|e| e.in_file(&source))?;
-        Ok(Arc::new(FileTemplate {
-            templates,
-            id,
-            source,
-        }))
     }
 
     /// The confirmation question of a step, if it has a gate.

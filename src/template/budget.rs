@@ -22,23 +22,33 @@
 //!
 //! What they cannot bound is one instruction that is expensive in itself:
 //! `'x' * 100000000` is a single instruction that builds 100 MB (minijinja's
-//! own cap), and a loop of those stays within the fuel while it runs for
-//! minutes. No hook of minijinja runs inside an instruction, so the
-//! [`Watch`] guards those from outside: a thread that looks at every render
-//! still running after a tick, and when one has run longer than
-//! [`SECONDS`] or the process has grown by more than [`GROWTH_BYTES`] since
-//! it started, prints the positioned error and ends the process (exit 2). It
-//! cannot return an error instead: the render cannot be stopped from another
-//! thread, and leaving it running would spend the memory the budget is for.
-//! Before a run starts, every template is rendered (the plan is the dry-run),
-//! so that only ever stops a run before it did anything. A template that
-//! reads a value captured during the run is rendered again then; if that
-//! render blows the budget, the run ends as if killed (journal kept,
-//! `opsrun rollback` and `--resume` work, README "When a run is stopped").
+//! own cap), compiling folds constant expressions (eight of those joined by
+//! `~` are built before any render), and a loop of expensive instructions
+//! stays within the fuel while it runs for minutes. No hook of minijinja runs
+//! inside an instruction, so two guards work from outside it:
+//!
+//! - **memory**: the global allocator counts, per thread, the bytes allocated
+//!   and not freed; while a thread renders or compiles a template, an
+//!   allocation that would take it more than [`GROWTH_BYTES`] past where the
+//!   render began prints the positioned error and ends the process (exit 2)
+//!   before the memory is taken;
+//! - **time**: a thread looks at every render still running each [`TICK`]
+//!   and ends the process the same way when one has run longer than
+//!   [`SECONDS`].
+//!
+//! Neither can return an error instead: the render cannot be unwound from
+//! inside the allocator or from another thread. Before a run starts, every
+//! template is rendered (the plan is the dry-run), so that only ever stops a
+//! run before it did anything. A template that reads a value captured during
+//! the run is rendered again then; if that render blows the budget, the run
+//! ends as if killed (journal kept, `opsrun rollback` and `--resume` work,
+//! README "When a run is stopped").
 
 use crate::diagnostic::{Diagnostic, SourceFile};
 use minijinja::value::Value;
 use minijinja::{Error, ErrorKind};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -162,7 +172,6 @@ pub fn replace(value: Value, from: String, to: String) -> Result<Value, Error> {
 }
 
 /// What the watch says when a render blows the budget: where the template is.
-#[derive(Clone)]
 pub struct Site {
     /// `in step `X``, where the planner knows it.
     pub owner: Option<String>,
@@ -170,15 +179,59 @@ pub struct Site {
     pub span: crate::diagnostic::Span,
     /// The template's text, for a message without a file.
     pub text: String,
+    /// The whole message for a render that needs too much memory, written
+    /// before any render: it is printed from inside the allocator, where
+    /// nothing may be allocated.
+    over_memory: Box<[u8]>,
+}
+
+impl Site {
+    pub fn new(
+        owner: Option<String>,
+        source: Option<Arc<SourceFile>>,
+        span: crate::diagnostic::Span,
+        text: String,
+    ) -> Site {
+        let mut site = Site {
+            owner,
+            source,
+            span,
+            text,
+            over_memory: Box::default(),
+        };
+        let what = format!("needed more than {} MiB of memory", GROWTH_BYTES >> 20);
+        site.over_memory = format!("{}\n", site.message(&what)).into_bytes().into();
+        site
+    }
+
+    fn message(&self, what: &str) -> String {
+        let message = format!(
+            "{}this template {what}, over the render budget; opsrun stopped",
+            self.owner
+                .as_ref()
+                .map(|o| format!("{o}: "))
+                .unwrap_or_default()
+        );
+        let help = "a template builds a command or a file: a loop, `*` or filter that builds this much is a mistake or an attack";
+        match &self.source {
+            Some(source) => {
+                Diagnostic::error(source.clone(), self.span, message, Some(help.into())).to_string()
+            }
+            None => {
+                let first = self.text.lines().next().unwrap_or_default();
+                let first: String = first.chars().take(80).collect();
+                format!(
+                    "error: {message}\n  template: {}\n  = help: {help}",
+                    crate::sanitize::escape_controls(first.as_bytes())
+                )
+            }
+        }
+    }
 }
 
 struct Running {
     site: Arc<Site>,
     started: Instant,
-    /// Resident bytes of the process when the watch first saw the render:
-    /// reading them costs a file read, too much for each of 100 000 renders
-    /// that are over in microseconds.
-    rss: Option<u64>,
 }
 
 /// The renders in progress, looked at by one thread every [`TICK`].
@@ -193,10 +246,15 @@ const TICK: Duration = Duration::from_millis(20);
 /// A render in progress; dropping it says the render is over.
 pub struct Ticket {
     slot: usize,
+    /// What the meter watched before this render began (an enclosing render).
+    metered: (*const Site, isize),
+    /// Keeps the site the meter points at alive.
+    _site: Arc<Site>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        METERED.with(|m| m.set(self.metered));
         let mut running = watch().lock();
         running[self.slot] = None;
     }
@@ -222,97 +280,128 @@ impl Watch {
     fn patrol(&self) {
         loop {
             std::thread::sleep(TICK);
-            // Nearly every render is over long before a tick: only those that
-            // are not cost a look at the process size.
-            let over = {
-                let mut running = self.lock();
-                if running.iter().all(Option::is_none) {
-                    continue;
-                }
-                let now = resident_bytes();
-                running.iter_mut().flatten().find_map(|r| {
-                    let rss = *r.rss.get_or_insert(now);
-                    if r.started.elapsed() > Duration::from_secs(SECONDS) {
-                        Some((r.site.clone(), format!("ran for more than {SECONDS} s")))
-                    } else if now.saturating_sub(rss) > GROWTH_BYTES {
-                        Some((
-                            r.site.clone(),
-                            format!("needed more than {} MiB of memory", GROWTH_BYTES >> 20),
-                        ))
-                    } else {
-                        None
-                    }
-                })
-            };
-            if let Some((site, what)) = over {
-                stop(&site, &what);
+            let over = self
+                .lock()
+                .iter()
+                .flatten()
+                .find(|r| r.started.elapsed() > Duration::from_secs(SECONDS))
+                .map(|r| r.site.clone());
+            if let Some(site) = over {
+                eprintln!(
+                    "{}",
+                    site.message(&format!("ran for more than {SECONDS} s"))
+                );
+                // Not `exit`: its atexit handlers and destructors would run beside the
+                // render still going on another thread.
+                // SAFETY: _exit ends the process at once; nothing of it is used after.
+                unsafe { libc::_exit(2) }
             }
         }
     }
 }
 
-/// Registers a render with the watch for as long as the ticket lives.
+/// Registers a render with the watch (time) and the meter (memory) for as
+/// long as the ticket lives. Renders nest (a failed render renders again to
+/// name its undefined variables): each has its own budget from where it began.
 pub fn watched(site: &Arc<Site>) -> Ticket {
     let w = watch();
     let running = Running {
         site: site.clone(),
         started: Instant::now(),
-        rss: None,
     };
-    let mut all = w.lock();
-    let slot = match all.iter().position(Option::is_none) {
-        Some(i) => {
-            all[i] = Some(running);
-            i
-        }
-        None => {
-            all.push(Some(running));
-            all.len() - 1
+    let slot = {
+        let mut all = w.lock();
+        match all.iter().position(Option::is_none) {
+            Some(i) => {
+                all[i] = Some(running);
+                i
+            }
+            None => {
+                all.push(Some(running));
+                all.len() - 1
+            }
         }
     };
-    Ticket { slot }
-}
-
-/// The end of a render that cannot be stopped any other way.
-fn stop(site: &Site, what: &str) -> ! {
-    let message = format!(
-        "{}this template {what}, over the render budget; opsrun stopped",
-        site.owner
-            .as_ref()
-            .map(|o| format!("{o}: "))
-            .unwrap_or_default()
-    );
-    let help = Some(
-        "a template builds a command or a file: a loop, `*` or filter that builds this much is a mistake or an attack".to_string(),
-    );
-    match &site.source {
-        Some(source) => eprintln!(
-            "{}",
-            Diagnostic::error(source.clone(), site.span, message, help)
-        ),
-        None => {
-            let first = site.text.lines().next().unwrap_or_default();
-            let first: String = first.chars().take(80).collect();
-            eprintln!(
-                "error: {message}\n  template: {}",
-                crate::sanitize::escape_controls(first.as_bytes())
-            )
-        }
+    let metered = METERED.with(|m| {
+        let before = m.get();
+        let limit = NET.with(Cell::get).saturating_add(GROWTH_BYTES as isize);
+        m.set((Arc::as_ptr(site), limit));
+        before
+    });
+    Ticket {
+        slot,
+        metered,
+        _site: site.clone(),
     }
-    // Not `exit`: its atexit handlers and destructors would run beside the render
-    // still going on another thread.
-    // SAFETY: _exit ends the process at once; nothing of it is used after.
-    unsafe { libc::_exit(2) }
 }
 
-/// Resident set size of this process, from `/proc/self/statm` (0 where there is none).
-fn resident_bytes() -> u64 {
-    // SAFETY: sysconf only reads a constant of the system.
-    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * page)
+// The memory meter. A render runs on one thread, and what it builds is
+// allocated there: each thread counts the bytes it has allocated and not freed
+// (`NET`), and while it renders (`METERED`: the template, and the count at
+// which it is over budget) every allocation is checked against the limit. The
+// check is in the allocator because one instruction (`'x' * 100000000`, a
+// `replace`, a fold while compiling) can allocate hundreds of MB before any
+// other code runs; outside renders an allocation costs two thread-local reads.
+thread_local! {
+    static NET: Cell<isize> = const { Cell::new(0) };
+    static METERED: Cell<(*const Site, isize)> = const { Cell::new((std::ptr::null(), 0)) };
+}
+
+struct Metering;
+
+#[global_allocator]
+static ALLOCATOR: Metering = Metering;
+
+fn note(delta: isize) {
+    // `try_with`: a thread being torn down still allocates; it is not rendering.
+    let _ = NET.try_with(|net| {
+        let now = net.get().wrapping_add(delta);
+        net.set(now);
+        if delta > 0 {
+            let _ = METERED.try_with(|m| {
+                let (site, limit) = m.get();
+                if !site.is_null() && now > limit {
+                    // SAFETY: the ticket that set `site` holds it alive until it resets it.
+                    over_memory(unsafe { &*site });
+                }
+            });
+        }
+    });
+}
+
+/// Says which template needed too much memory and ends the process, from
+/// inside the allocator: only a write of the prepared message and `_exit`.
+fn over_memory(site: &Site) -> ! {
+    let msg = &site.over_memory;
+    // SAFETY: writes bytes the site owns to stderr; _exit ends the process at once.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::_exit(2)
+    }
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged; `note`
+// only reads and writes thread-locals that need no allocation.
+unsafe impl GlobalAlloc for Metering {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size() as isize);
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size() as isize);
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        note(-(layout.size() as isize));
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size as isize - layout.size() as isize);
+        System.realloc(ptr, layout, new_size)
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,16 @@ fn bombs() -> Vec<(String, &'static str)> {
             format!("{{{{ {folded} }}}}"),
             "this template needed more than 256 MiB of memory, over the render budget",
         ),
+        // Three 100 MB strings alive at once, built by filters within one render.
+        (
+            "{% set a = 'x' * 100000000 %}{{ a | upper | lower | length }}".into(),
+            "this template needed more than 256 MiB of memory, over the render budget",
+        ),
+        // One allocation of 900 MB: refused before it is made.
+        (
+            "{{ '%-900000000s' | format('a') | length }}".into(),
+            "this template needed more than 256 MiB of memory, over the render budget",
+        ),
         // Each instruction is expensive, and none is constant: only the clock stops it.
         (
             "{% for i in range(100000) %}{% if ('x' * (30000000 + i - i)) == '' %}{% endif %}{% endfor %}".into(),
@@ -115,4 +125,30 @@ fn a_long_but_real_template_is_within_the_budget() {
     // 0..9999 with a comma each, and the newline.
     let log = out.read(&out.log);
     assert!(log.contains("48891"), "{log}");
+}
+
+/// A template that reads no variable renders the same whatever the inventory:
+/// `check` reports any error of it, not only a budget's.
+#[test]
+fn check_reports_every_error_of_a_template_that_reads_no_variable() {
+    Test::new()
+        .write("runbooks/bomb.yaml", runbook("{{ range(100000000) | length }}"))
+        .args(["check", "bomb"])
+        .expect_status(2)
+        .stderr_contains("in step `bomb`: range has too many elements")
+        .stderr_contains("--> runbooks/bomb.yaml:5:10")
+        .run();
+}
+
+#[test]
+fn check_probes_an_upload_template_with_a_plain_path() {
+    let rb = "name: bomb\nhosts: app\nsteps:\n  - name: conf\n    upload: { src: files/big.conf, dest: /tmp/big.conf, template: true }\n";
+    Test::new()
+        .write("runbooks/bomb.yaml", rb)
+        .write("files/big.conf", "a = 1\nb = {{ 'x' * 100000000 }}\n")
+        .args(["check", "bomb"])
+        .expect_status(2)
+        .stderr_contains("in step `conf`: the template renders to more than its budget of 4 MiB")
+        .stderr_contains("--> files/big.conf:1:1")
+        .run();
 }
