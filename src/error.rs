@@ -43,6 +43,11 @@ pub enum Error {
         name: String,
         path: PathBuf,
     },
+    /// `inventories/X.yaml` whose `name:` is not X: `--env` selects an inventory
+    /// there by its name, so a file named otherwise could never be selected by
+    /// the name that typed gates ask for and records show.
+    #[error("error: inventory `{}` is named `{name}`: under inventories/ an inventory's file is named after it (`--env NAME` reads inventories/NAME.yaml); rename the file to {name}.yaml, or remove `name:`", path.display())]
+    MisnamedInventory { name: String, path: PathBuf },
     /// How ssh reaches hosts could not be resolved (`ssh -G`): one message per host.
     #[error("{}", .0.iter().map(|m| format!("error: {m}")).collect::<Vec<_>>().join("\n"))]
     SshConfig(Vec<String>),
@@ -71,6 +76,7 @@ impl Error {
             | Error::RunbookNotFound { .. }
             | Error::InventoryNotFound { .. }
             | Error::EnvMismatch { .. }
+            | Error::MisnamedInventory { .. }
             | Error::SshConfig(_)
             | Error::Usage(_) => exit::INVALID_INPUT,
             Error::NotConfirmed(_) => exit::NOT_CONFIRMED,

@@ -225,6 +225,10 @@ pub fn load_inventory(
             name: inv.name.clone(),
             path,
         }),
+        (Some(env), None) if env != inv.name => Err(Error::MisnamedInventory {
+            name: inv.name.clone(),
+            path,
+        }),
         _ => Ok(inv),
     }
 }

@@ -72,21 +72,24 @@ fn the_matching_env_with_yes_answers_the_typed_gate_and_is_recorded() {
 
 /// `--env` selects a file; the run is named by the inventory's `name:`, and the
 /// typed gate wants that name: the file's stem given as `--env` does not answer it.
+/// `inventories/whatever.yaml` named `prodlike`: `--env whatever` would run an
+/// inventory that records and typed gates call `prodlike`, and `--env prodlike`
+/// could not find it. Such a file is refused, saying how to fix it.
 #[test]
-fn an_env_that_is_not_the_inventorys_name_does_not_answer_the_typed_gate() {
+fn an_inventory_file_not_named_after_its_inventory_is_refused() {
     let out = site("c")
         .write(
             "inventories/whatever.yaml",
             format!(
-                "name: prodlike\nconfirm: typed\ngroups:\n  local:\n    hosts:\n      env{}c: {{ connection: local }}\n",
+                "name: prodlike-east\nconfirm: typed\ngroups:\n  local:\n    hosts:\n      env{}c: {{ connection: local }}\n",
                 std::process::id()
             ),
         )
         .args(["run", "mark", "--env", "whatever", "--yes"])
-        .expect_status(3)
+        .expect_status(2)
         .run();
     assert!(
-        out.stderr.contains("inventory `prodlike` asks for its name to be typed (confirm: typed): with --yes, name it explicitly with `--env prodlike`"),
+        out.stderr.contains("error: inventory `inventories/whatever.yaml` is named `prodlike-east`: under inventories/ an inventory's file is named after it"),
         "{}",
         out.stderr
     );

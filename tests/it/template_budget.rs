@@ -132,7 +132,10 @@ fn a_long_but_real_template_is_within_the_budget() {
 #[test]
 fn check_reports_every_error_of_a_template_that_reads_no_variable() {
     Test::new()
-        .write("runbooks/bomb.yaml", runbook("{{ range(100000000) | length }}"))
+        .write(
+            "runbooks/bomb.yaml",
+            runbook("{{ range(100000000) | length }}"),
+        )
         .args(["check", "bomb"])
         .expect_status(2)
         .stderr_contains("in step `bomb`: range has too many elements")
