@@ -511,3 +511,35 @@ fn host_text_in_the_log_is_never_markup() {
         .iter()
         .any(|r| r.len() == 4 && r[0] == "step failed" && r[3].contains(shown)));
 }
+
+/// The invisible characters outside the zero-width/bidi set (the tester's
+/// `r4.yaml`): soft hyphen, combining grapheme joiner, Hangul filler, variation
+/// selector, a tag character, the braille blank, the Mongolian vowel separator.
+const INVISIBLE: &str = r#"name: invisible
+hosts: local
+steps:
+  - name: Grab
+    run: "printf 'v\\302\\255a\\315\\217l'"
+    capture: val
+    rollback: "echo '{{ val }}'"
+  - name: Break
+    run: "printf 'shy\\302\\255 cgj\\315\\217 hf\\343\\205\\244 vs\\357\\270\\217 tag\\363\\240\\201\\201 bb\\342\\240\\200 mvs\\341\\240\\216 end\\n' >&2; exit 1"
+"#;
+
+#[test]
+fn format_characters_and_fillers_are_escaped_in_the_log() {
+    let sb = Sandbox::new();
+    sb.runbook("invisible", INVISIBLE);
+    let out = sb.opsrun(&["invisible", "--env", "demo", "--yes", "--no-sign"], &[]);
+    expect_code(&out, 1, "invisible run");
+    let md = std::fs::read_to_string(sb.run_dir().join("log.md")).expect("log.md");
+    for raw in [
+        '\u{00ad}', '\u{034f}', '\u{3164}', '\u{fe0f}', '\u{e0041}', '\u{2800}', '\u{180e}',
+    ] {
+        assert!(!md.contains(raw), "raw {raw:?} in the log:\n{md}");
+    }
+    let shown = r"shy\u{00ad} cgj\u{034f} hf\u{3164} vs\u{fe0f} tag\u{e0041} bb\u{2800} mvs\u{180e} end";
+    assert!(md.contains(shown), "{md}");
+    // The captured value, in the undo command the log records.
+    assert!(md.contains(r"v\u{00ad}a\u{034f}l"), "{md}");
+}
