@@ -72,10 +72,7 @@ impl Redactor {
     /// last bytes that begin a secret and the tail's first bytes that end one
     /// are masked, so neither half is shown.
     fn mask_cut_pieces(&self, b: Vec<u8>) -> Vec<u8> {
-        let (opens, closes) = (
-            CUT_OPENS.as_bytes(),
-            CUT_CLOSES.as_bytes(),
-        );
+        let (opens, closes) = (CUT_OPENS.as_bytes(), CUT_CLOSES.as_bytes());
         let find = |hay: &[u8], from: usize, needle: &[u8]| {
             (from..=hay.len().saturating_sub(needle.len())).find(|&i| hay[i..].starts_with(needle))
         };
@@ -217,6 +214,13 @@ pub fn escape_line(text: &str) -> String {
         .replace('\t', "\\x09")
 }
 
+/// Whether `text` is one line of visible text: nothing in it that
+/// [`escape_line`] would have to show escaped (a newline, a control, an
+/// invisible or direction-changing character).
+pub fn is_one_visible_line(text: &str) -> bool {
+    escape_line(text) == text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,8 +308,15 @@ mod tests {
             (
                 "other format characters (Cf)",
                 &[
-                    '\u{00AD}', '\u{0600}', '\u{06DD}', '\u{180E}', '\u{206A}', '\u{206F}',
-                    '\u{FFF9}', '\u{110BD}', '\u{1D173}',
+                    '\u{00AD}',
+                    '\u{0600}',
+                    '\u{06DD}',
+                    '\u{180E}',
+                    '\u{206A}',
+                    '\u{206F}',
+                    '\u{FFF9}',
+                    '\u{110BD}',
+                    '\u{1D173}',
                 ],
             ),
             (
@@ -347,7 +358,10 @@ mod tests {
             "中文 한국어 é\n\tx"
         );
         // Combining marks that draw something, emoji, and the blanks that do take space stay.
-        assert_eq!(escape_controls("cafe\u{301} ✓ 🙂 \u{3000}a\u{a0}b".as_bytes()), "cafe\u{301} ✓ 🙂 \u{3000}a\u{a0}b");
+        assert_eq!(
+            escape_controls("cafe\u{301} ✓ 🙂 \u{3000}a\u{a0}b".as_bytes()),
+            "cafe\u{301} ✓ 🙂 \u{3000}a\u{a0}b"
+        );
         assert_eq!(escape_controls(b"\xff"), "\u{fffd}");
     }
 }
