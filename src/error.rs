@@ -54,6 +54,15 @@ pub enum Error {
     /// Every problem found in one pass over a file (template errors), in file order of discovery.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n\n"))]
     InvalidAll(Vec<Diagnostic>),
+    /// Operator-given text that is recorded as one line (the operator's name, an
+    /// identity in allowed_signers; a ticket id) but holds a newline, a control or
+    /// an invisible character: it could pose as another line of the record.
+    #[error("error: {what} `{shown}` holds a newline, a control or an invisible character: {why}")]
+    NotOneLine {
+        what: &'static str,
+        shown: String,
+        why: &'static str,
+    },
     /// Bad command-line input (arguments, `-e` values) that has no file position.
     #[error("error: {0}")]
     Usage(String),
@@ -78,6 +87,7 @@ impl Error {
             | Error::EnvMismatch { .. }
             | Error::MisnamedInventory { .. }
             | Error::SshConfig(_)
+            | Error::NotOneLine { .. }
             | Error::Usage(_) => exit::INVALID_INPUT,
             Error::NotConfirmed(_) => exit::NOT_CONFIRMED,
             Error::Io(_) => exit::STEP_FAILED,

@@ -158,48 +158,52 @@ fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
 
 /// Remote output made safe for a terminal or a log: control characters (ANSI
 /// escapes, NUL, backspace, CR, C1 controls) are shown as `\x1b`-style escapes;
-/// characters that are invisible or change the direction of the text around
-/// them are shown as `\u{200b}`-style escapes (at least four hex digits);
-/// newlines and tabs stay; invalid UTF-8 is replaced.
+/// characters that draw nothing or change the direction of the text around
+/// them ([`HIDDEN`]) are shown as `\u{200b}`-style escapes (at least four hex
+/// digits); newlines and tabs stay; invalid UTF-8 is replaced.
 ///
 /// The one place where what a host printed (or a runbook says) is made visible:
 /// the terminal, the log and every gate and undo list go through it.
 pub fn escape_controls(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if hides_or_reorders(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
+    HIDDEN
+        .replace_all(&text, |m: &regex::Captures| {
+            let c = m[0].chars().next().expect("a match is one character");
+            match c.is_control() {
+                true => format!("\\x{:02x}", c as u32),
+                false => format!("\\u{{{:04x}}}", c as u32),
+            }
+        })
+        .into_owned()
 }
 
-/// A character that shows nothing, or makes the text around it read in another
-/// order than it is stored: a log line or an undo command would read differently
-/// from what ran (`rm -rf /\u{202e}...`, a zero-width space inside a name).
-fn hides_or_reorders(c: char) -> bool {
-    matches!(
-        c,
-        // Zero-width space, non-joiner, joiner; LRM, RLM.
-        '\u{200B}'..='\u{200F}'
-        // Arabic letter mark (ALM).
-        | '\u{061C}'
-        // Line and paragraph separators: a line break to some readers, none to others.
-        | '\u{2028}' | '\u{2029}'
-        // Bidi embeddings and overrides.
-        | '\u{202A}'..='\u{202E}'
-        // Word joiner and the invisible operators.
-        | '\u{2060}'..='\u{2064}'
-        // Bidi isolates.
-        | '\u{2066}'..='\u{2069}'
-        // Byte order mark (zero-width no-break space).
-        | '\u{FEFF}'
-    )
-}
+/// Every character that shows nothing, or makes the text around it read in
+/// another order than it is stored: a log line or an undo command would read
+/// differently from what ran (`rm -rf /\u{202e}...`, a zero-width space inside
+/// a name, a command smuggled in tag characters). The general categories come
+/// from the Unicode tables of `regex` (already used here), so a format
+/// character added to Unicode is covered without a list to keep:
+/// - `Cc` controls, but newline and tab, which stay as they are;
+/// - `Cf` format characters: zero-width space/joiners, LRM/RLM/ALM, bidi
+///   embeddings, overrides and isolates, BOM, soft hyphen, the deprecated
+///   format characters U+206A–206F, the Mongolian vowel separator, tags;
+/// - `Zl`, `Zp`: U+2028/2029 are a line break to some readers and none to others.
+///
+/// And, named one by one, characters of other categories that draw nothing
+/// (or attach invisibly to what precedes them) in common terminals and viewers:
+/// the combining grapheme joiner U+034F; the Hangul fillers U+115F, U+1160,
+/// U+3164, U+FFA0 (letters that render as nothing); the Khmer inherent vowels
+/// U+17B4/17B5; the braille blank U+2800; the variation selectors U+FE00–FE0F
+/// and U+E0100–E01EF; and the whole tag block U+E0000–E007F, unassigned code
+/// points included, since a tag is invisible however a reader's tables are dated.
+static HIDDEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(concat!(
+        r"[[\p{Cc}--[\n\t]]\p{Cf}\p{Zl}\p{Zp}",
+        r"\x{034F}\x{115F}\x{1160}\x{3164}\x{FFA0}\x{17B4}\x{17B5}\x{2800}",
+        r"\x{FE00}-\x{FE0F}\x{E0100}-\x{E01EF}\x{E0000}-\x{E007F}]",
+    ))
+    .expect("a valid character class")
+});
 
 /// Text that must stay one line on a terminal (a step name, a gate's question,
 /// a header): [`escape_controls`], with newlines and tabs escaped too, so a
@@ -208,6 +212,13 @@ pub fn escape_line(text: &str) -> String {
     escape_controls(text.as_bytes())
         .replace('\n', "\\x0a")
         .replace('\t', "\\x09")
+}
+
+/// Whether `text` is one line of visible text: nothing in it that
+/// [`escape_line`] would have to show escaped (a newline, a control, an
+/// invisible or direction-changing character).
+pub fn is_one_visible_line(text: &str) -> bool {
+    escape_line(text) == text
 }
 
 #[cfg(test)]
@@ -295,6 +306,35 @@ mod tests {
             ),
             ("separators", &['\u{2028}', '\u{2029}']),
             (
+                "other format characters (Cf)",
+                &[
+                    '\u{00AD}',
+                    '\u{0600}',
+                    '\u{06DD}',
+                    '\u{180E}',
+                    '\u{206A}',
+                    '\u{206F}',
+                    '\u{FFF9}',
+                    '\u{110BD}',
+                    '\u{1D173}',
+                ],
+            ),
+            (
+                "tags (ASCII smuggling)",
+                &['\u{E0000}', '\u{E0001}', '\u{E0041}', '\u{E007F}'],
+            ),
+            (
+                "blanks and fillers that draw nothing",
+                &[
+                    '\u{034F}', '\u{115F}', '\u{1160}', '\u{3164}', '\u{FFA0}', '\u{2800}',
+                    '\u{17B4}', '\u{17B5}',
+                ],
+            ),
+            (
+                "variation selectors",
+                &['\u{FE00}', '\u{FE0F}', '\u{E0100}', '\u{E01EF}'],
+            ),
+            (
                 "C0 and C1 controls",
                 &[
                     '\u{0}', '\u{7}', '\u{8}', '\u{1b}', '\u{7f}', '\u{85}', '\u{9b}',
@@ -305,7 +345,7 @@ mod tests {
             for c in *chars {
                 let shown = escape_controls(format!("a{c}b").as_bytes());
                 let want = match *c as u32 {
-                    n if n < 0x100 => format!("a\\x{n:02x}b"),
+                    n if c.is_control() => format!("a\\x{n:02x}b"),
                     n => format!("a\\u{{{n:04x}}}b"),
                 };
                 assert_eq!(shown, want, "{class}: {c:?}");
@@ -316,6 +356,11 @@ mod tests {
         assert_eq!(
             escape_controls("中文 한국어 é\n\tx".as_bytes()),
             "中文 한국어 é\n\tx"
+        );
+        // Combining marks that draw something, emoji, and the blanks that do take space stay.
+        assert_eq!(
+            escape_controls("cafe\u{301} ✓ 🙂 \u{3000}a\u{a0}b".as_bytes()),
+            "cafe\u{301} ✓ 🙂 \u{3000}a\u{a0}b"
         );
         assert_eq!(escape_controls(b"\xff"), "\u{fffd}");
     }

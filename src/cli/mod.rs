@@ -126,11 +126,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             let signing = signing(&sign)?;
             // The signer must be the operator the log names (`opsrun verify` checks it).
+            let me = operator()?;
             match view.start.as_ref().map(|s| &s.operator) {
-                Some(ran) if !sign.no_sign && *ran != operator() => eprintln!(
-                    "warning: run {} was run by `{ran}`, signing as `{}`: `opsrun verify` fails a log not signed by the operator it names",
+                Some(ran) if !sign.no_sign && *ran != me => eprintln!(
+                    "warning: run {} was run by `{ran}`, signing as `{me}`: `opsrun verify` fails a log not signed by the operator it names",
                     view.id,
-                    operator()
                 ),
                 _ => {}
             }
@@ -159,12 +159,43 @@ fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Who runs opsrun: recorded in the run and shown in the log.
-pub(crate) fn operator() -> String {
-    std::env::var("OPSRUN_OPERATOR")
+/// Who runs opsrun: recorded in the run and shown in the log. It is an
+/// identity (the principal of an allowed_signers line, the log's Operator
+/// row): one that is not one line of visible text is refused.
+pub(crate) fn operator() -> Result<String, Error> {
+    let name = std::env::var("OPSRUN_OPERATOR")
         .ok()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(local_user)
+        .unwrap_or_else(local_user);
+    one_line(
+        "OPSRUN_OPERATOR",
+        name,
+        "an operator's name is an identity (an allowed_signers principal, the log's Operator row) and must be one line of visible text",
+    )
+}
+
+/// A `--ticket` as given: recorded as one row of the log, so one line of visible text.
+pub(crate) fn ticket(given: Option<&String>) -> Result<Option<String>, Error> {
+    given
+        .map(|t| {
+            one_line(
+                "--ticket",
+                t.clone(),
+                "a ticket id is one row of the log and must be one line of visible text",
+            )
+        })
+        .transpose()
+}
+
+fn one_line(what: &'static str, text: String, why: &'static str) -> Result<String, Error> {
+    match crate::sanitize::is_one_visible_line(&text) {
+        true => Ok(text),
+        false => Err(Error::NotOneLine {
+            what,
+            shown: crate::sanitize::escape_line(&text),
+            why,
+        }),
+    }
 }
 
 /// The login name on the control machine.
@@ -193,7 +224,7 @@ pub(crate) fn local_user() -> String {
 pub(crate) fn signing(args: &SignArgs) -> Result<Signing, Error> {
     let opts = SignOptions {
         key: args.sign_key.clone(),
-        identity: operator(),
+        identity: operator()?,
     };
     Ok(Signing::new(args.no_sign, &opts)?)
 }

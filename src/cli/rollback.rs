@@ -57,8 +57,8 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
         // The rollback touches the hosts the run touched, not every host the runbook names.
         limit: recorded.limit.clone(),
         start_at: None,
-        ticket: args.ticket.clone().or_else(|| recorded.run.ticket.clone()),
-        operator: operator(),
+        ticket: ticket(args.ticket.as_ref())?.or_else(|| recorded.run.ticket.clone()),
+        operator: operator()?,
         local_user: local_user(),
         now: crate::clock::now(),
         original_run: Some(recorded.run.clone()),
@@ -126,6 +126,6 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     }
     let signing = signing(&args.sign)?;
     let mode = runner::Mode::Rollback(Box::new(recorded));
-    let settings = settings(&args.exec, args.env.clone(), log_dir, mode, signing);
+    let settings = settings(&args.exec, args.env.clone(), log_dir, mode, signing)?;
     finish_run(runner::run(&mut planner, settings)?)
 }

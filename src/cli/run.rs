@@ -121,11 +121,8 @@ pub(super) fn planner(
             .clone()
             .or_else(|| resume.and_then(|r| r.limit.clone())),
         start_at: args.start_at.clone(),
-        ticket: args
-            .ticket
-            .clone()
-            .or_else(|| resume.and_then(|r| r.run.ticket.clone())),
-        operator: operator(),
+        ticket: ticket(args.ticket.as_ref())?.or_else(|| resume.and_then(|r| r.run.ticket.clone())),
+        operator: operator()?,
         local_user: local_user(),
         now: crate::clock::now(),
         original_run: resume.map(|r| r.run.clone()),
@@ -276,7 +273,7 @@ pub(super) fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
         Some(r) => runner::Mode::Resume(Box::new(r)),
         None => runner::Mode::Run,
     };
-    let settings = settings(&args.exec, args.env.clone(), log_dir, mode, signing);
+    let settings = settings(&args.exec, args.env.clone(), log_dir, mode, signing)?;
     finish_run(runner::run(&mut planner, settings)?)
 }
 
@@ -286,17 +283,17 @@ pub(super) fn settings(
     log_dir: &Path,
     mode: runner::Mode,
     signing: crate::sign::Signing,
-) -> runner::Settings {
-    runner::Settings {
+) -> Result<runner::Settings, Error> {
+    Ok(runner::Settings {
         gates: Gates::from_env(exec.yes, env_given),
         forks: exec.forks as usize,
         verbose: exec.verbose,
         log_dir: log_dir.to_path_buf(),
-        operator: operator(),
+        operator: operator()?,
         break_lock: exec.break_lock,
         mode,
         signing,
-    }
+    })
 }
 
 pub(super) fn finish_run(result: runner::RunResult) -> Result<i32> {

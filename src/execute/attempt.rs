@@ -198,22 +198,7 @@ impl Engine<'_> {
         reveal: Reveal,
         batch: Option<usize>,
     ) -> Result<Target, Failure> {
-        let mut caps = self
-            .captures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if reveal == Reveal::Masked {
-            // A host may print a secret into a captured value: the recorded command
-            // must not carry it back in.
-            let values = caps
-                .global
-                .values_mut()
-                .chain(caps.hosts.values_mut().flat_map(|m| m.values_mut()));
-            for v in values {
-                *v = self.redactor.redact(v);
-            }
-        }
+        let caps = self.captures_as(reveal);
         let mut target = self
             .planner
             .render(r, host, Some(&caps), reveal, batch)
@@ -231,6 +216,27 @@ impl Engine<'_> {
             }
         }
         Ok(target)
+    }
+
+    /// The values captured so far, as a text rendered with them may show them.
+    pub(super) fn captures_as(&self, reveal: Reveal) -> crate::plan::Captures {
+        let mut caps = self
+            .captures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if reveal == Reveal::Masked {
+            // A host may print a secret into a captured value: the recorded command
+            // must not carry it back in.
+            let values = caps
+                .global
+                .values_mut()
+                .chain(caps.hosts.values_mut().flat_map(|m| m.values_mut()));
+            for v in values {
+                *v = self.redactor.redact(v);
+            }
+        }
+        caps
     }
 
     /// The command to send (secrets in) and the command to record (secrets masked).

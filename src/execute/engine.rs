@@ -214,18 +214,26 @@ impl Engine<'_> {
             for gate in &step.gates.0 {
                 let message = match gate.answer {
                     AnswerKind::YesNo => {
-                        let q = gate.question(batch);
-                        if self.confirm_in(Some(&step.name), batch, &q)? {
+                        // Asked with the values captured so far: what is approved is seen.
+                        let mut confirmed = true;
+                        for q in self.gate_questions(r, step, gate, batch) {
+                            if !self.confirm_in(Some(&step.name), batch, &q)? {
+                                confirmed = false;
+                                break;
+                            }
+                        }
+                        if confirmed {
                             continue;
                         }
                         format!("not confirmed at step `{}`", step.name)
                     }
                     AnswerKind::Done => {
-                        let (a, note) = self.gates.manual(self.ui, &gate.text)?;
+                        let instructions = self.manual_instructions(r, step, gate, &hosts, batch);
+                        let (a, note) = self.gates.manual(self.ui, &instructions)?;
                         self.rec.emit(&Event::Manual {
                             time: events::now(),
                             step: step.name.clone(),
-                            instructions: gate.text.clone(),
+                            instructions,
                             confirmed: a.confirmed,
                             note,
                             by: self.operator.clone(),

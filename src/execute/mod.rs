@@ -16,6 +16,7 @@ mod command;
 pub mod engine;
 pub mod failure;
 pub mod gate;
+mod gate_text;
 pub mod interrupt;
 pub mod lock;
 mod logfile;

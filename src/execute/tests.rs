@@ -542,6 +542,65 @@ steps:
     assert_eq!(gate.question(Some(2)), "Stop the app? (batch 2/2: oa2)");
 }
 
+/// In a run, a gate names the value each host captured (one question per
+/// value, with its hosts), a manual step's instructions too, and a secret in
+/// either (a param, or a captured value that holds one) is masked.
+#[test]
+fn a_gate_asks_with_each_host_s_captured_value_secrets_masked() {
+    let rb = "\
+name: gated
+hosts: app
+params:
+  key:
+    secret: true
+steps:
+  - name: version
+    run: cat /opt/app/VERSION
+    capture: ver
+  - name: deploy
+    run: deploy
+    confirm: Deploy over {{ ver }} with {{ key }}?
+  - name: tell
+    manual: Tell them {{ ver }} is gone
+";
+    let fleet = fleet();
+    fleet
+        .on_host("oa1", "VERSION", Reply::ok().stdout("1.4.2\n"))
+        .on_host("oa2", "VERSION", Reply::ok().stdout("v-k3y-s3cret\n"));
+    let opts = Options {
+        secrets: [("key".to_string(), "k3y-s3cret".to_string())].into(),
+        ..options()
+    };
+    let ran = Lab::new().run(
+        &mut planner(rb, opts),
+        &fleet,
+        Mode::Run,
+        Interrupt::default(),
+    );
+    assert_eq!(ran.exit_code, 0, "{}", ran.message());
+    let asked: Vec<String> = ran
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Gate {
+                step: Some(_),
+                prompt,
+                ..
+            } => Some(prompt),
+            Event::Manual { instructions, .. } => Some(instructions),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            "Deploy over 1.4.2 with ******? (on oa1)",
+            "Deploy over v-****** with ******? (on oa2)",
+            "(on oa1):\nTell them 1.4.2 is gone\n(on oa2):\nTell them v-****** is gone",
+        ]
+    );
+}
+
 #[test]
 fn a_rollback_of_a_run_whose_resume_rolled_back_repeats_no_undo() {
     // Run 1 is stopped at deploy; its resume fails at verify and rolls back

@@ -29,11 +29,22 @@ pub enum AnswerKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateAsk {
     pub batch: Option<usize>,
+    /// The hosts themselves: a run renders the question for each of them, with
+    /// the values captured there.
+    pub names: Vec<String>,
     /// `(on oa1, oa2)`, `(batch 1/2: oa1)`, …: appended to the question.
     pub hosts: String,
 }
 
 impl Gate {
+    /// The hosts the question is asked for in `batch` (none: asked bare).
+    pub fn hosts_in(&self, batch: Option<usize>) -> &[String] {
+        self.asks
+            .iter()
+            .find(|a| a.batch == batch)
+            .map_or(&[], |a| a.names.as_slice())
+    }
+
     /// The question as asked in `batch`, naming the hosts it is for. A batch the
     /// plan has no entry for (none is asked for) gets the bare question.
     pub fn question(&self, batch: Option<usize>) -> String {
@@ -104,6 +115,7 @@ impl Planner {
                 (!hosts.is_empty()).then(|| GateAsk {
                     batch,
                     hosts: self.gate_hosts(step.local, &hosts, batch),
+                    names: hosts,
                 })
             })
             .collect();

@@ -421,7 +421,43 @@ impl Planner {
 
     /// Texts shown once per step are rendered for the control machine.
     pub(super) fn render_control(&self, r: StepRef, id: TemplateId) -> Result<String, Error> {
+        self.render_gate_text(r, id, None, None, None)
+    }
+
+    /// A gate's text (`answer`: the `confirm:` question or the manual
+    /// instructions) as a run asks it: with the values captured so far, for
+    /// `host` (`None`: the control machine), secrets masked. `Ok(None)` when the
+    /// step has no such text of a template (`confirm: true` asks a fixed question).
+    pub fn gate_text(
+        &self,
+        r: StepRef,
+        answer: AnswerKind,
+        host: Option<&str>,
+        captures: &Captures,
+        batch: Option<usize>,
+    ) -> Result<Option<String>, Error> {
+        let (step, t) = self.step(r);
+        let id = match answer {
+            AnswerKind::YesNo => t.confirm.filter(|_| step.confirm.is_some()),
+            AnswerKind::Done => t
+                .action
+                .filter(|_| matches!(step.action, Action::Manual(_))),
+        };
+        id.map(|id| self.render_gate_text(r, id, host, Some(captures), batch))
+            .transpose()
+    }
+
+    fn render_gate_text(
+        &self,
+        r: StepRef,
+        id: TemplateId,
+        host_name: Option<&str>,
+        captures: Option<&Captures>,
+        batch: Option<usize>,
+    ) -> Result<String, Error> {
         let (step, _) = self.step(r);
+        let host =
+            host_name.and_then(|n| self.host_index.get(n).map(|i| &self.inventory.hosts[*i]));
         let scope = match r {
             StepRef::Forward(i) => self.capture_names(i),
             StepRef::Guide(_) => self.capture_names(usize::MAX),
@@ -434,7 +470,7 @@ impl Planner {
             )
         };
         let (ctx, _) = self
-            .context(None, Reveal::Masked, r, scope, None, None)
+            .context(host, Reveal::Masked, r, scope, captures, batch)
             .map_err(fail)?;
         self.templates
             .render(id, &ctx)

@@ -124,8 +124,8 @@ pub fn render(
     let _ = writeln!(
         o,
         "# opsrun {title}: {} on {}\n",
-        cell(&runbook),
-        cell(&inventory)
+        code(&runbook),
+        code(&inventory)
     );
     if signer.is_none() {
         let _ = writeln!(o, "> {UNSIGNED_BANNER}\n");
@@ -156,25 +156,29 @@ pub fn render(
             "Runbook",
             format!(
                 "{}{}",
-                cell(&runbook),
+                code_cell(&runbook),
                 runbook_version
-                    .map(|v| format!(" (version {})", cell(&v)))
+                    .map(|v| format!(" (version {})", code_cell(&v)))
                     .unwrap_or_default()
             ),
         ),
-        ("Runbook file", code(&runbook_path)),
+        ("Runbook file", code_cell(&runbook_path)),
         ("Runbook sha256", code(&runbook_sha256)),
         (
             "Inventory",
-            format!("{} ({})", cell(&inventory), code(&inventory_path)),
+            format!("{} ({})", code_cell(&inventory), code_cell(&inventory_path)),
         ),
         ("Inventory sha256", code(&inventory_sha256)),
-        ("Environment", cell(&inventory)),
-        ("Operator", cell(&operator)),
-        ("Control host", cell(&control_host)),
+        // What the operator (or a file) says, never the document's own Markdown.
+        ("Environment", code_cell(&inventory)),
+        ("Operator", code_cell(&operator)),
+        ("Control host", code_cell(&control_host)),
         (
             "Ticket",
-            ticket.as_deref().map(cell).unwrap_or_else(|| "none".into()),
+            ticket
+                .as_deref()
+                .map(code_cell)
+                .unwrap_or_else(|| "none".into()),
         ),
         ("opsrun version", cell(&opsrun_version)),
         ("Run id", code(&run_id)),
@@ -218,7 +222,7 @@ pub fn render(
     if !params.is_empty() {
         let _ = writeln!(o, "\n## Parameters\n\n| name | value |\n|---|---|");
         for p in &params {
-            let _ = writeln!(o, "| {} | {} |", cell(&p.name), code(p.shown()));
+            let _ = writeln!(o, "| {} | {} |", cell(&p.name), code_cell(p.shown()));
         }
     }
     // How ssh reached each host (`ssh -G` at planning): only when the run had ssh

@@ -14,7 +14,7 @@ pub fn markdown(
     file: &str,
     signer: Option<&crate::report::signature::SignerInfo>,
 ) -> String {
-    use crate::report::markdown::{cell, code};
+    use crate::report::markdown::{cell, code, code_cell};
     let mut o = String::new();
     let rb = &plan.runbook;
     let inv = &plan.inventory;
@@ -22,8 +22,8 @@ pub fn markdown(
     let _ = writeln!(
         o,
         "# opsrun plan: {} on {}\n",
-        cell(&rb.name),
-        cell(&inv.name)
+        code(&rb.name),
+        code(&inv.name)
     );
     let _ = writeln!(
         o,
@@ -40,27 +40,28 @@ pub fn markdown(
             "Runbook",
             format!(
                 "{}{}",
-                cell(&rb.name),
+                code_cell(&rb.name),
                 rb.version
                     .as_ref()
-                    .map(|v| format!(" (version {})", cell(v)))
+                    .map(|v| format!(" (version {})", code_cell(v)))
                     .unwrap_or_default()
             ),
         ),
-        ("Runbook file", code(&rb.path)),
+        ("Runbook file", code_cell(&rb.path)),
         ("Runbook sha256", code(&rb.sha256)),
         (
             "Inventory",
-            format!("{} ({})", cell(&inv.name), code(&inv.path)),
+            format!("{} ({})", code_cell(&inv.name), code_cell(&inv.path)),
         ),
         ("Inventory sha256", code(&inv.sha256)),
-        ("Environment", cell(&inv.name)),
-        ("Operator", cell(&r.operator)),
+        // What the operator (or a file) says, never the document's own Markdown.
+        ("Environment", code_cell(&inv.name)),
+        ("Operator", code_cell(&r.operator)),
         (
             "Ticket",
             r.ticket
                 .as_deref()
-                .map(cell)
+                .map(code_cell)
                 .unwrap_or_else(|| "none".into()),
         ),
         ("opsrun version", cell(env!("CARGO_PKG_VERSION"))),
@@ -78,7 +79,7 @@ pub fn markdown(
         );
         for p in &plan.params {
             let value = match &p.value {
-                Some(v) => code(v),
+                Some(v) => code_cell(v),
                 None if p.secret => "(asked for at run time)".into(),
                 None => "(not set)".into(),
             };

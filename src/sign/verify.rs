@@ -253,7 +253,7 @@ fn operator_check(v: &mut Verification, text: &[u8], stated: &Stated, opts: &Ver
     // output (in fences) may imitate it.
     let row = format!(
         "| Operator | {} |",
-        crate::report::markdown::cell(&b.operator)
+        crate::report::markdown::code_cell(&b.operator)
     );
     if !crate::record::binding::outside_fences(&text).any(|l| l == row) {
         v.check(

@@ -64,7 +64,7 @@ fn the_matching_env_with_yes_answers_the_typed_gate_and_is_recorded() {
     let gate = &out.events("gate")[0];
     assert_eq!(gate["answer"], "--yes --env prodlike", "{gate}");
     assert!(
-        out.log_md().contains("| Environment | prodlike |"),
+        out.log_md().contains("| Environment | `prodlike` |"),
         "{}",
         out.log_md()
     );

@@ -511,3 +511,146 @@ fn host_text_in_the_log_is_never_markup() {
         .iter()
         .any(|r| r.len() == 4 && r[0] == "step failed" && r[3].contains(shown)));
 }
+
+/// The invisible characters outside the zero-width/bidi set (the tester's
+/// `r4.yaml`): soft hyphen, combining grapheme joiner, Hangul filler, variation
+/// selector, a tag character, the braille blank, the Mongolian vowel separator.
+const INVISIBLE: &str = r#"name: invisible
+hosts: local
+steps:
+  - name: Grab
+    run: "printf 'v\\302\\255a\\315\\217l'"
+    capture: val
+    rollback: "echo '{{ val }}'"
+  - name: Break
+    run: "printf 'shy\\302\\255 cgj\\315\\217 hf\\343\\205\\244 vs\\357\\270\\217 tag\\363\\240\\201\\201 bb\\342\\240\\200 mvs\\341\\240\\216 end\\n' >&2; exit 1"
+"#;
+
+#[test]
+fn format_characters_and_fillers_are_escaped_in_the_log() {
+    let sb = Sandbox::new();
+    sb.runbook("invisible", INVISIBLE);
+    let out = sb.opsrun(&["invisible", "--env", "demo", "--yes", "--no-sign"], &[]);
+    expect_code(&out, 1, "invisible run");
+    let md = std::fs::read_to_string(sb.run_dir().join("log.md")).expect("log.md");
+    for raw in [
+        '\u{00ad}',
+        '\u{034f}',
+        '\u{3164}',
+        '\u{fe0f}',
+        '\u{e0041}',
+        '\u{2800}',
+        '\u{180e}',
+    ] {
+        assert!(!md.contains(raw), "raw {raw:?} in the log:\n{md}");
+    }
+    let shown =
+        r"shy\u{00ad} cgj\u{034f} hf\u{3164} vs\u{fe0f} tag\u{e0041} bb\u{2800} mvs\u{180e} end";
+    assert!(md.contains(shown), "{md}");
+    // The captured value, in the undo command the log records.
+    assert!(md.contains(r"v\u{00ad}a\u{034f}l"), "{md}");
+}
+
+/// What the operator gives (`--ticket`, `OPSRUN_OPERATOR`) as Markdown posing
+/// as the document's own: a sign-off in bold, a link, an HTML tag.
+const TICKET: &str = "CHG-1 **SIGNED OFF** [ok](http://e) <script>x</script>";
+const WHO: &str = "eve **boss** [me](http://e) <b>";
+
+/// What in `md` is a link, an image or HTML, or the operator's words outside
+/// a code span (in bold, or as plain text of the document's own).
+fn markup_in(md: &str) -> Option<String> {
+    let words = ["SIGNED OFF", "boss", "script", "http://e"];
+    Parser::new_ext(md, Options::ENABLE_TABLES).find_map(|ev| match ev {
+        Event::Start(t @ (Tag::Link { .. } | Tag::Image { .. })) => Some(format!("{t:?}")),
+        Event::Html(h) | Event::InlineHtml(h) => Some(format!("html {h:?}")),
+        Event::Text(t) if words.iter().any(|w| t.contains(w)) => Some(format!("text {t:?}")),
+        _ => None,
+    })
+}
+
+#[test]
+fn operator_text_in_the_header_is_never_markup() {
+    let sb = Sandbox::new();
+    sb.runbook(
+        "plain",
+        "name: plain\nhosts: local\nsteps:\n  - name: Say\n    run: echo hi\n",
+    );
+    let env = [("OPSRUN_OPERATOR", WHO)];
+    let out = sb.opsrun(
+        &[
+            "plain",
+            "--env",
+            "demo",
+            "--yes",
+            "--no-sign",
+            "--ticket",
+            TICKET,
+        ],
+        &env,
+    );
+    expect_code(&out, 0, "plain run");
+    let log = std::fs::read_to_string(sb.run_dir().join("log.md")).expect("log.md");
+    let plan = sb.opsrun(
+        &[
+            "plain",
+            "--env",
+            "demo",
+            "--dry-run",
+            "--output",
+            "plan.md",
+            "--no-sign",
+            "--ticket",
+            TICKET,
+        ],
+        &env,
+    );
+    expect_code(&plan, 0, "plan");
+    let plan = std::fs::read_to_string(sb.work().join("plan.md")).unwrap();
+    for (what, md) in [("log", &log), ("plan", &plan)] {
+        assert_eq!(markup_in(md), None, "{what}:\n{md}");
+        // The rows read back as given.
+        let header = &parse(md).tables[0];
+        let row = |k: &str| header.iter().find(|r| r[0] == k).map(|r| r[1].clone());
+        assert_eq!(row("Ticket").as_deref(), Some(TICKET), "{what}:\n{md}");
+        assert_eq!(row("Operator").as_deref(), Some(WHO), "{what}:\n{md}");
+    }
+}
+
+/// An operator's name is an identity (it goes into allowed_signers lines) and a
+/// ticket is one row of the log: a newline or a control character in either is
+/// refused before anything runs.
+#[test]
+fn an_operator_or_ticket_with_a_newline_or_control_is_refused() {
+    let sb = Sandbox::new();
+    sb.runbook(
+        "plain",
+        "name: plain\nhosts: local\nsteps:\n  - name: Say\n    run: echo hi\n",
+    );
+    for (env, ticket, what) in [
+        ("root\n- Run: x", "CHG-1", "OPSRUN_OPERATOR"),
+        ("ann\u{1b}[2K", "CHG-1", "OPSRUN_OPERATOR"),
+        ("ann", "CHG-1\n| Result | SUCCEEDED |", "--ticket"),
+        ("ann", "CHG-1\u{202e}", "--ticket"),
+    ] {
+        let out = sb.opsrun(
+            &[
+                "plain",
+                "--env",
+                "demo",
+                "--yes",
+                "--no-sign",
+                "--ticket",
+                ticket,
+            ],
+            &[("OPSRUN_OPERATOR", env)],
+        );
+        expect_code(&out, 2, what);
+        assert!(out.stderr.contains(what), "{what}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains('\n') || !out.stderr.contains("- Run: x\n"),
+            "{}",
+            out.stderr
+        );
+        assert!(sb.runs().is_empty(), "{what}: a run was started");
+    }
+}

@@ -361,7 +361,10 @@ fn rollback_later_restores_the_captured_backup_and_runs_and_log_read_the_record(
         )
     );
     let log = undo.log_md();
-    assert!(log.starts_with("# opsrun rollback: six on lab"), "{log}");
+    assert!(
+        log.starts_with("# opsrun rollback: `six` on `lab`"),
+        "{log}"
+    );
     assert!(
         log.contains(&format!("| Rolls back run | `{original}` |")),
         "{log}"

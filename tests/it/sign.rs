@@ -270,7 +270,10 @@ fn dry_run_plan_is_markdown_signed_the_same_way() {
     assert!(sb.runs().is_empty(), "a dry-run records no run");
     let plan = sb.work().join("plan.md");
     let body = std::fs::read_to_string(&plan).unwrap();
-    assert!(body.starts_with("# opsrun plan: simple on demo"), "{body}");
+    assert!(
+        body.starts_with("# opsrun plan: `simple` on `demo`"),
+        "{body}"
+    );
     assert!(body.contains("| Dry run | **yes** |"));
     assert!(
         body.contains(&format!("[root@{}]# echo hello", sb.hosts[0])),
@@ -578,7 +581,10 @@ fn a_teammate_who_re_signs_a_colleagues_log_fails_verify() {
         .replace(&fingerprint(&colleague_pub), &fingerprint(&mate_pub))
         .replace(&public_key(&colleague_pub), &public_key(&mate_pub));
     let everywhere = as_mate
-        .replace(&format!("| Operator | {OPERATOR} |"), "| Operator | mate |")
+        .replace(
+            &format!("| Operator | `{OPERATOR}` |"),
+            "| Operator | `mate` |",
+        )
         .replace(&format!("- Operator: `{OPERATOR}`"), "- Operator: `mate`");
     for (edited, says) in [
         (

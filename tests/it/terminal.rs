@@ -242,3 +242,73 @@ fn the_verbose_stream_shows_a_captured_escape_sequence_escaped() {
         out.stderr
     );
 }
+
+/// A gate and a manual step that name a value captured earlier in the run.
+fn gated_capture() -> Test {
+    Test::new()
+        .write(
+            "runbooks/capgate.yaml",
+            "name: capgate\nhosts: app\nsteps:\n\
+             \x20 - name: Read version\n    run: \"printf 'v2\\\\033[8m\\\\342\\\\200\\\\213x'\"\n    capture: ver\n\
+             \x20 - name: Deploy\n    confirm: \"Proceed with {{ ver }}?\"\n    run: \"echo deploying\"\n\
+             \x20 - name: Look\n    manual: \"Check that {{ ver }} answers\"\n",
+        )
+        .write(
+            "inventories/lab.yaml",
+            "name: lab\ngroups:\n  app:\n    hosts:\n      a1: { connection: local }\n",
+        )
+}
+
+/// What the operator reads for the captured value: its escape and its zero-width space shown.
+const GATED_SHOWN: &str = "v2\\x1b[8m\\u{200b}x";
+
+/// In a run, a gate's question and a manual step's instructions carry the
+/// captured value itself (escaped), not `<captured: ver>`: the operator sees
+/// what they approve, and the log's gate rows record it. The dry-run, which
+/// knows no captured value, keeps the placeholder.
+#[test]
+fn a_gate_and_a_manual_step_show_the_captured_value_they_name() {
+    let t = gated_capture().args(["capgate", "--env", "lab", "--no-sign"]);
+    let (code, screen) = run_on_pty(
+        t.command(),
+        &[
+            ("[y/N]", "y"),
+            ("Done? [y/N]", "y"),
+            ("(Enter for none):", ""),
+        ],
+    );
+    let run = pty_run(code, &screen, t.path());
+    run.expect_code(0);
+    assert!(
+        screen.contains(&format!("Proceed with {GATED_SHOWN}? (on a1) [y/N]")),
+        "{screen:?}"
+    );
+    assert!(
+        screen.contains(&format!("  | Check that {GATED_SHOWN} answers")),
+        "{screen:?}"
+    );
+    assert!(!screen.contains("<captured: ver>"), "{screen:?}");
+    assert!(!screen.contains("\x1b[8m"), "{screen:?}");
+    assert!(!screen.contains('\u{200b}'), "{screen:?}");
+    let log = run.log_md();
+    assert!(
+        log.contains(&format!("`Proceed with {GATED_SHOWN}? (on a1)`")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("`Check that {GATED_SHOWN} answers`")),
+        "{log}"
+    );
+    assert!(!log.contains("<captured: ver>"), "{log}");
+
+    let dry = gated_capture()
+        .args(["capgate", "--env", "lab", "--dry-run"])
+        .expect_status(0)
+        .run();
+    assert!(
+        dry.stdout
+            .contains("gate: Proceed with <captured: ver>? (on a1) [y/N]"),
+        "{}",
+        dry.stdout
+    );
+}
