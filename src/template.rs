@@ -6,6 +6,7 @@
 //! suggestion rather than as minijinja's generic "undefined value".
 
 pub mod budget;
+mod sliced;
 
 use crate::diagnostic::{did_you_mean, Pos, SourceFile, Span};
 use crate::shell;
@@ -351,6 +352,7 @@ impl Templates {
         // Compiling folds constant expressions: `{{ 'x' * 100000000 ~ ... }}` is
         // built here, before any render, so the watch looks at this too.
         let watched = budget::watched(&site);
+        let sliced = sliced::sliced_names(&source);
         let compiled = self.env.add_template_owned(name.clone(), source);
         drop(watched);
         if let Err(e) = compiled {
@@ -418,7 +420,8 @@ impl Templates {
             .env
             .get_template(&name)
             .map_err(|e| yaml::Error::new(text.span, e.to_string()))?;
-        let vars = tmpl.undeclared_variables(false);
+        let mut vars = tmpl.undeclared_variables(false);
+        vars.extend(sliced);
         let mut sorted: Vec<String> = vars.iter().cloned().collect();
         sorted.sort();
         self.sorted_vars.push(sorted);
