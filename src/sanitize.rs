@@ -72,10 +72,7 @@ impl Redactor {
     /// last bytes that begin a secret and the tail's first bytes that end one
     /// are masked, so neither half is shown.
     fn mask_cut_pieces(&self, b: Vec<u8>) -> Vec<u8> {
-        let (opens, closes) = (
-            CUT_OPENS.as_bytes(),
-            CUT_CLOSES.as_bytes(),
-        );
+        let (opens, closes) = (CUT_OPENS.as_bytes(), CUT_CLOSES.as_bytes());
         let find = |hay: &[u8], from: usize, needle: &[u8]| {
             (from..=hay.len().saturating_sub(needle.len())).find(|&i| hay[i..].starts_with(needle))
         };

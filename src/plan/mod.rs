@@ -104,6 +104,9 @@ pub struct Planner {
     /// Those, and the captures (and vars) that come from a step reading one: a
     /// text that reads any of them is sent on stdin (`secret_reads::from_secret`).
     from_secret: HashSet<String>,
+    /// The templates that read a secret, each with its text as the record
+    /// shows it: every `{{ }}` reading one masked whole (`secret_reads::masked_twins`).
+    masked: HashMap<TemplateId, TemplateId>,
     /// The secret values in use: a rendered value that holds one (a captured
     /// value can) goes to the host on stdin, never on its command line.
     redactor: crate::sanitize::Redactor,
@@ -182,7 +185,7 @@ impl Planner {
             }
         }
 
-        let ((templates, vars, forward, guide), syntax_errors) = compile_templates(&rb);
+        let ((mut templates, vars, forward, guide), syntax_errors) = compile_templates(&rb);
 
         let limit = match &opts.limit {
             Some(l) => {
@@ -339,6 +342,8 @@ impl Planner {
         let secret_names = secret_reads::secret_names(&rb, &templates, &vars);
         let from_secret =
             secret_reads::from_secret(&rb, &templates, &vars, &forward, &secret_names);
+        let masked =
+            secret_reads::masked_twins(&mut templates, &vars, &forward, &guide, &secret_names);
         let mut capture_scopes = vec![Vec::new()];
         for s in &rb.steps {
             let mut next = capture_scopes.last().cloned().unwrap_or_default();
@@ -383,6 +388,7 @@ impl Planner {
             upload_templates: Mutex::new(HashMap::new()),
             secret_names,
             from_secret,
+            masked,
             redactor: Default::default(),
         };
         planner.redactor =

@@ -79,7 +79,7 @@ impl Planner {
         };
         let noted: std::cell::RefCell<Vec<Error>> = Default::default();
         let render = |id: TemplateId, ctx: &Context| -> Result<String, Error> {
-            match self.templates.render(id, ctx) {
+            match self.render_as(id, ctx, reveal) {
                 Ok(s) => Ok(template::show_placeholders(s)),
                 Err(e) => {
                     noted.borrow_mut().push(fail_render(id, e));
@@ -361,6 +361,22 @@ impl Planner {
             .any(|n| self.secret_names.contains(n))
     }
 
+    /// Renders a template as `reveal` shows it: masked, a template that reads
+    /// a secret is rendered through its masked twin (`secret_reads::masked_twins`),
+    /// once the template itself rendered (its errors point into its own text).
+    pub(super) fn render_as(
+        &self,
+        id: TemplateId,
+        ctx: &Context,
+        reveal: Reveal,
+    ) -> Result<String, RenderError> {
+        let own = self.templates.render(id, ctx)?;
+        match (reveal, self.masked.get(&id)) {
+            (Reveal::Masked, Some(twin)) => Ok(self.templates.render(*twin, ctx).unwrap_or(own)),
+            _ => Ok(own),
+        }
+    }
+
     /// Whether a template reads a secret, or a value that came from one (a
     /// capture of a step that read one): its text is sent on stdin.
     fn reads_from_secret(&self, id: TemplateId) -> bool {
@@ -508,8 +524,7 @@ impl Planner {
         let (ctx, _) = self
             .context(None, Reveal::Masked, r, scope, None, None)
             .map_err(fail)?;
-        self.templates
-            .render(id, &ctx)
+        self.render_as(id, &ctx, Reveal::Masked)
             .map(|s| template::show_placeholders(s).trim_end().to_string())
             .map_err(|e| fail(self.failure(id, e)))
     }

@@ -74,6 +74,25 @@ pub(super) fn from_secret(
     out
 }
 
+/// Per template of the runbook that reads a secret, its twin with each `{{ }}`
+/// that reads one shown as the mask: the masked rendering (the record, the
+/// dry-run) renders the twin, so `{{ pw[1:] }}` and `{{ pw | length }}` are
+/// recorded as `******`, not as the slice or the length of the mask.
+pub(super) fn masked_twins(
+    templates: &mut Templates,
+    vars: &[(String, TemplateId)],
+    forward: &[StepTemplates],
+    guide: &[StepTemplates],
+    secret: &HashSet<String>,
+) -> HashMap<TemplateId, TemplateId> {
+    let ids: Vec<TemplateId> = (vars.iter().map(|(_, id)| *id))
+        .chain(forward.iter().chain(guide).flat_map(StepTemplates::ids))
+        .collect();
+    ids.into_iter()
+        .filter_map(|id| Some((id, templates.add_masked(id, secret, MASK)?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,7 +173,8 @@ steps:
             let lines = t.env_stdin.unwrap();
             match reveal {
                 Reveal::Real => assert!(lines.contains("echo HUNTER2ZZ! not secret"), "{lines}"),
-                Reveal::Masked => assert!(lines.contains("echo ******! not secret"), "{lines}"),
+                // Masked whole, not as `upper` of the mask.
+                Reveal::Masked => assert!(lines.contains("echo ****** not secret"), "{lines}"),
             }
         }
         for step in [1, 2] {

@@ -1,4 +1,5 @@
-//! The names a template slices. minijinja's `undeclared_variables` does not
+//! What a template's tags read, from its text: the names it slices, and the
+//! tags that read a secret. minijinja's `undeclared_variables` does not
 //! look inside a slice (`{{ pw[1:] }}` reads nothing, by its count), and the
 //! variables a template reads decide where a secret goes (stdin) and which
 //! renderings may be shared (the memo: a masked rendering must never be the
@@ -33,17 +34,72 @@ const KEYWORDS: &[&str] = &[
 /// name of that tag.
 pub(super) fn sliced_names(src: &str) -> HashSet<String> {
     let mut out = HashSet::new();
-    let mut rest = src;
-    while let Some(open) = rest.find("{{").into_iter().chain(rest.find("{%")).min() {
-        let close = if rest[open..].starts_with("{{") {
-            "}}"
+    for tag in tags(src) {
+        names_in_tag(&src[tag.body.clone()], &mut out, false);
+    }
+    out
+}
+
+/// The text with every `{{ }}` tag that reads one of `secret` (by the same
+/// rules as above, so a slice too) replaced by `mask`: what the record shows
+/// for a text whose secret a filter transforms (`{{ pw | upper }}` has no
+/// masked value to be found by). `None`: no tag reads one.
+pub(super) fn masked_tags(src: &str, secret: &HashSet<String>, mask: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut at = 0;
+    for tag in tags(src).into_iter().filter(|t| t.expression) {
+        let mut names = HashSet::new();
+        names_in_tag(&src[tag.body.clone()], &mut names, true);
+        if names.iter().any(|n| secret.contains(n)) {
+            out.push_str(&src[at..tag.whole.start]);
+            out.push_str(mask);
+            at = tag.whole.end;
+        }
+    }
+    (at > 0).then(|| out + &src[at..])
+}
+
+struct Tag {
+    /// From `{{` to `}}` (or `{%` to `%}`), both included.
+    whole: std::ops::Range<usize>,
+    /// Between the delimiters (and whitespace control).
+    body: std::ops::Range<usize>,
+    /// `{{ }}`, not `{% %}`.
+    expression: bool,
+}
+
+fn tags(src: &str) -> Vec<Tag> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(open) = [src[from..].find("{{"), src[from..].find("{%")]
+        .into_iter()
+        .flatten()
+        .min()
+    {
+        let open = from + open;
+        let expression = src[open..].starts_with("{{");
+        let close = if expression { "}}" } else { "%}" };
+        let start = open + 2;
+        let end = start + tag_end(&src[start..], close);
+        let whole_end = (end + 2).min(src.len());
+        out.push(Tag {
+            whole: open..whole_end,
+            body: start..end,
+            expression,
+        });
+        if expression
+            || !src[start..end]
+                .trim_start_matches(['-', '+'])
+                .trim_start()
+                .starts_with("raw")
+        {
+            from = whole_end;
         } else {
-            "%}"
-        };
-        let body = &rest[open + 2..];
-        let end = tag_end(body, close);
-        names_in_tag(&body[..end], &mut out);
-        rest = &body[(end + 2).min(body.len())..];
+            // `{% raw %}`: nothing up to `{% endraw %}` is a tag.
+            from = src[whole_end..]
+                .find("endraw")
+                .map_or(src.len(), |i| whole_end + i);
+        }
     }
     out
 }
@@ -63,7 +119,8 @@ fn tag_end(body: &str, close: &str) -> usize {
     body.len()
 }
 
-fn names_in_tag(tag: &str, out: &mut HashSet<String>) {
+/// The names of a tag: those indexed (`every` false), or every one (`every`).
+fn names_in_tag(tag: &str, out: &mut HashSet<String>, every: bool) {
     // Identifiers outside strings, each with the character before it and the
     // first one after it (spaces skipped).
     let chars: Vec<char> = tag.chars().collect();
@@ -111,7 +168,7 @@ fn names_in_tag(tag: &str, out: &mut HashSet<String>) {
     for word in &words {
         if variable(word) {
             root = Some(&word.0);
-            if paren_indexed || word.2 == Some('[') {
+            if every || paren_indexed || word.2 == Some('[') {
                 out.insert(word.0.clone());
             }
         } else if word.1 == Some('.') && word.2 == Some('[') {
@@ -145,5 +202,24 @@ mod tests {
         // A call indexed: every name of the tag, rather than one too few.
         assert_eq!(names("{{ b | default('x')[0] }}"), ["b"]);
         assert_eq!(names("{{ \"}}\" }} {{ c[0] }}"), ["c"]);
+        assert_eq!(
+            names("{% raw %}{{ d[0] }}{% endraw %}"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn every_tag_that_reads_a_secret_is_masked_whole() {
+        let secret: HashSet<String> = ["pw".to_string()].into();
+        assert_eq!(
+            masked_tags(
+                "echo {{ pw[1:] }} {{ pw | upper }} {{ host.name }} {{ x.pw }}",
+                &secret,
+                "******"
+            )
+            .as_deref(),
+            Some("echo ****** ****** {{ host.name }} {{ x.pw }}")
+        );
+        assert_eq!(masked_tags("echo {{ user }}", &secret, "******"), None);
     }
 }
