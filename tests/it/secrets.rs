@@ -367,6 +367,10 @@ steps:
     // Only what a host printed of it (the capture `printed`) cannot be masked:
     // the record's texts hold no form of it.
     let everything = run.everything();
+    assert!(
+        everything.contains("echo ****** ****** ****** | sha256sum"),
+        "each expression reading the secret is masked whole in the record"
+    );
     for form in [&sliced, &replaced] {
         assert!(
             !everything.contains(form.as_str()),
