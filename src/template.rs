@@ -6,6 +6,7 @@
 //! suggestion rather than as minijinja's generic "undefined value".
 
 pub mod budget;
+mod tags;
 
 use crate::diagnostic::{did_you_mean, Pos, SourceFile, Span};
 use crate::shell;
@@ -140,7 +141,7 @@ pub fn show_placeholders(s: String) -> String {
     out
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TemplateId(usize);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,6 +352,7 @@ impl Templates {
         // Compiling folds constant expressions: `{{ 'x' * 100000000 ~ ... }}` is
         // built here, before any render, so the watch looks at this too.
         let watched = budget::watched(&site);
+        let sliced = tags::sliced_names(&source);
         let compiled = self.env.add_template_owned(name.clone(), source);
         drop(watched);
         if let Err(e) = compiled {
@@ -418,7 +420,8 @@ impl Templates {
             .env
             .get_template(&name)
             .map_err(|e| yaml::Error::new(text.span, e.to_string()))?;
-        let vars = tmpl.undeclared_variables(false);
+        let mut vars = tmpl.undeclared_variables(false);
+        vars.extend(sliced);
         let mut sorted: Vec<String> = vars.iter().cloned().collect();
         sorted.sort();
         self.sorted_vars.push(sorted);
@@ -427,6 +430,29 @@ impl Templates {
         self.meta.push((vars, text.clone(), kind));
         self.names.push(name);
         Ok(TemplateId(id))
+    }
+
+    /// The text of `id` with each `{{ }}` that reads one of `secret` shown as
+    /// `mask`, compiled: what the record renders instead of `id`, so a secret
+    /// a filter transforms is shown masked, not as the filter of the mask
+    /// (`{{ pw | length }}` would say 6). `None`: no tag of it reads one (or
+    /// the masked text does not compile, and `id` is rendered as it is).
+    pub fn add_masked(
+        &mut self,
+        id: TemplateId,
+        secret: &HashSet<String>,
+        mask: &str,
+    ) -> Option<TemplateId> {
+        let (_, text, kind) = &self.meta[id.0];
+        if *kind != Kind::Text {
+            return None;
+        }
+        let src = tags::masked_tags(&text.src, secret, mask)?;
+        let text = Text {
+            src,
+            span: text.span,
+        };
+        self.add(&text, Kind::Text).ok()
     }
 
     /// Like `add`, but a syntax error is noted in `errors` and the id stands for

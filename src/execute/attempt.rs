@@ -205,10 +205,15 @@ impl Engine<'_> {
             .map_err(Failure::Render)?;
         if reveal == Reveal::Masked {
             // Belt and braces: a filter (`upper`, `replace`) could still have carried a secret through.
-            for text in [&mut target.command, &mut target.stdin, &mut target.check]
-                .into_iter()
-                .flatten()
-            {
+            // The values read from stdin too: a capture turned back into the
+            // secret (`{{ printed | lower }}`) renders as itself even masked.
+            let texts = [
+                &mut target.command,
+                &mut target.stdin,
+                &mut target.check,
+                &mut target.env_stdin,
+            ];
+            for text in texts.into_iter().flatten() {
                 *text = self.redactor.redact(text);
             }
             for text in &mut target.rollback {

@@ -178,7 +178,7 @@ impl Planner {
             // Runbook vars are rendered for every step, including `local: true` steps
             // that have no host vars: a var that cannot be rendered here is only an
             // error if this step's templates read it.
-            let v = match self.templates.render(*id, &ctx) {
+            let v = match self.render_as(*id, &ctx, reveal) {
                 Ok(v) => v,
                 Err(e) => {
                     // Located now, at the var's own text: that is what needs fixing.

@@ -9,7 +9,8 @@
 //! [`Options`]; produces a [`Planner`] (renders any step on any host) and the
 //! [`Plan`] it prints. One file per concept: `model`, `run_id`, `params`,
 //! `targets` (with `pattern`), `batches`, `compile`, `context`, `render`,
-//! `stdin_only` (where a secret cannot go), `document`.
+//! `secret_reads` (which names carry a secret), `stdin_only` (where a secret
+//! cannot go), `document`.
 
 mod batches;
 mod compile;
@@ -22,6 +23,7 @@ mod params;
 pub mod pattern;
 mod render;
 mod run_id;
+mod secret_reads;
 mod stdin_only;
 mod targets;
 
@@ -97,8 +99,14 @@ pub struct Planner {
     /// rendering outside any batch: the rollback guide).
     batch_values: Vec<Value>,
     all_batches_value: Value,
-    /// Secret params, and runbook vars built from them.
+    /// Secret params, and runbook vars built from them (`secret_reads`).
     secret_names: HashSet<String>,
+    /// Those, and the captures (and vars) that come from a step reading one: a
+    /// text that reads any of them is sent on stdin (`secret_reads::from_secret`).
+    from_secret: HashSet<String>,
+    /// The templates that read a secret, each with its text as the record
+    /// shows it: every `{{ }}` reading one masked whole (`secret_reads::masked_twins`).
+    masked: HashMap<TemplateId, TemplateId>,
     /// The secret values in use: a rendered value that holds one (a captured
     /// value can) goes to the host on stdin, never on its command line.
     redactor: crate::sanitize::Redactor,
@@ -177,7 +185,7 @@ impl Planner {
             }
         }
 
-        let ((templates, vars, forward, guide), syntax_errors) = compile_templates(&rb);
+        let ((mut templates, vars, forward, guide), syntax_errors) = compile_templates(&rb);
 
         let limit = match &opts.limit {
             Some(l) => {
@@ -331,21 +339,11 @@ impl Planner {
             )
         };
         let serial_hosts = serial_list.into_iter().collect();
-        let mut secret_names: HashSet<String> = rb
-            .params
-            .iter()
-            .filter(|p| p.secret)
-            .map(|p| p.name.clone())
-            .collect();
-        for (name, id) in &vars {
-            if templates
-                .variables(*id)
-                .iter()
-                .any(|n| secret_names.contains(n))
-            {
-                secret_names.insert(name.clone());
-            }
-        }
+        let secret_names = secret_reads::secret_names(&rb, &templates, &vars);
+        let from_secret =
+            secret_reads::from_secret(&rb, &templates, &vars, &forward, &secret_names);
+        let masked =
+            secret_reads::masked_twins(&mut templates, &vars, &forward, &guide, &secret_names);
         let mut capture_scopes = vec![Vec::new()];
         for s in &rb.steps {
             let mut next = capture_scopes.last().cloned().unwrap_or_default();
@@ -389,6 +387,8 @@ impl Planner {
             upload_sums: Mutex::new(HashMap::new()),
             upload_templates: Mutex::new(HashMap::new()),
             secret_names,
+            from_secret,
+            masked,
             redactor: Default::default(),
         };
         planner.redactor =

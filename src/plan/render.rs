@@ -79,7 +79,7 @@ impl Planner {
         };
         let noted: std::cell::RefCell<Vec<Error>> = Default::default();
         let render = |id: TemplateId, ctx: &Context| -> Result<String, Error> {
-            match self.templates.render(id, ctx) {
+            match self.render_as(id, ctx, reveal) {
                 Ok(s) => Ok(template::show_placeholders(s)),
                 Err(e) => {
                     noted.borrow_mut().push(fail_render(id, e));
@@ -118,8 +118,12 @@ impl Planner {
         let mut env_lines = String::new();
         for (k, id) in &t.env {
             let v = render(*id, &ctx)?;
-            if self.reads_secret(*id) || self.holds_secret(&v) {
-                if matches!(step.action, Action::Upload(_)) {
+            let upload = matches!(step.action, Action::Upload(_));
+            // A capture from a step that read a secret may hold it transformed:
+            // on stdin too, where there is one (an upload's stdin is its file).
+            let derived = self.reads_from_secret(*id) && !upload;
+            if self.reads_secret(*id) || self.holds_secret(&v) || derived {
+                if upload {
                     return Err(diag(
                         &self.runbook,
                         step.span,
@@ -294,10 +298,12 @@ impl Planner {
         }
         so_far()?;
 
-        // A command text that holds a secret is sent on stdin too, and the
-        // command line only runs it (`eval`): nothing of it is in `ps`.
-        let mut on_stdin = |name: String, text: String| -> String {
-            if !self.holds_secret(&text) {
+        // A command text that holds a secret, or whose template reads one
+        // (however transformed: `{{ pw | upper }}` is not found by value), is
+        // sent on stdin too, and the command line only runs it (`eval`):
+        // nothing of it is in `ps`.
+        let mut on_stdin = |name: String, text: String, id: Option<TemplateId>| -> String {
+            if !self.holds_secret(&text) && !id.is_some_and(|id| self.reads_from_secret(id)) {
                 return text;
             }
             let text = shell::wrap(&text, &Wrap::default());
@@ -306,10 +312,18 @@ impl Planner {
             stdin_env.push(var);
             format!("eval \"${name}\"")
         };
-        let action_text = action_text.map(|x| on_stdin("OPSRUN_RUN".into(), x));
-        let check_text = check_text.map(|x| on_stdin("OPSRUN_CHECK".into(), x));
+        // A script's text is its stdin already: its command line is `sh -e`.
+        let run_id = t.action.filter(|_| matches!(step.action, Action::Run(_)));
+        let action_text = action_text.map(|x| on_stdin("OPSRUN_RUN".into(), x, run_id));
+        let check_text = check_text.map(|x| on_stdin("OPSRUN_CHECK".into(), x, t.check));
         let rollback_texts: Vec<String> = (rollback_texts.into_iter().enumerate())
-            .map(|(i, x)| on_stdin(format!("OPSRUN_UNDO_{}", i + 1), x))
+            .map(|(i, x)| {
+                on_stdin(
+                    format!("OPSRUN_UNDO_{}", i + 1),
+                    x,
+                    t.rollback.get(i).copied(),
+                )
+            })
             .collect();
         let wrap = Wrap {
             as_user: as_user.as_deref(),
@@ -345,6 +359,31 @@ impl Planner {
             .variables(id)
             .iter()
             .any(|n| self.secret_names.contains(n))
+    }
+
+    /// Renders a template as `reveal` shows it: masked, a template that reads
+    /// a secret is rendered through its masked twin (`secret_reads::masked_twins`),
+    /// once the template itself rendered (its errors point into its own text).
+    pub(super) fn render_as(
+        &self,
+        id: TemplateId,
+        ctx: &Context,
+        reveal: Reveal,
+    ) -> Result<String, RenderError> {
+        let own = self.templates.render(id, ctx)?;
+        match (reveal, self.masked.get(&id)) {
+            (Reveal::Masked, Some(twin)) => Ok(self.templates.render(*twin, ctx).unwrap_or(own)),
+            _ => Ok(own),
+        }
+    }
+
+    /// Whether a template reads a secret, or a value that came from one (a
+    /// capture of a step that read one): its text is sent on stdin.
+    fn reads_from_secret(&self, id: TemplateId) -> bool {
+        self.templates
+            .variables(id)
+            .iter()
+            .any(|n| self.from_secret.contains(n))
     }
 
     /// Whether a rendered value holds a secret: its value (a run's rendering),
@@ -472,8 +511,7 @@ impl Planner {
         let (ctx, _) = self
             .context(host, Reveal::Masked, r, scope, captures, batch)
             .map_err(fail)?;
-        self.templates
-            .render(id, &ctx)
+        self.render_as(id, &ctx, Reveal::Masked)
             .map(|s| template::show_placeholders(s).trim_end().to_string())
             .map_err(|e| fail(self.failure(id, e)))
     }

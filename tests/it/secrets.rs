@@ -143,26 +143,26 @@ fn a_secret_split_across_streamed_pieces_is_masked() {
 
 /// Samples every process's command line on this machine (the fleet's sshd and
 /// the shells it starts are processes here) until stopped: the ones that held
-/// `needle`, and whether `marker` was ever seen (so the sampler did look while
-/// the steps ran).
+/// any of `needles`, and whether `marker` was ever seen (so the sampler did
+/// look while the steps ran).
 struct Sampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<(Vec<String>, bool)>,
 }
 
 impl Sampler {
-    fn start(needle: &'static str, marker: &'static str) -> Sampler {
+    fn start(needles: Vec<String>, marker: &'static str) -> Sampler {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            use crate::support::fleet::pids_with;
             let (mut hits, mut marked) = (Vec::new(), false);
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                for pid in pids_with(needle) {
-                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                    hits.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+                for (_, line) in crate::support::fleet::cmdlines() {
+                    if needles.iter().any(|n| line.contains(n.as_str())) && !hits.contains(&line) {
+                        hits.push(line.clone());
+                    }
+                    marked |= line.contains(marker);
                 }
-                marked |= !pids_with(marker).is_empty();
             }
             (hits, marked)
         });
@@ -233,7 +233,7 @@ steps:
 "#
         .replace("SHARED", &shared.display().to_string()),
     );
-    let sampler = Sampler::start(PW, MARKER);
+    let sampler = Sampler::start(vec![PW.to_string()], MARKER);
     let run = lab.run(
         &["capleak", "--env", "lab", "--yes", "--no-sign"],
         &[("OPSRUN_SECRET_PW", PW)],
@@ -273,6 +273,119 @@ steps:
     let command = run.events("target_started")[2]["command"].to_string();
     assert!(command.contains("export PLAIN="), "{command}");
     assert!(command.contains("read -r GOT"), "{command}");
+}
+
+/// Every substring of 4 characters or more of each text.
+fn substrings(texts: &[&str]) -> Vec<String> {
+    let mut all = Vec::new();
+    for text in texts {
+        let chars: Vec<char> = text.chars().collect();
+        for start in 0..chars.len() {
+            for end in start + 4..=chars.len() {
+                all.push(chars[start..end].iter().collect());
+            }
+        }
+    }
+    all
+}
+
+/// Matching by value cannot see `pw[1:]` or `pw | upper`: a text whose template
+/// reads a secret (directly, through a chain of runbook vars, or
+/// through a capture of a step that read one) goes on stdin whatever it renders to.
+#[test]
+fn a_transformed_or_sliced_secret_reaches_the_host_on_stdin_never_on_a_command_line() {
+    use crate::support::{
+        fleet::{app_group, ssh_inventory, SshFleet},
+        lab::Lab,
+    };
+    // No piece of it (or of its upper case) is a word another process may hold.
+    const PW: &str = "hqz7xv-jk4hq-8vpz";
+    const MARKER: &str = "sleep 1.25";
+    let upper = PW.to_uppercase();
+    let replaced = PW.replace('h', "H");
+    let fleet = SshFleet::start(1);
+    let lab = Lab::new();
+    lab.write(
+        "inventories/lab.yaml",
+        &ssh_inventory(&fleet, "none", &app_group(&fleet)),
+    );
+    lab.write(
+        "runbooks/transformed.yaml",
+        r#"name: transformed
+hosts: app
+params:
+  pw: { secret: true }
+vars:
+  loud: "{{ pw | upper }}"
+  shout: "{{ loud }}!"
+steps:
+  - name: Transform it
+    run: |
+      sleep 1.25
+      echo {{ pw[1:] }} {{ pw | upper }} {{ pw | replace('h','H') }} | sha256sum > {{ work }}/run.sum
+    check: sleep 1.25; echo {{ pw | upper }} | sha256sum > {{ work }}/check.sum
+  - name: Through vars
+    env: { SHOUT: "{{ shout }}" }
+    run: sleep 1.25; echo {{ shout }} | sha256sum > {{ work }}/var.sum; echo "$SHOUT" | sha256sum > {{ work }}/env.sum
+  - name: Print it
+    run: echo {{ pw | upper }}
+    capture: printed
+  - name: Through a capture
+    run: sleep 1.25; echo {{ printed | lower }} | sha256sum > {{ work }}/capture.sum
+"#,
+    );
+    let sampler = Sampler::start(substrings(&[PW, &upper, &replaced]), MARKER);
+    let run = lab.run(
+        &["transformed", "--env", "lab", "--yes", "--no-sign"],
+        &[("OPSRUN_SECRET_PW", PW)],
+        None,
+    );
+    let (hits, marked) = sampler.finish();
+    run.expect_code(0);
+    assert!(marked, "the sampler saw the steps run (`{MARKER}`)");
+    assert!(
+        hits.is_empty(),
+        "a piece of the secret was on a command line: {hits:#?}"
+    );
+    // The steps still got the values, byte for byte.
+    let work = fleet.work_dir(0);
+    let sum = |file: &str| std::fs::read_to_string(work.join(file)).unwrap();
+    let sliced: String = PW.chars().skip(1).collect();
+    assert_eq!(
+        sum("run.sum"),
+        sha256_line(&format!("{sliced} {upper} {replaced}\n"))
+    );
+    assert_eq!(sum("check.sum"), sha256_line(&format!("{upper}\n")));
+    assert_eq!(sum("var.sum"), sha256_line(&format!("{upper}!\n")));
+    assert_eq!(sum("env.sum"), sha256_line(&format!("{upper}!\n")));
+    assert_eq!(sum("capture.sum"), sha256_line(&format!("{PW}\n")));
+    // The record shows each command's text with the secret masked before any
+    // filter (what a run sends is not the record's to show), and how it was sent.
+    let started = run.events("target_started");
+    let command = started[0]["command"].to_string();
+    assert!(command.contains(r#"eval \"$OPSRUN_RUN\""#), "{command}");
+    // Only what a host printed of it (the capture `printed`) cannot be masked:
+    // the record's texts hold no form of it.
+    let everything = run.everything();
+    assert!(
+        everything.contains("echo ****** ****** ****** | sha256sum"),
+        "each expression reading the secret is masked whole in the record"
+    );
+    for form in [&sliced, &replaced] {
+        assert!(
+            !everything.contains(form.as_str()),
+            "`{form}` is in the record"
+        );
+    }
+    if let Some(at) = everything.find(PW) {
+        let from = everything[..at]
+            .char_indices()
+            .rev()
+            .nth(300)
+            .map_or(0, |(i, _)| i);
+        let shown: String = everything[from..].chars().take(600).collect();
+        panic!("the secret is in the record: {shown}");
+    }
 }
 
 #[test]

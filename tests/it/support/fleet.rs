@@ -580,7 +580,16 @@ pub fn ssh(fleet: &SshFleet, i: usize, command: &str) -> Output {
 
 /// Pids whose command line contains `needle` (argv joined with spaces).
 pub fn pids_with(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
+    cmdlines()
+        .into_iter()
+        .filter(|(_, line)| line.contains(needle))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Every process's command line on this machine, argv joined with spaces.
+pub fn cmdlines() -> Vec<(u32, String)> {
+    let mut all = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -588,12 +597,9 @@ pub fn pids_with(needle: &str) -> Vec<u32> {
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if line.contains(needle) {
-            pids.push(pid);
-        }
+        all.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
     }
-    pids
+    all
 }
 
 /// `chown -R OWNER PATH`.
