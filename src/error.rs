@@ -49,6 +49,15 @@ pub enum Error {
     /// Every problem found in one pass over a file (template errors), in file order of discovery.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n\n"))]
     InvalidAll(Vec<Diagnostic>),
+    /// A run directory's copy of its runbook or inventory is not the file the
+    /// run recorded: it was changed after the run, and is not run.
+    #[error("error: `{}` is not the file run {run} ran: its sha256 is {found}, the run recorded {expected} (it was changed after the run); refusing to run it", path.display())]
+    CopyChanged {
+        path: PathBuf,
+        run: String,
+        expected: String,
+        found: String,
+    },
     /// Bad command-line input (arguments, `-e` values) that has no file position.
     #[error("error: {0}")]
     Usage(String),
@@ -72,6 +81,7 @@ impl Error {
             | Error::InventoryNotFound { .. }
             | Error::EnvMismatch { .. }
             | Error::SshConfig(_)
+            | Error::CopyChanged { .. }
             | Error::Usage(_) => exit::INVALID_INPUT,
             Error::NotConfirmed(_) => exit::NOT_CONFIRMED,
             Error::Io(_) => exit::STEP_FAILED,
