@@ -134,9 +134,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 ),
                 _ => {}
             }
-            let (log, signed) =
-                runner::write_log(&dir, &signing).map_err(|e| Error::Io(e.to_string()))?;
-            if let Some(s) = signed {
+            let written = runner::write_log(&dir, &signing, Some(&operator()))
+                .map_err(|e| Error::Io(e.to_string()))?;
+            for n in &written.notes {
+                warn(n);
+            }
+            let log = written.log;
+            if let Some(s) = written.signed {
                 eprintln!(
                     "signed by {} ({}): {}",
                     s.signer.identity,
