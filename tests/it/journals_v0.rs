@@ -65,7 +65,9 @@ fn log_rerenders_v0_journals_byte_identical() {
     for id in [FAILED, ROLLBACK, SUCCEEDED] {
         let (test, runs) = with_runs();
         let _run = test.args(["log", id, "--no-sign"]).run();
-        let rendered = rendered_later(&fs::read_to_string(runs.join(id).join("log.md")).unwrap());
+        let rendered = crate::support::lab::without_rendered_later(
+            &fs::read_to_string(runs.join(id).join("log.md")).unwrap(),
+        );
         let mut want = stored_log(id);
         // Since these logs were written, rollback rows are labelled as what they
         // are (issue 9): `undo N` for an undone step, `RN` for a guide step.
@@ -91,24 +93,6 @@ fn log_rerenders_v0_journals_byte_identical() {
             crate::support::cli::diff(&want, &rendered)
         );
     }
-}
-
-/// `log` without the lines that say it was rendered by `opsrun log` after its
-/// run (issue 12), which a re-render has and the stored log had not.
-fn rendered_later(log: &str) -> String {
-    let banner = "> **Rendered later**: from the journal by `opsrun log` at ";
-    let line = "- Rendered: from the journal by `opsrun log` at ";
-    assert!(log.contains(banner) && log.contains(line), "{log}");
-    let mut out = String::new();
-    let mut lines = log.split_inclusive('\n');
-    while let Some(l) = lines.next() {
-        if l.starts_with(banner) {
-            lines.next(); // its blank line
-        } else if !l.starts_with(line) {
-            out.push_str(l);
-        }
-    }
-    out
 }
 
 /// `log` with the block that binds a log to its run (issue 12), as a log of a
