@@ -166,4 +166,16 @@ mod tests {
             None
         );
     }
+
+    /// A recovered first line's runbook is checked against this: a host's output
+    /// (in a fence) must not be able to state it.
+    #[test]
+    fn a_stated_file_digest_is_read_outside_fences_only() {
+        let real = "- File: `runbook.yaml` sha256 `ab12`\n";
+        let fake = "- File: `runbook.yaml` sha256 `ffff`\n";
+        let log = format!("```\n{fake}```\n{real}");
+        assert_eq!(stated_file(&log, "runbook.yaml"), Some("ab12".into()));
+        assert_eq!(stated_file(&log, "inventory.yaml"), None);
+        assert_eq!(stated_file(&log.replace(real, ""), "runbook.yaml"), None);
+    }
 }
