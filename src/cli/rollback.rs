@@ -11,6 +11,7 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     for w in &recorded.warnings {
         warn(w);
     }
+    warn_unanchored(&dir);
     if let Some(env) = &args.env {
         if env != &recorded.env {
             return Err(Error::Usage(format!(
@@ -146,4 +147,15 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     let mode = runner::Mode::Rollback(Box::new(recorded));
     let settings = settings(&args.exec, args.env.clone(), log_dir, mode, signing);
     finish_run(runner::run(&mut planner, settings)?)
+}
+
+/// The journal is read against the chain hash its log states; a log whose
+/// signature fails may state a forged one (undo events appended, the head
+/// moved along). The rollback goes on (undoing must stay possible) and says so.
+pub(super) fn warn_unanchored(dir: &Path) {
+    if let Err(problem) = runner::log_anchor(&dir.join(runner::LOG_FILE)) {
+        warn(&format!(
+            "{problem}; the journal's events up to that hash are used as they are: check them against the log on the ticket"
+        ));
+    }
 }

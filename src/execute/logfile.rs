@@ -46,7 +46,7 @@ fn untrusted(replay: &Replay) -> Option<String> {
 /// checked against, if it cannot: the chain hash it states is only worth its
 /// signature. One edited along with a rewritten journal would agree with it.
 /// `Ok(Some(note))`: an unsigned log (`--no-sign`), used but no anchor.
-fn anchor(log: &Path) -> Result<Option<String>, String> {
+pub fn anchor(log: &Path) -> Result<Option<String>, String> {
     let Ok(text) = std::fs::read_to_string(log) else {
         return Ok(None);
     };
@@ -62,9 +62,8 @@ fn anchor(log: &Path) -> Result<Option<String>, String> {
                 name(log)
             ))),
             false => Err(format!(
-                "{} is missing: {} says it is signed, so the chain hash it states is no anchor (move {} away to render a new log from the journal alone)",
+                "{} is missing: {} says it is signed, so the chain hash it states is no anchor",
                 name(&sig),
-                name(log),
                 name(log)
             )),
         };
@@ -77,10 +76,9 @@ fn anchor(log: &Path) -> Result<Option<String>, String> {
         .find(|c| !c.ok && (c.name == "signature" || c.name == "stated key"))
     {
         Some(c) => Err(format!(
-            "{}'s signature does not verify against the public key it states ({}): it was changed after it was signed, so the chain hash it states is no anchor (move {} away to render a new log from the journal alone)",
+            "{}'s signature does not verify against the public key it states ({}): it was changed after it was signed, so the chain hash it states is no anchor",
             name(log),
-            c.detail,
-            name(log)
+            c.detail
         )),
         None => Ok(None),
     }
@@ -143,11 +141,15 @@ pub fn write_log(
     match anchor(&log) {
         Ok(note) => notes.extend(note),
         Err(problem) => {
+            let problem = format!(
+                "{problem} (move {} away to render a new log from the journal alone)",
+                log.display()
+            );
             return Err(LogError::Untrusted {
                 journal,
                 log,
                 problem,
-            })
+            });
         }
     }
     let mut replay =

@@ -28,7 +28,7 @@ use run_tmp::RunTmp;
 mod settle;
 
 use lock::{release_locks, take_locks};
-pub use logfile::{write_log, LOG_FILE};
+pub use logfile::{anchor as log_anchor, write_log, LOG_FILE};
 pub use resume::resume_start;
 use rollback::{batch_line, rollback_after_failure, rollback_recorded};
 pub use rollback::{rollback_preview, rollback_steps};

@@ -1032,11 +1032,34 @@ fn undo_events_appended_past_the_logs_chain_head_do_not_make_rollback_skip_an_un
         append_chained(&text, &undone),
     )
     .unwrap();
+    // With the log's stated head moved along (its signature then fails), rollback says so.
+    let log = fs::read_to_string(run.dir().join("log.md")).unwrap();
+    let stated = log
+        .lines()
+        .find(|l| l.starts_with("- Journal: "))
+        .unwrap()
+        .to_string();
+    let forged = log.replace(&stated, &format!("{stated} "));
+    fs::write(run.dir().join("log.md"), &forged).unwrap();
+    let dry = lab.test(&["rollback", &run.id(), "--dry-run"]).output();
+    assert!(
+        dry.stderr
+            .contains("log.md's signature does not verify against the public key it states"),
+        "{}",
+        dry.stderr
+    );
+    fs::write(run.dir().join("log.md"), &log).unwrap();
+
     let undo = lab.run(&["rollback", &run.id(), "--yes"], &[], None);
     undo.expect_code(0);
     assert!(
         undo.stderr
             .contains("follows the last event log.md was written from"),
+        "{}",
+        undo.stderr
+    );
+    assert!(
+        !undo.stderr.contains("signature does not verify"),
         "{}",
         undo.stderr
     );
