@@ -266,13 +266,20 @@ pub fn verify(doc: &Path, opts: &VerifyOptions) -> Result<Verification, SignErro
 /// whether or not the log still carries its binding lines.
 fn operator_check(v: &mut Verification, text: &[u8], stated: &Stated, opts: &VerifyOptions) {
     let text = String::from_utf8_lossy(text);
-    let cell = crate::report::markdown::cell;
     // The Operator row as the document writes it; host output (in fences) may imitate it.
     const ROW: &str = "| Operator | ";
     let rows: Vec<&str> = crate::record::binding::outside_fences(&text)
         .filter(|l| l.starts_with(ROW))
         .collect();
-    let names = |who: &str| rows.contains(&format!("{ROW}{} |", cell(who)).as_str());
+    // The row's cell is table text in older logs, a code span in newer ones.
+    let names = |who: &str| {
+        [
+            crate::report::markdown::cell(who),
+            crate::report::markdown::code_cell(who),
+        ]
+        .iter()
+        .any(|c| rows.contains(&format!("{ROW}{c} |").as_str()))
+    };
     if let Some(b) = &stated.binding {
         if !names(&b.operator) {
             v.check(
@@ -300,7 +307,11 @@ fn operator_check(v: &mut Verification, text: &[u8], stated: &Stated, opts: &Ver
             false,
             format!(
                 "the document's Operator row says `{}` but it is signed as `{s}`: a log is signed by the operator who ran it",
-                row.trim_start_matches(ROW).trim_end_matches(" |")
+                // The cell as written: plain, or a code span.
+                row.trim_start_matches(ROW)
+                    .trim_end_matches(" |")
+                    .trim_matches('`')
+                    .trim()
             ),
         ),
         (None, None) => {}
