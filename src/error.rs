@@ -63,6 +63,15 @@ pub enum Error {
         shown: String,
         why: &'static str,
     },
+    /// A run directory's copy of its runbook or inventory is not the file the
+    /// run recorded: it was changed after the run, and is not run.
+    #[error("error: `{}` is not the file run {run} ran: its sha256 is {found}, the run recorded {expected} (it was changed after the run); refusing to run it", path.display())]
+    CopyChanged {
+        path: PathBuf,
+        run: String,
+        expected: String,
+        found: String,
+    },
     /// Bad command-line input (arguments, `-e` values) that has no file position.
     #[error("error: {0}")]
     Usage(String),
@@ -88,6 +97,7 @@ impl Error {
             | Error::MisnamedInventory { .. }
             | Error::SshConfig(_)
             | Error::NotOneLine { .. }
+            | Error::CopyChanged { .. }
             | Error::Usage(_) => exit::INVALID_INPUT,
             Error::NotConfirmed(_) => exit::NOT_CONFIRMED,
             Error::Io(_) => exit::STEP_FAILED,

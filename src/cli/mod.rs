@@ -127,16 +127,25 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let signing = signing(&sign)?;
             // The signer must be the operator the log names (`opsrun verify` checks it).
             let me = operator()?;
+            // A teammate's signature would replace the operator's with one that
+            // `opsrun verify` fails: refused before anything is written.
             match view.start.as_ref().map(|s| &s.operator) {
-                Some(ran) if !sign.no_sign && *ran != me => eprintln!(
-                    "warning: run {} was run by `{ran}`, signing as `{me}`: `opsrun verify` fails a log not signed by the operator it names",
-                    view.id,
-                ),
+                Some(ran) if !sign.no_sign && *ran != me => {
+                    return Err(Error::Usage(format!(
+                        "run {} was run by `{ran}`, and a log is signed by the operator who ran it: signing it as `{me}` would replace its signature with one `opsrun verify` fails; run `opsrun log` as `{ran}` (OPSRUN_OPERATOR and their key)",
+                        view.id,
+                    ))
+                    .into())
+                }
                 _ => {}
             }
-            let (log, signed) =
-                runner::write_log(&dir, &signing).map_err(|e| Error::Io(e.to_string()))?;
-            if let Some(s) = signed {
+            let written = runner::write_log(&dir, &signing, Some(&me))
+                .map_err(|e| Error::Io(e.to_string()))?;
+            for n in &written.notes {
+                warn(n);
+            }
+            let log = written.log;
+            if let Some(s) = written.signed {
                 eprintln!(
                     "signed by {} ({}): {}",
                     s.signer.identity,

@@ -11,6 +11,7 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     for w in &recorded.warnings {
         warn(w);
     }
+    warn_unanchored(&dir);
     if let Some(env) = &args.env {
         if env != &recorded.env {
             return Err(Error::Usage(format!(
@@ -20,31 +21,49 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
             .into());
         }
     }
-    let (runbook_path, inventory_path) = recorded
+    let ((runbook_path, runbook_sha), (inventory_path, inventory_sha)) = recorded
         .events
         .iter()
         .find_map(|e| match e {
             crate::record::events::Event::RunStarted {
                 runbook_path,
+                runbook_sha256,
                 inventory_path,
+                inventory_sha256,
                 ..
-            } => Some((runbook_path.clone(), inventory_path.clone())),
+            } => Some((
+                (runbook_path.clone(), runbook_sha256.clone()),
+                (inventory_path.clone(), inventory_sha256.clone()),
+            )),
             _ => None,
         })
         .unwrap_or_default();
     // The copies kept in the run directory are what ran; their original paths keep
-    // relative `ssh:` paths (known_hosts_file, ...) resolving as they did.
+    // relative `ssh:` paths (known_hosts_file, ...) resolving as they did. A copy
+    // edited since is not what ran, and anything in it would run on the hosts.
     let copy = |name: &str,
-                original: &str|
+                original: &str,
+                expected: &str|
      -> Result<std::sync::Arc<crate::diagnostic::SourceFile>, Error> {
-        let text = std::fs::read_to_string(dir.join(name)).map_err(|reason| Error::Read {
-            path: dir.join(name),
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path).map_err(|reason| Error::Read {
+            path: path.clone(),
             reason,
         })?;
+        let found = crate::digest::sha256_hex(text.as_bytes());
+        if found != expected {
+            return Err(Error::CopyChanged {
+                path,
+                run: recorded.id.clone(),
+                expected: expected.to_string(),
+                found,
+            });
+        }
         Ok(crate::diagnostic::SourceFile::new(original, text))
     };
-    let runbook = load::runbook_from_source(copy("runbook.yaml", &runbook_path)?)?;
-    let inventory = load::inventory_from_source(copy("inventory.yaml", &inventory_path)?)?;
+    let runbook = load::runbook_from_source(copy("runbook.yaml", &runbook_path, &runbook_sha)?)?;
+    let inventory =
+        load::inventory_from_source(copy("inventory.yaml", &inventory_path, &inventory_sha)?)?;
     let mut opts = Options {
         params: recorded
             .params
@@ -128,4 +147,15 @@ pub(super) fn rollback(args: &RollbackArgs, log_dir: &Path) -> Result<i32> {
     let mode = runner::Mode::Rollback(Box::new(recorded));
     let settings = settings(&args.exec, args.env.clone(), log_dir, mode, signing)?;
     finish_run(runner::run(&mut planner, settings)?)
+}
+
+/// The journal is read against the chain hash its log states; a log whose
+/// signature fails may state a forged one (undo events appended, the head
+/// moved along). The rollback goes on (undoing must stay possible) and says so.
+pub(super) fn warn_unanchored(dir: &Path) {
+    if let Err(problem) = runner::log_anchor(&dir.join(runner::LOG_FILE)) {
+        warn(&format!(
+            "{problem}; the journal's events up to that hash are used as they are: check them against the log on the ticket"
+        ));
+    }
 }

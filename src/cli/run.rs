@@ -247,6 +247,9 @@ pub(super) fn run(args: &RunArgs, root: &Path, log_dir: &Path) -> Result<i32> {
         for w in &r.warnings {
             warn(w);
         }
+        if let Some(spec) = &args.resume {
+            super::rollback::warn_unanchored(&crate::record::runs::resolve(log_dir, spec)?);
+        }
     }
     let mut planner = planner(args, root, recorded.as_ref())?;
     let plan = planner.plan()?;

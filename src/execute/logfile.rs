@@ -42,6 +42,48 @@ fn untrusted(replay: &Replay) -> Option<String> {
         .map(|b| format!("the run's first event is damaged (at {b})"))
 }
 
+/// Why the log already in a run directory cannot anchor the journal it is
+/// checked against, if it cannot: the chain hash it states is only worth its
+/// signature. One edited along with a rewritten journal would agree with it.
+/// `Ok(Some(note))`: an unsigned log (`--no-sign`), used but no anchor.
+pub fn anchor(log: &Path) -> Result<Option<String>, String> {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return Ok(None);
+    };
+    if crate::record::binding::stated_journal(&text).is_none() {
+        return Ok(None);
+    }
+    let sig = crate::sign::sig_path(log);
+    let name = |p: &Path| p.display().to_string();
+    if !sig.exists() {
+        return match crate::report::signature::stated(&text).unsigned {
+            true => Ok(Some(format!(
+                "{} is unsigned (--no-sign): the chain hash it states is no anchor, the new log rests on the journal alone",
+                name(log)
+            ))),
+            false => Err(format!(
+                "{} is missing: {} says it is signed, so the chain hash it states is no anchor",
+                name(&sig),
+                name(log)
+            )),
+        };
+    }
+    let v = crate::sign::verify(log, &crate::sign::VerifyOptions::default())
+        .map_err(|e| e.to_string())?;
+    match v
+        .checks
+        .iter()
+        .find(|c| !c.ok && (c.name == "signature" || c.name == "stated key"))
+    {
+        Some(c) => Err(format!(
+            "{}'s signature does not verify against the public key it states ({}): it was changed after it was signed, so the chain hash it states is no anchor",
+            name(log),
+            c.detail
+        )),
+        None => Ok(None),
+    }
+}
+
 /// What binds the log to the run directory `dir`.
 fn binding(dir: &Path, replay: &Replay) -> Binding {
     Binding {
@@ -50,6 +92,7 @@ fn binding(dir: &Path, replay: &Replay) -> Binding {
             .head()
             .map(|h| (replay.chained_events(), h.to_string())),
         operator: String::new(),
+        rendered: None,
         files: CITED
             .iter()
             .filter_map(|f| {
@@ -60,17 +103,58 @@ fn binding(dir: &Path, replay: &Replay) -> Binding {
     }
 }
 
+/// A log written: where, how it was signed, and what the reader should know.
+#[derive(Debug)]
+pub struct Written {
+    pub log: PathBuf,
+    pub signed: Option<crate::sign::SignInfo>,
+    /// The journal's final chain hash and its number of events, as the log states them.
+    pub head: Option<(u64, String)>,
+    pub notes: Vec<String>,
+}
+
+impl Written {
+    /// The line the run ends with before the log's path: the journal's final
+    /// chain hash. Put on the ticket, off this machine, it is what a rewritten
+    /// journal with a re-signed log cannot match.
+    pub fn chain_line(&self) -> Option<String> {
+        let (n, head) = self.head.as_ref()?;
+        let n = usize::try_from(*n).unwrap_or(usize::MAX);
+        Some(format!(
+            "journal chain hash {head} ({}): put it on the ticket with the log",
+            crate::plural::count(n, "event", "events")
+        ))
+    }
+}
+
 /// (Re)renders `log.md` from the journal in `dir` and signs it into
-/// `log.md.sig` (or marks it UNSIGNED). Returns the log's path and how it was signed.
+/// `log.md.sig` (or marks it UNSIGNED). `later`: rendered by `opsrun log` as
+/// this operator after the run, which the log then says of itself.
 pub fn write_log(
     dir: &Path,
     signing: &crate::sign::Signing,
-) -> Result<(PathBuf, Option<crate::sign::SignInfo>), LogError> {
+    later: Option<&str>,
+) -> Result<Written, LogError> {
     let journal = dir.join(crate::record::journal::FILE);
+    let log = dir.join(LOG_FILE);
+    let mut notes = Vec::new();
+    match anchor(&log) {
+        Ok(note) => notes.extend(note),
+        Err(problem) => {
+            let problem = format!(
+                "{problem} (move {} away to render a new log from the journal alone)",
+                log.display()
+            );
+            return Err(LogError::Untrusted {
+                journal,
+                log,
+                problem,
+            });
+        }
+    }
     let mut replay =
         crate::record::journal::read(&journal).map_err(crate::record::rundir::RecordError::from)?;
     crate::record::binding::check_against_log(dir, &mut replay);
-    let log = dir.join(LOG_FILE);
     if let Some(problem) = untrusted(&replay) {
         return Err(LogError::Untrusted {
             journal,
@@ -78,7 +162,13 @@ pub fn write_log(
             problem,
         });
     }
-    let binding = binding(dir, &replay);
+    let mut binding = binding(dir, &replay);
+    binding.rendered = later.map(|by| crate::record::binding::Rendered {
+        at: crate::clock::now()
+            .format(crate::report::signature::TIME_FORMAT)
+            .to_string(),
+        by: by.to_string(),
+    });
     let signed = signing
         .write_document(&log, |signer| {
             crate::report::log::render(&replay.events, dir, signer, Some(&binding))
@@ -87,5 +177,10 @@ pub fn write_log(
             path: log.clone(),
             source,
         })?;
-    Ok((log, signed))
+    Ok(Written {
+        log,
+        signed,
+        head: binding.journal,
+        notes,
+    })
 }

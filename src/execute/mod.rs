@@ -29,7 +29,7 @@ use run_tmp::RunTmp;
 mod settle;
 
 use lock::{release_locks, take_locks};
-pub use logfile::{write_log, LOG_FILE};
+pub use logfile::{anchor as log_anchor, write_log, LOG_FILE};
 pub use resume::resume_start;
 use rollback::{batch_line, rollback_after_failure, rollback_recorded};
 pub use rollback::{rollback_preview, rollback_steps};
@@ -330,16 +330,18 @@ async fn run_async(
         ui.error(&format!("could not record the end of the run: {e}"));
     }
     let log = rec.dir().join(LOG_FILE);
-    if let Err(e) = write_log(rec.dir(), &s.signing) {
-        // The run happened whatever the log's fate: report it, keep the run's own exit code.
-        ui.error(&e.to_string());
-    }
+    // The run happened whatever the log's fate: report it, keep the run's own exit code.
+    let written = write_log(rec.dir(), &s.signing, None).map_err(|e| ui.error(&e.to_string()));
     rec.drop_reserve(); // The record is complete: its room goes back to the disk.
                         // It quotes step names and host output.
     let finish = Finish {
         message: escape_controls(finish.message.as_bytes()),
         ..finish
     };
+    // Before the verdict: the verdict, then the log's path, end what the run prints.
+    if let Some(line) = written.ok().and_then(|w| w.chain_line()) {
+        ui.line(&line);
+    }
     match finish.outcome {
         Outcome::Succeeded => ui.line(&format!(
             "{} {}",

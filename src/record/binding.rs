@@ -20,6 +20,17 @@ pub struct Binding {
     pub journal: Option<(u64, String)>,
     pub operator: String,
     pub files: Vec<(String, String)>,
+    /// Set when the log is rendered by `opsrun log` after the run, not at its end.
+    pub rendered: Option<Rendered>,
+}
+
+/// When and by whom a log was rendered from the journal after its run: such a
+/// log is not the one written at the end of the run, and says so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// As the log writes times.
+    pub at: String,
+    pub by: String,
 }
 
 /// The labels of the binding lines, shared by the writer and the readers.
@@ -30,6 +41,7 @@ pub mod labels {
     pub const CHAIN_HASH: &str = " events, chain hash ";
     pub const OPERATOR: &str = "- Operator: ";
     pub const FILE: &str = "- File: ";
+    pub const RENDERED: &str = "- Rendered: ";
 }
 
 /// The lines of a Markdown document outside its fenced blocks: host output
@@ -73,16 +85,44 @@ pub fn stated_journal(log: &str) -> Option<(u64, String)> {
         .last()
 }
 
+/// The sha256 a log states for the run directory's file `name`
+/// (`` - File: `runbook.yaml` sha256 `HEX` ``), if it states one.
+pub fn stated_file(log: &str, name: &str) -> Option<String> {
+    let want = format!("{}`{name}` sha256 `", labels::FILE);
+    outside_fences(log)
+        .filter_map(|l| l.strip_prefix(want.as_str())?.strip_suffix('`'))
+        .find(|h| h.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(str::to_string)
+}
+
 /// How the journal read into `replay` differs from the one a log was written
 /// from (`n` events, chain hash `head`), if it does.
 pub fn differs(replay: &Replay, n: u64, head: &str) -> Option<Problem> {
     match replay.head_at(n) {
+        // Nothing is journaled after the log is written: more events were appended.
+        Some(h) if h == head && replay.chained_events() > n => Some(Problem::Longer {
+            logged: n,
+            found: replay.chained_events(),
+        }),
         Some(h) if h == head => None,
         Some(_) => Some(Problem::NotLogged { seq: n }),
         None => Some(Problem::Shorter {
             logged: n,
             found: replay.chained_events(),
         }),
+    }
+}
+
+/// Where a journal that `differs` from its log (stated `n` events) breaks, and
+/// how many of the events read are kept: those before the break.
+pub fn break_at(replay: &Replay, n: u64, problem: &Problem) -> (usize, usize) {
+    let line = usize::try_from(n).unwrap_or(usize::MAX);
+    // A damaged first event is not in `events` (`record::recover` rebuilds it).
+    let skip = usize::from(replay.start_damaged.is_some());
+    match problem {
+        Problem::NotLogged { .. } => (line, line.saturating_sub(1 + skip)),
+        Problem::Longer { .. } => (line + 1, line.saturating_sub(skip)),
+        _ => (line, replay.events.len()),
     }
 }
 
@@ -102,11 +142,7 @@ pub fn check_against_log(dir: &Path, replay: &mut Replay) {
     let Some(problem) = differs(replay, n, &head) else {
         return;
     };
-    let line = usize::try_from(n).unwrap_or(usize::MAX);
-    let keep = match problem {
-        Problem::NotLogged { .. } => line.saturating_sub(1),
-        _ => replay.events.len(),
-    };
+    let (line, keep) = break_at(replay, n, &problem);
     replay.events.truncate(keep);
     replay.set_broken(
         Break { line, problem },
@@ -129,5 +165,17 @@ mod tests {
             parse_journal("`journal.jsonl`, 2 events, chain hash `a|b`"),
             None
         );
+    }
+
+    /// A recovered first line's runbook is checked against this: a host's output
+    /// (in a fence) must not be able to state it.
+    #[test]
+    fn a_stated_file_digest_is_read_outside_fences_only() {
+        let real = "- File: `runbook.yaml` sha256 `ab12`\n";
+        let fake = "- File: `runbook.yaml` sha256 `ffff`\n";
+        let log = format!("```\n{fake}```\n{real}");
+        assert_eq!(stated_file(&log, "runbook.yaml"), Some("ab12".into()));
+        assert_eq!(stated_file(&log, "inventory.yaml"), None);
+        assert_eq!(stated_file(&log.replace(real, ""), "runbook.yaml"), None);
     }
 }

@@ -59,6 +59,12 @@ pub enum Problem {
     NotLogged { seq: u64 },
     /// The run's log was written from `logged` events; the journal holds fewer.
     Shorter { logged: u64, found: u64 },
+    /// The run's log was written from `logged` events; the journal holds more.
+    /// Nothing is journaled after a run's log is written: they were appended.
+    Longer { logged: u64, found: u64 },
+    /// The first line says journal `version`, which is chained, but the lines
+    /// carry no chain fields: they were removed (a downgrade to "no chain").
+    Stripped { version: u32 },
 }
 
 /// Where the chain breaks: `line` is 1-based in the journal file.
@@ -104,6 +110,15 @@ impl std::fmt::Display for Break {
             Problem::Shorter { logged, found } => write!(
                 f,
                 "the end: the journal holds {found} events, log.md was written from {logged} (lines were removed from its end)"
+            ),
+            Problem::Longer { logged, found } => write!(
+                f,
+                "line {line}: event #{} follows the last event log.md was written from (#{logged}; the journal holds {found}): nothing is journaled after a run's log is written, so these events were appended later",
+                logged + 1
+            ),
+            Problem::Stripped { version } => write!(
+                f,
+                "line {line}: the journal says version {version}, whose every line carries a sequence number and previous-line hash, but its lines have none (they were removed)"
             ),
             Problem::Unchained => write!(
                 f,
@@ -192,8 +207,19 @@ impl Checker {
         let here = link(bytes);
         let (seq, prev) = match (line.seq, &line.prev) {
             (None, None) if self.chained != Some(true) => {
+                let first = self.chained.is_none();
                 self.chained = Some(false);
-                return Verdict::Accept;
+                match &line.event {
+                    Event::RunStarted { version, .. }
+                        if first && *version >= crate::record::events::CHAINED_SINCE =>
+                    {
+                        return Verdict::Break(Break {
+                            line: number,
+                            problem: Problem::Stripped { version: *version },
+                        })
+                    }
+                    _ => return Verdict::Accept,
+                }
             }
             (Some(seq), Some(prev)) if self.chained != Some(false) => (seq, prev.as_str()),
             _ => {

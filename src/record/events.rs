@@ -42,8 +42,13 @@ impl Status {
 
 /// The journal format [`Event::RunStarted`] records. Version 0 (no `version`
 /// field) is what opsrun wrote before the format had one; `record::legacy`
-/// reads it.
-pub const JOURNAL_VERSION: u32 = 1;
+/// reads it. Version 1 had no hash chain; version 2 is chained.
+pub const JOURNAL_VERSION: u32 = 2;
+
+/// The first journal version whose every line carries its chain fields: a
+/// journal that says this version (or later) without them had them stripped,
+/// and is broken, not one from an older opsrun.
+pub const CHAINED_SINCE: u32 = 2;
 
 /// What a step's events are part of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

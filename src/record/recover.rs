@@ -15,9 +15,19 @@ use std::path::Path;
 /// and a sentence saying what it was rebuilt from.
 pub fn start(dir: &Path, events: &[Event]) -> (Event, String) {
     let id = crate::record::view::dir_name(dir);
+    let unknown = || "(unknown: the first event is damaged)".to_string();
     let copy = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
     let source = |name: &str, text: &str| {
         crate::diagnostic::SourceFile::new(dir.join(name), text.to_string())
+    };
+    // What the copies must hash to: what the run's log states, when there is one
+    // (the journal's record of it is the damaged line); else only the copy itself.
+    let log = copy(crate::record::binding::LOG_FILE);
+    let expected = |name: &str, text: Option<&str>| {
+        log.as_deref()
+            .and_then(|l| crate::record::binding::stated_file(l, name))
+            .or_else(|| text.map(|t| sha256_hex(t.as_bytes())))
+            .unwrap_or_else(unknown)
     };
     let runbook_text = copy("runbook.yaml");
     let inventory_text = copy("inventory.yaml");
@@ -46,7 +56,6 @@ pub fn start(dir: &Path, events: &[Event]) -> (Event, String) {
             _ => {}
         }
     }
-    let unknown = || "(unknown: the first event is damaged)".to_string();
     let time = events.first().map_or_else(crate::clock::now, Event::time);
     let event = Event::RunStarted {
         time,
@@ -58,14 +67,10 @@ pub fn start(dir: &Path, events: &[Event]) -> (Event, String) {
         runbook: runbook.as_ref().map_or_else(unknown, |r| r.name.clone()),
         runbook_version: runbook.as_ref().and_then(|r| r.version.clone()),
         runbook_path: dir.join("runbook.yaml").to_string_lossy().into_owned(),
-        runbook_sha256: runbook_text
-            .as_deref()
-            .map_or_else(unknown, |t| sha256_hex(t.as_bytes())),
+        runbook_sha256: expected("runbook.yaml", runbook_text.as_deref()),
         inventory: inventory.as_ref().map_or_else(unknown, |i| i.name.clone()),
         inventory_path: dir.join("inventory.yaml").to_string_lossy().into_owned(),
-        inventory_sha256: inventory_text
-            .as_deref()
-            .map_or_else(unknown, |t| sha256_hex(t.as_bytes())),
+        inventory_sha256: expected("inventory.yaml", inventory_text.as_deref()),
         operator: operator.unwrap_or_else(unknown),
         control_host: unknown(),
         ticket: None,
@@ -84,8 +89,15 @@ pub fn start(dir: &Path, events: &[Event]) -> (Event, String) {
         start_at: None,
         registry_key: None,
     };
+    let checked = match log
+        .as_deref()
+        .and_then(|l| crate::record::binding::stated_file(l, "runbook.yaml"))
+    {
+        Some(_) => " (to be checked against the sha256 its log states)",
+        None => " (no log states their sha256: they cannot be checked)",
+    };
     let note = format!(
-        "the run's identity is recovered from what is intact: run id `{id}` from the run directory's name, runbook and inventory from the copies beside the journal, hosts and operator from the later events; its params, ticket and --limit are not recovered (only the hosts the events name are touched)"
+        "the run's identity is recovered from what is intact: run id `{id}` from the run directory's name, runbook and inventory from the copies beside the journal{checked}, hosts and operator from the later events; its params, ticket and --limit are not recovered (only the hosts the events name are touched)"
     );
     (event, note)
 }

@@ -130,6 +130,13 @@ pub fn render(
     if signer.is_none() {
         let _ = writeln!(o, "> {UNSIGNED_BANNER}\n");
     }
+    if let Some(r) = binding.and_then(|b| b.rendered.as_ref()) {
+        let _ = writeln!(
+            o,
+            "> **Rendered later**: {}.\n",
+            crate::report::signature::rendered_later(r)
+        );
+    }
     if finished.is_none() {
         let _ = writeln!(
             o,

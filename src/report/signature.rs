@@ -65,6 +65,8 @@ pub struct Stated {
     /// The run the document is the log of, and its journal (absent in a plan
     /// and in logs written before logs were bound to their run).
     pub binding: Option<Binding>,
+    /// The log says it was rendered by `opsrun log` after its run (the rest of that line).
+    pub rendered: Option<String>,
 }
 
 /// `journal.jsonl`, N events, chain hash `HEX`
@@ -74,6 +76,15 @@ fn journal_line(events: u64, head: &str) -> String {
         code(crate::record::journal::FILE),
         binding::labels::CHAIN_HASH,
         code(head)
+    )
+}
+
+/// What a log rendered by `opsrun log` after its run says of itself.
+pub fn rendered_later(r: &binding::Rendered) -> String {
+    format!(
+        "from the journal by `opsrun log` at {} by {}, not at the end of the run",
+        cell(&r.at),
+        code(&r.by)
     )
 }
 
@@ -122,6 +133,8 @@ pub fn stated(text: &str) -> Stated {
         } else if let Some(rest) = line.strip_prefix(labels::OPERATOR) {
             s.binding.get_or_insert_with(Binding::default).operator =
                 inline_code(rest).unwrap_or_default();
+        } else if let Some(rest) = line.strip_prefix(labels::RENDERED) {
+            s.rendered = Some(rest.trim().to_string());
         } else if let Some(f) = line.strip_prefix(labels::FILE).and_then(parse_file) {
             s.binding.get_or_insert_with(Binding::default).files.push(f);
         } else if let Some(r) = output_reference(line) {
@@ -182,6 +195,9 @@ pub fn verify_section(
         let _ = writeln!(o, "{}{}", labels::OPERATOR, code(&b.operator));
         for (f, sha) in &b.files {
             let _ = writeln!(o, "{}{} sha256 {}", labels::FILE, code(f), code(sha));
+        }
+        if let Some(r) = &b.rendered {
+            let _ = writeln!(o, "{}{}", labels::RENDERED, rendered_later(r));
         }
         let _ = writeln!(o);
     }

@@ -178,31 +178,48 @@ pub fn verify(doc: &Path, opts: &VerifyOptions) -> Result<Verification, SignErro
     };
     let journal = dir.join(crate::record::journal::FILE);
     let beside = journal.is_file();
-    if let Some(b) = &stated.binding {
-        if beside {
-            binding_checks(&mut v, dir, &journal, b);
-        } else {
-            v.check(
-                "run",
-                true,
-                format!(
-                    "not checked: no journal beside the log (a log on its own); the run `{}`, its journal's chain hash and the {} it cites could not be checked against the run directory",
-                    b.run,
-                    crate::plural::count(b.files.len() + stated.outputs.len(), "file", "files")
-                ),
-            );
-            return Ok(v);
-        }
-    } else if !stated.outputs.is_empty() && !beside {
-        v.check(
+    let here = crate::record::view::dir_name(
+        &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+    );
+    // A log where its run left it, but without the journal: moving the journal
+    // away must not turn a failed check into "a log on its own".
+    let in_run_dir = ["runbook.yaml", "inventory.yaml", "outputs"]
+        .iter()
+        .find(|f| dir.join(f).exists())
+        .map(|f| format!("`{f}` is beside it"))
+        .or_else(|| {
+            stated
+                .binding
+                .as_ref()
+                .filter(|b| !b.run.is_empty() && b.run == here)
+                .map(|b| format!("the directory is named for its run `{}`", b.run))
+        });
+    let alone = !beside && in_run_dir.is_none();
+    match (&stated.binding, beside, &in_run_dir) {
+        (Some(b), true, _) => binding_checks(&mut v, dir, &journal, b),
+        (None, true, _) => unbound_beside_journal(&mut v, &journal),
+        (_, false, Some(why)) => v.check(
+            "journal",
+            false,
+            format!(
+                "the journal is missing: the log sits in its run directory ({why}) but `{}` is not there",
+                crate::record::journal::FILE
+            ),
+        ),
+        (Some(b), false, None) => v.check(
             "run",
             true,
             format!(
-                "not checked: no journal beside the log (a log on its own); the {} it cites could not be checked",
-                crate::plural::count(stated.outputs.len(), "output file", "output files")
+                "not checked: no journal beside the log (a log on its own); the run `{}`, its journal's chain hash and the cited files not beside it could not be checked against the run directory",
+                b.run
             ),
-        );
-        return Ok(v);
+        ),
+        (None, false, None) if !stated.outputs.is_empty() => v.check(
+            "run",
+            true,
+            "not checked: no journal beside the log (a log on its own); the cited output files not beside it could not be checked",
+        ),
+        (None, false, None) => {}
     }
     let files = stated
         .binding
@@ -236,6 +253,8 @@ pub fn verify(doc: &Path, opts: &VerifyOptions) -> Result<Verification, SignErro
                     );
                 }
             }
+            // Mailed alone: what is not beside it is what it could not check (said above).
+            Err(e) if alone && e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => v.check(&name, false, format!("cannot read: {e}")),
         }
     }
@@ -243,42 +262,79 @@ pub fn verify(doc: &Path, opts: &VerifyOptions) -> Result<Verification, SignErro
 }
 
 /// The signer must be the operator the log names: a teammate trusted in
-/// allowed_signers who re-signs a colleague's log under their own name fails.
+/// allowed_signers who re-signs a colleague's log under their own name fails,
+/// whether or not the log still carries its binding lines.
 fn operator_check(v: &mut Verification, text: &[u8], stated: &Stated, opts: &VerifyOptions) {
-    let Some(b) = &stated.binding else {
+    let text = String::from_utf8_lossy(text);
+    // The Operator row as the document writes it; host output (in fences) may imitate it.
+    const ROW: &str = "| Operator | ";
+    let rows: Vec<&str> = crate::record::binding::outside_fences(&text)
+        .filter(|l| l.starts_with(ROW))
+        .collect();
+    // The row's cell is table text in older logs, a code span in newer ones.
+    let names = |who: &str| {
+        [
+            crate::report::markdown::cell(who),
+            crate::report::markdown::code_cell(who),
+        ]
+        .iter()
+        .any(|c| rows.contains(&format!("{ROW}{c} |").as_str()))
+    };
+    if let Some(b) = &stated.binding {
+        if !names(&b.operator) {
+            v.check(
+                "operator",
+                false,
+                format!(
+                    "the log's Operator row does not name `{}`, the operator the log is bound to",
+                    b.operator
+                ),
+            );
+            return;
+        }
+    }
+    let Some(s) = opts.identity.as_ref().or(stated.identity.as_ref()) else {
         return;
     };
-    let text = String::from_utf8_lossy(text);
-    // The Operator row as the log writes it, for the stated operator; host
-    // output (in fences) may imitate it.
-    let row = format!(
-        "| Operator | {} |",
-        crate::report::markdown::code_cell(&b.operator)
-    );
-    if !crate::record::binding::outside_fences(&text).any(|l| l == row) {
-        v.check(
-            "operator",
-            false,
-            format!(
-                "the log's Operator row does not name `{}`, the operator the log is bound to",
-                b.operator
-            ),
-        );
-        return;
-    }
-    let signer = opts.identity.as_ref().or(stated.identity.as_ref());
-    match signer {
-        Some(s) if *s == b.operator => v.check(
-            "operator",
-            true,
-            format!("signed by the operator the log names (`{s}`)"),
-        ),
-        Some(s) => v.check(
+    match (&stated.binding, rows.first()) {
+        (Some(b), _) if *s != b.operator => v.check(
             "operator",
             false,
             format!("the log names operator `{}` but is signed as `{s}`: a log is signed by the operator who ran it", b.operator),
         ),
-        None => {}
+        (None, Some(row)) if !names(s) => v.check(
+            "operator",
+            false,
+            format!(
+                "the document's Operator row says `{}` but it is signed as `{s}`: a log is signed by the operator who ran it",
+                // The cell as written: plain, or a code span.
+                row.trim_start_matches(ROW)
+                    .trim_end_matches(" |")
+                    .trim_matches('`')
+                    .trim()
+            ),
+        ),
+        (None, None) => {}
+        _ => v.check(
+            "operator",
+            true,
+            format!("signed by the operator the log names (`{s}`)"),
+        ),
+    }
+}
+
+/// A log without binding lines beside a hash-chained journal: logs of chained
+/// journals are always bound, so the binding was removed (with it, the checks
+/// against the run directory).
+fn unbound_beside_journal(v: &mut Verification, journal: &Path) {
+    match crate::record::journal::read(journal) {
+        Ok(r) if r.chain != crate::record::chain::Chain::Unchained => v.check(
+            "run",
+            false,
+            "the log states no binding to its run (no `- Run:` / `- Journal:` lines), but a hash-chained journal sits beside it: every log of a chained journal states one, so it was removed",
+        ),
+        Ok(_) => {}
+        Err(e) => v.check("journal", false, e.to_string()),
     }
 }
 
@@ -348,7 +404,7 @@ fn binding_checks(v: &mut Verification, dir: &Path, journal: &Path, b: &Binding)
                 "journal",
                 false,
                 crate::record::chain::Break {
-                    line: usize::try_from(*n).unwrap_or(usize::MAX),
+                    line: crate::record::binding::break_at(&replay, *n, &p).0,
                     problem: p,
                 }
                 .to_string(),

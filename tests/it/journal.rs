@@ -881,3 +881,291 @@ fn a_damaged_first_line_still_rolls_back_from_the_intact_events_and_says_so() {
         );
     }
 }
+
+/// sha256 of a journal line's bytes (without its newline): what the next line's `prev` is.
+fn link(line: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(line.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `text` with `extra` events appended, chained on as opsrun chains (what the
+/// hostile tester's rechain script does): the lines already there are untouched.
+fn append_chained(text: &str, extra: &[serde_json::Value]) -> String {
+    let mut out = text.to_string();
+    let mut prev = link(text.lines().last().unwrap());
+    let mut seq = text.lines().count() as u64;
+    for e in extra {
+        seq += 1;
+        let mut e = e.clone();
+        e["seq"] = seq.into();
+        e["prev"] = prev.clone().into();
+        let line = serde_json::to_string(&e).unwrap();
+        prev = link(&line);
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The journal's events, as JSON.
+fn events_of(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn events_appended_past_the_logs_chain_head_are_a_break_for_log_verify_runs_and_rollback() {
+    let (lab, hosts) = local_lab("append");
+    lab.write("runbooks/fails.yaml", FAILS);
+    let run = lab.run(&["fails", "--env", "local", "--yes"], &[], None);
+    assert_ne!(run.code, 0);
+    let dir = run.dir().to_path_buf();
+    let text = fs::read_to_string(dir.join("journal.jsonl")).unwrap();
+    let n = text.lines().count();
+    // A rechained `run_finished` that says succeeded, after the real one.
+    let mut finished = events_of(&text).pop().unwrap();
+    finished["outcome"] = "succeeded".into();
+    finished["message"] = "all steps completed".into();
+    fs::write(
+        dir.join("journal.jsonl"),
+        append_chained(&text, &[finished]),
+    )
+    .unwrap();
+    let log = fs::read(dir.join("log.md")).unwrap();
+    let said = format!(
+        "the hash chain is broken at line {}: event #{} follows the last event log.md was written from (#{n}",
+        n + 1,
+        n + 1
+    );
+    let out = lab.test(&["log", &run.id()]).output();
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains(&said), "{}", out.stderr);
+    assert_eq!(
+        fs::read(dir.join("log.md")).unwrap(),
+        log,
+        "log.md unchanged"
+    );
+    let v = lab.test(&["verify", &run.id()]).output();
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(
+        v.stdout.contains(&format!(
+            "FAILED  journal: line {}: event #{} follows the last event log.md was written from",
+            n + 1,
+            n + 1
+        )),
+        "{}",
+        v.stdout
+    );
+    let runs = lab.test(&["runs"]).output();
+    assert!(runs.stderr.contains(&said), "{}", runs.stderr);
+    assert_eq!(lab.runs_table()[0]["result"], "failed");
+
+    // A log edited to state the forged head is no anchor: its signature no longer covers it.
+    let head = link(
+        fs::read_to_string(dir.join("journal.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    );
+    let text_log = String::from_utf8(log.clone()).unwrap();
+    let stated = text_log
+        .lines()
+        .find(|l| l.starts_with("- Journal: "))
+        .unwrap()
+        .to_string();
+    let forged = text_log.replace(
+        &stated,
+        &format!(
+            "- Journal: `journal.jsonl`, {} events, chain hash `{head}`",
+            n + 1
+        ),
+    );
+    fs::write(dir.join("log.md"), &forged).unwrap();
+    let out = lab.test(&["log", &run.id()]).output();
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("log.md's signature does not verify against the public key it states"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fs::read_to_string(dir.join("log.md")).unwrap(), forged);
+    fs::remove_file(dir.join("log.md.sig")).unwrap();
+    let out = lab.test(&["log", &run.id()]).output();
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("log.md.sig is missing"),
+        "{}",
+        out.stderr
+    );
+    assert!(!dir.join("log.md.sig").exists());
+    let _ = hosts;
+}
+
+#[test]
+fn undo_events_appended_past_the_logs_chain_head_do_not_make_rollback_skip_an_undo() {
+    let (lab, hosts) = local_lab("appundo");
+    let run = lab.run(&["three", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let text = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
+    // "One was undone already": its step's events again, as the undo phase.
+    let undone: Vec<serde_json::Value> = events_of(&text)
+        .into_iter()
+        .filter(|e| {
+            e["step"] == "One"
+                && ["step_started", "target_finished", "step_finished"]
+                    .contains(&e["event"].as_str().unwrap_or_default())
+        })
+        .map(|mut e| {
+            e["phase"] = "undo".into();
+            e
+        })
+        .collect();
+    assert!(undone.len() >= 3, "{undone:?}");
+    fs::write(
+        run.dir().join("journal.jsonl"),
+        append_chained(&text, &undone),
+    )
+    .unwrap();
+    // With the log's stated head moved along (its signature then fails), rollback says so.
+    let log = fs::read_to_string(run.dir().join("log.md")).unwrap();
+    let stated = log
+        .lines()
+        .find(|l| l.starts_with("- Journal: "))
+        .unwrap()
+        .to_string();
+    let forged = log.replace(&stated, &format!("{stated} "));
+    fs::write(run.dir().join("log.md"), &forged).unwrap();
+    let dry = lab.test(&["rollback", &run.id(), "--dry-run"]).output();
+    assert!(
+        dry.stderr
+            .contains("log.md's signature does not verify against the public key it states"),
+        "{}",
+        dry.stderr
+    );
+    fs::write(run.dir().join("log.md"), &log).unwrap();
+
+    let undo = lab.run(&["rollback", &run.id(), "--yes"], &[], None);
+    undo.expect_code(0);
+    assert!(
+        undo.stderr
+            .contains("follows the last event log.md was written from"),
+        "{}",
+        undo.stderr
+    );
+    assert!(
+        !undo.stderr.contains("signature does not verify"),
+        "{}",
+        undo.stderr
+    );
+    for h in &hosts {
+        assert_eq!(
+            host_events(&lab, h),
+            ["one", "two", "three", "undo-two", "undo-one"],
+            "{h}"
+        );
+    }
+}
+
+/// Every line of `text` without its chain fields, and its `run_started` saying `version`.
+fn unchained(text: &str, version: u64) -> String {
+    events_of(text)
+        .into_iter()
+        .map(|mut e| {
+            let o = e.as_object_mut().unwrap();
+            o.remove("seq");
+            o.remove("prev");
+            if o["event"] == "run_started" {
+                o.insert("version".into(), version.into());
+            }
+            serde_json::to_string(&e).unwrap() + "\n"
+        })
+        .collect()
+}
+
+#[test]
+fn a_journal_of_the_chained_version_stripped_of_its_chain_is_broken_not_legacy() {
+    let (lab, _) = local_lab("strip");
+    let run = lab.run(&["three", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let text = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
+    let written = &events_of(&text)[0]["version"];
+    assert!(
+        written.as_u64().unwrap() >= 2,
+        "chained journals are version 2: {written}"
+    );
+    let id = format!("{}-strip", run.id());
+    let dir = damaged_copy(&lab, run.dir(), &id, unchained(&text, 2).as_bytes());
+    let out = lab.test(&["log", &id]).output();
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "the hash chain is broken at line 1: the journal says version 2, whose every line carries a sequence number and previous-line hash, but its lines have none"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!dir.join("log.md").exists());
+    let undo = lab.test(&["rollback", &id, "--yes"]).output();
+    assert_ne!(undo.code, 0, "{undo:?}");
+
+    // The version written before the chain (1) still reads as a journal without one.
+    let id = format!("{}-v1", run.id());
+    let dir = damaged_copy(&lab, run.dir(), &id, unchained(&text, 1).as_bytes());
+    let out = lab.test(&["log", &id, "--no-sign"]).output();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(fs::read_to_string(dir.join("log.md"))
+        .unwrap()
+        .contains("no chain (written by an older opsrun)"));
+}
+
+#[test]
+fn rollback_refuses_a_run_directory_copy_edited_after_the_run_before_anything_runs() {
+    let (lab, hosts) = local_lab("copy");
+    let run = lab.run(&["three", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let pwned = lab.path().join("PWNED");
+    let edit = |dir: &Path| {
+        let book = dir.join("runbook.yaml");
+        let text = fs::read_to_string(&book).unwrap();
+        let evil = text.replace(
+            "rollback: echo undo-one",
+            &format!("rollback: touch {} ; echo undo-one", pwned.display()),
+        );
+        assert_ne!(evil, text);
+        fs::write(&book, evil).unwrap();
+    };
+    let text = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
+    // The same copy edited in a run whose first line is damaged: checked against its log.
+    let first = text.lines().next().unwrap();
+    let id = format!("{}-first", run.id());
+    let damaged = damaged_copy(
+        &lab,
+        run.dir(),
+        &id,
+        text.replacen(first, &first[..first.len() / 3], 1)
+            .as_bytes(),
+    );
+    fs::copy(run.dir().join("log.md"), damaged.join("log.md")).unwrap();
+    for (dir, id) in [(run.dir().to_path_buf(), run.id()), (damaged, id)] {
+        edit(&dir);
+        let undo = lab.test(&["rollback", &id, "--yes"]).output();
+        assert_eq!(undo.code, 2, "{undo:?}");
+        assert!(
+            undo.stderr.contains(&format!(
+                "runbook.yaml` is not the file run {id} ran: its sha256 is"
+            )),
+            "{}",
+            undo.stderr
+        );
+        assert!(!pwned.exists(), "the edited copy ran");
+        for h in &hosts {
+            assert_eq!(host_events(&lab, h), ["one", "two", "three"], "{h}");
+        }
+    }
+}

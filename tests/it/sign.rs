@@ -572,6 +572,7 @@ fn a_teammate_who_re_signs_a_colleagues_log_fails_verify() {
     let a = allowed.display().to_string();
     let log = dir.join("log.md");
     let original = std::fs::read_to_string(&log).unwrap();
+    let original_sig = std::fs::read(dir.join("log.md.sig")).unwrap();
     let colleague_pub = colleague.with_extension("pub");
 
     // The teammate edits the log and re-signs it with their own key, trusted in
@@ -618,29 +619,28 @@ fn a_teammate_who_re_signs_a_colleagues_log_fails_verify() {
         assert!(s.contains(&says), "{s}");
     }
 
-    // Through opsrun: `opsrun log` as the teammate warns, and its log fails too.
+    // Through opsrun: `opsrun log` as the teammate is refused, and the
+    // colleague's signed log stays as it was.
     let m = mate.display().to_string();
     let d = dir.display().to_string();
     std::fs::write(&log, &original).unwrap();
+    std::fs::write(dir.join("log.md.sig"), &original_sig).unwrap();
     let out = sb.opsrun(
         &["log", &d, "--sign-key", &m],
         &[("OPSRUN_OPERATOR", "mate")],
     );
-    expect_code(&out, 0, "opsrun log as mate");
+    expect_code(&out, 2, "opsrun log as mate");
     assert!(
-        text(&out.stderr).contains(&format!("was run by `{OPERATOR}`, signing as `mate`")),
+        text(&out.stderr).contains(&format!(
+            "was run by `{OPERATOR}`, and a log is signed by the operator who ran it: signing it as `mate`"
+        )),
         "{}",
         out.stderr
     );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), original);
+    assert_eq!(std::fs::read(dir.join("log.md.sig")).unwrap(), original_sig);
     let out = verify(&sb, &log, &["--allowed-signers", &a]);
-    expect_code(&out, 1, "re-signed by opsrun log as a teammate");
-    assert!(
-        text(&out.stdout).contains(&format!(
-            "FAILED  operator: the log names operator `{OPERATOR}` but is signed as `mate`"
-        )),
-        "{}",
-        out.stdout
-    );
+    expect_code(&out, 0, "the colleague's log, untouched");
 }
 
 #[test]
@@ -690,4 +690,130 @@ fn verify_takes_a_run_id_as_log_and_rollback_do() {
     assert!(s.contains("VERIFIED"), "{s}");
     let out = sb.opsrun(&["verify", "no-such-run"], &[]);
     assert_eq!(out.code, 2, "{out:?}");
+}
+
+/// Signs `log` again with `key` as stock ssh-keygen does (what a teammate with
+/// an editor and their own key can do).
+fn keygen_resign(key: &Path, log: &Path) {
+    let _ = std::fs::remove_file(log.with_extension("md.sig"));
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "opsrun-log", "-f"])
+        .arg(key)
+        .arg(log)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn a_log_stripped_of_its_binding_beside_a_chained_journal_fails_verify() {
+    let (sb, colleague, dir) = signed_sandbox();
+    let mate = sb.keygen("mate", "ed25519", "", false);
+    let log = dir.join("log.md");
+    let original = std::fs::read_to_string(&log).unwrap();
+    // The "bound" paragraph and its `- Run/Journal/Operator/File` lines removed.
+    let unbound: String = original
+        .lines()
+        .filter(|l| {
+            !(l.starts_with("This log is bound to its run")
+                || ["- Run: ", "- Journal: ", "- Operator: ", "- File: "]
+                    .iter()
+                    .any(|p| l.starts_with(p)))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(unbound.len() < original.len());
+    std::fs::write(&log, &unbound).unwrap();
+    keygen_resign(&colleague, &log);
+    let out = verify(&sb, &log, &[]);
+    expect_code(&out, 1, "an unbound log beside a chained journal");
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("FAILED  run: the log states no binding to its run (no `- Run:` / `- Journal:` lines), but a hash-chained journal sits beside it"),
+        "{s}"
+    );
+
+    // And re-signed by a teammate under their own name: the Operator row still names the colleague.
+    let mate_pub = mate.with_extension("pub");
+    let colleague_pub = colleague.with_extension("pub");
+    let as_mate = unbound
+        .replace(&format!("- Signer: `{OPERATOR}`"), "- Signer: `mate`")
+        .replace(&fingerprint(&colleague_pub), &fingerprint(&mate_pub))
+        .replace(&public_key(&colleague_pub), &public_key(&mate_pub));
+    std::fs::write(&log, &as_mate).unwrap();
+    keygen_resign(&mate, &log);
+    let out = verify(&sb, &log, &[]);
+    expect_code(&out, 1, "an unbound log re-signed by a teammate");
+    let s = text(&out.stdout);
+    assert!(
+        s.contains(&format!(
+            "FAILED  operator: the document's Operator row says `{OPERATOR}` but it is signed as `mate`"
+        )),
+        "{s}"
+    );
+}
+
+#[test]
+fn moving_the_journal_away_does_not_turn_a_failed_verify_into_a_log_on_its_own() {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let key = sb.keygen("colleague", "ed25519", "", false);
+    let dir = run_signed(&sb, &key, &[]);
+    let log = dir.join("log.md");
+    let output = files(&dir.join("outputs"))
+        .into_iter()
+        .next()
+        .expect("an output file");
+    std::fs::write(&output, "tampered\n").unwrap();
+    let name = output.strip_prefix(&dir).unwrap().display().to_string();
+    expect_code(&verify(&sb, &log, &[]), 1, "a tampered output");
+    std::fs::rename(dir.join("journal.jsonl"), sb.root().join("journal.jsonl")).unwrap();
+    let out = verify(&sb, &log, &[]);
+    expect_code(&out, 1, "the journal moved away");
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("FAILED  journal: the journal is missing: the log sits in its run directory"),
+        "{s}"
+    );
+    assert!(
+        s.contains(&format!("FAILED  output {name}: sha256 is ")),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_log_rendered_by_opsrun_log_says_so_and_the_run_prints_its_chain_hash() {
+    let sb = Sandbox::new();
+    sb.runbook("simple", SIMPLE);
+    let key = sb.keygen("colleague", "ed25519", "", false);
+    let k = key.display().to_string();
+    let out = sb.opsrun(&["simple", "--env", "demo", "--yes", "--sign-key", &k], &[]);
+    expect_code(&out, 0, "signed run");
+    let dir = sb.runs().pop().expect("a run");
+    let log = std::fs::read_to_string(dir.join("log.md")).unwrap();
+    assert!(!log.contains("Rendered later"), "{log}");
+    let stated = log
+        .lines()
+        .find_map(|l| l.strip_prefix("- Journal: `journal.jsonl`, "))
+        .expect("a stated chain");
+    let (n, head) = stated.split_once(" events, chain hash ").unwrap();
+    let said = format!(
+        "journal chain hash {} ({n} events): put it on the ticket with the log",
+        head.trim_matches('`')
+    );
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains(&said), "{said}\n{all}");
+
+    let d = dir.display().to_string();
+    let out = sb.opsrun(&["log", &d, "--sign-key", &k], &[]);
+    expect_code(&out, 0, "opsrun log");
+    let again = std::fs::read_to_string(dir.join("log.md")).unwrap();
+    let banner = "> **Rendered later**: from the journal by `opsrun log` at ";
+    assert!(again.contains(banner), "{again}");
+    assert!(
+        again.contains(&format!("by `{OPERATOR}`, not at the end of the run")),
+        "{again}"
+    );
+    assert!(again.contains("- Rendered: from the journal by `opsrun log` at "));
+    expect_code(&verify(&sb, &dir.join("log.md"), &[]), 0, "still verifies");
 }

@@ -406,3 +406,21 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A log rendered by `opsrun log` after its run, without the lines that say so
+/// (issue 12): the banner under the title and the `- Rendered:` line.
+pub fn without_rendered_later(log: &str) -> String {
+    let banner = "> **Rendered later**: from the journal by `opsrun log` at ";
+    let line = "- Rendered: from the journal by `opsrun log` at ";
+    assert!(log.contains(banner) && log.contains(line), "{log}");
+    let mut out = String::new();
+    let mut lines = log.split_inclusive('\n');
+    while let Some(l) = lines.next() {
+        if l.starts_with(banner) {
+            lines.next(); // its blank line
+        } else if !l.starts_with(line) {
+            out.push_str(l);
+        }
+    }
+    out
+}
