@@ -85,6 +85,19 @@ pub fn stated_journal(log: &str) -> Option<(u64, String)> {
         .last()
 }
 
+/// The run a log states it is of (`` - Run: `ID` ``), if it states one. Run
+/// ids hold no backtick: no Markdown unescaping is needed.
+pub fn stated_run(log: &str) -> Option<String> {
+    outside_fences(log)
+        .filter_map(|l| {
+            l.strip_prefix(labels::RUN)?
+                .strip_prefix('`')?
+                .strip_suffix('`')
+        })
+        .find(|id| !id.contains('`'))
+        .map(str::to_string)
+}
+
 /// The sha256 a log states for the run directory's file `name`
 /// (`` - File: `runbook.yaml` sha256 `HEX` ``), if it states one.
 pub fn stated_file(log: &str, name: &str) -> Option<String> {
@@ -132,13 +145,29 @@ pub fn check_against_log(dir: &Path, replay: &mut Replay) {
     if replay.broken().is_some() {
         return;
     }
-    let Some((n, head)) = std::fs::read_to_string(dir.join(LOG_FILE))
-        .ok()
-        .as_deref()
-        .and_then(stated_journal)
-    else {
+    let Ok(log) = std::fs::read_to_string(dir.join(LOG_FILE)) else {
         return;
     };
+    let Some((n, head)) = stated_journal(&log) else {
+        return;
+    };
+    // A log of another run (copied in by mistake or on purpose) says nothing
+    // of this journal: it is no anchor, and this journal is not cut at it.
+    let run = replay.events.iter().find_map(|e| match e {
+        crate::record::events::Event::RunStarted { run_id, .. } => Some(run_id.as_str()),
+        _ => None,
+    });
+    if let (Some(logged), Some(run)) = (stated_run(&log), run) {
+        if logged != run {
+            let w = format!(
+                "{} is the log of run `{logged}`, not of run `{run}` whose journal is beside it: it is not used to check the journal (`opsrun log {run}` writes this run's own)",
+                dir.join(LOG_FILE).display()
+            );
+            replay.warnings.push(w.clone());
+            replay.chain_warnings.push(w);
+            return;
+        }
+    }
     let Some(problem) = differs(replay, n, &head) else {
         return;
     };

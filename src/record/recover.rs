@@ -41,7 +41,11 @@ pub fn start(dir: &Path, events: &[Event]) -> (Event, String) {
     let mut operator = None;
     for e in events {
         match e {
-            Event::TargetFinished { host, login, .. } if !hosts.iter().any(|h| h.name == *host) => {
+            // A `local: true` step's target is the control machine, no inventory host.
+            Event::TargetFinished { host, login, .. }
+                if host != crate::plan::HostRef::CONTROL_NAME
+                    && !hosts.iter().any(|h| h.name == *host) =>
+            {
                 hosts.push(HostInfo {
                     name: host.clone(),
                     address: "(not recorded)".into(),

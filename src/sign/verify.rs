@@ -340,15 +340,31 @@ fn unbound_beside_journal(v: &mut Verification, journal: &Path) {
 
 /// The run the log states against the run directory it sits in.
 fn binding_checks(v: &mut Verification, dir: &Path, journal: &Path, b: &Binding) {
-    let here = crate::record::view::dir_name(
-        &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
-    );
+    let replay = match crate::record::journal::read(journal) {
+        Ok(r) => r,
+        Err(e) => return v.check("journal", false, e.to_string()),
+    };
+    // Which run the directory holds is what its journal says (a run directory
+    // archived under the ticket's name is still that run); the directory's
+    // name only where the journal's first event is damaged.
+    let here = replay
+        .events
+        .iter()
+        .find_map(|e| match e {
+            crate::record::events::Event::RunStarted { run_id, .. } => Some(run_id.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            crate::record::view::dir_name(
+                &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+            )
+        });
     if here == b.run {
         v.check(
             "run",
             true,
             format!(
-                "the log is of run `{}`, the run directory it sits in",
+                "the log is of run `{}`, the run whose journal is beside it",
                 b.run
             ),
         );
@@ -356,13 +372,9 @@ fn binding_checks(v: &mut Verification, dir: &Path, journal: &Path, b: &Binding)
         v.check(
             "run",
             false,
-            format!("the log is of run `{}` but sits in the run directory of `{here}` (copied from another run?)", b.run),
+            format!("the log is of run `{}` but the journal beside it is of run `{here}` (copied from another run?)", b.run),
         );
     }
-    let replay = match crate::record::journal::read(journal) {
-        Ok(r) => r,
-        Err(e) => return v.check("journal", false, e.to_string()),
-    };
     let recorded = replay.events.iter().find_map(|e| match e {
         crate::record::events::Event::RunStarted { operator, .. } => Some(operator.clone()),
         _ => None,

@@ -392,8 +392,9 @@ fn runs_lists_ticket_and_what_became_of_each_run_in_aligned_columns() {
         ]
     );
 
-    // The original's log, re-rendered, says it was rolled back and by which run.
-    let log = lab.run(&["log", &ok_id], &[], None);
+    // The original's log, re-rendered (by its operator, who signs it), says it
+    // was rolled back and by which run.
+    let log = lab.run(&["log", &ok_id], &[("OPSRUN_OPERATOR", "张三")], None);
     log.expect_code(0);
     let md = log.log_md();
     assert!(md.contains("| Result | **SUCCEEDED** |"), "{md}");
@@ -1168,4 +1169,70 @@ fn rollback_refuses_a_run_directory_copy_edited_after_the_run_before_anything_ru
             assert_eq!(host_events(&lab, h), ["one", "two", "three"], "{h}");
         }
     }
+}
+
+/// A run with a `local: true` step (its target is the control machine, named
+/// `localhost`, no inventory host): recovered from a damaged first line, its
+/// hosts are the inventory's only, and it still rolls back.
+#[test]
+fn a_damaged_first_line_of_a_run_with_a_local_step_still_rolls_back() {
+    let (lab, hosts) = local_lab("firstlocal");
+    lab.write(
+        "runbooks/withlocal.yaml",
+        "name: withlocal\nhosts: app\nsteps:\n\
+         \x20 - name: prepare\n    local: true\n    run: \"true\"\n\
+         \x20 - name: one\n    run: echo one >> {{ root | quote }}/events\n    rollback: echo undo-one >> {{ root | quote }}/events\n",
+    );
+    let run = lab.run(&["withlocal", "--env", "local", "--yes"], &[], None);
+    run.expect_code(0);
+    let text = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
+    let first = text.lines().next().unwrap();
+    let damaged = text.replacen(first, &first[..first.len() / 3], 1);
+    let id = format!("{}-firstlocal", run.id());
+    damaged_copy(&lab, run.dir(), &id, damaged.as_bytes());
+    let undo = lab.run(&["rollback", &id, "--yes"], &[], None);
+    undo.expect_code(0);
+    assert!(
+        !undo.stderr.contains("unknown group or host"),
+        "{}",
+        undo.stderr
+    );
+    for h in &hosts {
+        assert_eq!(host_events(&lab, h), ["one", "undo-one"], "{h}");
+    }
+}
+
+/// Another run's log copied into a run directory is no anchor for its journal:
+/// the run stays what its intact journal says, and readers say which log it is.
+#[test]
+fn a_log_of_another_run_beside_an_intact_journal_does_not_cut_it() {
+    let (lab, _) = local_lab("otherlog");
+    let a = lab.run(&["three", "--env", "local", "--yes"], &[], None);
+    a.expect_code(0);
+    // A second run, shorter (it fails at its first step), so its log states fewer events.
+    lab.write(
+        "runbooks/short.yaml",
+        "name: short\nhosts: app\nsteps:\n  - name: fail\n    run: exit 1\n",
+    );
+    let b = lab.run(&["short", "--env", "local", "--yes"], &[], None);
+    b.expect_code(1);
+    for f in ["log.md", "log.md.sig"] {
+        fs::copy(b.dir().join(f), a.dir().join(f)).unwrap();
+    }
+    let table = lab.runs_table();
+    let row = table
+        .iter()
+        .find(|r| r["id"] == a.id())
+        .expect("run a listed");
+    assert_eq!(row["result"], "succeeded", "{table:?}");
+    let out = lab.test(&["runs"]).output();
+    assert!(
+        out.stderr.contains(&format!(
+            "is the log of run `{}`, not of run `{}` whose journal is beside it",
+            b.id(),
+            a.id()
+        )),
+        "{}",
+        out.stderr
+    );
 }

@@ -542,17 +542,32 @@ fn a_log_copied_into_another_run_directory_fails_verify() {
     let s = text(&out.stdout);
     assert!(
         s.contains(&format!(
-            "FAILED  run: the log is of run `{}` but sits in the run directory of `{}`",
+            "FAILED  run: the log is of run `{}` but the journal beside it is of run `{}`",
             name(&first),
             name(&second)
         )),
         "{s}"
     );
-    // Where it belongs, it verifies.
+    // Where it belongs, it verifies; so does its whole run directory archived
+    // under another name (the journal says which run it holds).
     expect_code(
         &verify(&sb, &first.join("log.md"), &[]),
         0,
         "in its own run directory",
+    );
+    let archive = sb.root().join("archive").join("CHG-2041");
+    std::fs::create_dir_all(archive.parent().unwrap()).unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&first)
+        .arg(&archive)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    expect_code(
+        &verify(&sb, &archive.join("log.md"), &[]),
+        0,
+        "its run directory archived under the ticket's name",
     );
 }
 
