@@ -314,7 +314,7 @@ fn dry_run_output_replaces_an_existing_file_only_with_force() {
         .run();
     assert!(out
         .read("plan.md")
-        .starts_with("# opsrun plan: echo on prod"));
+        .starts_with("# opsrun plan: `echo` on `prod`"));
 }
 
 #[test]

@@ -43,7 +43,7 @@ fn test() -> Test {
 #[test]
 fn a_run_shows_runbook_text_escaped() {
     let out = test()
-        .args(["esc", "--env", "lab", "--yes", "--no-sign"])
+        .args(["esc", "-i", "inventories/lab.yaml", "--yes", "--no-sign"])
         .expect_status(1)
         .run();
     assert_eq!(raw_controls(&out.stderr), [], "{}", out.stderr);
@@ -64,7 +64,7 @@ fn a_run_shows_runbook_text_escaped() {
 #[test]
 fn a_dry_run_and_show_print_runbook_text_escaped() {
     let dry = test()
-        .args(["esc", "--env", "lab", "--dry-run"])
+        .args(["esc", "-i", "inventories/lab.yaml", "--dry-run"])
         .expect_status(0)
         .run();
     assert_eq!(raw_controls(&dry.stdout), [], "{}", dry.stdout);
@@ -90,7 +90,7 @@ fn a_dry_run_and_show_print_runbook_text_escaped() {
 
 #[test]
 fn a_gate_asks_its_question_escaped() {
-    let t = test().args(["esc", "--env", "lab", "--no-sign"]);
+    let t = test().args(["esc", "-i", "inventories/lab.yaml", "--no-sign"]);
     let (code, screen) = run_on_pty(t.command(), &[("[y/N]", "n")]);
     pty_run(code, &screen, t.path()).expect_code(3);
     assert!(
@@ -110,7 +110,7 @@ fn no_spinner_is_drawn_after_the_final_line() {
     let t = Test::new()
         .write("runbooks/ticker.yaml", runbook)
         .write("inventories/lab.yaml", INVENTORY)
-        .args(["ticker", "--env", "lab", "--yes", "--no-sign"]);
+        .args(["ticker", "-i", "inventories/lab.yaml", "--yes", "--no-sign"]);
     let (code, screen) = run_on_pty(
         t.command(),
         &[
@@ -172,7 +172,7 @@ fn assert_screen_shows_capture_escaped(screen: &str) {
 #[test]
 fn the_rollback_gates_show_a_captured_escape_sequence_escaped() {
     let host = format!("esc{}", std::process::id());
-    let t = captured_esc(&host).args(["capesc", "--env", "lab", "--no-sign"]);
+    let t = captured_esc(&host).args(["capesc", "-i", "inventories/lab.yaml", "--no-sign"]);
     let question = format!("Roll back 1 completed step on {host}? [y/N]");
     let (code, screen) = run_on_pty(t.command(), &[(question.as_str(), "n")]);
     let run = pty_run(code, &screen, t.path());
@@ -211,7 +211,7 @@ fn errors_quote_runbook_text_escaped() {
     };
     for (args, status) in [
         (&["check", "bad"][..], 2),
-        (&["bad", "--env", "lab", "--dry-run"], 2),
+        (&["bad", "-i", "inventories/lab.yaml", "--dry-run"], 2),
     ] {
         let out = t().args(args.iter().copied()).expect_status(status).run();
         assert_eq!(raw_controls(&out.stderr), [], "{}", out.stderr);
@@ -230,7 +230,14 @@ fn errors_quote_runbook_text_escaped() {
 fn the_verbose_stream_shows_a_captured_escape_sequence_escaped() {
     let host = format!("esv{}", std::process::id());
     let out = captured_esc(&host)
-        .args(["capesc", "--env", "lab", "--yes", "--no-sign", "-v"])
+        .args([
+            "capesc",
+            "-i",
+            "inventories/lab.yaml",
+            "--yes",
+            "--no-sign",
+            "-v",
+        ])
         .expect_status(1)
         .run();
     assert_screen_shows_capture_escaped(&out.stderr);
@@ -268,7 +275,7 @@ const GATED_SHOWN: &str = "v2\\x1b[8m\\u{200b}x";
 /// knows no captured value, keeps the placeholder.
 #[test]
 fn a_gate_and_a_manual_step_show_the_captured_value_they_name() {
-    let t = gated_capture().args(["capgate", "--env", "lab", "--no-sign"]);
+    let t = gated_capture().args(["capgate", "-i", "inventories/lab.yaml", "--no-sign"]);
     let (code, screen) = run_on_pty(
         t.command(),
         &[
@@ -302,7 +309,7 @@ fn a_gate_and_a_manual_step_show_the_captured_value_they_name() {
     assert!(!log.contains("<captured: ver>"), "{log}");
 
     let dry = gated_capture()
-        .args(["capgate", "--env", "lab", "--dry-run"])
+        .args(["capgate", "-i", "inventories/lab.yaml", "--dry-run"])
         .expect_status(0)
         .run();
     assert!(
