@@ -72,6 +72,10 @@ pub enum Error {
         expected: String,
         found: String,
     },
+    /// A run's journal no longer matches the signed log beside it: no command is
+    /// built from it (an unkeyed chain can be recomputed by whoever edits it).
+    #[error("error: the journal of run {run} no longer matches its signed log (at {at}), so opsrun builds no command from it; compare the run directory with the signed log on the ticket (`opsrun verify {run}`)")]
+    EditedJournal { run: String, at: String },
     /// Bad command-line input (arguments, `-e` values) that has no file position.
     #[error("error: {0}")]
     Usage(String),
@@ -98,6 +102,7 @@ impl Error {
             | Error::SshConfig(_)
             | Error::NotOneLine { .. }
             | Error::CopyChanged { .. }
+            | Error::EditedJournal { .. }
             | Error::Usage(_) => exit::INVALID_INPUT,
             Error::NotConfirmed(_) => exit::NOT_CONFIRMED,
             Error::Io(_) => exit::STEP_FAILED,

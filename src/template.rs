@@ -351,10 +351,25 @@ impl Templates {
         let site = self.site(text);
         // Compiling folds constant expressions: `{{ 'x' * 100000000 ~ ... }}` is
         // built here, before any render, so the watch looks at this too.
-        let watched = budget::watched(&site);
         let sliced = tags::sliced_names(&source);
+        let watched = budget::watched(&site);
         let compiled = self.env.add_template_owned(name.clone(), source);
+        let kept = watched.kept();
         drop(watched);
+        // A runbook of many such templates would otherwise keep each one's
+        // constant: 100 MB per step, within every per-render budget.
+        if compiled.is_ok() && kept > budget::OUTPUT_BYTES {
+            let _ = self.env.add_template_owned(name, String::new());
+            let what = self
+                .owner
+                .as_ref()
+                .map(|o| format!("{o}: "))
+                .unwrap_or_default();
+            return Err(yaml::Error::new(
+                text.span,
+                format!("{what}{}", budget::Exceeded::Compiled(kept)),
+            ));
+        }
         if let Err(e) = compiled {
             let mut span = text.span;
             // minijinja counts lines within the template; point at that line of the value.

@@ -87,7 +87,16 @@ pub fn anchor(log: &Path) -> Result<Option<String>, String> {
 /// What binds the log to the run directory `dir`.
 fn binding(dir: &Path, replay: &Replay) -> Binding {
     Binding {
-        run: crate::record::view::dir_name(dir),
+        // The run is the one its journal names (a run directory may be archived
+        // under another name); the directory's name where the first event is lost.
+        run: replay
+            .events
+            .iter()
+            .find_map(|e| match e {
+                crate::record::events::Event::RunStarted { run_id, .. } => Some(run_id.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| crate::record::view::dir_name(dir)),
         journal: replay
             .head()
             .map(|h| (replay.chained_events(), h.to_string())),

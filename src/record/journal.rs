@@ -215,6 +215,16 @@ pub struct Replay {
 }
 
 impl Replay {
+    /// Where the journal parts from the signed log beside it (its chain does not
+    /// reach the head the log states): then it was changed after the log was
+    /// written, and no event of it can be trusted to build commands from.
+    pub fn disagrees_with_log(&self) -> Option<&chain::Break> {
+        match &self.chain {
+            Chain::Broken(b) if disowning(&b.problem) => Some(b),
+            _ => None,
+        }
+    }
+
     /// The journal's final chain hash (`None` for a journal without a chain).
     pub fn head(&self) -> Option<&str> {
         self.links.head()
@@ -233,7 +243,16 @@ impl Replay {
     /// Marks the chain broken at `b` (found by a check beyond the chain itself),
     /// with the same warning a break in the chain gets.
     pub fn set_broken(&mut self, b: chain::Break, path: &Path) {
-        let w = break_warning(path, &b, self.events.len());
+        let w = if disowning(&b.problem) {
+            // Where the journal and its signed log part is not where it was changed:
+            // an unkeyed chain can be recomputed from line 1, so no part is trusted.
+            format!(
+                "{}: the journal no longer matches its signed log (at {b}): it was changed after the log was written, and nothing in it is trusted: `opsrun rollback` and `--resume` refuse it; what was done is what the signed log says",
+                path.display()
+            )
+        } else {
+            break_warning(path, &b, self.events.len())
+        };
         self.warnings.push(w.clone());
         self.chain_warnings.push(w);
         self.chain = Chain::Broken(b);
@@ -246,6 +265,16 @@ impl Replay {
             _ => None,
         }
     }
+}
+
+/// A break found against the signed log (not inside the chain) that leaves no
+/// trusted prefix: event `n`'s hash differs from the log's, or events are gone.
+/// (Events appended past the log's head leave the logged ones trusted.)
+fn disowning(p: &chain::Problem) -> bool {
+    matches!(
+        p,
+        chain::Problem::NotLogged { .. } | chain::Problem::Shorter { .. }
+    )
 }
 
 fn break_warning(path: &Path, b: &chain::Break, kept: usize) -> String {

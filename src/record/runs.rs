@@ -54,6 +54,8 @@ pub struct Summary {
     pub end: Option<Time>,
     /// What is wrong with the journal's hash chain: the run is shown as read up to the break.
     pub warnings: Vec<String>,
+    /// The journal no longer matches its signed log: nothing it says is shown as the result.
+    pub edited: bool,
 }
 
 fn outcome_word(outcome: Option<Outcome>) -> &'static str {
@@ -69,6 +71,9 @@ impl Summary {
     /// How the run ended, and in what state it left the hosts: "failed, rolled
     /// back" and "failed, ROLLBACK INCOMPLETE" call for very different mornings.
     pub fn result(&self) -> String {
+        if self.edited {
+            return "JOURNAL EDITED after its signed log".to_string();
+        }
         let ended = outcome_word(self.outcome);
         if self.kind == Some(RunKind::Rollback) {
             return ended.to_string();
@@ -119,21 +124,27 @@ impl Summary {
             start: start.map(|s| s.time),
             end: v.last,
             warnings: Vec::new(),
+            edited: false,
         }
     }
 }
 
 /// Every run in the log directory, oldest first, each with the later rollbacks of it.
 pub fn list(log_dir: &Path) -> Vec<Summary> {
-    let mut views: Vec<(RunView, Vec<String>)> = view::run_dirs(log_dir)
+    let mut views: Vec<(RunView, bool, Vec<String>)> = view::run_dirs(log_dir)
         .iter()
-        .filter_map(|d| view::read(d).ok().map(|(v, r)| (v, r.chain_warnings)))
+        .filter_map(|d| {
+            view::read(d)
+                .ok()
+                .map(|(v, r)| (v, r.disagrees_with_log().is_some(), r.chain_warnings))
+        })
         .collect();
     views.sort_by(|a, b| view::order(&a.0, &b.0));
     let mut all: Vec<Summary> = views
         .into_iter()
-        .map(|(v, warnings)| Summary {
+        .map(|(v, edited, warnings)| Summary {
             warnings,
+            edited,
             ..Summary::of(&v)
         })
         .collect();
@@ -186,6 +197,12 @@ pub struct Recorded {
 
 pub fn load(dir: &Path) -> Result<Recorded, Error> {
     let (mut view, replay) = view::read(dir).map_err(|e| Error::Io(e.to_string()))?;
+    if let Some(b) = replay.disagrees_with_log() {
+        return Err(Error::EditedJournal {
+            run: view.id.clone(),
+            at: b.to_string(),
+        });
+    }
     let Some(start) = view.start.clone() else {
         return Err(Error::Io(format!(
             "{}: the journal has no start event",

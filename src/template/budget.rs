@@ -80,6 +80,8 @@ pub enum Exceeded {
     Recursion,
     Output,
     Value,
+    /// A compiled template holding more than [`OUTPUT_BYTES`] (a folded constant).
+    Compiled(usize),
 }
 
 impl std::fmt::Display for Exceeded {
@@ -96,6 +98,12 @@ impl std::fmt::Display for Exceeded {
             Exceeded::Output => write!(
                 f,
                 "the template renders to more than its budget of {} MiB",
+                OUTPUT_BYTES >> 20
+            ),
+            Exceeded::Compiled(bytes) => write!(
+                f,
+                "the template holds {} MiB once compiled (a constant expression is built when compiling), over its budget of {} MiB",
+                bytes >> 20,
                 OUTPUT_BYTES >> 20
             ),
             Exceeded::Value => write!(
@@ -248,8 +256,18 @@ pub struct Ticket {
     slot: usize,
     /// What the meter watched before this render began (an enclosing render).
     metered: (*const Site, isize),
+    /// This thread's count of live bytes when the render began.
+    start: isize,
     /// Keeps the site the meter points at alive.
     _site: Arc<Site>,
+}
+
+impl Ticket {
+    /// Bytes this thread allocated and has not freed since the render began:
+    /// after a compile, what the compiled template holds (folded constants).
+    pub fn kept(&self) -> usize {
+        usize::try_from(NET.with(Cell::get).saturating_sub(self.start)).unwrap_or(0)
+    }
 }
 
 impl Drop for Ticket {
@@ -322,15 +340,19 @@ pub fn watched(site: &Arc<Site>) -> Ticket {
             }
         }
     };
+    let start = NET.with(Cell::get);
     let metered = METERED.with(|m| {
         let before = m.get();
-        let limit = NET.with(Cell::get).saturating_add(GROWTH_BYTES as isize);
-        m.set((Arc::as_ptr(site), limit));
+        m.set((
+            Arc::as_ptr(site),
+            start.saturating_add(GROWTH_BYTES as isize),
+        ));
         before
     });
     Ticket {
         slot,
         metered,
+        start,
         _site: site.clone(),
     }
 }

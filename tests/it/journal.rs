@@ -719,10 +719,19 @@ fn an_edited_outcome_is_refused_by_opsrun_log_and_the_signed_log_stays_byte_iden
         v.stdout
     );
 
-    // `opsrun runs` warns, and reads the run up to the edited line: not "succeeded".
+    // `opsrun runs` warns, and shows nothing the edited journal says as the result.
     let runs = lab.test(&["runs"]).output();
-    assert!(runs.stderr.contains(&said), "{}", runs.stderr);
-    assert_eq!(lab.runs_table()[0]["result"], "interrupted");
+    assert!(
+        runs.stderr.contains(&format!(
+            "the journal no longer matches its signed log (at line {last}: event #{last} is not the one log.md was written from"
+        )),
+        "{}",
+        runs.stderr
+    );
+    assert_eq!(
+        lab.runs_table()[0]["result"],
+        "JOURNAL EDITED after its signed log"
+    );
 }
 
 #[test]
@@ -1235,4 +1244,82 @@ fn a_log_of_another_run_beside_an_intact_journal_does_not_cut_it() {
         "{}",
         out.stderr
     );
+}
+
+/// Every line re-chained from the first, as a forger with the chain's (unkeyed)
+/// recipe would: the chain is whole, only the signed log's head disagrees.
+fn rechained(events: &[serde_json::Value]) -> String {
+    let mut out = String::new();
+    let mut prev = "0".repeat(64);
+    for (i, e) in events.iter().enumerate() {
+        let mut e = e.clone();
+        e["seq"] = (i as u64 + 1).into();
+        e["prev"] = prev.clone().into();
+        let line = serde_json::to_string(&e).unwrap();
+        prev = link(&line);
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A captured value edited in the journal and the whole chain recomputed: the
+/// journal no longer matches its signed log, so `opsrun rollback` builds no
+/// command from it (the edited capture would have run in an undo), `--resume`
+/// neither, and `opsrun runs` does not show what the edited journal says.
+#[test]
+fn a_rechained_journal_that_its_signed_log_disowns_builds_no_command() {
+    let (lab, hosts) = local_lab("rechain");
+    lab.write(
+        "runbooks/cap.yaml",
+        "name: cap\nhosts: app\nsteps:\n\
+         \x20 - name: read\n    run: echo hello\n    capture: val\n\
+         \x20 - name: use\n    run: echo use-{{ val }} >> {{ root | quote }}/events\n    rollback: echo undo-{{ val }} >> {{ root | quote }}/events\n\
+         \x20 - name: fail\n    run: exit 1\n    on_failure: continue\n",
+    );
+    let run = lab.run(&["cap", "--env", "local", "--yes"], &[], None);
+    let text = fs::read_to_string(run.dir().join("journal.jsonl")).unwrap();
+    let forged: Vec<serde_json::Value> = events_of(&text)
+        .into_iter()
+        .map(|mut e| {
+            if e["capture"][0] == "val" {
+                e["capture"][1] = "hello;touch PWNED;echo".into();
+            }
+            e
+        })
+        .collect();
+    let forged = rechained(&forged);
+    assert!(
+        forged.contains("touch PWNED"),
+        "the capture is in the journal"
+    );
+    fs::write(run.dir().join("journal.jsonl"), &forged).unwrap();
+
+    let undo = lab.test(&["rollback", &run.id(), "--yes"]).output();
+    assert_eq!(undo.code, 2, "{}", undo.stderr);
+    assert!(
+        undo.stderr.contains(&format!(
+            "the journal of run {} no longer matches its signed log",
+            run.id()
+        )),
+        "{}",
+        undo.stderr
+    );
+    let resume = lab
+        .test(&["cap", "--env", "local", "--yes", "--resume", &run.id()])
+        .output();
+    assert_eq!(resume.code, 2, "{}", resume.stderr);
+    assert!(!lab.path().join("PWNED").exists());
+    for h in &hosts {
+        assert!(
+            !host_events(&lab, h).iter().any(|l| l.contains("undo")),
+            "{h}"
+        );
+    }
+    let row = lab
+        .runs_table()
+        .into_iter()
+        .find(|r| r["id"] == run.id())
+        .unwrap();
+    assert_eq!(row["result"], "JOURNAL EDITED after its signed log");
 }

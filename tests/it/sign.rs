@@ -569,6 +569,21 @@ fn a_log_copied_into_another_run_directory_fails_verify() {
         0,
         "its run directory archived under the ticket's name",
     );
+    // Re-rendered there, the log is still bound to its run, not to the folder.
+    let k = key.display().to_string();
+    let a = archive.display().to_string();
+    expect_code(
+        &sb.opsrun(&["log", &a, "--sign-key", &k], &[]),
+        0,
+        "opsrun log",
+    );
+    let md = std::fs::read_to_string(archive.join("log.md")).unwrap();
+    assert!(md.contains(&format!("- Run: `{}`", name(&first))), "{md}");
+    expect_code(
+        &verify(&sb, &archive.join("log.md"), &[]),
+        0,
+        "re-rendered in the archive",
+    );
 }
 
 #[test]

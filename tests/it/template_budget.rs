@@ -24,12 +24,17 @@ fn bombs() -> Vec<(String, &'static str)> {
             "the template exceeded its budget of 200000 instructions",
         ),
         (
-            "{% for c in 'x' * 100000000 %}{% endfor %}".into(),
+            "{% for i in [1] %}{% for c in 'x' * (300000 + i - i) %}{% endfor %}{% endfor %}".into(),
             "the template exceeded its budget of 200000 instructions",
         ),
         (
-            "{{ 'x' * 100000000 }}".into(),
+            "{% for i in [1] %}{{ 'x' * (5000000 + i - i) }}{% endfor %}".into(),
             "the template renders to more than its budget of 4 MiB",
+        ),
+        // Folded when compiled: the constant would be kept for the whole run.
+        (
+            "{{ 'x' * 100000000 }}".into(),
+            "the template holds 95 MiB once compiled",
         ),
         (
             format!("{{{{ 'xxxxxxxxxx'{} }}}}", "|replace('x', 'xxxxxxxxxx')".repeat(8)),
@@ -43,7 +48,7 @@ fn bombs() -> Vec<(String, &'static str)> {
         ),
         // Three 100 MB strings alive at once, built by filters within one render.
         (
-            "{% set a = 'x' * 100000000 %}{{ a | upper | lower | length }}".into(),
+            "{% for i in [1] %}{% set a = 'x' * (100000000 + i - i) %}{{ a | upper | lower | length }}{% endfor %}".into(),
             "this template needed more than 256 MiB of memory, over the render budget",
         ),
         // One allocation of 900 MB: refused before it is made.
@@ -88,7 +93,7 @@ fn a_var_that_blows_the_budget_is_named_in_check() {
         .write("runbooks/bomb.yaml", rb)
         .args(["check", "bomb"])
         .expect_status(2)
-        .stderr_contains("in var `big`: the template renders to more than its budget of 4 MiB")
+        .stderr_contains("in var `big`: the template holds 95 MiB once compiled")
         .stderr_contains("--> runbooks/bomb.yaml:4:8")
         .run();
 }
@@ -151,7 +156,36 @@ fn check_probes_an_upload_template_with_a_plain_path() {
         .write("files/big.conf", "a = 1\nb = {{ 'x' * 100000000 }}\n")
         .args(["check", "bomb"])
         .expect_status(2)
-        .stderr_contains("in step `conf`: the template renders to more than its budget of 4 MiB")
+        .stderr_contains(
+            "in upload template `files/big.conf`: the template holds 95 MiB once compiled",
+        )
         .stderr_contains("--> files/big.conf:1:1")
         .run();
+}
+
+/// Each template within every per-render budget, but holding a 100 MB folded
+/// constant once compiled: a runbook of many would keep them all (100 MB per
+/// step). Each is refused where it is written.
+#[test]
+fn a_template_that_holds_a_huge_constant_once_compiled_is_refused() {
+    let mut rb = String::from("name: bomb\nhosts: app\nsteps:\n");
+    for i in 0..3 {
+        rb.push_str(&format!(
+            "  - name: s{i}\n    run: \"echo {{{{ ('x' * 100000000) | length }}}}\"\n"
+        ));
+    }
+    let out = Test::new()
+        .write("runbooks/bomb.yaml", rb)
+        .args(["check", "bomb"])
+        .expect_status(2)
+        .run();
+    for i in 0..3 {
+        assert!(
+            out.stderr.contains(&format!(
+                "in step `s{i}`: the template holds 95 MiB once compiled"
+            )),
+            "{}",
+            out.stderr
+        );
+    }
 }
