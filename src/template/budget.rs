@@ -237,32 +237,60 @@ impl Site {
     }
 }
 
-struct Running {
-    site: Arc<Site>,
-    started: Instant,
+/// The render in progress on one thread, if any: when it began, and where its
+/// template is. One lane per thread, so that starting a render takes no lock
+/// another planning thread holds (planning renders 100 000 templates on every
+/// core): only the watch, once a tick, locks each lane.
+#[derive(Default)]
+struct Lane {
+    now: Mutex<Option<(Instant, SitePtr)>>,
 }
 
-/// The renders in progress, looked at by one thread every [`TICK`].
+/// A site the watch may read while its render is registered: the ticket that
+/// registered it borrows the site and clears the lane before the borrow ends.
+#[derive(Clone, Copy)]
+struct SitePtr(*const Site);
+
+// SAFETY: only dereferenced under the lane's lock while the render that owns
+// the borrow is registered (see `Ticket::drop`).
+unsafe impl Send for SitePtr {}
+
+impl Lane {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, SitePtr)>> {
+        self.now.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every thread's lane, looked at by one thread every [`TICK`].
 #[derive(Default)]
 pub struct Watch {
-    running: Mutex<Vec<Option<Running>>>,
+    lanes: Mutex<Vec<std::sync::Weak<Lane>>>,
     started: AtomicBool,
 }
 
 const TICK: Duration = Duration::from_millis(20);
 
+thread_local! {
+    static LANE: Arc<Lane> = {
+        let lane = Arc::new(Lane::default());
+        watch().lock().push(Arc::downgrade(&lane));
+        lane
+    };
+}
+
 /// A render in progress; dropping it says the render is over.
-pub struct Ticket {
-    slot: usize,
+pub struct Ticket<'a> {
+    _site: std::marker::PhantomData<&'a Site>,
+    /// Whether this render registered its lane (an enclosing render on the
+    /// same thread already did: its clock keeps running).
+    outermost: bool,
     /// What the meter watched before this render began (an enclosing render).
     metered: (*const Site, isize),
     /// This thread's count of live bytes when the render began.
     start: isize,
-    /// Keeps the site the meter points at alive.
-    _site: Arc<Site>,
 }
 
-impl Ticket {
+impl Ticket<'_> {
     /// Bytes this thread allocated and has not freed since the render began:
     /// after a compile, what the compiled template holds (folded constants).
     pub fn kept(&self) -> usize {
@@ -270,11 +298,12 @@ impl Ticket {
     }
 }
 
-impl Drop for Ticket {
+impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         METERED.with(|m| m.set(self.metered));
-        let mut running = watch().lock();
-        running[self.slot] = None;
+        if self.outermost {
+            LANE.with(|l| *l.lock() = None);
+        }
     }
 }
 
@@ -291,28 +320,35 @@ fn watch() -> &'static Watch {
 }
 
 impl Watch {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<Running>>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<std::sync::Weak<Lane>>> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn patrol(&self) {
         loop {
             std::thread::sleep(TICK);
-            let over = self
-                .lock()
-                .iter()
-                .flatten()
-                .find(|r| r.started.elapsed() > Duration::from_secs(SECONDS))
-                .map(|r| r.site.clone());
-            if let Some(site) = over {
-                eprintln!(
-                    "{}",
-                    site.message(&format!("ran for more than {SECONDS} s"))
-                );
-                // Not `exit`: its atexit handlers and destructors would run beside the
-                // render still going on another thread.
-                // SAFETY: _exit ends the process at once; nothing of it is used after.
-                unsafe { libc::_exit(2) }
+            let lanes: Vec<Arc<Lane>> = {
+                let mut all = self.lock();
+                // Lanes of threads that ended (a finished plan's workers) go.
+                all.retain(|l| l.strong_count() > 0);
+                all.iter().filter_map(std::sync::Weak::upgrade).collect()
+            };
+            for lane in lanes {
+                let now = lane.lock();
+                if let Some((started, site)) = *now {
+                    if started.elapsed() > Duration::from_secs(SECONDS) {
+                        // SAFETY: registered, so the render's borrow of the site holds.
+                        let site = unsafe { &*site.0 };
+                        eprintln!(
+                            "{}",
+                            site.message(&format!("ran for more than {SECONDS} s"))
+                        );
+                        // Not `exit`: its atexit handlers and destructors would run beside the
+                        // render still going on another thread.
+                        // SAFETY: _exit ends the process at once; nothing of it is used after.
+                        unsafe { libc::_exit(2) }
+                    }
+                }
             }
         }
     }
@@ -320,40 +356,33 @@ impl Watch {
 
 /// Registers a render with the watch (time) and the meter (memory) for as
 /// long as the ticket lives. Renders nest (a failed render renders again to
-/// name its undefined variables): each has its own budget from where it began.
-pub fn watched(site: &Arc<Site>) -> Ticket {
-    let w = watch();
-    let running = Running {
-        site: site.clone(),
-        started: Instant::now(),
-    };
-    let slot = {
-        let mut all = w.lock();
-        match all.iter().position(Option::is_none) {
-            Some(i) => {
-                all[i] = Some(running);
-                i
-            }
-            None => {
-                all.push(Some(running));
-                all.len() - 1
-            }
+/// name its undefined variables): each has its own memory budget from where it
+/// began, and the outermost one's clock runs for all.
+pub fn watched(site: &Site) -> Ticket<'_> {
+    watch();
+    let outermost = LANE.with(|l| {
+        let mut now = l.lock();
+        if now.is_none() {
+            *now = Some((Instant::now(), SitePtr(site)));
+            true
+        } else {
+            false
         }
-    };
+    });
     let start = NET.with(Cell::get);
     let metered = METERED.with(|m| {
         let before = m.get();
         m.set((
-            Arc::as_ptr(site),
+            std::ptr::from_ref(site),
             start.saturating_add(GROWTH_BYTES as isize),
         ));
         before
     });
     Ticket {
-        slot,
+        _site: std::marker::PhantomData,
+        outermost,
         metered,
         start,
-        _site: site.clone(),
     }
 }
 
