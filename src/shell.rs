@@ -201,6 +201,21 @@ mod tests {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `sh -c line` with `input` on its stdin: what a host's shell gets.
+    fn sh_with_stdin(line: &str, input: &[u8]) -> std::process::Output {
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(line)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The shell may exit without reading all of it; that is not the test's failure.
+        let _ = std::io::Write::write_all(child.stdin.as_mut().unwrap(), input);
+        child.wait_with_output().unwrap()
+    }
+
     #[test]
     fn hostile_values_are_one_literal_word() {
         for v in [
@@ -238,23 +253,17 @@ mod tests {
         let dest = dir.path().join("pkg.zip");
         std::fs::write(&dest, "old release").unwrap();
         let run = |sum: &str| {
-            let mut child = Command::new("/bin/sh")
-                .arg("-c")
-                .arg(upload_command(
+            sh_with_stdin(
+                &upload_command(
                     dest.to_str().unwrap(),
                     Some("0644"),
                     None,
                     "t",
                     Some(sum),
                     true,
-                ))
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"new release").unwrap();
-            child.wait_with_output().unwrap()
+                ),
+                b"new release",
+            )
         };
         let wrong = run(&"0".repeat(64));
         assert!(!wrong.status.success());
@@ -309,15 +318,7 @@ mod tests {
         };
         let line = wrap("printf '%s|' \"$PW\"; cat", &w);
         assert!(!line.contains("s3cret"));
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&line)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"s3cret pw\nthe rest\n").unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = sh_with_stdin(&line, b"s3cret pw\nthe rest\n");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "s3cret pw|the rest\n");
     }
 
@@ -346,20 +347,12 @@ mod tests {
                 !line.contains("printf"),
                 "the command text is not on the line"
             );
-            let mut child = Command::new("/bin/sh")
-                .arg("-c")
-                .arg(&line)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
             let input = format!(
                 "{}{}the rest\n",
                 vars[0].lines(value),
                 vars[1].lines("printf '%s|' \"$V\"\ncat")
             );
-            std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
-            let out = child.wait_with_output().unwrap();
+            let out = sh_with_stdin(&line, input.as_bytes());
             assert_eq!(
                 String::from_utf8_lossy(&out.stdout),
                 format!("{value}|the rest\n"),

@@ -697,16 +697,8 @@ fn an_edited_outcome_is_refused_by_opsrun_log_and_the_signed_log_stays_byte_iden
         "the hash chain is broken at line {last}: event #{last} is not the one log.md was written from"
     );
     assert!(out.stderr.contains(&said), "{}", out.stderr);
-    assert_eq!(
-        fs::read(dir.join("log.md")).unwrap(),
-        log,
-        "log.md unchanged"
-    );
-    assert_eq!(
-        fs::read(dir.join("log.md.sig")).unwrap(),
-        sig,
-        "log.md.sig unchanged"
-    );
+    assert_unchanged(&dir, "log.md", &log);
+    assert_unchanged(&dir, "log.md.sig", &sig);
 
     // And the signed log no longer verifies against its run directory.
     let v = lab.test(&["verify", &run.id()]).output();
@@ -892,6 +884,12 @@ fn a_damaged_first_line_still_rolls_back_from_the_intact_events_and_says_so() {
     }
 }
 
+/// The run directory's file `name` still holds `was`, byte for byte.
+#[track_caller]
+fn assert_unchanged(dir: &Path, name: &str, was: &[u8]) {
+    assert_eq!(fs::read(dir.join(name)).unwrap(), was, "{name} changed");
+}
+
 /// sha256 of a journal line's bytes (without its newline): what the next line's `prev` is.
 fn link(line: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -954,11 +952,7 @@ fn events_appended_past_the_logs_chain_head_are_a_break_for_log_verify_runs_and_
     let out = lab.test(&["log", &run.id()]).output();
     assert_ne!(out.code, 0, "{out:?}");
     assert!(out.stderr.contains(&said), "{}", out.stderr);
-    assert_eq!(
-        fs::read(dir.join("log.md")).unwrap(),
-        log,
-        "log.md unchanged"
-    );
+    assert_unchanged(&dir, "log.md", &log);
     let v = lab.test(&["verify", &run.id()]).output();
     assert_eq!(v.code, 1, "{v:?}");
     assert!(

@@ -175,6 +175,32 @@ impl Sampler {
     }
 }
 
+/// Runs `runbook` on the `lab` env with the secret `pw` while sampling the
+/// host's command lines: the run succeeds, the sampler saw `marker` (a command
+/// of its steps), and no command line held any of `needles`.
+fn run_sampled(
+    lab: &crate::support::lab::Lab,
+    runbook: &str,
+    pw: &str,
+    marker: &'static str,
+    needles: Vec<String>,
+) -> crate::support::cli::Run {
+    let sampler = Sampler::start(needles, marker);
+    let run = lab.run(
+        &[runbook, "--env", "lab", "--yes", "--no-sign"],
+        &[("OPSRUN_SECRET_PW", pw)],
+        None,
+    );
+    let (hits, marked) = sampler.finish();
+    run.expect_code(0);
+    assert!(marked, "the sampler saw the steps run (`{marker}`)");
+    assert!(
+        hits.is_empty(),
+        "a secret, or a piece of one, was on a command line: {hits:#?}"
+    );
+    run
+}
+
 fn sha256_line(text: &str) -> String {
     use sha2::Digest;
     format!("{:x}  -\n", sha2::Sha256::digest(text.as_bytes()))
@@ -233,19 +259,7 @@ steps:
 "#
         .replace("SHARED", &shared.display().to_string()),
     );
-    let sampler = Sampler::start(vec![PW.to_string()], MARKER);
-    let run = lab.run(
-        &["capleak", "--env", "lab", "--yes", "--no-sign"],
-        &[("OPSRUN_SECRET_PW", PW)],
-        None,
-    );
-    let (hits, marked) = sampler.finish();
-    run.expect_code(0);
-    assert!(marked, "the sampler saw the steps run (`{MARKER}`)");
-    assert!(
-        hits.is_empty(),
-        "the secret was on a command line: {hits:#?}"
-    );
+    let run = run_sampled(&lab, "capleak", PW, MARKER, vec![PW.to_string()]);
     // The step still got the value, byte for byte: in its text, its check and its env.
     let work = fleet.work_dir(0);
     let want = sha256_line(&format!("token={PW}"));
@@ -334,18 +348,12 @@ steps:
     run: sleep 1.25; echo {{ printed | lower }} | sha256sum > {{ work }}/capture.sum
 "#,
     );
-    let sampler = Sampler::start(substrings(&[PW, &upper, &replaced]), MARKER);
-    let run = lab.run(
-        &["transformed", "--env", "lab", "--yes", "--no-sign"],
-        &[("OPSRUN_SECRET_PW", PW)],
-        None,
-    );
-    let (hits, marked) = sampler.finish();
-    run.expect_code(0);
-    assert!(marked, "the sampler saw the steps run (`{MARKER}`)");
-    assert!(
-        hits.is_empty(),
-        "a piece of the secret was on a command line: {hits:#?}"
+    let run = run_sampled(
+        &lab,
+        "transformed",
+        PW,
+        MARKER,
+        substrings(&[PW, &upper, &replaced]),
     );
     // The steps still got the values, byte for byte.
     let work = fleet.work_dir(0);
