@@ -32,8 +32,11 @@ use options::{control_dir, known_hosts_option, JumpConfig};
 
 /// Detects a dead network path within about 3 × this interval instead of hanging.
 const SERVER_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
-/// ssh's ConnectTimeout when the endpoint sets none: the system's TCP timeout.
-const DEFAULT_CONNECT_WAIT: Duration = Duration::from_secs(120);
+/// The connect timeout when neither the inventory nor the user's ssh
+/// configuration sets one. ssh's own default is the system's TCP timeout (about
+/// two minutes on Linux), during which a run to a host that accepts TCP and never
+/// answers printed nothing at all.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Beyond the connect timeout(s): authentication and the jump hops' own handshakes.
 const START_MARGIN: Duration = Duration::from_secs(30);
 
@@ -50,7 +53,7 @@ pub struct SshConnection {
 /// and then stalls, which ConnectTimeout does not cover. Each jump hop may spend its
 /// own timeout.
 fn start_bound(ep: &Endpoint) -> Duration {
-    let per_hop = ep.connect_timeout.unwrap_or(DEFAULT_CONNECT_WAIT);
+    let per_hop = ep.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let hops = u32::try_from(ep.jump.len() + 1).unwrap_or(u32::MAX);
     per_hop.saturating_mul(hops).saturating_add(START_MARGIN)
 }
@@ -91,6 +94,24 @@ pub(super) fn login_options(ep: &Endpoint) -> Vec<OsString> {
     options
 }
 
+/// `ep` with the connect timeout it will use: the inventory's `connect_timeout`,
+/// else the `ConnectTimeout` of the user's ssh configuration (an `-o` on the
+/// command line would override it, so it is read first with `ssh -G`), else
+/// [`DEFAULT_CONNECT_TIMEOUT`].
+async fn with_connect_timeout(ep: &Endpoint) -> Endpoint {
+    let mut ep = ep.clone();
+    if ep.connect_timeout.is_none() {
+        let query = ep.clone();
+        let configured = tokio::task::spawn_blocking(move || resolve::resolve(&query))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|r| r.connect_timeout);
+        ep.connect_timeout = Some(configured.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
+    }
+    ep
+}
+
 impl SshConnection {
     pub async fn connect(ep: &Endpoint) -> Result<SshConnection, TransportError> {
         if ep.address.is_empty() || ep.address.starts_with('-') {
@@ -103,6 +124,8 @@ impl SshConnection {
             });
         }
         let control_dir = control_dir(&ep.host)?;
+        let with_timeout = with_connect_timeout(ep).await;
+        let ep = &with_timeout;
 
         let mut options = login_options(ep);
         let known_hosts = match &ep.known_hosts_file {

@@ -629,3 +629,52 @@ async fn jump_host_key_is_checked_strictly_too() {
         before
     );
 }
+
+/// Without a `connect_timeout` in the inventory, a host that accepts TCP and never
+/// answers ends after the user's ssh `ConnectTimeout` when their configuration sets
+/// one (opsrun does not override it), else after opsrun's 10 s default — not after
+/// the system's TCP timeout (two minutes of silence before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_host_times_out_by_default_and_the_users_connect_timeout_wins() {
+    let fleet = SshFleet::start(1);
+    let config = std::fs::read_to_string(fleet.ssh_config()).unwrap();
+    assert!(config.contains("ConnectTimeout"), "{config}");
+    let without: String = config
+        .lines()
+        .filter(|l| !l.contains("ConnectTimeout"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("ssh_config");
+    std::fs::write(&plain, &without).unwrap();
+    let short = dir.path().join("ssh_config_short");
+    std::fs::write(&short, format!("{without}  ConnectTimeout 2\n")).unwrap();
+
+    let silent = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let hung = |config: &std::path::Path| {
+        let mut ep = fleet.endpoint(0);
+        ep.host = "hung1".into();
+        ep.port = Some(silent.local_addr().unwrap().port());
+        ep.config_file = Some(config.to_path_buf());
+        ep.connect_timeout = None;
+        ep
+    };
+
+    let start = Instant::now();
+    let err = Connection::connect(&hung(&plain)).await.unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(20),
+        "the default is 10 s: {took:?}"
+    );
+
+    let start = Instant::now();
+    let err = Connection::connect(&hung(&short)).await.unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(7),
+        "the user's ConnectTimeout 2 wins over the default: {took:?}"
+    );
+}

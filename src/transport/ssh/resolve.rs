@@ -15,6 +15,8 @@ pub struct Resolved {
     pub port: u16,
     /// The ProxyJump chain, first hop first; empty when direct.
     pub jump: Vec<String>,
+    /// The `ConnectTimeout` the user's ssh configuration sets, if any.
+    pub connect_timeout: Option<std::time::Duration>,
 }
 
 impl Resolved {
@@ -119,6 +121,10 @@ pub fn resolve(ep: &Endpoint) -> Result<Resolved, TransportError> {
             None | Some("none") => Vec::new(),
             Some(j) => j.split(',').map(str::to_string).collect(),
         },
+        // `none` when unset; a number of seconds otherwise.
+        connect_timeout: value(&text, "connecttimeout")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(std::time::Duration::from_secs),
     })
 }
 
@@ -133,5 +139,14 @@ mod tests {
         assert_eq!(value(out, "port"), Some("2222"));
         assert_eq!(value(out, "proxyjump"), Some("a@b:2,c"));
         assert_eq!(value(out, "hostkeyalias"), None);
+    }
+
+    #[test]
+    fn reads_the_configured_connect_timeout() {
+        assert_eq!(
+            value("connecttimeout none\n", "connecttimeout"),
+            Some("none")
+        );
+        assert_eq!(value("connecttimeout 7\n", "connecttimeout"), Some("7"));
     }
 }
