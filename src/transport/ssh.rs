@@ -307,7 +307,7 @@ mod tests {
     #[test]
     fn the_start_bound_allows_every_hop_its_connect_timeout() {
         let mut ep = Endpoint::ssh("web1", "10.0.0.5");
-        assert_eq!(start_bound(&ep), Duration::from_secs(150));
+        assert_eq!(start_bound(&ep), DEFAULT_CONNECT_TIMEOUT + START_MARGIN);
         ep.connect_timeout = Some(Duration::from_secs(10));
         ep.jump = vec!["bastion".into(), "inner".into()];
         assert_eq!(start_bound(&ep), Duration::from_secs(60));
